@@ -1,0 +1,79 @@
+"""Loss and accuracy of a classifier over a dataset."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workbench.data import DataLike, batches
+from workbench.device import model_device
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Mean cross-entropy ``loss`` and ``accuracy`` (in [0, 1]) over ``count`` examples."""
+
+    loss: float
+    accuracy: float
+    count: int
+
+    @property
+    def diverged(self) -> bool:
+        """True when the loss is NaN or infinite: the model's outputs blew up."""
+        return not math.isfinite(self.loss)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode for the block and restore every module's previous mode."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+
+
+def evaluate(
+    model: nn.Module,
+    data: DataLike,
+    batch_size: int = 500,
+    max_batches: int | None = None,
+) -> Metrics:
+    """Cross-entropy loss and accuracy of ``model`` in eval mode over ``data``.
+
+    Runs on the model's device; the model is left as it was (same mode, same device).
+    """
+    device = model_device(model)
+    loss_sum, correct, count = 0.0, 0, 0
+    with eval_mode(model), torch.inference_mode():
+        for inputs, labels in batches(data, batch_size, max_batches=max_batches):
+            inputs, labels = inputs.to(device), labels.to(device)
+            logits = forward_checked(model, inputs)
+            loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+            correct += (logits.argmax(1) == labels).sum().item()
+            count += len(labels)
+    if count == 0:
+        raise ValueError("Cannot evaluate on an empty dataset: it yielded no examples.")
+    return Metrics(loss_sum / count, correct / count, count)
+
+
+def forward_checked(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``model(inputs)``, turning a shape mismatch into an error that names both shapes."""
+    try:
+        return model(inputs)
+    except RuntimeError as exc:
+        if "shape" not in str(exc) and "size" not in str(exc):
+            raise
+        raise ValueError(
+            f"{type(model).__name__} cannot take inputs of shape {tuple(inputs.shape)} "
+            f"({str(exc).splitlines()[0]}). Check that the data matches the model's "
+            "in_channels and image size."
+        ) from exc

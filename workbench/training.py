@@ -1,0 +1,131 @@
+"""Seeded, deterministic training of classifiers, and of several models differing only by seed."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench.data import DataLike, batches
+from workbench.device import default_device
+from workbench.evaluation import evaluate
+from workbench.zoo import create_model
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+def random_translate(max_shift: int = 2) -> Augment:
+    """An augmentation that shifts each image by up to ``max_shift`` pixels (zero fill)."""
+
+    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n, _, h, w = images.shape
+        padded = F.pad(images, [max_shift] * 4)
+        shifts = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
+        return torch.stack(
+            [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(shifts)]
+        )
+
+    return augment
+
+
+def _steps_per_epoch(data: DataLike, batch_size: int) -> int:
+    loader_len = getattr(data, "batch_size", None) and len(data)
+    return loader_len or math.ceil(len(data) / batch_size)
+
+
+def train_model(
+    model: nn.Module,
+    data: DataLike,
+    epochs: int,
+    seed: int,
+    *,
+    test_data: DataLike | None = None,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    augment: Augment | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    return_metrics: bool = False,
+) -> nn.Module | tuple[nn.Module, dict[str, float]]:
+    """Train a copy of ``model`` with SGD (Nesterov momentum) and a one-cycle learning rate.
+
+    Everything random (batch order, augmentation, dropout) is drawn from ``seed``, so the
+    same inputs give bit-identical weights on the CPU; torch's global RNG is left as it was.
+    ``model`` itself is not modified. Runs on ``device`` (default: GPU if present).
+    With ``return_metrics=True`` returns ``(model, metrics)`` where metrics holds the final
+    train (and test, when ``test_data`` is given) loss and accuracy and the wall time.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}.")
+    device = torch.device(device) if device is not None else default_device()
+    model = copy.deepcopy(model).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    total_steps = epochs * _steps_per_epoch(data, batch_size)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
+    )
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25, anneal_strategy="linear"
+    )
+    started = time.perf_counter()
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        model.train()
+        bar = tqdm(total=total_steps, desc=f"train seed={seed}", disable=not progress, leave=False)
+        for epoch in range(epochs):
+            for inputs, labels in batches(data, batch_size, shuffle=True, generator=generator):
+                if augment is not None:
+                    inputs = augment(inputs, generator)
+                inputs, labels = inputs.to(device), labels.to(device)
+                loss = F.cross_entropy(model(inputs), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler.last_epoch < total_steps:
+                    scheduler.step()
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        bar.close()
+    model.eval()
+    if not return_metrics:
+        return model
+    metrics: dict[str, float] = {"epochs": epochs, "train_seconds": time.perf_counter() - started}
+    for split, split_data in (("train", data), ("test", test_data)):
+        if split_data is not None:
+            result = evaluate(model, split_data)
+            metrics[f"{split}_loss"] = result.loss
+            metrics[f"{split}_accuracy"] = result.accuracy
+    return model, metrics
+
+
+def train_models(
+    name: str,
+    seeds: Sequence[int],
+    data: DataLike,
+    epochs: int,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    return_metrics: bool = False,
+    **train_kwargs: Any,
+) -> list[nn.Module] | list[tuple[nn.Module, dict[str, float]]]:
+    """Train one ``create_model(name, **model_kwargs)`` per seed; the seed sets both the
+    initialization and the training randomness, so the models differ only by seed."""
+    results = []
+    for seed in tqdm(seeds, desc=f"{name} x{len(seeds)} seeds", disable=not train_kwargs.get("progress", True)):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = create_model(name, **(model_kwargs or {}))
+        results.append(
+            train_model(model, data, epochs, seed, return_metrics=return_metrics, **train_kwargs)
+        )
+    return results
