@@ -11,6 +11,7 @@ The public API, re-exported from the modules that implement it::
 
 __version__ = "0.1.0"
 
+from workbench import figures, widgets
 from workbench.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -58,6 +59,7 @@ __all__ = [
     "dataset_info",
     "default_device",
     "evaluate",
+    "figures",
     "interpolate",
     "list_datasets",
     "list_models",
@@ -75,5 +77,6 @@ __all__ = [
     "train_model",
     "train_models",
     "train_val_split",
+    "widgets",
     "write_csv",
 ]
