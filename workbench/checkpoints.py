@@ -124,7 +124,9 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: its workbench metadata is not valid JSON ({exc}).") from None
+        raise CheckpointError(
+            f"{path}: its workbench metadata is not valid JSON ({exc})."
+        ) from None
 
 
 def _existing(path: str | Path) -> Path:
@@ -151,7 +153,9 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a state dict of tensors.")
+        raise CheckpointError(
+            f"{path} holds a {type(state).__name__}, not a state dict of tensors."
+        )
     return state
 
 

@@ -10,7 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from workbench import figures
-from workbench.checkpoints import load_checkpoint, read_metadata, save_checkpoint, shipped_models_dir
+from workbench.checkpoints import (
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+    shipped_models_dir,
+)
 from workbench.data import dataset_info, load_dataset
 from workbench.lmc import barrier_table, lmc_curves, plot_curves, write_csv
 from workbench.training import random_translate, train_models
@@ -30,8 +35,12 @@ def _train(args: argparse.Namespace) -> int:
         "num_classes": info.num_classes,
         "in_channels": info.in_channels,
     }
-    recipe = {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-              "translate": args.translate}
+    recipe = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "translate": args.translate,
+    }
     trained = train_models(
         args.arch,
         args.seeds,
@@ -45,10 +54,19 @@ def _train(args: argparse.Namespace) -> int:
         return_metrics=True,
     )
     for seed, path, (model, metrics) in zip(args.seeds, paths, trained, strict=True):
-        save_checkpoint(model.cpu(), path, overwrite=args.overwrite, dataset=args.dataset,
-                        seed=seed, metrics=metrics, recipe=recipe)
-        print(f"{path}: test accuracy {100 * metrics['test_accuracy']:.2f}%, "
-              f"{metrics['train_seconds']:.1f} s")
+        save_checkpoint(
+            model.cpu(),
+            path,
+            overwrite=args.overwrite,
+            dataset=args.dataset,
+            seed=seed,
+            metrics=metrics,
+            recipe=recipe,
+        )
+        print(
+            f"{path}: test accuracy {100 * metrics['test_accuracy']:.2f}%, "
+            f"{metrics['train_seconds']:.1f} s"
+        )
     return 0
 
 
@@ -94,8 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=15)
     train.add_argument("--lr", type=float, default=0.2)
     train.add_argument("--batch-size", type=int, default=128)
-    train.add_argument("--translate", type=int, default=2,
-                       help="random shift augmentation in pixels (0 to turn off)")
+    train.add_argument(
+        "--translate",
+        type=int,
+        default=2,
+        help="random shift augmentation in pixels (0 to turn off)",
+    )
     train.add_argument("--out", default=str(shipped_models_dir()))
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(run=_train)

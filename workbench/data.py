@@ -134,7 +134,9 @@ class TensorImageDataset(Dataset):
 
     def __repr__(self) -> str:
         shape = "x".join(map(str, self.images.shape[1:]))
-        return f"TensorImageDataset({self.info.name!r}, split={self.split!r}, n={len(self)}, {shape})"
+        return (
+            f"TensorImageDataset({self.info.name!r}, split={self.split!r}, n={len(self)}, {shape})"
+        )
 
 
 def _normalize(images: np.ndarray, info: DatasetInfo) -> torch.Tensor:
@@ -162,7 +164,9 @@ def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.float32), y.astype(np.int64)
 
 
-def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _stratified_split(
+    labels: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out): ``fraction`` of every class held out, in a seeded order."""
     rng = np.random.default_rng(seed)
     keep, held = [], []
@@ -233,7 +237,9 @@ def load_dataset(
         raise ValueError(f"split must be 'train' or 'test', got {split!r}.")
     if info.name in _EMBEDDED_TEST_FRACTION:
         return _load_embedded(info.name, split)
-    return _load_torchvision(info.name, split, Path(root) if root else default_data_root(), download)
+    return _load_torchvision(
+        info.name, split, Path(root) if root else default_data_root(), download
+    )
 
 
 def train_val_split(

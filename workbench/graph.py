@@ -21,9 +21,8 @@ it is never silently broken.
 
 from __future__ import annotations
 
-import copy
 import operator
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,17 +31,19 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from workbench.data import DataLike, batches, dataset_info
+from workbench.device import model_device
 from workbench.evaluation import eval_mode
 
 __all__ = [
     "Axis",
     "GraphTraceError",
+    "LayerPoint",
     "PermutationGroup",
     "PermutationSpec",
-    "apply_permutation",
-    "identity_permutation",
+    "example_input_for",
     "permutation_spec",
-    "random_permutation",
+    "resolve_spec",
 ]
 
 
@@ -93,17 +94,33 @@ class Axis(tuple):
 @dataclass
 class PermutationGroup:
     """Channel axes permuted together: ``size`` channels, the ``axes`` they index, the
-    modules that produce them (``producers``) and the graph nodes whose output channels
-    are exactly this group (``nodes``, where activations can be observed)."""
+    modules that produce them (``producers``), the graph nodes whose output channels are
+    exactly this group with the axis they lie on (``nodes``: node name -> axis), and the
+    subset of those that are outputs of a nonlinearity (``activations``), where alignment
+    observes the group."""
 
     name: str
     size: int
     axes: list[Axis] = field(default_factory=list)
     producers: list[str] = field(default_factory=list)
-    nodes: list[str] = field(default_factory=list)
+    nodes: dict[str, int] = field(default_factory=dict)
+    activations: dict[str, int] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"PermutationGroup({self.name!r}, size={self.size}, {len(self.axes)} axes)"
+
+
+@dataclass(frozen=True)
+class LayerPoint:
+    """A conv or linear layer and the module whose output is its normalized result (the
+    BatchNorm right after it, else the layer itself): where REPAIR corrects statistics.
+    ``dim`` is the channel axis of that output; ``final`` marks layers whose channels
+    reach the model's output (logits), which are never corrected."""
+
+    layer: str
+    point: str
+    dim: int
+    final: bool
 
 
 @dataclass
@@ -119,6 +136,7 @@ class PermutationSpec:
     report: list[str]
     state_shapes: dict[str, tuple[int, ...]]
     graph_module: fx.GraphModule = field(repr=False)
+    layers: list[LayerPoint] = field(default_factory=list)
 
     def check_model(self, model: nn.Module, role: str = "model") -> None:
         """Raise ``ValueError`` unless ``model``'s state dict has the keys and shapes of
@@ -142,7 +160,9 @@ class PermutationSpec:
     def summary(self) -> str:
         """One line per group (name, size, number of axes) and the report."""
         lines = [f"{len(self.groups)} permutation groups:"]
-        lines += [f"  {g.name}: {g.size} channels, {len(g.axes)} axes" for g in self.groups.values()]
+        lines += [
+            f"  {g.name}: {g.size} channels, {len(g.axes)} axes" for g in self.groups.values()
+        ]
         if self.report:
             lines.append("Left unpermuted:")
             lines += [f"  {line}" for line in self.report]
@@ -241,6 +261,17 @@ _BINARY_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, o
                      torch.div}  # fmt: skip
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
 
+_NONLINEAR_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid, nn.Tanh,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Softplus, nn.PReLU,
+)  # fmt: skip
+_NONLINEAR_FUNCTIONS = {
+    F.relu, F.relu_, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, F.mish, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.softplus, torch.relu, torch.relu_, torch.sigmoid, torch.tanh,
+}  # fmt: skip
+_NONLINEAR_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
 _CHANNEL_LEAVES = (nn.modules.batchnorm._BatchNorm, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -298,6 +329,7 @@ class _Builder:
         self.module_groups: dict[str, int] = {}
         self.labels: dict[fx.Node, _Label | None] = {}
         self.untouched: dict[str, str] = {}
+        self.output_groups: list[int] = []
 
     # -- groups and axes ---------------------------------------------------------------
     def new_group(self, size: int, producer: str) -> int:
@@ -365,7 +397,10 @@ class _Builder:
             return None
         if node.op == "output":
             for arg in self.tensor_inputs(node):
-                self.freeze(self.labels.get(arg), "reaches the model's output")
+                label = self.labels.get(arg)
+                if label is not None:
+                    self.output_groups += [s.group for s in label.segments]
+                self.freeze(label, "reaches the model's output")
             return None
         if shape is None:
             return None
@@ -384,7 +419,7 @@ class _Builder:
         name = str(node.target)
         inp = self.input_label(node)
         key = f"{name}." if name else ""
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+        if isinstance(module, _LAYERS):
             return self.visit_layer(node, module, key, inp)
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             if inp is None or inp.dim != 1:
@@ -526,8 +561,7 @@ class _Builder:
         if out_shape == in_shape:
             return inp
         if (
-            len(out_shape) == inp.dim + 1
-            and out_shape[: inp.dim] == in_shape[: inp.dim]
+            len(out_shape) == inp.dim + 1 and out_shape[: inp.dim] == in_shape[: inp.dim]
         ):  # flatten everything from the channel axis on
             return self.flatten(node, inp, inp.dim, -1)
         return self.opaque(node, f"reshape {in_shape} -> {out_shape}")
@@ -578,11 +612,14 @@ class _Builder:
         roots = {}
         for g in self.sizes:
             roots.setdefault(self.uf.find(g), []).append(g)
-        node_groups: dict[int, list[str]] = {}
+        node_groups: dict[int, dict[str, int]] = {}
+        activation_groups: dict[int, dict[str, int]] = {}
         for node, label in self.labels.items():
             if label is not None and len(label.segments) == 1 and label.segments[0].block == 1:
                 root = self.uf.find(label.segments[0].group)
-                node_groups.setdefault(root, []).append(node.name)
+                node_groups.setdefault(root, {})[node.name] = label.dim
+                if self.is_nonlinearity(node):
+                    activation_groups.setdefault(root, {})[node.name] = label.dim
         groups: dict[str, PermutationGroup] = {}
         report = []
         for root, members in roots.items():
@@ -601,12 +638,46 @@ class _Builder:
                         seen.add(ax.identity())
                         axes.append(ax)
             groups[name] = PermutationGroup(
-                name, sizes.pop(), axes, producers, node_groups.get(root, [])
+                name,
+                sizes.pop(),
+                axes,
+                producers,
+                node_groups.get(root, {}),
+                activation_groups.get(root, {}),
             )
         for key, why in sorted(self.untouched.items()):
             if key in state_shapes:
                 report.append(f"{key}: not permuted ({why})")
-        return PermutationSpec(groups, report, state_shapes, self.gm)
+        return PermutationSpec(groups, report, state_shapes, self.gm, self.layer_points())
+
+    def is_nonlinearity(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(self.modules[node.target], _NONLINEAR_MODULES)
+        if node.op == "call_function":
+            return node.target in _NONLINEAR_FUNCTIONS
+        return node.op == "call_method" and node.target in _NONLINEAR_METHODS
+
+    def layer_points(self) -> list[LayerPoint]:
+        final_roots = {self.uf.find(g) for g in self.output_groups}
+        points = []
+        for node, label in self.labels.items():
+            if node.op != "call_module" or not isinstance(self.modules[node.target], _LAYERS):
+                continue
+            point, point_node = str(node.target), node
+            users = list(node.users)
+            if (
+                len(users) == 1
+                and users[0].op == "call_module"
+                and isinstance(self.modules[users[0].target], nn.modules.batchnorm._BatchNorm)
+            ):
+                point, point_node = str(users[0].target), users[0]
+            point_label = self.labels.get(point_node)
+            final = label is None or any(
+                self.uf.find(s.group) in final_roots for s in label.segments
+            )
+            dim = point_label.dim if point_label is not None else 1
+            points.append(LayerPoint(str(node.target), point, dim, final))
+        return points
 
 
 def permutation_spec(
@@ -627,75 +698,35 @@ def permutation_spec(
     return _Builder(gm).build(state_shapes)
 
 
-# ---------------------------------------------------------------------------------------
-# Permutations
+def example_input_for(model: nn.Module, data: DataLike | None = None) -> torch.Tensor:
+    """A batch of two inputs for tracing ``model``: from ``data`` when given, else zeros of
+    the size the model was trained on (its checkpoint metadata), 32x32 by default."""
+    device = model_device(model)
+    if data is not None:
+        inputs, _ = next(iter(batches(data, batch_size=2, max_batches=1)))
+        return inputs[:2].to(device)
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if first is None:
+        raise ValueError(f"Cannot guess an input for {type(model).__name__}: pass example_input=.")
+    if isinstance(first, nn.Linear):
+        return torch.zeros(2, first.in_features, device=device)
+    size = 32
+    dataset = getattr(model, "workbench_metadata", {}).get("dataset")
+    if dataset:
+        size = dataset_info(dataset).image_size
+    return torch.zeros(2, first.in_channels, size, size, device=device)
 
 
-Permutation = dict[str, torch.Tensor]
-
-
-def identity_permutation(spec: PermutationSpec) -> Permutation:
-    """The permutation that changes nothing."""
-    return {name: torch.arange(g.size) for name, g in spec.groups.items()}
-
-
-def random_permutation(spec: PermutationSpec, seed: int = 0) -> Permutation:
-    """A uniformly random permutation of every group, reproducible from ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    return {name: torch.randperm(g.size, generator=generator) for name, g in spec.groups.items()}
-
-
-def _axis_index(ax: Axis, perm: torch.Tensor, length: int) -> torch.Tensor:
-    """Indices that reorder axis ``ax`` (of ``length`` entries) by the group's ``perm``."""
-    index = torch.arange(length)
-    block = torch.arange(ax.block)
-    moved = (perm[:, None] * ax.block + block[None, :]).reshape(-1) + ax.offset
-    index[ax.offset : ax.offset + len(moved)] = moved
-    return index
-
-
-def check_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -> None:
-    """Raise ``ValueError`` unless ``perm`` has a valid permutation for every group."""
-    missing = sorted(set(spec.groups) - set(perm))
-    unknown = sorted(set(perm) - set(spec.groups))
-    if missing or unknown:
-        raise ValueError(
-            f"Permutation does not match the spec: missing groups {missing[:5]}, unknown "
-            f"groups {unknown[:5]}."
-        )
-    for name, group in spec.groups.items():
-        p = torch.as_tensor(perm[name])
-        if p.shape != (group.size,) or not torch.equal(torch.sort(p).values, torch.arange(group.size)):
-            raise ValueError(
-                f"perm[{name!r}] is not a permutation of range({group.size}) "
-                f"(shape {tuple(p.shape)})."
-            )
-
-
-def permute_state(
-    state: Mapping[str, torch.Tensor], spec: PermutationSpec, perm: Mapping[str, torch.Tensor]
-) -> dict[str, torch.Tensor]:
-    """A new state dict with every group's axes reordered: ``new[..., i, ...] =
-    old[..., perm[i], ...]`` along each axis the group owns."""
-    out = dict(state)
-    for name, group in spec.groups.items():
-        p = torch.as_tensor(perm[name]).long().cpu()
-        for ax in group.axes:
-            tensor = out[ax.key]
-            index = _axis_index(ax, p, tensor.shape[ax.axis]).to(tensor.device)
-            out[ax.key] = tensor.index_select(ax.axis, index)
-    return out
-
-
-def apply_permutation(
-    model: nn.Module, spec: PermutationSpec, perm: Mapping[str, torch.Tensor]
-) -> nn.Module:
-    """A new model whose channels are reordered by ``perm``; it computes the same function.
-
-    Parameters and buffers (BatchNorm running statistics) are permuted alike.
-    """
-    spec.check_model(model)
-    check_permutation(spec, perm)
-    permuted = copy.deepcopy(model)
-    permuted.load_state_dict(permute_state(model.state_dict(), spec, perm))
-    return permuted
+def resolve_spec(
+    model: nn.Module,
+    spec: PermutationSpec | None,
+    example_input: torch.Tensor | None = None,
+    data: DataLike | None = None,
+) -> PermutationSpec:
+    """``spec`` if given (checked against ``model``), else the spec derived from ``model``."""
+    if spec is not None:
+        spec.check_model(model)
+        return spec
+    if example_input is None:
+        example_input = example_input_for(model, data)
+    return permutation_spec(model, example_input)

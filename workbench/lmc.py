@@ -24,7 +24,16 @@ from tqdm.auto import tqdm
 from workbench.data import DataLike
 from workbench.evaluation import evaluate
 from workbench.figures import color_for, new_figure, paper_style
-from workbench.merge import check_compatible, has_batchnorm, load_interpolation_, reset_bn_
+from workbench.graph import PermutationSpec, resolve_spec
+from workbench.merge import (
+    channel_moments,
+    check_compatible,
+    has_batchnorm,
+    load_interpolation_,
+    repair_,
+    repair_points,
+    reset_bn_,
+)
 
 __all__ = [
     "LMCCurve",
@@ -36,7 +45,7 @@ __all__ = [
     "write_csv",
 ]
 
-BN_MODES = (None, "reset")
+BN_MODES = (None, "reset", "repair")
 
 
 def _alphas(alphas: int | Sequence[float]) -> np.ndarray:
@@ -153,14 +162,16 @@ def lmc_curves(
     *,
     bn_data: DataLike | None = None,
     label: str = "naive",
+    spec: PermutationSpec | None = None,
     batch_size: int = 500,
     progress: bool = True,
 ) -> dict[str, LMCCurve]:
     """Curves on several named splits at once (e.g. ``{"train": ..., "test": ...}``).
 
     Each interpolated model is built once into a single working copy and, with
-    ``bn="reset"``, its BatchNorm statistics are recomputed once on ``bn_data`` (default:
-    the first split, which should be training data), then evaluated on every split.
+    ``bn="reset"`` or ``bn="repair"``, corrected once on ``bn_data`` (default: the first
+    split, which should be training data), then evaluated on every split. REPAIR measures
+    the endpoints' statistics once for the whole curve; ``spec`` saves re-tracing.
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}.")
@@ -175,16 +186,24 @@ def lmc_curves(
     reset_data = bn_data if bn_data is not None else next(iter(data.values()))
     states = [model_a.state_dict(), model_b.state_dict()]
     work = copy.deepcopy(model_a)
+    if bn == "repair":
+        at = repair_points(resolve_spec(model_a, spec, data=reset_data))
+        targets = [channel_moments(m, reset_data, at, batch_size) for m in (model_a, model_b)]
     results = {split: ([], []) for split in data}
     for alpha in tqdm(points, desc=f"LMC {label}", disable=not progress, leave=False):
         load_interpolation_(work, *states, alpha)
         if bn == "reset":
             reset_bn_(work, reset_data, batch_size)
+        elif bn == "repair":
+            repair_(work, targets, [1.0 - alpha, alpha], reset_data, at, batch_size)
         for split, split_data in data.items():
             metrics = evaluate(work, split_data, batch_size)
             results[split][0].append(metrics.loss)
             results[split][1].append(metrics.accuracy)
-    settings = {"batch_size": batch_size, "bn_data": "given" if bn_data is not None else "first split"}
+    settings = {
+        "batch_size": batch_size,
+        "bn_data": "given" if bn_data is not None else "first split",
+    }
     return {
         split: LMCCurve(points, np.array(loss), np.array(acc), split, bn, label, settings)
         for split, (loss, acc) in results.items()
@@ -200,6 +219,7 @@ def lmc_curve(
     *,
     bn_data: DataLike | None = None,
     label: str = "naive",
+    spec: PermutationSpec | None = None,
     batch_size: int = 500,
     progress: bool = True,
 ) -> LMCCurve:
@@ -207,7 +227,8 @@ def lmc_curve(
 
     ``alphas`` is a number of evenly spaced points in [0, 1] or explicit values (outside
     [0, 1] extrapolates; barriers use the points inside). ``bn="reset"`` recomputes
-    BatchNorm statistics of every interpolated model on ``bn_data`` (default ``data``).
+    BatchNorm statistics of every interpolated model on ``bn_data`` (default ``data``);
+    ``bn="repair"`` applies REPAIR instead (also for networks without BatchNorm).
     The models are not modified.
     """
     split = getattr(data, "split", "data")
@@ -219,6 +240,7 @@ def lmc_curve(
         bn,
         bn_data=bn_data,
         label=label,
+        spec=spec,
         batch_size=batch_size,
         progress=progress,
     )[split]
@@ -261,22 +283,28 @@ def plot_curves(
     with paper_style():
         for index, curve in enumerate(curves):
             values = curve.loss if metric == "loss" else 100 * curve.accuracy
-            name = curve.label + (" + RESET" if curve.bn == "reset" else "")
+            name = curve.label + {None: "", "reset": " + RESET", "repair": " + REPAIR"}[curve.bn]
             if len({c.split for c in curves}) > 1:
                 name += f" ({curve.split})"
             ax.plot(
                 curve.alphas,
                 values,
-                color=color_for(curve.label, index, light=curve.bn == "reset"),
+                color=color_for(curve.label, index, light=curve.bn is not None),
                 linestyle="-" if curve.split == "train" else "--",
-                marker="o" if curve.bn == "reset" else "s",
-                markerfacecolor="white" if curve.bn == "reset" else None,
+                marker={None: "s", "reset": "o", "repair": "^"}[curve.bn],
+                markerfacecolor=None if curve.bn is None else "white",
                 label=name,
             )
             bad = curve.diverged
             if len(bad):
-                ax.plot(bad, np.zeros_like(bad), "x", color="black", clip_on=False,
-                        label=f"{name}: diverged")
+                ax.plot(
+                    bad,
+                    np.zeros_like(bad),
+                    "x",
+                    color="black",
+                    clip_on=False,
+                    label=f"{name}: diverged",
+                )
         ax.set_xlabel(r"Interpolation $\alpha$ (A $\rightarrow$ B)")
         ax.set_ylabel(_METRIC_LABELS[metric])
         if title:

@@ -1,4 +1,5 @@
-"""Weight-space merging: interpolation, N-model averaging and BatchNorm statistics reset.
+"""Weight-space merging: interpolation, N-model averaging, and the statistics corrections
+that merged networks need: BatchNorm reset (RESET) and REPAIR.
 
 Every public function returns a new model; inputs are never modified. The functions
 ending in ``_`` work in place on a model the caller owns (the evaluation loops use them
@@ -8,7 +9,7 @@ to reuse one working model instead of copying per point).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -17,15 +18,20 @@ from tqdm.auto import tqdm
 
 from workbench.data import DataLike, batches
 from workbench.device import model_device
-from workbench.evaluation import forward_checked
+from workbench.evaluation import eval_mode, forward_checked
+from workbench.graph import LayerPoint, PermutationSpec, resolve_spec
 
 __all__ = [
     "average",
+    "channel_moments",
     "check_compatible",
     "has_batchnorm",
     "interpolate",
     "load_interpolation_",
     "load_weighted_average_",
+    "repair",
+    "repair_",
+    "repair_points",
     "reset_bn",
     "reset_bn_",
 ]
@@ -169,3 +175,180 @@ def reset_bn(
     Weights are unchanged; only running means and variances change.
     """
     return reset_bn_(copy.deepcopy(model), data, batch_size, max_batches)
+
+
+# ---------------------------------------------------------------------------------------
+# REPAIR (Jordan et al., 2023)
+
+
+Moments = dict[str, tuple[torch.Tensor, torch.Tensor]]  # point -> (mean, std), float64
+
+
+class _ChannelMoments:
+    """Running per-channel mean and variance of a layer's outputs (float64 across batches)."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.count = 0
+        self.sum: torch.Tensor | float = 0.0
+        self.sum_sq: torch.Tensor | float = 0.0
+
+    def add(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add one batch; return its own mean and (biased) variance, shaped to broadcast."""
+        dims = [d for d in range(output.ndim) if d != self.dim % output.ndim]
+        var, mean = torch.var_mean(output, dims, correction=0, keepdim=True)
+        n = output.numel() // output.shape[self.dim]
+        flat_mean, flat_var = mean.flatten().double(), var.flatten().double()
+        self.count += n
+        self.sum = self.sum + n * flat_mean
+        self.sum_sq = self.sum_sq + n * (flat_var + flat_mean.square())
+        return mean, var
+
+    def result(self, eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, standard deviation) over everything added."""
+        if self.count == 0:
+            raise ValueError("Cannot measure statistics on an empty dataset.")
+        mean = self.sum / self.count
+        return mean, (self.sum_sq / self.count - mean.square()).clamp_min(0).add(eps).sqrt()
+
+
+def _run_with_hooks(
+    model: nn.Module,
+    hooks: dict[str, Callable],
+    data: DataLike,
+    batch_size: int,
+    max_batches: int | None,
+) -> None:
+    """One eval-mode pass over ``data`` with forward hooks on the named modules."""
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(fn) for name, fn in hooks.items()]
+    device = model_device(model)
+    try:
+        with eval_mode(model), torch.no_grad():
+            for inputs, _ in batches(data, batch_size, max_batches=max_batches):
+                forward_checked(model, inputs.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def repair_points(spec: PermutationSpec) -> list[LayerPoint]:
+    """Where REPAIR corrects statistics: every conv/linear layer's normalized output (the
+    BatchNorm after it, else the layer), except the layers that produce the logits."""
+    return [p for p in spec.layers if not p.final]
+
+
+def channel_moments(
+    model: nn.Module,
+    data: DataLike,
+    points: Sequence[LayerPoint],
+    batch_size: int = 500,
+    max_batches: int | None = None,
+) -> Moments:
+    """Per-channel mean and standard deviation of each point's output, in eval mode."""
+    moments = {p.point: _ChannelMoments(p.dim) for p in points}
+
+    def record(name: str) -> Callable:
+        def hook(_module, _inputs, output) -> None:
+            moments[name].add(output)
+
+        return hook
+
+    _run_with_hooks(model, {n: record(n) for n in moments}, data, batch_size, max_batches)
+    return {name: m.result() for name, m in moments.items()}
+
+
+def repair_(
+    model: nn.Module,
+    targets: Sequence[Moments],
+    weights: Sequence[float],
+    data: DataLike,
+    points: Sequence[LayerPoint],
+    batch_size: int = 500,
+    max_batches: int | None = None,
+    eps: float = 1e-5,
+) -> nn.Module:
+    """REPAIR in place: rescale every point's channels so that their mean and standard
+    deviation over ``data`` are the ``weights``-average of the endpoints' (``targets``).
+
+    One pass over the data, with every point normalized by its batch statistics and
+    given its target statistics (so downstream points see corrected inputs), measures each
+    point's uncorrected statistics; the affine correction is then folded into the point's
+    own parameters (BatchNorm weight and bias, or the layer's weight rows and bias).
+    """
+    modules = dict(model.named_modules())
+    target = {
+        p.point: (
+            sum(w * t[p.point][0] for w, t in zip(weights, targets, strict=True)),
+            sum(w * t[p.point][1] for w, t in zip(weights, targets, strict=True)),
+        )
+        for p in points
+    }
+    foldable = [p for p in points if _affine_of(modules[p.point]) is not None]
+    moments = {p.point: _ChannelMoments(p.dim) for p in foldable}
+
+    def corrector(name: str) -> Callable:
+        mean_t, std_t = target[name]
+        dim = moments[name].dim
+
+        def correct(_module, _inputs, output):
+            mean, var = moments[name].add(output)
+            shape = [1] * output.ndim
+            shape[dim % output.ndim] = -1
+            scale = std_t.to(output.dtype).view(shape) / (var + eps).sqrt()
+            return (output - mean) * scale + mean_t.to(output.dtype).view(shape)
+
+        return correct
+
+    _run_with_hooks(model, {n: corrector(n) for n in moments}, data, batch_size, max_batches)
+    with torch.no_grad():
+        for p in foldable:
+            mean, std = moments[p.point].result(eps)
+            mean_t, std_t = target[p.point]
+            scale = std_t / std
+            shift = mean_t - scale * mean
+            weight, bias = _affine_of(modules[p.point])
+            view = [-1] + [1] * (weight.ndim - 1)
+            weight.mul_(scale.to(weight.dtype).view(view))
+            bias.mul_(scale.to(bias.dtype)).add_(shift.to(bias.dtype))
+    return model
+
+
+def _affine_of(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The (weight, bias) through which a point's output can be rescaled per channel."""
+    weight, bias = getattr(module, "weight", None), getattr(module, "bias", None)
+    if weight is None or bias is None:
+        return None
+    return weight, bias
+
+
+def repair(
+    merged: nn.Module,
+    endpoints: Sequence[nn.Module],
+    alpha: float | Sequence[float],
+    data: DataLike,
+    spec: PermutationSpec | None = None,
+    *,
+    batch_size: int = 500,
+    max_batches: int | None = None,
+) -> nn.Module:
+    """REPAIR (Jordan et al., 2023): a copy of ``merged`` whose every channel has the
+    interpolated mean and standard deviation of the ``endpoints``' matching channels.
+
+    ``merged`` is ``(1 - alpha) A + alpha B`` of two aligned ``endpoints`` (or, for N
+    endpoints, ``alpha`` is the list of their weights). Works with and without BatchNorm.
+    Layers without a bias (and not followed by BatchNorm) cannot take the correction and
+    are left as they are.
+    """
+    endpoints = list(endpoints)
+    check_compatible([merged, *endpoints])
+    weights = [1.0 - alpha, alpha] if isinstance(alpha, (int, float)) else list(alpha)
+    if len(weights) != len(endpoints):
+        raise ValueError(
+            f"Got {len(endpoints)} endpoints and {len(weights)} weights; pass a float alpha "
+            "for two endpoints or one weight per endpoint."
+        )
+    spec = resolve_spec(merged, spec, data=data)
+    points = repair_points(spec)
+    targets = [channel_moments(m, data, points, batch_size, max_batches) for m in endpoints]
+    return repair_(copy.deepcopy(merged), targets, weights, data, points, batch_size, max_batches)

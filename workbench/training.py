@@ -121,7 +121,9 @@ def train_models(
     """Train one ``create_model(name, **model_kwargs)`` per seed; the seed sets both the
     initialization and the training randomness, so the models differ only by seed."""
     results = []
-    for seed in tqdm(seeds, desc=f"{name} x{len(seeds)} seeds", disable=not train_kwargs.get("progress", True)):
+    for seed in tqdm(
+        seeds, desc=f"{name} x{len(seeds)} seeds", disable=not train_kwargs.get("progress", True)
+    ):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = create_model(name, **(model_kwargs or {}))

@@ -34,12 +34,19 @@ class InterpolationSlider(widgets.VBox):
         if bn not in (None, "reset"):
             raise ValueError(f"bn must be None or 'reset', got {bn!r}.")
         if bn == "reset" and not has_batchnorm(model_a):
-            raise ValueError(f"bn='reset' needs BatchNorm layers; {type(model_a).__name__} has none.")
+            raise ValueError(
+                f"bn='reset' needs BatchNorm layers; {type(model_a).__name__} has none."
+            )
         self._states = [model_a.state_dict(), model_b.state_dict()]
         self._work = copy.deepcopy(model_a)
         self._data, self._bn, self._bn_data = data, bn, bn_data if bn_data is not None else data
         self.slider = widgets.FloatSlider(
-            value=0.5, min=0.0, max=1.0, step=step, description="alpha", readout_format=".2f",
+            value=0.5,
+            min=0.0,
+            max=1.0,
+            step=step,
+            description="alpha",
+            readout_format=".2f",
             continuous_update=False,
         )
         self.readout = widgets.HTML()

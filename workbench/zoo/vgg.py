@@ -42,7 +42,9 @@ class VGG(nn.Module):
                 nn.ReLU(),
             ]
             channels = out
-        self.features = nn.Sequential(*(layer for layer in layers if not isinstance(layer, nn.Identity)))
+        self.features = nn.Sequential(
+            *(layer for layer in layers if not isinstance(layer, nn.Identity))
+        )
         self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(channels, num_classes))
 
     def forward(self, x):

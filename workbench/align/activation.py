@@ -1,0 +1,52 @@
+"""Activation matching (Git Re-Basin; Jordan et al., REPAIR): pair each channel of model B
+with the channel of model A whose activations it correlates with most, group by group."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workbench.align.statistics import GroupStatistics, collect_statistics
+from workbench.align.transforms import Permutation
+from workbench.align.weight import assignment
+from workbench.data import DataLike
+from workbench.graph import PermutationSpec, resolve_spec
+from workbench.merge import check_compatible
+
+__all__ = ["activation_matching", "permutation_from_statistics"]
+
+
+def permutation_from_statistics(statistics: dict[str, GroupStatistics]) -> Permutation:
+    """For each group, the assignment of B's channels to A's maximizing total correlation."""
+    return {name: assignment(stats.correlation(0, 1)) for name, stats in statistics.items()}
+
+
+def activation_matching(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: DataLike,
+    spec: PermutationSpec | None = None,
+    *,
+    batch_size: int = 500,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> Permutation:
+    """The permutation of ``model_b``'s channels that best correlates its activations with
+    ``model_a``'s on ``data`` (one streaming pass; memory O(channels^2) per group).
+
+    ``spec`` defaults to ``permutation_spec(model_a, <a batch of data>)``.
+    """
+    check_compatible([model_a, model_b])
+    spec = resolve_spec(model_a, spec, data=data)
+    statistics = collect_statistics(
+        [model_a, model_b],
+        data,
+        spec,
+        batch_size=batch_size,
+        max_batches=max_batches,
+        progress=progress,
+    )
+    perm = permutation_from_statistics(statistics)
+    for name, group in spec.groups.items():  # a group never observed keeps its order
+        perm.setdefault(name, torch.arange(group.size))
+    return perm

@@ -1,0 +1,55 @@
+"""One entry point for alignment: choose a method, get model B expressed in A's neuron order."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from workbench.align.activation import activation_matching
+from workbench.align.transforms import Permutation, apply_permutation, identity_permutation
+from workbench.align.weight import weight_matching
+from workbench.data import DataLike
+from workbench.graph import PermutationSpec, resolve_spec
+
+__all__ = ["METHODS", "align", "match"]
+
+METHODS = ("none", "weight", "activation")
+
+
+def match(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    method: str = "weight",
+    data: DataLike | None = None,
+    spec: PermutationSpec | None = None,
+    **kwargs,
+) -> tuple[Permutation, PermutationSpec]:
+    """The permutation aligning ``model_b`` to ``model_a`` by ``method``, and the spec."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if method == "activation" and data is None:
+        raise ValueError("method='activation' needs data (a Dataset or DataLoader).")
+    spec = resolve_spec(model_a, spec, data=data)
+    spec.check_model(model_b, "model_b")
+    if method == "none":
+        return identity_permutation(spec), spec
+    if method == "weight":
+        return weight_matching(model_a, model_b, spec, **kwargs), spec
+    return activation_matching(model_a, model_b, data, spec, **kwargs), spec
+
+
+def align(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    method: str = "weight",
+    data: DataLike | None = None,
+    spec: PermutationSpec | None = None,
+    **kwargs,
+) -> nn.Module:
+    """A copy of ``model_b`` with its channels reordered to match ``model_a``.
+
+    ``method``: ``"weight"`` (weight matching, no data needed), ``"activation"``
+    (activation matching on ``data``) or ``"none"``. The result computes exactly the
+    same function as ``model_b``; only its neurons' order changes.
+    """
+    perm, spec = match(model_a, model_b, method, data, spec, **kwargs)
+    return apply_permutation(model_b, spec, perm)

@@ -1,0 +1,106 @@
+"""Weight matching (Ainsworth et al., Git Re-Basin, 2023, Algorithm 1).
+
+Find the permutation of model B's channels that maximizes the inner product between the
+two models' weights, one group at a time: with every other group's permutation fixed,
+the best permutation of one group is a linear assignment problem. Groups are visited in
+a random (seeded) order until a whole pass improves nothing.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench.align.transforms import Permutation, axis_index, identity_permutation
+from workbench.graph import Axis, PermutationSpec, resolve_spec
+from workbench.merge import check_compatible
+
+__all__ = ["weight_matching"]
+
+
+def _channel_rows(tensor: torch.Tensor, ax: Axis, size: int) -> torch.Tensor:
+    """The ``size`` channels of ``ax`` as rows: (size, everything else), block entries kept
+    together with their channel."""
+    moved = tensor.movedim(ax.axis, 0)
+    part = moved[ax.offset : ax.offset + size * ax.block]
+    return part.reshape(size, -1)
+
+
+def assignment(similarity: torch.Tensor) -> torch.Tensor:
+    """The permutation ``p`` maximizing ``sum_i similarity[i, p[i]]`` (scipy's solver)."""
+    rows, cols = linear_sum_assignment(similarity.detach().double().cpu().numpy(), maximize=True)
+    if not np.array_equal(rows, np.arange(len(rows))):
+        raise RuntimeError("linear_sum_assignment returned an incomplete assignment.")
+    return torch.from_numpy(cols).long()
+
+
+def weight_matching(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    spec: PermutationSpec | None = None,
+    *,
+    example_input: torch.Tensor | None = None,
+    max_iter: int = 100,
+    seed: int = 0,
+    init: Permutation | None = None,
+    progress: bool = False,
+) -> Permutation:
+    """The permutation of ``model_b``'s channels that best aligns its weights to ``model_a``.
+
+    ``spec`` defaults to ``permutation_spec(model_a, example_input)``; ``example_input``
+    then defaults to :func:`workbench.graph.example_input_for`. Apply the result with
+    ``apply_permutation(model_b, spec, perm)``. Deterministic for a given ``seed``.
+    """
+    check_compatible([model_a, model_b])
+    spec = resolve_spec(model_a, spec, example_input)
+    spec.check_model(model_a, "model_a")
+    spec.check_model(model_b, "model_b")
+    device = next(iter(model_a.state_dict().values())).device
+    state_a = {k: v.detach().float() for k, v in model_a.state_dict().items()}
+    state_b = {k: v.detach().float().to(device) for k, v in model_b.state_dict().items()}
+
+    axes_of_key: dict[str, list[tuple[str, Axis]]] = defaultdict(list)
+    for name, group in spec.groups.items():
+        for ax in group.axes:
+            axes_of_key[ax.key].append((name, ax))
+
+    perm = {
+        k: torch.as_tensor(v).to(device)
+        for k, v in (init if init is not None else identity_permutation(spec)).items()
+    }
+    names = list(spec.groups)
+    generator = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(max_iter), desc="weight matching", disable=not progress, leave=False)
+    for _ in bar:
+        improved = False
+        for i in torch.randperm(len(names), generator=generator).tolist():
+            name = names[i]
+            group = spec.groups[name]
+            similarity = torch.zeros(group.size, group.size, device=device)
+            for ax in group.axes:
+                w_b = state_b[ax.key]
+                for other_name, other in axes_of_key[ax.key]:
+                    if other.identity() == ax.identity():
+                        continue
+                    index = axis_index(other, perm[other_name], w_b.shape[other.axis])
+                    w_b = w_b.index_select(other.axis, index)
+                rows_a = _channel_rows(state_a[ax.key], ax, group.size)
+                rows_b = _channel_rows(w_b, ax, group.size)
+                similarity += rows_a @ rows_b.T
+            current = perm[name]
+            best = assignment(similarity).to(device)
+            arange = torch.arange(group.size, device=device)
+            old = similarity[arange, current].sum().item()
+            new = similarity[arange, best].sum().item()
+            if new > old + 1e-12 * max(1.0, abs(old)):
+                perm[name] = best
+                improved = True
+        if not improved:
+            break
+    bar.close()
+    return {k: v.cpu() for k, v in perm.items()}
