@@ -26,8 +26,9 @@ def plain_loop_seconds(train: wb.TensorImageDataset, epochs: int, lr: float, see
     torch.manual_seed(seed)
     model = wb.create_model("cnn", in_channels=1)
     loader = DataLoader(TensorDataset(train.images, train.targets), batch_size=128, shuffle=True)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                                weight_decay=5e-4)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=epochs * len(loader))
     started = time.perf_counter()
     model.train()
@@ -51,13 +52,25 @@ def main() -> None:
 
     train, test = wb.load_dataset("mnist-5k", "train"), wb.load_dataset("mnist-5k", "test")
     runs = wb.train_models(
-        "cnn", args.seeds, train, args.epochs, model_kwargs={"in_channels": 1},
-        test_data=test, lr=args.lr, augment=wb.random_translate(2), progress=False,
+        "cnn",
+        args.seeds,
+        train,
+        args.epochs,
+        model_kwargs={"in_channels": 1},
+        test_data=test,
+        lr=args.lr,
+        augment=wb.random_translate(2),
+        progress=False,
         return_metrics=True,
     )
     ours_no_aug = wb.train_model(
-        wb.create_model("cnn", in_channels=1), train, args.epochs, args.seeds[0], lr=args.lr,
-        progress=False, return_metrics=True,
+        wb.create_model("cnn", in_channels=1),
+        train,
+        args.epochs,
+        args.seeds[0],
+        lr=args.lr,
+        progress=False,
+        return_metrics=True,
     )[1]["train_seconds"]
     plain = plain_loop_seconds(train, args.epochs, args.lr, args.seeds[0])
     seconds = [m["train_seconds"] for _, m in runs]
@@ -71,7 +84,9 @@ def main() -> None:
         "epochs": args.epochs,
         "seconds_per_model": sum(seconds) / len(seconds),
         "seconds": dict(zip(map(str, args.seeds), seconds, strict=True)),
-        "test_accuracy": {str(s): m["test_accuracy"] for s, (_, m) in zip(args.seeds, runs, strict=True)},
+        "test_accuracy": {
+            str(s): m["test_accuracy"] for s, (_, m) in zip(args.seeds, runs, strict=True)
+        },
         "min_test_accuracy": min(m["test_accuracy"] for _, m in runs),
         "ours_without_augmentation_seconds": ours_no_aug,
         "plain_pytorch_loop_seconds": plain,

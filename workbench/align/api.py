@@ -9,6 +9,7 @@ from workbench.align.transforms import Permutation, apply_permutation, identity_
 from workbench.align.weight import weight_matching
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
+from workbench.merge import check_compatible
 
 __all__ = ["METHODS", "align", "match"]
 
@@ -28,6 +29,7 @@ def match(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if method == "activation" and data is None:
         raise ValueError("method='activation' needs data (a Dataset or DataLoader).")
+    check_compatible([model_a, model_b])
     spec = resolve_spec(model_a, spec, data=data)
     spec.check_model(model_b, "model_b")
     if method == "none":

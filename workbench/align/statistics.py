@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from workbench.data import DataLike, batches
 from workbench.device import model_device
-from workbench.evaluation import eval_mode
+from workbench.evaluation import eval_mode, forward_checked
 from workbench.graph import PermutationGroup, PermutationSpec
 
 __all__ = ["GroupStatistics", "collect_statistics", "observation_points"]
@@ -127,6 +127,15 @@ class _Accumulator:
         return GroupStatistics(s, self.count, mean_c + shift, covariance)
 
 
+def _check_fits(model: nn.Module, data: DataLike) -> None:
+    """Fail with a clear message, before the pass, if ``data`` does not fit ``model``."""
+    inputs, _ = next(iter(batches(data, batch_size=2, max_batches=1)), (None, None))
+    if inputs is None:
+        raise ValueError("Cannot collect statistics on an empty dataset.")
+    with eval_mode(model), torch.inference_mode():
+        forward_checked(model, inputs[:2].to(model_device(model)))
+
+
 def collect_statistics(
     models: Sequence[nn.Module],
     data: DataLike,
@@ -149,6 +158,7 @@ def collect_statistics(
     unknown = [n for n in names if n not in spec.groups]
     if unknown:
         raise ValueError(f"Unknown groups {unknown}; the spec has {list(spec.groups)}.")
+    _check_fits(models[0], data)
     points = {name: observation_points(spec.groups[name]) for name in names}
     names = [n for n in names if points[n]]
     nodes = list(dict.fromkeys(node for n in names for node in points[n]))

@@ -61,13 +61,15 @@ def weight_matching(
     spec.check_model(model_a, "model_a")
     spec.check_model(model_b, "model_b")
     device = next(iter(model_a.state_dict().values())).device
-    state_a = {k: v.detach().float() for k, v in model_a.state_dict().items()}
-    state_b = {k: v.detach().float().to(device) for k, v in model_b.state_dict().items()}
+    # Parameters only: running statistics are permuted along, but are not weights to match.
+    state_a = {k: v.detach().float() for k, v in model_a.named_parameters()}
+    state_b = {k: v.detach().float().to(device) for k, v in model_b.named_parameters()}
 
     axes_of_key: dict[str, list[tuple[str, Axis]]] = defaultdict(list)
     for name, group in spec.groups.items():
         for ax in group.axes:
-            axes_of_key[ax.key].append((name, ax))
+            if ax.key in state_a:
+                axes_of_key[ax.key].append((name, ax))
 
     perm = {
         k: torch.as_tensor(v).to(device)
@@ -83,6 +85,8 @@ def weight_matching(
             group = spec.groups[name]
             similarity = torch.zeros(group.size, group.size, device=device)
             for ax in group.axes:
+                if ax.key not in state_a:
+                    continue
                 w_b = state_b[ax.key]
                 for other_name, other in axes_of_key[ax.key]:
                     if other.identity() == ax.identity():

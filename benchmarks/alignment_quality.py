@@ -1,0 +1,149 @@
+"""Alignment quality on the shipped mnist-5k checkpoints, and a width sweep.
+
+For every pair among seeds 0..3: the loss barrier and the midpoint accuracy on the test
+set for naive interpolation, weight matching and activation matching, each with no BN
+handling, RESET and REPAIR (statistics and matching on the training set). The width
+sweep trains two models per width of the quickstart architecture (a shorter recipe, see
+--sweep-epochs) and reports the same for naive + RESET and weight matching + RESET.
+
+    python benchmarks/alignment_quality.py [--sweep-widths 1 2 4 8] [--sweep-epochs 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+
+import torch
+
+import workbench as wb
+from workbench.align import align
+from workbench.graph import permutation_spec
+
+METHODS = ("none", "weight", "activation")
+BN_MODES = (None, "reset", "repair")
+
+
+def pair_rows(model_a, model_b, train, test, spec, label: str) -> list[dict]:
+    rows = []
+    for method in METHODS:
+        started = time.perf_counter()
+        aligned = align(model_a, model_b, method, data=train, spec=spec)
+        seconds = time.perf_counter() - started
+        for bn in BN_MODES:
+            curve = wb.lmc_curve(
+                model_a,
+                aligned,
+                test,
+                alphas=[0, 0.5, 1],
+                bn=bn,
+                bn_data=train,
+                spec=spec,
+                progress=False,
+            )
+            rows.append(
+                {
+                    "pair": label,
+                    "method": method,
+                    "bn": bn or "none",
+                    "barrier": curve.barrier,
+                    "rebasin_barrier": curve.rebasin_barrier,
+                    "midpoint_accuracy": curve.midpoint_accuracy,
+                    "mean_endpoint_accuracy": float(curve.accuracy[[0, -1]].mean()),
+                    "align_seconds": seconds,
+                }
+            )
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    summary = {}
+    for method, bn in itertools.product(METHODS, ("none", "reset", "repair")):
+        sel = [r for r in rows if r["method"] == method and r["bn"] == bn]
+        summary[f"{method}+{bn}"] = {
+            "barrier_mean": statistics.mean(r["barrier"] for r in sel),
+            "barrier_max": max(r["barrier"] for r in sel),
+            "midpoint_accuracy_mean": statistics.mean(r["midpoint_accuracy"] for r in sel),
+            "midpoint_gap_mean": statistics.mean(
+                r["mean_endpoint_accuracy"] - r["midpoint_accuracy"] for r in sel
+            ),
+        }
+    naive_reset = summary["none+reset"]["barrier_mean"]
+    for method in ("weight", "activation"):
+        entry = summary[f"{method}+reset"]
+        entry["barrier_ratio_to_naive_reset"] = entry["barrier_mean"] / naive_reset
+        entry["meets_target"] = (
+            entry["barrier_ratio_to_naive_reset"] < 0.1 and entry["midpoint_gap_mean"] <= 0.015
+        )
+    return summary
+
+
+def width_sweep(widths, epochs, train, test) -> list[dict]:
+    rows = []
+    for width in widths:
+        models = wb.train_models(
+            "cnn",
+            [0, 1],
+            train,
+            epochs,
+            model_kwargs={"width": width, "in_channels": 1},
+            lr=0.2,
+            augment=wb.random_translate(2),
+            progress=False,
+        )
+        spec = permutation_spec(models[0], torch.zeros(2, 1, 28, 28))
+        for method in ("none", "weight", "activation"):
+            aligned = align(models[0], models[1], method, data=train, spec=spec)
+            curve = wb.lmc_curve(
+                models[0],
+                aligned,
+                test,
+                alphas=[0, 0.5, 1],
+                bn="reset",
+                bn_data=train,
+                spec=spec,
+                progress=False,
+            )
+            row = {
+                "width": width,
+                "epochs": epochs,
+                "method": method,
+                "bn": "reset",
+                "barrier": curve.barrier,
+                "midpoint_accuracy": curve.midpoint_accuracy,
+                "endpoint_accuracy": curve.accuracy[[0, -1]].tolist(),
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
+    parser.add_argument("--sweep-widths", type=float, nargs="*", default=[1, 2, 4, 8])
+    parser.add_argument("--sweep-epochs", type=int, default=4)
+    args = parser.parse_args()
+    train, test = wb.load_dataset("mnist-5k", "train"), wb.load_dataset("mnist-5k", "test")
+    models = dict(zip(args.seeds, wb.load_quickstart_models(tuple(args.seeds)), strict=True))
+    spec = permutation_spec(models[args.seeds[0]], torch.zeros(2, 1, 28, 28))
+    rows = []
+    for i, j in itertools.combinations(args.seeds, 2):
+        rows += pair_rows(models[i], models[j], train, test, spec, f"{i}-{j}")
+    result = {
+        "benchmark": "alignment_quality",
+        "data": "mnist-5k test (statistics on train)",
+        "pairs": rows,
+        "summary": summarize(rows),
+    }
+    print(json.dumps(result["summary"], indent=2), flush=True)
+    if args.sweep_widths:
+        result["width_sweep"] = width_sweep(args.sweep_widths, args.sweep_epochs, train, test)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

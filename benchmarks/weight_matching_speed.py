@@ -1,0 +1,98 @@
+"""Weight matching speed on ResNet20 at several widths: ours vs the `rebasin` package.
+
+Both align model B (seed 1) to model A (seed 0), random initializations, on the CPU, in
+one run. For each we report the wall time (spec derivation and matching), and whether
+the permuted model B still computes the same function (max |logits difference|): a
+permutation that changes the function is a broken alignment, whatever its speed.
+
+    pip install rebasin   # optional peer; without it only our numbers are printed
+    python benchmarks/weight_matching_speed.py [--widths 1 4 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+
+import workbench as wb
+from workbench.align import apply_permutation, weight_matching
+from workbench.graph import permutation_spec
+
+
+def resnet20(width: float, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return wb.create_model("resnet20", width=width).eval()
+
+
+def max_diff(model_x: torch.nn.Module, model_y: torch.nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (model_x(x) - model_y(x)).abs().max().item()
+
+
+def ours(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> dict:
+    started = time.perf_counter()
+    spec = permutation_spec(a, x)
+    traced = time.perf_counter()
+    perm = weight_matching(a, b, spec)
+    done = time.perf_counter()
+    aligned = apply_permutation(b, spec, perm)
+    return {
+        "seconds": done - started,
+        "spec_seconds": traced - started,
+        "match_seconds": done - traced,
+        "function_preserved_max_abs_diff": max_diff(b, aligned, x),
+    }
+
+
+def rebasin_peer(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> dict:
+    try:
+        from rebasin import PermutationCoordinateDescent
+    except ImportError:
+        return {"error": "rebasin is not installed (pip install rebasin)"}
+    b_copy = copy.deepcopy(b)
+    started = time.perf_counter()
+    try:
+        pcd = PermutationCoordinateDescent(a, b_copy, x)
+        pcd.rebasin()
+    except Exception as exc:  # the peer may fail on a model; that is a result too
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    seconds = time.perf_counter() - started
+    return {"seconds": seconds, "function_preserved_max_abs_diff": max_diff(b, b_copy, x)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--widths", type=float, nargs="+", default=[1, 4, 16])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 32, 32)
+    rows = []
+    for width in args.widths:
+        a, b = resnet20(width, 0), resnet20(width, 1)
+        row = {"width": width, "parameters": sum(p.numel() for p in a.parameters())}
+        row["ours"] = ours(a, b, x)
+        row["rebasin"] = rebasin_peer(a, b, x)
+        if "seconds" in row["rebasin"]:
+            row["speedup_ours_vs_rebasin"] = row["rebasin"]["seconds"] / row["ours"]["seconds"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(
+        json.dumps(
+            {
+                "benchmark": "weight_matching_speed",
+                "model": "resnet20",
+                "device": "cpu",
+                "threads": torch.get_num_threads(),
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""Permutation specs derived from the graph: exactness on every supported model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import workbench as wb
+from workbench.align import apply_permutation, compose, inverse, random_permutation
+from workbench.graph import Axis, GraphTraceError, permutation_spec
+
+
+def _randomize_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
+    """BN statistics and affine parameters that differ per channel (so that a wrongly
+    permuted one changes the output), near identity (so that 50 layers keep logits O(1))."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def near(center: float, n: int) -> torch.Tensor:
+        return center + 0.4 * (torch.rand(n, generator=generator) - 0.5)
+
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
+            m.bias.data.copy_(near(0.0, len(m.bias)))  # torchvision starts biases at 0
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(near(0.0, n))
+            m.running_var.copy_(near(1.0, n))
+            m.weight.data.copy_(near(1.0, n))
+            m.bias.data.copy_(near(0.0, n))
+    return model.eval()
+
+
+def _sequential() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 7 * 7, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+    )
+
+
+CASES = {
+    "cnn": (lambda: wb.create_model("cnn", in_channels=1), (2, 1, 28, 28)),
+    "vgg11": (lambda: wb.create_model("vgg11", width=0.25), (2, 3, 32, 32)),
+    "vgg11_bn": (lambda: wb.create_model("vgg11_bn", width=0.25), (2, 3, 32, 32)),
+    "vgg16": (lambda: wb.create_model("vgg16", width=0.25), (2, 3, 32, 32)),
+    "vgg16_bn": (lambda: wb.create_model("vgg16_bn", width=0.25), (2, 3, 32, 32)),
+    "resnet20": (lambda: wb.create_model("resnet20"), (2, 3, 32, 32)),
+    "resnet20x4": (lambda: wb.create_model("resnet20", width=4), (2, 3, 32, 32)),
+    "tv:resnet18": (lambda: wb.create_model("tv:resnet18"), (2, 3, 64, 64)),
+    "tv:resnet50": (lambda: wb.create_model("tv:resnet50"), (2, 3, 64, 64)),
+    "tv:vgg11_bn": (lambda: wb.create_model("tv:vgg11_bn"), (2, 3, 32, 32)),
+    "tv:mobilenet_v2": (lambda: wb.create_model("tv:mobilenet_v2"), (2, 3, 64, 64)),
+    "tv:densenet121": (lambda: wb.create_model("tv:densenet121"), (2, 3, 64, 64)),
+    "sequential": (_sequential, (2, 3, 16, 16)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_random_permutation_preserves_function(name: str) -> None:
+    torch.manual_seed(0)
+    build, shape = CASES[name]
+    model = _randomize_statistics(build())
+    x = torch.randn(*shape)
+    spec = permutation_spec(model, x)
+    assert spec.groups, "no permutation group found"
+    perm = random_permutation(spec, seed=1)
+    permuted = apply_permutation(model, spec, perm)
+    with torch.no_grad():
+        expected, got = model(x), permuted(x)
+    assert (expected - got).abs().max().item() < 1e-4
+    # Every permuted axis really changed its tensor (a no-op would pass the check above).
+    before, after = model.state_dict(), permuted.state_dict()
+    for group in spec.groups.values():
+        if torch.equal(perm[group.name], torch.arange(group.size)):
+            continue
+        for ax in group.axes:
+            assert not torch.equal(before[ax.key], after[ax.key]), (group.name, ax)
+    # The input model is untouched and the logits layer is reported, not permuted.
+    assert any("output" in line for line in spec.report)
+
+
+def test_residual_groups_are_united() -> None:
+    spec = permutation_spec(wb.create_model("resnet20"), torch.zeros(2, 3, 32, 32))
+    # Three residual streams (one per stage) plus two convs inside each of the 9 blocks,
+    # less the shared ones: the stem conv, the two projection shortcuts and 9 inner convs.
+    stream = spec.groups["conv1"]
+    assert "layer1.2.bn2.weight" in {ax.key for ax in stream.axes}
+    assert ("layer2.0.conv1.weight", 1) in stream.axes
+    assert ("layer2.0.shortcut.0.weight", 1) in stream.axes
+    assert len(spec.groups) == 12
+    assert {g.size for g in spec.groups.values()} == {16, 32, 64}
+
+
+def test_flatten_expands_channels_into_blocks() -> None:
+    spec = permutation_spec(_sequential(), torch.zeros(2, 3, 16, 16))
+    group = spec.groups["4"]  # the second conv's 16 channels, 7x7 positions each
+    fc = [ax for ax in group.axes if ax.key == "7.weight"]
+    assert fc == [("7.weight", 1)]
+    assert fc[0].block == 49 and fc[0].offset == 0
+
+
+def test_cat_gives_sliced_consumer_axes() -> None:
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.left, self.right = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 6, 1)
+            self.bn = nn.BatchNorm2d(10)
+            self.head = nn.Conv2d(10, 5, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.bn(torch.cat([self.left(x), self.right(x)], 1))))
+
+    model = _randomize_statistics(Branches())
+    x = torch.randn(2, 3, 8, 8)
+    spec = permutation_spec(model, x)
+    right = {ax.key: ax for ax in spec.groups["right"].axes}
+    assert right["bn.weight"].offset == 4 and right["head.weight"].offset == 4
+    permuted = apply_permutation(model, spec, random_permutation(spec, 3))
+    with torch.no_grad():
+        assert torch.allclose(model(x), permuted(x), atol=1e-5)
+
+
+def test_depthwise_conv_ties_input_and_output() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    )
+    spec = permutation_spec(model, torch.zeros(1, 3, 8, 8))
+    assert ("2.weight", 0) in spec.groups["0"].axes
+    assert "2" not in spec.groups  # no group of its own
+
+
+def test_grouped_conv_is_left_unpermuted_and_reported() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1))
+    x = torch.randn(2, 3, 8, 8)
+    spec = permutation_spec(model, x)
+    assert "0" not in spec.groups and "2" not in spec.groups
+    assert any("grouped convolution" in line for line in spec.report)
+    permuted = apply_permutation(model, spec, random_permutation(spec))
+    with torch.no_grad():
+        assert torch.allclose(model(x), permuted(x), atol=1e-6)
+
+
+def test_channel_slicing_is_left_unpermuted() -> None:
+    class Slicer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.conv(x)[:, :4])
+
+    spec = permutation_spec(Slicer(), torch.zeros(1, 3, 4, 4))
+    assert "conv" not in spec.groups
+    assert any("conv" in line for line in spec.report)
+
+
+def test_untraceable_model_names_the_problem() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else -self.conv(x)
+
+    with pytest.raises(GraphTraceError, match="Branchy.*leaf_modules"):
+        permutation_spec(Branchy(), torch.zeros(1, 3, 4, 4))
+    wrapper = nn.Sequential(nn.Conv2d(3, 3, 1), Branchy())
+    spec = permutation_spec(wrapper, torch.zeros(1, 3, 4, 4), leaf_modules=(Branchy,))
+    assert "0" not in spec.groups  # feeds an opaque module: frozen, reported
+    assert any("Branchy" in line for line in spec.report)
+
+
+def test_example_input_that_does_not_fit() -> None:
+    with pytest.raises(ValueError, match=r"cannot run on the example input of shape \[\(2, 3, 28, 28\)\]"):
+        permutation_spec(wb.create_model("cnn", in_channels=1), torch.zeros(2, 3, 28, 28))
+
+
+def test_spec_rejects_a_model_of_another_architecture() -> None:
+    spec = permutation_spec(wb.create_model("cnn", in_channels=1), torch.zeros(2, 1, 28, 28))
+    wider = wb.create_model("cnn", in_channels=1, width=2)
+    with pytest.raises(ValueError, match="built for another architecture"):
+        apply_permutation(wider, spec, random_permutation(spec))
+
+
+def test_permutation_validation_and_algebra() -> None:
+    model = wb.create_model("cnn", in_channels=1)
+    spec = permutation_spec(model, torch.zeros(2, 1, 28, 28))
+    bad = random_permutation(spec)
+    bad["features.conv1"] = torch.zeros(16, dtype=torch.long)
+    with pytest.raises(ValueError, match="not a permutation of range"):
+        apply_permutation(model, spec, bad)
+    with pytest.raises(ValueError, match="missing groups"):
+        apply_permutation(model, spec, {})
+    p, q = random_permutation(spec, 1), random_permutation(spec, 2)
+    twice = apply_permutation(apply_permutation(model, spec, p), spec, q)
+    once = apply_permutation(model, spec, compose(p, q))
+    for key, value in twice.state_dict().items():
+        assert torch.equal(value, once.state_dict()[key])
+    back = apply_permutation(apply_permutation(model, spec, p), spec, inverse(p))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, back.state_dict()[key])
+
+
+def test_axis_behaves_as_a_pair() -> None:
+    ax = Axis("conv.weight", 1, offset=4, block=9)
+    key, axis = ax
+    assert (key, axis) == ("conv.weight", 1) and ax == ("conv.weight", 1)
+    assert ax.offset == 4 and ax.block == 9
+
+
+def test_spec_building_leaves_the_model_untouched() -> None:
+    model = wb.create_model("cnn", in_channels=1).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    permutation_spec(model, torch.randn(4, 1, 28, 28))
+    assert model.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
