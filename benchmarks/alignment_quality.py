@@ -20,7 +20,7 @@ import time
 import torch
 
 import workbench as wb
-from workbench.align import align
+from workbench.alignment import align
 from workbench.graph import permutation_spec
 
 METHODS = ("none", "weight", "activation")

@@ -18,7 +18,7 @@ import time
 import torch
 
 import workbench as wb
-from workbench.align import collect_statistics
+from workbench.alignment import collect_statistics
 from workbench.graph import permutation_spec
 
 

@@ -19,7 +19,7 @@ import time
 import torch
 
 import workbench as wb
-from workbench.align import apply_permutation, weight_matching
+from workbench.alignment import apply_permutation, weight_matching
 from workbench.graph import permutation_spec
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import workbench as wb
-from workbench.align import (
+from workbench.alignment import (
     activation_matching,
     align,
     apply_permutation,
@@ -87,8 +87,14 @@ def test_statistics_match_a_direct_computation(shipped_pair, spec, mnist_train) 
 @pytest.mark.parametrize("method", ["none", "weight", "activation"])
 def test_align_returns_the_same_function(shipped_pair, spec, mnist_train, mnist_test, method):
     a, b = shipped_pair
-    aligned = align(a, b, method, data=mnist_train, spec=spec, **(
-        {"progress": False} if method == "activation" else {}))
+    aligned = align(
+        a,
+        b,
+        method,
+        data=mnist_train,
+        spec=spec,
+        **({"progress": False} if method == "activation" else {}),
+    )
     x = mnist_test.images[:64]
     with torch.no_grad():
         torch.testing.assert_close(aligned(x), b(x), rtol=1e-4, atol=1e-4)
@@ -120,7 +126,9 @@ def test_bad_input_fails_before_any_work(shipped_pair, spec, mnist_train) -> Non
     spec_vgg = permutation_spec(other, torch.zeros(2, 1, 28, 28))
     with pytest.raises(ValueError, match="built for another architecture"):
         weight_matching(a, a, spec_vgg)
-    rgb = torch.utils.data.TensorDataset(torch.zeros(8, 3, 28, 28), torch.zeros(8, dtype=torch.long))
+    rgb = torch.utils.data.TensorDataset(
+        torch.zeros(8, 3, 28, 28), torch.zeros(8, dtype=torch.long)
+    )
     with pytest.raises(ValueError, match=r"cannot take inputs of shape \(2, 3, 28, 28\)"):
         activation_matching(a, a, rgb, spec, progress=False)
     with pytest.raises(ValueError, match="method must be one of"):

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import workbench as wb
-from workbench.align import apply_permutation, compose, inverse, random_permutation
+from workbench.alignment import apply_permutation, compose, inverse, random_permutation
 from workbench.graph import Axis, GraphTraceError, permutation_spec
 
 
@@ -138,8 +138,9 @@ def test_depthwise_conv_ties_input_and_output() -> None:
 
 
 def test_grouped_conv_is_left_unpermuted_and_reported() -> None:
-    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
-                          nn.Conv2d(8, 4, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1)
+    )
     x = torch.randn(2, 3, 8, 8)
     spec = permutation_spec(model, x)
     assert "0" not in spec.groups and "2" not in spec.groups
@@ -172,7 +173,7 @@ def test_untraceable_model_names_the_problem() -> None:
         def forward(self, x):
             return self.conv(x) if x.sum() > 0 else -self.conv(x)
 
-    with pytest.raises(GraphTraceError, match="Branchy.*leaf_modules"):
+    with pytest.raises(GraphTraceError, match=r"Branchy.*leaf_modules"):
         permutation_spec(Branchy(), torch.zeros(1, 3, 4, 4))
     wrapper = nn.Sequential(nn.Conv2d(3, 3, 1), Branchy())
     spec = permutation_spec(wrapper, torch.zeros(1, 3, 4, 4), leaf_modules=(Branchy,))
@@ -181,7 +182,9 @@ def test_untraceable_model_names_the_problem() -> None:
 
 
 def test_example_input_that_does_not_fit() -> None:
-    with pytest.raises(ValueError, match=r"cannot run on the example input of shape \[\(2, 3, 28, 28\)\]"):
+    with pytest.raises(
+        ValueError, match=r"cannot run on the example input of shape \[\(2, 3, 28, 28\)\]"
+    ):
         permutation_spec(wb.create_model("cnn", in_channels=1), torch.zeros(2, 3, 28, 28))
 
 

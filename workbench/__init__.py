@@ -11,7 +11,14 @@ The public API, re-exported from the modules that implement it::
 
 __version__ = "0.1.0"
 
-from workbench import figures, widgets
+from workbench import alignment, figures, widgets
+from workbench.alignment import (
+    activation_matching,
+    align,
+    apply_permutation,
+    random_permutation,
+    weight_matching,
+)
 from workbench.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -31,6 +38,7 @@ from workbench.data import (
 )
 from workbench.device import default_device
 from workbench.evaluation import Metrics, evaluate
+from workbench.graph import PermutationSpec, permutation_spec
 from workbench.lmc import (
     LMCCurve,
     barrier_table,
@@ -40,7 +48,7 @@ from workbench.lmc import (
     plot_curves,
     write_csv,
 )
-from workbench.merge import average, interpolate, reset_bn
+from workbench.merge import average, interpolate, repair, reset_bn
 from workbench.training import random_translate, train_model, train_models
 from workbench.zoo import create_model, list_models
 
@@ -50,8 +58,13 @@ __all__ = [
     "DatasetUnavailableError",
     "LMCCurve",
     "Metrics",
+    "PermutationSpec",
     "TensorImageDataset",
     "__version__",
+    "activation_matching",
+    "align",
+    "alignment",
+    "apply_permutation",
     "average",
     "barrier_table",
     "create_model",
@@ -68,15 +81,19 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_quickstart_models",
+    "permutation_spec",
     "plot_curves",
+    "random_permutation",
     "random_translate",
     "read_metadata",
+    "repair",
     "reset_bn",
     "save_checkpoint",
     "shipped_models_dir",
     "train_model",
     "train_models",
     "train_val_split",
+    "weight_matching",
     "widgets",
     "write_csv",
 ]

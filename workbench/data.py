@@ -167,7 +167,11 @@ def _embedded_arrays(name: str) -> tuple[np.ndarray, np.ndarray]:
 def _stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out): ``fraction`` of every class held out, in a seeded order."""
+    """Indices (keep, held_out): ``fraction`` of every class held out.
+
+    Both parts come in a fixed random order, never sorted by class (the source files
+    are), so that the first batches of a split are a fair sample of all of it.
+    """
     rng = np.random.default_rng(seed)
     keep, held = [], []
     for cls in np.unique(labels):
@@ -175,7 +179,7 @@ def _stratified_split(
         n_held = round(len(idx) * fraction)
         held.append(idx[:n_held])
         keep.append(idx[n_held:])
-    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+    return rng.permutation(np.concatenate(keep)), rng.permutation(np.concatenate(held))
 
 
 def _load_embedded(name: str, split: str) -> TensorImageDataset:

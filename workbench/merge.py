@@ -218,14 +218,17 @@ def _run_with_hooks(
     data: DataLike,
     batch_size: int,
     max_batches: int | None,
+    shuffle: bool = False,
 ) -> None:
-    """One eval-mode pass over ``data`` with forward hooks on the named modules."""
+    """One eval-mode pass over ``data`` with forward hooks on the named modules (batches in
+    a fixed random order with ``shuffle``, for passes that use per-batch statistics)."""
     modules = dict(model.named_modules())
     handles = [modules[name].register_forward_hook(fn) for name, fn in hooks.items()]
     device = model_device(model)
     try:
         with eval_mode(model), torch.no_grad():
-            for inputs, _ in batches(data, batch_size, max_batches=max_batches):
+            generator = torch.Generator().manual_seed(0)
+            for inputs, _ in batches(data, batch_size, shuffle, generator, max_batches):
                 forward_checked(model, inputs.to(device))
     finally:
         for handle in handles:
@@ -300,7 +303,9 @@ def repair_(
 
         return correct
 
-    _run_with_hooks(model, {n: corrector(n) for n in moments}, data, batch_size, max_batches)
+    _run_with_hooks(
+        model, {n: corrector(n) for n in moments}, data, batch_size, max_batches, shuffle=True
+    )
     with torch.no_grad():
         for p in foldable:
             mean, std = moments[p.point].result(eps)

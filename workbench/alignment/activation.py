@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from workbench.align.statistics import GroupStatistics, collect_statistics
-from workbench.align.transforms import Permutation
-from workbench.align.weight import assignment
+from workbench.alignment.statistics import GroupStatistics, collect_statistics
+from workbench.alignment.transforms import Permutation
+from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merge import check_compatible

@@ -16,7 +16,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.align.transforms import Permutation, axis_index, identity_permutation
+from workbench.alignment.transforms import Permutation, axis_index, identity_permutation
 from workbench.graph import Axis, PermutationSpec, resolve_spec
 from workbench.merge import check_compatible
 

@@ -1,9 +1,9 @@
 """Neuron alignment: weight matching, activation matching and the transforms they apply."""
 
-from workbench.align.activation import activation_matching, permutation_from_statistics
-from workbench.align.api import METHODS, align, match
-from workbench.align.statistics import GroupStatistics, collect_statistics, observation_points
-from workbench.align.transforms import (
+from workbench.alignment.activation import activation_matching, permutation_from_statistics
+from workbench.alignment.api import METHODS, align, match
+from workbench.alignment.statistics import GroupStatistics, collect_statistics, observation_points
+from workbench.alignment.transforms import (
     Permutation,
     apply_permutation,
     compose,
@@ -12,7 +12,7 @@ from workbench.align.transforms import (
     permute_state,
     random_permutation,
 )
-from workbench.align.weight import weight_matching
+from workbench.alignment.weight import weight_matching
 
 __all__ = [
     "METHODS",

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from workbench.align.activation import activation_matching
-from workbench.align.transforms import Permutation, apply_permutation, identity_permutation
-from workbench.align.weight import weight_matching
+from workbench.alignment.activation import activation_matching
+from workbench.alignment.transforms import Permutation, apply_permutation, identity_permutation
+from workbench.alignment.weight import weight_matching
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merge import check_compatible
