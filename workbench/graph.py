@@ -52,21 +52,31 @@ class GraphTraceError(RuntimeError):
 
 
 class Axis(tuple):
-    """A ``(state_dict key, axis)`` pair that a group permutes, with two refinements.
+    """A ``(state_dict key, axis)`` pair that a group permutes, with three refinements.
 
     ``offset``: the group covers the slice starting there (a consumer of a ``cat``).
     ``block``: each channel spans ``block`` consecutive entries (a linear layer after a
     ``flatten``: channel ``c`` owns entries ``c * block ... c * block + block - 1``).
+    ``role``: how the tensor uses the channels: ``"out"`` (a layer's output rows and
+    bias), ``"in"`` (a consumer's input columns) or ``"channel"`` (a per-channel
+    parameter or statistic: BatchNorm, depthwise filters). Permutations treat all alike;
+    a general linear map needs the role (and cannot pass a ``"channel"`` axis exactly).
     Unpacks and compares like the plain pair.
     """
 
     offset: int
     block: int
+    role: str
 
-    def __new__(cls, key: str, axis: int, offset: int = 0, block: int = 1) -> Axis:
+    def __new__(
+        cls, key: str, axis: int, offset: int = 0, block: int = 1, role: str = "channel"
+    ) -> Axis:
+        if role not in ("out", "in", "channel"):
+            raise ValueError(f"role must be 'out', 'in' or 'channel', got {role!r}.")
         self = super().__new__(cls, (key, axis))
         self.offset = offset
         self.block = block
+        self.role = role
         return self
 
     @property
@@ -81,10 +91,10 @@ class Axis(tuple):
         extra = (f", offset={self.offset}" if self.offset else "") + (
             f", block={self.block}" if self.block != 1 else ""
         )
-        return f"Axis({self[0]!r}, {self[1]}{extra})"
+        return f"Axis({self[0]!r}, {self[1]}{extra}, role={self.role!r})"
 
     def __reduce__(self):
-        return (Axis, (self[0], self[1], self.offset, self.block))
+        return (Axis, (self[0], self[1], self.offset, self.block, self.role))
 
     def identity(self) -> tuple[str, int, int, int]:
         """Everything that tells this axis apart, including slice and block."""
@@ -238,6 +248,8 @@ _ELEMENTWISE_MODULES = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d,
+    nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )  # fmt: skip
 
 _ELEMENTWISE_FUNCTIONS = {
@@ -245,7 +257,7 @@ _ELEMENTWISE_FUNCTIONS = {
     F.hardsigmoid, F.hardtanh, F.softplus, F.dropout, F.dropout1d, F.dropout2d,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
     torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.abs, torch.neg, torch.exp,
     torch.clamp, torch.square, torch.sqrt, operator.neg,
 }  # fmt: skip
@@ -340,7 +352,9 @@ class _Builder:
         self.module_groups[producer] = g
         return g
 
-    def add_axes(self, label: _Label | None, key: str, axis: int, why: str) -> None:
+    def add_axes(
+        self, label: _Label | None, key: str, axis: int, why: str, role: str = "channel"
+    ) -> None:
         """Register ``key``'s ``axis`` as following ``label``'s groups, slice by slice."""
         if label is None:
             self.untouched.setdefault(key, why)
@@ -348,7 +362,7 @@ class _Builder:
         offset = 0
         for seg in label.segments:
             if seg.group != _FIXED:
-                self.axes[seg.group].append(Axis(key, axis, offset, seg.block))
+                self.axes[seg.group].append(Axis(key, axis, offset, seg.block, role))
             offset += seg.size * seg.block
 
     def freeze(self, label: _Label | None, reason: str) -> None:
@@ -462,12 +476,12 @@ class _Builder:
             if inp is None:
                 self.untouched.setdefault(key + "weight", f"{name}: input channels unknown")
             else:
-                self.add_axes(inp, key + "weight", 1, name)
+                self.add_axes(inp, key + "weight", 1, name, role="in")
             out_channels = module.out_features if is_linear else module.out_channels
             g = self.new_group(out_channels, name)
-            self.axes[g] += [Axis(key + "weight", 0)]
+            self.axes[g] += [Axis(key + "weight", 0, role="out")]
             if module.bias is not None:
-                self.axes[g].append(Axis(key + "bias", 0))
+                self.axes[g].append(Axis(key + "bias", 0, role="out"))
             return _Label(out_dim, (_Segment(g, out_channels),))
         if inp is not None and module.in_channels == module.out_channels == groups:
             # depthwise: output channel c is a function of input channel c only
@@ -628,7 +642,8 @@ class _Builder:
             sizes = {self.sizes[g] for g in members}
             if root == _FIXED or root in self.uf.frozen or len(sizes) != 1:
                 reason = self.uf.frozen.get(root, "sizes differ") if root != _FIXED else "fixed"
-                report.append(f"{name} ({', '.join(producers[1:3]) or 'alone'}): {reason}")
+                joined = f" (with {', '.join(producers[1:])})" if len(producers) > 1 else ""
+                report.append(f"{name}{joined}: {reason}")
                 continue
             seen: set[tuple] = set()
             axes = []

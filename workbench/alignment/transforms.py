@@ -1,5 +1,6 @@
 """Transforming a model through its permutation spec: reorder the channels of every group
-(and their consumers' input axes) without changing the function the model computes."""
+(and their consumers' input axes) without changing the function the model computes, or
+map them by general invertible matrices (CCA Merge)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from torch import nn
 from workbench.graph import Axis, PermutationSpec
 
 __all__ = [
+    "LinearMaps",
     "Permutation",
+    "apply_linear_maps",
     "apply_permutation",
     "axis_index",
     "check_permutation",
@@ -21,6 +24,7 @@ __all__ = [
     "inverse",
     "permute_state",
     "random_permutation",
+    "transform_state",
 ]
 
 Permutation = dict[str, torch.Tensor]
@@ -103,3 +107,91 @@ def apply_permutation(
     permuted = copy.deepcopy(model)
     permuted.load_state_dict(permute_state(model.state_dict(), spec, perm))
     return permuted
+
+
+# ---------------------------------------------------------------------------------------
+# General linear maps (CCA Merge)
+
+
+LinearMaps = dict[str, torch.Tensor]  # group -> invertible (size x size) matrix
+
+
+def _channel_block(tensor: torch.Tensor, ax: Axis, size: int) -> tuple[torch.Tensor, slice]:
+    """The group's slice of ``tensor`` as (size, block, rest) with the channel first."""
+    moved = tensor.movedim(ax.axis, 0)
+    span = slice(ax.offset, ax.offset + size * ax.block)
+    return moved[span].reshape(size, ax.block, -1), span
+
+
+def _write_block(tensor: torch.Tensor, ax: Axis, span: slice, block: torch.Tensor) -> torch.Tensor:
+    moved = tensor.movedim(ax.axis, 0).clone()
+    moved[span] = block.reshape(moved[span].shape)
+    return moved.movedim(0, ax.axis)
+
+
+def _is_permutation_matrix(matrix: torch.Tensor) -> torch.Tensor | None:
+    """The permutation ``p`` with ``matrix[i, p[i]] == 1``, if ``matrix`` is one."""
+    ones = matrix == 1
+    if (
+        not (ones | (matrix == 0)).all()
+        or not (ones.sum(0) == 1).all()
+        or not (ones.sum(1) == 1).all()
+    ):
+        return None
+    return ones.float().argmax(1)
+
+
+def transform_state(
+    state: Mapping[str, torch.Tensor], spec: PermutationSpec, maps: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A new state dict in which each group's channels ``x`` become ``maps[g] @ x``.
+
+    Output rows and biases (role ``"out"``) are multiplied by the map, consumers' input
+    columns (``"in"``) by its inverse, so that a network with no nonlinearity between a
+    group's producers and consumers computes the same function. Per-channel parameters
+    (``"channel"``: BatchNorm, depthwise filters) can only follow a permutation matrix;
+    fold BatchNorm into the layers first (:func:`fold_batchnorm`).
+    """
+    out = dict(state)
+    for name, matrix in maps.items():
+        group = spec.groups[name]
+        matrix = torch.as_tensor(matrix, dtype=torch.float64)
+        if matrix.shape != (group.size, group.size):
+            raise ValueError(
+                f"maps[{name!r}] must be {group.size}x{group.size}, got {tuple(matrix.shape)}."
+            )
+        inverse_matrix = torch.linalg.inv(matrix)
+        perm = _is_permutation_matrix(matrix)
+        for ax in group.axes:
+            tensor = out[ax.key]
+            if ax.role == "channel":
+                if perm is None:
+                    raise ValueError(
+                        f"Group {name!r} has the per-channel tensor {ax.key}, which a general "
+                        "linear map cannot transform exactly; fold BatchNorm into the layers "
+                        "(fold_batchnorm) or use a permutation for this group."
+                    )
+                index = axis_index(ax, perm, tensor.shape[ax.axis]).to(tensor.device)
+                out[ax.key] = tensor.index_select(ax.axis, index)
+                continue
+            block, span = _channel_block(tensor.double(), ax, group.size)
+            if ax.role == "out":
+                new = torch.einsum("ij,jbr->ibr", matrix.to(tensor.device), block)
+            else:
+                new = torch.einsum("kj,kbr->jbr", inverse_matrix.to(tensor.device), block)
+            out[ax.key] = _write_block(tensor.double(), ax, span, new).to(tensor.dtype)
+    return out
+
+
+def apply_linear_maps(
+    model: nn.Module, spec: PermutationSpec, maps: Mapping[str, torch.Tensor]
+) -> nn.Module:
+    """A new model whose groups' channels are mapped by invertible matrices (see
+    :func:`transform_state`). Groups not in ``maps`` are left as they are."""
+    spec.check_model(model)
+    unknown = sorted(set(maps) - set(spec.groups))
+    if unknown:
+        raise ValueError(f"Unknown groups {unknown}; the spec has {list(spec.groups)}.")
+    transformed = copy.deepcopy(model)
+    transformed.load_state_dict(transform_state(model.state_dict(), spec, maps))
+    return transformed
