@@ -103,7 +103,7 @@ def test_repair_works_without_batchnorm(tiny_train) -> None:
     for p in points:
         std_t = 0.5 * (ends[0][p.point][1] + ends[1][p.point][1])
         assert (got[p.point][1] - std_t).abs().max() < 0.1 * std_t.max(), p.point
-    with pytest.raises(ValueError, match="no BatchNorm"):
+    with pytest.raises(ValueError, match="needs BatchNorm layers"):
         wb.lmc_curve(models[0], models[1], tiny_train, alphas=3, bn="reset", progress=False)
     curve = wb.lmc_curve(
         models[0], models[1], tiny_train, alphas=3, bn="repair", spec=spec, progress=False

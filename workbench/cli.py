@@ -16,7 +16,7 @@ from workbench.checkpoints import (
     save_checkpoint,
     shipped_models_dir,
 )
-from workbench.data import dataset_info, load_dataset
+from workbench.data import DatasetUnavailableError, dataset_info, load_dataset
 from workbench.lmc import barrier_table, lmc_curves, plot_curves, write_csv
 from workbench.training import random_translate, train_models
 
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, DatasetUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

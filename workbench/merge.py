@@ -85,6 +85,8 @@ def load_interpolation_(
 ) -> nn.Module:
     """Overwrite ``target`` with ``(1 - alpha) * state_a + alpha * state_b`` in place; exact
     copies of the endpoints at alpha 0 and 1."""
+    if alpha == 0:
+        return load_weighted_average_(target, [state_a], [1.0])
     if alpha == 1:
         return load_weighted_average_(target, [state_b], [1.0])
     return load_weighted_average_(target, [state_a, state_b], [1.0 - alpha, alpha])
@@ -122,68 +124,6 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-def reset_bn_(
-    model: nn.Module,
-    data: DataLike,
-    batch_size: int = 500,
-    max_batches: int | None = None,
-    progress: bool = False,
-) -> nn.Module:
-    """RESET in place: recompute every BatchNorm layer's running mean and variance as the
-    exact average over ``data`` (momentum-free), with all other layers in eval mode.
-
-    Needed after merging because the running statistics of an average of networks are not
-    the statistics of the averaged network's activations (Jordan et al., 2023).
-    """
-    bn_layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    if not bn_layers:
-        raise ValueError(
-            f"{type(model).__name__} has no BatchNorm layers, so there are no statistics to "
-            "reset; use bn=None, or REPAIR for networks without BatchNorm."
-        )
-    momenta = [m.momentum for m in bn_layers]
-    device = model_device(model)
-    training = model.training
-    model.eval()
-    for layer in bn_layers:
-        layer.reset_running_stats()
-        layer.momentum = None
-        layer.train()
-    try:
-        with torch.no_grad():
-            for inputs, _ in tqdm(
-                batches(data, batch_size, max_batches=max_batches),
-                desc="reset BN",
-                disable=not progress,
-                leave=False,
-            ):
-                forward_checked(model, inputs.to(device))
-    finally:
-        for layer, momentum in zip(bn_layers, momenta, strict=True):
-            layer.momentum = momentum
-        model.train(training)
-    if bn_layers[0].num_batches_tracked.item() == 0:
-        raise ValueError("Cannot reset BatchNorm statistics on an empty dataset.")
-    return model
-
-
-def reset_bn(
-    model: nn.Module, data: DataLike, batch_size: int = 500, max_batches: int | None = None
-) -> nn.Module:
-    """A copy of ``model`` with BatchNorm statistics recomputed on ``data`` (RESET).
-
-    Weights are unchanged; only running means and variances change.
-    """
-    return reset_bn_(copy.deepcopy(model), data, batch_size, max_batches)
-
-
-# ---------------------------------------------------------------------------------------
-# REPAIR (Jordan et al., 2023)
-
-
-Moments = dict[str, tuple[torch.Tensor, torch.Tensor]]  # point -> (mean, std), float64
-
-
 class _ChannelMoments:
     """Running per-channel mean and variance of a layer's outputs (float64 across batches)."""
 
@@ -204,12 +144,84 @@ class _ChannelMoments:
         self.sum_sq = self.sum_sq + n * (flat_var + flat_mean.square())
         return mean, var
 
-    def result(self, eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, standard deviation) over everything added."""
         if self.count == 0:
             raise ValueError("Cannot measure statistics on an empty dataset.")
         mean = self.sum / self.count
-        return mean, (self.sum_sq / self.count - mean.square()).clamp_min(0).add(eps).sqrt()
+        return mean, (self.sum_sq / self.count - mean.square()).clamp_min(0).sqrt()
+
+
+def reset_bn_(
+    model: nn.Module,
+    data: DataLike,
+    batch_size: int = 500,
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> nn.Module:
+    """RESET in place: recompute every BatchNorm layer's running mean and variance as the
+    exact statistics of its inputs over all of ``data`` (every example weighs the same,
+    whatever the batch sizes), with BatchNorm normalizing by batch statistics during the
+    pass and all other layers in eval mode.
+
+    Needed after merging because the running statistics of an average of networks are not
+    the statistics of the averaged network's activations (Jordan et al., 2023).
+    """
+    bn_layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    if not bn_layers:
+        raise ValueError(
+            f"{type(model).__name__} has no BatchNorm layers, so there are no statistics to "
+            "reset; use bn=None, or REPAIR for networks without BatchNorm."
+        )
+    moments = {layer: _ChannelMoments(dim=1) for layer in bn_layers}
+
+    def record(layer: _BatchNorm, inputs: tuple[torch.Tensor, ...]) -> None:
+        moments[layer].add(inputs[0])
+
+    handles = [layer.register_forward_pre_hook(record) for layer in bn_layers]
+    device = model_device(model)
+    training = model.training
+    model.eval()
+    for layer in bn_layers:
+        layer.reset_running_stats()  # the batch counter then counts this pass
+        layer.train()  # downstream layers see batch-normalized inputs during the pass
+    try:
+        with torch.no_grad():
+            for inputs, _ in tqdm(
+                batches(data, batch_size, max_batches=max_batches),
+                desc="reset BN",
+                disable=not progress,
+                leave=False,
+            ):
+                forward_checked(model, inputs.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    with torch.no_grad():
+        for layer, moment in moments.items():
+            mean, std = moment.result()  # raises on an empty dataset
+            n = moment.count
+            layer.running_mean.copy_(mean)
+            layer.running_var.copy_(std.square() * n / max(n - 1, 1))  # unbiased, as BN keeps
+    return model
+
+
+def reset_bn(
+    model: nn.Module, data: DataLike, batch_size: int = 500, max_batches: int | None = None
+) -> nn.Module:
+    """A copy of ``model`` with BatchNorm statistics recomputed on ``data`` (RESET).
+
+    Weights are unchanged; only running means and variances change.
+    """
+    return reset_bn_(copy.deepcopy(model), data, batch_size, max_batches)
+
+
+# ---------------------------------------------------------------------------------------
+# REPAIR (Jordan et al., 2023)
+
+
+Moments = dict[str, tuple[torch.Tensor, torch.Tensor]]  # point -> (mean, std), float64
 
 
 def _run_with_hooks(
@@ -269,7 +281,7 @@ def repair_(
     points: Sequence[LayerPoint],
     batch_size: int = 500,
     max_batches: int | None = None,
-    eps: float = 1e-5,
+    eps: float = 1e-12,
 ) -> nn.Module:
     """REPAIR in place: rescale every point's channels so that their mean and standard
     deviation over ``data`` are the ``weights``-average of the endpoints' (``targets``).
@@ -308,9 +320,10 @@ def repair_(
     )
     with torch.no_grad():
         for p in foldable:
-            mean, std = moments[p.point].result(eps)
+            mean, std = moments[p.point].result()
             mean_t, std_t = target[p.point]
-            scale = std_t / std
+            # A channel that never varies (a dead unit) cannot be rescaled, only shifted.
+            scale = torch.where(std > 1e-6 * std.max(), std_t / std.clamp_min(1e-30), 1.0)
             shift = mean_t - scale * mean
             weight, bias = _affine_of(modules[p.point])
             view = [-1] + [1] * (weight.ndim - 1)

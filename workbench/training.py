@@ -73,8 +73,10 @@ def train_model(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
     )
+    # OneCycleLR divides by zero when pct_start * total_steps == 1 (a 4-step run).
+    pct_start = 0.25 if total_steps != 4 else 0.5
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25, anneal_strategy="linear"
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=pct_start, anneal_strategy="linear"
     )
     started = time.perf_counter()
     rng_devices = [device] if device.type == "cuda" else []

@@ -3,9 +3,8 @@
 One pass over the data runs every model and, at each permutation group's observation
 points (the outputs of its nonlinearities), accumulates per-channel sums and the full
 second-moment matrix of the models' activations side by side. Memory is O(channels^2)
-per group: activations are never stored. Products are formed per batch in the
-activations' precision, around a per-channel shift taken from the first batch (so
-that means do not cancel variances), and accumulated across batches in float64.
+per group: activations are never stored. Products are formed per batch in float32,
+centered within the batch, and combined across batches in float64.
 
 Activation matching uses the cross-correlations of a pair; CCA Merge the full covariance.
 """
@@ -85,46 +84,57 @@ def _observer(spec: PermutationSpec, model: nn.Module, nodes: Sequence[str]) -> 
     return observer
 
 
+def _channel_major(activation: torch.Tensor, dim: int) -> torch.Tensor:
+    """A (B, C, K) view of an activation whose channels lie on ``dim``: every (b, k) is one
+    observation. NCHW maps need no copy; other layouts are made channels-first."""
+    if dim == 1 and activation.ndim >= 3:
+        return activation.flatten(2).float()
+    rows = activation.movedim(dim, -1).reshape(-1, activation.shape[dim])
+    return rows.T.unsqueeze(0).float()
+
+
 class _Accumulator:
-    """Sums and cross-products of M models' channels at one group, in float64."""
+    """Mean and co-moments of M models' channels at one group.
+
+    Each batch's cross-products are formed in float32 straight from the activations (a
+    batched matmul, no copy) and centered within the batch; batches are combined in
+    float64 with the pairwise update of Chan et al. (1979), so a large mean never
+    cancels a small variance across the whole pass.
+    """
 
     def __init__(self, size: int, num_models: int, device: torch.device) -> None:
         width = size * num_models
         self.size, self.num_models = size, num_models
-        self.shift: list[torch.Tensor] | None = None
         self.count = 0
-        self.sum = torch.zeros(width, dtype=torch.float64, device=device)
-        self.outer = torch.zeros(width, width, dtype=torch.float64, device=device)
+        self.mean = torch.zeros(width, dtype=torch.float64, device=device)
+        self.comoment = torch.zeros(width, width, dtype=torch.float64, device=device)
 
     def add(self, activations: Sequence[torch.Tensor], dim: int) -> None:
         """Add one batch: ``activations[m]`` is model m's output, channels on ``dim``."""
-        rows = [a.movedim(dim, -1).float() for a in activations]
-        if self.shift is None:
-            self.shift = [r.reshape(-1, self.size).mean(0) for r in rows]
-        # Subtracting the shift writes each model's activations once, channels last.
-        centered = [(r - s).reshape(-1, self.size) for r, s in zip(rows, self.shift, strict=True)]
-        self.count += len(centered[0])
+        views = [_channel_major(a, dim) for a in activations]
+        n = views[0].shape[0] * views[0].shape[2]
+        sums = torch.cat([v.sum((0, 2)) for v in views]).double()
+        batch_mean = sums / n
+        batch = torch.empty_like(self.comoment)
         s = self.size
-        for i, ci in enumerate(centered):
-            self.sum[i * s : (i + 1) * s] += ci.sum(0).double()
+        for i, vi in enumerate(views):
             for j in range(i, self.num_models):
-                self.outer[i * s : (i + 1) * s, j * s : (j + 1) * s] += (
-                    ci.T @ centered[j]
-                ).double()
+                block = torch.matmul(vi, views[j].transpose(1, 2)).sum(0).double()
+                batch[i * s : (i + 1) * s, j * s : (j + 1) * s] = block
+                batch[j * s : (j + 1) * s, i * s : (i + 1) * s] = block.T
+        batch -= n * torch.outer(batch_mean, batch_mean)
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.comoment += batch + torch.outer(delta, delta) * (self.count * n / total)
+        self.mean += delta * (n / total)
+        self.count = total
 
     def result(self) -> GroupStatistics:
         if self.count < 2:
             raise ValueError("Need at least 2 observations to estimate statistics.")
-        s = self.size
-        for i in range(self.num_models):  # fill the lower blocks from the upper ones
-            for j in range(i + 1, self.num_models):
-                self.outer[j * s : (j + 1) * s, i * s : (i + 1) * s] = self.outer[
-                    i * s : (i + 1) * s, j * s : (j + 1) * s
-                ].T
-        mean_c = self.sum / self.count
-        covariance = (self.outer - self.count * torch.outer(mean_c, mean_c)) / (self.count - 1)
-        shift = torch.cat(self.shift).double()
-        return GroupStatistics(s, self.count, mean_c + shift, covariance)
+        return GroupStatistics(
+            self.size, self.count, self.mean.clone(), self.comoment / (self.count - 1)
+        )
 
 
 def _check_fits(model: nn.Module, data: DataLike) -> None:

@@ -1,0 +1,197 @@
+"""The ``workbench`` command: demo, info and train, in-process and as an installed script."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import workbench as wb
+from workbench.cli import main
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    code, stdout, _ = _run(["demo", "--out", str(out), "--alphas", "3"])
+    return code, stdout, out
+
+
+@pytest.fixture(scope="module")
+def train_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    argv = ["train", "cnn", "--seeds", "0", "--epochs", "1", "--width", "0.25", "--out", str(out)]
+    code, stdout, _ = _run(argv)
+    return code, stdout, out, argv
+
+
+# --- demo --------------------------------------------------------------------------------
+
+
+def test_demo_writes_figures_and_csv(demo_run):
+    code, _, out = demo_run
+    assert code == 0
+    for name in ("lmc_naive.pdf", "lmc_naive.png", "lmc_naive.csv"):
+        assert (out / name).is_file(), name
+    assert (out / "lmc_naive.pdf").read_bytes().startswith(b"%PDF")
+    assert (out / "lmc_naive.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_demo_csv(demo_run, shipped_pair, mnist_test):
+    _, _, out = demo_run
+    frame = pd.read_csv(out / "lmc_naive.csv", keep_default_na=False)
+    assert list(frame.columns) == ["label", "bn", "split", "alpha", "loss", "accuracy"]
+    assert len(frame) == 3 * 4
+    assert set(zip(frame["bn"], frame["split"], strict=True)) == {
+        ("none", "train"),
+        ("none", "test"),
+        ("reset", "train"),
+        ("reset", "test"),
+    }
+    assert sorted(set(frame["alpha"])) == [0.0, 0.5, 1.0]
+    # The naive test endpoint is the shipped model A's test loss.
+    row = frame[(frame["bn"] == "none") & (frame["split"] == "test") & (frame["alpha"] == 0.0)]
+    assert row["loss"].item() == pytest.approx(
+        wb.evaluate(shipped_pair[0], mnist_test).loss, rel=1e-12
+    )
+    naive_mid = frame[
+        (frame["bn"] == "none") & (frame["split"] == "test") & (frame["alpha"] == 0.5)
+    ]
+    reset_mid = frame[
+        (frame["bn"] == "reset") & (frame["split"] == "test") & (frame["alpha"] == 0.5)
+    ]
+    assert reset_mid["accuracy"].item() > naive_mid["accuracy"].item()
+
+
+def test_demo_prints_barrier_table(demo_run):
+    _, stdout, out = demo_run
+    assert "barrier" in stdout
+    assert "cnn_mnist-5k_seed0.safetensors" in stdout
+    assert str(out / "lmc_naive.csv") in stdout
+
+
+def test_demo_missing_models(tmp_path):
+    code, _, err = _run(["demo", "--models", str(tmp_path), "--out", str(tmp_path / "o")])
+    assert code == 2
+    assert "No checkpoint at" in err
+    assert not (tmp_path / "o").exists()
+
+
+# --- info --------------------------------------------------------------------------------
+
+
+def test_info_prints_json(capsys):
+    path = wb.shipped_models_dir() / "cnn_mnist-5k_seed0.safetensors"
+    assert main(["info", str(path)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["architecture"]["name"] == "cnn"
+    assert printed == wb.read_metadata(path)
+
+
+def test_info_errors(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "absent.safetensors")]) == 2
+    assert "error: No checkpoint at" in capsys.readouterr().err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_text("nope")
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a safetensors file" in err
+    assert "Traceback" not in err
+
+
+def test_usage_errors_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+# --- train -------------------------------------------------------------------------------
+
+
+def test_train_writes_checkpoint(train_run, mnist_test):
+    code, stdout, out, _ = train_run
+    assert code == 0
+    path = out / "cnn_mnist-5k_seed0.safetensors"
+    assert [p.name for p in out.iterdir()] == [path.name]
+    assert f"{path}: test accuracy" in stdout
+    meta = wb.read_metadata(path)
+    assert meta["architecture"] == {
+        "name": "cnn",
+        "width": 0.25,
+        "num_classes": 10,
+        "in_channels": 1,
+    }
+    assert meta["seed"] == 0
+    assert meta["dataset"] == "mnist-5k"
+    assert meta["recipe"] == {"epochs": 1, "lr": 0.2, "batch_size": 128, "translate": 2}
+    model = wb.load_checkpoint(path)
+    assert meta["metrics"]["test_accuracy"] == wb.evaluate(model, mnist_test).accuracy
+    assert meta["metrics"]["epochs"] == 1
+
+
+def test_train_refuses_to_overwrite(train_run):
+    _, _, out, argv = train_run
+    path = out / "cnn_mnist-5k_seed0.safetensors"
+    before = path.read_bytes()
+    code, stdout, stderr = _run(argv)
+    assert code == 2
+    assert str(path) in stderr
+    assert "--overwrite" in stderr
+    assert stdout == ""
+    assert path.read_bytes() == before
+
+
+def test_train_unknown_arch(tmp_path):
+    code, _, err = _run(["train", "nonet", "--seeds", "0", "--epochs", "1", "--out", str(tmp_path)])
+    assert code == 2
+    assert "Unknown model 'nonet'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_missing_dataset_is_a_clean_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path / "cache"))
+    argv = ["train", "cnn", "--dataset", "mnist", "--seeds", "0", "--out", str(tmp_path / "o")]
+    code, _, err = _run(argv)
+    assert code == 2
+    assert "Could not find 'mnist'" in err
+
+
+# --- as a program ------------------------------------------------------------------------
+
+
+def test_module_help():
+    result = subprocess.run(
+        [sys.executable, "-m", "workbench.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0
+    for command in ("train", "demo", "info"):
+        assert command in result.stdout
+
+
+def test_console_script_help():
+    script = Path(sys.executable).parent / "workbench"
+    if not script.is_file():
+        pytest.skip(f"no installed console script at {script}")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0
+    assert "usage: workbench" in result.stdout

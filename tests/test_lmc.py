@@ -1,0 +1,362 @@
+"""Linear mode connectivity: curves, both barrier definitions, tables and plots."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import assert_state_equal, state_copy
+from matplotlib.figure import Figure
+
+import workbench as wb
+
+FRAME_COLUMNS = ["label", "bn", "split", "alpha", "loss", "accuracy"]
+
+
+@pytest.fixture(scope="module")
+def naive_test(shipped_pair, mnist_test):
+    a, b = shipped_pair
+    return wb.lmc_curve(a, b, mnist_test, alphas=5, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reset_test(shipped_pair, train_1k, mnist_test):
+    a, b = shipped_pair
+    return wb.lmc_curve(
+        a, b, mnist_test, alphas=[0.0, 0.5, 1.0], bn="reset", bn_data=train_1k, progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def train_1k(mnist_train):
+    return mnist_train.subset(torch.arange(0, 4000, 4), "train")
+
+
+@pytest.fixture(scope="module")
+def train_500(mnist_train):
+    return mnist_train.subset(torch.arange(0, 4000, 8), "train")
+
+
+def _curve(alphas, loss, accuracy=None, **kwargs):
+    alphas = np.asarray(alphas, dtype=float)
+    accuracy = np.full(len(alphas), 0.9) if accuracy is None else np.asarray(accuracy, dtype=float)
+    return wb.LMCCurve(alphas, np.asarray(loss, dtype=float), accuracy, **kwargs)
+
+
+# --- curves of the shipped pair -----------------------------------------------------------
+
+
+def test_endpoints_equal_evaluate_exactly(naive_test, shipped_pair, mnist_test):
+    a, b = shipped_pair
+    ea, eb = wb.evaluate(a, mnist_test), wb.evaluate(b, mnist_test)
+    np.testing.assert_array_equal(naive_test.alphas, np.linspace(0, 1, 5))
+    assert naive_test.loss[0] == ea.loss
+    assert naive_test.accuracy[0] == ea.accuracy
+    assert naive_test.loss[-1] == eb.loss
+    assert naive_test.accuracy[-1] == eb.accuracy
+
+
+def test_interior_points_equal_evaluate_of_interpolation(naive_test, shipped_pair, mnist_test):
+    a, b = shipped_pair
+    mid = wb.evaluate(wb.interpolate(a, b, 0.25), mnist_test)
+    assert naive_test.loss[1] == pytest.approx(mid.loss, rel=1e-6)
+    assert naive_test.accuracy[1] == mid.accuracy
+
+
+def test_curve_metadata(naive_test):
+    assert naive_test.split == "test"  # taken from the dataset
+    assert naive_test.bn is None
+    assert naive_test.label == "naive"
+    assert naive_test.settings == {"batch_size": 500, "bn_data": "first split"}
+    assert naive_test.loss.shape == naive_test.accuracy.shape == (5,)
+
+
+def test_naive_barrier_of_shipped_pair_is_large(naive_test):
+    assert naive_test.midpoint_accuracy < 0.5
+    assert naive_test.barrier > 0.5
+    assert naive_test.accuracy_barrier > 0.3
+    assert len(naive_test.diverged) == 0
+
+
+def test_reset_beats_naive_at_midpoint(naive_test, reset_test):
+    assert reset_test.bn == "reset"
+    assert reset_test.settings["bn_data"] == "given"
+    assert reset_test.midpoint_accuracy > naive_test.midpoint_accuracy
+    assert reset_test.barrier < naive_test.barrier
+
+
+def test_lmc_curve_leaves_models_unmodified(shipped_pair, mnist_test):
+    a, b = shipped_pair
+    before_a, before_b = state_copy(a), state_copy(b)
+    wb.lmc_curve(a, b, mnist_test, alphas=[0.5], bn="reset", progress=False)
+    assert_state_equal(a, before_a)
+    assert_state_equal(b, before_b)
+    assert not a.training and not b.training
+
+
+def test_lmc_curves_match_single_calls(shipped_pair, train_500, mnist_test):
+    a, b = shipped_pair
+    curves = wb.lmc_curves(
+        a, b, {"train": train_500, "test": mnist_test}, alphas=[0, 0.5], bn="reset", progress=False
+    )
+    assert list(curves) == ["train", "test"]
+    train_curve, test_curve = curves["train"], curves["test"]
+    assert (
+        train_curve.settings == test_curve.settings == {"batch_size": 500, "bn_data": "first split"}
+    )
+    assert (train_curve.bn, test_curve.bn) == ("reset", "reset")
+    assert (train_curve.split, test_curve.split) == ("train", "test")
+    np.testing.assert_array_equal(train_curve.alphas, test_curve.alphas)
+
+    single_train = wb.lmc_curve(a, b, train_500, alphas=[0, 0.5], bn="reset", progress=False)
+    single_test = wb.lmc_curve(
+        a, b, mnist_test, alphas=[0, 0.5], bn="reset", bn_data=train_500, progress=False
+    )
+    for joint, single in ((train_curve, single_train), (test_curve, single_test)):
+        np.testing.assert_array_equal(joint.loss, single.loss)
+        np.testing.assert_array_equal(joint.accuracy, single.accuracy)
+    # Resetting on the test data instead gives other numbers: bn_data is really used.
+    own = wb.lmc_curve(a, b, mnist_test, alphas=[0.5], bn="reset", progress=False)
+    assert own.loss[0] != test_curve.loss[1]
+
+
+def test_lmc_curves_naive_splits(shipped_pair, train_500, mnist_test, naive_test):
+    a, b = shipped_pair
+    curves = wb.lmc_curves(
+        a, b, {"tr": train_500, "te": mnist_test}, alphas=3, label="mine", progress=False
+    )
+    assert curves["te"].split == "te" and curves["te"].label == "mine"
+    assert curves["tr"].split == "tr"
+    # alphas=3 evaluates 0, 0.5, 1: every other point of the 5-point curve.
+    np.testing.assert_array_equal(curves["te"].alphas, naive_test.alphas[::2])
+    np.testing.assert_array_equal(curves["te"].loss, naive_test.loss[::2])
+    np.testing.assert_array_equal(curves["te"].accuracy, naive_test.accuracy[::2])
+    train_mid = wb.evaluate(wb.interpolate(a, b, 0.5), train_500)
+    assert curves["tr"].accuracy[1] == train_mid.accuracy
+
+
+def test_reset_without_batchnorm_errors(mnist_test):
+    a = wb.create_model("cnn", width=0.25, in_channels=1, batch_norm=False)
+    b = wb.create_model("cnn", width=0.25, in_channels=1, batch_norm=False)
+    with pytest.raises(
+        ValueError, match="bn='reset' needs BatchNorm layers and SimpleCNN has none"
+    ):
+        wb.lmc_curve(a, b, mnist_test, alphas=3, bn="reset", progress=False)
+    # Without reset the same pair is fine.
+    curve = wb.lmc_curve(a, b, mnist_test, alphas=2, progress=False)
+    assert curve.loss.shape == (2,)
+
+
+@pytest.mark.parametrize(
+    ("alphas", "match"),
+    [
+        (1, "Need at least 2 points on the path, got alphas=1"),
+        (0, "Need at least 2 points"),
+        ([], "alphas must be a count or a 1-D list of finite numbers"),
+        ([[0.0, 1.0]], "alphas must be a count"),
+        ([0.0, float("nan"), 1.0], "alphas must be a count"),
+        ([0.0, float("inf")], "alphas must be a count"),
+    ],
+)
+def test_bad_alphas(shipped_pair, mnist_test, alphas, match):
+    a, b = shipped_pair
+    with pytest.raises(ValueError, match=match):
+        wb.lmc_curve(a, b, mnist_test, alphas=alphas, progress=False)
+
+
+def test_bad_arguments(shipped_pair, mnist_test):
+    a, b = shipped_pair
+    with pytest.raises(ValueError, match=r"bn must be one of \(None, 'reset'.*\), got 'bogus'"):
+        wb.lmc_curve(a, b, mnist_test, bn="bogus", progress=False)
+    with pytest.raises(ValueError, match="data must name at least one split"):
+        wb.lmc_curves(a, b, {}, progress=False)
+    other = wb.create_model("cnn", width=0.5, in_channels=1)
+    with pytest.raises(ValueError, match="differ in width"):
+        wb.lmc_curve(a, other, mnist_test, progress=False)
+
+
+# --- barrier definitions on synthetic curves -----------------------------------------------
+
+
+def test_barriers_on_symmetric_curve():
+    curve = _curve([0, 0.25, 0.5, 0.75, 1], [1.0, 2.0, 4.0, 2.0, 1.0])
+    # Flat chord at height 1: both definitions give 4 - 1.
+    assert curve.barrier == pytest.approx(3.0)
+    assert curve.rebasin_barrier == pytest.approx(3.0)
+
+
+def test_barriers_differ_on_tilted_chord():
+    alphas = np.array([0, 0.25, 0.5, 0.75, 1])
+    loss = np.array([1.0, 5.0, 3.0, 3.0, 3.0])
+    curve = _curve(alphas, loss)
+    # Chord from L(0)=1 to L(1)=3 is 1 + 2a = [1, 1.5, 2, 2.5, 3]; the excess is
+    # [0, 3.5, 1, 0.5, 0], largest at alpha=0.25.
+    assert curve.barrier == pytest.approx(3.5)
+    # Re-Basin: max L - (L(0) + L(1)) / 2 = 5 - 2.
+    assert curve.rebasin_barrier == pytest.approx(3.0)
+    chord = (1 - alphas) * loss[0] + alphas * loss[-1]
+    assert curve.barrier == pytest.approx(np.max(loss - chord))
+
+
+def test_barrier_is_zero_below_chord():
+    curve = _curve([0, 0.5, 1], [2.0, 0.5, 1.0])
+    assert curve.barrier == 0.0  # the endpoints themselves lie on the chord
+    assert curve.rebasin_barrier == pytest.approx(2.0 - 1.5)
+
+
+def test_barrier_ignores_points_outside_unit_interval():
+    curve = _curve([-0.5, 0, 0.5, 1, 1.5], [100.0, 1.0, 2.0, 1.0, 50.0])
+    assert curve.barrier == pytest.approx(1.0)
+    assert curve.rebasin_barrier == pytest.approx(1.0)
+
+
+def test_accuracy_barrier():
+    alphas = [0, 0.25, 0.5, 0.75, 1]
+    accuracy = [0.9, 0.5, 0.7, 0.8, 0.8]
+    curve = _curve(alphas, [0.1] * 5, accuracy)
+    # Chord 0.9 - 0.1a = [0.9, 0.875, 0.85, 0.825, 0.8]; drops [0, 0.375, 0.15, 0.025, 0].
+    assert curve.accuracy_barrier == pytest.approx(0.375)
+    assert curve.barrier == pytest.approx(0.0)
+    assert curve.midpoint_accuracy == 0.7
+
+
+def test_unordered_alphas():
+    curve = _curve([1, 0, 0.5], [3.0, 1.0, 4.0])
+    assert curve.barrier == pytest.approx(4.0 - 2.0)
+
+
+def test_missing_endpoint_raises():
+    curve = _curve([0, 0.5, 0.9], [1.0, 2.0, 1.0])
+    with pytest.raises(ValueError, match=r"alpha=1 is not among \[0\.0, 0\.5, 0\.9\]"):
+        _ = curve.barrier
+    with pytest.raises(ValueError, match="alpha=1"):
+        _ = curve.rebasin_barrier
+    with pytest.raises(ValueError, match="alpha=1"):
+        _ = curve.accuracy_barrier
+    no_start = _curve([0.1, 1], [1.0, 1.0])
+    with pytest.raises(ValueError, match="alpha=0 is not among"):
+        _ = no_start.barrier
+    no_mid = _curve([0, 1], [1.0, 1.0])
+    with pytest.raises(ValueError, match=r"alpha=0\.5 is not among"):
+        _ = no_mid.midpoint_accuracy
+
+
+def test_nan_loss_gives_nan_barrier_and_diverged():
+    curve = _curve([0, 0.25, 0.5, 0.75, 1], [1.0, 2.0, float("nan"), float("inf"), 1.0])
+    assert math.isnan(curve.barrier)
+    assert math.isnan(curve.rebasin_barrier)
+    np.testing.assert_array_equal(curve.diverged, [0.5, 0.75])
+    finite = _curve([0, 0.5, 1], [1.0, 2.0, 1.0])
+    assert len(finite.diverged) == 0
+
+
+# --- tables --------------------------------------------------------------------------------
+
+
+def test_to_frame(naive_test):
+    frame = naive_test.to_frame()
+    assert list(frame.columns) == FRAME_COLUMNS
+    assert len(frame) == 5
+    assert set(frame["label"]) == {"naive"}
+    assert set(frame["bn"]) == {"none"}
+    assert set(frame["split"]) == {"test"}
+    np.testing.assert_array_equal(frame["loss"].to_numpy(), naive_test.loss)
+    np.testing.assert_array_equal(frame["alpha"].to_numpy(), naive_test.alphas)
+
+
+def test_curves_frame_and_csv(naive_test, reset_test, tmp_path):
+    frame = wb.curves_frame([naive_test, reset_test])
+    assert list(frame.columns) == FRAME_COLUMNS
+    assert len(frame) == len(naive_test.alphas) + len(reset_test.alphas)
+    assert frame["bn"].tolist() == ["none"] * 5 + ["reset"] * 3
+    path = wb.write_csv([naive_test, reset_test], tmp_path / "out" / "curves.csv")
+    assert path.is_file()
+    back = pd.read_csv(path)
+    assert list(back.columns) == FRAME_COLUMNS
+    assert len(back) == 8
+    np.testing.assert_allclose(back["loss"].to_numpy(), frame["loss"].to_numpy(), rtol=1e-12)
+
+
+def test_barrier_table(naive_test, reset_test):
+    table = wb.barrier_table([naive_test, reset_test])
+    assert len(table) == 2
+    for column in (
+        "barrier",
+        "rebasin_barrier",
+        "accuracy_barrier",
+        "accuracy_a",
+        "accuracy_b",
+        "midpoint_accuracy",
+    ):
+        assert column in table.columns
+    for row, curve in zip(table.itertuples(), [naive_test, reset_test], strict=True):
+        assert row.barrier == curve.barrier
+        assert row.rebasin_barrier == curve.rebasin_barrier
+        assert row.accuracy_barrier == curve.accuracy_barrier
+        assert row.accuracy_a == curve.accuracy[0]
+        assert row.accuracy_b == curve.accuracy[-1]
+        assert row.midpoint_accuracy == curve.midpoint_accuracy
+    assert table["bn"].tolist() == ["none", "reset"]
+
+
+def test_summary_without_midpoint():
+    record = _curve([0, 1], [1.0, 2.0]).summary()
+    assert "midpoint_accuracy" not in record
+    assert record["barrier"] == 0.0
+
+
+# --- plots --------------------------------------------------------------------------------
+
+
+def test_plot_curves_one_line_per_curve(naive_test, reset_test):
+    fig = wb.plot_curves([naive_test, reset_test])
+    assert isinstance(fig, Figure)
+    [ax] = fig.axes
+    assert len(ax.lines) == 2
+    np.testing.assert_array_equal(ax.lines[0].get_xdata(), naive_test.alphas)
+    np.testing.assert_array_equal(ax.lines[0].get_ydata(), naive_test.loss)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["naive", "naive + RESET"]
+
+
+def test_plot_curves_accuracy_on_given_axes(naive_test, reset_test):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2)
+    returned = wb.plot_curves([naive_test], metric="accuracy", ax=axes[1], title="acc")
+    assert returned is fig
+    assert len(axes[0].lines) == 0
+    assert len(axes[1].lines) == 1
+    np.testing.assert_allclose(axes[1].lines[0].get_ydata(), 100 * naive_test.accuracy)
+    assert axes[1].get_title() == "acc"
+    assert axes[1].get_ylabel() == "Accuracy (%)"
+    fig2 = reset_test.plot("loss")
+    assert isinstance(fig2, Figure) and len(fig2.axes[0].lines) == 1
+
+
+def test_plot_marks_diverged_points():
+    curve = _curve([0, 0.5, 1], [1.0, float("nan"), 1.0], split="train")
+    fig = wb.plot_curves([curve])
+    lines = fig.axes[0].lines
+    assert len(lines) == 2
+    assert lines[1].get_label() == "naive: diverged"
+    np.testing.assert_array_equal(lines[1].get_xdata(), [0.5])
+
+
+def test_plot_split_names_when_splits_differ():
+    train = _curve([0, 1], [1.0, 1.0], split="train")
+    test = _curve([0, 1], [1.0, 1.0], split="test")
+    fig = wb.plot_curves([train, test])
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == ["naive (train)", "naive (test)"]
+    assert [line.get_linestyle() for line in ax.lines] == ["-", "--"]
+
+
+def test_plot_rejects_bad_input(naive_test):
+    with pytest.raises(ValueError, match="metric must be 'loss' or 'accuracy', got 'barrier'"):
+        wb.plot_curves([naive_test], metric="barrier")
+    with pytest.raises(ValueError, match="Nothing to plot"):
+        wb.plot_curves([])

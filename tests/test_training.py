@@ -1,0 +1,225 @@
+"""Seeded training: reproducibility, isolation from global state, metrics and the recipe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_state_equal, state_copy, states_equal
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, TensorDataset
+
+import workbench as wb
+
+TINY = {"width": 0.25, "in_channels": 1}
+# 256 images at batch 64 for 2 epochs: 8 optimizer steps.
+FAST = {"batch_size": 64, "device": "cpu", "progress": False}
+
+
+def _train(model, data, seed, epochs=2, **kwargs):
+    return wb.train_model(model, data, epochs, seed, **{**FAST, **kwargs})
+
+
+def test_same_seed_is_bit_identical(tiny_model, tiny_train):
+    augment = wb.random_translate(2)
+    first = _train(tiny_model, tiny_train, seed=3, augment=augment)
+    second = _train(tiny_model, tiny_train, seed=3, augment=augment)
+    first_state, second_state = first.state_dict(), second.state_dict()
+    assert first_state.keys() == second_state.keys()
+    for key, tensor in first_state.items():
+        assert torch.equal(tensor, second_state[key]), key
+    # Training did change the weights.
+    assert not torch.equal(first.features.conv1.weight, tiny_model.features.conv1.weight)
+
+
+def test_different_seeds_differ(tiny_model, tiny_train):
+    a = _train(tiny_model, tiny_train, seed=3)
+    b = _train(tiny_model, tiny_train, seed=4)
+    differing = [k for k, v in a.state_dict().items() if not torch.equal(v, b.state_dict()[k])]
+    assert "features.conv1.weight" in differing
+    assert "classifier.fc2.weight" in differing
+
+
+def test_input_model_not_modified(tiny_model, tiny_train):
+    before = state_copy(tiny_model)
+    tiny_model.train()
+    trained = _train(tiny_model, tiny_train, seed=0)
+    assert trained is not tiny_model
+    assert_state_equal(tiny_model, before)
+    assert tiny_model.training  # its mode is untouched too
+    assert not trained.training  # the result comes back in eval mode
+
+
+def test_global_rng_state_unchanged(tiny_model, tiny_train):
+    torch.manual_seed(99)
+    before = torch.get_rng_state()
+    _train(tiny_model, tiny_train, seed=0, augment=wb.random_translate(1))
+    assert torch.equal(torch.get_rng_state(), before)
+    wb.train_models("cnn", [0, 1], tiny_train, 2, model_kwargs=TINY, **FAST)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_result_does_not_depend_on_global_rng(tiny_model, tiny_train):
+    torch.manual_seed(1)
+    a = _train(tiny_model, tiny_train, seed=5)
+    torch.manual_seed(2)
+    b = _train(tiny_model, tiny_train, seed=5)
+    assert states_equal(a.state_dict(), b.state_dict())
+
+
+def test_return_metrics(tiny_model, tiny_train, mnist_test):
+    model, metrics = _train(
+        tiny_model, tiny_train, seed=0, test_data=mnist_test, return_metrics=True
+    )
+    assert set(metrics) == {
+        "epochs",
+        "train_seconds",
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+    }
+    assert metrics["epochs"] == 2
+    assert metrics["train_seconds"] > 0
+    for split in ("train", "test"):
+        assert 0.0 <= metrics[f"{split}_accuracy"] <= 1.0
+        assert metrics[f"{split}_loss"] > 0
+    train_eval = wb.evaluate(model, tiny_train)
+    test_eval = wb.evaluate(model, mnist_test)
+    assert metrics["train_accuracy"] == train_eval.accuracy
+    assert metrics["train_loss"] == train_eval.loss
+    assert metrics["test_accuracy"] == test_eval.accuracy
+    assert metrics["test_loss"] == test_eval.loss
+
+
+def test_return_metrics_without_test_data(tiny_model, tiny_train):
+    _, metrics = _train(tiny_model, tiny_train, seed=0, return_metrics=True)
+    assert "test_accuracy" not in metrics and "test_loss" not in metrics
+    assert 0.0 <= metrics["train_accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("epochs", [0, -1])
+def test_epochs_must_be_positive(tiny_model, tiny_train, epochs):
+    with pytest.raises(ValueError, match=f"epochs must be >= 1, got {epochs}"):
+        wb.train_model(tiny_model, tiny_train, epochs, 0, progress=False)
+
+
+def test_training_learns(tiny_train):
+    torch.manual_seed(0)
+    model = wb.create_model("cnn", width=0.5, in_channels=1)
+    before = wb.evaluate(model, tiny_train)
+    trained = wb.train_model(model, tiny_train, 6, 0, lr=0.1, **FAST)
+    after = wb.evaluate(trained, tiny_train)
+    assert after.loss < before.loss
+    assert after.accuracy > before.accuracy
+
+
+def test_train_from_dataloader(tiny_model, tiny_train):
+    loader = DataLoader(TensorDataset(tiny_train.images, tiny_train.targets), batch_size=64)
+    a = wb.train_model(tiny_model, loader, 2, 0, device="cpu", progress=False)
+    b = wb.train_model(tiny_model, loader, 2, 0, device="cpu", progress=False)
+    assert states_equal(a.state_dict(), b.state_dict())
+    assert not torch.equal(a.features.conv1.weight, tiny_model.features.conv1.weight)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8])
+def test_any_number_of_optimizer_steps(tiny_model, tiny_train, steps):
+    """epochs * batches per epoch may be any positive number (here: 1 epoch of `steps`)."""
+    data = tiny_train.subset(torch.arange(steps * 8), "train")
+    model = wb.train_model(tiny_model, data, 1, 0, batch_size=8, device="cpu", progress=False)
+    assert not torch.equal(model.features.conv1.weight, tiny_model.features.conv1.weight)
+
+
+def test_random_translate(tiny_train):
+    images = tiny_train.images[:16]
+    gen = torch.Generator().manual_seed(0)
+    shifted = wb.random_translate(2)(images, gen)
+    assert shifted.shape == images.shape
+    again = wb.random_translate(2)(images, torch.Generator().manual_seed(0))
+    assert torch.equal(shifted, again)
+    assert not torch.equal(shifted, images)
+    # Each output is a translate of its input: some shift within +-2 pixels reproduces it.
+    padded = torch.nn.functional.pad(images, [2] * 4)
+    for i in range(len(images)):
+        assert any(
+            torch.equal(shifted[i], padded[i, :, dy : dy + 28, dx : dx + 28])
+            for dy in range(5)
+            for dx in range(5)
+        )
+    unshifted = wb.random_translate(0)(images, gen)
+    assert torch.equal(unshifted, images)
+
+
+def test_train_models_differ_only_by_seed(tiny_train):
+    models = wb.train_models("cnn", [0, 1], tiny_train, 2, model_kwargs=TINY, **FAST)
+    assert len(models) == 2
+    a, b = models
+    assert (
+        a.workbench_architecture
+        == b.workbench_architecture
+        == {"name": "cnn", **TINY, "num_classes": 10}
+    )
+    sa, sb = a.state_dict(), b.state_dict()
+    assert {k: v.shape for k, v in sa.items()} == {k: v.shape for k, v in sb.items()}
+    assert not torch.equal(sa["features.conv1.weight"], sb["features.conv1.weight"])
+
+
+def test_train_models_seed_sets_init_and_training(tiny_train):
+    [from_models] = wb.train_models("cnn", [7], tiny_train, 2, model_kwargs=TINY, **FAST)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        init = wb.create_model("cnn", **TINY)
+    by_hand = wb.train_model(init, tiny_train, 2, 7, **FAST)
+    assert states_equal(from_models.state_dict(), by_hand.state_dict())
+
+
+def test_train_models_return_metrics(tiny_train, mnist_test):
+    results = wb.train_models(
+        "cnn",
+        [0],
+        tiny_train,
+        2,
+        model_kwargs=TINY,
+        test_data=mnist_test,
+        return_metrics=True,
+        **FAST,
+    )
+    [(model, metrics)] = results
+    assert metrics["test_accuracy"] == wb.evaluate(model, mnist_test).accuracy
+
+
+@pytest.fixture
+def two_threads():
+    """CPU results depend on how reductions are split across threads: the shipped
+    checkpoints were trained with torch's default on a 2-core machine, i.e. 2 threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.slow
+def test_retraining_reproduces_shipped_checkpoint(mnist_train, two_threads):
+    """The shipped seed-0 checkpoint, retrained from its own recorded recipe, bit for bit."""
+    path = wb.shipped_models_dir() / "cnn_mnist-5k_seed0.safetensors"
+    metadata = wb.read_metadata(path)
+    recipe = metadata["recipe"]
+    arch = dict(metadata["architecture"])
+    name = arch.pop("name")
+    assert metadata["dataset"] == "mnist-5k"
+    [model] = wb.train_models(
+        name,
+        [metadata["seed"]],
+        mnist_train,
+        recipe["epochs"],
+        model_kwargs=arch,
+        lr=recipe["lr"],
+        batch_size=recipe["batch_size"],
+        augment=wb.random_translate(recipe["translate"]) if recipe["translate"] else None,
+        device="cpu",
+        progress=False,
+    )
+    shipped = load_file(str(path))
+    state = model.state_dict()
+    assert shipped.keys() == state.keys()
+    for key, tensor in shipped.items():
+        assert torch.equal(state[key], tensor), key
