@@ -330,3 +330,10 @@ def test_load_quickstart_models(shipped_pair, mnist_test):
 def test_load_quickstart_models_missing_seed():
     with pytest.raises(FileNotFoundError, match=r"cnn_mnist-5k_seed99\.safetensors.*README"):
         wb.load_quickstart_models((0, 99))
+
+
+def test_load_into_a_given_model_keeps_the_file_metadata(tmp_path, tiny_model):
+    path = wb.save_checkpoint(tiny_model, tmp_path / "m.safetensors", seed=7)
+    loaded = wb.load_checkpoint(path, model=tiny_model)
+    assert loaded.workbench_metadata["seed"] == 7
+    assert loaded.workbench_metadata["versions"]["torch_threads"] == str(torch.get_num_threads())

@@ -9,6 +9,7 @@ unpickles anything: safetensors is plain data, and ``.pt`` files are read with
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -53,6 +54,8 @@ def _versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "safetensors": safetensors.__version__,
         "python": platform.python_version(),
+        # CPU results are bit-reproducible for the same thread count (and CPU kind).
+        "torch_threads": str(torch.get_num_threads()),
     }
 
 
@@ -197,6 +200,9 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> nn.Modu
     if model is not None:
         target, what = copy.deepcopy(model).cpu(), f"the given {type(model).__name__}"
         metadata: dict[str, Any] = {}
+        if path.suffix == ".safetensors":
+            with contextlib.suppress(CheckpointError):  # plain safetensors carry none
+                metadata = read_metadata(path)
     else:
         if path.suffix != ".safetensors":
             raise CheckpointError(
