@@ -322,6 +322,11 @@ def _trace(model: nn.Module, example_input: Any, leaf_modules: tuple[type, ...])
     return gm
 
 
+def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    """Argument ``index`` of a call, whether passed by position or as ``name=``."""
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
 def _shape(node: fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
@@ -541,13 +546,12 @@ class _Builder:
         if fn in _BINARY_FUNCTIONS and len(node.args) >= 2:
             return self.binary(node, node.args[0], node.args[1])
         if fn is torch.flatten:
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-            return self.flatten(node, inp, start, end)
+            return self.flatten(
+                node, inp, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
+            )
         if fn is torch.cat:
             tensors = node.args[0]
-            dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
-            return self.cat(node, list(tensors), dim)
+            return self.cat(node, list(tensors), _arg(node, 1, "dim", 0))
         if fn in (torch.mean, torch.sum, torch.amax, torch.amin):
             return self.reduce(node, inp)
         return self.opaque(node, f"unsupported function {getattr(fn, '__name__', fn)}")
@@ -559,9 +563,9 @@ class _Builder:
         if method in _BINARY_METHODS and len(node.args) >= 2:
             return self.binary(node, node.args[0], node.args[1])
         if method == "flatten":
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            end = node.args[2] if len(node.args) > 2 else node.kwargs.get("end_dim", -1)
-            return self.flatten(node, inp, start, end)
+            return self.flatten(
+                node, inp, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
+            )
         if method in ("view", "reshape"):
             return self.reshape(node, inp)
         if method in ("mean", "sum", "amax", "amin"):
@@ -583,7 +587,7 @@ class _Builder:
     def reduce(self, node: fx.Node, inp: _Label | None) -> _Label | None:
         if inp is None:
             return self.fixed(node)
-        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        dims = _arg(node, 1, "dim", None)
         in_shape, out_shape = _shape(node.args[0]), _shape(node)
         if dims is None:
             return None  # full reduction: a scalar, invariant to any permutation
