@@ -180,13 +180,11 @@ def reset_bn_(
 
     handles = [layer.register_forward_pre_hook(record) for layer in bn_layers]
     device = model_device(model)
-    training = model.training
-    model.eval()
-    for layer in bn_layers:
-        layer.reset_running_stats()  # the batch counter then counts this pass
-        layer.train()  # downstream layers see batch-normalized inputs during the pass
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
+            for layer in bn_layers:
+                layer.reset_running_stats()  # the batch counter then counts this pass
+                layer.train()  # downstream layers see batch-normalized inputs
             for inputs, _ in tqdm(
                 batches(data, batch_size, max_batches=max_batches),
                 desc="reset BN",
@@ -197,7 +195,6 @@ def reset_bn_(
     finally:
         for handle in handles:
             handle.remove()
-        model.train(training)
     with torch.no_grad():
         for layer, moment in moments.items():
             mean, std = moment.result()  # raises on an empty dataset
