@@ -18,6 +18,7 @@ __all__ = [
     "apply_linear_maps",
     "apply_permutation",
     "axis_index",
+    "channel_block",
     "check_permutation",
     "compose",
     "identity_permutation",
@@ -116,7 +117,7 @@ def apply_permutation(
 LinearMaps = dict[str, torch.Tensor]  # group -> invertible (size x size) matrix
 
 
-def _channel_block(tensor: torch.Tensor, ax: Axis, size: int) -> tuple[torch.Tensor, slice]:
+def channel_block(tensor: torch.Tensor, ax: Axis, size: int) -> tuple[torch.Tensor, slice]:
     """The group's slice of ``tensor`` as (size, block, rest) with the channel first."""
     moved = tensor.movedim(ax.axis, 0)
     span = slice(ax.offset, ax.offset + size * ax.block)
@@ -174,7 +175,7 @@ def transform_state(
                 index = axis_index(ax, perm, tensor.shape[ax.axis]).to(tensor.device)
                 out[ax.key] = tensor.index_select(ax.axis, index)
                 continue
-            block, span = _channel_block(tensor.double(), ax, group.size)
+            block, span = channel_block(tensor.double(), ax, group.size)
             if ax.role == "out":
                 new = torch.einsum("ij,jbr->ibr", matrix.to(tensor.device), block)
             else:

@@ -16,19 +16,16 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.alignment.transforms import Permutation, axis_index, identity_permutation
+from workbench.alignment.transforms import (
+    Permutation,
+    axis_index,
+    channel_block,
+    identity_permutation,
+)
 from workbench.graph import Axis, PermutationSpec, resolve_spec
 from workbench.merge import check_compatible
 
 __all__ = ["weight_matching"]
-
-
-def _channel_rows(tensor: torch.Tensor, ax: Axis, size: int) -> torch.Tensor:
-    """The ``size`` channels of ``ax`` as rows: (size, everything else), block entries kept
-    together with their channel."""
-    moved = tensor.movedim(ax.axis, 0)
-    part = moved[ax.offset : ax.offset + size * ax.block]
-    return part.reshape(size, -1)
 
 
 def assignment(similarity: torch.Tensor) -> torch.Tensor:
@@ -93,8 +90,9 @@ def weight_matching(
                         continue
                     index = axis_index(other, perm[other_name], w_b.shape[other.axis])
                     w_b = w_b.index_select(other.axis, index)
-                rows_a = _channel_rows(state_a[ax.key], ax, group.size)
-                rows_b = _channel_rows(w_b, ax, group.size)
+                # channels as rows, block entries kept together with their channel
+                rows_a = channel_block(state_a[ax.key], ax, group.size)[0].flatten(1)
+                rows_b = channel_block(w_b, ax, group.size)[0].flatten(1)
                 similarity += rows_a @ rows_b.T
             current = perm[name]
             best = assignment(similarity).to(device)
