@@ -11,14 +11,17 @@ The public API, re-exported from the modules that implement it::
 
 __version__ = "0.1.0"
 
-from workbench import alignment, figures, widgets
+from workbench import alignment, comparison, figures, widgets
 from workbench.alignment import (
     activation_matching,
     align,
+    apply_linear_maps,
     apply_permutation,
+    cca_align,
     random_permutation,
     weight_matching,
 )
+from workbench.cache import ResultCache, default_cache, fingerprint
 from workbench.checkpoints import (
     CheckpointError,
     load_checkpoint,
@@ -27,6 +30,7 @@ from workbench.checkpoints import (
     save_checkpoint,
     shipped_models_dir,
 )
+from workbench.comparison import compare_methods, plot_comparison
 from workbench.data import (
     DatasetInfo,
     DatasetUnavailableError,
@@ -49,6 +53,7 @@ from workbench.lmc import (
     write_csv,
 )
 from workbench.merge import average, interpolate, repair, reset_bn
+from workbench.merge_many import MergeReport, cca_merge, merge_many
 from workbench.training import random_translate, train_model, train_models
 from workbench.zoo import create_model, list_models
 
@@ -57,22 +62,31 @@ __all__ = [
     "DatasetInfo",
     "DatasetUnavailableError",
     "LMCCurve",
+    "MergeReport",
     "Metrics",
     "PermutationSpec",
+    "ResultCache",
     "TensorImageDataset",
     "__version__",
     "activation_matching",
     "align",
     "alignment",
+    "apply_linear_maps",
     "apply_permutation",
     "average",
     "barrier_table",
+    "cca_align",
+    "cca_merge",
+    "compare_methods",
+    "comparison",
     "create_model",
     "curves_frame",
     "dataset_info",
+    "default_cache",
     "default_device",
     "evaluate",
     "figures",
+    "fingerprint",
     "interpolate",
     "list_datasets",
     "list_models",
@@ -81,7 +95,9 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_quickstart_models",
+    "merge_many",
     "permutation_spec",
+    "plot_comparison",
     "plot_curves",
     "random_permutation",
     "random_translate",

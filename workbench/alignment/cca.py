@@ -1,0 +1,186 @@
+"""CCA alignment (Horoi et al., "Harmony in Diversity: Merging Neural Networks with
+Canonical Correlation Analysis", ICML 2024).
+
+Permutation methods pair each neuron of one model with exactly one of the other. CCA
+instead finds, for each group, the linear combinations of model B's channels and of model
+A's channels that correlate most, and maps B's channels into A's space by the matrix
+that sends B's canonical variables onto A's. With ridge-regularized covariances
+``S_a = C_aa + g I``, ``S_b = C_bb + g I`` (``g`` = ``gamma`` times the mean channel
+variance, so ``gamma`` does not depend on the activations' scale) and the SVD
+``S_a^{-1/2} C_ab S_b^{-1/2} = U diag(rho) V^T`` (``rho``: the canonical correlations),
+
+    T = S_a^{1/2} U V^T S_b^{-1/2},   B's channels x  ->  T x.
+
+``T`` whitens B's activations, rotates them onto A's canonical directions and gives them
+A's covariance. For a large ``gamma`` the covariances become multiples of the identity and
+``T`` tends to the orthogonal Procrustes rotation of the cross-covariance; when B is A with
+its channels permuted, ``T`` is that permutation (for small ``gamma``).
+
+BatchNorm layers are folded into the layers before them first (:mod:`folding`), so that
+the maps pass through them exactly; groups that still hold per-channel parameters that
+no general matrix can pass (a BatchNorm not directly after a layer, depthwise filters)
+fall back to the permutation that maximizes correlation, and are listed in the result.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from workbench.alignment.folding import fold_batchnorm, unfold_batchnorm_
+from workbench.alignment.statistics import GroupStatistics, collect_statistics
+from workbench.alignment.transforms import transform_state
+from workbench.alignment.weight import assignment
+from workbench.data import DataLike
+from workbench.graph import PermutationSpec, resolve_spec
+from workbench.merge import check_compatible
+
+__all__ = ["CCAAlignment", "canonical_correlation", "cca_align", "cca_maps"]
+
+DEFAULT_GAMMA = 0.1
+
+
+def _sqrt_and_inverse_sqrt(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    values, vectors = torch.linalg.eigh(matrix)
+    root = values.clamp_min(0).sqrt()
+    return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
+
+
+def canonical_correlation(
+    cov_aa: torch.Tensor, cov_bb: torch.Tensor, cov_ab: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The map ``T`` taking B's channels into A's space, and the canonical correlations
+    (descending), from the covariances of A's channels, B's channels and between them.
+
+    ``gamma`` is the ridge, relative to each side's mean channel variance. Raises
+    ``ValueError`` when a regularized covariance is still singular (``gamma=0`` with dead
+    or constant channels): CCA cannot whiten them.
+    """
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}.")
+    size = cov_aa.shape[0]
+    eye = torch.eye(size, dtype=torch.float64, device=cov_aa.device)
+    ridged = []
+    for name, cov in (("A", cov_aa), ("B", cov_bb)):
+        cov = cov.double()
+        scale = cov.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
+        cov = cov + gamma * scale * eye
+        smallest = torch.linalg.eigvalsh(cov)[0]
+        if smallest <= 1e-12 * scale:
+            dead = int((cov.diagonal() <= 1e-12 * scale).sum())
+            raise ValueError(
+                f"The covariance of model {name}'s {size} channels is singular ({dead} of "
+                "them never vary: dead or constant units), so CCA cannot whiten it. Use a "
+                "ridge gamma > 0 (e.g. gamma=0.01)."
+            )
+        ridged.append(cov)
+    root_a, inv_root_a = _sqrt_and_inverse_sqrt(ridged[0])
+    _, inv_root_b = _sqrt_and_inverse_sqrt(ridged[1])
+    u, rho, vh = torch.linalg.svd(inv_root_a @ cov_ab.double() @ inv_root_b)
+    return root_a @ u @ vh @ inv_root_b, rho
+
+
+@dataclass
+class CCAAlignment:
+    """What CCA found for one model: the map of each group (B's channels -> A's space), the
+    canonical correlations, and the groups that were permuted instead (with why)."""
+
+    maps: dict[str, torch.Tensor]
+    correlations: dict[str, torch.Tensor]
+    gamma: float
+    permuted: dict[str, str] = field(default_factory=dict)
+
+
+def _check_samples(name: str, stats: GroupStatistics, gamma: float) -> None:
+    if stats.count > stats.size:
+        return
+    message = (
+        f"Group {name!r} has {stats.size} channels but its statistics come from only "
+        f"{stats.count} observations (images x positions); CCA needs more than {stats.size}, "
+        f"and about {10 * stats.size} for a stable estimate: pass more data."
+    )
+    if gamma == 0:
+        raise ValueError(message)
+    warnings.warn(message + " The ridge keeps the result finite.", stacklevel=3)
+
+
+def cca_maps(
+    statistics: dict[str, GroupStatistics],
+    gamma: float,
+    spec: PermutationSpec,
+    general: Sequence[str] | None = None,
+) -> CCAAlignment:
+    """CCA maps from the joint statistics of (A, B) at each group. Groups not in
+    ``general`` (default: all) get the correlation-maximizing permutation matrix."""
+    maps, correlations, permuted = {}, {}, {}
+    for name, stats in statistics.items():
+        _check_samples(name, stats, gamma)
+        transform, rho = canonical_correlation(
+            stats.block(0, 0), stats.block(1, 1), stats.block(0, 1), gamma
+        )
+        correlations[name] = rho
+        if general is None or name in general:
+            maps[name] = transform
+        else:
+            perm = assignment(stats.correlation(0, 1))
+            maps[name] = torch.eye(stats.size, dtype=torch.float64)[perm]
+            permuted[name] = "holds per-channel parameters a general linear map cannot pass"
+    for name, group in spec.groups.items():
+        if name not in maps:  # never observed (no activation to correlate): left as it is
+            maps[name] = torch.eye(group.size, dtype=torch.float64)
+            permuted[name] = "not observed"
+    return CCAAlignment(maps, correlations, gamma, permuted)
+
+
+def general_groups(spec: PermutationSpec) -> list[str]:
+    """The groups whose every tensor a general linear map can transform (no per-channel
+    parameters left once BatchNorm is folded)."""
+    return [
+        name
+        for name, group in spec.groups.items()
+        if all(ax.role != "channel" for ax in group.axes)
+    ]
+
+
+def cca_align(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: DataLike,
+    spec: PermutationSpec | None = None,
+    *,
+    gamma: float = DEFAULT_GAMMA,
+    statistics: dict[str, GroupStatistics] | None = None,
+    batch_size: int = 500,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, CCAAlignment]:
+    """``model_b`` mapped into ``model_a``'s neuron space by CCA on ``data``, and the maps.
+
+    Unlike a permutation, the maps do not preserve ``model_b``'s function (a ReLU does not
+    commute with a rotation): the result is B's best linear image in A's coordinates, made
+    to be averaged with A. Its BatchNorm layers come back in the usual form, with running
+    statistics measured on ``data`` and A's BatchNorm scales, so that its weights are on
+    the same scale as A's. ``statistics`` (joint, A first) saves the data pass
+    when the caller has them.
+    """
+    check_compatible([model_a, model_b])
+    spec = resolve_spec(model_a, spec, data=data)
+    if statistics is None:
+        options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
+        statistics = collect_statistics([model_a, model_b], data, spec, **options)
+    folded, folded_spec = fold_batchnorm(model_b, spec)
+    alignment = cca_maps(statistics, gamma, spec, general_groups(folded_spec))
+    state = transform_state(folded.state_dict(), folded_spec, alignment.maps)
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise FloatingPointError(
+            "CCA produced non-finite weights; increase gamma or use more data."
+        )
+    aligned = copy.deepcopy(folded)
+    aligned.load_state_dict(state)
+    unfold_batchnorm_(aligned, spec, data, model_a, batch_size, max_batches)
+    return aligned, alignment
