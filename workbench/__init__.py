@@ -11,7 +11,7 @@ The public API, re-exported from the modules that implement it::
 
 __version__ = "0.1.0"
 
-from workbench import alignment, comparison, figures, widgets
+from workbench import alignment, comparison, figures, merging, widgets
 from workbench.alignment import (
     activation_matching,
     align,
@@ -53,7 +53,7 @@ from workbench.lmc import (
     write_csv,
 )
 from workbench.merge import average, interpolate, repair, reset_bn
-from workbench.merge_many import MergeReport, cca_merge, merge_many
+from workbench.merging import MergeReport, cca_merge, merge_many
 from workbench.training import random_translate, train_model, train_models
 from workbench.zoo import create_model, list_models
 
@@ -96,6 +96,7 @@ __all__ = [
     "load_dataset",
     "load_quickstart_models",
     "merge_many",
+    "merging",
     "permutation_spec",
     "plot_comparison",
     "plot_curves",

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from workbench.data import DataLike
 from workbench.evaluation import evaluate
 from workbench.figures import color_for, new_figure, paper_style
-from workbench.merge_many import MERGE_METHODS, merge_many
+from workbench.merging import MERGE_METHODS, merge_many
 
 __all__ = ["COLUMNS", "compare_methods", "plot_comparison"]
 
@@ -44,7 +44,7 @@ def compare_methods(
 
     Returns a tidy table with the columns in :data:`COLUMNS` (``bn`` as text, ``"none"``
     for no handling), written to ``csv`` too when given. ``merge_options`` go to
-    :func:`workbench.merge_many` (e.g. ``gamma=``, ``reference=``).
+    :func:`workbench.merging` (e.g. ``gamma=``, ``reference=``).
     """
     models = list(models)
     sizes = list(sizes) if sizes is not None else list(range(2, len(models) + 1))

@@ -45,12 +45,6 @@ __all__ = ["CCAAlignment", "canonical_correlation", "cca_align", "cca_maps"]
 DEFAULT_GAMMA = 0.1
 
 
-def _sqrt_and_inverse_sqrt(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    values, vectors = torch.linalg.eigh(matrix)
-    root = values.clamp_min(0).sqrt()
-    return (vectors * root) @ vectors.T, (vectors / root) @ vectors.T
-
-
 def canonical_correlation(
     cov_aa: torch.Tensor, cov_bb: torch.Tensor, cov_ab: torch.Tensor, gamma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,22 +59,21 @@ def canonical_correlation(
         raise ValueError(f"gamma must be >= 0, got {gamma}.")
     size = cov_aa.shape[0]
     eye = torch.eye(size, dtype=torch.float64, device=cov_aa.device)
-    ridged = []
+    roots = []
     for name, cov in (("A", cov_aa), ("B", cov_bb)):
         cov = cov.double()
         scale = cov.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
-        cov = cov + gamma * scale * eye
-        smallest = torch.linalg.eigvalsh(cov)[0]
-        if smallest <= 1e-12 * scale:
+        values, vectors = torch.linalg.eigh(cov + gamma * scale * eye)
+        if values[0] <= 1e-12 * scale:
             dead = int((cov.diagonal() <= 1e-12 * scale).sum())
             raise ValueError(
                 f"The covariance of model {name}'s {size} channels is singular ({dead} of "
                 "them never vary: dead or constant units), so CCA cannot whiten it. Use a "
                 "ridge gamma > 0 (e.g. gamma=0.01)."
             )
-        ridged.append(cov)
-    root_a, inv_root_a = _sqrt_and_inverse_sqrt(ridged[0])
-    _, inv_root_b = _sqrt_and_inverse_sqrt(ridged[1])
+        root = values.sqrt()
+        roots.append(((vectors * root) @ vectors.T, (vectors / root) @ vectors.T))
+    (root_a, inv_root_a), (_, inv_root_b) = roots
     u, rho, vh = torch.linalg.svd(inv_root_a @ cov_ab.double() @ inv_root_b)
     return root_a @ u @ vh @ inv_root_b, rho
 
