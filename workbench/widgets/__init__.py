@@ -1,6 +1,8 @@
 """ipywidgets dashboards. They hold no analysis logic: every number comes from the modules
-below them (``merge``, ``evaluation``, ``lmc``)."""
+below them (``merge``, ``evaluation``, ``lmc``, ``comparison``)."""
 
 from workbench.widgets.interpolation import InterpolationSlider
+from workbench.widgets.lmc_explorer import LMCExplorer
+from workbench.widgets.method_comparison import MethodComparison
 
-__all__ = ["InterpolationSlider"]
+__all__ = ["InterpolationSlider", "LMCExplorer", "MethodComparison"]
