@@ -11,7 +11,7 @@ The public API, re-exported from the modules that implement it::
 
 __version__ = "0.1.0"
 
-from workbench import alignment, comparison, figures, merging, widgets
+from workbench import alignment, comparison, featviz, figures, merging, widgets
 from workbench.alignment import (
     activation_matching,
     align,
@@ -42,6 +42,7 @@ from workbench.data import (
 )
 from workbench.device import default_device
 from workbench.evaluation import Metrics, evaluate
+from workbench.featviz import render_channels, top_exemplars
 from workbench.graph import PermutationSpec, permutation_spec
 from workbench.lmc import (
     LMCCurve,
@@ -85,6 +86,7 @@ __all__ = [
     "default_cache",
     "default_device",
     "evaluate",
+    "featviz",
     "figures",
     "fingerprint",
     "interpolate",
@@ -103,10 +105,12 @@ __all__ = [
     "random_permutation",
     "random_translate",
     "read_metadata",
+    "render_channels",
     "repair",
     "reset_bn",
     "save_checkpoint",
     "shipped_models_dir",
+    "top_exemplars",
     "train_model",
     "train_models",
     "train_val_split",

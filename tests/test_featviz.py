@@ -1,0 +1,148 @@
+"""Feature visualization: batched rendering on lucent, exemplars, merging-aware views,
+caching and errors. Small settings (few steps, few channels) keep it fast."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import workbench as wb
+from tests.conftest import assert_state_equal, state_copy
+from workbench import featviz as fv
+from workbench.cache import ResultCache
+
+
+@pytest.fixture
+def cache(tmp_path) -> ResultCache:
+    return ResultCache(tmp_path / "cache")
+
+
+def _channel_means(model, layer, images) -> torch.Tensor:
+    """Mean activation of every channel of ``layer`` for images (N, H, W, C) in [0, 1]."""
+    info = wb.dataset_info("mnist-5k")
+    x = (images.permute(0, 3, 1, 2) - info.mean[0]) / info.std[0]
+    captured = []
+    handle = dict(model.named_modules())[layer].register_forward_hook(
+        lambda m, i, o: captured.append(o)
+    )
+    with torch.no_grad():
+        model.eval()(x)
+    handle.remove()
+    return captured[0].flatten(2).mean(2)
+
+
+def test_render_channels_excites_each_channel(shipped_pair, cache) -> None:
+    model = shipped_pair[0]
+    before = state_copy(model)
+    channels = [0, 3, 5, 9]
+    images = fv.render_channels(
+        model, "features.conv3", channels, steps=48, cache=cache, progress=False
+    )
+    assert images.shape == (4, 28, 28, 1)
+    assert images.min() >= 0 and images.max() <= 1
+    assert_state_equal(model, before)
+    assert all(p.requires_grad for p in model.parameters())
+    acts = _channel_means(model, "features.conv3", images)[:, channels]  # (image, channel)
+    start = fv.render_channels(model, "features.conv3", channels, steps=0, cache=False)
+    baseline = _channel_means(model, "features.conv3", start)[:, channels]
+    # the optimization drives each image's own channel up from where it started, and
+    # above what the other images of the batch do to that channel
+    assert (acts.diagonal() > baseline.diagonal() + 0.05).all()
+    assert (acts.argmax(0) == torch.arange(4)).all()
+
+
+def test_render_is_seeded_and_independent_of_the_batch(shipped_pair, cache) -> None:
+    model = shipped_pair[0]
+    kwargs = {"steps": 8, "cache": False, "progress": False}
+    batch = fv.render_channels(model, "features.conv2", [1, 2, 6], **kwargs)
+    alone = fv.render_channels(model, "features.conv2", [6], **kwargs)
+    torch.testing.assert_close(alone[0], batch[2], atol=1e-5, rtol=0)
+    again = fv.render_channels(model, "features.conv2", [1, 2, 6], **kwargs)
+    torch.testing.assert_close(again, batch, atol=1e-6, rtol=0)
+    other_seed = fv.render_channels(model, "features.conv2", [6], seed=1, **kwargs)
+    assert (other_seed[0] - alone[0]).abs().max() > 0.05
+
+
+def test_renders_are_cached_per_channel(shipped_pair, cache, monkeypatch) -> None:
+    model = shipped_pair[0]
+    first = fv.render_channels(
+        model, "features.conv1", [0, 1], steps=8, cache=cache, progress=False
+    )
+    calls = []
+    original = fv.render._optimize
+    monkeypatch.setattr(
+        fv.render, "_optimize", lambda *a, **k: calls.append(a[2]) or original(*a, **k)
+    )
+    hit = fv.render_channels(model, "features.conv1", [1, 0], steps=8, cache=cache, progress=False)
+    assert calls == [] and torch.equal(hit[0], first[1])
+    fv.render_channels(model, "features.conv1", [0, 2], steps=8, cache=cache, progress=False)
+    assert calls == [[2]], "only the channel not rendered before is optimized"
+    changed = wb.interpolate(model, shipped_pair[1], 0.1)
+    fv.render_channels(changed, "features.conv1", [0], steps=8, cache=cache, progress=False)
+    assert calls[-1] == [0], "a changed model misses the cache"
+
+
+def test_layer_and_channel_errors(shipped_pair) -> None:
+    model = shipped_pair[0]
+    with pytest.raises(ValueError, match=r"no layer 'features\.conv4'.*features\.conv"):
+        fv.render_channels(model, "features.conv4", [0], steps=1)
+    with pytest.raises(ValueError, match=r"is a BatchNorm2d; .* conv and linear"):
+        fv.render_channels(model, "features.bn1", [0], steps=1)
+    with pytest.raises(
+        ValueError, match=r"\[16\] are out of range: layer 'features\.conv1' has 16"
+    ):
+        fv.render_channels(model, "features.conv1", [3, 16], steps=1)
+
+
+def test_exemplars_equal_a_brute_force_top_k(shipped_pair, mnist_test, cache) -> None:
+    model = shipped_pair[0]
+    found = fv.top_exemplars(
+        model, "features.conv2", mnist_test, [0, 4, 9], k=5, cache=cache, progress=False
+    )
+    captured = []
+    handle = model.features.conv2.register_forward_hook(lambda m, i, o: captured.append(o))
+    with torch.no_grad():
+        model.eval()(mnist_test.images)
+    handle.remove()
+    scores = captured[0][:, [0, 4, 9]].flatten(2).amax(2)
+    top = scores.topk(5, dim=0)
+    assert torch.equal(found.indices, top.indices.T)
+    torch.testing.assert_close(found.scores, top.values.T)
+    assert found.maps.shape == (3, 5, 14, 14)
+    torch.testing.assert_close(found.maps[1, 0], captured[0][found.indices[1, 0], 4])
+    assert torch.equal(found.images[2, 1], mnist_test.images[found.indices[2, 1]])
+    linear = fv.top_exemplars(model, "classifier.fc1", mnist_test, k=2, cache=False, progress=False)
+    assert linear.indices.shape == (128, 2) and linear.maps.shape == (128, 2, 1, 1)
+
+
+def test_unit_views(shipped_pair, tiny_train, cache, tmp_path) -> None:
+    model_a, model_b = shipped_pair
+    comparison = fv.compare_layer(model_a, model_b, "features.conv2", tiny_train, "activation")
+    match = comparison.match
+    assert list(comparison.models) == ["A", "B (matched)", "merged", "merged + RESET"]
+    assert sorted(match.matched.tolist()) == list(range(32))
+    assert match.correlation.max() <= 1 and match.correlation.median() > 0.3
+    order = match.order()
+    assert match.correlation[order[0]] == match.correlation.max()
+    frame = match.to_frame()
+    assert list(frame.columns) == ["unit", "matched_unit", "correlation"] and len(frame) == 32
+    units = order[:2]
+    images = fv.render_layer(comparison, units, steps=4, cache=cache, progress=False)
+    assert {name: tuple(t.shape) for name, t in images.items()} == {
+        name: (2, 28, 28, 1) for name in comparison.models
+    }
+    exemplars = fv.layer_exemplars(comparison, tiny_train, units, k=3, cache=cache, progress=False)
+    fig = fv.plot_unit_comparison(comparison, units[1], images, exemplars, units)
+    assert f"= {float(match.correlation[units[1]]):.2f}" in fig._suptitle.get_text()
+    assert len(fig.axes) == 8
+    paths = wb.figures.save(fig, tmp_path / "unit", formats=("pdf", "png"))
+    assert all(p.stat().st_size > 0 for p in paths)
+    bars = fv.plot_layer_matches(match)
+    heights = [patch.get_height() for patch in bars.axes[0].patches]
+    assert heights == sorted(heights, reverse=True) and len(heights) == 32
+    gallery = fv.plot_gallery(images["A"], ["a", "b"])
+    assert [ax.get_title() for ax in gallery.axes] == ["a", "b"]
+    with pytest.raises(ValueError, match="was not rendered"):
+        fv.plot_unit_comparison(comparison, order[5], images, exemplars, units)
+    with pytest.raises(ValueError, match="produces no permutation group"):
+        fv.matched_units(model_a, model_b, "classifier.fc2", tiny_train)

@@ -1,0 +1,266 @@
+"""Merging-aware views: what a unit of model A detects, what the unit of B matched to it
+detects, and what their merge detects, with and without BatchNorm reset; and, for a whole
+layer, how well each unit was matched.
+
+The data functions (:func:`matched_units`, :func:`compare_layer`, :func:`render_layer`,
+:func:`layer_exemplars`) return plain results; the plot functions draw them in the paper
+style, take an optional ``ax`` where they draw one panel, and return the Figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from torch import nn
+
+from workbench.alignment import apply_permutation, collect_statistics, match
+from workbench.data import DataLike
+from workbench.featviz.exemplars import Exemplars, top_exemplars
+from workbench.featviz.render import check_channels, render_channels, resolve_layer
+from workbench.figures import color_for, new_figure, paper_style
+from workbench.graph import PermutationSpec
+from workbench.merge import average, has_batchnorm, reset_bn
+
+__all__ = [
+    "LayerComparison",
+    "UnitMatch",
+    "compare_layer",
+    "layer_exemplars",
+    "matched_units",
+    "plot_gallery",
+    "plot_layer_matches",
+    "plot_unit_comparison",
+    "render_layer",
+]
+
+
+@dataclass
+class UnitMatch:
+    """For each unit ``i`` of model A's ``layer``: the unit of B matched to it
+    (``matched[i]``) and the correlation of their activations (``correlation[i]``, after
+    the nonlinearity, on the data the match used)."""
+
+    layer: str
+    group: str
+    method: str
+    matched: torch.Tensor
+    correlation: torch.Tensor
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "unit": np.arange(len(self.matched)),
+                "matched_unit": self.matched.numpy(),
+                "correlation": self.correlation.numpy(),
+            }
+        )
+
+    def order(self) -> list[int]:
+        """A's units from the best matched to the worst."""
+        return torch.argsort(self.correlation, descending=True).tolist()
+
+
+def _group_of(spec: PermutationSpec, layer: str) -> str:
+    for name, group in spec.groups.items():
+        if layer in group.producers:
+            return name
+    raise ValueError(
+        f"Layer {layer!r} produces no permutation group (its outputs reach the logits or "
+        f"could not be permuted: {spec.report[:3]}); choose one of "
+        f"{[p for g in spec.groups.values() for p in g.producers][:8]}."
+    )
+
+
+def matched_units(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    layer: str,
+    data: DataLike,
+    method: str = "weight",
+    spec: PermutationSpec | None = None,
+) -> UnitMatch:
+    """Which unit of ``model_b`` ``method`` matches to each unit of ``model_a``'s ``layer``
+    and how strongly their activations correlate on ``data``."""
+    resolve_layer(model_a, layer)
+    perm, spec = match(model_a, model_b, method, data, spec)
+    group = _group_of(spec, layer)
+    stats = collect_statistics([model_a, model_b], data, spec, groups=[group], progress=False)
+    correlation = stats[group].correlation(0, 1)
+    units = torch.arange(len(perm[group]))
+    return UnitMatch(layer, group, method, perm[group], correlation[units, perm[group]].float())
+
+
+@dataclass
+class LayerComparison:
+    """A layer seen in four models whose unit ``i`` is comparable: A, B with its units put
+    in A's order (unit ``i`` of it is B's ``match.matched[i]``), their average, and the
+    average after RESET (when the models have BatchNorm)."""
+
+    layer: str
+    match: UnitMatch
+    models: dict[str, nn.Module]
+
+
+def compare_layer(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    layer: str,
+    data: DataLike,
+    method: str = "weight",
+    spec: PermutationSpec | None = None,
+) -> LayerComparison:
+    """Match B to A, merge them, and collect the four models for side-by-side views."""
+    found = matched_units(model_a, model_b, layer, data, method, spec)
+    perm, spec = match(model_a, model_b, method, data, spec)
+    aligned = apply_permutation(model_b, spec, perm)
+    merged = average([model_a, aligned])
+    models = {"A": model_a, "B (matched)": aligned, "merged": merged}
+    if has_batchnorm(merged):
+        models["merged + RESET"] = reset_bn(merged, data)
+    return LayerComparison(layer, found, models)
+
+
+def render_layer(
+    comparison: LayerComparison,
+    units: Sequence[int],
+    steps: int = 128,
+    seed: int = 0,
+    **options,
+) -> dict[str, torch.Tensor]:
+    """Feature visualizations of ``units`` in each of the comparison's models (one batched
+    run per model; cached per channel)."""
+    units = check_channels(comparison.models["A"], comparison.layer, units)
+    return {
+        name: render_channels(model, comparison.layer, units, steps, seed, **options)
+        for name, model in comparison.models.items()
+    }
+
+
+def layer_exemplars(
+    comparison: LayerComparison, data: DataLike, units: Sequence[int], k: int = 6, **options
+) -> dict[str, Exemplars]:
+    """The top-``k`` images of ``data`` for ``units`` in each of the comparison's models."""
+    return {
+        name: top_exemplars(model, comparison.layer, data, units, k, **options)
+        for name, model in comparison.models.items()
+    }
+
+
+def _show_image(ax: Axes, image: torch.Tensor, title: str | None = None) -> None:
+    image = image.detach().cpu().float()
+    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+        image = image.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    if image.shape[-1] == 1:
+        ax.imshow(image[..., 0].numpy(), cmap="gray", interpolation="nearest")
+    else:
+        ax.imshow(image.clamp(0, 1).numpy(), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.grid(False)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=7)
+
+
+def _montage(images: torch.Tensor, columns: int = 3) -> torch.Tensor:
+    """``images`` (k, C, H, W), normalized per image to [0, 1], tiled into one (H', W', C)."""
+    k, c, h, w = images.shape
+    rows = -(-k // columns)
+    low = images.flatten(1).amin(1).view(-1, 1, 1, 1)
+    high = images.flatten(1).amax(1).view(-1, 1, 1, 1)
+    scaled = (images - low) / (high - low).clamp_min(1e-8)
+    canvas = torch.ones(c, rows * (h + 1) - 1, columns * (w + 1) - 1)
+    for i in range(k):
+        r, col = divmod(i, columns)
+        canvas[:, r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = scaled[i]
+    return canvas.permute(1, 2, 0)
+
+
+def plot_unit_comparison(
+    comparison: LayerComparison,
+    unit: int,
+    images: Mapping[str, torch.Tensor],
+    exemplars: Mapping[str, Exemplars] | None = None,
+    units: Sequence[int] | None = None,
+) -> Figure:
+    """Unit ``unit`` of A beside its match in B and the merged unit: feature
+    visualizations (top row) and dataset exemplars (bottom row). ``images`` and
+    ``exemplars`` come from :func:`render_layer` / :func:`layer_exemplars` for ``units``
+    (default: just ``[unit]``)."""
+    units = list(units) if units is not None else [unit]
+    if unit not in units:
+        raise ValueError(f"Unit {unit} was not rendered; rendered units: {units[:10]}.")
+    row = units.index(unit)
+    names = list(comparison.models)
+    rows = 2 if exemplars else 1
+    fig, axes = new_figure(
+        columns=2, aspect=0.48 if exemplars else 0.28, nrows=rows, ncols=len(names)
+    )
+    axes = np.atleast_2d(axes)
+    matched = int(comparison.match.matched[unit])
+    correlation = float(comparison.match.correlation[unit])
+    with paper_style():
+        for col, name in enumerate(names):
+            label = f"{name}: unit {matched if name.startswith('B') else unit}"
+            _show_image(axes[0, col], images[name][row], label)
+            if exemplars:
+                _show_image(axes[1, col], _montage(exemplars[name].images[row]))
+        if exemplars:
+            axes[1, 0].set_ylabel("top images", fontsize=7)
+        fig.suptitle(
+            f"{comparison.layer}, {comparison.match.method} matching: "
+            f"correlation of A's unit {unit} with B's unit {matched} = {correlation:.2f}",
+            fontsize=8,
+        )
+    return fig
+
+
+def plot_layer_matches(match: UnitMatch, ax: Axes | None = None) -> Figure:
+    """The correlation of every matched pair of the layer, sorted from best to worst, so
+    that well and badly matched units stand out."""
+    if ax is None:
+        fig, ax = new_figure()
+    else:
+        fig = ax.figure
+    values = match.correlation[match.order()].numpy()
+    with paper_style():
+        ax.bar(np.arange(len(values)), values, width=1.0, color=color_for(match.method))
+        ax.axhline(
+            float(np.median(values)),
+            color="0.3",
+            linestyle="--",
+            linewidth=0.8,
+            label=f"median {np.median(values):.2f}",
+        )
+        ax.set_xlabel(f"Units of {match.layer}, sorted by match quality")
+        ax.set_ylabel("Correlation with matched unit")
+        ax.set_ylim(min(0.0, float(values.min())), 1.0)
+        ax.legend(loc="upper right")
+    return fig
+
+
+def plot_gallery(
+    images: torch.Tensor, titles: Sequence[str] | None = None, ncols: int = 8
+) -> Figure:
+    """A grid of images (N, H, W, C) in [0, 1], e.g. a layer's feature visualizations."""
+    n = len(images)
+    if titles is not None and len(titles) != n:
+        raise ValueError(f"Got {len(titles)} titles for {n} images.")
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    fig, axes = new_figure(columns=2, aspect=nrows / ncols, nrows=nrows, ncols=ncols)
+    axes = np.atleast_1d(axes).reshape(-1)
+    with paper_style():
+        for i, ax in enumerate(axes):
+            if i < n:
+                _show_image(ax, images[i], titles[i] if titles else None)
+            else:
+                ax.axis("off")
+    return fig
