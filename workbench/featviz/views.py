@@ -77,6 +77,17 @@ def _group_of(spec: PermutationSpec, layer: str) -> str:
     )
 
 
+def _match_layer(model_a, model_b, layer, data, method, spec):
+    resolve_layer(model_a, layer)
+    perm, spec = match(model_a, model_b, method, data, spec)
+    group = _group_of(spec, layer)
+    stats = collect_statistics([model_a, model_b], data, spec, groups=[group], progress=False)
+    correlation = stats[group].correlation(0, 1)
+    units = torch.arange(len(perm[group]))
+    found = UnitMatch(layer, group, method, perm[group], correlation[units, perm[group]].float())
+    return found, perm, spec
+
+
 def matched_units(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -87,13 +98,7 @@ def matched_units(
 ) -> UnitMatch:
     """Which unit of ``model_b`` ``method`` matches to each unit of ``model_a``'s ``layer``
     and how strongly their activations correlate on ``data``."""
-    resolve_layer(model_a, layer)
-    perm, spec = match(model_a, model_b, method, data, spec)
-    group = _group_of(spec, layer)
-    stats = collect_statistics([model_a, model_b], data, spec, groups=[group], progress=False)
-    correlation = stats[group].correlation(0, 1)
-    units = torch.arange(len(perm[group]))
-    return UnitMatch(layer, group, method, perm[group], correlation[units, perm[group]].float())
+    return _match_layer(model_a, model_b, layer, data, method, spec)[0]
 
 
 @dataclass
@@ -116,8 +121,7 @@ def compare_layer(
     spec: PermutationSpec | None = None,
 ) -> LayerComparison:
     """Match B to A, merge them, and collect the four models for side-by-side views."""
-    found = matched_units(model_a, model_b, layer, data, method, spec)
-    perm, spec = match(model_a, model_b, method, data, spec)
+    found, perm, spec = _match_layer(model_a, model_b, layer, data, method, spec)
     aligned = apply_permutation(model_b, spec, perm)
     merged = average([model_a, aligned])
     models = {"A": model_a, "B (matched)": aligned, "merged": merged}
