@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.widgets import LMCExplorer, MethodComparison
+from workbench.widgets import LMCExplorer, MethodComparison, NeuronExplorer
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,30 @@ def test_method_comparison_runs_and_exports(shipped_pair, small_test, small_trai
         box.value = False
     dashboard.run.click()
     assert "at least one method" in dashboard.status.value
+
+
+def test_neuron_explorer_controls(shipped_pair, small_train, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    explorer = NeuronExplorer(*shipped_pair, small_train, steps=4, k=3)
+    assert explorer.layer.options[:2] == ("features.conv1", "features.conv2")
+    assert explorer.unit.disabled and "Render layer" in explorer.info.value
+    explorer.render.click()
+    match = explorer.comparison.match
+    assert explorer.unit.max == 15 and not explorer.unit.disabled
+    best = match.order()[0]
+    assert f"A's unit <b>{best}</b>" in explorer.info.value
+    first_text = explorer.info.value
+    started = time.perf_counter()
+    explorer.unit.value = 15
+    elapsed = time.perf_counter() - started
+    worst = match.order()[-1]
+    assert f"A's unit <b>{worst}</b>" in explorer.info.value and explorer.info.value != first_text
+    assert f"{float(match.correlation[worst]):.2f}" in explorer.info.value
+    assert elapsed < 1.0, f"moving over a rendered layer took {elapsed:.2f} s"
+    explorer.method.value = "activation"
+    assert explorer.comparison is None and not explorer.render.disabled
+    explorer.render.click()
+    assert explorer.comparison.match.method == "activation"
+    explorer.export.path.value = str(tmp_path / "unit")
+    explorer.export.button.click()
+    assert len(explorer.export.written) == 3
