@@ -7,6 +7,7 @@ The session-scoped objects are shared by many tests: tests must never modify the
 from __future__ import annotations
 
 import copy
+import os
 
 import matplotlib
 
@@ -17,6 +18,13 @@ import pytest
 import torch
 
 import workbench as wb
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_result_cache(tmp_path_factory) -> None:
+    """Tests (and the notebook kernels they start) cache results in a temporary folder,
+    never in the checkout's data/cache."""
+    os.environ["WORKBENCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("result-cache"))
 
 
 @pytest.fixture(scope="session")

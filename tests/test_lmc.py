@@ -66,11 +66,15 @@ def test_interior_points_equal_evaluate_of_interpolation(naive_test, shipped_pai
     assert naive_test.accuracy[1] == mid.accuracy
 
 
-def test_curve_metadata(naive_test):
+def test_curve_metadata(naive_test, shipped_pair):
     assert naive_test.split == "test"  # taken from the dataset
     assert naive_test.bn is None
     assert naive_test.label == "naive"
-    assert naive_test.settings == {"batch_size": 500, "bn_data": "first split"}
+    assert naive_test.settings == {
+        "batch_size": 500,
+        "bn_data": "first split",
+        "models": [wb.cache.fingerprint(m) for m in shipped_pair],
+    }
     assert naive_test.loss.shape == naive_test.accuracy.shape == (5,)
 
 
@@ -104,9 +108,8 @@ def test_lmc_curves_match_single_calls(shipped_pair, train_500, mnist_test):
     )
     assert list(curves) == ["train", "test"]
     train_curve, test_curve = curves["train"], curves["test"]
-    assert (
-        train_curve.settings == test_curve.settings == {"batch_size": 500, "bn_data": "first split"}
-    )
+    assert train_curve.settings == test_curve.settings
+    assert train_curve.settings["bn_data"] == "first split"
     assert (train_curve.bn, test_curve.bn) == ("reset", "reset")
     assert (train_curve.split, test_curve.split) == ("train", "test")
     np.testing.assert_array_equal(train_curve.alphas, test_curve.alphas)
@@ -360,3 +363,47 @@ def test_plot_rejects_bad_input(naive_test):
         wb.plot_curves([naive_test], metric="barrier")
     with pytest.raises(ValueError, match="Nothing to plot"):
         wb.plot_curves([])
+
+
+def test_curves_are_cached_by_content(shipped_pair, mnist_test, tmp_path, monkeypatch):
+    a, b = shipped_pair
+    cache = wb.ResultCache(tmp_path)
+    first = wb.lmc_curve(a, b, mnist_test, alphas=3, cache=cache, progress=False)
+    assert len(list(tmp_path.glob("lmc/*.safetensors"))) == 1
+    evaluations = []
+    original = wb.lmc.evaluate
+    monkeypatch.setattr(
+        wb.lmc, "evaluate", lambda *x, **k: evaluations.append(1) or original(*x, **k)
+    )
+    again = wb.lmc_curve(a, b, mnist_test, alphas=3, cache=cache, progress=False, label="other")
+    assert evaluations == [] and again.label == "other"
+    np.testing.assert_array_equal(again.loss, first.loss)
+    changed = wb.interpolate(a, b, 0.01)
+    wb.lmc_curve(changed, b, mnist_test, alphas=3, cache=cache, progress=False)
+    assert len(evaluations) == 3, "a changed model is recomputed"
+    wb.lmc_curve(a, b, mnist_test, alphas=3, cache=False, progress=False)
+    assert len(evaluations) == 6, "cache=False recomputes"
+    assert cache.clear() == 2
+
+
+def test_pairwise_curves_and_bands(shipped_pair, train_500, mnist_test, tmp_path):
+    models = [*shipped_pair, wb.load_quickstart_models((2,))[0]]
+    curves = wb.pairwise_curves(
+        models, {"test": mnist_test}, alphas=3, method="weight", bn_data=train_500, progress=False
+    )
+    assert [c.settings["pair"] for c in curves] == [(0, 1), (0, 2), (1, 2)]
+    assert all(c.label == "weight" and c.split == "test" for c in curves)
+    direct = wb.lmc_curve(
+        models[1], wb.align(models[1], models[2], "weight"), mnist_test, alphas=3, progress=False
+    )
+    np.testing.assert_allclose(curves[2].loss, direct.loss, rtol=1e-5)
+    fig = wb.plot_bands(curves, "loss", band="range")
+    ax = fig.axes[0]
+    mean = np.mean([c.loss for c in curves], axis=0)
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), mean)
+    assert "3 pairs" in ax.lines[0].get_label()
+    assert len(ax.collections) == 1  # the band
+    with pytest.raises(ValueError, match="band must be"):
+        wb.plot_bands(curves, band="iqr")
+    with pytest.raises(ValueError, match="at least 2 models"):
+        wb.pairwise_curves(models[:1], {"test": mnist_test})

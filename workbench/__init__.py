@@ -11,7 +11,7 @@ The public API, re-exported from the modules that implement it::
 
 __version__ = "0.1.0"
 
-from workbench import alignment, comparison, featviz, figures, merging, widgets
+from workbench import alignment, cache, comparison, featviz, figures, merging, widgets
 from workbench.alignment import (
     activation_matching,
     align,
@@ -50,6 +50,8 @@ from workbench.lmc import (
     curves_frame,
     lmc_curve,
     lmc_curves,
+    pairwise_curves,
+    plot_bands,
     plot_curves,
     write_csv,
 )
@@ -76,6 +78,7 @@ __all__ = [
     "apply_permutation",
     "average",
     "barrier_table",
+    "cache",
     "cca_align",
     "cca_merge",
     "compare_methods",
@@ -99,7 +102,9 @@ __all__ = [
     "load_quickstart_models",
     "merge_many",
     "merging",
+    "pairwise_curves",
     "permutation_spec",
+    "plot_bands",
     "plot_comparison",
     "plot_curves",
     "random_permutation",

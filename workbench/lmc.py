@@ -10,17 +10,22 @@ Barrier definitions (both reported, on loss and on accuracy):
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench.alignment import align
+from workbench.cache import ResultCache, data_fingerprint, default_cache, fingerprint
 from workbench.data import DataLike
 from workbench.evaluation import evaluate
 from workbench.figures import color_for, new_figure, paper_style
@@ -41,6 +46,8 @@ __all__ = [
     "curves_frame",
     "lmc_curve",
     "lmc_curves",
+    "pairwise_curves",
+    "plot_bands",
     "plot_curves",
     "write_csv",
 ]
@@ -165,6 +172,7 @@ def lmc_curves(
     spec: PermutationSpec | None = None,
     batch_size: int = 500,
     progress: bool = True,
+    cache: ResultCache | bool = True,
 ) -> dict[str, LMCCurve]:
     """Curves on several named splits at once (e.g. ``{"train": ..., "test": ...}``).
 
@@ -172,6 +180,10 @@ def lmc_curves(
     ``bn="reset"`` or ``bn="repair"``, corrected once on ``bn_data`` (default: the first
     split, which should be training data), then evaluated on every split. REPAIR measures
     the endpoints' statistics once for the whole curve; ``spec`` saves re-tracing.
+
+    Results are cached on disk, keyed by the content of both models and of every dataset
+    and by all settings, so a re-run is a file read and a changed model never hits a stale
+    entry; ``cache=False`` bypasses it (data given as DataLoaders is never cached).
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}.")
@@ -184,6 +196,39 @@ def lmc_curves(
         )
     points = _alphas(alphas)
     reset_data = bn_data if bn_data is not None else next(iter(data.values()))
+    store = default_cache() if cache is True else (cache or ResultCache(enabled=False))
+    models = [fingerprint(model_a), fingerprint(model_b)]
+    settings = {
+        "batch_size": batch_size,
+        "bn_data": "given" if bn_data is not None else "first split",
+        "models": models,
+    }
+    key = None
+    if store.enabled:
+        key = store.key(
+            models=models,
+            data={split: data_fingerprint(d) for split, d in data.items()} or None,
+            bn_data=data_fingerprint(reset_data) if bn else "-",
+            alphas=points.tolist(),
+            bn=bn or "none",
+            batch_size=batch_size,
+        )
+        if any(data_fingerprint(d) is None for d in data.values()):
+            key = None
+    hit = store.load("lmc", key)
+    if hit is not None:
+        return {
+            split: LMCCurve(
+                points,
+                hit[0][f"{split}/loss"].double().numpy(),
+                hit[0][f"{split}/accuracy"].double().numpy(),
+                split,
+                bn,
+                label,
+                settings,
+            )
+            for split in data
+        }
     states = [model_a.state_dict(), model_b.state_dict()]
     work = copy.deepcopy(model_a)
     if bn == "repair":
@@ -200,14 +245,16 @@ def lmc_curves(
             metrics = evaluate(work, split_data, batch_size)
             results[split][0].append(metrics.loss)
             results[split][1].append(metrics.accuracy)
-    settings = {
-        "batch_size": batch_size,
-        "bn_data": "given" if bn_data is not None else "first split",
-    }
-    return {
+    curves = {
         split: LMCCurve(points, np.array(loss), np.array(acc), split, bn, label, settings)
         for split, (loss, acc) in results.items()
     }
+    tensors = {}
+    for split, curve in curves.items():
+        tensors[f"{split}/loss"] = torch.from_numpy(curve.loss)
+        tensors[f"{split}/accuracy"] = torch.from_numpy(curve.accuracy)
+    store.store("lmc", key, tensors, {"label": label, "bn": bn})
+    return curves
 
 
 def lmc_curve(
@@ -222,6 +269,7 @@ def lmc_curve(
     spec: PermutationSpec | None = None,
     batch_size: int = 500,
     progress: bool = True,
+    cache: ResultCache | bool = True,
 ) -> LMCCurve:
     """Loss and accuracy of ``(1 - alpha) A + alpha B`` on ``data`` for each alpha.
 
@@ -243,6 +291,7 @@ def lmc_curve(
         spec=spec,
         batch_size=batch_size,
         progress=progress,
+        cache=cache,
     )[split]
 
 
@@ -320,3 +369,95 @@ def write_csv(curves: Sequence[LMCCurve], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     curves_frame(curves).to_csv(path, index=False)
     return path
+
+
+def pairwise_curves(
+    models: Sequence[nn.Module],
+    data: Mapping[str, DataLike],
+    alphas: int | Sequence[float] = 11,
+    bn: str | None = None,
+    method: str = "none",
+    *,
+    bn_data: DataLike | None = None,
+    batch_size: int = 500,
+    progress: bool = True,
+    cache: ResultCache | bool = True,
+) -> list[LMCCurve]:
+    """Curves between every pair of ``models`` on every split of ``data``, the second model
+    of each pair aligned to the first by ``method`` (``"none"``, ``"weight"``,
+    ``"activation"``, ``"cca"``; matching data: ``bn_data``, else the first split). Each
+    curve's settings record its pair. Summarize them with :func:`plot_bands`."""
+    models = list(models)
+    if len(models) < 2:
+        raise ValueError(f"Need at least 2 models for pairs, got {len(models)}.")
+    check_compatible(models)
+    match_data = bn_data if bn_data is not None else next(iter(data.values()))
+    spec = resolve_spec(models[0], None, data=match_data)
+    pairs = list(itertools.combinations(range(len(models)), 2))
+    curves = []
+    for i, j in tqdm(pairs, desc=f"pairs ({method})", disable=not progress):
+        aligned = align(models[i], models[j], method, data=match_data, spec=spec)
+        found = lmc_curves(
+            models[i],
+            aligned,
+            data,
+            alphas,
+            bn,
+            bn_data=bn_data,
+            label=method,
+            spec=spec,
+            batch_size=batch_size,
+            progress=False,
+            cache=cache,
+        )
+        for curve in found.values():
+            curves.append(dataclasses.replace(curve, settings={**curve.settings, "pair": (i, j)}))
+    return curves
+
+
+def plot_bands(
+    curves: Sequence[LMCCurve],
+    metric: str = "loss",
+    band: str = "std",
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """The mean curve of each (method, BN handling, split) over its pairs, with a band:
+    ``band="std"`` (mean +/- one standard deviation) or ``"range"`` (min to max)."""
+    if metric not in _METRIC_LABELS:
+        raise ValueError(f"metric must be 'loss' or 'accuracy', got {metric!r}.")
+    if band not in ("std", "range"):
+        raise ValueError(f"band must be 'std' or 'range', got {band!r}.")
+    if not curves:
+        raise ValueError("Nothing to plot: no curves given.")
+    groups: dict[tuple, list[LMCCurve]] = {}
+    for curve in curves:
+        groups.setdefault((curve.label, curve.bn, curve.split), []).append(curve)
+    if ax is None:
+        fig, ax = new_figure()
+    else:
+        fig = ax.figure
+    with paper_style():
+        for index, ((label, bn, split), members) in enumerate(groups.items()):
+            if any(not np.array_equal(c.alphas, members[0].alphas) for c in members):
+                raise ValueError(f"Curves of {label!r} ({split}) use different alphas.")
+            values = np.stack([c.loss if metric == "loss" else 100 * c.accuracy for c in members])
+            mean = values.mean(0)
+            if band == "std":
+                low, high = mean - values.std(0), mean + values.std(0)
+            else:
+                low, high = values.min(0), values.max(0)
+            color = color_for(label, index, light=bn is not None)
+            name = label + {None: "", "reset": " + RESET", "repair": " + REPAIR"}[bn]
+            name += f" ({split}, {len(members)} pairs)"
+            alphas = members[0].alphas
+            ax.plot(
+                alphas, mean, color=color, linestyle="-" if split == "train" else "--", label=name
+            )
+            ax.fill_between(alphas, low, high, color=color, alpha=0.2, linewidth=0)
+        ax.set_xlabel(r"Interpolation $\alpha$ (A $\rightarrow$ B)")
+        ax.set_ylabel(_METRIC_LABELS[metric])
+        if title:
+            ax.set_title(title)
+        ax.legend(loc="best")
+    return fig

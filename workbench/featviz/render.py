@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lucent.optvis import objectives, param, transform
+
+with warnings.catch_warnings():  # the kornia that lucent pins calls torch.jit.script
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.script.*")
+    from lucent.optvis import objectives, param, transform
 from torch import nn
 from tqdm.auto import tqdm
 
