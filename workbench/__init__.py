@@ -57,6 +57,7 @@ from workbench.lmc import (
 )
 from workbench.merge import average, interpolate, repair, reset_bn
 from workbench.merging import MergeReport, cca_merge, merge_many
+from workbench.planes import LossPlane, loss_plane
 from workbench.training import random_translate, train_model, train_models
 from workbench.zoo import create_model, list_models
 
@@ -65,6 +66,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetUnavailableError",
     "LMCCurve",
+    "LossPlane",
     "MergeReport",
     "Metrics",
     "PermutationSpec",
@@ -100,6 +102,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_quickstart_models",
+    "loss_plane",
     "merge_many",
     "merging",
     "pairwise_curves",
