@@ -11,7 +11,17 @@ The public API, re-exported from the modules that implement it::
 
 __version__ = "0.1.0"
 
-from workbench import alignment, cache, comparison, featviz, figures, merging, widgets
+from workbench import (
+    alignment,
+    cache,
+    comparison,
+    diagnostics,
+    featviz,
+    figures,
+    merging,
+    sweeps,
+    widgets,
+)
 from workbench.alignment import (
     activation_matching,
     align,
@@ -90,6 +100,7 @@ __all__ = [
     "dataset_info",
     "default_cache",
     "default_device",
+    "diagnostics",
     "evaluate",
     "featviz",
     "figures",
@@ -118,6 +129,7 @@ __all__ = [
     "reset_bn",
     "save_checkpoint",
     "shipped_models_dir",
+    "sweeps",
     "top_exemplars",
     "train_model",
     "train_models",
