@@ -195,3 +195,74 @@ def test_console_script_help():
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert "usage: workbench" in result.stdout
+
+
+# --- lmc, plane, sweep -------------------------------------------------------------------
+
+
+def test_lmc_command(tmp_path):
+    code, stdout, _ = _run(
+        [
+            "lmc",
+            "--methods",
+            "none",
+            "weight",
+            "--alphas",
+            "3",
+            "--limit",
+            "300",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lmc.csv",
+        "lmc.pdf",
+        "lmc.png",
+        "lmc.svg",
+        "lmc_curves.csv",
+    ]
+    table = pd.read_csv(tmp_path / "lmc.csv")
+    assert list(table["label"]) == ["none", "none", "weight", "weight"]
+    assert set(table["split"]) == {"train", "test"}
+    weight = table[(table.label == "weight") & (table.split == "test")]["barrier"].item()
+    none = table[(table.label == "none") & (table.split == "test")]["barrier"].item()
+    assert weight < none
+    assert "cnn_mnist-5k_seed0" in stdout
+
+
+def test_plane_command(tmp_path):
+    code, stdout, _ = _run(
+        ["plane", "--resolution", "2", "--limit", "200", "--bn", "none", "--out", str(tmp_path)]
+    )
+    assert code == 0, stdout
+    frame = pd.read_csv(tmp_path / "plane_weight.csv")
+    assert len(frame) == 4 and {"x", "y", "loss", "accuracy"} <= set(frame.columns)
+    assert (tmp_path / "plane_weight.pdf").stat().st_size > 0
+
+
+def test_sweep_command(tmp_path):
+    code, _, _ = _run(
+        [
+            "sweep",
+            "width",
+            "0.25",
+            "--epochs",
+            "1",
+            "--limit",
+            "300",
+            "--methods",
+            "weight",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    table = pd.read_csv(tmp_path / "sweep_width.csv")
+    assert list(table["width"]) == [0.25] and list(table["method"]) == ["weight"]
+
+
+def test_lmc_command_rejects_a_wrong_number_of_models(tmp_path, capsys):
+    code, _, stderr = _run(["lmc", "--models", "a.safetensors", "--out", str(tmp_path)])
+    assert code == 2 and "Expected 2 checkpoints, got 1" in stderr

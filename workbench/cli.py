@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from workbench import figures
+from workbench.alignment import align
 from workbench.checkpoints import (
     load_checkpoint,
     read_metadata,
@@ -18,6 +19,8 @@ from workbench.checkpoints import (
 )
 from workbench.data import DatasetUnavailableError, dataset_info, load_dataset
 from workbench.lmc import barrier_table, lmc_curves, plot_curves, write_csv
+from workbench.planes import loss_plane
+from workbench.sweeps import sweep
 from workbench.training import random_translate, train_models
 
 
@@ -94,6 +97,105 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models(args: argparse.Namespace, count: int) -> tuple[list, list[str]]:
+    """The checkpoints named by ``--models`` (paths), else the shipped quickstart models."""
+    paths = (
+        [Path(p) for p in args.models]
+        if args.models
+        else [
+            shipped_models_dir() / f"cnn_mnist-5k_seed{seed}.safetensors" for seed in range(count)
+        ]
+    )
+    if len(paths) != count:
+        raise ValueError(f"Expected {count} checkpoints, got {len(paths)}: {args.models}.")
+    return [load_checkpoint(p) for p in paths], [p.stem for p in paths]
+
+
+def _splits(dataset: str, limit: int | None) -> tuple:
+    train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
+    if limit:
+        train = train.subset(range(min(limit, len(train))), "train")
+        test = test.subset(range(min(limit, len(test))), "test")
+    return train, test
+
+
+def _write(fig, table, stem: Path) -> list[Path]:
+    written = figures.save(fig, stem, formats=("pdf", "svg", "png"))
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(stem.with_name(f"{stem.name}.csv"), index=False)
+    return [*written, stem.with_name(f"{stem.name}.csv")]
+
+
+def _lmc(args: argparse.Namespace) -> int:
+    (model_a, model_b), names = _models(args, 2)
+    train, test = _splits(args.dataset, args.limit)
+    curves = []
+    for method in args.methods:
+        aligned = align(model_a, model_b, method, data=train)
+        found = lmc_curves(
+            model_a,
+            aligned,
+            {"train": train, "test": test},
+            args.alphas,
+            None if args.bn == "none" else args.bn,
+            label=method,
+        )
+        curves += found.values()
+    fig, axes = figures.new_figure(columns=2, aspect=0.4, ncols=2)
+    plot_curves(curves, "loss", ax=axes[0], legend=False)
+    plot_curves(curves, "accuracy", ax=axes[1], legend=False)
+    figures.shared_legend(fig, axes[0])
+    table = barrier_table(curves)
+    written = _write(fig, table, Path(args.out) / "lmc")
+    written.append(write_csv(curves, Path(args.out) / "lmc_curves.csv"))
+    print(f"LMC between {names[0]} and {names[1]}:")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("Wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _plane(args: argparse.Namespace) -> int:
+    models, names = _models(args, 3)
+    train, test = _splits(args.dataset, args.limit)
+    plane = loss_plane(
+        models,
+        test,
+        args.resolution,
+        None if args.bn == "none" else args.bn,
+        method=args.method,
+        bn_data=train,
+        labels=names,
+    )
+    fig, axes = figures.new_figure(columns=2, aspect=0.42, ncols=2)
+    plane.plot("loss", ax=axes[0])
+    plane.plot("accuracy", ax=axes[1])
+    written = _write(fig, plane.to_frame(), Path(args.out) / f"plane_{args.method}")
+    print(f"Loss plane through {', '.join(names)} ({args.method}, bn={args.bn}).")
+    print("Wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    train, test = _splits(args.dataset, args.limit)
+    info = dataset_info(args.dataset)
+    result = sweep(
+        args.parameter,
+        args.values,
+        train,
+        test,
+        epochs=args.epochs,
+        model_kwargs={"in_channels": info.in_channels, "num_classes": info.num_classes},
+        methods=args.methods,
+        bn=None if args.bn == "none" else args.bn,
+    )
+    written = _write(
+        result.plot("barrier"), result.table, Path(args.out) / f"sweep_{args.parameter}"
+    )
+    print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("Wrote " + ", ".join(map(str, written)))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     print(json.dumps(read_metadata(args.checkpoint), indent=2))
     return 0
@@ -128,6 +230,36 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--alphas", type=int, default=11)
     demo.add_argument("--out", default="figures")
     demo.set_defaults(run=_demo)
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--dataset", default="mnist-5k")
+    common.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
+    common.add_argument("--out", default="figures")
+    common.add_argument("--limit", type=int, help="use only the first N images of each split")
+
+    lmc = sub.add_parser("lmc", parents=[common], help="LMC curves and barriers of a pair")
+    lmc.add_argument("--models", nargs="*", help="two checkpoints (default: shipped seeds 0, 1)")
+    lmc.add_argument(
+        "--methods",
+        nargs="+",
+        default=["none", "weight", "activation"],
+        choices=["none", "weight", "activation", "cca"],
+    )
+    lmc.add_argument("--alphas", type=int, default=11)
+    lmc.set_defaults(run=_lmc)
+
+    plane = sub.add_parser("plane", parents=[common], help="loss plane through three models")
+    plane.add_argument("--models", nargs="*", help="three checkpoints (default: seeds 0-2)")
+    plane.add_argument("--method", default="weight", choices=["none", "weight", "activation"])
+    plane.add_argument("--resolution", type=int, default=21)
+    plane.set_defaults(run=_plane)
+
+    sweeper = sub.add_parser("sweep", parents=[common], help="barrier against width or epochs")
+    sweeper.add_argument("parameter", choices=["width", "epochs"])
+    sweeper.add_argument("values", type=float, nargs="+")
+    sweeper.add_argument("--epochs", type=int, default=4, help="epochs per model (width sweep)")
+    sweeper.add_argument("--methods", nargs="+", default=["none", "weight"])
+    sweeper.set_defaults(run=_sweep)
 
     info = sub.add_parser("info", help="print a checkpoint's metadata")
     info.add_argument("checkpoint")
