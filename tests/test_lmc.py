@@ -12,6 +12,7 @@ from conftest import assert_state_equal, state_copy
 from matplotlib.figure import Figure
 
 import workbench as wb
+from workbench import weightspace
 
 FRAME_COLUMNS = ["label", "bn", "split", "alpha", "loss", "accuracy"]
 
@@ -371,9 +372,9 @@ def test_curves_are_cached_by_content(shipped_pair, mnist_test, tmp_path, monkey
     first = wb.lmc_curve(a, b, mnist_test, alphas=3, cache=cache, progress=False)
     assert len(list(tmp_path.glob("lmc/*.safetensors"))) == 1
     evaluations = []
-    original = wb.lmc.evaluate
+    original = weightspace.evaluate
     monkeypatch.setattr(
-        wb.lmc, "evaluate", lambda *x, **k: evaluations.append(1) or original(*x, **k)
+        weightspace, "evaluate", lambda *x, **k: evaluations.append(1) or original(*x, **k)
     )
     again = wb.lmc_curve(a, b, mnist_test, alphas=3, cache=cache, progress=False, label="other")
     assert evaluations == [] and again.label == "other"
@@ -391,7 +392,7 @@ def test_pairwise_curves_and_bands(shipped_pair, train_500, mnist_test, tmp_path
     curves = wb.pairwise_curves(
         models, {"test": mnist_test}, alphas=3, method="weight", bn_data=train_500, progress=False
     )
-    assert [c.settings["pair"] for c in curves] == [(0, 1), (0, 2), (1, 2)]
+    assert [c.settings["pair"] for c in curves] == [[0, 1], [0, 2], [1, 2]]
     assert all(c.label == "weight" and c.split == "test" for c in curves)
     direct = wb.lmc_curve(
         models[1], wb.align(models[1], models[2], "weight"), mnist_test, alphas=3, progress=False

@@ -5,14 +5,17 @@ Barrier definitions (both reported, on loss and on accuracy):
 * ``barrier`` (Frankle et al., 2020): ``max_a L(a) - ((1 - a) L(0) + a L(1))`` over the
   evaluated ``a`` in [0, 1], the height of the curve above the chord between its ends;
 * ``rebasin_barrier`` (Ainsworth et al., Git Re-Basin): ``max_a L(a) - (L(0) + L(1)) / 2``.
+
+Curves are cached on disk (:mod:`workbench.cache`), keyed by the content of the models and
+data and by every setting that changes the numbers: a re-run is a file read, and a model
+that changed can never be served a stale curve.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,19 +28,18 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.alignment import align
-from workbench.cache import ResultCache, data_fingerprint, default_cache, fingerprint
+from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
-from workbench.evaluation import evaluate
+from workbench.device import model_device
 from workbench.figures import color_for, new_figure, paper_style
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.merge import (
-    channel_moments,
-    check_compatible,
-    has_batchnorm,
-    load_interpolation_,
-    repair_,
-    repair_points,
-    reset_bn_,
+from workbench.merge import channel_moments, check_compatible, has_batchnorm, repair_, repair_points
+from workbench.weightspace import (
+    check_data,
+    evaluate_points,
+    exact_reset_bn_,
+    on_device,
+    resolve_cache,
 )
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
 ]
 
 BN_MODES = (None, "reset", "repair")
+BN_SUFFIX = {None: "", "reset": " + RESET", "repair": " + REPAIR"}
 
 
 def _alphas(alphas: int | Sequence[float]) -> np.ndarray:
@@ -88,7 +91,9 @@ class LMCCurve:
     """Loss and accuracy at each ``alpha`` on the path from model A (0) to model B (1).
 
     ``split`` names the data it was evaluated on, ``bn`` the BatchNorm handling
-    (``None`` or ``"reset"``) and ``label`` the method that produced the endpoints.
+    (``None``, ``"reset"`` or ``"repair"``), ``label`` the method that produced the
+    endpoints and ``settings`` everything else that determined the numbers (the models'
+    fingerprints, batch size, ...; a pair index or a sweep value where it applies).
     """
 
     alphas: np.ndarray
@@ -160,6 +165,55 @@ class LMCCurve:
         return plot_curves([self], metric=metric, ax=ax)
 
 
+# ---------------------------------------------------------------------------------------
+# Cached sets of curves
+
+
+def _store_curves(store: ResultCache, kind: str, key: str | None, curves: list[LMCCurve]) -> None:
+    tensors = {}
+    for i, curve in enumerate(curves):
+        for name in ("alphas", "loss", "accuracy"):
+            tensors[f"{i}/{name}"] = torch.tensor(np.asarray(getattr(curve, name), np.float64))
+    meta = {"curves": [[c.split, c.bn, c.label, c.settings] for c in curves]}
+    store.store(kind, key, tensors, meta)
+
+
+def _load_curves(store: ResultCache, kind: str, key: str | None) -> list[LMCCurve] | None:
+    hit = store.load(kind, key)
+    if hit is None:
+        return None
+    tensors, meta = hit
+    return [
+        LMCCurve(*(tensors[f"{i}/{n}"].numpy() for n in ("alphas", "loss", "accuracy")), *rest)
+        for i, rest in enumerate(meta["curves"])
+    ]
+
+
+def cached_curves(
+    store: ResultCache,
+    kind: str,
+    key: str | None,
+    compute: Callable[[], list[LMCCurve]],
+) -> list[LMCCurve]:
+    """The curves stored under ``key``, else ``compute()``'s, stored for next time. Settings
+    must be JSON values (lists, not tuples) so that a hit equals the computed result."""
+    curves = _load_curves(store, kind, key)
+    if curves is None:
+        curves = compute()
+        _store_curves(store, kind, key, curves)
+    return curves
+
+
+def data_key(data: Mapping[str, DataLike]) -> dict[str, str | None] | None:
+    """The content fingerprints of named splits for a cache key (``None``: not cacheable)."""
+    fingerprints = {split: data_fingerprint(d) for split, d in data.items()}
+    return None if None in fingerprints.values() else fingerprints
+
+
+# ---------------------------------------------------------------------------------------
+# Computing curves
+
+
 def lmc_curves(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -176,14 +230,16 @@ def lmc_curves(
 ) -> dict[str, LMCCurve]:
     """Curves on several named splits at once (e.g. ``{"train": ..., "test": ...}``).
 
-    Each interpolated model is built once into a single working copy and, with
-    ``bn="reset"`` or ``bn="repair"``, corrected once on ``bn_data`` (default: the first
-    split, which should be training data), then evaluated on every split. REPAIR measures
-    the endpoints' statistics once for the whole curve; ``spec`` saves re-tracing.
+    Each interpolated model is loaded into a single working copy and, with ``bn="reset"``
+    or ``bn="repair"``, corrected once on ``bn_data`` (default: the first split, which
+    should be training data), then evaluated on every split. RESET is one train-mode pass
+    per point; REPAIR measures the endpoints' statistics once for the whole curve;
+    ``spec`` saves re-tracing.
 
-    Results are cached on disk, keyed by the content of both models and of every dataset
-    and by all settings, so a re-run is a file read and a changed model never hits a stale
-    entry; ``cache=False`` bypasses it (data given as DataLoaders is never cached).
+    Results are cached on disk, keyed by the content of both models, of every dataset and
+    of ``bn_data`` and by all settings (``cache``: ``True`` for the default cache, a
+    :class:`~workbench.cache.ResultCache`, or ``False`` to bypass it). Data given as
+    DataLoaders cannot be fingerprinted and is never cached.
     """
     if bn not in BN_MODES:
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}.")
@@ -196,65 +252,61 @@ def lmc_curves(
         )
     points = _alphas(alphas)
     reset_data = bn_data if bn_data is not None else next(iter(data.values()))
-    store = default_cache() if cache is True else (cache or ResultCache(enabled=False))
-    models = [fingerprint(model_a), fingerprint(model_b)]
+    check_data(model_a, {**data, "bn_data": reset_data} if bn else data)
+    store = resolve_cache(cache)
     settings = {
         "batch_size": batch_size,
         "bn_data": "given" if bn_data is not None else "first split",
-        "models": models,
+        "models": [fingerprint(model_a), fingerprint(model_b)],
     }
-    key = None
-    if store.enabled:
-        key = store.key(
-            models=models,
-            data={split: data_fingerprint(d) for split, d in data.items()} or None,
-            bn_data=data_fingerprint(reset_data) if bn else "-",
-            alphas=points.tolist(),
-            bn=bn or "none",
+    key = store.key(
+        models=settings["models"],
+        data=data_key(data),
+        bn_data=data_fingerprint(reset_data) if bn else "-",
+        alphas=points.tolist(),
+        bn=bn or "none",
+        batch_size=batch_size,
+    )
+
+    def compute() -> list[LMCCurve]:
+        correct = _correction(model_a, model_b, bn, reset_data, spec, batch_size)
+        results = evaluate_points(
+            model_a,
+            [model_a.state_dict(), model_b.state_dict()],
+            [[1.0 - alpha, alpha] for alpha in points.tolist()],
+            data,
+            correct=correct,
             batch_size=batch_size,
+            progress=progress,
+            desc=f"LMC {label}",
         )
-        if any(data_fingerprint(d) is None for d in data.values()):
-            key = None
-    hit = store.load("lmc", key)
-    if hit is not None:
-        return {
-            split: LMCCurve(
-                points,
-                hit[0][f"{split}/loss"].double().numpy(),
-                hit[0][f"{split}/accuracy"].double().numpy(),
-                split,
-                bn,
-                label,
-                settings,
-            )
-            for split in data
-        }
-    states = [model_a.state_dict(), model_b.state_dict()]
-    work = copy.deepcopy(model_a)
-    if bn == "repair":
-        at = repair_points(resolve_spec(model_a, spec, data=reset_data))
-        targets = [channel_moments(m, reset_data, at, batch_size) for m in (model_a, model_b)]
-    results = {split: ([], []) for split in data}
-    for alpha in tqdm(points, desc=f"LMC {label}", disable=not progress, leave=False):
-        load_interpolation_(work, *states, alpha)
-        if bn == "reset":
-            reset_bn_(work, reset_data, batch_size)
-        elif bn == "repair":
-            repair_(work, targets, [1.0 - alpha, alpha], reset_data, at, batch_size)
-        for split, split_data in data.items():
-            metrics = evaluate(work, split_data, batch_size)
-            results[split][0].append(metrics.loss)
-            results[split][1].append(metrics.accuracy)
-    curves = {
-        split: LMCCurve(points, np.array(loss), np.array(acc), split, bn, label, settings)
-        for split, (loss, acc) in results.items()
-    }
-    tensors = {}
-    for split, curve in curves.items():
-        tensors[f"{split}/loss"] = torch.from_numpy(curve.loss)
-        tensors[f"{split}/accuracy"] = torch.from_numpy(curve.accuracy)
-    store.store("lmc", key, tensors, {"label": label, "bn": bn})
-    return curves
+        return [
+            LMCCurve(points, loss, acc, split, bn, label, settings)
+            for split, (loss, acc) in results.items()
+        ]
+
+    curves = cached_curves(store, "lmc", key, compute)
+    return {c.split: dataclasses.replace(c, label=label) for c in curves}
+
+
+def _correction(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    bn: str | None,
+    data: DataLike,
+    spec: PermutationSpec | None,
+    batch_size: int,
+) -> Callable[[nn.Module, Sequence[float]], object] | None:
+    """What fixes each loaded point's statistics: RESET, REPAIR (towards the endpoints'
+    interpolated channel statistics, measured once here) or nothing."""
+    if bn is None:
+        return None
+    data = on_device(data, model_device(model_a))
+    if bn == "reset":
+        return lambda work, _weights: exact_reset_bn_(work, data, batch_size)
+    at = repair_points(resolve_spec(model_a, spec, data=data))
+    targets = [channel_moments(m, data, at, batch_size) for m in (model_a, model_b)]
+    return lambda work, weights: repair_(work, targets, weights, data, at, batch_size)
 
 
 def lmc_curve(
@@ -277,7 +329,8 @@ def lmc_curve(
     [0, 1] extrapolates; barriers use the points inside). ``bn="reset"`` recomputes
     BatchNorm statistics of every interpolated model on ``bn_data`` (default ``data``);
     ``bn="repair"`` applies REPAIR instead (also for networks without BatchNorm).
-    The models are not modified.
+    A NaN or infinite loss is kept and reported by :attr:`LMCCurve.diverged`. The models
+    are not modified; the result is cached (see :func:`lmc_curves`).
     """
     split = getattr(data, "split", "data")
     return lmc_curves(
@@ -295,82 +348,6 @@ def lmc_curve(
     )[split]
 
 
-def curves_frame(curves: Sequence[LMCCurve]) -> pd.DataFrame:
-    """All curves as one tidy table (for CSV export or seaborn)."""
-    return pd.concat([c.to_frame() for c in curves], ignore_index=True)
-
-
-def barrier_table(curves: Sequence[LMCCurve]) -> pd.DataFrame:
-    """One row per curve with both barrier definitions and the accuracies."""
-    return pd.DataFrame([c.summary() for c in curves])
-
-
-_METRIC_LABELS = {"loss": "Cross-entropy loss", "accuracy": "Accuracy (%)"}
-
-
-def plot_curves(
-    curves: Sequence[LMCCurve],
-    metric: str = "loss",
-    ax: Axes | None = None,
-    title: str | None = None,
-    legend: bool = True,
-) -> Figure:
-    """Plot ``metric`` ("loss" or "accuracy") against alpha for each curve.
-
-    Colour follows the method label (a lighter shade after BatchNorm reset), line style
-    the split (solid for train, dashed otherwise), markers the BatchNorm handling. Points where the loss diverged (NaN) are
-    marked with a cross on the axis rather than left as silent gaps.
-    """
-    if metric not in _METRIC_LABELS:
-        raise ValueError(f"metric must be 'loss' or 'accuracy', got {metric!r}.")
-    if not curves:
-        raise ValueError("Nothing to plot: no curves given.")
-    if ax is None:
-        fig, ax = new_figure()
-    else:
-        fig = ax.figure
-    with paper_style():
-        for index, curve in enumerate(curves):
-            values = curve.loss if metric == "loss" else 100 * curve.accuracy
-            name = curve.label + {None: "", "reset": " + RESET", "repair": " + REPAIR"}[curve.bn]
-            if len({c.split for c in curves}) > 1:
-                name += f" ({curve.split})"
-            ax.plot(
-                curve.alphas,
-                values,
-                color=color_for(curve.label, index, light=curve.bn is not None),
-                linestyle="-" if curve.split == "train" else "--",
-                marker={None: "s", "reset": "o", "repair": "^"}[curve.bn],
-                markerfacecolor=None if curve.bn is None else "white",
-                label=name,
-            )
-            bad = curve.diverged
-            if len(bad):
-                ax.plot(
-                    bad,
-                    np.zeros_like(bad),
-                    "x",
-                    color="black",
-                    clip_on=False,
-                    label=f"{name}: diverged",
-                )
-        ax.set_xlabel(r"Interpolation $\alpha$ (A $\rightarrow$ B)")
-        ax.set_ylabel(_METRIC_LABELS[metric])
-        if title:
-            ax.set_title(title)
-        if legend:
-            ax.legend(loc="best")
-    return fig
-
-
-def write_csv(curves: Sequence[LMCCurve], path: str | Path) -> Path:
-    """Write the curves' tidy table to ``path`` (folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    curves_frame(curves).to_csv(path, index=False)
-    return path
-
-
 def pairwise_curves(
     models: Sequence[nn.Module],
     data: Mapping[str, DataLike],
@@ -383,36 +360,184 @@ def pairwise_curves(
     progress: bool = True,
     cache: ResultCache | bool = True,
 ) -> list[LMCCurve]:
-    """Curves between every pair of ``models`` on every split of ``data``, the second model
-    of each pair aligned to the first by ``method`` (``"none"``, ``"weight"``,
-    ``"activation"``, ``"cca"``; matching data: ``bn_data``, else the first split). Each
-    curve's settings record its pair. Summarize them with :func:`plot_bands`."""
+    """Curves between every pair ``i < j`` of ``models`` on every split of ``data``, model
+    ``j`` aligned to model ``i`` by ``method`` (``"none"``, ``"weight"``, ``"activation"``,
+    ``"cca"``; data for matching and for BN correction: ``bn_data``, else the first split).
+
+    Each curve's ``settings["pair"]`` is ``[i, j]``. Each pair is cached as a whole, keyed
+    by the two original models, so a re-run skips the alignment too. Summarize the result
+    with :func:`plot_bands`, :func:`barrier_table` or :func:`curves_frame`
+    (``settings=("pair",)`` adds the pair column).
+    """
     models = list(models)
     if len(models) < 2:
         raise ValueError(f"Need at least 2 models for pairs, got {len(models)}.")
     check_compatible(models)
+    if not data:
+        raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
     match_data = bn_data if bn_data is not None else next(iter(data.values()))
-    spec = resolve_spec(models[0], None, data=match_data)
-    pairs = list(itertools.combinations(range(len(models)), 2))
+    store = resolve_cache(cache)
+    fingerprints = [fingerprint(m) for m in models]
+    spec = None
     curves = []
+    pairs = list(itertools.combinations(range(len(models)), 2))
     for i, j in tqdm(pairs, desc=f"pairs ({method})", disable=not progress):
-        aligned = align(models[i], models[j], method, data=match_data, spec=spec)
-        found = lmc_curves(
-            models[i],
-            aligned,
-            data,
-            alphas,
-            bn,
-            bn_data=bn_data,
-            label=method,
-            spec=spec,
+        key = store.key(
+            models=[fingerprints[i], fingerprints[j]],
+            method=method,
+            match_data=data_fingerprint(match_data),
+            data=data_key(data),
+            alphas=_alphas(alphas).tolist(),
+            bn=bn or "none",
             batch_size=batch_size,
-            progress=False,
-            cache=cache,
         )
-        for curve in found.values():
-            curves.append(dataclasses.replace(curve, settings={**curve.settings, "pair": (i, j)}))
+
+        def compute(i: int = i, j: int = j) -> list[LMCCurve]:
+            nonlocal spec
+            spec = spec or resolve_spec(models[0], None, data=match_data)
+            aligned = align(models[i], models[j], method, data=match_data, spec=spec)
+            found = lmc_curves(
+                models[i],
+                aligned,
+                data,
+                alphas,
+                bn,
+                bn_data=bn_data,
+                label=method,
+                spec=spec,
+                batch_size=batch_size,
+                progress=False,
+                cache=False,
+            )
+            return [
+                dataclasses.replace(c, settings={**c.settings, "pair": [i, j]})
+                for c in found.values()
+            ]
+
+        curves += cached_curves(store, "lmc-pairs", key, compute)
     return curves
+
+
+# ---------------------------------------------------------------------------------------
+# Tables
+
+
+def curves_frame(curves: Sequence[LMCCurve], settings: Sequence[str] = ()) -> pd.DataFrame:
+    """All curves as one tidy table (for CSV export or seaborn); ``settings`` names entries
+    of each curve's settings to add as columns (e.g. ``("pair",)``)."""
+    frames = []
+    for curve in curves:
+        frame = curve.to_frame()
+        for name in settings:
+            frame[name] = _setting(curve, name)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def barrier_table(curves: Sequence[LMCCurve], settings: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per curve with both barrier definitions and the accuracies (and the named
+    ``settings`` of each curve as columns)."""
+    rows = []
+    for curve in curves:
+        row = {name: _setting(curve, name) for name in settings}
+        rows.append({**row, **curve.summary()})
+    return pd.DataFrame(rows)
+
+
+def _setting(curve: LMCCurve, name: str) -> object:
+    if name not in curve.settings:
+        raise ValueError(
+            f"Curve {curve.label!r} ({curve.split}) has no setting {name!r}; it has "
+            f"{sorted(curve.settings)}."
+        )
+    value = curve.settings[name]
+    return "-".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+
+
+def write_csv(curves: Sequence[LMCCurve], path: str | Path, settings: Sequence[str] = ()) -> Path:
+    """Write the curves' tidy table (:func:`curves_frame`) to ``path`` (folders created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    curves_frame(curves, settings).to_csv(path, index=False)
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# Figures
+
+
+_METRIC_LABELS = {"loss": "Cross-entropy loss", "accuracy": "Accuracy (%)"}
+_ALPHA_LABEL = r"Interpolation $\alpha$ (A $\rightarrow$ B)"
+
+
+def _check_plot_input(curves: Sequence[LMCCurve], metric: str) -> None:
+    if metric not in _METRIC_LABELS:
+        raise ValueError(f"metric must be 'loss' or 'accuracy', got {metric!r}.")
+    if not curves:
+        raise ValueError("Nothing to plot: no curves given.")
+
+
+def _axes(ax: Axes | None) -> tuple[Figure, Axes]:
+    if ax is None:
+        return new_figure()
+    return ax.figure, ax
+
+
+def _values(curve: LMCCurve, metric: str) -> np.ndarray:
+    return curve.loss if metric == "loss" else 100 * curve.accuracy
+
+
+def _mark_diverged(ax: Axes, alphas: np.ndarray, name: str) -> None:
+    """Crosses on the x axis where the loss diverged: never a silent gap in a line."""
+    if len(alphas):
+        ax.plot(
+            alphas,
+            np.zeros_like(alphas),
+            "x",
+            color="black",
+            clip_on=False,
+            label=f"{name}: diverged",
+        )
+
+
+def plot_curves(
+    curves: Sequence[LMCCurve],
+    metric: str = "loss",
+    ax: Axes | None = None,
+    title: str | None = None,
+    legend: bool = True,
+) -> Figure:
+    """Plot ``metric`` ("loss" or "accuracy") against alpha for each curve.
+
+    Colour follows the method label (a lighter shade after a BatchNorm correction), line
+    style the split (solid for train, dashed otherwise), markers the BatchNorm handling.
+    Points where the loss diverged (NaN) are marked with a cross on the axis rather than
+    left as silent gaps.
+    """
+    _check_plot_input(curves, metric)
+    fig, ax = _axes(ax)
+    with paper_style():
+        for index, curve in enumerate(curves):
+            name = curve.label + BN_SUFFIX[curve.bn]
+            if len({c.split for c in curves}) > 1:
+                name += f" ({curve.split})"
+            ax.plot(
+                curve.alphas,
+                _values(curve, metric),
+                color=color_for(curve.label, index, light=curve.bn is not None),
+                linestyle="-" if curve.split == "train" else "--",
+                marker={None: "s", "reset": "o", "repair": "^"}[curve.bn],
+                markerfacecolor=None if curve.bn is None else "white",
+                label=name,
+            )
+            _mark_diverged(ax, curve.diverged, name)
+        ax.set_xlabel(_ALPHA_LABEL)
+        ax.set_ylabel(_METRIC_LABELS[metric])
+        if title:
+            ax.set_title(title)
+        if legend:
+            ax.legend(loc="best")
+    return fig
 
 
 def plot_bands(
@@ -421,43 +546,43 @@ def plot_bands(
     band: str = "std",
     ax: Axes | None = None,
     title: str | None = None,
+    legend: bool = True,
 ) -> Figure:
     """The mean curve of each (method, BN handling, split) over its pairs, with a band:
-    ``band="std"`` (mean +/- one standard deviation) or ``"range"`` (min to max)."""
-    if metric not in _METRIC_LABELS:
-        raise ValueError(f"metric must be 'loss' or 'accuracy', got {metric!r}.")
+    ``band="std"`` (mean +/- one population standard deviation over the pairs) or
+    ``"range"`` (the minimum to the maximum pair). Alphas where any pair diverged are
+    marked with a cross on the axis (the mean is undefined there)."""
+    _check_plot_input(curves, metric)
     if band not in ("std", "range"):
         raise ValueError(f"band must be 'std' or 'range', got {band!r}.")
-    if not curves:
-        raise ValueError("Nothing to plot: no curves given.")
     groups: dict[tuple, list[LMCCurve]] = {}
     for curve in curves:
         groups.setdefault((curve.label, curve.bn, curve.split), []).append(curve)
-    if ax is None:
-        fig, ax = new_figure()
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax)
     with paper_style():
         for index, ((label, bn, split), members) in enumerate(groups.items()):
-            if any(not np.array_equal(c.alphas, members[0].alphas) for c in members):
-                raise ValueError(f"Curves of {label!r} ({split}) use different alphas.")
-            values = np.stack([c.loss if metric == "loss" else 100 * c.accuracy for c in members])
+            alphas = members[0].alphas
+            if any(not np.array_equal(c.alphas, alphas) for c in members):
+                raise ValueError(
+                    f"Curves of {label!r} ({split}) use different alphas; compute them with "
+                    "the same alphas to average them."
+                )
+            values = np.stack([_values(c, metric) for c in members])
             mean = values.mean(0)
             if band == "std":
                 low, high = mean - values.std(0), mean + values.std(0)
             else:
                 low, high = values.min(0), values.max(0)
             color = color_for(label, index, light=bn is not None)
-            name = label + {None: "", "reset": " + RESET", "repair": " + REPAIR"}[bn]
-            name += f" ({split}, {len(members)} pairs)"
-            alphas = members[0].alphas
-            ax.plot(
-                alphas, mean, color=color, linestyle="-" if split == "train" else "--", label=name
-            )
+            name = f"{label}{BN_SUFFIX[bn]} ({split}, {len(members)} pairs)"
+            style = "-" if split == "train" else "--"
+            ax.plot(alphas, mean, color=color, linestyle=style, label=name)
             ax.fill_between(alphas, low, high, color=color, alpha=0.2, linewidth=0)
-        ax.set_xlabel(r"Interpolation $\alpha$ (A $\rightarrow$ B)")
+            _mark_diverged(ax, alphas[~np.isfinite(values).all(0)], name)
+        ax.set_xlabel(_ALPHA_LABEL)
         ax.set_ylabel(_METRIC_LABELS[metric])
         if title:
             ax.set_title(title)
-        ax.legend(loc="best")
+        if legend:
+            ax.legend(loc="best")
     return fig

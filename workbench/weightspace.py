@@ -1,0 +1,185 @@
+"""Evaluating many points of weight space with one working model.
+
+An interpolation curve of K points or a loss plane of R x R points is a list of weighted
+combinations of a few state dicts. Every point is loaded into one working copy of the
+first model (no copy per point), optionally corrected (BatchNorm RESET, REPAIR) and then
+evaluated on every split under ``torch.inference_mode``.
+
+RESET here costs exactly one train-mode forward pass per point: BatchNorm computes each
+batch's mean and variance itself (``momentum=1`` makes its running buffers hold exactly the
+last batch's statistics) and a forward hook folds those per-channel numbers into exact
+statistics over the whole dataset (Chan et al.'s pairwise update, in float64). The result
+equals :func:`workbench.merge.reset_bn_` (every example weighs the same, whatever the batch
+sizes) without computing every activation's statistics a second time.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm.auto import tqdm
+
+from workbench.cache import ResultCache, default_cache
+from workbench.data import DataLike, TensorImageDataset, batches
+from workbench.device import model_device
+from workbench.evaluation import eval_mode, evaluate, forward_checked
+from workbench.merge import load_weighted_average_
+
+__all__ = [
+    "Correction",
+    "check_data",
+    "evaluate_points",
+    "exact_reset_bn_",
+    "on_device",
+    "resolve_cache",
+]
+
+Correction = Callable[[nn.Module, Sequence[float]], object]
+"""Called on the working model after a point is loaded, with the point's weights."""
+
+
+def resolve_cache(cache: ResultCache | bool) -> ResultCache:
+    """The cache an analysis uses: ``True`` the default one (``$WORKBENCH_CACHE_DIR``),
+    ``False`` none (every lookup misses, nothing is written), or the given cache."""
+    if cache is True:
+        return default_cache()
+    if cache is False or cache is None:
+        return ResultCache(enabled=False)
+    if not isinstance(cache, ResultCache):
+        raise TypeError(
+            f"cache must be True, False or a workbench.ResultCache, got {type(cache).__name__}."
+        )
+    return cache
+
+
+def check_data(model: nn.Module, data: Mapping[str, DataLike]) -> None:
+    """Fail before any work if a split is empty or does not fit ``model``: one forward pass
+    of two examples of each split, whose labels must be among the model's outputs."""
+    if not data:
+        raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
+    device = model_device(model)
+    for split, split_data in data.items():
+        first = next(iter(batches(split_data, batch_size=2, max_batches=1)), None)
+        if first is None or len(first[1]) == 0:
+            raise ValueError(
+                f"The {split!r} data is empty (it yielded no examples); pass a dataset with "
+                "at least one example."
+            )
+        inputs, labels = first
+        with eval_mode(model), torch.inference_mode():
+            logits = forward_checked(model, inputs[:2].to(device))
+        if logits.ndim != 2:
+            raise ValueError(
+                f"{type(model).__name__} returns outputs of shape {tuple(logits.shape)}; "
+                "expected class scores of shape (batch, classes)."
+            )
+        if int(labels.max()) >= logits.shape[1]:
+            raise ValueError(
+                f"The {split!r} data has label {int(labels.max())} but "
+                f"{type(model).__name__} scores only {logits.shape[1]} classes: the model "
+                "was not built for this dataset."
+            )
+
+
+def exact_reset_bn_(model: nn.Module, data: DataLike, batch_size: int = 500) -> nn.Module:
+    """RESET in place with one train-mode pass: every BatchNorm layer's running mean and
+    (unbiased) variance become the exact statistics of its inputs over all of ``data``,
+    with the other layers in eval mode. Same result as :func:`workbench.merge.reset_bn_`.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no BatchNorm layers with running statistics, so "
+            "there is nothing to reset; use bn=None, or REPAIR for networks without BatchNorm."
+        )
+    totals: dict[nn.Module, list] = {layer: [0, 0.0, 0.0] for layer in layers}
+
+    def fold(layer: _BatchNorm, inputs: tuple[torch.Tensor, ...], _output: object) -> None:
+        n = inputs[0].numel() // inputs[0].shape[1]
+        count, mean, m2 = totals[layer]
+        batch_mean = layer.running_mean.double()
+        batch_m2 = layer.running_var.double() * (n - 1)  # BN keeps the unbiased variance
+        total = count + n
+        delta = batch_mean - mean
+        totals[layer] = [
+            total,
+            mean + delta * (n / total),
+            m2 + batch_m2 + delta**2 * (count * n / total),
+        ]
+        layer.running_mean.zero_()  # a blown-up batch must not leak into the next one
+        layer.running_var.fill_(1)
+
+    momenta = {layer: layer.momentum for layer in layers}
+    handles = [layer.register_forward_hook(fold) for layer in layers]
+    device = model_device(model)
+    try:
+        with eval_mode(model), torch.inference_mode():
+            for layer in layers:
+                layer.reset_running_stats()  # the batch counter then counts this pass
+                layer.momentum = 1.0
+                layer.train()
+            for inputs, _ in batches(data, batch_size):
+                forward_checked(model, inputs.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for layer, momentum in momenta.items():
+            layer.momentum = momentum
+    with torch.no_grad():
+        for layer, (count, mean, m2) in totals.items():
+            if count == 0:
+                raise ValueError("Cannot reset BatchNorm statistics on an empty dataset.")
+            layer.running_mean.copy_(mean)
+            layer.running_var.copy_(m2 / max(count - 1, 1))
+    return model
+
+
+def on_device(data: DataLike, device: torch.device) -> DataLike:
+    """An in-memory dataset moved to ``device`` once, instead of once per batch and point."""
+    if isinstance(data, TensorImageDataset) and data.images.device != device:
+        return TensorImageDataset(
+            data.images.to(device), data.targets.to(device), data.info, data.split
+        )
+    return data
+
+
+def evaluate_points(
+    model: nn.Module,
+    states: Sequence[Mapping[str, torch.Tensor]],
+    points: Sequence[Sequence[float]],
+    data: Mapping[str, DataLike],
+    *,
+    correct: Correction | None = None,
+    batch_size: int = 500,
+    progress: bool = True,
+    desc: str = "points",
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Loss and accuracy on every split of ``data`` at each point ``sum_i w[i] * states[i]``.
+
+    ``points`` lists the weights of each point (one per state). A point whose weights are
+    one 1 and zeros is an exact copy of that state. ``model`` (the architecture, device and
+    integer buffers) is copied once; ``correct(work, weights)`` may fix the loaded model's
+    statistics before it is evaluated. Returns ``split -> (losses, accuracies)``.
+    """
+    device = model_device(model)
+    splits = {split: on_device(d, device) for split, d in data.items()}
+    work = copy.deepcopy(model)
+    losses = {split: [] for split in splits}
+    accuracies = {split: [] for split in splits}
+    for weights in tqdm(points, desc=desc, disable=not progress, leave=False):
+        used = [(s, w) for s, w in zip(states, weights, strict=True) if w != 0]
+        if not used:  # the origin: all weights zero
+            used = [(states[0], 0.0)]
+        load_weighted_average_(work, [s for s, _ in used], [w for _, w in used])
+        if correct is not None:
+            correct(work, weights)
+        for split, split_data in splits.items():
+            metrics = evaluate(work, split_data, batch_size)
+            losses[split].append(metrics.loss)
+            accuracies[split].append(metrics.accuracy)
+    return {split: (np.array(losses[split]), np.array(accuracies[split])) for split in splits}
