@@ -1,13 +1,20 @@
-"""Loss planes through three models: geometry, exact values at the models, caching, plots."""
+"""Loss planes through three models: geometry, exact values, RESET, caching, plots, errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import assert_state_equal, state_copy
 
 import workbench as wb
-from workbench.planes import plane_basis
+from workbench import weightspace
+from workbench.planes import LossPlane, loss_planes, plane_basis, plane_weights, plot_plane
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")
@@ -20,53 +27,167 @@ def small_test(mnist_test):
     return mnist_test.subset(torch.arange(0, 1000, 5), "test")
 
 
+@pytest.fixture(scope="module")
+def small_train(mnist_train):
+    return mnist_train.subset(torch.arange(0, 4000, 16), "train")
+
+
+def _vector(model):
+    return torch.cat([p.detach().double().reshape(-1) for p in model.parameters()])
+
+
 def test_basis_is_the_triangle_of_weight_distances(trio):
-    points = plane_basis(trio)[0]
-    vectors = [torch.cat([p.detach().reshape(-1) for p in m.parameters()]) for m in trio]
+    points = plane_basis(trio)
+    assert points[0].tolist() == [0.0, 0.0] and points[1, 1] == 0.0 and points[2, 1] > 0
+    vectors = [_vector(m) for m in trio]
     for i in range(3):
         for j in range(3):
             plane = np.linalg.norm(points[i] - points[j])
-            weights = float((vectors[i] - vectors[j]).norm())
-            assert plane == pytest.approx(weights, rel=1e-5)
-    with pytest.raises(ValueError, match="identical"):
+            assert plane == pytest.approx(float((vectors[i] - vectors[j]).norm()), rel=1e-9)
+    # The grid point of model k has weight 1 on model k.
+    np.testing.assert_allclose(
+        plane_weights(points, points[:, 0], points[:, 1]), np.eye(3), atol=1e-12
+    )
+    with pytest.raises(ValueError, match="identical parameters"):
         plane_basis([trio[0], trio[0], trio[1]])
-    with pytest.raises(ValueError, match="one line"):
+    with pytest.raises(ValueError, match="lie on one line"):
         plane_basis([trio[0], trio[1], wb.interpolate(trio[0], trio[1], 0.5)])
 
 
-def test_plane_passes_through_the_models(trio, small_test, tmp_path):
-    cache = wb.ResultCache(tmp_path)
-    # margin 0 and resolution 2: the grid's corners include model 1 at (0, 0)
-    plane = wb.loss_plane(
-        trio, small_test, resolution=3, bn=None, margin=0.0, cache=cache, progress=False
+def test_grid_values_are_the_combined_models(trio, small_test, small_train):
+    before = [state_copy(m) for m in trio]
+    planes = loss_planes(
+        trio,
+        {"train": small_train, "test": small_test},
+        resolution=3,
+        bn=None,
+        margin=0.0,
+        progress=False,
+        cache=False,
     )
+    plane = planes["test"]
     assert plane.loss.shape == plane.accuracy.shape == (3, 3)
-    assert plane.points[0].tolist() == [0.0, 0.0]
-    i, j = np.argwhere((plane.y[:, None] == 0) & (plane.x[None, :] == 0))[0]
-    assert plane.loss[i, j] == pytest.approx(wb.evaluate(trio[0], small_test).loss, rel=1e-4)
-    frame = plane.to_frame()
-    assert len(frame) == 9 and set(frame.columns) >= {"x", "y", "loss", "accuracy"}
-    again = wb.loss_plane(
-        trio, small_test, resolution=3, bn=None, margin=0.0, cache=cache, progress=False
+    assert (plane.split, plane.bn, plane.label) == ("test", None, "none")
+    assert plane.settings["models"] == [wb.cache.fingerprint(m) for m in trio]
+    # margin 0: the grid spans the triangle's bounding box exactly.
+    assert plane.x[0] == min(0.0, plane.points[2, 0]) and plane.x[-1] == plane.points[:, 0].max()
+    assert plane.y[0] == 0.0 and plane.y[-1] == plane.points[2, 1]
+    # model 1 sits at the corner (0, 0) when model 3 is not behind it: an exact copy.
+    if plane.x[0] == 0.0:
+        assert plane.loss[0, 0] == wb.evaluate(trio[0], small_test).loss
+    weights = plane.weights
+    for i, j in np.ndindex(3, 3):
+        combined = wb.average(trio, weights[i, j].tolist())
+        negative_variance = any(
+            (m.running_var < 0).any() for m in combined.modules() if hasattr(m, "running_var")
+        )
+        # Outside the triangle some weights are negative, and so may be a combined
+        # running variance: that point diverges (use bn="reset" there).
+        assert np.isnan(plane.loss[i, j]) == negative_variance
+        if not negative_variance:
+            expected = wb.evaluate(combined, small_test).loss
+            assert plane.loss[i, j] == pytest.approx(expected, rel=1e-5)
+    assert np.isfinite(plane.loss).sum() >= 3
+    i, j = np.argwhere(np.isfinite(plane.loss))[-1]
+    train_value = wb.evaluate(wb.average(trio, weights[i, j].tolist()), small_train).accuracy
+    assert planes["train"].accuracy[i, j] == pytest.approx(train_value, abs=1e-9)
+    for model, state in zip(trio, before, strict=True):
+        assert_state_equal(model, state)
+
+
+def test_reset_plane_matches_reset_bn(trio, small_test, small_train):
+    plane = wb.loss_plane(
+        trio, small_test, 2, "reset", bn_data=small_train, progress=False, cache=False
     )
-    np.testing.assert_array_equal(again.loss, plane.loss)
+    i, j = 1, 0
+    reset = wb.reset_bn(wb.average(trio, plane.weights[i, j].tolist()), small_train)
+    assert plane.loss[i, j] == pytest.approx(wb.evaluate(reset, small_test).loss, rel=1e-4)
+
+
+def test_plane_is_cached_by_content(trio, small_test, tmp_path, monkeypatch):
+    cache = wb.ResultCache(tmp_path)
+    kwargs = {"resolution": 2, "bn": None, "progress": False}
+    first = wb.loss_plane(trio, small_test, cache=cache, **kwargs)
     assert len(list(tmp_path.glob("plane/*.safetensors"))) == 1
+    calls = []
+    original = weightspace.evaluate
+    monkeypatch.setattr(
+        weightspace, "evaluate", lambda *a, **k: calls.append(1) or original(*a, **k)
+    )
+    again = wb.loss_plane(trio, small_test, cache=cache, labels=("a", "b", "c"), **kwargs)
+    assert calls == [] and again.labels == ("a", "b", "c")
+    np.testing.assert_array_equal(again.loss, first.loss)
+    np.testing.assert_array_equal(again.points, first.points)
+    assert again.settings == first.settings
+    changed = [trio[0], trio[1], wb.interpolate(trio[2], trio[0], 0.01)]
+    wb.loss_plane(changed, small_test, cache=cache, **kwargs)
+    assert len(calls) == 4, "a changed model is recomputed"
+    wb.loss_plane(trio, small_test, cache=False, **kwargs)
+    assert len(calls) == 8, "cache=False recomputes"
 
 
-def test_aligned_plane_with_reset_is_lower_and_plots(trio, small_test, mnist_train, tmp_path):
-    train = mnist_train.subset(torch.arange(0, 4000, 8), "train")
-    kwargs = {"resolution": 3, "bn": "reset", "bn_data": train, "progress": False, "cache": False}
-    naive = wb.loss_plane(trio, small_test, **kwargs)
-    aligned = wb.loss_plane(trio, small_test, method="weight", **kwargs)
-    assert aligned.settings["method"] == "weight"
+def test_aligned_plane_with_reset_is_lower_and_plots(trio, small_test, small_train, tmp_path):
+    kwargs = {"bn_data": small_train, "progress": False, "cache": False}
+    naive = wb.loss_plane(trio, small_test, 2, "reset", **kwargs)
+    aligned = wb.loss_plane(trio, small_test, 2, "reset", method="weight", **kwargs)
+    assert aligned.settings["method"] == "weight" and aligned.label == "weight"
+    assert aligned.settings["models"][0] == wb.cache.fingerprint(trio[0])
+    assert aligned.settings["models"][1] != wb.cache.fingerprint(trio[1])  # aligned copy
     assert np.median(aligned.loss) < np.median(naive.loss)
+    frame = aligned.to_frame()
+    assert len(frame) == 4
+    assert list(frame.columns) == [
+        "label", "bn", "split", "x", "y", "weight_1", "weight_2", "weight_3", "loss", "accuracy"
+    ]  # fmt: skip
+    np.testing.assert_allclose(frame[["weight_1", "weight_2", "weight_3"]].sum(axis=1), 1.0)
+    assert aligned.summary()["min_loss"] == aligned.loss.min()
     fig = aligned.plot("loss")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.texts] == ["model 1", "model 2", "model 3"]
-    paths = wb.figures.save(fig, tmp_path / "plane", formats=("pdf", "png"))
-    assert all(p.stat().st_size > 0 for p in paths)
-    aligned.plot("accuracy")
-    with pytest.raises(ValueError, match="exactly 3 models"):
+    assert fig.axes[1].get_ylabel() == "Cross-entropy loss"  # the colour bar
+    markers = [line for line in ax.lines if line.get_marker() == "o"]
+    np.testing.assert_allclose(markers[0].get_xydata(), aligned.points)
+    paths = wb.figures.save(fig, tmp_path / "plane", formats=("pdf", "svg", "png"))
+    assert [p.suffix for p in paths] == [".pdf", ".svg", ".png"]
+    pdf = paths[0].read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # embedded TrueType only
+    _, axes = wb.figures.new_figure(columns=2, ncols=2)
+    assert aligned.plot("accuracy", ax=axes[1]) is axes[1].figure
+    assert aligned.write_csv(tmp_path / "plane.csv").read_text().startswith("label,bn,split,x")
+
+
+def test_diverged_points_are_marked():
+    loss = np.array([[0.5, np.nan], [1.0, 2.0]])
+    plane = LossPlane(
+        np.array([0.0, 1.0]),
+        np.array([0.0, 1.0]),
+        loss,
+        np.array([[0.9, 0.1], [0.5, 0.4]]),
+        np.array([[0.0, 0.0], [1.0, 0.0], [0.5, 1.0]]),
+    )
+    np.testing.assert_array_equal(plane.diverged, [[1.0, 0.0]])
+    assert plane.summary()["diverged_points"] == 1
+    fig = plot_plane(plane, "loss")
+    crosses = [line for line in fig.axes[0].lines if line.get_marker() == "x"]
+    np.testing.assert_array_equal(crosses[0].get_xydata(), [[1.0, 0.0]])
+    with pytest.raises(ValueError, match="metric must be 'loss' or 'accuracy'"):
+        plot_plane(plane, "barrier")
+
+
+def test_bad_input(trio, small_test):
+    with pytest.raises(ValueError, match="exactly 3 models, got 2"):
         wb.loss_plane(trio[:2], small_test)
     with pytest.raises(ValueError, match="bn must be None or 'reset'"):
         wb.loss_plane(trio, small_test, bn="repair")
+    with pytest.raises(ValueError, match="resolution must be an integer >= 2, got 1"):
+        wb.loss_plane(trio, small_test, resolution=1)
+    with pytest.raises(ValueError, match="margin must be a finite number >= 0"):
+        wb.loss_plane(trio, small_test, margin=-0.1)
+    with pytest.raises(ValueError, match="labels must name the 3 models"):
+        wb.loss_plane(trio, small_test, labels=("a", "b"))
+    empty = small_test.subset(torch.arange(0), "test")
+    with pytest.raises(ValueError, match="The 'test' data is empty"):
+        wb.loss_plane(trio, empty, progress=False)
+    colour = torch.utils.data.TensorDataset(torch.zeros(4, 3, 28, 28), torch.zeros(4).long())
+    with pytest.raises(ValueError, match=r"cannot take inputs of shape \(2, 3, 28, 28\)"):
+        wb.loss_plane(trio, colour, progress=False)

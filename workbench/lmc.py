@@ -35,10 +35,11 @@ from workbench.figures import color_for, new_figure, paper_style
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merge import channel_moments, check_compatible, has_batchnorm, repair_, repair_points
 from workbench.weightspace import (
+    Correction,
     check_data,
     evaluate_points,
-    exact_reset_bn_,
     on_device,
+    reset_correction,
     resolve_cache,
 )
 
@@ -296,14 +297,14 @@ def _correction(
     data: DataLike,
     spec: PermutationSpec | None,
     batch_size: int,
-) -> Callable[[nn.Module, Sequence[float]], object] | None:
+) -> Correction | None:
     """What fixes each loaded point's statistics: RESET, REPAIR (towards the endpoints'
     interpolated channel statistics, measured once here) or nothing."""
     if bn is None:
         return None
-    data = on_device(data, model_device(model_a))
     if bn == "reset":
-        return lambda work, _weights: exact_reset_bn_(work, data, batch_size)
+        return reset_correction(model_a, data, batch_size)
+    data = on_device(data, model_device(model_a))
     at = repair_points(resolve_spec(model_a, spec, data=data))
     targets = [channel_moments(m, data, at, batch_size) for m in (model_a, model_b)]
     return lambda work, weights: repair_(work, targets, weights, data, at, batch_size)

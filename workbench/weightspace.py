@@ -36,6 +36,7 @@ __all__ = [
     "evaluate_points",
     "exact_reset_bn_",
     "on_device",
+    "reset_correction",
     "resolve_cache",
 ]
 
@@ -146,6 +147,17 @@ def on_device(data: DataLike, device: torch.device) -> DataLike:
             data.images.to(device), data.targets.to(device), data.info, data.split
         )
     return data
+
+
+def reset_correction(model: nn.Module, data: DataLike, batch_size: int = 500) -> Correction:
+    """The correction that RESETs every loaded point on ``data`` (moved to ``model``'s
+    device once) with :func:`exact_reset_bn_`."""
+    on = on_device(data, model_device(model))
+
+    def reset(work: nn.Module, _weights: Sequence[float]) -> None:
+        exact_reset_bn_(work, on, batch_size)
+
+    return reset
 
 
 def evaluate_points(
