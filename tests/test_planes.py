@@ -12,11 +12,6 @@ from workbench import weightspace
 from workbench.planes import LossPlane, loss_planes, plane_basis, plane_weights, plot_plane
 
 
-@pytest.fixture(autouse=True)
-def _private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def trio():
     return wb.load_quickstart_models((0, 1, 2))

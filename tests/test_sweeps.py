@@ -1,95 +1,147 @@
-"""Width and epoch sweeps (tiny settings), and the per-layer diagnostics."""
+"""Width and epoch sweeps with tiny settings: tables, curves, fingerprints, cache, figures."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 import workbench as wb
-from workbench import diagnostics, sweeps
+from workbench import sweeps
 
 
 @pytest.fixture(scope="module")
-def small(mnist_train, mnist_test):
-    return (
-        mnist_train.subset(torch.arange(0, 4000, 8), "train"),
-        mnist_test.subset(torch.arange(0, 1000, 5), "test"),
-    )
+def small_test(mnist_test):
+    return mnist_test.subset(torch.arange(0, 1000, 5), "test")
 
 
-def test_width_sweep_table_and_figure(small, tmp_path):
-    train, test = small
-    sweep = sweeps.sweep(
+@pytest.fixture(scope="module")
+def width_sweep(tiny_train, small_test, tmp_path_factory):
+    cache = wb.ResultCache(tmp_path_factory.mktemp("sweep-cache"))
+    result = sweeps.sweep(
         "width",
         [0.25, 0.5],
-        train,
-        test,
+        tiny_train,
+        small_test,
         epochs=1,
-        model_kwargs={"in_channels": 1},
         alphas=3,
+        splits=("train", "test"),
         progress=False,
+        cache=cache,
     )
-    table = sweep.to_frame()
-    assert list(table["width"]) == [0.25, 0.25, 0.5, 0.5]
-    assert list(table["method"]) == ["none", "weight"] * 2
-    assert table["barrier"].notna().all() and (table["midpoint_accuracy"] <= 1).all()
-    fig = sweep.plot("barrier")
-    assert [line.get_label() for line in fig.axes[0].lines] == ["none", "weight"]
-    assert list(fig.axes[0].lines[1].get_ydata()) == list(
-        table[table.method == "weight"]["barrier"]
+    return result, cache
+
+
+def test_width_sweep_table(width_sweep, tiny_train, small_test):
+    result, _ = width_sweep
+    table = result.table
+    assert result.parameter == "width" and result.settings["bn"] == "reset"
+    assert list(table["width"]) == [0.25] * 4 + [0.5] * 4
+    assert list(table["method"]) == ["none", "none", "weight", "weight"] * 2
+    assert list(table["split"]) == ["train", "test"] * 4
+    assert set(table["pair"]) == {"0-1"}
+    assert table["barrier"].notna().all() and table["midpoint_accuracy"].between(0, 1).all()
+    np.testing.assert_allclose(
+        table["endpoint_accuracy"], (table["accuracy_a"] + table["accuracy_b"]) / 2
     )
-    paths = wb.figures.save(fig, tmp_path / "sweep", formats=("pdf",))
-    assert paths[0].stat().st_size > 0
+    # The models are those train_models gives for the recipe (deterministic on the CPU).
+    models = wb.train_models(
+        "cnn", [0, 1], tiny_train, 1, model_kwargs={"width": 0.25, "in_channels": 1}, progress=False
+    )
+    first = result.curves[0]
+    assert first.settings["trained"] == [wb.cache.fingerprint(m) for m in models]
+    assert first.settings["width"] == 0.25 and first.bn == "reset"
+    test_row = table[(table.width == 0.25) & (table.method == "none") & (table.split == "test")]
+    reset = wb.reset_bn(models[0], tiny_train)  # with RESET the endpoints are reset too
+    assert test_row["accuracy_a"].item() == pytest.approx(
+        wb.evaluate(reset, small_test).accuracy, abs=1e-9
+    )
+    frame = result.curves_frame()
+    assert len(frame) == 8 * 3 and {"width", "pair", "alpha"} <= set(frame.columns)
+
+
+def test_width_sweep_is_cached(width_sweep, tiny_train, small_test, monkeypatch):
+    result, cache = width_sweep
+    trained = []
+    original = sweeps.train_models
+    monkeypatch.setattr(
+        sweeps, "train_models", lambda *a, **k: trained.append(a[3]) or original(*a, **k)
+    )
+    kwargs = {"alphas": 3, "splits": ("train", "test"), "progress": False, "cache": cache}
+    again = sweeps.sweep("width", [0.25, 0.5], tiny_train, small_test, epochs=1, **kwargs)
+    assert trained == []
+    assert again.table.equals(result.table)
+    sweeps.sweep("width", [0.25], tiny_train, small_test, epochs=2, **kwargs)
+    assert trained == [2], "another recipe trains again"
+
+
+def test_width_sweep_figure(width_sweep, tmp_path):
+    result, _ = width_sweep
+    fig = result.plot("barrier")
+    ax = fig.axes[0]
+    lines = [line for line in ax.lines if line.get_label()[0] != "_"]
+    assert [line.get_label() for line in lines] == [
+        "none (train)",
+        "none (test)",
+        "weight (train)",
+        "weight (test)",
+    ]
+    table = result.table
+    weight_test = table[(table.method == "weight") & (table.split == "test")]
+    np.testing.assert_allclose(lines[3].get_ydata(), weight_test["barrier"])
+    assert ax.get_xscale() == "log" and ax.get_ylabel() == "Loss barrier (RESET)"
+    assert lines[0].get_color() == wb.figures.METHOD_COLORS["naive"]
+    assert lines[2].get_color() == wb.figures.METHOD_COLORS["weight"]
+    accuracy = result.plot("midpoint_accuracy")
+    np.testing.assert_allclose(
+        [line for line in accuracy.axes[0].lines][1].get_ydata(),
+        100 * table[(table.method == "none") & (table.split == "test")]["midpoint_accuracy"],
+    )
+    paths = wb.figures.save(fig, tmp_path / "sweep", formats=("pdf", "svg", "png"))
+    assert all(p.stat().st_size > 0 for p in paths)
+    assert result.write_csv(tmp_path / "t.csv").read_text().startswith("width,pair,method")
     with pytest.raises(ValueError, match="metric must be one of"):
-        sweep.plot("loss")
-    with pytest.raises(ValueError, match="parameter must be"):
-        sweeps.sweep("depth", [1], train, test)
+        result.plot("loss")
 
 
-def test_epoch_sweep(small):
-    train, test = small
-    sweep = sweeps.sweep(
+def test_epoch_sweep_with_three_seeds_has_bands(tiny_train, small_test):
+    result = sweeps.sweep(
         "epochs",
         [1, 2],
-        train,
-        test,
-        model_kwargs={"in_channels": 1, "width": 0.25},
+        tiny_train,
+        small_test,
+        model_kwargs={"width": 0.25},
+        seeds=(0, 1, 2),
         methods=("weight",),
+        bn=None,
         alphas=3,
         progress=False,
+        cache=False,
     )
-    assert list(sweep.table["epochs"]) == [1, 2]
-    assert sweep.parameter == "epochs" and sweep.settings["bn"] == "reset"
-
-
-def test_matched_correlations_improve_after_matching(shipped_pair, small):
-    train, _ = small
-    table = diagnostics.matched_correlations(*shipped_pair, train, "activation")
-    assert set(table["stage"]) == {"before", "after"}
-    means = table.groupby(["group", "stage"])["correlation"].mean().unstack()
-    assert (means["after"] > means["before"] + 0.1).all()
-    assert len(table[table.group == "features.conv1"]) == 2 * 16
-    fig = diagnostics.plot_matched_correlations(table)
-    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
-    assert labels == list(dict.fromkeys(table["group"]))
-
-
-def test_partial_alignment_ends_at_full_alignment(shipped_pair, small):
-    train, test = small
-    table = diagnostics.partial_alignment(
-        *shipped_pair, train, test, "weight", alphas=3, progress=False
+    table = result.table
+    assert list(table["epochs"]) == [1, 1, 1, 2, 2, 2]
+    assert list(table["pair"]) == ["0-1", "0-2", "1-2"] * 2
+    fig = result.plot("barrier")
+    ax = fig.axes[0]
+    np.testing.assert_allclose(
+        ax.lines[0].get_ydata(), table.groupby("epochs")["barrier"].mean().to_numpy()
     )
-    assert list(table["groups_aligned"]) == [0, 1, 2, 3, 4]
-    full = wb.lmc_curve(
-        shipped_pair[0],
-        wb.align(*shipped_pair, "weight"),
-        test,
-        3,
-        "reset",
-        bn_data=train,
-        progress=False,
-    )
-    assert table["barrier"].iloc[-1] == pytest.approx(full.barrier, rel=1e-4)
-    assert table["barrier"].iloc[-1] < table["barrier"].iloc[0]
-    fig = diagnostics.plot_partial_alignment(table)
-    assert len(fig.axes[0].lines[0].get_xdata()) == 5
+    assert len(ax.collections) == 1  # the min-max band over the three pairs
+    assert ax.get_xscale() == "linear"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        (("depth", [1]), {}, "parameter must be 'width' or 'epochs', got 'depth'"),
+        (("width", []), {}, "at least one width value"),
+        (("width", [0.5, -1]), {}, "Every width must be a positive number, got -1"),
+        (("epochs", [1.5]), {}, "Epochs must be whole numbers, got 1.5"),
+        (("width", [1]), {"seeds": (3, 3)}, "at least 2 different seeds"),
+        (("width", [1]), {"splits": ("val",)}, "splits must be 'train' and/or 'test'"),
+        (("width", [1]), {"methods": ()}, "at least one method"),
+    ],
+)
+def test_bad_arguments(tiny_train, small_test, args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sweeps.sweep(*args, tiny_train, small_test, **kwargs)

@@ -44,6 +44,7 @@ _CYCLE = [PALETTE[k] for k in ("blue", "vermillion", "green", "orange", "purple"
 # One colour per method, the same in every figure of the workbench.
 METHOD_COLORS = {
     "naive": PALETTE["vermillion"],
+    "none": PALETTE["vermillion"],  # alignment method "none" is naive interpolation
     "weight": PALETTE["blue"],
     "activation": PALETTE["green"],
     "cca": PALETTE["purple"],

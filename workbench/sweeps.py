@@ -1,78 +1,166 @@
 """How the barrier moves with width and with training time.
 
-For each value of the swept setting, two models that differ only by seed are trained with
-the training helper, model B is aligned to model A by each method, and the interpolation
-curve is measured; the result is one table row per (value, method) with the barriers and
-accuracies, and a figure of barrier against the setting.
+For each value of the swept setting, models that differ only by seed are trained with the
+training helper (:func:`workbench.train_models`), every pair is aligned by each method
+and its interpolation curve measured (:func:`workbench.pairwise_curves`). The result keeps
+every curve (with the trained models' fingerprints), a table with one row per (value,
+method, split, pair) and a figure of the barrier against the setting.
+
+An epoch sweep trains a fresh pair for each number of epochs (the one-cycle learning-rate
+schedule depends on the total, so a checkpoint after k of n epochs is not a k-epoch model).
+Each value is cached on disk, keyed by the training recipe and the data's content:
+training is seeded and deterministic, so the same recipe gives the same models.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from workbench.alignment import align
+from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
 from workbench.figures import color_for, new_figure, paper_style
-from workbench.lmc import lmc_curve
+from workbench.lmc import (
+    LMCCurve,
+    barrier_table,
+    cached_curves,
+    curves_frame,
+    data_key,
+    pairwise_curves,
+)
 from workbench.training import train_models
+from workbench.weightspace import resolve_cache
 
-__all__ = ["Sweep", "sweep"]
+__all__ = ["Sweep", "plot_sweep", "sweep"]
 
+PARAMETERS = {"width": "Width multiplier", "epochs": "Training epochs"}
 _METRICS = {
-    "barrier": "Loss barrier",
-    "accuracy_barrier": "Accuracy barrier (points)",
-    "midpoint_accuracy": "Midpoint accuracy (%)",
+    "barrier": ("Loss barrier", 1.0),
+    "rebasin_barrier": ("Loss barrier (Git Re-Basin)", 1.0),
+    "accuracy_barrier": ("Accuracy barrier (points)", 100.0),
+    "midpoint_accuracy": ("Midpoint accuracy (%)", 100.0),
+    "endpoint_accuracy": ("Endpoint accuracy (%)", 100.0),
 }
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """One row per (value of ``parameter``, method): ``barrier``, ``accuracy_barrier``,
-    ``midpoint_accuracy`` and the endpoints' mean accuracy, on the evaluation data."""
+    """The curves of a sweep over ``parameter`` (``"width"`` or ``"epochs"``).
+
+    Each curve's settings hold the swept value (under the parameter's name), its pair of
+    seeds' indices and the models' fingerprints; ``settings`` holds the recipe.
+    """
 
     parameter: str
-    table: pd.DataFrame
+    curves: list[LMCCurve]
     settings: dict = field(default_factory=dict)
 
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per (value, method, split, pair): both barriers, the accuracies of the
+        endpoints, their mean (``endpoint_accuracy``) and the midpoint accuracy."""
+        table = barrier_table(self.curves, settings=(self.parameter, "pair"))
+        table = table.rename(columns={"label": "method"})
+        table["endpoint_accuracy"] = (table["accuracy_a"] + table["accuracy_b"]) / 2
+        return table
+
     def to_frame(self) -> pd.DataFrame:
-        return self.table.copy()
+        """The table (see :attr:`table`)."""
+        return self.table
+
+    def curves_frame(self) -> pd.DataFrame:
+        """Every curve point as a tidy table, with the swept value and the pair."""
+        return curves_frame(self.curves, settings=(self.parameter, "pair"))
+
+    def write_csv(self, path: str | Path) -> Path:
+        """Write the table to ``path`` (folders created)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.table.to_csv(path, index=False)
+        return path
 
     def plot(self, metric: str = "barrier", ax: Axes | None = None) -> Figure:
-        """``metric`` against the swept setting, one line per method."""
-        if metric not in _METRICS:
-            raise ValueError(f"metric must be one of {list(_METRICS)}, got {metric!r}.")
-        if ax is None:
-            fig, ax = new_figure()
-        else:
-            fig = ax.figure
-        scale = 1.0 if metric == "barrier" else 100.0
-        with paper_style():
-            for index, (method, rows) in enumerate(self.table.groupby("method", sort=False)):
-                ax.plot(
-                    rows[self.parameter],
-                    scale * rows[metric],
-                    marker="o",
-                    color=color_for(method, index),
-                    label=method,
-                )
-            if self.parameter == "width":
-                ax.set_xscale("log", base=2)
-            ax.set_xticks(sorted(self.table[self.parameter].unique()))
-            ax.get_xaxis().set_major_formatter("{x:g}")
-            ax.set_xlabel(
-                {"width": "Width multiplier", "epochs": "Training epochs"}.get(
-                    self.parameter, self.parameter
-                )
-            )
-            ax.set_ylabel(_METRICS[metric])
-            ax.legend(loc="best")
-        return fig
+        """``metric`` against the swept setting; see :func:`plot_sweep`."""
+        return plot_sweep(self, metric, ax=ax)
+
+
+def plot_sweep(
+    result: Sweep, metric: str = "barrier", ax: Axes | None = None, title: str | None = None
+) -> Figure:
+    """``metric`` (a column of the table: ``"barrier"``, ``"accuracy_barrier"``,
+    ``"midpoint_accuracy"``, ...) against the swept setting: one line per method (and
+    split, dashed for test), the mean over pairs with a min-max band when there are
+    several pairs. Widths are spaced on a log2 axis."""
+    if metric not in _METRICS:
+        raise ValueError(f"metric must be one of {list(_METRICS)}, got {metric!r}.")
+    label, scale = _METRICS[metric]
+    table = result.table
+    splits = list(dict.fromkeys(table["split"]))
+    if ax is None:
+        fig, ax = new_figure()
+    else:
+        fig = ax.figure
+    with paper_style():
+        groups = table.groupby(["method", "split"], sort=False)
+        for index, ((method, split), rows) in enumerate(groups):
+            stats = rows.groupby(result.parameter)[metric].agg(["mean", "min", "max"]) * scale
+            name = method if len(splits) == 1 else f"{method} ({split})"
+            color = color_for(method, index)
+            style = "-" if split == "train" else "--" if len(splits) > 1 else "-"
+            ax.plot(stats.index, stats["mean"], marker="o", color=color, ls=style, label=name)
+            if (rows.groupby(result.parameter).size() > 1).any():
+                ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2)
+        if result.parameter == "width":
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(table[result.parameter].unique()))
+        ax.get_xaxis().set_major_formatter("{x:g}")
+        ax.set_xlabel(PARAMETERS.get(result.parameter, result.parameter))
+        bn = result.settings.get("bn")
+        ax.set_ylabel(label + {None: "", "reset": " (RESET)", "repair": " (REPAIR)"}[bn])
+        if title:
+            ax.set_title(title)
+        ax.legend(loc="best")
+    return fig
+
+
+def _json_or_none(value: Any) -> Any:
+    """``value`` if it is plain JSON (a cache key part), else ``None`` (do not cache)."""
+    try:
+        json.dumps(value)
+    except TypeError:
+        return None
+    return value
+
+
+def _model_kwargs(train: DataLike, model_kwargs: Mapping | None) -> dict:
+    """Classes and input channels from the dataset's info when it has one."""
+    info = getattr(train, "info", None)
+    kwargs = {"in_channels": info.in_channels, "num_classes": info.num_classes} if info else {}
+    return {**kwargs, **(model_kwargs or {})}
+
+
+def _check_values(parameter: str, values: Sequence[float]) -> list[float]:
+    if parameter not in PARAMETERS:
+        raise ValueError(f"parameter must be 'width' or 'epochs', got {parameter!r}.")
+    values = list(values)
+    if not values:
+        raise ValueError(f"Give at least one {parameter} value to sweep.")
+    for value in values:
+        if not np.isfinite(value) or value <= 0:
+            raise ValueError(f"Every {parameter} must be a positive number, got {value!r}.")
+        if parameter == "epochs" and value != int(value):
+            raise ValueError(f"Epochs must be whole numbers, got {value!r}.")
+    return [int(v) if parameter == "epochs" else float(v) for v in values]
 
 
 def sweep(
@@ -83,47 +171,93 @@ def sweep(
     *,
     epochs: int = 4,
     architecture: str = "cnn",
-    model_kwargs: dict | None = None,
-    seeds: tuple[int, int] = (0, 1),
+    model_kwargs: Mapping | None = None,
+    seeds: Sequence[int] = (0, 1),
     methods: Sequence[str] = ("none", "weight"),
     bn: str | None = "reset",
-    alphas: int = 5,
+    alphas: int | Sequence[float] = 5,
+    splits: Sequence[str] = ("test",),
+    batch_size: int = 500,
     progress: bool = True,
-    **train_kwargs,
+    cache: ResultCache | bool = True,
+    **train_kwargs: Any,
 ) -> Sweep:
-    """Barrier against ``parameter``: ``"width"`` (the width multiplier; each pair trained
-    for ``epochs``) or ``"epochs"`` (training time; width from ``model_kwargs``, default 1).
-    For each value a pair differing only by ``seeds`` is trained on ``train``, B is aligned
-    to A by each of ``methods``, and the curve is measured on ``test`` with ``bn`` handling
-    on ``train``. ``train_kwargs`` go to :func:`workbench.train_model`."""
-    if parameter not in ("width", "epochs"):
-        raise ValueError(f"parameter must be 'width' or 'epochs', got {parameter!r}.")
-    rows = []
+    """Barrier against ``parameter``: ``"width"`` (the width multiplier; every model
+    trained for ``epochs``) or ``"epochs"`` (training time; width from ``model_kwargs``,
+    default 1).
+
+    For each value, one model per seed in ``seeds`` is trained on ``train`` (models that
+    differ only by seed), every pair is aligned by each of ``methods`` (on ``train``) and
+    its curve measured on ``splits`` (``"train"`` and/or ``"test"``) with ``bn`` handling
+    on ``train``. ``model_kwargs`` go to :func:`workbench.create_model` (classes and input
+    channels default to the dataset's), ``train_kwargs`` to :func:`workbench.train_model`.
+    Each value is cached (``cache=False`` bypasses; custom augmentations are never cached).
+    """
+    values = _check_values(parameter, values)
+    if "progress" in train_kwargs:
+        raise TypeError("Pass progress= to sweep itself, not as a training argument.")
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be at least 2 different seeds, got {list(seeds)}.")
+    unknown = [s for s in splits if s not in ("train", "test")]
+    if unknown or not splits:
+        raise ValueError(f"splits must be 'train' and/or 'test', got {list(splits)}.")
+    if not methods:
+        raise ValueError("Give at least one method, e.g. methods=('none', 'weight').")
+    data = {split: {"train": train, "test": test}[split] for split in splits}
+    kwargs = _model_kwargs(train, model_kwargs)
+    store = resolve_cache(cache)
+    recipe = {
+        "architecture": architecture,
+        "model_kwargs": kwargs,
+        "seeds": list(seeds),
+        "epochs": epochs,
+        "train_kwargs": _json_or_none(train_kwargs),
+    }
+    settings = {**recipe, "methods": list(methods), "bn": bn, "alphas": alphas}
+    curves = []
     for value in tqdm(values, desc=f"{parameter} sweep", disable=not progress):
-        kwargs = dict(model_kwargs or {})
-        count = epochs
-        if parameter == "width":
-            kwargs["width"] = value
-        else:
-            count = int(value)
-        model_a, model_b = train_models(
-            architecture, seeds, train, count, model_kwargs=kwargs, progress=False, **train_kwargs
+        point_kwargs = {**kwargs, "width": value} if parameter == "width" else kwargs
+        point_epochs = value if parameter == "epochs" else epochs
+        key = store.key(
+            **recipe,
+            parameter=parameter,
+            value=value,
+            train=data_fingerprint(train),
+            data=data_key(data),
+            methods=list(methods),
+            bn=bn or "none",
+            alphas=alphas if isinstance(alphas, int) else list(alphas),
+            batch_size=batch_size,
         )
-        for method in methods:
-            aligned = align(model_a, model_b, method, data=train)
-            curve = lmc_curve(
-                model_a, aligned, test, alphas, bn, bn_data=train, label=method, progress=False
+
+        def compute(point_kwargs: dict = point_kwargs, point_epochs: int = point_epochs):
+            models = train_models(
+                architecture,
+                list(seeds),
+                train,
+                int(point_epochs),
+                model_kwargs=point_kwargs,
+                progress=progress,
+                **train_kwargs,
             )
-            rows.append(
-                {
-                    parameter: value,
-                    "method": method,
-                    "bn": bn or "none",
-                    "barrier": curve.barrier,
-                    "accuracy_barrier": curve.accuracy_barrier,
-                    "midpoint_accuracy": curve.midpoint_accuracy,
-                    "endpoint_accuracy": (curve.accuracy[0] + curve.accuracy[-1]) / 2,
-                }
-            )
-    settings = {"methods": list(methods), "bn": bn, "alphas": alphas, "epochs": epochs}
-    return Sweep(parameter, pd.DataFrame(rows), settings)
+            found = []
+            for method in methods:
+                found += pairwise_curves(
+                    models,
+                    data,
+                    alphas,
+                    bn,
+                    method,
+                    bn_data=train,
+                    batch_size=batch_size,
+                    progress=False,
+                    cache=False,
+                )
+            trained = [fingerprint(m) for m in models]
+            return [
+                dataclasses.replace(c, settings={**c.settings, "trained": trained}) for c in found
+            ]
+
+        for curve in cached_curves(store, "sweep", key, compute):
+            curves.append(dataclasses.replace(curve, settings={**curve.settings, parameter: value}))
+    return Sweep(parameter, curves, settings)
