@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import workbench as wb
 from workbench.cli import main
@@ -184,7 +186,7 @@ def test_module_help():
         timeout=120,
     )
     assert result.returncode == 0
-    for command in ("train", "demo", "info"):
+    for command in ("train", "demo", "info", "lmc", "plane", "sweep"):
         assert command in result.stdout
 
 
@@ -200,21 +202,13 @@ def test_console_script_help():
 # --- lmc, plane, sweep -------------------------------------------------------------------
 
 
-def test_lmc_command(tmp_path):
-    code, stdout, _ = _run(
-        [
-            "lmc",
-            "--methods",
-            "none",
-            "weight",
-            "--alphas",
-            "3",
-            "--limit",
-            "300",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+def _subset(split, n):
+    return split.subset(torch.linspace(0, len(split) - 1, n).long(), split.split)
+
+
+def test_lmc_command(tmp_path, shipped_pair, mnist_train, mnist_test):
+    argv = ["lmc", "--methods", "none", "weight", "--alphas", "3", "--limit", "300"]
+    code, stdout, _ = _run([*argv, "--out", str(tmp_path)])
     assert code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "lmc.csv",
@@ -225,44 +219,63 @@ def test_lmc_command(tmp_path):
     ]
     table = pd.read_csv(tmp_path / "lmc.csv")
     assert list(table["label"]) == ["none", "none", "weight", "weight"]
-    assert set(table["split"]) == {"train", "test"}
+    assert list(table["split"]) == ["train", "test"] * 2 and set(table["pair"]) == {"0-1"}
     weight = table[(table.label == "weight") & (table.split == "test")]["barrier"].item()
     none = table[(table.label == "none") & (table.split == "test")]["barrier"].item()
     assert weight < none
-    assert "cnn_mnist-5k_seed0" in stdout
+    # The same numbers as the library call on the same evenly spaced subsets.
+    train, test = _subset(mnist_train, 300), _subset(mnist_test, 300)
+    expected = wb.lmc_curve(*shipped_pair, test, 3, "reset", bn_data=train, progress=False)
+    curves = pd.read_csv(tmp_path / "lmc_curves.csv")
+    naive = curves[(curves.label == "none") & (curves.split == "test")]
+    np.testing.assert_allclose(naive["loss"], expected.loss, rtol=1e-12)
+    assert "cnn_mnist-5k_seed0, cnn_mnist-5k_seed1" in stdout and "Wrote" in stdout
+
+
+def test_lmc_command_with_three_models_draws_bands(tmp_path):
+    paths = [str(wb.shipped_models_dir() / f"cnn_mnist-5k_seed{s}.safetensors") for s in range(3)]
+    argv = ["lmc", "--models", *paths, "--methods", "weight", "--bn", "none", "--alphas", "3"]
+    code, _, _ = _run([*argv, "--limit", "200", "--band", "range", "--out", str(tmp_path)])
+    assert code == 0
+    table = pd.read_csv(tmp_path / "lmc.csv")
+    assert list(table["pair"]) == ["0-1", "0-1", "0-2", "0-2", "1-2", "1-2"]
+    assert (tmp_path / "lmc.svg").read_bytes().count(b"<svg") == 1
 
 
 def test_plane_command(tmp_path):
-    code, stdout, _ = _run(
-        ["plane", "--resolution", "2", "--limit", "200", "--bn", "none", "--out", str(tmp_path)]
-    )
+    argv = ["plane", "--resolution", "2", "--limit", "200", "--bn", "none", "--margin", "0"]
+    code, stdout, _ = _run([*argv, "--out", str(tmp_path)])
     assert code == 0, stdout
     frame = pd.read_csv(tmp_path / "plane_weight.csv")
-    assert len(frame) == 4 and {"x", "y", "loss", "accuracy"} <= set(frame.columns)
-    assert (tmp_path / "plane_weight.pdf").stat().st_size > 0
+    assert len(frame) == 4 and {"x", "y", "weight_1", "loss", "accuracy"} <= set(frame.columns)
+    assert set(frame["split"]) == {"test"} and set(frame["label"]) == {"weight"}
+    for suffix in ("pdf", "svg", "png"):
+        assert (tmp_path / f"plane_weight.{suffix}").stat().st_size > 0
+    assert "min_loss" in stdout
 
 
 def test_sweep_command(tmp_path):
-    code, _, _ = _run(
-        [
-            "sweep",
-            "width",
-            "0.25",
-            "--epochs",
-            "1",
-            "--limit",
-            "300",
-            "--methods",
-            "weight",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    argv = ["sweep", "width", "0.25", "--epochs", "1", "--limit", "300", "--methods", "weight"]
+    code, _, _ = _run([*argv, "--alphas", "3", "--out", str(tmp_path)])
     assert code == 0
     table = pd.read_csv(tmp_path / "sweep_width.csv")
     assert list(table["width"]) == [0.25] and list(table["method"]) == ["weight"]
+    curves = pd.read_csv(tmp_path / "sweep_width_curves.csv")
+    assert list(curves["alpha"]) == [0.0, 0.5, 1.0]
+    assert (tmp_path / "sweep_width.pdf").stat().st_size > 0
 
 
-def test_lmc_command_rejects_a_wrong_number_of_models(tmp_path, capsys):
-    code, _, stderr = _run(["lmc", "--models", "a.safetensors", "--out", str(tmp_path)])
-    assert code == 2 and "Expected 2 checkpoints, got 1" in stderr
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["lmc", "--models", "a.safetensors"], "Expected at least 2 checkpoints"),
+        (["plane", "--models", "a", "b"], "Expected 3 checkpoints after --models, got 2"),
+        (["lmc", "--models", "a.safetensors", "b.safetensors"], "No checkpoint at"),
+        (["lmc", "--limit", "0"], "--limit must be a positive number of images, got 0"),
+        (["sweep", "width", "-1"], "Every width must be a positive number, got -1.0"),
+    ],
+)
+def test_analysis_commands_report_bad_input(tmp_path, argv, message):
+    code, _, stderr = _run([*argv, "--out", str(tmp_path / "o")])
+    assert code == 2 and message in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "o").exists()

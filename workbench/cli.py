@@ -9,16 +9,32 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
 from workbench import figures
-from workbench.alignment import align
 from workbench.checkpoints import (
     load_checkpoint,
     read_metadata,
     save_checkpoint,
     shipped_models_dir,
 )
-from workbench.data import DatasetUnavailableError, dataset_info, load_dataset
-from workbench.lmc import barrier_table, lmc_curves, plot_curves, write_csv
+from workbench.data import (
+    DatasetUnavailableError,
+    TensorImageDataset,
+    dataset_info,
+    load_dataset,
+)
+from workbench.lmc import (
+    barrier_table,
+    curves_frame,
+    lmc_curves,
+    pairwise_curves,
+    plot_bands,
+    plot_curves,
+    write_csv,
+)
 from workbench.planes import loss_plane
 from workbench.sweeps import sweep
 from workbench.training import random_translate, train_models
@@ -97,102 +113,133 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models(args: argparse.Namespace, count: int) -> tuple[list, list[str]]:
-    """The checkpoints named by ``--models`` (paths), else the shipped quickstart models."""
-    paths = (
-        [Path(p) for p in args.models]
-        if args.models
-        else [
+def _models(paths: Sequence[str] | None, count: int, at_least: bool = False) -> tuple[list, list]:
+    """The checkpoints at ``paths``, else the first ``count`` shipped quickstart models."""
+    if not paths:
+        paths = [
             shipped_models_dir() / f"cnn_mnist-5k_seed{seed}.safetensors" for seed in range(count)
         ]
-    )
-    if len(paths) != count:
-        raise ValueError(f"Expected {count} checkpoints, got {len(paths)}: {args.models}.")
+    paths = [Path(p) for p in paths]
+    if len(paths) < count or (len(paths) != count and not at_least):
+        wanted = f"at least {count}" if at_least else str(count)
+        raise ValueError(
+            f"Expected {wanted} checkpoints after --models, got {len(paths)}: "
+            f"{[str(p) for p in paths]}."
+        )
     return [load_checkpoint(p) for p in paths], [p.stem for p in paths]
 
 
-def _splits(dataset: str, limit: int | None) -> tuple:
+def _splits(dataset: str, limit: int | None) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """The dataset's train and test splits; with ``limit``, ``limit`` evenly spaced images
+    of each (every class keeps its share)."""
     train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
-    if limit:
-        train = train.subset(range(min(limit, len(train))), "train")
-        test = test.subset(range(min(limit, len(test))), "test")
-    return train, test
+    if limit is None:
+        return train, test
+    if limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}.")
+    return tuple(
+        split.subset(torch.linspace(0, len(split) - 1, min(limit, len(split))).long(), name)
+        for split, name in ((train, "train"), (test, "test"))
+    )
 
 
-def _write(fig, table, stem: Path) -> list[Path]:
+def _bn(value: str) -> str | None:
+    return None if value == "none" else value
+
+
+def _write(fig: Figure, tables: dict[str, pd.DataFrame], stem: Path) -> list[Path]:
+    """The figure as PDF, SVG and PNG, and each table as ``<stem><suffix>.csv``."""
     written = figures.save(fig, stem, formats=("pdf", "svg", "png"))
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(stem.with_name(f"{stem.name}.csv"), index=False)
-    return [*written, stem.with_name(f"{stem.name}.csv")]
+    for suffix, table in tables.items():
+        path = stem.with_name(f"{stem.name}{suffix}.csv")
+        table.to_csv(path, index=False)
+        written.append(path)
+    return written
+
+
+def _report(table: pd.DataFrame, written: list[Path], started: float) -> None:
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("Wrote " + ", ".join(map(str, written)))
+    print(f"Done in {time.perf_counter() - started:.1f} s.")
 
 
 def _lmc(args: argparse.Namespace) -> int:
-    (model_a, model_b), names = _models(args, 2)
+    started = time.perf_counter()
+    models, names = _models(args.models, 2, at_least=True)
     train, test = _splits(args.dataset, args.limit)
     curves = []
     for method in args.methods:
-        aligned = align(model_a, model_b, method, data=train)
-        found = lmc_curves(
-            model_a,
-            aligned,
+        curves += pairwise_curves(
+            models,
             {"train": train, "test": test},
             args.alphas,
-            None if args.bn == "none" else args.bn,
-            label=method,
+            _bn(args.bn),
+            method,
+            cache=not args.no_cache,
         )
-        curves += found.values()
     fig, axes = figures.new_figure(columns=2, aspect=0.4, ncols=2)
-    plot_curves(curves, "loss", ax=axes[0], legend=False)
-    plot_curves(curves, "accuracy", ax=axes[1], legend=False)
-    figures.shared_legend(fig, axes[0])
-    table = barrier_table(curves)
-    written = _write(fig, table, Path(args.out) / "lmc")
-    written.append(write_csv(curves, Path(args.out) / "lmc_curves.csv"))
-    print(f"LMC between {names[0]} and {names[1]}:")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print("Wrote " + ", ".join(map(str, written)))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        if len(models) == 2:
+            plot_curves(curves, metric, ax=ax, legend=False)
+        else:
+            plot_bands(curves, metric, band=args.band, ax=ax, legend=False)
+    figures.shared_legend(fig, axes[0], ncols=3)
+    table = barrier_table(curves, settings=("pair",))
+    frame = curves_frame(curves, settings=("pair",))
+    written = _write(fig, {"": table, "_curves": frame}, Path(args.out) / "lmc")
+    print(f"LMC between {', '.join(names)} ({args.dataset}, bn={args.bn}):")
+    _report(table, written, started)
     return 0
 
 
 def _plane(args: argparse.Namespace) -> int:
-    models, names = _models(args, 3)
+    started = time.perf_counter()
+    models, names = _models(args.models, 3)
     train, test = _splits(args.dataset, args.limit)
     plane = loss_plane(
         models,
-        test,
+        {"train": train, "test": test}[args.split],
         args.resolution,
-        None if args.bn == "none" else args.bn,
+        _bn(args.bn),
         method=args.method,
+        margin=args.margin,
         bn_data=train,
         labels=names,
+        cache=not args.no_cache,
     )
     fig, axes = figures.new_figure(columns=2, aspect=0.42, ncols=2)
     plane.plot("loss", ax=axes[0])
     plane.plot("accuracy", ax=axes[1])
-    written = _write(fig, plane.to_frame(), Path(args.out) / f"plane_{args.method}")
-    print(f"Loss plane through {', '.join(names)} ({args.method}, bn={args.bn}).")
-    print("Wrote " + ", ".join(map(str, written)))
+    written = _write(fig, {"": plane.to_frame()}, Path(args.out) / f"plane_{args.method}")
+    print(f"Loss plane through {', '.join(names)} ({args.method}, bn={args.bn}, {args.split}):")
+    _report(pd.DataFrame([plane.summary()]), written, started)
     return 0
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
     train, test = _splits(args.dataset, args.limit)
-    info = dataset_info(args.dataset)
     result = sweep(
         args.parameter,
         args.values,
         train,
         test,
         epochs=args.epochs,
-        model_kwargs={"in_channels": info.in_channels, "num_classes": info.num_classes},
+        architecture=args.arch,
+        model_kwargs={} if args.parameter == "width" else {"width": args.width},
+        seeds=args.seeds,
         methods=args.methods,
-        bn=None if args.bn == "none" else args.bn,
+        bn=_bn(args.bn),
+        alphas=args.alphas,
+        splits=args.splits,
+        cache=not args.no_cache,
     )
-    written = _write(
-        result.plot("barrier"), result.table, Path(args.out) / f"sweep_{args.parameter}"
-    )
-    print(result.table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print("Wrote " + ", ".join(map(str, written)))
+    fig, axes = figures.new_figure(columns=2, aspect=0.4, ncols=2)
+    result.plot("barrier", ax=axes[0])
+    result.plot("midpoint_accuracy", ax=axes[1])
+    tables = {"": result.table, "_curves": result.curves_frame()}
+    written = _write(fig, tables, Path(args.out) / f"sweep_{args.parameter}")
+    _report(result.table, written, started)
     return 0
 
 
@@ -233,32 +280,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dataset", default="mnist-5k")
-    common.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
-    common.add_argument("--out", default="figures")
-    common.add_argument("--limit", type=int, help="use only the first N images of each split")
-
-    lmc = sub.add_parser("lmc", parents=[common], help="LMC curves and barriers of a pair")
-    lmc.add_argument("--models", nargs="*", help="two checkpoints (default: shipped seeds 0, 1)")
-    lmc.add_argument(
-        "--methods",
-        nargs="+",
-        default=["none", "weight", "activation"],
-        choices=["none", "weight", "activation", "cca"],
+    common.add_argument("--out", default="figures", help="folder for figures and CSV tables")
+    common.add_argument(
+        "--limit", type=int, help="use N evenly spaced images of each split (quick runs)"
     )
-    lmc.add_argument("--alphas", type=int, default=11)
+    common.add_argument(
+        "--no-cache", action="store_true", help="recompute instead of reading cached results"
+    )
+    methods = ["none", "weight", "activation", "cca"]
+
+    lmc = sub.add_parser(
+        "lmc", parents=[common], help="LMC curves and barriers of a pair, or of all pairs of N"
+    )
+    lmc.add_argument(
+        "--models", nargs="+", help="2 or more checkpoints (default: shipped seeds 0 and 1)"
+    )
+    lmc.add_argument(
+        "--methods", nargs="+", default=["none", "weight", "activation"], choices=methods
+    )
+    lmc.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
+    lmc.add_argument("--alphas", type=int, default=11, help="points on each path")
+    lmc.add_argument(
+        "--band", choices=["std", "range"], default="std", help="spread over pairs (N > 2)"
+    )
     lmc.set_defaults(run=_lmc)
 
     plane = sub.add_parser("plane", parents=[common], help="loss plane through three models")
-    plane.add_argument("--models", nargs="*", help="three checkpoints (default: seeds 0-2)")
-    plane.add_argument("--method", default="weight", choices=["none", "weight", "activation"])
-    plane.add_argument("--resolution", type=int, default=21)
+    plane.add_argument("--models", nargs="+", help="3 checkpoints (default: shipped seeds 0-2)")
+    plane.add_argument("--method", default="weight", choices=methods)
+    plane.add_argument("--bn", choices=["none", "reset"], default="reset")
+    plane.add_argument("--resolution", type=int, default=21, help="grid points per axis")
+    plane.add_argument("--margin", type=float, default=0.2, help="border around the models")
+    plane.add_argument("--split", choices=["train", "test"], default="test")
     plane.set_defaults(run=_plane)
 
     sweeper = sub.add_parser("sweep", parents=[common], help="barrier against width or epochs")
     sweeper.add_argument("parameter", choices=["width", "epochs"])
-    sweeper.add_argument("values", type=float, nargs="+")
+    sweeper.add_argument("values", type=float, nargs="+", help="widths or epoch counts")
+    sweeper.add_argument("--arch", default="cnn")
     sweeper.add_argument("--epochs", type=int, default=4, help="epochs per model (width sweep)")
-    sweeper.add_argument("--methods", nargs="+", default=["none", "weight"])
+    sweeper.add_argument("--width", type=float, default=1, help="width (epoch sweep)")
+    sweeper.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    sweeper.add_argument("--methods", nargs="+", default=["none", "weight"], choices=methods)
+    sweeper.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
+    sweeper.add_argument("--alphas", type=int, default=5)
+    sweeper.add_argument("--splits", nargs="+", default=["test"], choices=["train", "test"])
     sweeper.set_defaults(run=_sweep)
 
     info = sub.add_parser("info", help="print a checkpoint's metadata")
