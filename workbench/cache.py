@@ -16,17 +16,17 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import Dataset
 
+from workbench.checkpoints import write_safetensors
 from workbench.data import TensorImageDataset, default_data_root
 
 __all__ = ["ResultCache", "data_fingerprint", "default_cache", "fingerprint"]
@@ -117,19 +117,9 @@ class ResultCache:
         """Write a result atomically (a reader never sees half a file); no-op when disabled."""
         if not self.enabled or key is None:
             return None
-        path = self.path(kind, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         header = json.dumps(dict(meta), sort_keys=True, default=str)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata={_META_KEY: header})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return write_safetensors(self.path(kind, key), state, {_META_KEY: header})
 
     def get_or_compute(
         self,

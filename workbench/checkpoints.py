@@ -97,11 +97,17 @@ def save_checkpoint(
         header = json.dumps(document, sort_keys=True)
     except TypeError as exc:
         raise ValueError(f"Checkpoint metadata must be JSON-serializable: {exc}.") from None
+    return write_safetensors(path, state, {_METADATA_KEY: header})
+
+
+def write_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``state`` to ``path`` atomically: into a temporary file beside it, then renamed,
+    so that a reader (or an interrupted run) never sees half a file. Folders are created."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(state, tmp, metadata={_METADATA_KEY: header})
+        save_file(state, tmp, metadata=metadata)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
