@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import statistics
 import time
 
@@ -117,7 +118,7 @@ def width_sweep(widths, epochs, train, test) -> list[dict]:
                 "endpoint_accuracy": curve.accuracy[[0, -1]].tolist(),
             }
             rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
 
 
@@ -139,7 +140,7 @@ def main() -> None:
         "pairs": rows,
         "summary": summarize(rows),
     }
-    print(json.dumps(result["summary"], indent=2), flush=True)
+    print(json.dumps(result["summary"], indent=2), file=sys.stderr, flush=True)
     if args.sweep_widths:
         result["width_sweep"] = width_sweep(args.sweep_widths, args.sweep_epochs, train, test)
     print(json.dumps(result, indent=2))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 
 import torch
@@ -79,7 +80,7 @@ def main() -> None:
         if "seconds" in row["rebasin"]:
             row["speedup_ours_vs_rebasin"] = row["rebasin"]["seconds"] / row["ours"]["seconds"]
         rows.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps(row), file=sys.stderr, flush=True)
     print(
         json.dumps(
             {

@@ -9,7 +9,14 @@ from conftest import assert_state_equal, state_copy
 
 import workbench as wb
 from workbench import weightspace
-from workbench.planes import LossPlane, loss_planes, plane_basis, plane_weights, plot_plane
+from workbench.planes import (
+    LossPlane,
+    log_ticks,
+    loss_planes,
+    plane_basis,
+    plane_weights,
+    plot_plane,
+)
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +147,10 @@ def test_aligned_plane_with_reset_is_lower_and_plots(trio, small_test, small_tra
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.texts] == ["model 1", "model 2", "model 3"]
     assert fig.axes[1].get_ylabel() == "Cross-entropy loss"  # the colour bar
+    fig.canvas.draw()
+    ticks = [float(t.get_text()) for t in fig.axes[1].get_yticklabels() if t.get_text()]
+    assert len(ticks) >= 3 and ticks == sorted(ticks)
+    assert aligned.loss.min() <= ticks[0] and ticks[-1] <= aligned.loss.max()
     markers = [line for line in ax.lines if line.get_marker() == "o"]
     np.testing.assert_allclose(markers[0].get_xydata(), aligned.points)
     paths = wb.figures.save(fig, tmp_path / "plane", formats=("pdf", "svg", "png"))
@@ -149,6 +160,12 @@ def test_aligned_plane_with_reset_is_lower_and_plots(trio, small_test, small_tra
     _, axes = wb.figures.new_figure(columns=2, ncols=2)
     assert aligned.plot("accuracy", ax=axes[1]) is axes[1].figure
     assert aligned.write_csv(tmp_path / "plane.csv").read_text().startswith("label,bn,split,x")
+
+
+def test_log_ticks_read_as_plain_numbers():
+    np.testing.assert_allclose(log_ticks(1.03, 1.5), [1.1, 1.2, 1.4, 1.5])
+    np.testing.assert_allclose(log_ticks(0.05, 4.2), [0.05, 0.15, 0.46, 1.4, 4.2])
+    np.testing.assert_allclose(log_ticks(1e-3, 10), [1e-3, 1e-2, 1e-1, 1, 10])
 
 
 def test_diverged_points_are_marked():

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.colors as mcolors
+import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import torch
@@ -328,6 +329,16 @@ def loss_plane(
     return loss_planes(models, {split: data}, resolution, bn, method=method, **kwargs)[split]
 
 
+def log_ticks(low: float, high: float, count: int = 5) -> np.ndarray:
+    """About ``count`` colour-bar ticks evenly spaced on a log axis from ``low`` to ``high``,
+    rounded to two significant digits so that they read as plain numbers (a narrow loss
+    range holds no power of ten, so a decade locator would label nothing or one tick)."""
+    raw = np.geomspace(low, high, count)
+    digits = 1 - np.floor(np.log10(raw)).astype(int)
+    ticks = np.array([round(float(v), int(d)) for v, d in zip(raw, digits, strict=True)])
+    return np.unique(ticks[(ticks >= low * (1 - 1e-9)) & (ticks <= high * (1 + 1e-9))])
+
+
 def plot_plane(
     plane: LossPlane,
     metric: str = "loss",
@@ -362,8 +373,10 @@ def plot_plane(
         if colorbar:
             bar = fig.colorbar(filled, ax=ax, shrink=0.9)
             bar.set_label(_METRICS[metric])
-            if metric == "loss":
+            if metric == "loss" and isinstance(filled.norm, mcolors.LogNorm):
                 bar.ax.minorticks_off()
+                bar.set_ticks(log_ticks(finite.min(), finite.max()))
+                bar.ax.yaxis.set_major_formatter(mticker.FormatStrFormatter("%.3g"))
         corners = np.vstack([plane.points, plane.points[:1]])
         ax.plot(corners[:, 0], corners[:, 1], "--", color="white", linewidth=0.8)
         ax.plot(
