@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import sys
 import statistics
+import sys
 import time
 
 import torch
