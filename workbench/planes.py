@@ -357,7 +357,9 @@ def plot_plane(
     values = plane.loss if metric == "loss" else 100 * plane.accuracy
     finite = values[np.isfinite(values)]
     if ax is None:
-        fig, ax = new_figure(aspect=0.85)
+        # a figure as tall as the plane needs, so that the equal-aspect plot fills it
+        ratio = float(np.ptp(plane.y)) / max(float(np.ptp(plane.x)), 1e-12)
+        fig, ax = new_figure(aspect=float(np.clip(0.66 * ratio + 0.14, 0.4, 1.4)))
     else:
         fig = ax.figure
     with paper_style():
@@ -371,7 +373,8 @@ def plot_plane(
             filled = ax.contourf(plane.x, plane.y, masked, levels, cmap=cmap)
         ax.contour(filled, colors="white", linewidths=0.3, alpha=0.6)
         if colorbar:
-            bar = fig.colorbar(filled, ax=ax, shrink=0.9)
+            # an inset keeps the bar exactly as tall as the (equal-aspect) plot
+            bar = fig.colorbar(filled, cax=ax.inset_axes((1.04, 0.0, 0.05, 1.0)))
             bar.set_label(_METRICS[metric])
             if metric == "loss" and isinstance(filled.norm, mcolors.LogNorm):
                 bar.ax.minorticks_off()
