@@ -146,9 +146,16 @@ def test_aligned_plane_with_reset_is_lower_and_plots(trio, small_test, small_tra
     fig = aligned.plot("loss")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.texts] == ["model 1", "model 2", "model 3"]
-    assert fig.axes[1].get_ylabel() == "Cross-entropy loss"  # the colour bar
+    (bar,) = ax.child_axes  # the colour bar, an inset as tall as the plot
+    assert bar.get_ylabel() == "Cross-entropy loss"
     fig.canvas.draw()
-    ticks = [float(t.get_text()) for t in fig.axes[1].get_yticklabels() if t.get_text()]
+    renderer = fig.canvas.get_renderer()
+    assert bar.get_window_extent(renderer).height == pytest.approx(
+        ax.get_window_extent(renderer).height
+    )
+    tight, (width, height) = fig.get_tightbbox(renderer), fig.get_size_inches()
+    assert tight.x0 >= 0 and tight.y0 >= 0 and tight.x1 <= width and tight.y1 <= height
+    ticks = [float(t.get_text()) for t in bar.get_yticklabels() if t.get_text()]
     assert len(ticks) >= 3 and ticks == sorted(ticks)
     assert aligned.loss.min() <= ticks[0] and ticks[-1] <= aligned.loss.max()
     markers = [line for line in ax.lines if line.get_marker() == "o"]
