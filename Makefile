@@ -32,7 +32,7 @@ lint: $(STAMP)
 
 # Regenerate the shipped quickstart checkpoints (bit-identical weights on the CPU).
 checkpoints: $(STAMP)
-	$(VENV)/bin/workbench train cnn --dataset mnist-5k --seeds 0 1 2 3 --epochs 15 --lr 0.2 \
+	$(VENV)/bin/workbench train cnn --dataset mnist-5k --seeds 0 1 2 3 --width 2 --epochs 15 --lr 0.2 \
 		--batch-size 128 --translate 2 --out data/models --overwrite
 
 clean:

@@ -72,7 +72,7 @@ def main() -> None:
     }
     result = {
         "benchmark": "merge_quality",
-        "models": "quickstart cnn (width 1), mnist-5k seeds 0..3, first N",
+        "models": "quickstart cnn (width 2, the shipped checkpoints), mnist-5k seeds 0..3, first N",
         "bn": "reset",
         "table": rows,
         "accuracy_drop_points_vs_endpoints": drop,

@@ -4,7 +4,7 @@ Prints JSON: seconds per model, test accuracy per seed, and the time of our trai
 relative to a plain PyTorch loop (DataLoader, same model, optimizer, schedule and number of
 steps, no augmentation, no progress bar) measured in the same run.
 
-    python benchmarks/train_time.py [--seeds 0 1] [--epochs 15]
+    python benchmarks/train_time.py [--seeds 0 1] [--width 2] [--epochs 15]
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from torch.utils.data import DataLoader, TensorDataset
 import workbench as wb
 
 
-def plain_loop_seconds(train: wb.TensorImageDataset, epochs: int, lr: float, seed: int) -> float:
+def plain_loop_seconds(
+    train: wb.TensorImageDataset, width: float, epochs: int, lr: float, seed: int
+) -> float:
     """The same number of SGD steps in the most direct PyTorch form."""
     torch.manual_seed(seed)
-    model = wb.create_model("cnn", in_channels=1)
+    model = wb.create_model("cnn", width=width, in_channels=1)
     loader = DataLoader(TensorDataset(train.images, train.targets), batch_size=128, shuffle=True)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=5e-4
@@ -45,6 +47,7 @@ def plain_loop_seconds(train: wb.TensorImageDataset, epochs: int, lr: float, see
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--width", type=float, default=2.0, help="2 = the shipped checkpoints")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--lr", type=float, default=0.2)
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
@@ -56,7 +59,7 @@ def main() -> None:
         args.seeds,
         train,
         args.epochs,
-        model_kwargs={"in_channels": 1},
+        model_kwargs={"width": args.width, "in_channels": 1},
         test_data=test,
         lr=args.lr,
         augment=wb.random_translate(2),
@@ -64,7 +67,7 @@ def main() -> None:
         return_metrics=True,
     )
     ours_no_aug = wb.train_model(
-        wb.create_model("cnn", in_channels=1),
+        wb.create_model("cnn", width=args.width, in_channels=1),
         train,
         args.epochs,
         args.seeds[0],
@@ -72,11 +75,12 @@ def main() -> None:
         progress=False,
         return_metrics=True,
     )[1]["train_seconds"]
-    plain = plain_loop_seconds(train, args.epochs, args.lr, args.seeds[0])
+    plain = plain_loop_seconds(train, args.width, args.epochs, args.lr, args.seeds[0])
     seconds = [m["train_seconds"] for _, m in runs]
     result = {
         "benchmark": "train_time",
-        "architecture": "cnn (width 1, 16/32/64 channels, BatchNorm)",
+        "architecture": "cnn, BatchNorm",
+        "width": args.width,
         "dataset": "mnist-5k (4000 train / 1000 test)",
         "device": str(wb.default_device()),
         "cpu_threads": torch.get_num_threads(),

@@ -73,13 +73,14 @@ def test_statistics_match_a_direct_computation(shipped_pair, spec, mnist_train) 
         with torch.no_grad():
             model(data.images)
         handle.remove()
-    rows = [captured[k][0].movedim(1, -1).reshape(-1, 32).double() for k in ("a", "b")]
+    channels = a.features.conv2.out_channels
+    rows = [captured[k][0].movedim(1, -1).reshape(-1, channels).double() for k in ("a", "b")]
     stacked = torch.cat(rows, 1)
     group = stats["features.conv2"]
     assert group.count == len(stacked)
     torch.testing.assert_close(group.mean, stacked.mean(0), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(group.covariance, torch.cov(stacked.T), rtol=1e-4, atol=1e-6)
-    corr = torch.corrcoef(stacked.T)[:32, 32:]
+    corr = torch.corrcoef(stacked.T)[:channels, channels:]
     live = (group.std(0)[:, None] > 0) & (group.std(1)[None, :] > 0)
     torch.testing.assert_close(group.correlation()[live], corr[live], rtol=1e-4, atol=1e-5)
 
@@ -117,7 +118,8 @@ def test_alignment_removes_most_of_the_barrier(shipped_pair, spec, mnist_train, 
 
 def test_bad_input_fails_before_any_work(shipped_pair, spec, mnist_train) -> None:
     a, _ = shipped_pair
-    wider = wb.create_model("cnn", in_channels=1, width=2)
+    width = a.workbench_metadata["architecture"]["width"]
+    wider = wb.create_model("cnn", in_channels=1, width=2 * width)
     with pytest.raises(ValueError, match="differ in width"):
         weight_matching(a, wider)
     other = wb.create_model("vgg11", in_channels=1, width=0.25)

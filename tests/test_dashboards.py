@@ -3,8 +3,6 @@ and every number shown comes from the analysis modules."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -53,12 +51,11 @@ def test_lmc_explorer_controls(shipped_pair, small_test, small_train, tmp_path):
     assert explorer.curve.bn == "reset" and explorer.barrier.value != naive_text
 
     midpoint = explorer.readout.value
-    started = time.perf_counter()
+    reset_curve = explorer.curve
     explorer.alpha.value = 0.0
-    elapsed = time.perf_counter() - started
     assert explorer.readout.value != midpoint
     assert f"{100 * explorer.curve.accuracy[0]:.1f}%" in explorer.readout.value
-    assert elapsed < 1.0, f"a slider move over a computed curve took {elapsed:.2f} s"
+    assert explorer.curve is reset_curve, "moving the slider must not recompute the curve"
     marker = explorer._marker.get_data()
     assert list(marker[0]) == [0.0]
 
@@ -105,18 +102,18 @@ def test_neuron_explorer_controls(shipped_pair, small_train, tmp_path, monkeypat
     assert explorer.layer.options[:2] == ("features.conv1", "features.conv2")
     assert explorer.unit.disabled and "Render layer" in explorer.info.value
     explorer.render.click()
-    match = explorer.comparison.match
-    assert explorer.unit.max == 15 and not explorer.unit.disabled
+    comparison = explorer.comparison
+    match = comparison.match
+    last = shipped_pair[0].features.conv1.out_channels - 1
+    assert explorer.unit.max == last and not explorer.unit.disabled
     best = match.order()[0]
     assert f"A's unit <b>{best}</b>" in explorer.info.value
     first_text = explorer.info.value
-    started = time.perf_counter()
-    explorer.unit.value = 15
-    elapsed = time.perf_counter() - started
+    explorer.unit.value = last
     worst = match.order()[-1]
     assert f"A's unit <b>{worst}</b>" in explorer.info.value and explorer.info.value != first_text
     assert f"{float(match.correlation[worst]):.2f}" in explorer.info.value
-    assert elapsed < 1.0, f"moving over a rendered layer took {elapsed:.2f} s"
+    assert explorer.comparison is comparison, "moving the slider must not recompute the layer"
     explorer.method.value = "activation"
     assert explorer.comparison is None and not explorer.render.disabled
     explorer.render.click()

@@ -84,14 +84,15 @@ def test_renders_are_cached_per_channel(shipped_pair, cache, monkeypatch) -> Non
 
 def test_layer_and_channel_errors(shipped_pair) -> None:
     model = shipped_pair[0]
+    n = model.features.conv1.out_channels
     with pytest.raises(ValueError, match=r"no layer 'features\.conv4'.*features\.conv"):
         fv.render_channels(model, "features.conv4", [0], steps=1)
     with pytest.raises(ValueError, match=r"is a BatchNorm2d; .* conv and linear"):
         fv.render_channels(model, "features.bn1", [0], steps=1)
     with pytest.raises(
-        ValueError, match=r"\[16\] are out of range: layer 'features\.conv1' has 16"
+        ValueError, match=rf"\[{n}\] are out of range: layer 'features\.conv1' has {n}"
     ):
-        fv.render_channels(model, "features.conv1", [3, 16], steps=1)
+        fv.render_channels(model, "features.conv1", [3, n], steps=1)
 
 
 def test_exemplars_equal_a_brute_force_top_k(shipped_pair, mnist_test, cache) -> None:
@@ -112,7 +113,8 @@ def test_exemplars_equal_a_brute_force_top_k(shipped_pair, mnist_test, cache) ->
     torch.testing.assert_close(found.maps[1, 0], captured[0][found.indices[1, 0], 4])
     assert torch.equal(found.images[2, 1], mnist_test.images[found.indices[2, 1]])
     linear = fv.top_exemplars(model, "classifier.fc1", mnist_test, k=2, cache=False, progress=False)
-    assert linear.indices.shape == (128, 2) and linear.maps.shape == (128, 2, 1, 1)
+    hidden = model.classifier.fc1.out_features
+    assert linear.indices.shape == (hidden, 2) and linear.maps.shape == (hidden, 2, 1, 1)
 
 
 def test_unit_views(shipped_pair, tiny_train, cache, tmp_path) -> None:
@@ -120,12 +122,13 @@ def test_unit_views(shipped_pair, tiny_train, cache, tmp_path) -> None:
     comparison = fv.compare_layer(model_a, model_b, "features.conv2", tiny_train, "activation")
     match = comparison.match
     assert list(comparison.models) == ["A", "B (matched)", "merged", "merged + RESET"]
-    assert sorted(match.matched.tolist()) == list(range(32))
+    channels = model_a.features.conv2.out_channels
+    assert sorted(match.matched.tolist()) == list(range(channels))
     assert match.correlation.max() <= 1 and match.correlation.median() > 0.3
     order = match.order()
     assert match.correlation[order[0]] == match.correlation.max()
     frame = match.to_frame()
-    assert list(frame.columns) == ["unit", "matched_unit", "correlation"] and len(frame) == 32
+    assert list(frame.columns) == ["unit", "matched_unit", "correlation"] and len(frame) == channels
     units = order[:2]
     images = fv.render_layer(comparison, units, steps=4, cache=cache, progress=False)
     assert {name: tuple(t.shape) for name, t in images.items()} == {
@@ -139,7 +142,7 @@ def test_unit_views(shipped_pair, tiny_train, cache, tmp_path) -> None:
     assert all(p.stat().st_size > 0 for p in paths)
     bars = fv.plot_layer_matches(match)
     heights = [patch.get_height() for patch in bars.axes[0].patches]
-    assert heights == sorted(heights, reverse=True) and len(heights) == 32
+    assert heights == sorted(heights, reverse=True) and len(heights) == channels
     gallery = fv.plot_gallery(images["A"], ["a", "b"])
     assert [ax.get_title() for ax in gallery.axes] == ["a", "b"]
     with pytest.raises(ValueError, match="was not rendered"):
