@@ -104,8 +104,10 @@ def test_align_returns_the_same_function(shipped_pair, spec, mnist_train, mnist_
 
 
 def test_alignment_removes_most_of_the_barrier(shipped_pair, spec, mnist_train, mnist_test):
-    """Measured on the shipped pair: naive + RESET barrier 1.53, midpoint 44%;
-    weight matching + RESET 0.07 (95.4%); activation matching + RESET 0.06 (96.1%)."""
+    """Measured on the shipped pair (endpoints 97.95% after RESET): naive + RESET barrier
+    1.89, midpoint 43.8%; weight matching + RESET 0.03 (97.0%); activation matching + RESET
+    0.05 (96.6%). Issue 3's target is a gap of 1.5 points over all six pairs; one pair gets
+    half a point of slack (a few test images) for other machines' float rounding."""
     a, b = shipped_pair
     kwargs = {"alphas": [0, 0.5, 1], "bn": "reset", "bn_data": mnist_train, "progress": False}
     naive = wb.lmc_curve(a, b, mnist_test, **kwargs)
@@ -113,7 +115,7 @@ def test_alignment_removes_most_of_the_barrier(shipped_pair, spec, mnist_train, 
         aligned = align(a, b, method, data=mnist_train, spec=spec)
         curve = wb.lmc_curve(a, aligned, mnist_test, spec=spec, **kwargs)
         assert curve.barrier < 0.1 * naive.barrier, method
-        assert curve.midpoint_accuracy > curve.accuracy[[0, -1]].mean() - 0.03, method
+        assert curve.midpoint_accuracy > curve.accuracy[[0, -1]].mean() - 0.02, method
 
 
 def test_bad_input_fails_before_any_work(shipped_pair, spec, mnist_train) -> None:
