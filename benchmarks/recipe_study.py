@@ -18,6 +18,8 @@ import statistics
 import sys
 import time
 
+import torch
+
 import workbench as wb
 
 BASE = {"width": 1.0, "epochs": 15, "lr": 0.2, "weight_decay": 5e-4, "translate": 2}
@@ -82,6 +84,9 @@ def main() -> None:
         "benchmark": "recipe_study",
         "data": "mnist-5k: trained and matched on train, accuracy on test, RESET",
         "seeds": args.seeds,
+        # Training sums in the order of the CPU's kernels: another CPU, other models.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
         "recipes": rows,
     }
     print(json.dumps(result, indent=2))

@@ -337,3 +337,5 @@ def test_load_into_a_given_model_keeps_the_file_metadata(tmp_path, tiny_model):
     loaded = wb.load_checkpoint(path, model=tiny_model)
     assert loaded.workbench_metadata["seed"] == 7
     assert loaded.workbench_metadata["versions"]["torch_threads"] == str(torch.get_num_threads())
+    cpu = torch.backends.cpu.get_cpu_capability()
+    assert loaded.workbench_metadata["versions"]["cpu_capability"] == cpu

@@ -54,8 +54,10 @@ def _versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "safetensors": safetensors.__version__,
         "python": platform.python_version(),
-        # CPU results are bit-reproducible for the same thread count (and CPU kind).
+        # CPU results are bit-reproducible for the same thread count and the same kernels:
+        # torch picks its CPU kernels by instruction set, so the sums differ across CPUs.
         "torch_threads": str(torch.get_num_threads()),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 

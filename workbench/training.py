@@ -59,7 +59,8 @@ def train_model(
     """Train a copy of ``model`` with SGD (Nesterov momentum) and a one-cycle learning rate.
 
     Everything random (batch order, augmentation, dropout) is drawn from ``seed``, so the
-    same inputs give bit-identical weights on the CPU; torch's global RNG is left as it was.
+    same inputs give bit-identical weights on the same CPU with the same thread count;
+    torch's global RNG is left as it was.
     ``model`` itself is not modified. Runs on ``device`` (default: GPU if present).
     With ``return_metrics=True`` returns ``(model, metrics)`` where metrics holds the final
     train (and test, when ``test_data`` is given) loss and accuracy and the wall time.
