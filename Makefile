@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-# Regenerate the shipped quickstart checkpoints (bit-identical weights on the CPU).
+# Regenerate the shipped quickstart checkpoints (bit-identical on the same CPU kind and thread count).
 checkpoints: $(STAMP)
 	$(VENV)/bin/workbench train cnn --dataset mnist-5k --seeds 0 1 2 3 --width 2 --epochs 15 --lr 0.2 \
 		--batch-size 128 --translate 2 --out data/models --overwrite
