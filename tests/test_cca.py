@@ -151,12 +151,12 @@ def test_too_few_samples_say_how_many_are_needed(shipped_pair, tiny_train) -> No
     assert all(torch.isfinite(t).all() for t in image.state_dict().values())
 
 
-def test_cca_recovers_a_planted_permutation(shipped_pair, tiny_train, mnist_test) -> None:
+def test_cca_recovers_a_planted_permutation(shipped_pair, mnist_train, mnist_test) -> None:
     model = shipped_pair[0]
-    spec = permutation_spec(model, tiny_train.images[:2])
+    spec = permutation_spec(model, mnist_train.images[:2])
     permuted = wb.apply_permutation(model, spec, wb.random_permutation(spec, seed=7))
     before = state_copy(permuted)
-    image, found = cca_align(model, permuted, tiny_train, spec, gamma=1e-4, progress=False)
+    image, found = cca_align(model, permuted, mnist_train, spec, gamma=1e-4, progress=False)
     assert_state_equal(permuted, before)
     for name in ("features.conv1", "features.conv2", "features.conv3"):
         matrix = found.maps[name]
@@ -168,14 +168,14 @@ def test_cca_recovers_a_planted_permutation(shipped_pair, tiny_train, mnist_test
     x = mnist_test.images[:500]
     with torch.no_grad():
         got, expected = image.eval()(x), model.eval()(x)
-    # exact but for fc1's dead units, which CCA may mix among themselves
-    assert (got - expected).abs().max() < 0.25
+    # exact but for fc1's dead units, which CCA may mix among themselves (measured: 0.11)
+    assert (got - expected).abs().max() < 0.2
     assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.995
 
 
-def test_align_with_cca_gives_a_model_in_the_reference_space(shipped_pair, tiny_train) -> None:
+def test_align_with_cca_gives_a_model_in_the_reference_space(shipped_pair, mnist_train) -> None:
     model_a, model_b = shipped_pair
-    aligned = wb.align(model_a, model_b, method="cca", data=tiny_train, gamma=0.3, progress=False)
+    aligned = wb.align(model_a, model_b, method="cca", data=mnist_train, gamma=0.3, progress=False)
     assert aligned.state_dict().keys() == model_b.state_dict().keys()
     distance = lambda m: sum(  # noqa: E731
         (p - q).square().sum() for p, q in zip(m.parameters(), model_a.parameters(), strict=True)
@@ -184,7 +184,7 @@ def test_align_with_cca_gives_a_model_in_the_reference_space(shipped_pair, tiny_
     with pytest.raises(ValueError, match="method='cca' needs data"):
         wb.align(model_a, model_b, method="cca")
     with pytest.raises(ValueError, match="not a permutation: use align"):
-        wb.alignment.match(model_a, model_b, method="cca", data=tiny_train)
+        wb.alignment.match(model_a, model_b, method="cca", data=mnist_train)
 
 
 def test_transform_state_rejects_maps_of_the_wrong_size(tiny_model) -> None:

@@ -23,18 +23,20 @@ def permuted_copies(shipped_pair, mnist_train):
 
 @pytest.mark.parametrize("method", ["weight", "activation", "cca"])
 def test_merging_permuted_copies_gives_the_model_back(
-    method, permuted_copies, tiny_train, mnist_test
+    method, permuted_copies, mnist_train, mnist_test
 ) -> None:
     before = [state_copy(m) for m in permuted_copies]
-    merged = wb.merge_many(permuted_copies, tiny_train, method, bn=None, gamma=1e-4, progress=False)
+    merged = wb.merge_many(
+        permuted_copies, mnist_train, method, bn=None, gamma=1e-4, progress=False
+    )
     for model, state in zip(permuted_copies, before, strict=True):
         assert_state_equal(model, state)
     x = mnist_test.images[:300]
     with torch.no_grad():
         got, expected = merged.eval()(x), permuted_copies[0].eval()(x)
-    # units that never fire on the 256 matching images can be paired arbitrarily by the
-    # data-driven methods (and mixed by CCA); weight matching is exact
-    tolerance = {"weight": 1e-4, "activation": 1e-2, "cca": 0.25}[method]
+    # CCA may mix units that never fire on the matching images (measured: 0.017); the
+    # permutation methods are exact
+    tolerance = {"weight": 1e-4, "activation": 1e-4, "cca": 0.05}[method]
     assert (got - expected).abs().max() < tolerance
     assert merged.workbench_merge.method == method
     assert merged.workbench_merge.num_models == 3
