@@ -1,12 +1,11 @@
-"""Alignment quality on the shipped mnist-5k checkpoints, and a width sweep.
+"""Alignment quality on the shipped mnist-5k checkpoints.
 
 For every pair among seeds 0..3: the loss barrier and the midpoint accuracy on the test
 set for naive interpolation, weight matching and activation matching, each with no BN
-handling, RESET and REPAIR (statistics and matching on the training set). The width
-sweep trains two models per width of the quickstart architecture (a shorter recipe, see
---sweep-epochs) and reports the same for naive + RESET and weight matching + RESET.
+handling, RESET and REPAIR (statistics and matching on the training set). How the barrier
+moves with width is `width_sweep.py`.
 
-    python benchmarks/alignment_quality.py [--sweep-widths 1 2 4 8] [--sweep-epochs 4]
+    python benchmarks/alignment_quality.py [--seeds 0 1 2 3]
 """
 
 from __future__ import annotations
@@ -82,51 +81,9 @@ def summarize(rows: list[dict]) -> dict:
     return summary
 
 
-def width_sweep(widths, epochs, train, test) -> list[dict]:
-    rows = []
-    for width in widths:
-        models = wb.train_models(
-            "cnn",
-            [0, 1],
-            train,
-            epochs,
-            model_kwargs={"width": width, "in_channels": 1},
-            lr=0.2,
-            augment=wb.random_translate(2),
-            progress=False,
-        )
-        spec = permutation_spec(models[0], torch.zeros(2, 1, 28, 28))
-        for method in ("none", "weight", "activation"):
-            aligned = align(models[0], models[1], method, data=train, spec=spec)
-            curve = wb.lmc_curve(
-                models[0],
-                aligned,
-                test,
-                alphas=[0, 0.5, 1],
-                bn="reset",
-                bn_data=train,
-                spec=spec,
-                progress=False,
-            )
-            row = {
-                "width": width,
-                "epochs": epochs,
-                "method": method,
-                "bn": "reset",
-                "barrier": curve.barrier,
-                "midpoint_accuracy": curve.midpoint_accuracy,
-                "endpoint_accuracy": curve.accuracy[[0, -1]].tolist(),
-            }
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    parser.add_argument("--sweep-widths", type=float, nargs="*", default=[1, 2, 4, 8])
-    parser.add_argument("--sweep-epochs", type=int, default=4)
     args = parser.parse_args()
     train, test = wb.load_dataset("mnist-5k", "train"), wb.load_dataset("mnist-5k", "test")
     models = dict(zip(args.seeds, wb.load_quickstart_models(tuple(args.seeds)), strict=True))
@@ -141,8 +98,6 @@ def main() -> None:
         "summary": summarize(rows),
     }
     print(json.dumps(result["summary"], indent=2), file=sys.stderr, flush=True)
-    if args.sweep_widths:
-        result["width_sweep"] = width_sweep(args.sweep_widths, args.sweep_epochs, train, test)
     print(json.dumps(result, indent=2))
 
 
