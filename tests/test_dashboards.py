@@ -66,6 +66,32 @@ def test_lmc_explorer_controls(shipped_pair, small_test, small_train, tmp_path):
     explorer.export.button.click()
     assert sorted(p.suffix for p in explorer.export.written) == [".pdf", ".png", ".svg"]
     assert all(p.stat().st_size > 0 for p in explorer.export.written)
+    assert "wrote" in explorer.export.status.value
+    # the exported figure is the paper's: the curve, no alpha marker
+    paper = explorer._paper_figure()
+    assert [line.get_label() for line in paper.axes[0].lines] == ["weight"]
+    assert len(explorer.figure.axes[0].lines) == 2  # the screen has the marker too
+    assert explorer.figure.axes[0].get_ylim()[0] == 0
+    explorer.bn.value = "RESET"  # another selection: the status no longer describes it
+    assert explorer.export.status.value == "" and explorer.export.written == []
+
+
+def test_lmc_explorer_says_when_the_far_end_is_not_b(shipped_pair, small_test, small_train):
+    explorer = LMCExplorer(list(shipped_pair), small_test, small_train, alphas=3)
+    explorer.method.value = "cca"
+    explorer.compute.click()
+    curve = explorer.curve
+    assert not curve.far_end_is_b
+    b_alone = wb.evaluate(shipped_pair[1], small_test)
+    assert curve.accuracy_b == pytest.approx(b_alone.accuracy)
+    assert curve.loss_b == pytest.approx(b_alone.loss, rel=1e-5)
+    assert curve.loss[-1] > curve.loss_b + 0.1  # CCA's image of B is not B
+    assert "not model 1" in explorer.barrier.value
+    assert f"{curve.loss_b:.3f}" in explorer.barrier.value
+    assert f"{curve.barrier:.3f}" in explorer.barrier.value
+    explorer.method.value = "weight"
+    explorer.compute.click()
+    assert explorer.curve.far_end_is_b and "not model 1" not in explorer.barrier.value
 
 
 def test_lmc_explorer_needs_two_models(shipped_pair, small_test):
@@ -77,18 +103,21 @@ def test_method_comparison_runs_and_exports(shipped_pair, small_test, small_trai
     dashboard = MethodComparison(
         list(shipped_pair), small_test, small_train, export_stem=str(tmp_path / "cmp")
     )
+    assert next(iter(dashboard.methods.values())).description == "naive"
     for name, box in dashboard.methods.items():
         box.value = name in ("none", "weight")
     dashboard.run.click()
     table = dashboard.table
-    assert set(table["method"]) == {"none", "weight", "endpoints"}
+    assert set(table["method"]) == {"naive", "weight", "endpoints"}
     assert "done" in dashboard.status.value and not dashboard.run.disabled
     rows = table.set_index("method")
-    assert rows.loc["weight", "accuracy"] > rows.loc["none", "accuracy"]
+    assert rows.loc["weight", "accuracy"] > rows.loc["naive", "accuracy"]
     assert dashboard.figure is not None
     dashboard.export.button.click()
     suffixes = sorted(p.suffix for p in dashboard.export.written)
     assert suffixes == [".csv", ".pdf", ".png", ".svg"]
+    dashboard.bn.value = "repair"
+    assert dashboard.export.status.value == ""
 
     for box in dashboard.methods.values():
         box.value = False
@@ -104,15 +133,17 @@ def test_neuron_explorer_controls(shipped_pair, small_train, tmp_path, monkeypat
     explorer.render.click()
     comparison = explorer.comparison
     match = comparison.match
-    last = shipped_pair[0].features.conv1.out_channels - 1
-    assert explorer.unit.max == last and not explorer.unit.disabled
+    last = shipped_pair[0].features.conv1.out_channels
+    assert (explorer.unit.min, explorer.unit.max) == (1, last) and not explorer.unit.disabled
     best = match.order()[0]
     assert f"A's unit <b>{best}</b>" in explorer.info.value
+    assert f"rank 1 of {last}" in explorer.info.value
     first_text = explorer.info.value
     explorer.unit.value = last
     worst = match.order()[-1]
     assert f"A's unit <b>{worst}</b>" in explorer.info.value and explorer.info.value != first_text
     assert f"{float(match.correlation[worst]):.2f}" in explorer.info.value
+    assert f"rank {last} of {last}" in explorer.info.value
     assert explorer.comparison is comparison, "moving the slider must not recompute the layer"
     explorer.method.value = "activation"
     assert explorer.comparison is None and not explorer.render.disabled
@@ -121,3 +152,10 @@ def test_neuron_explorer_controls(shipped_pair, small_train, tmp_path, monkeypat
     explorer.export.path.value = str(tmp_path / "unit")
     explorer.export.button.click()
     assert len(explorer.export.written) == 3
+
+
+def test_neuron_explorer_opens_on_the_requested_layer(shipped_pair, small_train):
+    explorer = NeuronExplorer(*shipped_pair, small_train, steps=4, layer="features.conv2")
+    assert explorer.layer.value == "features.conv2"
+    with pytest.raises(ValueError, match="layer must be one of"):
+        NeuronExplorer(*shipped_pair, small_train, layer="features.conv9")

@@ -103,16 +103,74 @@ def test_paper_style_is_scoped():
     assert (mpl.rcParams["pdf.fonttype"], mpl.rcParams["font.size"]) == before
 
 
+def test_paper_style_leaves_interactive_mode_alone():
+    """IPython turns interactive mode on at the first figure of a session; the style must
+    not turn it off again, or no later figure reaches the notebook (issue 14)."""
+    was = mpl.is_interactive()
+    try:
+        for interactive in (True, False):
+            mpl.interactive(interactive)
+            figures.new_figure()
+            with figures.paper_style():
+                mpl.interactive(not interactive)  # switched inside: must survive too
+            assert mpl.is_interactive() is (not interactive)
+            mpl.interactive(interactive)
+            figures.new_figure()
+            assert mpl.is_interactive() is interactive
+    finally:
+        mpl.interactive(was)
+
+
 def test_color_for():
     assert figures.color_for("naive") == figures.METHOD_COLORS["naive"]
+    assert figures.color_for("none") == figures.METHOD_COLORS["naive"]  # the key of naive
     assert figures.color_for("Weight matching") == figures.METHOD_COLORS["weight"]
-    light = figures.color_for("naive", light=True)
-    assert light != figures.color_for("naive")
-    light_rgb, base_rgb = mpl.colors.to_rgb(light), mpl.colors.to_rgb(figures.color_for("naive"))
-    assert all(lc >= bc for lc, bc in zip(light_rgb, base_rgb, strict=True))  # mixed with white
-    assert sum(light_rgb) > sum(base_rgb)
     assert figures.color_for("unknown", 0) != figures.color_for("unknown", 1)
     assert figures.color_for("", 3) == figures.color_for("other", 3)
+
+
+def test_one_naming_scheme():
+    assert figures.method_label("none") == "naive"
+    assert figures.method_label("weight") == "weight"
+    assert figures.series_label("none") == "naive"
+    assert figures.series_label("weight", "reset") == "weight + RESET"
+    assert figures.series_label("activation", "repair", "test") == "activation + REPAIR (test)"
+    assert figures.series_label("cca", "none") == "cca"
+    assert figures.model_label(0) == "model 0"
+    with pytest.raises(ValueError, match="bn must be"):
+        figures.bn_label("Reset")
+
+
+def test_bn_handling_is_a_line_style_and_methods_have_markers():
+    styles = [figures.linestyle_for(bn) for bn in (None, "reset", "repair")]
+    assert len(set(styles)) == 3
+    markers = [figures.marker_for(m) for m in ("none", "weight", "activation", "cca")]
+    assert len(set(markers)) == 4
+    assert figures.marker_for("unknown", 0) != figures.marker_for("unknown", 1)
+
+
+def test_legend_above_keeps_the_data_clear():
+    fig, ax = figures.new_figure()
+    for k in range(4):
+        ax.plot([0, 0.5, 1], [k, k + 2, k], label=f"series {k}")
+    figures.legend_above(ax)
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert legend.y0 >= ax.get_window_extent().y1 - 1  # above the plotting area
+    fig_box = fig.get_window_extent()
+    assert legend.y1 <= fig_box.y1 + 1  # and inside the figure
+
+
+def test_save_table_writes_short_decimals(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame({"alpha": np.linspace(0, 1, 11), "loss": [1 / 3] * 11})
+    path = figures.save_table(table, tmp_path / "nested" / "t.csv")
+    lines = path.read_text().splitlines()
+    assert lines[0] == "alpha,loss"
+    assert lines[4] == "0.3,0.333333333333333"
+    assert all("00000000000" not in line for line in lines)
 
 
 def test_shared_legend():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -260,6 +262,45 @@ def test_nan_loss_gives_nan_barrier_and_diverged():
 # --- tables --------------------------------------------------------------------------------
 
 
+def test_barriers_against_b_itself_when_the_far_end_is_not_b():
+    """A path that ends at a model computing another function than B (CCA's image of B)
+    is measured against B's own loss: a chord to the broken end would hide the barrier."""
+    curve = _curve([0, 0.5, 1], [0.1, 1.0, 8.0], [0.98, 0.6, 0.3])
+    assert curve.far_end_is_b and curve.barrier == 0.0  # the chord to 8.0 hides it
+    honest = dataclasses.replace(curve, original_b_loss=0.1, original_b_accuracy=0.98)
+    assert not honest.far_end_is_b
+    assert honest.loss_b == 0.1 and honest.accuracy_b == 0.98
+    assert honest.barrier == pytest.approx(7.9)  # at alpha = 1: 8.0 above B's 0.1
+    assert honest.rebasin_barrier == pytest.approx(7.9)
+    assert honest.accuracy_barrier == pytest.approx(0.68)
+    record = honest.summary()
+    assert record["accuracy_b"] == 0.98
+    assert (record["mapped_end_loss"], record["mapped_end_accuracy"]) == (8.0, 0.3)
+    assert "mapped_end_loss" not in curve.summary()
+    labels = [line.get_label() for line in wb.plot_curves([honest]).axes[0].lines]
+    assert labels == ["naive", "naive: model B itself"]
+
+
+def test_original_b_is_measured_only_when_the_function_differs(shipped_pair, train_500):
+    a, b = shipped_pair
+    spec = wb.permutation_spec(b, train_500.images[:2])
+    permuted = wb.apply_permutation(b, spec, wb.random_permutation(spec, seed=3))
+    same = wb.lmc_curve(a, permuted, train_500, 3, original_b=b, progress=False, cache=False)
+    assert same.far_end_is_b and "original_b" not in same.settings
+    broken = copy.deepcopy(b)
+    with torch.no_grad():
+        broken.classifier[-1].weight.mul_(-1)  # another function, same architecture
+    curve = wb.lmc_curve(a, broken, train_500, 3, original_b=b, progress=False, cache=False)
+    b_alone = wb.evaluate(b, train_500)
+    assert not curve.far_end_is_b
+    assert curve.loss_b == pytest.approx(b_alone.loss, rel=1e-6)
+    assert curve.accuracy_b == b_alone.accuracy
+    assert curve.loss[-1] > b_alone.loss + 1  # the far end itself is broken
+    assert curve.barrier >= curve.loss[-1] - b_alone.loss - 1e-9
+    with pytest.raises(ValueError, match="bn must be one of"):
+        wb.lmc_curve(a, broken, train_500, 3, bn="bad", original_b=b)
+
+
 def test_to_frame(naive_test):
     frame = naive_test.to_frame()
     assert list(frame.columns) == FRAME_COLUMNS
@@ -356,7 +397,28 @@ def test_plot_split_names_when_splits_differ():
     fig = wb.plot_curves([train, test])
     ax = fig.axes[0]
     assert [line.get_label() for line in ax.lines] == ["naive (train)", "naive (test)"]
-    assert [line.get_linestyle() for line in ax.lines] == ["-", "--"]
+    # same method and BN handling: same colour and line style; train's markers are hollow
+    assert ax.lines[0].get_markerfacecolor() == "white"
+    assert ax.lines[1].get_markerfacecolor() != "white"
+
+
+def test_plot_styles_axes_and_legend(naive_test):
+    reset = dataclasses.replace(naive_test, bn="reset", label="weight")
+    repair = dataclasses.replace(naive_test, bn="repair", label="weight")
+    fig = wb.plot_curves([naive_test, reset, repair], "loss")
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.lines] == [
+        "naive",
+        "weight + RESET",
+        "weight + REPAIR",
+    ]
+    assert [line.get_linestyle() for line in ax.lines] == ["-", "--", ":"]
+    assert ax.lines[1].get_color() == ax.lines[2].get_color()  # one colour per method
+    assert ax.get_ylim()[0] == 0  # a loss axis starts at 0
+    fig.canvas.draw()
+    assert ax.get_legend().get_window_extent().y0 >= ax.get_window_extent().y1 - 1
+    accuracy = wb.plot_curves([naive_test], "accuracy").axes[0]
+    assert accuracy.get_ylim() == (0, 100)
 
 
 def test_plot_rejects_bad_input(naive_test):

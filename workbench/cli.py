@@ -151,9 +151,7 @@ def _write(fig: Figure, tables: dict[str, pd.DataFrame], stem: Path) -> list[Pat
     """The figure as PDF, SVG and PNG, and each table as ``<stem><suffix>.csv``."""
     written = figures.save(fig, stem, formats=("pdf", "svg", "png"))
     for suffix, table in tables.items():
-        path = stem.with_name(f"{stem.name}{suffix}.csv")
-        table.to_csv(path, index=False)
-        written.append(path)
+        written.append(figures.save_table(table, stem.with_name(f"{stem.name}{suffix}.csv")))
     return written
 
 
@@ -275,19 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--models", default=str(shipped_models_dir()))
     demo.add_argument("--seeds", type=int, nargs=2, default=[0, 1])
     demo.add_argument("--alphas", type=int, default=11)
-    demo.add_argument("--out", default="figures")
+    demo.add_argument("--out", default=figures.EXPORT_DIR)
     demo.set_defaults(run=_demo)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--dataset", default="mnist-5k")
-    common.add_argument("--out", default="figures", help="folder for figures and CSV tables")
+    common.add_argument(
+        "--out", default=figures.EXPORT_DIR, help="folder for figures and CSV tables"
+    )
     common.add_argument(
         "--limit", type=int, help="use N evenly spaced images of each split (quick runs)"
     )
     common.add_argument(
         "--no-cache", action="store_true", help="recompute instead of reading cached results"
     )
-    methods = ["none", "weight", "activation", "cca"]
+    methods = ["none", "naive", "weight", "activation", "cca"]  # "naive" = "none"
 
     lmc = sub.add_parser(
         "lmc", parents=[common], help="LMC curves and barriers of a pair, or of all pairs of N"

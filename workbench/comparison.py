@@ -17,10 +17,23 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench.alignment.api import canonical_method
+from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
 from workbench.evaluation import evaluate
-from workbench.figures import color_for, new_figure, paper_style
+from workbench.figures import (
+    color_for,
+    legend_above,
+    linestyle_for,
+    marker_for,
+    method_label,
+    new_figure,
+    paper_style,
+    save_table,
+    series_label,
+)
 from workbench.merging import MERGE_METHODS, merge_many
+from workbench.weightspace import resolve_cache
 
 __all__ = ["COLUMNS", "compare_methods", "plot_comparison"]
 
@@ -37,17 +50,26 @@ def compare_methods(
     *,
     csv: str | Path | None = None,
     progress: bool = True,
+    cache: ResultCache | bool = True,
     **merge_options,
 ) -> pd.DataFrame:
     """Merge the first N of ``models`` for each N in ``sizes`` (default 2..len(models))
     with each method in ``methods``, on training ``data``; evaluate on ``eval_data``.
 
-    Returns a tidy table with the columns in :data:`COLUMNS` (``bn`` as text, ``"none"``
-    for no handling), written to ``csv`` too when given. ``merge_options`` go to
-    :func:`workbench.merging` (e.g. ``gamma=``, ``reference=``).
+    Returns a tidy table with the columns in :data:`COLUMNS`: ``method`` by its display
+    name (``"naive"`` for plain averaging, as in every figure), ``bn`` as text
+    (``"none"`` for no handling); written to ``csv`` too when given. ``merge_options``
+    go to :func:`workbench.merging.merge_many` (e.g. ``gamma=``, ``reference=``).
+
+    Each row is cached on disk (:mod:`workbench.cache`), keyed by the content of the
+    merged models and of both datasets, the method, BN handling and options, so that a
+    dashboard or a re-run with one more method computes only what is new. The ``seconds``
+    column is the time the merge took when it was computed. Options that are not plain
+    values (numbers, strings, lists) and data given as DataLoaders are never cached.
     """
     models = list(models)
     sizes = list(sizes) if sizes is not None else list(range(2, len(models) + 1))
+    methods = [canonical_method(m) for m in methods]
     unknown = [m for m in methods if m not in MERGE_METHODS]
     if unknown:
         raise ValueError(f"Unknown methods {unknown}; choose from {MERGE_METHODS}.")
@@ -55,31 +77,57 @@ def compare_methods(
     if bad:
         raise ValueError(f"sizes must lie in 2..{len(models)} (the models given), got {bad}.")
     endpoint = [evaluate(m, eval_data) for m in models]
+    store = resolve_cache(cache)
+    fingerprints = [fingerprint(m) for m in models]
+    plain = all(_is_plain(value) for value in merge_options.values())
     rows = []
     jobs = [(n, method) for n in sizes for method in methods]
     for n, method in tqdm(jobs, desc="compare methods", disable=not progress):
-        merged = merge_many(models[:n], data, method, bn=bn, progress=False, **merge_options)
-        metrics = evaluate(merged, eval_data)
-        report = merged.workbench_merge
-        row = (method, n, str(bn).lower(), metrics.accuracy, metrics.loss, report.seconds)
-        rows.append([*row, report.gamma, report.reference])
+        key = store.key(
+            models=fingerprints[:n],
+            data=data_fingerprint(data),
+            eval_data=data_fingerprint(eval_data),
+            method=method,
+            bn=bn or "none",
+            options=merge_options if plain else None,
+        )
+
+        def merge(n: int = n, method: str = method) -> tuple[dict, dict]:
+            merged = merge_many(models[:n], data, method, bn=bn, progress=False, **merge_options)
+            metrics = evaluate(merged, eval_data)
+            report = merged.workbench_merge
+            row = [metrics.accuracy, metrics.loss, report.seconds, report.gamma, report.reference]
+            return {}, {"row": row}
+
+        _, found = store.get_or_compute("compare-methods", key, merge)
+        rows.append([method_label(method), n, str(bn).lower(), *found["row"]])
     for n in sizes:
         accuracy = float(np.mean([m.accuracy for m in endpoint[:n]]))
         loss = float(np.mean([m.loss for m in endpoint[:n]]))
         rows.append(["endpoints", n, "-", accuracy, loss, 0.0, None, None])
     table = pd.DataFrame(rows, columns=COLUMNS)
     if csv is not None:
-        path = Path(csv)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(path, index=False)
+        save_table(table, csv)
     return table
+
+
+def _is_plain(value: object) -> bool:
+    """Whether ``value`` is JSON data whose text determines it (safe in a cache key)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    return False
 
 
 def plot_comparison(
     table: pd.DataFrame, metric: str = "accuracy", ax: Axes | None = None
 ) -> Figure:
     """Merged ``metric`` (``"accuracy"`` in %, or ``"loss"``) against the number of models,
-    one line per method and BN handling, the endpoints' mean as a dashed grey line."""
+    one line per method and BN handling (colour and marker: method; line style: BN
+    handling), the endpoints' mean as a grey line. Series are nudged sideways by a few
+    hundredths of a model so that equal values never hide one another; the accuracy axis
+    spans 0-100% and the legend sits above the axes."""
     if metric not in ("accuracy", "loss"):
         raise ValueError(f"metric must be 'accuracy' or 'loss', got {metric!r}.")
     missing = [c for c in ("method", "n_models", "bn", metric) if c not in table]
@@ -90,20 +138,41 @@ def plot_comparison(
     else:
         fig = ax.figure
     scale = 100.0 if metric == "accuracy" else 1.0
+    series = list(table.groupby(["method", "bn"], sort=False))
+    merged = [key for key, _ in series if key[0] != "endpoints"]
     with paper_style():
-        for index, ((method, bn), rows) in enumerate(table.groupby(["method", "bn"], sort=False)):
+        for index, ((method, bn), rows) in enumerate(series):
             rows = rows.sort_values("n_models")
-            endpoints = method == "endpoints"
+            if method == "endpoints":
+                ax.plot(
+                    rows["n_models"],
+                    scale * rows[metric],
+                    color="0.45",
+                    linestyle="-",
+                    linewidth=2.2,
+                    alpha=0.5,
+                    label="endpoints (mean)",
+                    zorder=1,
+                )
+                continue
+            shift = 0.06 * (merged.index((method, bn)) - (len(merged) - 1) / 2)
+            bn_key = None if bn == "none" else bn
             ax.plot(
-                rows["n_models"],
+                rows["n_models"] + shift,
                 scale * rows[metric],
-                color="0.5" if endpoints else color_for(method, index),
-                linestyle="--" if endpoints else "-",
-                marker=None if endpoints else "o",
-                label="endpoints (mean)" if endpoints else f"{method} ({bn})",
+                color=color_for(method, index),
+                linestyle=linestyle_for(bn_key),
+                marker=marker_for(method, index),
+                label=series_label(method, bn_key),
+                zorder=2,
             )
         ax.set_xticks(sorted(table["n_models"].unique()))
         ax.set_xlabel("Number of merged models")
-        ax.set_ylabel("Accuracy (%)" if metric == "accuracy" else "Cross-entropy loss")
-        ax.legend(loc="best")
+        if metric == "accuracy":
+            ax.set_ylabel("Accuracy (%)")
+            ax.set_ylim(0, 100)
+        else:
+            ax.set_ylabel("Cross-entropy loss")
+            ax.set_ylim(bottom=0)
+        legend_above(ax)
     return fig

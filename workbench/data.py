@@ -12,8 +12,10 @@ own channel statistics (:func:`dataset_info`).
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,38 +283,68 @@ def as_loader(data: DataLike, batch_size: int = 500) -> DataLoader:
     )
 
 
+class Batches(Iterable[tuple[torch.Tensor, torch.Tensor]]):
+    """The ``(inputs, labels)`` batches of one pass over some data, with their count.
+
+    ``len()`` is the number of batches where it is known (in-memory datasets, DataLoaders
+    over map-style datasets), so that progress bars show a total ("7/8", not "7/?"); it
+    raises ``TypeError`` where it is not, as ``len()`` of a plain iterator does.
+    """
+
+    def __init__(
+        self, iterator: Iterator[tuple[torch.Tensor, torch.Tensor]], count: int | None
+    ) -> None:
+        self._iterator, self._count = iterator, count
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._iterator
+
+    def __len__(self) -> int:
+        if self._count is None:
+            raise TypeError("The number of batches of this data is not known in advance.")
+        return self._count
+
+
 def batches(
     data: DataLike,
     batch_size: int = 500,
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     max_batches: int | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Iterate ``(inputs, labels)`` batches of a Dataset or DataLoader.
+) -> Batches:
+    """The ``(inputs, labels)`` batches of a Dataset or DataLoader, one pass.
 
     In-memory datasets are sliced directly (no per-sample collation). A DataLoader is
     iterated as configured by its owner; ``batch_size`` and ``shuffle`` then do not apply.
     ``max_batches`` stops early, for quick estimates.
     """
     if isinstance(data, TensorImageDataset):
-        n = len(data)
-        order = torch.randperm(n, generator=generator) if shuffle else None
-        starts = range(0, n, batch_size)
-        for count, start in enumerate(starts):
-            if max_batches is not None and count >= max_batches:
-                return
-            if order is None:
-                sl = slice(start, start + batch_size)
-                yield data.images[sl], data.targets[sl]
-            else:
-                idx = order[start : start + batch_size]
-                yield data.images[idx], data.targets[idx]
-        return
-    if shuffle and not isinstance(data, DataLoader):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+        count = math.ceil(len(data) / batch_size)
+        source = _tensor_batches(data, batch_size, shuffle, generator)
     else:
-        loader = as_loader(data, batch_size)
-    for count, (inputs, labels, *_) in enumerate(loader):
-        if max_batches is not None and count >= max_batches:
-            return
-        yield inputs, labels
+        if shuffle and not isinstance(data, DataLoader):
+            loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
+        else:
+            loader = as_loader(data, batch_size)
+        try:
+            count = len(loader)
+        except TypeError:  # a loader over an iterable-style dataset
+            count = None
+        source = ((inputs, labels) for inputs, labels, *_ in loader)
+    if max_batches is not None:
+        source = itertools.islice(source, max_batches)
+        count = max_batches if count is None else min(count, max_batches)
+    return Batches(source, count)
+
+
+def _tensor_batches(
+    data: TensorImageDataset, batch_size: int, shuffle: bool, generator: torch.Generator | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    order = torch.randperm(len(data), generator=generator) if shuffle else None
+    for start in range(0, len(data), batch_size):
+        if order is None:
+            sl = slice(start, start + batch_size)
+            yield data.images[sl], data.targets[sl]
+        else:
+            idx = order[start : start + batch_size]
+            yield data.images[idx], data.targets[idx]

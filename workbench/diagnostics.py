@@ -34,7 +34,7 @@ from workbench.alignment import (
 )
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
-from workbench.figures import color_for, new_figure, paper_style
+from workbench.figures import color_for, new_figure, paper_style, save_table
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.lmc import LMCCurve, barrier_table, cached_curves, data_key, lmc_curves
 from workbench.merge import check_compatible
@@ -61,13 +61,6 @@ def graph_order(spec: PermutationSpec) -> list[str]:
 
     names = list(spec.groups)
     return sorted(names, key=lambda name: (first(name), names.index(name)))
-
-
-def _write(frame: pd.DataFrame, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(path, index=False)
-    return path
 
 
 # ---------------------------------------------------------------------------------------
@@ -124,7 +117,7 @@ class MatchedCorrelations:
 
     def write_csv(self, path: str | Path) -> Path:
         """Write the tidy table to ``path`` (folders created)."""
-        return _write(self.table, path)
+        return save_table(self.table, path)
 
     def plot(self, ax: Axes | None = None) -> Figure:
         """Box plots per group; see :func:`plot_matched_correlations`."""
@@ -256,7 +249,7 @@ class PartialAlignment:
 
     def write_csv(self, path: str | Path) -> Path:
         """Write the table to ``path`` (folders created)."""
-        return _write(self.table, path)
+        return save_table(self.table, path)
 
     def plot(self, metric: str = "barrier", ax: Axes | None = None) -> Figure:
         """The barrier against k; see :func:`plot_partial_alignment`."""

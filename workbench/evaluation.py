@@ -77,3 +77,22 @@ def forward_checked(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
             f"({str(exc).splitlines()[0]}). Check that the data matches the model's "
             "in_channels and image size."
         ) from exc
+
+
+def same_function(
+    model: nn.Module, other: nn.Module, data: DataLike, rtol: float = 1e-4, examples: int = 64
+) -> bool:
+    """Whether ``other`` computes ``model``'s function on the first ``examples`` of
+    ``data``: the relative L2 error of its outputs is below ``rtol``.
+
+    A permuted copy of a model passes (float32 sums in another order differ by about
+    1e-7); a model mapped by general linear maps through ReLUs (CCA) does not.
+    """
+    inputs, _ = next(iter(batches(data, batch_size=examples, max_batches=1)))
+    outputs = []
+    for candidate in (model, other):
+        with eval_mode(candidate), torch.inference_mode():
+            device = model_device(candidate)
+            outputs.append(forward_checked(candidate, inputs.to(device)).float().cpu())
+    error = torch.linalg.vector_norm(outputs[1] - outputs[0])
+    return bool(error <= rtol * torch.linalg.vector_norm(outputs[0]))

@@ -14,17 +14,27 @@ from typing import Any
 
 import matplotlib as mpl
 import matplotlib.pyplot as plt
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 __all__ = [
     "COLUMN_WIDTH",
+    "EXPORT_DIR",
     "PALETTE",
     "TEXT_WIDTH",
+    "bn_label",
     "color_for",
+    "legend_above",
+    "linestyle_for",
+    "marker_for",
+    "method_label",
+    "model_label",
     "new_figure",
     "paper_style",
     "save",
+    "save_table",
+    "series_label",
     "shared_legend",
 ]
 
@@ -44,7 +54,6 @@ _CYCLE = [PALETTE[k] for k in ("blue", "vermillion", "green", "orange", "purple"
 # One colour per method, the same in every figure of the workbench.
 METHOD_COLORS = {
     "naive": PALETTE["vermillion"],
-    "none": PALETTE["vermillion"],  # alignment method "none" is naive interpolation
     "weight": PALETTE["blue"],
     "activation": PALETTE["green"],
     "cca": PALETTE["purple"],
@@ -83,23 +92,81 @@ STYLE: dict[str, Any] = {
 }
 
 
-def color_for(label: str, index: int = 0, light: bool = False) -> str:
-    """The colour of a method (``"weight"``, ``"cca"``, ...), else the ``index``-th palette
-    colour; ``light`` gives the same hue mixed with white, for a variant of the method
-    (e.g. after BatchNorm reset)."""
-    key = label.split()[0].lower() if label else ""
-    color = METHOD_COLORS.get(key, _CYCLE[index % len(_CYCLE)])
-    if not light:
-        return color
-    rgb = mpl.colors.to_rgb(color)
-    return mpl.colors.to_hex([0.55 * c + 0.45 for c in rgb])
+# One naming scheme for tables, figures, dashboards and the command line. The alignment
+# method "none" (no alignment) is shown as "naive", its name in the literature; BatchNorm
+# handling is a suffix ("weight + RESET"); models are numbered from 0, as in Python.
+_METHOD_LABELS = {"none": "naive"}
+_BN_LABELS = {None: "", "none": "", "reset": "RESET", "repair": "REPAIR"}
+# BatchNorm handling is told apart by line style, not by a lighter shade of the method's
+# colour (shades of one hue are hard to tell apart in print).
+_BN_LINESTYLES = {None: "-", "none": "-", "reset": "--", "repair": ":"}
+_METHOD_MARKERS = {"naive": "s", "weight": "o", "activation": "^", "cca": "D", "ensemble": "*"}
+_MARKER_CYCLE = ["v", "P", "X", "h", "<", ">"]
+
+EXPORT_DIR = "figures"
+"""Where dashboards and the command line export by default: ``figures/`` in the working
+directory (``notebooks/figures/`` for the notebooks; git-ignored)."""
+
+
+def method_label(method: str) -> str:
+    """The display name of an alignment or merging method (``"none"`` -> ``"naive"``)."""
+    return _METHOD_LABELS.get(method, method)
+
+
+def bn_label(bn: str | None) -> str:
+    """The display name of a BatchNorm handling: ``""``, ``"RESET"`` or ``"REPAIR"``."""
+    if bn not in _BN_LABELS:
+        raise ValueError(f"bn must be None, 'none', 'reset' or 'repair', got {bn!r}.")
+    return _BN_LABELS[bn]
+
+
+def series_label(method: str, bn: str | None = None, extra: str | None = None) -> str:
+    """``"weight + RESET"``; ``extra`` is appended in parentheses (a split, a pair count)."""
+    label = method_label(method)
+    if bn_label(bn):
+        label += f" + {bn_label(bn)}"
+    return f"{label} ({extra})" if extra else label
+
+
+def model_label(index: int) -> str:
+    """``"model 0"``: models are numbered from 0 everywhere."""
+    return f"model {index}"
+
+
+def color_for(label: str, index: int = 0) -> str:
+    """The colour of a method (``"weight"``, ``"cca"``, ... or its display name), else the
+    ``index``-th palette colour."""
+    key = method_label(label.split()[0].lower()) if label else ""
+    return METHOD_COLORS.get(key, _CYCLE[index % len(_CYCLE)])
+
+
+def linestyle_for(bn: str | None) -> str:
+    """The line style of a BatchNorm handling: solid (none), dashed (RESET), dotted (REPAIR)."""
+    bn_label(bn)  # validates
+    return _BN_LINESTYLES[bn]
+
+
+def marker_for(label: str, index: int = 0) -> str:
+    """The marker of a method, else the ``index``-th of a cycle of other markers."""
+    key = method_label(label.split()[0].lower()) if label else ""
+    return _METHOD_MARKERS.get(key, _MARKER_CYCLE[index % len(_MARKER_CYCLE)])
 
 
 @contextlib.contextmanager
 def paper_style() -> Iterator[None]:
-    """Apply the paper style inside a ``with`` block (matplotlib's settings are restored)."""
-    with mpl.rc_context(STYLE):
+    """Apply the paper style inside a ``with`` block; the settings it changed are restored.
+
+    Only the keys of :data:`STYLE` are saved and restored. ``matplotlib.rc_context`` would
+    restore *every* setting, ``interactive`` included: IPython switches interactive mode on
+    when the first figure of a session is made, so leaving an ``rc_context`` entered before
+    that switched it off again, and no later figure reached the notebook.
+    """
+    saved = {key: mpl.rcParams[key] for key in STYLE}
+    mpl.rcParams.update(STYLE)
+    try:
         yield
+    finally:
+        mpl.rcParams.update(saved)
 
 
 def new_figure(
@@ -123,6 +190,24 @@ def shared_legend(fig: Figure, ax: Axes, ncols: int = 4) -> None:
     """One legend above all panels of ``fig``, with the entries of ``ax``."""
     with paper_style():
         fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", ncols=ncols)
+
+
+def legend_above(ax: Axes, ncols: int = 2) -> None:
+    """The legend of ``ax`` above its plotting area, where it can never hide a curve
+    (``loc="best"`` still puts legends on data when the curves fill the axes)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not handles:
+        return
+    with paper_style():
+        ax.legend(
+            handles,
+            labels,
+            loc="lower left",
+            bbox_to_anchor=(0.0, 1.02, 1.0, 0.1),
+            mode="expand",
+            ncols=min(ncols, len(handles)),
+            borderaxespad=0.0,
+        )
 
 
 def save(
@@ -150,3 +235,12 @@ def save(
             fig.savefig(path, format=fmt, dpi=dpi, metadata=metadata.get(fmt))
             paths.append(path)
     return paths
+
+
+def save_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``table`` as CSV to ``path`` (folders created), numbers with 15 significant
+    digits: ``0.3``, not ``0.30000000000000004``. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path, index=False, float_format="%.15g")
+    return path

@@ -31,7 +31,18 @@ from workbench.alignment import align
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
 from workbench.device import model_device
-from workbench.figures import color_for, new_figure, paper_style
+from workbench.evaluation import same_function
+from workbench.figures import (
+    color_for,
+    legend_above,
+    linestyle_for,
+    marker_for,
+    method_label,
+    new_figure,
+    paper_style,
+    save_table,
+    series_label,
+)
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merge import channel_moments, check_compatible, has_batchnorm, repair_, repair_points
 from workbench.weightspace import (
@@ -56,14 +67,14 @@ __all__ = [
 ]
 
 BN_MODES = (None, "reset", "repair")
-BN_SUFFIX = {None: "", "reset": " + RESET", "repair": " + REPAIR"}
 
 
 def _alphas(alphas: int | Sequence[float]) -> np.ndarray:
     if isinstance(alphas, int):
         if alphas < 2:
             raise ValueError(f"Need at least 2 points on the path, got alphas={alphas}.")
-        return np.linspace(0.0, 1.0, alphas)
+        # rounded, so that 0.3 is stored and written as 0.3, not 0.30000000000000004
+        return np.round(np.linspace(0.0, 1.0, alphas), 12)
     values = np.asarray(alphas, dtype=np.float64)
     if values.ndim != 1 or len(values) == 0 or not np.isfinite(values).all():
         raise ValueError(f"alphas must be a count or a 1-D list of finite numbers, got {alphas}.")
@@ -79,9 +90,11 @@ def _endpoint(alphas: np.ndarray, values: np.ndarray, at: float) -> float:
     return float(values[hit[0]])
 
 
-def _chord_excess(alphas: np.ndarray, values: np.ndarray) -> float:
-    """max over alpha in [0, 1] of values(alpha) minus the chord between values(0), values(1)."""
-    v0, v1 = _endpoint(alphas, values, 0.0), _endpoint(alphas, values, 1.0)
+def _chord_excess(alphas: np.ndarray, values: np.ndarray, end: float | None = None) -> float:
+    """max over alpha in [0, 1] of values(alpha) minus the chord from values(0) to ``end``
+    (default values(1))."""
+    v0 = _endpoint(alphas, values, 0.0)
+    v1 = _endpoint(alphas, values, 1.0) if end is None else end
     inside = (alphas >= 0) & (alphas <= 1)
     chord = (1 - alphas[inside]) * v0 + alphas[inside] * v1
     return float(np.max(values[inside] - chord))
@@ -95,6 +108,14 @@ class LMCCurve:
     (``None``, ``"reset"`` or ``"repair"``), ``label`` the method that produced the
     endpoints and ``settings`` everything else that determined the numbers (the models'
     fingerprints, batch size, ...; a pair index or a sweep value where it applies).
+
+    When the far end of the path is *not* model B but an image of it that computes another
+    function (CCA's linear maps through ReLUs), ``original_b_loss`` and
+    ``original_b_accuracy`` hold B's own numbers (same split, same BatchNorm handling):
+    the barriers are then measured against the chord to B itself, and ``summary()``
+    reports the mapped end's numbers beside them. A chord to the mapped end would hide the
+    barrier (the path would end on a broken model). They are ``None`` when the far end
+    computes B's function (any permutation).
     """
 
     alphas: np.ndarray
@@ -104,6 +125,13 @@ class LMCCurve:
     bn: str | None = None
     label: str = "naive"
     settings: dict = field(default_factory=dict)
+    original_b_loss: float | None = None
+    original_b_accuracy: float | None = None
+
+    @property
+    def far_end_is_b(self) -> bool:
+        """True when the path ends at model B itself (or a permutation of it)."""
+        return self.original_b_loss is None
 
     @property
     def diverged(self) -> np.ndarray:
@@ -111,21 +139,35 @@ class LMCCurve:
         return self.alphas[~np.isfinite(self.loss)]
 
     @property
+    def loss_b(self) -> float:
+        """Model B's loss: the far end's, or B's own when the far end is not B."""
+        if self.original_b_loss is not None:
+            return self.original_b_loss
+        return _endpoint(self.alphas, self.loss, 1.0)
+
+    @property
+    def accuracy_b(self) -> float:
+        """Model B's accuracy: the far end's, or B's own when the far end is not B."""
+        if self.original_b_accuracy is not None:
+            return self.original_b_accuracy
+        return _endpoint(self.alphas, self.accuracy, 1.0)
+
+    @property
     def barrier(self) -> float:
-        """Loss barrier: the curve's height above the chord between its endpoints."""
-        return _chord_excess(self.alphas, self.loss)
+        """Loss barrier: the curve's height above the chord from A's loss to B's."""
+        return _chord_excess(self.alphas, self.loss, self.loss_b)
 
     @property
     def rebasin_barrier(self) -> float:
-        """Git Re-Basin's loss barrier: ``max L(alpha) - (L(0) + L(1)) / 2``."""
-        mean_end = (_endpoint(self.alphas, self.loss, 0) + _endpoint(self.alphas, self.loss, 1)) / 2
+        """Git Re-Basin's loss barrier: ``max L(alpha) - (L(A) + L(B)) / 2``."""
+        mean_end = (_endpoint(self.alphas, self.loss, 0) + self.loss_b) / 2
         inside = (self.alphas >= 0) & (self.alphas <= 1)
         return float(np.max(self.loss[inside]) - mean_end)
 
     @property
     def accuracy_barrier(self) -> float:
-        """Accuracy barrier: the largest drop below the chord between the endpoint accuracies."""
-        return _chord_excess(self.alphas, -self.accuracy)
+        """Accuracy barrier: the largest drop below the chord from A's accuracy to B's."""
+        return _chord_excess(self.alphas, -self.accuracy, -self.accuracy_b)
 
     @property
     def midpoint_accuracy(self) -> float:
@@ -146,7 +188,8 @@ class LMCCurve:
         )
 
     def summary(self) -> dict[str, float | str]:
-        """The barriers and endpoint/midpoint accuracies as one flat record."""
+        """The barriers and endpoint/midpoint accuracies as one flat record; when the far
+        end is not B, also the far end's own loss and accuracy (``mapped_end_*``)."""
         record: dict[str, float | str] = {
             "label": self.label,
             "bn": self.bn or "none",
@@ -155,10 +198,13 @@ class LMCCurve:
             "rebasin_barrier": self.rebasin_barrier,
             "accuracy_barrier": self.accuracy_barrier,
             "accuracy_a": _endpoint(self.alphas, self.accuracy, 0),
-            "accuracy_b": _endpoint(self.alphas, self.accuracy, 1),
+            "accuracy_b": self.accuracy_b,
         }
         if 0.5 in self.alphas:
             record["midpoint_accuracy"] = self.midpoint_accuracy
+        if not self.far_end_is_b:
+            record["mapped_end_loss"] = _endpoint(self.alphas, self.loss, 1.0)
+            record["mapped_end_accuracy"] = _endpoint(self.alphas, self.accuracy, 1.0)
         return record
 
     def plot(self, metric: str = "loss", ax: Axes | None = None) -> Figure:
@@ -175,7 +221,12 @@ def _store_curves(store: ResultCache, kind: str, key: str | None, curves: list[L
     for i, curve in enumerate(curves):
         for name in ("alphas", "loss", "accuracy"):
             tensors[f"{i}/{name}"] = torch.tensor(np.asarray(getattr(curve, name), np.float64))
-    meta = {"curves": [[c.split, c.bn, c.label, c.settings] for c in curves]}
+    meta = {
+        "curves": [
+            [c.split, c.bn, c.label, c.settings, c.original_b_loss, c.original_b_accuracy]
+            for c in curves
+        ]
+    }
     store.store(kind, key, tensors, meta)
 
 
@@ -225,6 +276,7 @@ def lmc_curves(
     bn_data: DataLike | None = None,
     label: str = "naive",
     spec: PermutationSpec | None = None,
+    original_b: nn.Module | None = None,
     batch_size: int = 500,
     progress: bool = True,
     cache: ResultCache | bool = True,
@@ -236,6 +288,12 @@ def lmc_curves(
     should be training data), then evaluated on every split. RESET is one train-mode pass
     per point; REPAIR measures the endpoints' statistics once for the whole curve;
     ``spec`` saves re-tracing.
+
+    ``original_b`` is the model that ``model_b`` was derived from (aligned or mapped).
+    Pass it whenever ``model_b`` is not the original: if ``model_b`` computes another
+    function (checked on the first batch of the first split; CCA's maps do, permutations
+    do not), B's own loss and accuracy are measured too and the barriers are taken against
+    them (see :class:`LMCCurve`), instead of against the mapped end.
 
     Results are cached on disk, keyed by the content of both models, of every dataset and
     of ``bn_data`` and by all settings (``cache``: ``True`` for the default cache, a
@@ -254,14 +312,22 @@ def lmc_curves(
     points = _alphas(alphas)
     reset_data = bn_data if bn_data is not None else next(iter(data.values()))
     check_data(model_a, {**data, "bn_data": reset_data} if bn else data)
+    if original_b is not None:
+        check_compatible([model_b, original_b])
+    mapped = original_b is not None and not same_function(
+        original_b, model_b, next(iter(data.values()))
+    )
     store = resolve_cache(cache)
     settings = {
         "batch_size": batch_size,
         "bn_data": "given" if bn_data is not None else "first split",
         "models": [fingerprint(model_a), fingerprint(model_b)],
     }
+    if mapped:
+        settings["original_b"] = fingerprint(original_b)
     key = store.key(
         models=settings["models"],
+        original_b=settings.get("original_b", "-"),
         data=data_key(data),
         bn_data=data_fingerprint(reset_data) if bn else "-",
         alphas=points.tolist(),
@@ -279,15 +345,39 @@ def lmc_curves(
             correct=correct,
             batch_size=batch_size,
             progress=progress,
-            desc=f"LMC {label}",
+            desc=f"LMC {series_label(label, bn)}",
         )
+        own = _own_metrics(original_b, data, bn, reset_data, batch_size) if mapped else {}
         return [
-            LMCCurve(points, loss, acc, split, bn, label, settings)
+            LMCCurve(points, loss, acc, split, bn, label, settings, *own.get(split, (None, None)))
             for split, (loss, acc) in results.items()
         ]
 
     curves = cached_curves(store, "lmc", key, compute)
     return {c.split: dataclasses.replace(c, label=label) for c in curves}
+
+
+def _own_metrics(
+    model: nn.Module,
+    data: Mapping[str, DataLike],
+    bn: str | None,
+    reset_data: DataLike,
+    batch_size: int,
+) -> dict[str, tuple[float, float]]:
+    """``split -> (loss, accuracy)`` of ``model`` itself, with the BatchNorm handling of a
+    path's end point: RESET recomputes its statistics; REPAIR at a path's end gives each
+    channel its own model's statistics, which leaves the model as it is."""
+    correct = reset_correction(model, reset_data, batch_size) if bn == "reset" else None
+    found = evaluate_points(
+        model,
+        [model.state_dict()],
+        [[1.0]],
+        data,
+        correct=correct,
+        batch_size=batch_size,
+        progress=False,
+    )
+    return {split: (float(loss[0]), float(acc[0])) for split, (loss, acc) in found.items()}
 
 
 def _correction(
@@ -320,6 +410,7 @@ def lmc_curve(
     bn_data: DataLike | None = None,
     label: str = "naive",
     spec: PermutationSpec | None = None,
+    original_b: nn.Module | None = None,
     batch_size: int = 500,
     progress: bool = True,
     cache: ResultCache | bool = True,
@@ -331,7 +422,9 @@ def lmc_curve(
     BatchNorm statistics of every interpolated model on ``bn_data`` (default ``data``);
     ``bn="repair"`` applies REPAIR instead (also for networks without BatchNorm).
     A NaN or infinite loss is kept and reported by :attr:`LMCCurve.diverged`. The models
-    are not modified; the result is cached (see :func:`lmc_curves`).
+    are not modified; the result is cached. ``original_b``: the model that ``model_b`` was
+    aligned or mapped from, so that the barrier is measured against B itself when
+    ``model_b`` computes another function (see :func:`lmc_curves`).
     """
     split = getattr(data, "split", "data")
     return lmc_curves(
@@ -343,6 +436,7 @@ def lmc_curve(
         bn_data=bn_data,
         label=label,
         spec=spec,
+        original_b=original_b,
         batch_size=batch_size,
         progress=progress,
         cache=cache,
@@ -390,6 +484,7 @@ def pairwise_curves(
             data=data_key(data),
             alphas=_alphas(alphas).tolist(),
             bn=bn or "none",
+            far_end="measured against model j itself",
             batch_size=batch_size,
         )
 
@@ -404,8 +499,9 @@ def pairwise_curves(
                 alphas,
                 bn,
                 bn_data=bn_data,
-                label=method,
+                label=method_label(method),
                 spec=spec,
+                original_b=models[j],
                 batch_size=batch_size,
                 progress=False,
                 cache=False,
@@ -457,10 +553,7 @@ def _setting(curve: LMCCurve, name: str) -> object:
 
 def write_csv(curves: Sequence[LMCCurve], path: str | Path, settings: Sequence[str] = ()) -> Path:
     """Write the curves' tidy table (:func:`curves_frame`) to ``path`` (folders created)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    curves_frame(curves, settings).to_csv(path, index=False)
-    return path
+    return save_table(curves_frame(curves, settings), path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,6 +581,21 @@ def _values(curve: LMCCurve, metric: str) -> np.ndarray:
     return curve.loss if metric == "loss" else 100 * curve.accuracy
 
 
+def _finish(ax: Axes, metric: str, title: str | None, legend: bool) -> None:
+    """Axis labels and honest ranges: a loss axis starts at 0 and an accuracy axis spans
+    0-100%, so that a barrier of 0.05 does not look like one of 2."""
+    ax.set_xlabel(_ALPHA_LABEL)
+    ax.set_ylabel(_METRIC_LABELS[metric])
+    if metric == "loss":
+        ax.set_ylim(bottom=0)
+    else:
+        ax.set_ylim(0, 100)
+    if title:
+        ax.set_title(title)
+    if legend:
+        legend_above(ax)
+
+
 def _mark_diverged(ax: Axes, alphas: np.ndarray, name: str) -> None:
     """Crosses on the x axis where the loss diverged: never a silent gap in a line."""
     if len(alphas):
@@ -510,34 +618,43 @@ def plot_curves(
 ) -> Figure:
     """Plot ``metric`` ("loss" or "accuracy") against alpha for each curve.
 
-    Colour follows the method label (a lighter shade after a BatchNorm correction), line
-    style the split (solid for train, dashed otherwise), markers the BatchNorm handling.
-    Points where the loss diverged (NaN) are marked with a cross on the axis rather than
-    left as silent gaps.
+    Colour and marker follow the method, line style the BatchNorm handling (solid: none,
+    dashed: RESET, dotted: REPAIR); with several splits, train markers are hollow. The
+    loss axis starts at 0 and the accuracy axis spans 0-100%; the legend sits above the
+    axes. Points where the loss diverged (NaN) are marked with a cross on the axis rather
+    than left as silent gaps. Where the far end is not B (:attr:`LMCCurve.far_end_is_b`),
+    B's own value is drawn at alpha = 1 as an open star.
     """
     _check_plot_input(curves, metric)
     fig, ax = _axes(ax)
+    several_splits = len({c.split for c in curves}) > 1
     with paper_style():
         for index, curve in enumerate(curves):
-            name = curve.label + BN_SUFFIX[curve.bn]
-            if len({c.split for c in curves}) > 1:
-                name += f" ({curve.split})"
+            name = series_label(curve.label, curve.bn, curve.split if several_splits else None)
+            color = color_for(curve.label, index)
             ax.plot(
                 curve.alphas,
                 _values(curve, metric),
-                color=color_for(curve.label, index, light=curve.bn is not None),
-                linestyle="-" if curve.split == "train" else "--",
-                marker={None: "s", "reset": "o", "repair": "^"}[curve.bn],
-                markerfacecolor=None if curve.bn is None else "white",
+                color=color,
+                linestyle=linestyle_for(curve.bn),
+                marker=marker_for(curve.label, index),
+                markerfacecolor="white" if several_splits and curve.split == "train" else color,
                 label=name,
             )
+            if not curve.far_end_is_b:
+                own = curve.loss_b if metric == "loss" else 100 * curve.accuracy_b
+                ax.plot(
+                    [1.0],
+                    [own],
+                    "*",
+                    color=color,
+                    markerfacecolor="white",
+                    markersize=8,
+                    clip_on=False,
+                    label=f"{name}: model B itself",
+                )
             _mark_diverged(ax, curve.diverged, name)
-        ax.set_xlabel(_ALPHA_LABEL)
-        ax.set_ylabel(_METRIC_LABELS[metric])
-        if title:
-            ax.set_title(title)
-        if legend:
-            ax.legend(loc="best")
+        _finish(ax, metric, title, legend)
     return fig
 
 
@@ -552,13 +669,15 @@ def plot_bands(
     """The mean curve of each (method, BN handling, split) over its pairs, with a band:
     ``band="std"`` (mean +/- one population standard deviation over the pairs) or
     ``"range"`` (the minimum to the maximum pair). Alphas where any pair diverged are
-    marked with a cross on the axis (the mean is undefined there)."""
+    marked with a cross on the axis (the mean is undefined there). Styles and axis ranges
+    as in :func:`plot_curves`."""
     _check_plot_input(curves, metric)
     if band not in ("std", "range"):
         raise ValueError(f"band must be 'std' or 'range', got {band!r}.")
     groups: dict[tuple, list[LMCCurve]] = {}
     for curve in curves:
         groups.setdefault((curve.label, curve.bn, curve.split), []).append(curve)
+    several_splits = len({split for _, _, split in groups}) > 1
     fig, ax = _axes(ax)
     with paper_style():
         for index, ((label, bn, split), members) in enumerate(groups.items()):
@@ -574,16 +693,11 @@ def plot_bands(
                 low, high = mean - values.std(0), mean + values.std(0)
             else:
                 low, high = values.min(0), values.max(0)
-            color = color_for(label, index, light=bn is not None)
-            name = f"{label}{BN_SUFFIX[bn]} ({split}, {len(members)} pairs)"
-            style = "-" if split == "train" else "--"
-            ax.plot(alphas, mean, color=color, linestyle=style, label=name)
+            color = color_for(label, index)
+            extra = f"{split}, {len(members)} pairs" if several_splits else f"{len(members)} pairs"
+            name = series_label(label, bn, extra)
+            ax.plot(alphas, mean, color=color, linestyle=linestyle_for(bn), label=name)
             ax.fill_between(alphas, low, high, color=color, alpha=0.2, linewidth=0)
             _mark_diverged(ax, alphas[~np.isfinite(values).all(0)], name)
-        ax.set_xlabel(_ALPHA_LABEL)
-        ax.set_ylabel(_METRIC_LABELS[metric])
-        if title:
-            ax.set_title(title)
-        if legend:
-            ax.legend(loc="best")
+        _finish(ax, metric, title, legend)
     return fig

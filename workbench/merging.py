@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from workbench.alignment.activation import activation_matching
+from workbench.alignment.api import canonical_method
 from workbench.alignment.cca import cca_align
 from workbench.alignment.statistics import collect_statistics
 from workbench.alignment.transforms import apply_permutation, identity_permutation
@@ -192,6 +193,7 @@ def merge_many(
     """
     started = time.perf_counter()
     models = list(models)
+    method = canonical_method(method)
     _check_inputs(models, method, bn)
     needs_data = method in ("activation", "cca") or bn is not None
     needs_val = reference == "best" or (method == "cca" and gamma is None)

@@ -32,7 +32,7 @@ from torch import nn
 from workbench.alignment import align
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
-from workbench.figures import new_figure, paper_style
+from workbench.figures import new_figure, paper_style, save_table
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.lmc import data_key
 from workbench.merge import check_compatible, has_batchnorm
@@ -113,10 +113,7 @@ class LossPlane:
 
     def write_csv(self, path: str | Path) -> Path:
         """Write :meth:`to_frame` to ``path`` (folders created)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.to_frame().to_csv(path, index=False)
-        return path
+        return save_table(self.to_frame(), path)
 
     def plot(self, metric: str = "loss", ax: Axes | None = None, **kwargs) -> Figure:
         """Contour plot of ``metric``; see :func:`plot_plane`."""

@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
-from workbench.figures import color_for, new_figure, paper_style
+from workbench.figures import (
+    color_for,
+    marker_for,
+    new_figure,
+    paper_style,
+    save_table,
+    series_label,
+)
 from workbench.lmc import (
     LMCCurve,
     barrier_table,
@@ -84,10 +91,7 @@ class Sweep:
 
     def write_csv(self, path: str | Path) -> Path:
         """Write the table to ``path`` (folders created)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.table.to_csv(path, index=False)
-        return path
+        return save_table(self.table, path)
 
     def plot(self, metric: str = "barrier", ax: Axes | None = None) -> Figure:
         """``metric`` against the swept setting; see :func:`plot_sweep`."""
@@ -114,10 +118,17 @@ def plot_sweep(
         groups = table.groupby(["method", "split"], sort=False)
         for index, ((method, split), rows) in enumerate(groups):
             stats = rows.groupby(result.parameter)[metric].agg(["mean", "min", "max"]) * scale
-            name = method if len(splits) == 1 else f"{method} ({split})"
+            name = series_label(method, None, split if len(splits) > 1 else None)
             color = color_for(method, index)
-            style = "-" if split == "train" else "--" if len(splits) > 1 else "-"
-            ax.plot(stats.index, stats["mean"], marker="o", color=color, ls=style, label=name)
+            hollow = len(splits) > 1 and split == "train"
+            ax.plot(
+                stats.index,
+                stats["mean"],
+                marker=marker_for(method, index),
+                markerfacecolor="white" if hollow else color,
+                color=color,
+                label=name,
+            )
             if (rows.groupby(result.parameter).size() > 1).any():
                 ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2)
         if result.parameter == "width":

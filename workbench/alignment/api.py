@@ -12,10 +12,16 @@ from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merge import check_compatible
 
-__all__ = ["METHODS", "PERMUTATION_METHODS", "align", "match"]
+__all__ = ["METHODS", "PERMUTATION_METHODS", "align", "canonical_method", "match"]
 
 PERMUTATION_METHODS = ("none", "weight", "activation")
 METHODS = (*PERMUTATION_METHODS, "cca")
+
+
+def canonical_method(method: str) -> str:
+    """The method's key: ``"naive"``, the name tables and figures show for no alignment,
+    is accepted for ``"none"``."""
+    return "none" if method == "naive" else method
 
 
 def match(
@@ -27,6 +33,7 @@ def match(
     **kwargs,
 ) -> tuple[Permutation, PermutationSpec]:
     """The permutation aligning ``model_b`` to ``model_a`` by ``method``, and the spec."""
+    method = canonical_method(method)
     if method not in PERMUTATION_METHODS:
         hint = " (CCA finds linear maps, not a permutation: use align)" if method == "cca" else ""
         raise ValueError(f"method must be one of {PERMUTATION_METHODS}{hint}, got {method!r}.")
@@ -58,6 +65,7 @@ def align(
     ``data``, ridge ``gamma``) maps B's neurons into A's space by general linear maps,
     which does not preserve B's function (see :func:`workbench.alignment.cca.cca_align`).
     """
+    method = canonical_method(method)
     if method == "cca":
         if data is None:
             raise ValueError("method='cca' needs data (a Dataset or DataLoader).")

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ipywidgets as widgets
+import matplotlib.pyplot as plt
 from IPython.display import display
 from matplotlib.figure import Figure
 
@@ -23,7 +24,10 @@ def show_figure(output: widgets.Output, fig: Figure) -> None:
 class ExportRow(widgets.HBox):
     """A text box with the file stem and a button that saves ``current()``'s figure (and
     whatever ``extra(stem)`` writes, e.g. a CSV) in ``formats``; the status line lists the
-    written files, or the error."""
+    written files, or the error, until :meth:`reset` (the dashboard's selection changed).
+
+    ``current`` should build the figure as a paper prints it (no UI markers); it is
+    closed after saving when ``fresh=True``."""
 
     def __init__(
         self,
@@ -31,8 +35,10 @@ class ExportRow(widgets.HBox):
         stem: str,
         formats: Sequence[str] = ("pdf", "svg", "png"),
         extra: Callable[[Path], list[Path]] | None = None,
+        fresh: bool = False,
     ) -> None:
         self._current, self._formats, self._extra = current, tuple(formats), extra
+        self._fresh = fresh
         self.path = widgets.Text(value=stem, description="save as", continuous_update=False)
         self.button = widgets.Button(description="Export", icon="download")
         self.status = widgets.HTML()
@@ -53,4 +59,12 @@ class ExportRow(widgets.HBox):
         except (OSError, ValueError) as error:
             self.status.value = f"<span style='color:#b00'>Export failed: {error}</span>"
             return
+        finally:
+            if self._fresh:
+                plt.close(fig)
         self.status.value = "wrote " + ", ".join(str(p) for p in self.written)
+
+    def reset(self) -> None:
+        """Forget the last export's status (what it wrote no longer shows what is on screen)."""
+        self.written = []
+        self.status.value = ""

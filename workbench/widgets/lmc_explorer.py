@@ -15,7 +15,7 @@ from torch import nn
 from workbench.alignment import align
 from workbench.alignment.api import METHODS
 from workbench.data import DataLike
-from workbench.figures import new_figure
+from workbench.figures import EXPORT_DIR, method_label, model_label, new_figure, series_label
 from workbench.graph import resolve_spec
 from workbench.lmc import LMCCurve, lmc_curve, plot_curves
 from workbench.merge import check_compatible, has_batchnorm
@@ -30,9 +30,15 @@ class LMCExplorer(widgets.VBox):
     ``train_data`` (default ``data``).
 
     Choosing a pair, method or BN handling shows its curve at once if it was computed
-    before; otherwise the **Compute** button computes it (progress bar below). The
-    ``alpha`` slider moves over the curve's points and reads the loss and accuracy of that
-    interpolated model, marked on the curve. **Export** saves the figure.
+    before (here, or anywhere with the same models and data: curves are cached on disk);
+    otherwise the **Compute** button computes it (progress bar below). The ``alpha``
+    slider moves over the curve's points and reads the loss and accuracy of that
+    interpolated model, marked on the curve. **Export** saves the figure as a paper prints
+    it (no marker) to ``figures/lmc.*`` in the working directory.
+
+    With a method that does not preserve model B's function (CCA), the far end of the path
+    is B's image, not B: the line above the figure says so, the barrier is measured against
+    B's own loss, and B's own value is drawn at alpha = 1 (see :class:`LMCCurve`).
 
     Controls: ``.pair``, ``.method``, ``.bn``, ``.compute``, ``.alpha``; outputs:
     ``.barrier`` and ``.readout`` (HTML), ``.figure`` (the current Figure), ``.curve``.
@@ -45,12 +51,12 @@ class LMCExplorer(widgets.VBox):
         train_data: DataLike | None = None,
         alphas: int = 11,
         metric: str = "loss",
-        export_stem: str = "figures/lmc",
+        export_stem: str = f"{EXPORT_DIR}/lmc",
     ) -> None:
         named = (
             dict(models)
             if isinstance(models, Mapping)
-            else {f"model {i}": m for i, m in enumerate(models)}
+            else {model_label(i): m for i, m in enumerate(models)}
         )
         if len(named) < 2:
             raise ValueError(f"LMCExplorer needs at least 2 models, got {len(named)}.")
@@ -66,7 +72,9 @@ class LMCExplorer(widgets.VBox):
             options=[f"{a} | {b}" for a, b in itertools.combinations(named, 2)],
             description="pair",
         )
-        self.method = widgets.Dropdown(options=list(METHODS), value="weight", description="method")
+        self.method = widgets.Dropdown(
+            options=[(method_label(m), m) for m in METHODS], value="weight", description="method"
+        )
         self.bn = widgets.ToggleButtons(options=bn_options, description="BatchNorm")
         self.compute = widgets.Button(description="Compute", icon="play", button_style="primary")
         self.alpha = widgets.SelectionSlider(
@@ -81,7 +89,7 @@ class LMCExplorer(widgets.VBox):
         self.plot = widgets.Output()
         self.figure: Figure | None = None
         self.curve: LMCCurve | None = None
-        self.export = ExportRow(lambda: self.figure, export_stem)
+        self.export = ExportRow(self._paper_figure, export_stem, fresh=True)
         super().__init__(
             [
                 widgets.HBox([self.pair, self.method]),
@@ -104,6 +112,7 @@ class LMCExplorer(widgets.VBox):
         return (self.pair.value, self.method.value, _BN_CHOICES[self.bn.value])
 
     def _selection_changed(self, _change: dict | None = None) -> None:
+        self.export.reset()
         self.curve = self._curves.get(self._key())
         if self.curve is None:
             self.compute.disabled = False
@@ -132,24 +141,44 @@ class LMCExplorer(widgets.VBox):
                 bn_data=self._train,
                 label=method,
                 spec=self._spec,
+                original_b=model_b,
             )
         self.progress.clear_output()
         self._selection_changed()
 
     def _show(self) -> None:
         curve = self.curve
-        self.barrier.value = (
-            f"<b>{self.method.value}</b>, BN {self.bn.value}: loss barrier "
+        name_b = self.pair.value.split(" | ")[1]
+        text = (
+            f"<b>{series_label(curve.label, curve.bn)}</b>: loss barrier "
             f"<b>{curve.barrier:.3f}</b>, accuracy barrier {100 * curve.accuracy_barrier:.1f} "
             f"points, midpoint accuracy {100 * curve.midpoint_accuracy:.1f}%"
         )
+        if not curve.far_end_is_b:
+            end = len(curve.alphas) - 1
+            text += (
+                f"<br><span style='color:#b00'>The far end is {method_label(curve.label)}'s "
+                f"image of {name_b}, not {name_b}: it computes another function (loss "
+                f"{curve.loss[end]:.3f}, accuracy {100 * curve.accuracy[end]:.1f}%; "
+                f"{name_b} itself: {curve.loss_b:.3f}, {100 * curve.accuracy_b:.1f}%). "
+                f"The barriers are measured against {name_b}'s own loss and accuracy.</span>"
+            )
+        self.barrier.value = text
         if self.figure is not None:
             plt.close(self.figure)
-        self.figure, ax = new_figure()
-        plot_curves([curve], self._metric, ax=ax)
+        self.figure = self._paper_figure()
+        ax = self.figure.axes[0]
         (self._marker,) = ax.plot([], [], "o", color="black", markersize=7, zorder=5)
         plt.close(self.figure)  # shown through the output area only
         self._alpha_changed()
+
+    def _paper_figure(self) -> Figure | None:
+        """The current curve as a paper prints it: no alpha marker, honest axis ranges."""
+        if self.curve is None:
+            return None
+        fig, ax = new_figure()
+        plot_curves([self.curve], self._metric, ax=ax)
+        return fig
 
     def _alpha_changed(self, _change: dict | None = None) -> None:
         if self.curve is None:

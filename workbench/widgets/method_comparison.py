@@ -14,6 +14,7 @@ from torch import nn
 
 from workbench.comparison import compare_methods, plot_comparison
 from workbench.data import DataLike
+from workbench.figures import EXPORT_DIR, bn_label, method_label, save_table
 from workbench.merge import has_batchnorm
 from workbench.merging import MERGE_METHODS
 from workbench.widgets.common import ExportRow, show_figure
@@ -23,7 +24,10 @@ class MethodComparison(widgets.VBox):
     """Merge the first N of ``models`` (N from 2 to all) with the ticked methods on
     ``train_data``, evaluate on ``data``, and show the tidy table and the accuracy-vs-N
     figure. Merging takes seconds to minutes, so it runs when **Run** is pressed, with a
-    progress bar; **Export** saves the figure and the table as CSV.
+    progress bar; every merge is cached on disk (:func:`~workbench.compare_methods`), so
+    what a cell above already computed with the same models and data is read back at
+    once. **Export** saves the figure and the table as CSV to ``figures/`` in the working
+    directory.
 
     Controls: ``.methods`` (ToggleButtons-like checkboxes), ``.bn``, ``.run``; outputs:
     ``.table`` (the DataFrame), ``.figure``, ``.table_view``, ``.plot``.
@@ -34,7 +38,7 @@ class MethodComparison(widgets.VBox):
         models: Sequence[nn.Module],
         data: DataLike,
         train_data: DataLike,
-        export_stem: str = "figures/method_comparison",
+        export_stem: str = f"{EXPORT_DIR}/method_comparison",
         **merge_options,
     ) -> None:
         self._models, self._data, self._train = list(models), data, train_data
@@ -42,18 +46,16 @@ class MethodComparison(widgets.VBox):
             raise ValueError(f"MethodComparison needs at least 2 models, got {len(models)}.")
         self._options = merge_options
         self.methods = {
-            m: widgets.Checkbox(value=m in ("none", "weight", "activation"), description=m)
+            m: widgets.Checkbox(
+                value=m in ("none", "weight", "activation"), description=method_label(m)
+            )
             for m in MERGE_METHODS
         }
-        bn_options = (
-            ["reset", "repair", "none"]
-            if has_batchnorm(self._models[0])
-            else [
-                "repair",
-                "none",
-            ]
+        handling = ["reset", "repair", None] if has_batchnorm(self._models[0]) else ["repair", None]
+        self.bn = widgets.Dropdown(
+            options=[(bn_label(bn) or "none", bn or "none") for bn in handling],
+            description="BatchNorm",
         )
-        self.bn = widgets.Dropdown(options=bn_options, description="BatchNorm")
         self.run = widgets.Button(description="Run", icon="play", button_style="primary")
         self.status = widgets.HTML()
         self.progress = widgets.Output()
@@ -73,11 +75,11 @@ class MethodComparison(widgets.VBox):
             ]
         )
         self.run.on_click(self._run)
+        for control in (*self.methods.values(), self.bn):
+            control.observe(lambda _change: self.export.reset(), names="value")
 
     def _write_csv(self, stem: Path) -> list[Path]:
-        path = stem.with_name(f"{stem.name}.csv")
-        self.table.to_csv(path, index=False)
-        return [path]
+        return [save_table(self.table, stem.with_name(f"{stem.name}.csv"))]
 
     def _run(self, _button: widgets.Button | None = None) -> None:
         chosen = [m for m, box in self.methods.items() if box.value]
@@ -96,6 +98,7 @@ class MethodComparison(widgets.VBox):
         finally:
             self.run.disabled = False
         self.progress.clear_output()
+        self.export.reset()
         self.status.value = f"done: {len(chosen)} methods, N = 2..{len(self._models)}"
         self.table_view.clear_output(wait=True)
         with self.table_view:

@@ -12,6 +12,7 @@ from workbench.alignment.api import PERMUTATION_METHODS
 from workbench.data import DataLike
 from workbench.featviz import compare_layer, layer_exemplars, plot_unit_comparison, render_layer
 from workbench.featviz.views import LayerComparison
+from workbench.figures import EXPORT_DIR, method_label
 from workbench.graph import resolve_spec
 from workbench.widgets.common import ExportRow, show_figure
 
@@ -19,8 +20,9 @@ from workbench.widgets.common import ExportRow, show_figure
 class NeuronExplorer(widgets.VBox):
     """Choose a layer and a matching method, press **Render layer** (feature
     visualizations of every unit in the four models, batched, with a progress bar, cached
-    on disk), then move the **unit** slider, which walks A's units from the best matched
-    to the worst and shows each one instantly.
+    on disk), then move the **rank** slider, which walks A's units from the best matched
+    (rank 1) to the worst and shows each one instantly. ``layer`` is the layer shown first
+    (default: the first conv/linear layer).
 
     Controls: ``.layer``, ``.method``, ``.render``, ``.unit``; outputs: ``.info`` (HTML),
     ``.figure``, ``.comparison``; ``.export`` saves the figure.
@@ -33,20 +35,24 @@ class NeuronExplorer(widgets.VBox):
         data: DataLike,
         steps: int = 128,
         k: int = 6,
-        export_stem: str = "figures/neurons",
+        layer: str | None = None,
+        export_stem: str = f"{EXPORT_DIR}/neurons",
     ) -> None:
         self._a, self._b, self._data, self._steps, self._k = model_a, model_b, data, steps, k
         spec = resolve_spec(model_a, None, data=data)
         layers = [p for g in spec.groups.values() for p in g.producers]
         self._spec = spec
-        self.layer = widgets.Dropdown(options=layers, description="layer")
+        if layer is not None and layer not in layers:
+            raise ValueError(f"layer must be one of the model's layers {layers}, got {layer!r}.")
+        self.layer = widgets.Dropdown(options=layers, value=layer or layers[0], description="layer")
         self.method = widgets.Dropdown(
-            options=[m for m in PERMUTATION_METHODS if m != "none"], description="method"
+            options=[(method_label(m), m) for m in PERMUTATION_METHODS if m != "none"],
+            description="method",
         )
         self.render = widgets.Button(
             description="Render layer", icon="play", button_style="primary"
         )
-        self.unit = widgets.IntSlider(min=0, max=0, description="rank", disabled=True)
+        self.unit = widgets.IntSlider(min=1, max=1, description="rank", disabled=True)
         self.info = widgets.HTML()
         self.progress = widgets.Output()
         self.plot = widgets.Output()
@@ -74,6 +80,7 @@ class NeuronExplorer(widgets.VBox):
         return (self.layer.value, self.method.value)
 
     def _selection_changed(self, _change: dict | None = None) -> None:
+        self.export.reset()
         found = self._rendered.get(self._key())
         if found is None:
             self.comparison = None
@@ -83,7 +90,7 @@ class NeuronExplorer(widgets.VBox):
             self.figure = None
             return
         self.comparison = found[0]
-        self.unit.max = len(self.comparison.match.matched) - 1
+        self.unit.max = len(self.comparison.match.matched)
         self.unit.disabled, self.render.disabled = False, True
         self._show()
 
@@ -101,11 +108,12 @@ class NeuronExplorer(widgets.VBox):
         self._selection_changed()
 
     def _show(self, _change: dict | None = None) -> None:
+        self.export.reset()
         comparison, images, exemplars = self._rendered[self._key()]
         match = comparison.match
-        unit = match.order()[self.unit.value]
+        unit = match.order()[self.unit.value - 1]
         self.info.value = (
-            f"rank {self.unit.value + 1} of {len(match.matched)}: A's unit <b>{unit}</b> "
+            f"rank {self.unit.value} of {len(match.matched)}: A's unit <b>{unit}</b> "
             f"matched to B's unit <b>{int(match.matched[unit])}</b>, correlation "
             f"<b>{float(match.correlation[unit]):.2f}</b>"
         )
