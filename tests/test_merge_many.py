@@ -112,10 +112,10 @@ def test_compare_methods_table_csv_and_figure(shipped_pair, tiny_train, mnist_te
         progress=False,
     )
     assert list(table.columns) == wb.comparison.COLUMNS
-    assert set(table["method"]) == {"none", "weight", "endpoints"}
+    assert set(table["method"]) == {"naive", "weight", "endpoints"}  # display names
     assert set(table["n_models"]) == {2}
     rows = table.set_index("method")
-    assert rows.loc["weight", "accuracy"] > rows.loc["none", "accuracy"] + 0.2
+    assert rows.loc["weight", "accuracy"] > rows.loc["naive", "accuracy"] + 0.2
     assert rows.loc["endpoints", "accuracy"] == pytest.approx(
         sum(wb.evaluate(m, mnist_test).accuracy for m in shipped_pair) / 2
     )
@@ -124,8 +124,34 @@ def test_compare_methods_table_csv_and_figure(shipped_pair, tiny_train, mnist_te
     pd.testing.assert_frame_equal(written[columns], table[columns], check_dtype=False)
     fig = wb.plot_comparison(table)
     labels = [line.get_label() for line in fig.axes[0].lines]
-    assert labels == ["none (reset)", "weight (reset)", "endpoints (mean)"]
+    assert labels == ["naive + RESET", "weight + RESET", "endpoints (mean)"]
     with pytest.raises(ValueError, match=r"sizes must lie in 2\.\.2"):
         wb.compare_methods(list(shipped_pair), tiny_train, mnist_test, sizes=(3,))
     with pytest.raises(ValueError, match="Unknown methods"):
         wb.compare_methods(list(shipped_pair), tiny_train, mnist_test, methods=("zipit",))
+
+
+def test_compare_methods_reads_merges_back_from_the_cache(
+    shipped_pair, tiny_train, mnist_test, tmp_path, monkeypatch
+):
+    """A dashboard's Run after a cell computed the same table merges nothing again."""
+    from workbench import comparison
+
+    cache = wb.ResultCache(tmp_path)
+    first = wb.compare_methods(
+        list(shipped_pair), tiny_train, mnist_test, ("naive",), cache=cache, progress=False
+    )
+    merges = []
+    original = comparison.merge_many
+    monkeypatch.setattr(
+        comparison, "merge_many", lambda *a, **k: merges.append(1) or original(*a, **k)
+    )
+    again = wb.compare_methods(
+        list(shipped_pair), tiny_train, mnist_test, ("none", "weight"), cache=cache, progress=False
+    )
+    assert merges == [1], "only the weight merge is new"
+    pd.testing.assert_frame_equal(again.iloc[[0]], first.iloc[[0]])
+    wb.compare_methods(
+        list(shipped_pair), tiny_train, mnist_test, ("none",), bn=None, cache=cache, progress=False
+    )
+    assert merges == [1, 1], "another BN handling is another result"
