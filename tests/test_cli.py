@@ -218,16 +218,16 @@ def test_lmc_command(tmp_path, shipped_pair, mnist_train, mnist_test):
         "lmc_curves.csv",
     ]
     table = pd.read_csv(tmp_path / "lmc.csv")
-    assert list(table["label"]) == ["none", "none", "weight", "weight"]
+    assert list(table["label"]) == ["naive", "naive", "weight", "weight"]  # display names
     assert list(table["split"]) == ["train", "test"] * 2 and set(table["pair"]) == {"0-1"}
     weight = table[(table.label == "weight") & (table.split == "test")]["barrier"].item()
-    none = table[(table.label == "none") & (table.split == "test")]["barrier"].item()
+    none = table[(table.label == "naive") & (table.split == "test")]["barrier"].item()
     assert weight < none
     # The same numbers as the library call on the same evenly spaced subsets.
     train, test = _subset(mnist_train, 300), _subset(mnist_test, 300)
     expected = wb.lmc_curve(*shipped_pair, test, 3, "reset", bn_data=train, progress=False)
     curves = pd.read_csv(tmp_path / "lmc_curves.csv")
-    naive = curves[(curves.label == "none") & (curves.split == "test")]
+    naive = curves[(curves.label == "naive") & (curves.split == "test")]
     np.testing.assert_allclose(naive["loss"], expected.loss, rtol=1e-12)
     assert "cnn_mnist-5k_seed0, cnn_mnist-5k_seed1" in stdout and "Wrote" in stdout
 

@@ -37,7 +37,7 @@ def test_width_sweep_table(width_sweep, tiny_train, small_test):
     table = result.table
     assert result.parameter == "width" and result.settings["bn"] == "reset"
     assert list(table["width"]) == [0.25] * 4 + [0.5] * 4
-    assert list(table["method"]) == ["none", "none", "weight", "weight"] * 2
+    assert list(table["method"]) == ["naive", "naive", "weight", "weight"] * 2
     assert list(table["split"]) == ["train", "test"] * 4
     assert set(table["pair"]) == {"0-1"}
     assert table["barrier"].notna().all() and table["midpoint_accuracy"].between(0, 1).all()
@@ -51,7 +51,7 @@ def test_width_sweep_table(width_sweep, tiny_train, small_test):
     first = result.curves[0]
     assert first.settings["trained"] == [wb.cache.fingerprint(m) for m in models]
     assert first.settings["width"] == 0.25 and first.bn == "reset"
-    test_row = table[(table.width == 0.25) & (table.method == "none") & (table.split == "test")]
+    test_row = table[(table.width == 0.25) & (table.method == "naive") & (table.split == "test")]
     reset = wb.reset_bn(models[0], tiny_train)  # with RESET the endpoints are reset too
     assert test_row["accuracy_a"].item() == pytest.approx(
         wb.evaluate(reset, small_test).accuracy, abs=1e-9
@@ -81,8 +81,8 @@ def test_width_sweep_figure(width_sweep, tmp_path):
     ax = fig.axes[0]
     lines = [line for line in ax.lines if line.get_label()[0] != "_"]
     assert [line.get_label() for line in lines] == [
-        "none (train)",
-        "none (test)",
+        "naive (train)",
+        "naive (test)",
         "weight (train)",
         "weight (test)",
     ]
@@ -95,7 +95,7 @@ def test_width_sweep_figure(width_sweep, tmp_path):
     accuracy = result.plot("midpoint_accuracy")
     np.testing.assert_allclose(
         [line for line in accuracy.axes[0].lines][1].get_ydata(),
-        100 * table[(table.method == "none") & (table.split == "test")]["midpoint_accuracy"],
+        100 * table[(table.method == "naive") & (table.split == "test")]["midpoint_accuracy"],
     )
     paths = wb.figures.save(fig, tmp_path / "sweep", formats=("pdf", "svg", "png"))
     assert all(p.stat().st_size > 0 for p in paths)
