@@ -28,7 +28,9 @@ from workbench.alignment import (
     apply_linear_maps,
     apply_permutation,
     cca_align,
+    methods,
     random_permutation,
+    register_method,
     weight_matching,
 )
 from workbench.cache import ResultCache, default_cache, fingerprint
@@ -116,6 +118,7 @@ __all__ = [
     "loss_plane",
     "merge_many",
     "merging",
+    "methods",
     "pairwise_curves",
     "permutation_spec",
     "plot_bands",
@@ -124,6 +127,7 @@ __all__ = [
     "random_permutation",
     "random_translate",
     "read_metadata",
+    "register_method",
     "render_channels",
     "repair",
     "reset_bn",

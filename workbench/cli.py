@@ -14,6 +14,7 @@ import torch
 from matplotlib.figure import Figure
 
 from workbench import figures
+from workbench.alignment import registry
 from workbench.checkpoints import (
     load_checkpoint,
     read_metadata,
@@ -287,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--no-cache", action="store_true", help="recompute instead of reading cached results"
     )
-    methods = ["none", "naive", "weight", "activation", "cca"]  # "naive" = "none"
+    methods = [*registry.methods(), "naive"]  # read when the parser is built; "naive" = "none"
 
     lmc = sub.add_parser(
         "lmc", parents=[common], help="LMC curves and barriers of a pair, or of all pairs of N"

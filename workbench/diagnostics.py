@@ -29,8 +29,10 @@ from tqdm.auto import tqdm
 from workbench.alignment import (
     apply_permutation,
     collect_statistics,
+    get_method,
     match,
-    permutation_from_statistics,
+    matching_methods,
+    methods,
 )
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
@@ -136,12 +138,15 @@ def matched_correlations(
     cache: ResultCache | bool = True,
 ) -> MatchedCorrelations:
     """Correlations of matched units before and after aligning ``model_b`` to ``model_a``
-    by ``method`` (``"weight"`` or ``"activation"``), measured on ``data`` in one
-    streaming pass. Groups without observable activations are left out. Cached on disk by
-    the models' and data's content (``cache=False`` bypasses)."""
-    if method not in ("weight", "activation"):
+    by ``method`` (a registered method that pairs units: ``"weight"``, ``"activation"``,
+    ...), measured on ``data`` in one streaming pass, which a method that takes activation
+    statistics reuses. Groups without observable activations are left out. Cached on disk
+    by the models' and data's content (``cache=False`` bypasses)."""
+    choices = matching_methods()
+    if method not in choices:
         raise ValueError(
-            f"method must be 'weight' or 'activation' (a permutation to diagnose), got {method!r}."
+            f"method must be {' or '.join(map(repr, choices))} (a permutation to diagnose), "
+            f"got {method!r}."
         )
     check_compatible([model_a, model_b])
     check_data(model_a, {getattr(data, "split", "data"): data})
@@ -158,10 +163,8 @@ def matched_correlations(
         stats = collect_statistics(
             [model_a, model_b], data, spec, batch_size=batch_size, progress=progress
         )
-        if method == "activation":  # the same permutation activation_matching computes
-            perm = permutation_from_statistics(stats)
-        else:
-            perm, _ = match(model_a, model_b, method, data, spec)
+        reuse = {"statistics": stats} if get_method(method).uses_statistics else {}
+        perm, _ = match(model_a, model_b, method, data, spec, **reuse)
         tensors = {}
         for group in graph_order(spec):
             if group in stats:
@@ -199,7 +202,7 @@ def plot_matched_correlations(result: MatchedCorrelations, ax: Axes | None = Non
     with paper_style():
         for offset, stage, color in (
             (-0.18, "before", color_for("naive")),
-            (0.18, "after", color_for(result.method)),
+            (0.18, "after", color_for(result.method, methods=methods())),
         ):
             values = [getattr(result, stage)[g] for g in groups]
             positions = [i + offset for i in range(len(groups))]
@@ -350,7 +353,7 @@ def plot_partial_alignment(
                 labels[metric][1] * rows[metric],
                 marker="o",
                 linestyle="-" if split == "train" else "--",
-                color=color_for(result.method),
+                color=color_for(result.method, methods=methods()),
                 label=split,
             )
         ax.set_xticks(range(len(result.groups) + 1), ["none", *result.groups])

@@ -59,6 +59,9 @@ METHOD_COLORS = {
     "cca": PALETTE["purple"],
     "ensemble": PALETTE["black"],
 }
+# For alignment methods registered without a fixed colour: the Okabe-Ito colours that no
+# fixed method uses (markers tell methods apart beyond three).
+_SPARE_COLORS = [PALETTE[k] for k in ("orange", "sky", "yellow")]
 
 COLUMN_WIDTH = 3.25  # inches: one column of a two-column paper (ICML, NeurIPS single is 5.5)
 TEXT_WIDTH = 6.75  # inches: full text width of a two-column paper
@@ -133,11 +136,40 @@ def model_label(index: int) -> str:
     return f"model {index}"
 
 
-def color_for(label: str, index: int = 0) -> str:
+def _method_key(label: str) -> str:
+    """The method a label names: its first word, lower case, as a display name."""
+    return method_label(label.split()[0].lower()) if label else ""
+
+
+def _style(
+    label: str,
+    index: int,
+    methods: Sequence[str],
+    fixed: dict[str, str],
+    spare: list[str],
+    cycle: list[str],
+) -> str:
+    """The fixed style of ``label``'s method; else, if it is one of ``methods``, the spare
+    style at its position among those without a fixed one; else ``cycle[index]``."""
+    key = _method_key(label)
+    if key in fixed:
+        return fixed[key]
+    added = [name for name in map(_method_key, methods) if name not in fixed]
+    if key in added:
+        return spare[added.index(key) % len(spare)]
+    return cycle[index % len(cycle)]
+
+
+def color_for(label: str, index: int = 0, methods: Sequence[str] = ()) -> str:
     """The colour of a method (``"weight"``, ``"cca"``, ... or its display name), else the
-    ``index``-th palette colour."""
-    key = method_label(label.split()[0].lower()) if label else ""
-    return METHOD_COLORS.get(key, _CYCLE[index % len(_CYCLE)])
+    ``index``-th palette colour.
+
+    ``methods`` are the registered alignment methods in order (``workbench.methods()``,
+    passed by the caller: this module does not read the registry). A method among them
+    without a fixed colour (one a user registered) gets the spare colour at its position
+    among such methods: the same in every figure, whatever else is plotted.
+    """
+    return _style(label, index, methods, METHOD_COLORS, _SPARE_COLORS, _CYCLE)
 
 
 def linestyle_for(bn: str | None) -> str:
@@ -146,10 +178,10 @@ def linestyle_for(bn: str | None) -> str:
     return _BN_LINESTYLES[bn]
 
 
-def marker_for(label: str, index: int = 0) -> str:
-    """The marker of a method, else the ``index``-th of a cycle of other markers."""
-    key = method_label(label.split()[0].lower()) if label else ""
-    return _METHOD_MARKERS.get(key, _MARKER_CYCLE[index % len(_MARKER_CYCLE)])
+def marker_for(label: str, index: int = 0, methods: Sequence[str] = ()) -> str:
+    """The marker of a method, else the ``index``-th of a cycle of other markers;
+    ``methods`` as in :func:`color_for`."""
+    return _style(label, index, methods, _METHOD_MARKERS, _MARKER_CYCLE, _MARKER_CYCLE)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.alignment import align
+from workbench.alignment import align, get_method, methods
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
 from workbench.device import model_device
@@ -456,8 +456,8 @@ def pairwise_curves(
     cache: ResultCache | bool = True,
 ) -> list[LMCCurve]:
     """Curves between every pair ``i < j`` of ``models`` on every split of ``data``, model
-    ``j`` aligned to model ``i`` by ``method`` (``"none"``, ``"weight"``, ``"activation"``,
-    ``"cca"``; data for matching and for BN correction: ``bn_data``, else the first split).
+    ``j`` aligned to model ``i`` by ``method`` (any of :func:`workbench.methods`; data for
+    matching and for BN correction: ``bn_data``, else the first split).
 
     Each curve's ``settings["pair"]`` is ``[i, j]``. Each pair is cached as a whole, keyed
     by the two original models, so a re-run skips the alignment too. Summarize the result
@@ -465,6 +465,7 @@ def pairwise_curves(
     (``settings=("pair",)`` adds the pair column).
     """
     models = list(models)
+    method = get_method(method).name
     if len(models) < 2:
         raise ValueError(f"Need at least 2 models for pairs, got {len(models)}.")
     check_compatible(models)
@@ -631,13 +632,13 @@ def plot_curves(
     with paper_style():
         for index, curve in enumerate(curves):
             name = series_label(curve.label, curve.bn, curve.split if several_splits else None)
-            color = color_for(curve.label, index)
+            color = color_for(curve.label, index, methods())
             ax.plot(
                 curve.alphas,
                 _values(curve, metric),
                 color=color,
                 linestyle=linestyle_for(curve.bn),
-                marker=marker_for(curve.label, index),
+                marker=marker_for(curve.label, index, methods()),
                 markerfacecolor="white" if several_splits and curve.split == "train" else color,
                 label=name,
             )
@@ -693,7 +694,7 @@ def plot_bands(
                 low, high = mean - values.std(0), mean + values.std(0)
             else:
                 low, high = values.min(0), values.max(0)
-            color = color_for(label, index)
+            color = color_for(label, index, methods())
             extra = f"{split}, {len(members)} pairs" if several_splits else f"{len(members)} pairs"
             name = series_label(label, bn, extra)
             ax.plot(alphas, mean, color=color, linestyle=linestyle_for(bn), label=name)

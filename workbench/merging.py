@@ -1,17 +1,19 @@
 """Merging N >= 2 models: align them all into one neuron order, average, fix statistics.
 
-Methods (``method=``):
+Any registered alignment method (``method=``, :func:`workbench.methods`) works:
 
 * ``"none"``: plain weight averaging (the baseline every method must beat);
-* ``"weight"``: MergeMany (Ainsworth et al., Git Re-Basin, Algorithm 3): each model in
-  turn is weight-matched to the average of the others, until no permutation changes;
-  no reference model and no data needed for the alignment;
-* ``"activation"``: every model activation-matched to the reference;
-* ``"cca"``: every model mapped into the reference's space by CCA (Horoi et al., 2024).
+* a method with an N-model merger uses it: ``"weight"`` runs MergeMany (Ainsworth et al.,
+  Git Re-Basin, Algorithm 3: each model in turn is weight-matched to the average of the
+  others; no reference model and no data needed for the alignment);
+* every other method aligns each model to the reference: ``"activation"`` by activation
+  matching, ``"cca"`` by CCA's linear maps (CCA Merge, Horoi et al., 2024).
 
 Hyperparameters are chosen on a validation split carved from ``data`` (never on test
-data): the reference model with ``reference="best"`` and CCA's ridge with ``gamma=None``.
-What was chosen is recorded on the merged model as ``merged.workbench_merge``.
+data): the reference model with ``reference="best"``, and the hyperparameters a method
+declares a grid for (CCA's ridge ``gamma``) when the call does not fix them, by one shared
+search (:func:`workbench.tuning.validation_search`). What was chosen is recorded on the
+merged model as ``merged.workbench_merge``.
 """
 
 from __future__ import annotations
@@ -19,34 +21,41 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
-import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from workbench.alignment.activation import activation_matching
-from workbench.alignment.api import canonical_method
-from workbench.alignment.cca import cca_align
-from workbench.alignment.statistics import collect_statistics
-from workbench.alignment.transforms import apply_permutation, identity_permutation
-from workbench.alignment.weight import weight_matching
+from workbench.alignment.api import align
+from workbench.alignment.cca import GAMMA_GRID
+from workbench.alignment.folding import general_groups
+from workbench.alignment.registry import AlignmentMethod, accepted_options, get_method, methods
+from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import evaluate
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merge import average, check_compatible, has_batchnorm, repair, reset_bn
+from workbench.tuning import grid_points, validation_search
 
-__all__ = ["BN_HANDLING", "GAMMA_GRID", "MERGE_METHODS", "MergeReport", "cca_merge", "merge_many"]
+__all__ = ["BN_HANDLING", "GAMMA_GRID", "MergeReport", "cca_merge", "merge_many"]
 
-MERGE_METHODS = ("none", "weight", "activation", "cca")
 BN_HANDLING = (None, "reset", "repair")
-GAMMA_GRID = (0.01, 0.1, 0.3, 1.0, 3.0)
+
+
+def __getattr__(name: str) -> Any:
+    """``MERGE_METHODS``: the registered methods at the time it is read (kept for scripts
+    that import it; :func:`workbench.methods` is the live list)."""
+    if name == "MERGE_METHODS":
+        return tuple(methods())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
 class MergeReport:
-    """How a merged model was made: method, reference index, BN handling, CCA's ridge and
-    the validation accuracy of each candidate ridge, groups CCA had to permute, seconds."""
+    """How a merged model was made: method, reference index, BN handling, the method's
+    hyperparameters (chosen on validation or given; ``gamma``: CCA's ridge, kept apart
+    for the code that reads it) with the validation accuracy of each candidate, the
+    groups a linear method could only permute, seconds."""
 
     method: str
     num_models: int
@@ -56,14 +65,13 @@ class MergeReport:
     validation: dict[str, float] = field(default_factory=dict)
     permuted_groups: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def _check_inputs(models: Sequence[nn.Module], method: str, bn: str | None) -> None:
-    if method not in MERGE_METHODS:
-        raise ValueError(f"method must be one of {MERGE_METHODS}, got {method!r}.")
+def _check_inputs(models: Sequence[nn.Module], bn: str | None, options: dict) -> None:
     if bn not in BN_HANDLING:
         raise ValueError(f"bn must be one of {BN_HANDLING}, got {bn!r}.")
     if len(models) < 2:
@@ -74,64 +82,40 @@ def _check_inputs(models: Sequence[nn.Module], method: str, bn: str | None) -> N
             f"bn='reset' needs BatchNorm layers and {type(models[0]).__name__} has none; "
             "use bn='repair' (works without BatchNorm) or bn=None."
         )
+    known = [get_method(name) for name in methods()]
+    unknown = sorted(k for k in options if not any(m.accepts(k) for m in known))
+    if unknown:
+        raise ValueError(f"Unknown options {unknown}: no registered method takes them.")
 
 
-def merge_weight_matching(
-    models: Sequence[nn.Module],
-    spec: PermutationSpec,
-    *,
-    max_rounds: int = 20,
-    seed: int = 0,
-    progress: bool = True,
-) -> list[nn.Module]:
-    """MergeMany: permute every model so that each best matches the average of the others.
-
-    Rounds visit the models in a seeded random order; each model's permutation starts
-    from its current one. Stops when a whole round changes nothing (or ``max_rounds``).
-    """
-    perms = [identity_permutation(spec) for _ in models]
-    generator = torch.Generator().manual_seed(seed)
-    aligned = list(models)
-    for _ in tqdm(range(max_rounds), desc="MergeMany", disable=not progress, leave=False):
-        changed = False
-        for i in torch.randperm(len(models), generator=generator).tolist():
-            others = average([m for j, m in enumerate(aligned) if j != i])
-            perm = weight_matching(others, models[i], spec, init=perms[i], seed=seed)
-            if any(not torch.equal(perm[g], perms[i][g]) for g in perm):
-                perms[i], changed = perm, True
-                aligned[i] = apply_permutation(models[i], spec, perm)
-        if not changed:
-            break
-    return aligned
-
-
-def _align_to_reference(
+def _align_all(
     models: Sequence[nn.Module],
     reference: int,
-    method: str,
-    data: DataLike,
+    method: AlignmentMethod,
+    data: DataLike | None,
     spec: PermutationSpec,
-    gamma: float,
-    statistics: dict[int, dict],
-    options: dict,
-) -> tuple[list[nn.Module], dict[str, str]]:
-    ref = models[reference]
-    aligned, permuted = [], {}
+    options: dict[str, Any],
+    statistics: dict[int, dict[str, GroupStatistics]],
+) -> list[nn.Module]:
+    """``models`` in one neuron order: the method's N-model merger, else each model
+    aligned to the reference. ``statistics`` keeps each pair's activation statistics
+    across the points of a search, for methods that take them."""
+    if method.merger is not None:
+        return method.merger(models, spec, **accepted_options(method.merger, options))
+    ref, aligned = models[reference], []
     for i, model in enumerate(models):
-        if i == reference or method == "none":
+        if i == reference:
             aligned.append(model)
-        elif method == "activation":
-            perm = activation_matching(ref, model, data, spec, **options)
-            aligned.append(apply_permutation(model, spec, perm))
-        else:
+            continue
+        extra = {}
+        if method.uses_statistics:
             if i not in statistics:
-                statistics[i] = collect_statistics([ref, model], data, spec, **options)
-            image, found = cca_align(
-                ref, model, data, spec, gamma=gamma, statistics=statistics[i], **options
-            )
-            aligned.append(image)
-            permuted.update(found.permuted)
-    return aligned, permuted
+                passes = {k: options[k] for k in ("batch_size", "max_batches", "progress")}
+                statistics[i] = collect_statistics([ref, model], data, spec, **passes)
+            extra["statistics"] = statistics[i]
+        found = accepted_options(method.function, {**options, **extra})
+        aligned.append(align(ref, model, method.name, data, spec, **found))
+    return aligned
 
 
 def _fix_statistics(
@@ -158,8 +142,9 @@ def _split(data: DataLike, val_data: DataLike | None, val_fraction: float):
         return data, val_data
     if isinstance(data, DataLoader):
         raise ValueError(
-            "Choosing the reference or CCA's gamma needs a validation split; a DataLoader "
-            "cannot be split: pass val_data= (never the test set), or fix reference= and gamma=."
+            "Choosing the reference or the method's hyperparameters (e.g. CCA's gamma) needs "
+            "a validation split; a DataLoader cannot be split: pass val_data= (never the test "
+            "set), or fix reference= and the hyperparameters (e.g. gamma=0.1)."
         )
     return train_val_split(data, val_fraction)
 
@@ -171,8 +156,6 @@ def merge_many(
     *,
     reference: int | str = 0,
     bn: str | None = "reset",
-    gamma: float | None = None,
-    gammas: Sequence[float] = GAMMA_GRID,
     val_data: DataLike | None = None,
     val_fraction: float = 0.1,
     spec: PermutationSpec | None = None,
@@ -180,25 +163,36 @@ def merge_many(
     batch_size: int = 500,
     max_batches: int | None = None,
     progress: bool = True,
+    **options: Any,
 ) -> nn.Module:
     """One model merged from ``models`` (N >= 2) by ``method`` (see module docstring).
 
     ``data`` (training data) feeds the activation statistics and the BatchNorm handling
     ``bn`` (``"reset"``: RESET, ``"repair"``: REPAIR towards the mean of the aligned
     models, ``None``). ``reference`` is the index of the model the others are aligned to,
-    or ``"best"``: the most accurate on the validation split. With ``method="cca"`` and
-    ``gamma=None`` the ridge is chosen from ``gammas`` by the merged model's validation
-    accuracy. The validation split is ``val_data`` or a stratified ``val_fraction`` of
-    ``data``, held out of everything else. Inputs are not modified.
+    or ``"best"``: the most accurate on the validation split.
+
+    ``options`` go to the method (``seed``, ``batch_size``, ``max_batches`` and
+    ``progress`` too, where it takes them); options that only other registered methods
+    take are ignored, so that one call can configure several methods
+    (:func:`~workbench.compare_methods`). A hyperparameter the method declares a grid for
+    is fixed by a value (``gamma=0.1``), searched over given values (``gamma=(0.1, 1.0)``)
+    or, when left out or ``None``, over the declared grid, by the merged model's
+    validation accuracy. ``gammas=`` is the former name of ``gamma=<values>``. The
+    validation split is ``val_data`` or a stratified ``val_fraction`` of ``data``, held
+    out of everything else. Inputs are not modified.
     """
     started = time.perf_counter()
     models = list(models)
-    method = canonical_method(method)
-    _check_inputs(models, method, bn)
-    needs_data = method in ("activation", "cca") or bn is not None
-    needs_val = reference == "best" or (method == "cca" and gamma is None)
-    if data is None and (needs_data or needs_val):
-        raise ValueError(f"method={method!r} with bn={bn!r} needs data (training data).")
+    found = get_method(method)
+    if options.get("gammas") is not None and options.get("gamma") is None:
+        options["gamma"] = tuple(options["gammas"])
+    options.pop("gammas", None)
+    _check_inputs(models, bn, options)
+    points = grid_points(found.search_space(options))
+    needs_val = reference == "best" or len(points) > 1
+    if data is None and (found.needs_data or bn is not None or needs_val):
+        raise ValueError(f"method={found.name!r} with bn={bn!r} needs data (training data).")
     if needs_val:
         data, val_data = _split(data, val_data, val_fraction)
     if reference == "best":
@@ -209,36 +203,48 @@ def merge_many(
             f"reference must be 'best' or an index below {len(models)}, got {reference!r}."
         )
     spec = resolve_spec(models[reference], spec, data=data)
-    report = MergeReport(method, len(models), reference, bn)
-    options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
+    common = {
+        "seed": seed,
+        "batch_size": batch_size,
+        "max_batches": max_batches,
+        "progress": progress,
+        **options,
+    }
+    statistics: dict[int, dict[str, GroupStatistics]] = {}
 
-    def build(ridge: float | None) -> nn.Module:
-        if method == "weight":
-            aligned = merge_weight_matching(models, spec, seed=seed, progress=progress)
-        else:
-            aligned, permuted = _align_to_reference(
-                models, reference, method, data, spec, ridge, statistics, options
-            )
-            report.permuted_groups = permuted
+    def build(point: dict[str, Any]) -> nn.Module:
+        aligned = _align_all(models, reference, found, data, spec, {**common, **point}, statistics)
         merged = average(aligned)
         return _fix_statistics(merged, aligned, bn, data, spec, batch_size, max_batches)
 
-    statistics: dict[int, dict] = {}
-    if method == "cca" and gamma is None:
-        candidates = {}
-        for ridge in tqdm(gammas, desc="CCA gamma", disable=not progress, leave=False):
-            candidates[ridge] = build(ridge)
-            report.validation[str(ridge)] = evaluate(
-                candidates[ridge], val_data, batch_size
-            ).accuracy
-        gamma = max(gammas, key=lambda g: report.validation[str(g)])
-        merged = candidates[gamma]
-    else:
-        merged = build(gamma if gamma is not None else 0.0)
-    report.gamma = gamma if method == "cca" else None
-    report.seconds = time.perf_counter() - started
-    merged.workbench_merge = report
+    desc = f"{found.name}: {', '.join(found.search)}"
+    search = validation_search(
+        build, points, val_data, batch_size=batch_size, progress=progress, desc=desc
+    )
+    merged = search.model
+    merged.workbench_merge = MergeReport(
+        found.name,
+        len(models),
+        reference,
+        bn,
+        gamma=search.point.get("gamma"),
+        validation=search.scores,
+        permuted_groups=_permuted_groups(found, models[reference], spec),
+        seconds=time.perf_counter() - started,
+        hyperparameters=search.point,
+    )
     return merged
+
+
+def _permuted_groups(
+    method: AlignmentMethod, model: nn.Module, spec: PermutationSpec
+) -> dict[str, str]:
+    """The groups a linear method can only permute, with why (none for permutations)."""
+    if method.kind != "linear":
+        return {}
+    general = general_groups(model, spec)
+    reason = "holds per-channel parameters a general linear map cannot pass"
+    return {name: reason for name in spec.groups if name not in general}
 
 
 def cca_merge(

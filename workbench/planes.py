@@ -29,7 +29,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
-from workbench.alignment import align
+from workbench.alignment import align, get_method
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
 from workbench.figures import new_figure, paper_style, save_table
@@ -209,14 +209,15 @@ def loss_planes(
     """Loss and accuracy on a ``resolution x resolution`` grid over the plane through
     three models, on every split of ``data`` (e.g. ``{"train": ..., "test": ...}``).
 
-    Models 2 and 3 are first aligned to model 1 by ``method`` (``"none"``, ``"weight"``,
-    ``"activation"``, ``"cca"``; data for matching and for RESET: ``bn_data``, else the
+    Models 2 and 3 are first aligned to model 1 by ``method`` (any of
+    :func:`workbench.methods`; data for matching and for RESET: ``bn_data``, else the
     first split). The grid covers the triangle of the three models plus ``margin`` times
     its larger side around it. ``bn="reset"`` recomputes BatchNorm statistics at every
     point (see the module notes). One working model serves all points; results are cached
     by the content of the models and data and by all settings (``cache=False`` bypasses).
     """
     models = list(models)
+    aligner = get_method(method)
     _check_arguments(models, bn, resolution, margin)
     if len(labels) != 3:
         raise ValueError(f"labels must name the 3 models, got {list(labels)}.")
@@ -227,8 +228,8 @@ def loss_planes(
     store = resolve_cache(cache)
     key = store.key(
         models=[fingerprint(m) for m in models],
-        method=method,
-        match_data=data_fingerprint(reset_data) if method not in ("none", "weight") else "-",
+        method=aligner.name,
+        match_data=data_fingerprint(reset_data) if aligner.needs_data else "-",
         data=data_key(data),
         bn=bn or "none",
         bn_data=data_fingerprint(reset_data) if bn else "-",
@@ -239,7 +240,16 @@ def loss_planes(
     hit = store.load("plane", key)
     if hit is None:
         tensors, settings = _compute_planes(
-            models, data, resolution, bn, method, margin, reset_data, spec, batch_size, progress
+            models,
+            data,
+            resolution,
+            bn,
+            aligner.name,
+            margin,
+            reset_data,
+            spec,
+            batch_size,
+            progress,
         )
         store.store("plane", key, tensors, settings)
     else:
@@ -273,11 +283,10 @@ def _compute_planes(
     progress: bool,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Align, build the basis and the grid, and evaluate every point."""
-    if method != "none":
-        spec = resolve_spec(models[0], spec, data=reset_data)
-        models = [models[0]] + [
-            align(models[0], m, method, data=reset_data, spec=spec) for m in models[1:]
-        ]
+    spec = resolve_spec(models[0], spec, data=reset_data)
+    models = [models[0]] + [
+        align(models[0], m, method, data=reset_data, spec=spec) for m in models[1:]
+    ]
     points = plane_basis(models)
     x, y = _grid(points, resolution, margin)
     weights = plane_weights(points, *np.meshgrid(x, y)).reshape(-1, 3)

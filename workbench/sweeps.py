@@ -27,6 +27,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
+from workbench.alignment import registry
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
 from workbench.figures import (
@@ -119,12 +120,12 @@ def plot_sweep(
         for index, ((method, split), rows) in enumerate(groups):
             stats = rows.groupby(result.parameter)[metric].agg(["mean", "min", "max"]) * scale
             name = series_label(method, None, split if len(splits) > 1 else None)
-            color = color_for(method, index)
+            color = color_for(method, index, registry.methods())
             hollow = len(splits) > 1 and split == "train"
             ax.plot(
                 stats.index,
                 stats["mean"],
-                marker=marker_for(method, index),
+                marker=marker_for(method, index, registry.methods()),
                 markerfacecolor="white" if hollow else color,
                 color=color,
                 label=name,

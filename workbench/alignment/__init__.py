@@ -1,11 +1,31 @@
-"""Neuron alignment: weight matching, activation matching and the transforms they apply."""
+"""Neuron alignment: the registry of methods (weight matching, activation matching, CCA,
+and any registered later), one entry point for them, and the transforms they apply.
+
+The built-in methods register themselves when their modules are imported, in this order:
+"none" (with the registry), "weight", "activation", "cca".
+"""
 
 from workbench.alignment.activation import activation_matching, permutation_from_statistics
-from workbench.alignment.api import METHODS, PERMUTATION_METHODS, align, match
+from workbench.alignment.api import align, match
 from workbench.alignment.cca import CCAAlignment, canonical_correlation, cca_align, cca_maps
-from workbench.alignment.folding import fold_batchnorm, unfold_batchnorm_
+from workbench.alignment.folding import (
+    fold_batchnorm,
+    general_groups,
+    map_through_batchnorm,
+    unfold_batchnorm_,
+)
+from workbench.alignment.registry import (
+    AlignmentMethod,
+    canonical_method,
+    get_method,
+    matching_methods,
+    methods,
+    register_method,
+    unregister_method,
+)
 from workbench.alignment.statistics import GroupStatistics, collect_statistics, observation_points
 from workbench.alignment.transforms import (
+    LinearMaps,
     Permutation,
     apply_linear_maps,
     apply_permutation,
@@ -18,28 +38,36 @@ from workbench.alignment.transforms import (
 from workbench.alignment.weight import weight_matching
 
 __all__ = [
-    "METHODS",
-    "PERMUTATION_METHODS",
+    "AlignmentMethod",
     "CCAAlignment",
     "GroupStatistics",
+    "LinearMaps",
     "Permutation",
     "activation_matching",
     "align",
     "apply_linear_maps",
     "apply_permutation",
     "canonical_correlation",
+    "canonical_method",
     "cca_align",
     "cca_maps",
     "collect_statistics",
     "compose",
     "fold_batchnorm",
+    "general_groups",
+    "get_method",
     "identity_permutation",
     "inverse",
+    "map_through_batchnorm",
     "match",
+    "matching_methods",
+    "methods",
     "observation_points",
     "permutation_from_statistics",
     "permute_state",
     "random_permutation",
+    "register_method",
     "unfold_batchnorm_",
+    "unregister_method",
     "weight_matching",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from workbench.alignment.registry import register_method
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.alignment.transforms import Permutation
 from workbench.alignment.weight import assignment
@@ -21,12 +22,14 @@ def permutation_from_statistics(statistics: dict[str, GroupStatistics]) -> Permu
     return {name: assignment(stats.correlation(0, 1)) for name, stats in statistics.items()}
 
 
+@register_method("activation", needs_data=True, preserves_function=True, uses_statistics=True)
 def activation_matching(
     model_a: nn.Module,
     model_b: nn.Module,
     data: DataLike,
     spec: PermutationSpec | None = None,
     *,
+    statistics: dict[str, GroupStatistics] | None = None,
     batch_size: int = 500,
     max_batches: int | None = None,
     progress: bool = True,
@@ -35,17 +38,20 @@ def activation_matching(
     ``model_a``'s on ``data`` (one streaming pass; memory O(channels^2) per group).
 
     ``spec`` defaults to ``permutation_spec(model_a, <a batch of data>)``.
+    ``statistics`` (joint, A first, from :func:`collect_statistics`) saves the data pass
+    when the caller has them.
     """
     check_compatible([model_a, model_b])
     spec = resolve_spec(model_a, spec, data=data)
-    statistics = collect_statistics(
-        [model_a, model_b],
-        data,
-        spec,
-        batch_size=batch_size,
-        max_batches=max_batches,
-        progress=progress,
-    )
+    if statistics is None:
+        statistics = collect_statistics(
+            [model_a, model_b],
+            data,
+            spec,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            progress=progress,
+        )
     perm = permutation_from_statistics(statistics)
     for name, group in spec.groups.items():  # a group never observed keeps its order
         perm.setdefault(name, torch.arange(group.size))

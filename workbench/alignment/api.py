@@ -1,27 +1,36 @@
-"""One entry point for alignment: choose a method, get model B expressed in A's neuron order."""
+"""One entry point for alignment: name a registered method, get model B expressed in A's
+neuron space (see :mod:`workbench.alignment.registry` for the methods)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from workbench.alignment.activation import activation_matching
-from workbench.alignment.cca import DEFAULT_GAMMA, cca_align
-from workbench.alignment.transforms import Permutation, apply_permutation, identity_permutation
-from workbench.alignment.weight import weight_matching
+from workbench.alignment.folding import map_through_batchnorm
+from workbench.alignment.registry import AlignmentMethod, get_method, methods
+from workbench.alignment.transforms import Permutation, apply_permutation
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merge import check_compatible
 
-__all__ = ["METHODS", "PERMUTATION_METHODS", "align", "canonical_method", "match"]
-
-PERMUTATION_METHODS = ("none", "weight", "activation")
-METHODS = (*PERMUTATION_METHODS, "cca")
+__all__ = ["align", "match"]
 
 
-def canonical_method(method: str) -> str:
-    """The method's key: ``"naive"``, the name tables and figures show for no alignment,
-    is accepted for ``"none"``."""
-    return "none" if method == "naive" else method
+def _checked_spec(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    method: AlignmentMethod,
+    data: DataLike | None,
+    spec: PermutationSpec | None,
+) -> PermutationSpec:
+    """Refuse bad input before any work; the spec of ``model_a`` (traced if not given)."""
+    if method.needs_data and data is None:
+        raise ValueError(f"method={method.name!r} needs data (a Dataset or DataLoader).")
+    check_compatible([model_a, model_b])
+    spec = resolve_spec(model_a, spec, data=data)
+    spec.check_model(model_b, "model_b")
+    return spec
 
 
 def match(
@@ -30,23 +39,18 @@ def match(
     method: str = "weight",
     data: DataLike | None = None,
     spec: PermutationSpec | None = None,
-    **kwargs,
+    **options: Any,
 ) -> tuple[Permutation, PermutationSpec]:
-    """The permutation aligning ``model_b`` to ``model_a`` by ``method``, and the spec."""
-    method = canonical_method(method)
-    if method not in PERMUTATION_METHODS:
-        hint = " (CCA finds linear maps, not a permutation: use align)" if method == "cca" else ""
-        raise ValueError(f"method must be one of {PERMUTATION_METHODS}{hint}, got {method!r}.")
-    if method == "activation" and data is None:
-        raise ValueError("method='activation' needs data (a Dataset or DataLoader).")
-    check_compatible([model_a, model_b])
-    spec = resolve_spec(model_a, spec, data=data)
-    spec.check_model(model_b, "model_b")
-    if method == "none":
-        return identity_permutation(spec), spec
-    if method == "weight":
-        return weight_matching(model_a, model_b, spec, **kwargs), spec
-    return activation_matching(model_a, model_b, data, spec, **kwargs), spec
+    """The permutation aligning ``model_b`` to ``model_a`` by ``method`` (any registered
+    permutation method; ``options`` go to it), and the spec."""
+    found = get_method(method)
+    if found.kind != "permutation":
+        raise ValueError(
+            f"method={found.name!r} finds general linear maps, not a permutation: use align "
+            f"(permutation methods: {methods('permutation')})."
+        )
+    spec = _checked_spec(model_a, model_b, found, data, spec)
+    return found.find(model_a, model_b, spec, data, **options), spec
 
 
 def align(
@@ -55,21 +59,22 @@ def align(
     method: str = "weight",
     data: DataLike | None = None,
     spec: PermutationSpec | None = None,
-    **kwargs,
+    **options: Any,
 ) -> nn.Module:
-    """A copy of ``model_b`` with its channels reordered to match ``model_a``.
+    """A copy of ``model_b`` expressed in ``model_a``'s neuron space by ``method``
+    (:func:`~workbench.methods` lists them; ``options`` go to the method).
 
-    ``method``: ``"weight"`` (weight matching, no data needed), ``"activation"``
-    (activation matching on ``data``) or ``"none"``: the result computes exactly the
-    same function as ``model_b``; only its neurons' order changes. ``"cca"`` (CCA on
-    ``data``, ridge ``gamma``) maps B's neurons into A's space by general linear maps,
-    which does not preserve B's function (see :func:`workbench.alignment.cca.cca_align`).
+    A permutation method (``"weight"``: weight matching, no data needed; ``"activation"``:
+    activation matching on ``data``; ``"none"``) reorders B's channels: the result
+    computes exactly B's function. A linear method (``"cca"``: CCA on ``data``, ridge
+    ``gamma``) maps B's channels into A's space by general matrices, through its
+    BatchNorm layers (:func:`~workbench.alignment.folding.map_through_batchnorm`), which
+    does not preserve B's function (see :func:`workbench.alignment.cca.cca_align`).
     """
-    method = canonical_method(method)
-    if method == "cca":
-        if data is None:
-            raise ValueError("method='cca' needs data (a Dataset or DataLoader).")
-        gamma = kwargs.pop("gamma", DEFAULT_GAMMA)
-        return cca_align(model_a, model_b, data, spec, gamma=gamma, **kwargs)[0]
-    perm, spec = match(model_a, model_b, method, data, spec, **kwargs)
-    return apply_permutation(model_b, spec, perm)
+    found = get_method(method)
+    spec = _checked_spec(model_a, model_b, found, data, spec)
+    transform = found.find(model_a, model_b, spec, data, **options)
+    if found.kind == "permutation":
+        return apply_permutation(model_b, spec, transform)
+    passes = {k: options[k] for k in ("batch_size", "max_batches") if k in options}
+    return map_through_batchnorm(model_b, spec, transform, data, model_a, **passes)

@@ -24,7 +24,6 @@ fall back to the permutation that maximizes correlation, and are listed in the r
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -32,17 +31,27 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from workbench.alignment.folding import fold_batchnorm, unfold_batchnorm_
+from workbench.alignment.folding import general_groups, map_through_batchnorm
+from workbench.alignment.registry import register_method
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
-from workbench.alignment.transforms import transform_state
+from workbench.alignment.transforms import LinearMaps
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merge import check_compatible
 
-__all__ = ["CCAAlignment", "canonical_correlation", "cca_align", "cca_maps"]
+__all__ = [
+    "DEFAULT_GAMMA",
+    "GAMMA_GRID",
+    "CCAAlignment",
+    "canonical_correlation",
+    "cca_align",
+    "cca_maps",
+]
 
 DEFAULT_GAMMA = 0.1
+# The ridges merge_many tries on a validation split (relative to the mean channel variance).
+GAMMA_GRID = (0.01, 0.1, 0.3, 1.0, 3.0)
 
 
 def canonical_correlation(
@@ -130,14 +139,45 @@ def cca_maps(
     return CCAAlignment(maps, correlations, gamma, permuted)
 
 
-def general_groups(spec: PermutationSpec) -> list[str]:
-    """The groups whose every tensor a general linear map can transform (no per-channel
-    parameters left once BatchNorm is folded)."""
-    return [
-        name
-        for name, group in spec.groups.items()
-        if all(ax.role != "channel" for ax in group.axes)
-    ]
+def _cca(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    spec: PermutationSpec,
+    data: DataLike,
+    gamma: float,
+    statistics: dict[str, GroupStatistics] | None,
+    options: dict,
+) -> CCAAlignment:
+    if statistics is None:
+        statistics = collect_statistics([model_a, model_b], data, spec, **options)
+    return cca_maps(statistics, gamma, spec, general_groups(model_b, spec))
+
+
+@register_method(
+    "cca",
+    needs_data=True,
+    preserves_function=False,
+    kind="linear",
+    search={"gamma": GAMMA_GRID},
+    defaults={"gamma": DEFAULT_GAMMA},
+    uses_statistics=True,
+)
+def cca_linear_maps(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    spec: PermutationSpec,
+    data: DataLike,
+    *,
+    gamma: float = DEFAULT_GAMMA,
+    statistics: dict[str, GroupStatistics] | None = None,
+    batch_size: int = 500,
+    max_batches: int | None = None,
+    progress: bool = True,
+) -> LinearMaps:
+    """The registered ``"cca"`` method: CCA's map of every group (see :func:`cca_align`,
+    which also applies them and returns the canonical correlations)."""
+    options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
+    return _cca(model_a, model_b, spec, data, gamma, statistics, options).maps
 
 
 def cca_align(
@@ -163,17 +203,9 @@ def cca_align(
     """
     check_compatible([model_a, model_b])
     spec = resolve_spec(model_a, spec, data=data)
-    if statistics is None:
-        options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
-        statistics = collect_statistics([model_a, model_b], data, spec, **options)
-    folded, folded_spec = fold_batchnorm(model_b, spec)
-    alignment = cca_maps(statistics, gamma, spec, general_groups(folded_spec))
-    state = transform_state(folded.state_dict(), folded_spec, alignment.maps)
-    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
-        raise FloatingPointError(
-            "CCA produced non-finite weights; increase gamma or use more data."
-        )
-    aligned = copy.deepcopy(folded)
-    aligned.load_state_dict(state)
-    unfold_batchnorm_(aligned, spec, data, model_a, batch_size, max_batches)
+    options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
+    alignment = _cca(model_a, model_b, spec, data, gamma, statistics, options)
+    aligned = map_through_batchnorm(
+        model_b, spec, alignment.maps, data, model_a, batch_size, max_batches
+    )
     return aligned, alignment

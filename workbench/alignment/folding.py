@@ -9,6 +9,9 @@ identity plus that bias), after which the channels are an affine function of the
 that any invertible map can transform exactly. Unfolding writes the same function back in
 the usual form, with running statistics measured on data, so that the result behaves
 like any trained network under RESET.
+
+:func:`map_through_batchnorm` is the whole path for a method that returns general linear
+maps (``kind="linear"`` in the registry): fold, map, unfold.
 """
 
 from __future__ import annotations
@@ -21,11 +24,18 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from workbench.alignment.transforms import transform_state
 from workbench.data import DataLike
 from workbench.graph import Axis, LayerPoint, PermutationSpec
 from workbench.merge import channel_moments
 
-__all__ = ["fold_batchnorm", "foldable_points", "unfold_batchnorm_"]
+__all__ = [
+    "fold_batchnorm",
+    "foldable_points",
+    "general_groups",
+    "map_through_batchnorm",
+    "unfold_batchnorm_",
+]
 
 _BN_CONSTANTS = ("weight", "running_mean", "running_var")
 
@@ -73,6 +83,18 @@ def fold_batchnorm(model: nn.Module, spec: PermutationSpec) -> tuple[nn.Module, 
             bn.running_mean.zero_()
             bn.running_var.fill_(1.0 - bn.eps)
     return folded, _folded_spec(spec, [p.point for p in points])
+
+
+def general_groups(model: nn.Module, spec: PermutationSpec) -> list[str]:
+    """The groups of ``model`` whose every tensor a general linear map can transform once
+    its BatchNorm layers are folded (no per-channel parameters left); a linear method must
+    give the other groups permutation matrices."""
+    folded = _folded_spec(spec, [p.point for p in foldable_points(model, spec)])
+    return [
+        name
+        for name, group in folded.groups.items()
+        if all(ax.role != "channel" for ax in group.axes)
+    ]
 
 
 def _folded_spec(spec: PermutationSpec, folded: Sequence[str]) -> PermutationSpec:
@@ -140,3 +162,30 @@ def unfold_batchnorm_(
             bn.weight.copy_(scale * (var + bn.eps).sqrt())
             bn.bias.add_((mean * scale).to(bn.bias.dtype))
     return model
+
+
+def map_through_batchnorm(
+    model: nn.Module,
+    spec: PermutationSpec,
+    maps: dict[str, torch.Tensor],
+    data: DataLike,
+    reference: nn.Module | None = None,
+    batch_size: int = 500,
+    max_batches: int | None = None,
+) -> nn.Module:
+    """A copy of ``model`` whose groups' channels ``x`` become ``maps[g] @ x`` (groups
+    without a map keep theirs), through its BatchNorm layers: folded into the layers
+    before them, mapped, written back with running statistics measured on ``data`` and
+    ``reference``'s BatchNorm scales (see :func:`unfold_batchnorm_`).
+
+    Groups outside :func:`general_groups` take permutation matrices only.
+    """
+    folded, folded_spec = fold_batchnorm(model, spec)
+    state = transform_state(folded.state_dict(), folded_spec, maps)
+    if not all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point()):
+        raise FloatingPointError(
+            "The linear maps produced non-finite weights (nearly singular maps); for CCA, "
+            "increase gamma or use more data."
+        )
+    folded.load_state_dict(state)
+    return unfold_batchnorm_(folded, spec, data, reference, batch_size, max_batches)

@@ -19,6 +19,7 @@ __all__ = [
     "apply_permutation",
     "axis_index",
     "channel_block",
+    "check_linear_maps",
     "check_permutation",
     "compose",
     "identity_permutation",
@@ -62,8 +63,13 @@ def check_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -
         )
     for name, group in spec.groups.items():
         p = torch.as_tensor(perm[name])
+        if p.is_floating_point() or p.is_complex() or p.dtype == torch.bool:
+            raise ValueError(
+                f"perm[{name!r}] holds {p.dtype} values; a permutation holds integer indices "
+                "(a LongTensor)."
+            )
         if p.shape != (group.size,) or not torch.equal(
-            torch.sort(p).values, torch.arange(group.size)
+            torch.sort(p.long().cpu()).values, torch.arange(group.size)
         ):
             raise ValueError(
                 f"perm[{name!r}] is not a permutation of range({group.size}) "
@@ -142,6 +148,19 @@ def _is_permutation_matrix(matrix: torch.Tensor) -> torch.Tensor | None:
     return ones.float().argmax(1)
 
 
+def check_linear_maps(spec: PermutationSpec, maps: Mapping[str, torch.Tensor]) -> None:
+    """Raise ``ValueError`` unless every map belongs to a group of ``spec`` and is a
+    square matrix of the group's size (groups without a map are left as they are)."""
+    unknown = sorted(set(maps) - set(spec.groups))
+    if unknown:
+        raise ValueError(f"Unknown groups {unknown}; the spec has {list(spec.groups)}.")
+    for name, matrix in maps.items():
+        size = spec.groups[name].size
+        shape = tuple(torch.as_tensor(matrix).shape)
+        if shape != (size, size):
+            raise ValueError(f"maps[{name!r}] must be {size}x{size}, got {shape}.")
+
+
 def transform_state(
     state: Mapping[str, torch.Tensor], spec: PermutationSpec, maps: Mapping[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -153,14 +172,11 @@ def transform_state(
     (``"channel"``: BatchNorm, depthwise filters) can only follow a permutation matrix;
     fold BatchNorm into the layers first (:func:`fold_batchnorm`).
     """
+    check_linear_maps(spec, maps)
     out = dict(state)
     for name, matrix in maps.items():
         group = spec.groups[name]
         matrix = torch.as_tensor(matrix, dtype=torch.float64)
-        if matrix.shape != (group.size, group.size):
-            raise ValueError(
-                f"maps[{name!r}] must be {group.size}x{group.size}, got {tuple(matrix.shape)}."
-            )
         inverse_matrix = torch.linalg.inv(matrix)
         perm = _is_permutation_matrix(matrix)
         for ax in group.axes:
@@ -190,9 +206,6 @@ def apply_linear_maps(
     """A new model whose groups' channels are mapped by invertible matrices (see
     :func:`transform_state`). Groups not in ``maps`` are left as they are."""
     spec.check_model(model)
-    unknown = sorted(set(maps) - set(spec.groups))
-    if unknown:
-        raise ValueError(f"Unknown groups {unknown}; the spec has {list(spec.groups)}.")
     transformed = copy.deepcopy(model)
     transformed.load_state_dict(transform_state(model.state_dict(), spec, maps))
     return transformed

@@ -4,11 +4,15 @@ Find the permutation of model B's channels that maximizes the inner product betw
 two models' weights, one group at a time: with every other group's permutation fixed,
 the best permutation of one group is a linear assignment problem. Groups are visited in
 a random (seeded) order until a whole pass improves nothing.
+
+For N models, MergeMany (Algorithm 3 of the same paper) weight-matches each model in turn
+to the average of the others; it is registered as the method's N-model merger.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -16,16 +20,19 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench.alignment.registry import register_method
 from workbench.alignment.transforms import (
     Permutation,
+    apply_permutation,
     axis_index,
     channel_block,
     identity_permutation,
 )
+from workbench.data import DataLike
 from workbench.graph import Axis, PermutationSpec, resolve_spec
-from workbench.merge import check_compatible
+from workbench.merge import average, check_compatible
 
-__all__ = ["weight_matching"]
+__all__ = ["merge_weight_matching", "weight_matching"]
 
 
 def assignment(similarity: torch.Tensor) -> torch.Tensor:
@@ -36,10 +43,42 @@ def assignment(similarity: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(cols).long()
 
 
+def merge_weight_matching(
+    models: Sequence[nn.Module],
+    spec: PermutationSpec,
+    *,
+    max_rounds: int = 20,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[nn.Module]:
+    """MergeMany: permute every model so that each best matches the average of the others.
+
+    Rounds visit the models in a seeded random order; each model's permutation starts
+    from its current one. Stops when a whole round changes nothing (or ``max_rounds``).
+    No model is a reference, and no data is needed.
+    """
+    perms = [identity_permutation(spec) for _ in models]
+    generator = torch.Generator().manual_seed(seed)
+    aligned = list(models)
+    for _ in tqdm(range(max_rounds), desc="MergeMany", disable=not progress, leave=False):
+        changed = False
+        for i in torch.randperm(len(models), generator=generator).tolist():
+            others = average([m for j, m in enumerate(aligned) if j != i])
+            perm = weight_matching(others, models[i], spec, init=perms[i], seed=seed)
+            if any(not torch.equal(perm[g], perms[i][g]) for g in perm):
+                perms[i], changed = perm, True
+                aligned[i] = apply_permutation(models[i], spec, perm)
+        if not changed:
+            break
+    return aligned
+
+
+@register_method("weight", needs_data=False, preserves_function=True, merger=merge_weight_matching)
 def weight_matching(
     model_a: nn.Module,
     model_b: nn.Module,
     spec: PermutationSpec | None = None,
+    data: DataLike | None = None,
     *,
     example_input: torch.Tensor | None = None,
     max_iter: int = 100,
@@ -50,11 +89,12 @@ def weight_matching(
     """The permutation of ``model_b``'s channels that best aligns its weights to ``model_a``.
 
     ``spec`` defaults to ``permutation_spec(model_a, example_input)``; ``example_input``
-    then defaults to :func:`workbench.graph.example_input_for`. Apply the result with
+    then defaults to :func:`workbench.graph.example_input_for` (a batch of ``data`` when
+    given: the weights alone decide the matching). Apply the result with
     ``apply_permutation(model_b, spec, perm)``. Deterministic for a given ``seed``.
     """
     check_compatible([model_a, model_b])
-    spec = resolve_spec(model_a, spec, example_input)
+    spec = resolve_spec(model_a, spec, example_input, data)
     spec.check_model(model_a, "model_a")
     spec.check_model(model_b, "model_b")
     device = next(iter(model_a.state_dict().values())).device

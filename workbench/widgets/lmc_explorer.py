@@ -12,8 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import nn
 
-from workbench.alignment import align
-from workbench.alignment.api import METHODS
+from workbench.alignment import align, methods
 from workbench.data import DataLike
 from workbench.figures import EXPORT_DIR, method_label, model_label, new_figure, series_label
 from workbench.graph import resolve_spec
@@ -26,8 +25,8 @@ _BN_CHOICES = {"none": None, "RESET": "reset", "REPAIR": "repair"}
 
 class LMCExplorer(widgets.VBox):
     """Interpolation curves between any pair of ``models`` (a list, or a dict name ->
-    model), evaluated on ``data``; alignment (activation, CCA) and BatchNorm handling use
-    ``train_data`` (default ``data``).
+    model), evaluated on ``data``; alignment (any method registered when the dashboard is
+    made) and BatchNorm handling use ``train_data`` (default ``data``).
 
     Choosing a pair, method or BN handling shows its curve at once if it was computed
     before (here, or anywhere with the same models and data: curves are cached on disk);
@@ -73,7 +72,9 @@ class LMCExplorer(widgets.VBox):
             description="pair",
         )
         self.method = widgets.Dropdown(
-            options=[(method_label(m), m) for m in METHODS], value="weight", description="method"
+            options=[(method_label(m), m) for m in methods()],
+            value="weight",
+            description="method",
         )
         self.bn = widgets.ToggleButtons(options=bn_options, description="BatchNorm")
         self.compute = widgets.Button(description="Compute", icon="play", button_style="primary")

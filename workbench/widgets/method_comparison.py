@@ -12,16 +12,17 @@ from IPython.display import HTML, display
 from matplotlib.figure import Figure
 from torch import nn
 
+from workbench.alignment import methods
 from workbench.comparison import compare_methods, plot_comparison
 from workbench.data import DataLike
 from workbench.figures import EXPORT_DIR, bn_label, method_label, save_table
 from workbench.merge import has_batchnorm
-from workbench.merging import MERGE_METHODS
 from workbench.widgets.common import ExportRow, show_figure
 
 
 class MethodComparison(widgets.VBox):
-    """Merge the first N of ``models`` (N from 2 to all) with the ticked methods on
+    """Merge the first N of ``models`` (N from 2 to all) with the ticked methods (those
+    registered when the dashboard is made; naive, weight and activation ticked) on
     ``train_data``, evaluate on ``data``, and show the tidy table and the accuracy-vs-N
     figure. Merging takes seconds to minutes, so it runs when **Run** is pressed, with a
     progress bar; every merge is cached on disk (:func:`~workbench.compare_methods`), so
@@ -49,7 +50,7 @@ class MethodComparison(widgets.VBox):
             m: widgets.Checkbox(
                 value=m in ("none", "weight", "activation"), description=method_label(m)
             )
-            for m in MERGE_METHODS
+            for m in methods()
         }
         handling = ["reset", "repair", None] if has_batchnorm(self._models[0]) else ["repair", None]
         self.bn = widgets.Dropdown(

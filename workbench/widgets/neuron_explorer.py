@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from torch import nn
 
-from workbench.alignment.api import PERMUTATION_METHODS
+from workbench.alignment import matching_methods
 from workbench.data import DataLike
 from workbench.featviz import compare_layer, layer_exemplars, plot_unit_comparison, render_layer
 from workbench.featviz.views import LayerComparison
@@ -46,7 +46,7 @@ class NeuronExplorer(widgets.VBox):
             raise ValueError(f"layer must be one of the model's layers {layers}, got {layer!r}.")
         self.layer = widgets.Dropdown(options=layers, value=layer or layers[0], description="layer")
         self.method = widgets.Dropdown(
-            options=[(method_label(m), m) for m in PERMUTATION_METHODS if m != "none"],
+            options=[(method_label(m), m) for m in matching_methods()],
             description="method",
         )
         self.render = widgets.Button(

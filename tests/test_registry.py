@@ -1,0 +1,170 @@
+"""The method registry: methods registered in this file alone work through align,
+merge_many (with the shared validation search), compare_methods, the LMC dashboard and the
+command line; bad registrations and bad results are refused with errors that say why."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import pandas as pd
+import pytest
+import torch
+
+import workbench as wb
+from tests.conftest import states_equal
+from workbench.alignment import (
+    cca_maps,
+    collect_statistics,
+    general_groups,
+    get_method,
+    unregister_method,
+)
+from workbench.cli import main
+from workbench.graph import permutation_spec
+from workbench.widgets import LMCExplorer
+
+
+def reverse(model_a, model_b, spec, data=None, **options):
+    """Every group's channels in reverse order: a permutation that aligns nothing."""
+    return {name: torch.arange(group.size).flip(0) for name, group in spec.groups.items()}
+
+
+@pytest.fixture
+def register() -> Iterator[Callable[..., str]]:
+    """``register(name, function, **declared)`` for one test; unregistered afterwards."""
+    names = []
+
+    def add(name: str, function: Callable, **declared) -> str:
+        wb.register_method(name, **declared)(function)
+        names.append(name)
+        return name
+
+    yield add
+    for name in names:
+        unregister_method(name)
+    assert wb.methods() == ["none", "weight", "activation", "cca"]
+
+
+def test_builtin_methods_and_the_naive_alias() -> None:
+    assert wb.methods() == ["none", "weight", "activation", "cca"]
+    assert wb.alignment.methods("linear") == ["cca"]
+    assert get_method("naive").name == "none"
+    assert get_method("cca").search["gamma"] == wb.merging.GAMMA_GRID
+    assert wb.merging.MERGE_METHODS == ("none", "weight", "activation", "cca")
+
+
+def test_a_method_registered_here_works_everywhere(
+    register, shipped_pair, tiny_train, mnist_test, tmp_path
+) -> None:
+    name = register("reverse", reverse, needs_data=False, preserves_function=True)
+    small_train, small_test = tiny_train, mnist_test.subset(torch.arange(0, 1000, 4), "test")
+    assert wb.methods()[-1] == "reverse"
+    model_a, model_b = shipped_pair
+
+    aligned = wb.align(model_a, model_b, name)
+    x = small_test.images[:200]
+    with torch.no_grad():
+        assert (aligned(x) - model_b(x)).abs().max() < 1e-4  # B's function, reordered
+    conv1 = model_b.features.conv1.weight
+    assert torch.equal(aligned.features.conv1.weight, conv1.flip(0))
+
+    merged = wb.merge_many([model_a, model_b], small_train, name, progress=False)
+    assert merged.workbench_merge.method == name
+    assert 0.0 <= wb.evaluate(merged, small_test).accuracy <= 1.0
+
+    table = wb.compare_methods(
+        [model_a, model_b], small_train, small_test, methods=(name,), progress=False
+    )
+    assert set(table["method"]) == {name, "endpoints"}
+    accuracy = table.set_index("method").loc[name, "accuracy"]
+    assert 0.0 <= accuracy <= 1.0
+
+    explorer = LMCExplorer(list(shipped_pair), small_test, small_train, alphas=3)
+    assert name in [value for _, value in explorer.method.options]
+    explorer.method.value = name
+    explorer.compute.click()
+    assert explorer.curve.label == name and explorer.curve.far_end_is_b
+    assert math.isfinite(explorer.curve.barrier) and f"{explorer.curve.barrier:.3f}" in (
+        explorer.barrier.value
+    )
+
+    argv = ["lmc", "--methods", name, "--limit", "200", "--alphas", "3"]
+    assert main([*argv, "--out", str(tmp_path)]) == 0
+    rows = pd.read_csv(tmp_path / "lmc.csv")
+    assert list(rows["label"]) == [name, name] and list(rows["split"]) == ["train", "test"]
+    assert rows["barrier"].notna().all()
+
+    # a colour of its own, the same in every figure, whatever else is plotted
+    color = wb.figures.color_for(name, 0, wb.methods())
+    assert color == wb.figures.color_for(name, 5, wb.methods())
+    assert color not in wb.figures.METHOD_COLORS.values()
+
+
+def test_a_linear_method_is_searched_on_validation_by_its_declared_grid(
+    register, shipped_pair, mnist_train
+) -> None:
+    given = []
+
+    def ridge(model_a, model_b, spec, data=None, *, gamma=0.5, statistics=None):
+        """CCA under another name: the maps from the shared statistics."""
+        given.append(statistics)
+        stats = statistics or collect_statistics([model_a, model_b], data, spec, progress=False)
+        return cca_maps(stats, gamma, spec, general_groups(model_b, spec)).maps
+
+    declared = {"needs_data": True, "preserves_function": False, "kind": "linear"}
+    name = register("ridge", ridge, search={"gamma": (0.3, 1.0)}, uses_statistics=True, **declared)
+    pair = list(shipped_pair)
+    train = mnist_train.subset(torch.arange(0, 4000, 5), "train")  # 800 images
+    val = mnist_train.subset(torch.arange(1, 4000, 10), "val")  # 400 others
+    merged = wb.merge_many(pair, train, name, val_data=val, progress=False)
+    report = merged.workbench_merge
+    assert set(report.validation) == {"0.3", "1.0"}
+    assert all(0.0 <= v <= 1.0 for v in report.validation.values())
+    assert report.gamma == max((0.3, 1.0), key=lambda g: report.validation[str(g)])
+    assert report.hyperparameters == {"gamma": report.gamma}
+    assert report.permuted_groups == {}  # every group of the cnn takes a general map
+    # one statistics pass for the whole search, shared by both candidates
+    assert len(given) == 2 and given[0] is given[1] is not None
+    # the model returned is the one scored: the same as the chosen ridge fixed
+    fixed = wb.merge_many(pair, train, name, gamma=report.gamma, progress=False)
+    assert fixed.workbench_merge.validation == {}
+    assert states_equal(fixed.state_dict(), merged.state_dict())
+    assert wb.evaluate(fixed, val).accuracy == report.validation[str(report.gamma)]
+
+
+def test_errors_say_what_is_registered_and_what_went_wrong(register, tiny_model) -> None:
+    spec = permutation_spec(tiny_model, torch.zeros(2, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"one of \['none', .*'cca'\].*Did you mean 'weight'"):
+        wb.align(tiny_model, tiny_model, "wieght", spec=spec)
+    with pytest.raises(ValueError, match=r"Unknown options \['gama'\]: no registered method"):
+        wb.merge_many([tiny_model, tiny_model], method="weight", bn=None, gama=0.1)
+    with pytest.raises(ValueError, match="'weight' is already registered"):
+        wb.register_method("weight", needs_data=False, preserves_function=True)(reverse)
+    with pytest.raises(ValueError, match="kind='linear'"):
+        wb.register_method("bad", needs_data=False, preserves_function=False)(reverse)
+    name = register("reverse", reverse, needs_data=False, preserves_function=True)
+    wb.register_method(name, needs_data=False, preserves_function=True)(reverse)  # a re-run
+
+    def listing(model_a, model_b, spec, data=None):
+        return [torch.arange(g.size) for g in spec.groups.values()]
+
+    register("listing", listing, needs_data=False, preserves_function=True)
+    with pytest.raises(TypeError, match=r"'listing' \(.*listing\) returned list"):
+        wb.align(tiny_model, tiny_model, "listing", spec=spec)
+
+    def zeros(model_a, model_b, spec, data=None):
+        return {name: torch.zeros(g.size, dtype=torch.long) for name, g in spec.groups.items()}
+
+    register("zeros", zeros, needs_data=False, preserves_function=True)
+    with pytest.raises(ValueError, match=r"'zeros' .* invalid permutation: .* not a permutation"):
+        wb.align(tiny_model, tiny_model, "zeros", spec=spec)
+
+    def too_small(model_a, model_b, spec, data=None):
+        return {name: torch.eye(g.size - 1) for name, g in spec.groups.items()}
+
+    register("small", too_small, needs_data=True, preserves_function=False, kind="linear")
+    with pytest.raises(ValueError, match=r"'small' .* invalid linear: maps.* must be 4x4"):
+        wb.align(tiny_model, tiny_model, "small", torch.zeros(2, 1, 28, 28), spec=spec)
+    with pytest.raises(ValueError, match="'small' finds general linear maps"):
+        wb.alignment.match(tiny_model, tiny_model, "small", torch.zeros(2, 1, 28, 28), spec)

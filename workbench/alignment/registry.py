@@ -1,0 +1,286 @@
+"""The registry of alignment methods.
+
+Every consumer reads the methods from here: :func:`~workbench.alignment.align` and
+:func:`~workbench.alignment.match`, :func:`~workbench.merge_many` (and its validation
+search), :func:`~workbench.compare_methods`, the LMC and plane functions, the diagnostics,
+the dashboards' method choices, the command line's ``--methods`` and the figures' styles.
+Adding a method is therefore one decorated function in one file::
+
+    @register_method("reverse", needs_data=False, preserves_function=True)
+    def reverse(model_a, model_b, spec, data=None, **options) -> Permutation:
+        return {name: torch.arange(g.size).flip(0) for name, g in spec.groups.items()}
+
+A method is called as ``function(model_a, model_b, spec=spec, data=data, **options)`` and
+returns, for ``kind="permutation"``, a :data:`Permutation` (group -> LongTensor: the order
+of B's channels that matches A's), or, for ``kind="linear"``, :data:`LinearMaps` (group ->
+square matrix taking B's channels into A's space; groups it leaves out keep their
+channels). Hyperparameters the method wants chosen on held-out data are declared with
+``search`` (a grid per name); :func:`~workbench.merge_many` tries them on a validation
+split, never on test data.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypeVar
+
+import torch
+from torch import nn
+
+from workbench.alignment.transforms import (
+    LinearMaps,
+    Permutation,
+    check_linear_maps,
+    check_permutation,
+    identity_permutation,
+)
+from workbench.data import DataLike
+from workbench.graph import PermutationSpec
+
+__all__ = [
+    "AlignmentMethod",
+    "accepted_options",
+    "canonical_method",
+    "get_method",
+    "matching_methods",
+    "methods",
+    "register_method",
+    "unregister_method",
+]
+
+Kind = Literal["permutation", "linear"]
+MethodFunction = Callable[..., Permutation | LinearMaps]
+Merger = Callable[..., list[nn.Module]]
+F = TypeVar("F", bound=Callable[..., Any])
+
+_KINDS = ("permutation", "linear")
+# Names that tables and figures show, accepted wherever a method is named.
+_ALIASES = {"naive": "none"}
+_EXPECTED = {
+    "permutation": "a Permutation (a dict group -> LongTensor of B's channel order)",
+    "linear": "LinearMaps (a dict group -> square matrix, B's channels into A's space)",
+}
+
+
+def takes(function: Callable, option: str) -> bool:
+    """Whether ``function`` can be called with the keyword argument ``option``."""
+    parameters = inspect.signature(function).parameters.values()
+    return any(
+        p.kind is p.VAR_KEYWORD or (p.name == option and p.kind is not p.POSITIONAL_ONLY)
+        for p in parameters
+    )
+
+
+def accepted_options(function: Callable, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``options`` that ``function`` takes as keyword arguments (all of
+    them if it takes ``**kwargs``): one call can then configure several methods."""
+    return {name: value for name, value in options.items() if takes(function, name)}
+
+
+@dataclass(frozen=True)
+class AlignmentMethod:
+    """A registered alignment method and what its consumers need to know about it.
+
+    ``function(model_a, model_b, spec=spec, data=data, **options)`` returns a
+    :data:`Permutation` (``kind="permutation"``) or :data:`LinearMaps` (``"linear"``).
+    ``needs_data``: it measures activations, so ``data`` is required.
+    ``preserves_function``: B aligned by it computes B's function (always true of a
+    permutation; CCA's maps do not). ``search``: hyperparameter -> values to try on a
+    validation split (:func:`workbench.merge_many`); ``defaults``: the values used where
+    nothing is searched (:func:`~workbench.alignment.align`). ``merger``: an optional
+    N-model path, ``merger(models, spec, **options) -> models in one neuron order``,
+    used by ``merge_many`` instead of aligning every model to a reference (MergeMany for
+    weight matching). ``uses_statistics``: ``function`` takes ``statistics=``, the joint
+    activation statistics of (A, B) from :func:`collect_statistics`, so that a caller
+    that has them (a search over the grid, the diagnostics) saves the data pass.
+    """
+
+    name: str
+    function: MethodFunction
+    needs_data: bool
+    preserves_function: bool
+    kind: Kind = "permutation"
+    search: Mapping[str, tuple] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    merger: Merger | None = None
+    uses_statistics: bool = False
+
+    def __post_init__(self) -> None:
+        where = f"Alignment method {self.name!r}"
+        if not isinstance(self.name, str) or not self.name or self.name.split() != [self.name]:
+            raise ValueError(f"A method name must be a word without spaces, got {self.name!r}.")
+        if self.name in _ALIASES:
+            raise ValueError(f"{self.name!r} is another name of {_ALIASES[self.name]!r}.")
+        if self.kind not in _KINDS:
+            raise ValueError(f"{where}: kind must be one of {_KINDS}, got {self.kind!r}.")
+        if self.kind == "permutation" and not self.preserves_function:
+            raise ValueError(
+                f"{where}: a permutation always preserves the function; register a method "
+                "that changes it with kind='linear'."
+            )
+        if (self.kind == "linear" or self.uses_statistics) and not self.needs_data:
+            raise ValueError(
+                f"{where}: linear maps (BatchNorm statistics are measured again after the "
+                "map) and activation statistics need data; register it with needs_data=True."
+            )
+        grids = {name: tuple(values) for name, values in self.search.items()}
+        empty = [name for name, values in grids.items() if not values]
+        if empty:
+            raise ValueError(f"{where}: the search grids of {empty} are empty.")
+        object.__setattr__(self, "search", MappingProxyType(grids))
+        object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+
+    def accepts(self, option: str) -> bool:
+        """Whether ``option`` means something to this method (a searched hyperparameter,
+        or a keyword its function or merger takes)."""
+        return (
+            option in self.search
+            or takes(self.function, option)
+            or (self.merger is not None and takes(self.merger, option))
+        )
+
+    def search_space(self, options: Mapping[str, Any]) -> dict[str, tuple]:
+        """The values to try for each searched hyperparameter: the declared grid when
+        ``options`` leaves it out or sets it to ``None``, the given values when it is a
+        list or tuple, else the one given value."""
+        space = {}
+        for name, grid in self.search.items():
+            value = options.get(name)
+            if value is None:
+                space[name] = grid
+            elif isinstance(value, (list, tuple)):
+                space[name] = tuple(value)
+            else:
+                space[name] = (value,)
+        return space
+
+    def find(
+        self,
+        model_a: nn.Module,
+        model_b: nn.Module,
+        spec: PermutationSpec,
+        data: DataLike | None = None,
+        **options: Any,
+    ) -> Permutation | LinearMaps:
+        """Run the method (``defaults`` filled in) and check what it returned."""
+        found = self.function(
+            model_a, model_b, spec=spec, data=data, **{**self.defaults, **options}
+        )
+        where = f"Alignment method {self.name!r} ({_qualified_name(self.function)})"
+        if not isinstance(found, Mapping) or not all(
+            isinstance(value, torch.Tensor) for value in found.values()
+        ):
+            raise TypeError(
+                f"{where} returned {type(found).__name__}; a {self.kind} method must return "
+                f"{_EXPECTED[self.kind]}."
+            )
+        try:
+            if self.kind == "permutation":
+                check_permutation(spec, found)
+            else:
+                check_linear_maps(spec, found)
+        except ValueError as error:
+            raise ValueError(f"{where} returned an invalid {self.kind}: {error}") from error
+        return found
+
+
+_REGISTRY: dict[str, AlignmentMethod] = {}
+
+
+def _qualified_name(function: Callable) -> str:
+    return f"{getattr(function, '__module__', '?')}.{getattr(function, '__qualname__', '?')}"
+
+
+def register_method(
+    name: str,
+    *,
+    needs_data: bool,
+    preserves_function: bool,
+    kind: Kind = "permutation",
+    search: Mapping[str, Sequence] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    merger: Merger | None = None,
+    uses_statistics: bool = False,
+) -> Callable[[F], F]:
+    """Register the decorated function as the alignment method ``name`` (see
+    :class:`AlignmentMethod` for the arguments); the function is returned unchanged.
+
+    A name can be registered once; registering the same definition again (a notebook
+    cell run twice) replaces it, anything else raises ``ValueError``: pick another name
+    or :func:`unregister_method` first.
+    """
+
+    def decorator(function: F) -> F:
+        method = AlignmentMethod(
+            name,
+            function,
+            needs_data,
+            preserves_function,
+            kind,
+            search or {},
+            defaults or {},
+            merger,
+            uses_statistics,
+        )
+        existing = _REGISTRY.get(name)
+        if existing is not None and _qualified_name(existing.function) != _qualified_name(function):
+            raise ValueError(
+                f"An alignment method named {name!r} is already registered "
+                f"({_qualified_name(existing.function)}); choose another name, or call "
+                f"unregister_method({name!r}) first."
+            )
+        _REGISTRY[name] = method
+        return function
+
+    return decorator
+
+
+def unregister_method(name: str) -> None:
+    """Remove the method ``name`` from the registry."""
+    del _REGISTRY[get_method(name).name]
+
+
+def canonical_method(method: str) -> str:
+    """The registry name of ``method``: ``"naive"``, the name tables and figures show for
+    no alignment, is accepted for ``"none"``."""
+    return _ALIASES.get(method, method)
+
+
+def methods(kind: Kind | None = None) -> list[str]:
+    """The names of the registered alignment methods (of one ``kind`` if given), in the
+    order they were registered: the built-in ones first."""
+    return [name for name, m in _REGISTRY.items() if kind is None or m.kind == kind]
+
+
+def matching_methods() -> list[str]:
+    """The methods that pair each of B's units with one of A's: the permutation methods
+    but ``"none"`` (which pairs unit i with unit i)."""
+    return [name for name in methods("permutation") if name != "none"]
+
+
+def get_method(name: str) -> AlignmentMethod:
+    """The registered method ``name`` (or its alias); ``ValueError`` lists the registered
+    names and suggests the nearest."""
+    method = _REGISTRY.get(canonical_method(name)) if isinstance(name, str) else None
+    if method is None:
+        names = methods()
+        close = difflib.get_close_matches(str(name), [*names, *_ALIASES], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(
+            f"method must be one of {names} ('naive' is 'none'), got {name!r}.{hint} "
+            "Register new ones with workbench.register_method."
+        )
+    return method
+
+
+@register_method("none", needs_data=False, preserves_function=True)
+def no_alignment(
+    model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: DataLike | None = None
+) -> Permutation:
+    """No alignment (shown as "naive"): B keeps its channel order, so that merging is
+    plain weight averaging, the baseline every method must beat."""
+    return identity_permutation(spec)
