@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.alignment.api import canonical_method
+from workbench.alignment import registry
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
 from workbench.evaluation import evaluate
@@ -32,7 +32,7 @@ from workbench.figures import (
     save_table,
     series_label,
 )
-from workbench.merging import MERGE_METHODS, merge_many
+from workbench.merging import merge_many
 from workbench.weightspace import resolve_cache
 
 __all__ = ["COLUMNS", "compare_methods", "plot_comparison"]
@@ -44,7 +44,7 @@ def compare_methods(
     models: Sequence[nn.Module],
     data: DataLike,
     eval_data: DataLike,
-    methods: Sequence[str] = MERGE_METHODS,
+    methods: Sequence[str] | None = None,
     sizes: Sequence[int] | None = None,
     bn: str | None = "reset",
     *,
@@ -54,7 +54,8 @@ def compare_methods(
     **merge_options,
 ) -> pd.DataFrame:
     """Merge the first N of ``models`` for each N in ``sizes`` (default 2..len(models))
-    with each method in ``methods``, on training ``data``; evaluate on ``eval_data``.
+    with each method in ``methods`` (default: every registered one,
+    :func:`workbench.methods`), on training ``data``; evaluate on ``eval_data``.
 
     Returns a tidy table with the columns in :data:`COLUMNS`: ``method`` by its display
     name (``"naive"`` for plain averaging, as in every figure), ``bn`` as text
@@ -69,10 +70,11 @@ def compare_methods(
     """
     models = list(models)
     sizes = list(sizes) if sizes is not None else list(range(2, len(models) + 1))
-    methods = [canonical_method(m) for m in methods]
-    unknown = [m for m in methods if m not in MERGE_METHODS]
+    known = registry.methods()
+    methods = known if methods is None else [registry.canonical_method(m) for m in methods]
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ValueError(f"Unknown methods {unknown}; choose from {MERGE_METHODS}.")
+        raise ValueError(f"Unknown methods {unknown}; choose from {known}.")
     bad = [n for n in sizes if not 2 <= n <= len(models)]
     if bad:
         raise ValueError(f"sizes must lie in 2..{len(models)} (the models given), got {bad}.")
@@ -134,7 +136,7 @@ def plot_comparison(
     if missing:
         raise ValueError(f"The table lacks columns {missing}; pass compare_methods' result.")
     if ax is None:
-        fig, ax = new_figure()
+        fig, ax = new_figure(aspect=0.9)  # room for the legend above the axes
     else:
         fig = ax.figure
     scale = 100.0 if metric == "accuracy" else 1.0
@@ -160,9 +162,9 @@ def plot_comparison(
             ax.plot(
                 rows["n_models"] + shift,
                 scale * rows[metric],
-                color=color_for(method, index),
+                color=color_for(method, index, registry.methods()),
                 linestyle=linestyle_for(bn_key),
-                marker=marker_for(method, index),
+                marker=marker_for(method, index, registry.methods()),
                 label=series_label(method, bn_key),
                 zorder=2,
             )
