@@ -2,6 +2,7 @@
 
 from workbench.featviz.exemplars import Exemplars, top_exemplars
 from workbench.featviz.render import render_channels, resolve_layer, small_image_transforms
+from workbench.featviz.tradeoff import StepsTradeoff, render_quality, steps_tradeoff
 from workbench.featviz.views import (
     LayerComparison,
     UnitMatch,
@@ -17,6 +18,7 @@ from workbench.featviz.views import (
 __all__ = [
     "Exemplars",
     "LayerComparison",
+    "StepsTradeoff",
     "UnitMatch",
     "compare_layer",
     "layer_exemplars",
@@ -26,7 +28,9 @@ __all__ = [
     "plot_unit_comparison",
     "render_channels",
     "render_layer",
+    "render_quality",
     "resolve_layer",
     "small_image_transforms",
+    "steps_tradeoff",
     "top_exemplars",
 ]
