@@ -2,8 +2,11 @@
 
 For every pair among seeds 0..3: the loss barrier and the midpoint accuracy on the test
 set for naive interpolation, weight matching and activation matching, each with no BN
-handling, RESET and REPAIR (statistics and matching on the training set). How the barrier
-moves with width is `width_sweep.py`.
+handling, RESET and REPAIR (statistics and matching on the training set). Each curve has
+``ALPHAS`` evenly spaced points, as a user's ``lmc_curve(..., alphas=11)`` has: the barrier
+is the maximum over all of them (a 3-point curve misses the peak when it is off the
+midpoint), the midpoint accuracy is the one at alpha = 0.5. How the barrier moves with
+width is `width_sweep.py`.
 
     python benchmarks/alignment_quality.py [--seeds 0 1 2 3]
 """
@@ -25,6 +28,7 @@ from workbench.graph import permutation_spec
 
 METHODS = ("none", "weight", "activation")
 BN_MODES = (None, "reset", "repair")
+ALPHAS = 11  # odd, so that alpha = 0.5 is on the path
 
 
 def pair_rows(model_a, model_b, train, test, spec, label: str) -> list[dict]:
@@ -38,7 +42,7 @@ def pair_rows(model_a, model_b, train, test, spec, label: str) -> list[dict]:
                 model_a,
                 aligned,
                 test,
-                alphas=[0, 0.5, 1],
+                alphas=ALPHAS,
                 bn=bn,
                 bn_data=train,
                 spec=spec,
@@ -52,11 +56,24 @@ def pair_rows(model_a, model_b, train, test, spec, label: str) -> list[dict]:
                     "barrier": curve.barrier,
                     "rebasin_barrier": curve.rebasin_barrier,
                     "midpoint_accuracy": curve.midpoint_accuracy,
+                    "accuracy_a": float(curve.accuracy[0]),
+                    "accuracy_b": float(curve.accuracy[-1]),
                     "mean_endpoint_accuracy": float(curve.accuracy[[0, -1]].mean()),
                     "align_seconds": seconds,
                 }
             )
     return rows
+
+
+def seed_accuracies(rows: list[dict]) -> dict[str, float]:
+    """Each model's own test accuracy, read off the endpoints of its naive curves without
+    BN handling (endpoints neither aligned nor renormalized: the shipped models as they are)."""
+    accuracies = {}
+    for row in rows:
+        if row["method"] == "none" and row["bn"] == "none":
+            seed_a, seed_b = row["pair"].split("-")
+            accuracies[seed_a], accuracies[seed_b] = row["accuracy_a"], row["accuracy_b"]
+    return accuracies
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -91,9 +108,12 @@ def main() -> None:
     rows = []
     for i, j in itertools.combinations(args.seeds, 2):
         rows += pair_rows(models[i], models[j], train, test, spec, f"{i}-{j}")
+        print(f"pair {i}-{j} done", file=sys.stderr, flush=True)
     result = {
         "benchmark": "alignment_quality",
         "data": "mnist-5k test (statistics on train)",
+        "alphas": ALPHAS,
+        "test_accuracy": seed_accuracies(rows),
         "pairs": rows,
         "summary": summarize(rows),
     }
