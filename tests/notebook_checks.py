@@ -1,0 +1,17 @@
+"""What the notebook tests (nbclient and the real browser) share: which notebooks there are
+and which cells build a figure, so that both check that such a cell shows an image."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+# A call that returns or draws a figure: wb.plot_*, featviz.plot_*, new_figure, .plot(...).
+_FIGURE_CALL = re.compile(r"\b(plot_\w+|new_figure)\(|\.plot\(")
+
+
+def builds_figure(source: str) -> bool:
+    """Whether a code cell's ``source`` builds a figure (and must therefore show one)."""
+    return bool(_FIGURE_CALL.search(source))
