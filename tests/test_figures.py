@@ -180,3 +180,19 @@ def test_shared_legend():
     figures.shared_legend(fig, axes[0], ncols=2)
     [legend] = fig.legends
     assert [t.get_text() for t in legend.get_texts()] == ["a", "b"]
+
+
+def test_a_saved_figure_still_draws_its_layout(tmp_path):
+    """Saving must not leave the figure so that the notebook's display of it afterwards
+    collapses the axes (a constrained_layout warning under the export cell)."""
+    import io
+    import warnings
+
+    fig, ax = figures.new_figure()
+    for k in range(5):
+        ax.plot([2, 3], [k, k], label=f"a long series label {k} + RESET")
+    figures.legend_above(ax)
+    figures.save(fig, tmp_path / "fig", formats=("pdf", "png"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig.canvas.print_figure(io.BytesIO(), format="png", bbox_inches="tight", dpi=72)

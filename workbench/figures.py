@@ -8,6 +8,7 @@ every publisher) and standard one- and two-column widths.
 from __future__ import annotations
 
 import contextlib
+import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -261,11 +262,22 @@ def save(
         raise ValueError(f"Unsupported formats {unknown}; matplotlib writes {sorted(supported)}.")
     metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {"Software": None}}
     paths = []
-    with paper_style():
-        for fmt in formats:
-            path = stem.with_name(f"{stem.name}.{fmt}")
-            fig.savefig(path, format=fmt, dpi=dpi, metadata=metadata.get(fmt))
-            paths.append(path)
+    # A copy is saved where the figure can be copied: a tight-bbox save at another dpi leaves
+    # constrained layout in a state where the next draw of the same figure (the notebook's
+    # display after the export cell) collapses its axes.
+    try:
+        target = pickle.loads(pickle.dumps(fig))
+    except (pickle.PicklingError, TypeError, AttributeError):
+        target = fig
+    try:
+        with paper_style():
+            for fmt in formats:
+                path = stem.with_name(f"{stem.name}.{fmt}")
+                target.savefig(path, format=fmt, dpi=dpi, metadata=metadata.get(fmt))
+                paths.append(path)
+    finally:
+        if target is not fig:
+            plt.close(target)
     return paths
 
 
