@@ -1,14 +1,21 @@
-"""The quickstart notebook in a real JupyterLab, driven through headless Chromium.
+"""The notebooks and dashboards in a real JupyterLab, driven through headless Chromium.
 
-Starts a JupyterLab server on localhost (private HOME, config and runtime folders, a copy of
-the notebook), opens the notebook in Debian's Chromium through Playwright, runs all cells,
-checks that every widget rendered, moves the interpolation slider with the keyboard and
-checks that the displayed accuracy changed, and saves a screenshot (into
-``docs/screenshots/`` when ``WORKBENCH_UPDATE_SCREENSHOTS=1``, else into the test's tmp dir).
+Starts a JupyterLab server on localhost (private HOME, config and runtime folders, copies of
+the notebooks) and opens each notebook in Debian's Chromium through Playwright, as a user
+would: "Run All", then it checks what is on the page. Every cell that builds a figure shows
+an image; no cell shows an error or a stderr box. The dashboards are then used with the
+mouse and keyboard: choosing a method, a BatchNorm treatment and a pair, pressing Compute,
+Run and Render, moving sliders, and exporting. After each action the figure and the numbers
+on the page must change, and exported files must exist. Screenshots go to the test's tmp
+folder, or to ``docs/screenshots/`` with ``WORKBENCH_UPDATE_SCREENSHOTS=1``.
+
+The result cache is the test session's (conftest), so notebooks run here cold and the
+nbclient run of the same notebooks (tests/test_notebooks.py) reads the curves back.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -16,10 +23,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
+
+from tests.notebook_checks import NOTEBOOKS, builds_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -34,6 +44,8 @@ BROWSER_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+RUN_LIMIT = 420  # seconds for one notebook's Run All (each takes under 2 minutes here)
+STDERR = '[data-mime-type="application/vnd.jupyter.stderr"]'
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 if not CHROMIUM.exists():
@@ -41,20 +53,15 @@ if not CHROMIUM.exists():
 
 pytestmark = pytest.mark.slow
 
-# The three dashboards, their slow steps triggered from Python (as a click would), on small
-# subsets so that the page is ready in seconds.
+# The three dashboards on small subsets, so that every button answers in seconds.
 DASHBOARDS = [
     "import torch\nimport workbench as wb\n\n"
-    "train = wb.load_dataset('mnist-5k', 'train').subset(torch.arange(0, 4000, 4), 'train')\n"
-    "test = wb.load_dataset('mnist-5k', 'test')\n"
+    "train = wb.load_dataset('mnist-5k', 'train').subset(torch.arange(0, 4000, 8), 'train')\n"
+    "test = wb.load_dataset('mnist-5k', 'test').subset(torch.arange(0, 1000, 2), 'test')\n"
     "models = wb.load_quickstart_models(seeds=(0, 1, 2))",
-    "lmc = wb.widgets.LMCExplorer(models, test, train, alphas=11)\n"
-    "lmc.bn.value = 'RESET'\nlmc.compute.click()\nlmc",
-    "neurons = wb.widgets.NeuronExplorer(models[0], models[1], train, steps=64)\n"
-    "neurons.method.value = 'activation'\nneurons.layer.value = 'features.conv2'\n"
-    "neurons.render.click()\nneurons",
-    "comparison = wb.widgets.MethodComparison(models, test, train)\n"
-    "comparison.run.click()\ncomparison",
+    "wb.widgets.LMCExplorer(models, test, train, alphas=5)",
+    "wb.widgets.NeuronExplorer(models[0], models[1], train, steps=8, layer='features.conv1')",
+    "wb.widgets.MethodComparison(models, test, train, sizes=(2,))",
 ]
 
 
@@ -66,15 +73,18 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """A JupyterLab server serving a folder with a copy of the quickstart notebook."""
+    """A JupyterLab server serving a folder with copies of every notebook and a notebook
+    of the three dashboards; yields its URL and the folder."""
     home = tmp_path_factory.mktemp("lab-home")
     work = tmp_path_factory.mktemp("lab-work") / "notebooks"
     work.mkdir()
-    notebook = nbformat.read(ROOT / "notebooks" / "01_quickstart.ipynb", as_version=4)
-    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
-    nbformat.write(notebook, work / "01_quickstart.ipynb")
+    kernel = {"name": "python3", "display_name": "Python 3"}  # this interpreter
+    for path in NOTEBOOKS:
+        notebook = nbformat.read(path, as_version=4)
+        notebook.metadata["kernelspec"] = kernel
+        nbformat.write(notebook, work / path.name)
     dashboards = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in DASHBOARDS])
-    dashboards.metadata["kernelspec"] = notebook.metadata["kernelspec"]
+    dashboards.metadata["kernelspec"] = kernel
     nbformat.write(dashboards, work / "dashboards.ipynb")
     # every cell in the DOM (no virtual scrolling), so that the test sees all of them
     tracker = home / "settings" / "@jupyterlab" / "notebook-extension"
@@ -127,8 +137,29 @@ def lab(tmp_path_factory):
     log.close()
 
 
-def notebook_cells() -> list:
-    return nbformat.read(ROOT / "notebooks" / "01_quickstart.ipynb", as_version=4).cells
+@contextlib.contextmanager
+def browser_page(tmp_path: Path) -> Iterator:
+    """A Chromium page; on failure, a screenshot and the page's text go to ``tmp_path``."""
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        try:
+            yield page
+        except Exception as error:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            (tmp_path / "page.txt").write_text(page.locator("body").inner_text())
+            raise AssertionError(
+                f"{error}\n(screenshot and page text of the failure in {tmp_path})"
+            ) from error
+        finally:
+            browser.close()
+
+
+def _shots(tmp_path: Path) -> Path:
+    update = os.environ.get("WORKBENCH_UPDATE_SCREENSHOTS")
+    shots = ROOT / "docs" / "screenshots" if update else tmp_path
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
 
 
 def _run_all(page) -> None:
@@ -150,7 +181,7 @@ def _open_and_run(page, url: str, name: str, cells: int) -> None:
     page.wait_for_function(
         f"document.querySelectorAll('.jp-CodeCell').length === {cells}", timeout=60_000
     )
-    deadline = time.time() + 420
+    deadline = time.time() + RUN_LIMIT
     last_try = 0.0
     while time.time() < deadline:
         prompts = _prompts(page)
@@ -166,90 +197,167 @@ def _open_and_run(page, url: str, name: str, cells: int) -> None:
             _run_all(page)
             last_try = time.time()
         page.wait_for_timeout(1000)
-    raise AssertionError(f"cells did not all run in 420 s: {_prompts(page)}")
+    raise AssertionError(f"cells did not all run in {RUN_LIMIT} s: {_prompts(page)}")
 
 
-def _check_widgets(page) -> None:
+def _check_no_errors(page) -> None:
     text = page.locator(".jp-Notebook").inner_text()
     assert "Error displaying widget" not in text
     assert "Traceback" not in text, "a cell raised"
     assert page.get_by_text("Loading widget").count() == 0, "a widget is stuck loading"
+    stderr = page.locator(f".jp-Notebook .jp-OutputArea-output{STDERR}")
+    assert stderr.count() == 0, f"a cell shows a stderr box: {stderr.all_inner_texts()[:3]}"
 
 
-def test_dashboards_render(lab, tmp_path):
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_shows_every_figure(lab, path, tmp_path):
     url, _ = lab
-    shots = _shots(tmp_path)
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        try:
-            _open_and_run(page, url, "dashboards.ipynb", len(DASHBOARDS))
-            _check_widgets(page)
-            outputs = page.locator(".jp-CodeCell .jp-Cell-outputWrapper")
-            for index, name in (
-                (1, "lmc_explorer"),
-                (2, "neuron_explorer"),
-                (3, "method_comparison"),
-            ):
-                output = outputs.nth(index)
-                output.locator("img").first.wait_for(timeout=60_000)  # its figure is shown
-                assert output.locator(".widget-button").count() >= 1
-                output.scroll_into_view_if_needed()
-                output.screenshot(path=str(shots / f"{name}.png"))
-            assert "loss barrier" in outputs.nth(1).inner_text()
-            assert "correlation" in outputs.nth(2).inner_text()
-            assert "endpoints" in outputs.nth(3).inner_text()
-        except Exception as error:
-            _fail(page, tmp_path, error)
-        finally:
-            browser.close()
+    notebook = nbformat.read(path, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    with browser_page(tmp_path) as page:
+        _open_and_run(page, url, path.name, len(code))
+        _check_no_errors(page)
+        cells = page.locator(".jp-Notebook .jp-CodeCell")
+        for index, cell in enumerate(code):
+            if builds_figure(cell.source):
+                shown = cells.nth(index).locator(".jp-OutputArea-output img")
+                assert shown.count() >= 1, f"code cell {index + 1} builds a figure, shows none"
+                box = shown.first.bounding_box()
+                assert box and box["width"] > 100 and box["height"] > 50, f"cell {index + 1}"
+        page.screenshot(path=str(tmp_path / f"{path.stem}.png"), full_page=True)
+        if path.stem == "01_quickstart":
+            _move_the_quickstart_slider(page, _shots(tmp_path))
 
 
-def _shots(tmp_path: Path) -> Path:
-    update = os.environ.get("WORKBENCH_UPDATE_SCREENSHOTS")
-    shots = ROOT / "docs" / "screenshots" if update else tmp_path
-    shots.mkdir(parents=True, exist_ok=True)
-    return shots
+def _move_the_quickstart_slider(page, shots: Path) -> None:
+    """The interpolation slider answers the keyboard; the README's screenshot."""
+    slider = page.locator(".widget-slider").first
+    readout = page.locator(".widget-html", has_text="alpha =").first
+    before = readout.inner_text()
+    slider.scroll_into_view_if_needed()
+    handle = slider.locator(".noUi-handle").first
+    handle.focus()
+    handle.press("Home")  # alpha -> 0, model A itself
+    after = _wait_changed(page, readout, before)
+    assert "alpha = 0.00" in after
+    assert float(re.search(r"accuracy (\d+\.\d)%", after).group(1)) > 95.0
+    page.screenshot(path=str(shots / "quickstart.png"))
 
 
-def _fail(page, tmp_path: Path, error: Exception) -> None:
-    page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
-    (tmp_path / "page.txt").write_text(page.locator("body").inner_text())
-    raise AssertionError(
-        f"{error}\n(screenshot and page text of the failure in {tmp_path})"
-    ) from error
+def _image(output) -> str:
+    """The data URI of the first image in a dashboard's output (its current figure)."""
+    image = output.locator(".widget-output img").first
+    image.wait_for(timeout=120_000)
+    return image.get_attribute("src")
 
 
-def test_quickstart_runs_and_the_slider_moves(lab, tmp_path):
-    url, _ = lab
-    shots = _shots(tmp_path)
-    cells = sum(c.cell_type == "code" for c in notebook_cells())
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        try:
-            _open_and_run(page, url, "01_quickstart.ipynb", cells)
-            _check_widgets(page)
-            slider = page.locator(".widget-slider").first
-            slider.wait_for(timeout=30_000)
-            readout = page.locator(".widget-html", has_text="alpha =").first
-            before = readout.inner_text()
-            assert re.search(r"accuracy \d+\.\d%", before), before
-            slider.scroll_into_view_if_needed()
-            handle = slider.locator(".noUi-handle").first
-            handle.focus()
-            handle.press("Home")  # alpha -> 0, model A itself
-            page.wait_for_function(
-                "([el, old]) => el.innerText !== old && el.innerText.includes('alpha = 0.00')",
-                arg=[readout.element_handle(), before],
-                timeout=60_000,
-            )
-            after = readout.inner_text()
-            accuracy = lambda s: float(re.search(r"accuracy (\d+\.\d)%", s).group(1))  # noqa: E731
-            assert accuracy(after) != accuracy(before)
-            assert accuracy(after) > 95.0, "alpha = 0 is model A (97.7% on the test set)"
-            page.screenshot(path=str(shots / "quickstart.png"))
-        except Exception as error:
-            _fail(page, tmp_path, error)
-        finally:
-            browser.close()
+def _wait_changed(page, locator, old: str, timeout: int = 180_000) -> str:
+    """Wait until ``locator``'s inner text differs from ``old``; return the new text."""
+    page.wait_for_function(
+        "([el, old]) => el.innerText !== old",
+        arg=[locator.element_handle(), old],
+        timeout=timeout,
+    )
+    return locator.inner_text()
+
+
+def _wait_image_changed(page, output, old: str) -> str:
+    page.wait_for_function(
+        "([el, old]) => { const i = el.querySelector('.widget-output img');"
+        " return i !== null && i.getAttribute('src') !== old; }",
+        arg=[output.element_handle(), old],
+        timeout=180_000,
+    )
+    return _image(output)
+
+
+def _export(page, output, work: Path, stem: str, suffixes: list[str]) -> None:
+    """Type ``stem`` into the dashboard's "save as" box, press Export, check the files."""
+    box = output.locator(".widget-text input").last
+    box.fill(f"figures/{stem}")
+    box.press("Enter")
+    output.get_by_role("button", name="Export").click()
+    status = output.locator(".widget-html", has_text="wrote")
+    status.wait_for(timeout=60_000)
+    for suffix in suffixes:
+        path = work / "figures" / f"{stem}{suffix}"
+        assert path.is_file() and path.stat().st_size > 0, path
+
+
+def test_dashboards_answer_the_mouse_and_keyboard(lab, tmp_path):
+    url, work = lab
+    with browser_page(tmp_path) as page:
+        _use_dashboards(page, url, work, _shots(tmp_path))
+
+
+def _use_dashboards(page, url: str, work: Path, shots: Path) -> None:
+    _open_and_run(page, url, "dashboards.ipynb", len(DASHBOARDS))
+    _check_no_errors(page)
+    outputs = page.locator(".jp-CodeCell .jp-Cell-outputWrapper")
+
+    # LMCExplorer: compute, switch method and BN handling, move alpha, export
+    lmc = outputs.nth(1)
+    barrier = lmc.locator(".widget-html").first
+    assert "press Compute" in barrier.inner_text()
+    lmc.get_by_role("button", name="Compute").click()
+    weight = _wait_changed(page, barrier, "Not computed yet: press Compute.")
+    assert re.search(r"weight</?b?>?.*loss barrier", lmc.inner_html()) or "weight" in weight
+    first = _image(lmc)
+    lmc.locator(".widget-dropdown select").nth(1).select_option(label="naive")
+    barrier.filter(has_text="press Compute").wait_for(timeout=30_000)
+    lmc.get_by_role("button", name="Compute").click()
+    naive = _wait_changed(page, barrier, "Not computed yet: press Compute.")
+    assert "naive" in naive and "Not computed" not in naive
+    naive_image = _wait_image_changed(page, lmc, first)
+    lmc.locator(".widget-toggle-button", has_text="RESET").click()
+    barrier.filter(has_text="press Compute").wait_for(timeout=30_000)
+    lmc.get_by_role("button", name="Compute").click()
+    reset = _wait_changed(page, barrier, "Not computed yet: press Compute.")
+    assert "RESET" in reset and reset != naive
+    _wait_image_changed(page, lmc, naive_image)
+    readout = lmc.locator(".widget-html", has_text="alpha =")
+    before = readout.inner_text()
+    handle = lmc.locator(".widget-slider .noUi-handle").first
+    handle.focus()
+    handle.press("Home")
+    after = _wait_changed(page, readout, before)
+    assert "alpha = 0.00" in after
+    accuracy = float(re.search(r"accuracy (\d+\.\d)%", after).group(1))
+    assert accuracy > 95.0, "alpha = 0 is model 0 itself"
+    lmc.locator(".widget-dropdown select").first.select_option(label="model 1 | model 2")
+    barrier.filter(has_text="press Compute").wait_for(timeout=30_000)
+    lmc.locator(".widget-dropdown select").first.select_option(label="model 0 | model 1")
+    _wait_changed(page, barrier, "Not computed yet: press Compute.")
+    _export(page, lmc, work, "browser_lmc", [".pdf", ".svg", ".png"])
+    lmc.scroll_into_view_if_needed()
+    lmc.screenshot(path=str(shots / "lmc_explorer.png"))
+
+    # NeuronExplorer: render a layer, walk the ranks with the keyboard, export
+    neurons = outputs.nth(2)
+    info = neurons.locator(".widget-html").first
+    neurons.get_by_role("button", name="Render layer").click()
+    rank_1 = _wait_changed(page, info, info.inner_text(), timeout=300_000)
+    assert "rank 1 of 32" in rank_1
+    unit_image = _image(neurons)
+    slider = neurons.locator(".widget-slider .noUi-handle").first
+    slider.focus()
+    slider.press("ArrowRight")
+    second = _wait_changed(page, info, rank_1)
+    assert "rank 2 of 32" in second
+    _wait_image_changed(page, neurons, unit_image)
+    _export(page, neurons, work, "browser_neurons", [".pdf", ".svg", ".png"])
+    neurons.scroll_into_view_if_needed()
+    neurons.screenshot(path=str(shots / "neuron_explorer.png"))
+
+    # MethodComparison: tick a method, run, export figure and table
+    comparison = outputs.nth(3)
+    comparison.locator(".widget-checkbox", has_text="activation").locator("input").uncheck()
+    comparison.get_by_role("button", name="Run").click()
+    comparison.locator(".widget-html", has_text="done").wait_for(timeout=300_000)
+    table = comparison.locator("table").inner_text()
+    assert "naive" in table and "weight" in table and "endpoints" in table
+    assert "activation" not in table
+    _image(comparison)
+    _export(page, comparison, work, "browser_methods", [".pdf", ".svg", ".png", ".csv"])
+    comparison.scroll_into_view_if_needed()
+    comparison.screenshot(path=str(shots / "method_comparison.png"))
