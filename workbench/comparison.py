@@ -168,7 +168,9 @@ def plot_comparison(
                 label=series_label(method, bn_key),
                 zorder=2,
             )
-        ax.set_xticks(sorted(table["n_models"].unique()))
+        sizes = sorted(table["n_models"].unique())
+        ax.set_xticks(sizes)
+        ax.set_xlim(sizes[0] - 0.5, sizes[-1] + 0.5)  # nudged series stay off the frame
         ax.set_xlabel("Number of merged models")
         if metric == "accuracy":
             ax.set_ylabel("Accuracy (%)")

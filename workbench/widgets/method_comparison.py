@@ -100,7 +100,8 @@ class MethodComparison(widgets.VBox):
             self.run.disabled = False
         self.progress.clear_output()
         self.export.reset()
-        self.status.value = f"done: {len(chosen)} methods, N = 2..{len(self._models)}"
+        sizes = sorted(self.table["n_models"].unique())
+        self.status.value = f"done: {len(chosen)} methods, N = {', '.join(map(str, sizes))}"
         self.table_view.clear_output(wait=True)
         with self.table_view:
             display(HTML(self.table.round(4).to_html(index=False)))
