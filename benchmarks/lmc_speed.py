@@ -24,7 +24,7 @@ from torch import nn
 
 import workbench as wb
 from workbench.data import batches
-from workbench.device import default_device
+from workbench.modules import default_device
 
 
 def plain_forward(model: nn.Module, data, device) -> None:

@@ -19,7 +19,7 @@ import json
 import torch
 
 import workbench as wb
-from workbench.alignment import cca_align, collect_statistics
+from workbench.alignment import cca_align, cca_maps, collect_statistics, general_groups
 from workbench.graph import permutation_spec
 from workbench.merging import MERGE_METHODS
 
@@ -40,7 +40,8 @@ def diagnostics(models, train, test, gammas) -> dict:
         "cca": {},
     }
     for gamma in gammas:
-        image, found = cca_align(model_a, model_b, fit, spec, gamma=gamma, statistics=stats)
+        image = cca_align(model_a, model_b, fit, spec, gamma=gamma, statistics=stats)
+        found = cca_maps(stats, gamma, spec, general_groups(model_b, spec))
         out["cca"][str(gamma)] = {
             "b_alone_test_accuracy": wb.evaluate(image, test).accuracy,
             "row_max_share": {

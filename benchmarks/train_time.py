@@ -54,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     train, test = wb.load_dataset("mnist-5k", "train"), wb.load_dataset("mnist-5k", "test")
-    runs = wb.train_models(
+    runs = wb.training_runs(
         "cnn",
         args.seeds,
         train,
@@ -64,19 +64,17 @@ def main() -> None:
         lr=args.lr,
         augment=wb.random_translate(2),
         progress=False,
-        return_metrics=True,
     )
-    ours_no_aug = wb.train_model(
+    ours_no_aug = wb.training_run(
         wb.create_model("cnn", width=args.width, in_channels=1),
         train,
         args.epochs,
         args.seeds[0],
         lr=args.lr,
         progress=False,
-        return_metrics=True,
-    )[1]["train_seconds"]
+    ).metrics["train_seconds"]
     plain = plain_loop_seconds(train, args.width, args.epochs, args.lr, args.seeds[0])
-    seconds = [m["train_seconds"] for _, m in runs]
+    seconds = [run.metrics["train_seconds"] for run in runs]
     result = {
         "benchmark": "train_time",
         "architecture": "cnn, BatchNorm",
@@ -89,9 +87,9 @@ def main() -> None:
         "seconds_per_model": sum(seconds) / len(seconds),
         "seconds": dict(zip(map(str, args.seeds), seconds, strict=True)),
         "test_accuracy": {
-            str(s): m["test_accuracy"] for s, (_, m) in zip(args.seeds, runs, strict=True)
+            str(s): run.metrics["test_accuracy"] for s, run in zip(args.seeds, runs, strict=True)
         },
-        "min_test_accuracy": min(m["test_accuracy"] for _, m in runs),
+        "min_test_accuracy": min(run.metrics["test_accuracy"] for run in runs),
         "ours_without_augmentation_seconds": ours_no_aug,
         "plain_pytorch_loop_seconds": plain,
         "ratio_ours_to_plain_loop": ours_no_aug / plain,

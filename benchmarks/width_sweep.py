@@ -3,7 +3,7 @@
 For each width, one model per seed is trained on mnist-5k with the shipped recipe (15
 epochs, lr 0.2, shifts of up to 2 pixels), and every pair is interpolated naively, after
 weight matching and after activation matching, with RESET (statistics and matching on the
-training set, test set reported). Made with :func:`workbench.sweeps.sweep`, as a user would.
+training set, test set reported). Made with :func:`workbench.analysis.sweeps.sweep`, as a user would.
 Prints JSON: one row per width, method and pair, and the means per width and method.
 
     python benchmarks/width_sweep.py [--widths 1 2 4 8] [--seeds 0 1] [--epochs 15]
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--figure", default=None, help="also save the figure (PDF, PNG)")
     args = parser.parse_args()
     train, test = wb.load_dataset("mnist-5k", "train"), wb.load_dataset("mnist-5k", "test")
-    result = wb.sweeps.sweep(
+    result = wb.analysis.sweeps.sweep(
         "width",
         args.widths,
         train,

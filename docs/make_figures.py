@@ -48,7 +48,7 @@ def matched_unit(train, model_a, model_b):
 def loss_plane(train, test, models):
     """The loss plane through three models, B and C weight-matched to A, with RESET."""
     plane = wb.loss_plane(models[:3], test, 9, "reset", method="weight", bn_data=train)
-    return plane.plot("loss")
+    return wb.analysis.planes.plot_plane(plane, "loss")
 
 
 def main() -> None:

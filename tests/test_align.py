@@ -120,7 +120,7 @@ def test_alignment_removes_most_of_the_barrier(shipped_pair, spec, mnist_train, 
 
 def test_bad_input_fails_before_any_work(shipped_pair, spec, mnist_train) -> None:
     a, _ = shipped_pair
-    width = a.workbench_metadata["architecture"]["width"]
+    width = wb.checkpoint_metadata(a)["architecture"]["width"]
     wider = wb.create_model("cnn", in_channels=1, width=2 * width)
     with pytest.raises(ValueError, match="differ in width"):
         weight_matching(a, wider)

@@ -9,13 +9,15 @@ import torch
 from torch import nn
 
 import workbench as wb
-from tests.conftest import assert_state_equal, state_copy
+from tests.conftest import assert_state_equal, state_copy, states_equal
 from workbench.alignment import (
     apply_linear_maps,
     canonical_correlation,
     cca_align,
+    cca_maps,
     collect_statistics,
     fold_batchnorm,
+    general_groups,
     unfold_batchnorm_,
 )
 from workbench.alignment.transforms import transform_state
@@ -147,7 +149,7 @@ def test_too_few_samples_say_how_many_are_needed(shipped_pair, tiny_train) -> No
     with pytest.raises(ValueError, match=expected):
         cca_align(*shipped_pair, few, gamma=0.0, progress=False)
     with pytest.warns(UserWarning, match="ridge keeps the result finite"):
-        image, _ = cca_align(*shipped_pair, few, gamma=0.1, progress=False)
+        image = cca_align(*shipped_pair, few, gamma=0.1, progress=False)
     assert all(torch.isfinite(t).all() for t in image.state_dict().values())
 
 
@@ -156,8 +158,10 @@ def test_cca_recovers_a_planted_permutation(shipped_pair, mnist_train, mnist_tes
     spec = permutation_spec(model, mnist_train.images[:2])
     permuted = wb.apply_permutation(model, spec, wb.random_permutation(spec, seed=7))
     before = state_copy(permuted)
-    image, found = cca_align(model, permuted, mnist_train, spec, gamma=1e-4, progress=False)
+    image = cca_align(model, permuted, mnist_train, spec, gamma=1e-4, progress=False)
     assert_state_equal(permuted, before)
+    stats = collect_statistics([model, permuted], mnist_train, spec, progress=False)
+    found = cca_maps(stats, 1e-4, spec, general_groups(permuted, spec))
     for name in ("features.conv1", "features.conv2", "features.conv3"):
         matrix = found.maps[name]
         torch.testing.assert_close(matrix, matrix.round(), atol=1e-4, rtol=0)  # a permutation
@@ -183,8 +187,13 @@ def test_align_with_cca_gives_a_model_in_the_reference_space(shipped_pair, mnist
     assert distance(aligned) < distance(model_b)
     with pytest.raises(ValueError, match="method='cca' needs data"):
         wb.align(model_a, model_b, method="cca")
-    with pytest.raises(ValueError, match="not a permutation: use align"):
-        wb.alignment.match(model_a, model_b, method="cca", data=mnist_train)
+    result = wb.alignment.match(model_a, model_b, "cca", mnist_train, gamma=0.3, progress=False)
+    assert result.kind == "linear" and not result.preserves_function
+    assert result.options["gamma"] == 0.3
+    again = wb.alignment.apply_alignment(model_b, result, mnist_train, model_a)
+    assert states_equal(again.state_dict(), aligned.state_dict())
+    with pytest.raises(ValueError, match=r"not a permutation: read result\.transform"):
+        _ = result.permutation
 
 
 def test_transform_state_rejects_maps_of_the_wrong_size(tiny_model) -> None:

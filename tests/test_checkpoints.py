@@ -38,7 +38,7 @@ def test_round_trip(model, tmp_path):
     assert states_equal(loaded.state_dict(), model.state_dict())
     assert not loaded.training
     assert all(not m.training for m in loaded.modules())
-    meta = loaded.workbench_metadata
+    meta = wb.checkpoint_metadata(loaded)
     assert meta["architecture"] == model.workbench_architecture
     assert meta["dataset"] == "mnist-5k"
     assert meta["seed"] == 3
@@ -316,12 +316,12 @@ def test_read_metadata_of_shipped_checkpoint():
 def test_load_quickstart_models(shipped_pair, mnist_test):
     assert len(shipped_pair) == 2
     for seed, model in zip((0, 1), shipped_pair, strict=True):
-        assert model.workbench_metadata["seed"] == seed
+        assert wb.checkpoint_metadata(model)["seed"] == seed
         assert not model.training
         metrics = wb.evaluate(model, mnist_test)
         assert metrics.accuracy >= 0.97
         # The recorded test accuracy is the one measured here.
-        assert metrics.accuracy == model.workbench_metadata["metrics"]["test_accuracy"]
+        assert metrics.accuracy == wb.checkpoint_metadata(model)["metrics"]["test_accuracy"]
     assert not torch.equal(
         shipped_pair[0].features.conv1.weight, shipped_pair[1].features.conv1.weight
     )
@@ -335,7 +335,9 @@ def test_load_quickstart_models_missing_seed():
 def test_load_into_a_given_model_keeps_the_file_metadata(tmp_path, tiny_model):
     path = wb.save_checkpoint(tiny_model, tmp_path / "m.safetensors", seed=7)
     loaded = wb.load_checkpoint(path, model=tiny_model)
-    assert loaded.workbench_metadata["seed"] == 7
-    assert loaded.workbench_metadata["versions"]["torch_threads"] == str(torch.get_num_threads())
+    assert wb.checkpoint_metadata(loaded)["seed"] == 7
+    assert wb.checkpoint_metadata(loaded)["versions"]["torch_threads"] == str(
+        torch.get_num_threads()
+    )
     cpu = torch.backends.cpu.get_cpu_capability()
-    assert loaded.workbench_metadata["versions"]["cpu_capability"] == cpu
+    assert wb.checkpoint_metadata(loaded)["versions"]["cpu_capability"] == cpu

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench import diagnostics
 from workbench.alignment import collect_statistics
+from workbench.analysis import diagnostics
 
 
 @pytest.fixture(scope="module")

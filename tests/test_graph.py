@@ -70,7 +70,9 @@ def test_random_permutation_preserves_function(name: str) -> None:
     model = _randomize_statistics(build())
     x = torch.randn(*shape)
     spec = permutation_spec(model, x)
-    assert spec.groups, "no permutation group found"
+    # every hidden conv/linear channel can be aligned: a spec that froze layers would pass
+    # the exactness check below, so coverage is asserted too
+    assert spec.coverage() == 1.0, spec.summary()
     perm = random_permutation(spec, seed=1)
     permuted = apply_permutation(model, spec, perm)
     with torch.no_grad():
@@ -145,6 +147,7 @@ def test_grouped_conv_is_left_unpermuted_and_reported() -> None:
     spec = permutation_spec(model, x)
     assert "0" not in spec.groups and "2" not in spec.groups
     assert any("grouped convolution" in line for line in spec.report)
+    assert spec.coverage() == 0.0  # both hidden layers frozen
     permuted = apply_permutation(model, spec, random_permutation(spec))
     with torch.no_grad():
         assert torch.allclose(model(x), permuted(x), atol=1e-6)
@@ -228,3 +231,47 @@ def test_spec_building_leaves_the_model_untouched() -> None:
     assert model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_spec_is_pure_data_saved_and_loaded_as_json(tmp_path) -> None:
+    model = _randomize_statistics(wb.create_model("resnet20"))
+    x = torch.randn(2, 3, 32, 32)
+    spec = permutation_spec(model, x)
+    path = spec.save(tmp_path / "resnet20.json")
+    loaded = wb.PermutationSpec.load(path)
+    assert loaded == spec and loaded.to_dict() == spec.to_dict()
+    assert [ax.identity() for ax in loaded.groups["conv1"].axes] == [
+        ax.identity() for ax in spec.groups["conv1"].axes
+    ]
+    assert [ax.role for ax in loaded.groups["conv1"].axes] == [
+        ax.role for ax in spec.groups["conv1"].axes
+    ]
+    # the loaded spec permutes and observes exactly as the traced one
+    perm = random_permutation(spec, seed=2)
+    with torch.no_grad():
+        a = apply_permutation(model, spec, perm)(x)
+        b = apply_permutation(model, loaded, perm)(x)
+    assert torch.equal(a, b)
+    data = torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32), torch.zeros(16).long())
+    stats = wb.alignment.collect_statistics([model, model], data, loaded, progress=False)
+    assert set(stats) == set(spec.groups)
+    with pytest.raises(FileExistsError):
+        spec.save(path)  # never overwrites
+    with pytest.raises(ValueError, match="Not a saved permutation spec"):
+        wb.PermutationSpec.from_dict({"groups": []})
+
+
+def test_leaf_modules_are_recorded_by_name_and_retraced() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else -self.conv(x)
+
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(), Branchy())
+    spec = permutation_spec(model, torch.zeros(1, 3, 4, 4), leaf_modules=(Branchy,))
+    assert spec.leaf_modules == (f"{Branchy.__module__}.{Branchy.__qualname__}",)
+    with pytest.raises(TypeError, match=r"nn\.Module subclasses"):
+        permutation_spec(model, torch.zeros(1, 3, 4, 4), leaf_modules=(3,))

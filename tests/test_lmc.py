@@ -14,7 +14,7 @@ from conftest import assert_state_equal, state_copy
 from matplotlib.figure import Figure
 
 import workbench as wb
-from workbench import weightspace
+from workbench.analysis import engine
 
 FRAME_COLUMNS = ["label", "bn", "split", "alpha", "loss", "accuracy"]
 
@@ -434,9 +434,9 @@ def test_curves_are_cached_by_content(shipped_pair, mnist_test, tmp_path, monkey
     first = wb.lmc_curve(a, b, mnist_test, alphas=3, cache=cache, progress=False)
     assert len(list(tmp_path.glob("lmc/*.safetensors"))) == 1
     evaluations = []
-    original = weightspace.evaluate
+    original = engine.evaluate
     monkeypatch.setattr(
-        weightspace, "evaluate", lambda *x, **k: evaluations.append(1) or original(*x, **k)
+        engine, "evaluate", lambda *x, **k: evaluations.append(1) or original(*x, **k)
     )
     again = wb.lmc_curve(a, b, mnist_test, alphas=3, cache=cache, progress=False, label="other")
     assert evaluations == [] and again.label == "other"

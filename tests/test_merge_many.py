@@ -33,18 +33,18 @@ def test_merging_permuted_copies_gives_the_model_back(
         assert_state_equal(model, state)
     x = mnist_test.images[:300]
     with torch.no_grad():
-        got, expected = merged.eval()(x), permuted_copies[0].eval()(x)
+        got, expected = merged.model.eval()(x), permuted_copies[0].eval()(x)
     # CCA may mix units that never fire on the matching images (measured: 0.017); the
     # permutation methods are exact
     tolerance = {"weight": 1e-4, "activation": 1e-4, "cca": 0.05}[method]
     assert (got - expected).abs().max() < tolerance
-    assert merged.workbench_merge.method == method
-    assert merged.workbench_merge.num_models == 3
+    assert merged.report.method == method
+    assert merged.report.num_models == 3
 
 
 def test_plain_averaging_of_permuted_copies_breaks_the_model(permuted_copies, mnist_test) -> None:
     merged = wb.merge_many(permuted_copies, method="none", bn=None, progress=False)
-    assert wb.evaluate(merged, mnist_test).accuracy < 0.5
+    assert wb.evaluate(merged.model, mnist_test).accuracy < 0.5
 
 
 def test_cca_chooses_gamma_on_a_validation_split(shipped_pair, mnist_train) -> None:
@@ -52,13 +52,13 @@ def test_cca_chooses_gamma_on_a_validation_split(shipped_pair, mnist_train) -> N
     merged = wb.cca_merge(
         list(shipped_pair), mnist_train, gammas=gammas, val_fraction=0.2, progress=False
     )
-    report = merged.workbench_merge
+    report = merged.report
     assert set(report.validation) == {"0.1", "1.0"}
     assert report.gamma == max(gammas, key=lambda g: report.validation[str(g)])
     assert all(0.0 <= v <= 1.0 for v in report.validation.values())
     assert report.bn == "reset" and report.reference == 0
     assert all(
-        torch.isfinite(t).all() for t in merged.state_dict().values() if t.is_floating_point()
+        torch.isfinite(t).all() for t in merged.model.state_dict().values() if t.is_floating_point()
     )
 
 
@@ -73,7 +73,7 @@ def test_reference_best_picks_the_most_accurate_on_validation(shipped_pair, mnis
         val_data=val,
         progress=False,
     )
-    assert merged.workbench_merge.reference == scores.index(max(scores))
+    assert merged.report.reference == scores.index(max(scores))
 
 
 def test_bad_input_is_refused_before_work(shipped_pair, tiny_model, tiny_train) -> None:
@@ -99,7 +99,10 @@ def test_repair_corrects_the_merged_statistics(shipped_pair, tiny_train) -> None
     pair = list(shipped_pair)
     plain = wb.merge_many(pair, tiny_train, "activation", bn=None, progress=False)
     repaired = wb.merge_many(pair, tiny_train, "activation", bn="repair", progress=False)
-    assert wb.evaluate(repaired, tiny_train).loss < wb.evaluate(plain, tiny_train).loss - 0.05
+    assert (
+        wb.evaluate(repaired.model, tiny_train).loss
+        < wb.evaluate(plain.model, tiny_train).loss - 0.05
+    )
 
 
 def test_compare_methods_table_csv_and_figure(shipped_pair, tiny_train, mnist_test, tmp_path):
@@ -111,7 +114,7 @@ def test_compare_methods_table_csv_and_figure(shipped_pair, tiny_train, mnist_te
         csv=tmp_path / "table.csv",
         progress=False,
     )
-    assert list(table.columns) == wb.comparison.COLUMNS
+    assert list(table.columns) == wb.analysis.comparison.COLUMNS
     assert set(table["method"]) == {"naive", "weight", "endpoints"}  # display names
     assert set(table["n_models"]) == {2}
     rows = table.set_index("method")
@@ -135,7 +138,7 @@ def test_compare_methods_reads_merges_back_from_the_cache(
     shipped_pair, tiny_train, mnist_test, tmp_path, monkeypatch
 ):
     """A dashboard's Run after a cell computed the same table merges nothing again."""
-    from workbench import comparison
+    from workbench.analysis import comparison
 
     cache = wb.ResultCache(tmp_path)
     first = wb.compare_methods(

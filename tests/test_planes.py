@@ -8,8 +8,8 @@ import torch
 from conftest import assert_state_equal, state_copy
 
 import workbench as wb
-from workbench import weightspace
-from workbench.planes import (
+from workbench.analysis import engine
+from workbench.analysis.planes import (
     LossPlane,
     log_ticks,
     loss_planes,
@@ -112,10 +112,8 @@ def test_plane_is_cached_by_content(trio, small_test, tmp_path, monkeypatch):
     first = wb.loss_plane(trio, small_test, cache=cache, **kwargs)
     assert len(list(tmp_path.glob("plane/*.safetensors"))) == 1
     calls = []
-    original = weightspace.evaluate
-    monkeypatch.setattr(
-        weightspace, "evaluate", lambda *a, **k: calls.append(1) or original(*a, **k)
-    )
+    original = engine.evaluate
+    monkeypatch.setattr(engine, "evaluate", lambda *a, **k: calls.append(1) or original(*a, **k))
     again = wb.loss_plane(trio, small_test, cache=cache, labels=("a", "b", "c"), **kwargs)
     assert calls == [] and again.labels == ("a", "b", "c")
     np.testing.assert_array_equal(again.loss, first.loss)

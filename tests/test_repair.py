@@ -7,8 +7,9 @@ import torch
 
 import workbench as wb
 from workbench.alignment import align
+from workbench.alignment.statistics import channel_moments
 from workbench.graph import permutation_spec
-from workbench.merge import channel_moments, repair_points
+from workbench.merging import repair_points
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench import sweeps
+from workbench.analysis import sweeps
 
 
 @pytest.fixture(scope="module")

@@ -66,10 +66,10 @@ def test_result_does_not_depend_on_global_rng(tiny_model, tiny_train):
     assert states_equal(a.state_dict(), b.state_dict())
 
 
-def test_return_metrics(tiny_model, tiny_train, mnist_test):
-    model, metrics = _train(
-        tiny_model, tiny_train, seed=0, test_data=mnist_test, return_metrics=True
-    )
+def test_training_run_metrics(tiny_model, tiny_train, mnist_test):
+    run = wb.training_run(tiny_model, tiny_train, 2, 0, test_data=mnist_test, **FAST)
+    model, metrics = run.model, run.metrics
+    assert states_equal(model.state_dict(), _train(tiny_model, tiny_train, seed=0).state_dict())
     assert set(metrics) == {
         "epochs",
         "train_seconds",
@@ -91,8 +91,8 @@ def test_return_metrics(tiny_model, tiny_train, mnist_test):
     assert metrics["test_loss"] == test_eval.loss
 
 
-def test_return_metrics_without_test_data(tiny_model, tiny_train):
-    _, metrics = _train(tiny_model, tiny_train, seed=0, return_metrics=True)
+def test_training_run_without_test_data(tiny_model, tiny_train):
+    metrics = wb.training_run(tiny_model, tiny_train, 2, 0, **FAST).metrics
     assert "test_accuracy" not in metrics and "test_loss" not in metrics
     assert 0.0 <= metrics["train_accuracy"] <= 1.0
 
@@ -172,19 +172,13 @@ def test_train_models_seed_sets_init_and_training(tiny_train):
     assert states_equal(from_models.state_dict(), by_hand.state_dict())
 
 
-def test_train_models_return_metrics(tiny_train, mnist_test):
-    results = wb.train_models(
-        "cnn",
-        [0],
-        tiny_train,
-        2,
-        model_kwargs=TINY,
-        test_data=mnist_test,
-        return_metrics=True,
-        **FAST,
+def test_training_runs_metrics(tiny_train, mnist_test):
+    [run] = wb.training_runs(
+        "cnn", [0], tiny_train, 2, model_kwargs=TINY, test_data=mnist_test, **FAST
     )
-    [(model, metrics)] = results
-    assert metrics["test_accuracy"] == wb.evaluate(model, mnist_test).accuracy
+    assert run.metrics["test_accuracy"] == wb.evaluate(run.model, mnist_test).accuracy
+    [model] = wb.train_models("cnn", [0], tiny_train, 2, model_kwargs=TINY, **FAST)
+    assert states_equal(model.state_dict(), run.model.state_dict())
 
 
 @pytest.fixture

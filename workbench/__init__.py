@@ -1,62 +1,39 @@
 """merge-workbench: align, merge and inspect CNNs trained from different seeds.
 
-The public API, re-exported from the modules that implement it::
+The public API, re-exported from the rooms that implement it::
 
     import workbench as wb
     train = wb.load_dataset("mnist-5k", "train")
     model_a, model_b = wb.load_quickstart_models(seeds=(0, 1))
     curve = wb.lmc_curve(model_a, model_b, train, alphas=11, bn="reset")
     curve.barrier, curve.accuracy_barrier
+
+Feature visualization (:mod:`workbench.featviz`, on lucent) and the dashboards
+(:mod:`workbench.widgets`, on ipywidgets) are imported on first use, so that
+``import workbench`` and ``workbench info`` stay light.
 """
 
 __version__ = "0.1.0"
 
-from workbench import (
-    alignment,
-    cache,
-    comparison,
-    diagnostics,
-    featviz,
-    figures,
-    merging,
-    sweeps,
-    widgets,
-)
+import importlib
+from typing import Any
+
+from workbench import alignment, analysis, cache, figures, graph, merging
 from workbench.alignment import (
+    AlignmentResult,
     activation_matching,
     align,
     apply_linear_maps,
     apply_permutation,
     cca_align,
+    match,
     methods,
     random_permutation,
     register_method,
     weight_matching,
 )
-from workbench.cache import ResultCache, default_cache, fingerprint
-from workbench.checkpoints import (
-    CheckpointError,
-    load_checkpoint,
-    load_quickstart_models,
-    read_metadata,
-    save_checkpoint,
-    shipped_models_dir,
-)
-from workbench.comparison import compare_methods, plot_comparison
-from workbench.data import (
-    DatasetInfo,
-    DatasetUnavailableError,
-    TensorImageDataset,
-    dataset_info,
-    list_datasets,
-    load_dataset,
-    train_val_split,
-)
-from workbench.device import default_device
-from workbench.evaluation import Metrics, evaluate
-from workbench.featviz import render_channels, top_exemplars
-from workbench.graph import PermutationSpec, permutation_spec
-from workbench.lmc import (
+from workbench.analysis.comparison import compare_methods, plot_comparison
+from workbench.analysis.lmc import (
     LMCCurve,
     barrier_table,
     curves_frame,
@@ -67,27 +44,90 @@ from workbench.lmc import (
     plot_curves,
     write_csv,
 )
-from workbench.merge import average, interpolate, repair, reset_bn
-from workbench.merging import MergeReport, cca_merge, merge_many
-from workbench.planes import LossPlane, loss_plane
-from workbench.training import random_translate, train_model, train_models
+from workbench.analysis.planes import LossPlane, loss_plane
+from workbench.analysis.sweeps import sweep
+from workbench.cache import ResultCache, default_cache, fingerprint
+from workbench.checkpoints import (
+    CheckpointError,
+    checkpoint_metadata,
+    load_checkpoint,
+    load_quickstart_models,
+    read_metadata,
+    save_checkpoint,
+    shipped_models_dir,
+)
+from workbench.data import (
+    DatasetInfo,
+    DatasetUnavailableError,
+    TensorImageDataset,
+    dataset_info,
+    list_datasets,
+    load_dataset,
+    train_val_split,
+)
+from workbench.evaluation import Metrics, evaluate
+from workbench.graph import PermutationSpec, permutation_spec
+from workbench.merging import (
+    MergeReport,
+    MergeResult,
+    average,
+    cca_merge,
+    interpolate,
+    merge_many,
+    repair,
+    reset_bn,
+)
+from workbench.modules import default_device
+from workbench.training import (
+    TrainingRun,
+    random_translate,
+    train_model,
+    train_models,
+    training_run,
+    training_runs,
+)
 from workbench.zoo import create_model, list_models
 
+_LAZY = {
+    "featviz": ("workbench.featviz", None),
+    "widgets": ("workbench.widgets", None),
+    "render_channels": ("workbench.featviz", "render_channels"),
+    "top_exemplars": ("workbench.featviz", "top_exemplars"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The heavy parts of the API (lucent, ipywidgets), imported when first asked for."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'workbench' has no attribute {name!r}")
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    return module if attribute is None else getattr(module, attribute)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
 __all__ = [
+    "AlignmentResult",
     "CheckpointError",
     "DatasetInfo",
     "DatasetUnavailableError",
     "LMCCurve",
     "LossPlane",
     "MergeReport",
+    "MergeResult",
     "Metrics",
     "PermutationSpec",
     "ResultCache",
     "TensorImageDataset",
+    "TrainingRun",
     "__version__",
     "activation_matching",
     "align",
     "alignment",
+    "analysis",
     "apply_linear_maps",
     "apply_permutation",
     "average",
@@ -95,18 +135,18 @@ __all__ = [
     "cache",
     "cca_align",
     "cca_merge",
+    "checkpoint_metadata",
     "compare_methods",
-    "comparison",
     "create_model",
     "curves_frame",
     "dataset_info",
     "default_cache",
     "default_device",
-    "diagnostics",
     "evaluate",
     "featviz",
     "figures",
     "fingerprint",
+    "graph",
     "interpolate",
     "list_datasets",
     "list_models",
@@ -116,6 +156,7 @@ __all__ = [
     "load_dataset",
     "load_quickstart_models",
     "loss_plane",
+    "match",
     "merge_many",
     "merging",
     "methods",
@@ -133,11 +174,13 @@ __all__ = [
     "reset_bn",
     "save_checkpoint",
     "shipped_models_dir",
-    "sweeps",
+    "sweep",
     "top_exemplars",
     "train_model",
     "train_models",
     "train_val_split",
+    "training_run",
+    "training_runs",
     "weight_matching",
     "widgets",
     "write_csv",

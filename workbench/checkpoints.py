@@ -27,6 +27,7 @@ from workbench.zoo import ARCHITECTURE_ATTR, create_model
 
 __all__ = [
     "CheckpointError",
+    "checkpoint_metadata",
     "load_checkpoint",
     "load_quickstart_models",
     "read_metadata",
@@ -36,6 +37,14 @@ __all__ = [
 
 FORMAT = "merge-workbench/1"
 _METADATA_KEY = "workbench"
+_METADATA_ATTR = "_workbench_checkpoint"
+
+
+def checkpoint_metadata(model: nn.Module) -> dict[str, Any]:
+    """The metadata of the checkpoint ``model`` was loaded from (architecture, dataset,
+    seed, metrics, versions; a copy), or ``{}`` for a model that was not loaded with
+    :func:`load_checkpoint`. Copies of the model (aligned, merged) keep it."""
+    return copy.deepcopy(getattr(model, _METADATA_ATTR, {}))
 
 
 class CheckpointError(ValueError):
@@ -200,7 +209,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> nn.Modu
     A workbench ``.safetensors`` checkpoint rebuilds its model from the metadata alone.
     Otherwise (a ``.pt``/``.pth`` state dict, or safetensors without metadata) pass
     ``model``: a model of the right architecture, which is copied, not modified.
-    The loaded model carries its metadata as ``model.workbench_metadata``.
+    :func:`checkpoint_metadata` returns the loaded model's metadata.
     """
     path = _existing(path)
     state = _read_state(path)
@@ -230,7 +239,7 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> nn.Modu
             raise CheckpointError(f"{path}: cannot rebuild architecture {arch} ({exc}).") from None
         what = f"architecture {arch['name']!r} ({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
     model = _fit(target, state, path, what)
-    model.workbench_metadata = metadata
+    setattr(model, _METADATA_ATTR, metadata)
     return model.eval()
 
 

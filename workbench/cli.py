@@ -15,6 +15,17 @@ from matplotlib.figure import Figure
 
 from workbench import figures
 from workbench.alignment import registry
+from workbench.analysis.lmc import (
+    barrier_table,
+    curves_frame,
+    lmc_curves,
+    pairwise_curves,
+    plot_bands,
+    plot_curves,
+    write_csv,
+)
+from workbench.analysis.planes import loss_plane, plot_plane
+from workbench.analysis.sweeps import sweep
 from workbench.checkpoints import (
     load_checkpoint,
     read_metadata,
@@ -27,18 +38,7 @@ from workbench.data import (
     dataset_info,
     load_dataset,
 )
-from workbench.lmc import (
-    barrier_table,
-    curves_frame,
-    lmc_curves,
-    pairwise_curves,
-    plot_bands,
-    plot_curves,
-    write_csv,
-)
-from workbench.planes import loss_plane
-from workbench.sweeps import sweep
-from workbench.training import random_translate, train_models
+from workbench.training import random_translate, training_runs
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -61,7 +61,7 @@ def _train(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "translate": args.translate,
     }
-    trained = train_models(
+    runs = training_runs(
         args.arch,
         args.seeds,
         train,
@@ -71,11 +71,11 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         batch_size=args.batch_size,
         augment=random_translate(args.translate) if args.translate else None,
-        return_metrics=True,
     )
-    for seed, path, (model, metrics) in zip(args.seeds, paths, trained, strict=True):
+    for seed, path, run in zip(args.seeds, paths, runs, strict=True):
+        metrics = run.metrics
         save_checkpoint(
-            model.cpu(),
+            run.model.cpu(),
             path,
             overwrite=args.overwrite,
             dataset=args.dataset,
@@ -207,8 +207,8 @@ def _plane(args: argparse.Namespace) -> int:
         cache=not args.no_cache,
     )
     fig, axes = figures.new_figure(columns=2, aspect=0.42, ncols=2)
-    plane.plot("loss", ax=axes[0])
-    plane.plot("accuracy", ax=axes[1])
+    plot_plane(plane, "loss", ax=axes[0])
+    plot_plane(plane, "accuracy", ax=axes[1])
     written = _write(fig, {"": plane.to_frame()}, Path(args.out) / f"plane_{args.method}")
     print(f"Loss plane through {', '.join(names)} ({args.method}, bn={args.bn}, {args.split}):")
     _report(pd.DataFrame([plane.summary()]), written, started)

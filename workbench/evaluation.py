@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.data import DataLike, batches
-from workbench.device import model_device
+from workbench.modules import eval_mode, model_device
 
 
 @dataclass(frozen=True)
@@ -27,18 +25,6 @@ class Metrics:
     def diverged(self) -> bool:
         """True when the loss is NaN or infinite: the model's outputs blew up."""
         return not math.isfinite(self.loss)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore every module's previous mode."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, training in modes.items():
-            module.train(training)
 
 
 def evaluate(

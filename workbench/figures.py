@@ -108,6 +108,8 @@ _METHOD_MARKERS = {"naive": "s", "weight": "o", "activation": "^", "cca": "D", "
 _MARKER_CYCLE = ["v", "P", "X", "h", "<", ">"]
 
 EXPORT_DIR = "figures"
+METRIC_LABELS = {"loss": "Cross-entropy loss", "accuracy": "Accuracy (%)"}
+"""Axis labels of the two metrics every analysis reports."""
 """Where dashboards and the command line export by default: ``figures/`` in the working
 directory (``notebooks/figures/`` for the notebooks; git-ignored)."""
 
@@ -217,6 +219,14 @@ def new_figure(
             nrows, ncols, figsize=(width, width * aspect), layout="constrained", **kwargs
         )
     return fig, axes
+
+
+def figure_for(ax: Axes | None, **kwargs: Any) -> tuple[Figure, Axes]:
+    """``ax`` and its figure, or a new one-column figure (:func:`new_figure` with
+    ``kwargs``) when ``ax`` is None: how every plotting function accepts an axes to draw on."""
+    if ax is None:
+        return new_figure(**kwargs)
+    return ax.figure, ax
 
 
 def shared_legend(fig: Figure, ax: Axes, ncols: int = 4) -> None:

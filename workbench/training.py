@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,11 +15,30 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.data import DataLike, batches
-from workbench.device import default_device
 from workbench.evaluation import evaluate
+from workbench.modules import default_device
 from workbench.zoo import create_model
 
+__all__ = [
+    "TrainingRun",
+    "random_translate",
+    "train_model",
+    "train_models",
+    "training_run",
+    "training_runs",
+]
+
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """A trained model and its final ``metrics``: ``epochs``, ``train_seconds``,
+    ``train_loss``/``train_accuracy`` and, when test data was given, ``test_loss``/
+    ``test_accuracy`` (what :func:`workbench.save_checkpoint` records as ``metrics=``)."""
+
+    model: nn.Module
+    metrics: dict[str, float]
 
 
 def random_translate(max_shift: int = 2) -> Augment:
@@ -46,7 +66,6 @@ def train_model(
     epochs: int,
     seed: int,
     *,
-    test_data: DataLike | None = None,
     batch_size: int = 128,
     lr: float = 0.05,
     momentum: float = 0.9,
@@ -54,16 +73,14 @@ def train_model(
     augment: Augment | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
-    return_metrics: bool = False,
-) -> nn.Module | tuple[nn.Module, dict[str, float]]:
+) -> nn.Module:
     """Train a copy of ``model`` with SGD (Nesterov momentum) and a one-cycle learning rate.
 
     Everything random (batch order, augmentation, dropout) is drawn from ``seed``, so the
     same inputs give bit-identical weights on the same CPU with the same thread count;
     torch's global RNG is left as it was.
     ``model`` itself is not modified. Runs on ``device`` (default: GPU if present).
-    With ``return_metrics=True`` returns ``(model, metrics)`` where metrics holds the final
-    train (and test, when ``test_data`` is given) loss and accuracy and the wall time.
+    :func:`training_run` also returns the final metrics.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}.")
@@ -79,7 +96,6 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=total_steps, pct_start=pct_start, anneal_strategy="linear"
     )
-    started = time.perf_counter()
     rng_devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(seed)
@@ -99,16 +115,48 @@ def train_model(
                 bar.update()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         bar.close()
-    model.eval()
-    if not return_metrics:
-        return model
+    return model.eval()
+
+
+def training_run(
+    model: nn.Module,
+    data: DataLike,
+    epochs: int,
+    seed: int,
+    *,
+    test_data: DataLike | None = None,
+    **train_kwargs: Any,
+) -> TrainingRun:
+    """:func:`train_model` (same arguments), then the trained model measured: the final
+    train (and test, when ``test_data`` is given) loss and accuracy, the number of epochs
+    and the wall time of training."""
+    started = time.perf_counter()
+    trained = train_model(model, data, epochs, seed, **train_kwargs)
     metrics: dict[str, float] = {"epochs": epochs, "train_seconds": time.perf_counter() - started}
     for split, split_data in (("train", data), ("test", test_data)):
         if split_data is not None:
-            result = evaluate(model, split_data)
+            result = evaluate(trained, split_data)
             metrics[f"{split}_loss"] = result.loss
             metrics[f"{split}_accuracy"] = result.accuracy
-    return model, metrics
+    return TrainingRun(trained, metrics)
+
+
+def training_runs(
+    name: str,
+    seeds: Sequence[int],
+    data: DataLike,
+    epochs: int,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    **train_kwargs: Any,
+) -> list[TrainingRun]:
+    """One :func:`training_run` of ``create_model(name, **model_kwargs)`` per seed; the seed
+    sets both the initialization and the training randomness, so the models differ only by
+    seed."""
+    return [
+        training_run(model, data, epochs, seed, **train_kwargs)
+        for seed, model in _seeded_models(name, seeds, model_kwargs, train_kwargs)
+    ]
 
 
 def train_models(
@@ -118,19 +166,24 @@ def train_models(
     epochs: int,
     *,
     model_kwargs: dict[str, Any] | None = None,
-    return_metrics: bool = False,
     **train_kwargs: Any,
-) -> list[nn.Module] | list[tuple[nn.Module, dict[str, float]]]:
-    """Train one ``create_model(name, **model_kwargs)`` per seed; the seed sets both the
-    initialization and the training randomness, so the models differ only by seed."""
-    results = []
+) -> list[nn.Module]:
+    """The trained models of :func:`training_runs` alone (no final evaluation)."""
+    return [
+        train_model(model, data, epochs, seed, **train_kwargs)
+        for seed, model in _seeded_models(name, seeds, model_kwargs, train_kwargs)
+    ]
+
+
+def _seeded_models(
+    name: str, seeds: Sequence[int], model_kwargs: dict | None, train_kwargs: dict
+) -> Iterator[tuple[int, nn.Module]]:
+    """``(seed, create_model(name))`` with the initialization drawn from the seed, behind a
+    progress bar over the seeds."""
     for seed in tqdm(
         seeds, desc=f"{name} x{len(seeds)} seeds", disable=not train_kwargs.get("progress", True)
     ):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = create_model(name, **(model_kwargs or {}))
-        results.append(
-            train_model(model, data, epochs, seed, return_metrics=return_metrics, **train_kwargs)
-        )
-    return results
+        yield seed, model

@@ -6,7 +6,7 @@ The built-in methods register themselves when their modules are imported, in thi
 """
 
 from workbench.alignment.activation import activation_matching, permutation_from_statistics
-from workbench.alignment.api import align, match
+from workbench.alignment.api import AlignmentResult, align, apply_alignment, match
 from workbench.alignment.cca import CCAAlignment, canonical_correlation, cca_align, cca_maps
 from workbench.alignment.folding import (
     fold_batchnorm,
@@ -39,12 +39,14 @@ from workbench.alignment.weight import weight_matching
 
 __all__ = [
     "AlignmentMethod",
+    "AlignmentResult",
     "CCAAlignment",
     "GroupStatistics",
     "LinearMaps",
     "Permutation",
     "activation_matching",
     "align",
+    "apply_alignment",
     "apply_linear_maps",
     "apply_permutation",
     "canonical_correlation",

@@ -12,7 +12,7 @@ from workbench.alignment.transforms import Permutation
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.merge import check_compatible
+from workbench.modules import check_compatible
 
 __all__ = ["activation_matching", "permutation_from_statistics"]
 

@@ -1,20 +1,49 @@
-"""One entry point for alignment: name a registered method, get model B expressed in A's
-neuron space (see :mod:`workbench.alignment.registry` for the methods)."""
+"""One entry point for alignment: name a registered method, get what it found as a typed
+:class:`AlignmentResult` (:func:`match`) or model B expressed in A's neuron space
+(:func:`align`). :mod:`workbench.alignment.registry` lists the methods."""
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from workbench.alignment.folding import map_through_batchnorm
-from workbench.alignment.registry import AlignmentMethod, get_method, methods
-from workbench.alignment.transforms import Permutation, apply_permutation
+from workbench.alignment.registry import AlignmentMethod, Kind, get_method
+from workbench.alignment.transforms import LinearMaps, Permutation, apply_permutation
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.merge import check_compatible
+from workbench.modules import check_compatible
 
-__all__ = ["align", "match"]
+__all__ = ["AlignmentResult", "align", "apply_alignment", "match"]
+
+
+@dataclass(frozen=True)
+class AlignmentResult:
+    """What an alignment method found for (A, B): the ``transform`` (a
+    :data:`Permutation` when ``kind == "permutation"``, else :data:`LinearMaps`), the
+    ``spec`` it acts on, the ``method``, the ``options`` it ran with (its defaults filled
+    in), whether B aligned by it still computes B's function, and the seconds it took."""
+
+    method: str
+    kind: Kind
+    transform: Permutation | LinearMaps
+    spec: PermutationSpec
+    preserves_function: bool
+    options: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def permutation(self) -> Permutation:
+        """The transform of a permutation method; ``ValueError`` for a linear one."""
+        if self.kind != "permutation":
+            raise ValueError(
+                f"method={self.method!r} finds general linear maps, not a permutation: read "
+                "result.transform (group -> matrix) instead."
+            )
+        return self.transform
 
 
 def _checked_spec(
@@ -40,17 +69,43 @@ def match(
     data: DataLike | None = None,
     spec: PermutationSpec | None = None,
     **options: Any,
-) -> tuple[Permutation, PermutationSpec]:
-    """The permutation aligning ``model_b`` to ``model_a`` by ``method`` (any registered
-    permutation method; ``options`` go to it), and the spec."""
+) -> AlignmentResult:
+    """What ``method`` (any registered method; ``options`` go to it) finds to align
+    ``model_b`` to ``model_a``: the permutation or linear maps, with the spec and the
+    settings. Neither model is modified; :func:`apply_alignment` applies the result."""
     found = get_method(method)
-    if found.kind != "permutation":
-        raise ValueError(
-            f"method={found.name!r} finds general linear maps, not a permutation: use align "
-            f"(permutation methods: {methods('permutation')})."
-        )
     spec = _checked_spec(model_a, model_b, found, data, spec)
-    return found.find(model_a, model_b, spec, data, **options), spec
+    started = time.perf_counter()
+    transform = found.find(model_a, model_b, spec, data, **options)
+    return AlignmentResult(
+        found.name,
+        found.kind,
+        transform,
+        spec,
+        found.preserves_function,
+        {**found.defaults, **options},
+        time.perf_counter() - started,
+    )
+
+
+def apply_alignment(
+    model_b: nn.Module,
+    result: AlignmentResult,
+    data: DataLike | None = None,
+    model_a: nn.Module | None = None,
+) -> nn.Module:
+    """A copy of ``model_b`` transformed by ``result``: permuted, or for linear maps mapped
+    through its BatchNorm layers (:func:`~workbench.alignment.folding.map_through_batchnorm`,
+    which needs ``data`` and ``model_a``, whose BatchNorm scales the result takes)."""
+    if result.kind == "permutation":
+        return apply_permutation(model_b, result.spec, result.transform)
+    if data is None or model_a is None:
+        raise ValueError(
+            f"Applying the linear maps of method={result.method!r} measures BatchNorm "
+            "statistics again: pass data= and model_a=."
+        )
+    passes = {k: result.options[k] for k in ("batch_size", "max_batches") if k in result.options}
+    return map_through_batchnorm(model_b, result.spec, result.transform, data, model_a, **passes)
 
 
 def align(
@@ -62,19 +117,15 @@ def align(
     **options: Any,
 ) -> nn.Module:
     """A copy of ``model_b`` expressed in ``model_a``'s neuron space by ``method``
-    (:func:`~workbench.methods` lists them; ``options`` go to the method).
+    (:func:`~workbench.methods` lists them; ``options`` go to the method). The
+    convenience for :func:`match` followed by :func:`apply_alignment`.
 
     A permutation method (``"weight"``: weight matching, no data needed; ``"activation"``:
     activation matching on ``data``; ``"none"``) reorders B's channels: the result
     computes exactly B's function. A linear method (``"cca"``: CCA on ``data``, ridge
     ``gamma``) maps B's channels into A's space by general matrices, through its
-    BatchNorm layers (:func:`~workbench.alignment.folding.map_through_batchnorm`), which
-    does not preserve B's function (see :func:`workbench.alignment.cca.cca_align`).
+    BatchNorm layers, which does not preserve B's function (a ReLU does not commute with
+    a rotation).
     """
-    found = get_method(method)
-    spec = _checked_spec(model_a, model_b, found, data, spec)
-    transform = found.find(model_a, model_b, spec, data, **options)
-    if found.kind == "permutation":
-        return apply_permutation(model_b, spec, transform)
-    passes = {k: options[k] for k in ("batch_size", "max_batches") if k in options}
-    return map_through_batchnorm(model_b, spec, transform, data, model_a, **passes)
+    result = match(model_a, model_b, method, data, spec, **options)
+    return apply_alignment(model_b, result, data, model_a)

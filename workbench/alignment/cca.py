@@ -38,7 +38,7 @@ from workbench.alignment.transforms import LinearMaps
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.merge import check_compatible
+from workbench.modules import check_compatible
 
 __all__ = [
     "DEFAULT_GAMMA",
@@ -175,7 +175,8 @@ def cca_linear_maps(
     progress: bool = True,
 ) -> LinearMaps:
     """The registered ``"cca"`` method: CCA's map of every group (see :func:`cca_align`,
-    which also applies them and returns the canonical correlations)."""
+    which also applies them, and :func:`cca_maps`, which also returns the canonical
+    correlations)."""
     options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
     return _cca(model_a, model_b, spec, data, gamma, statistics, options).maps
 
@@ -191,8 +192,9 @@ def cca_align(
     batch_size: int = 500,
     max_batches: int | None = None,
     progress: bool = True,
-) -> tuple[nn.Module, CCAAlignment]:
-    """``model_b`` mapped into ``model_a``'s neuron space by CCA on ``data``, and the maps.
+) -> nn.Module:
+    """``model_b`` mapped into ``model_a``'s neuron space by CCA on ``data`` (the maps and
+    canonical correlations themselves: :func:`cca_maps`).
 
     Unlike a permutation, the maps do not preserve ``model_b``'s function (a ReLU does not
     commute with a rotation): the result is B's best linear image in A's coordinates, made
@@ -204,8 +206,5 @@ def cca_align(
     check_compatible([model_a, model_b])
     spec = resolve_spec(model_a, spec, data=data)
     options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
-    alignment = _cca(model_a, model_b, spec, data, gamma, statistics, options)
-    aligned = map_through_batchnorm(
-        model_b, spec, alignment.maps, data, model_a, batch_size, max_batches
-    )
-    return aligned, alignment
+    maps = _cca(model_a, model_b, spec, data, gamma, statistics, options).maps
+    return map_through_batchnorm(model_b, spec, maps, data, model_a, batch_size, max_batches)

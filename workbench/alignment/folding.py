@@ -24,10 +24,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from workbench.alignment.statistics import channel_moments
 from workbench.alignment.transforms import transform_state
 from workbench.data import DataLike
 from workbench.graph import Axis, LayerPoint, PermutationSpec
-from workbench.merge import channel_moments
 
 __all__ = [
     "fold_batchnorm",

@@ -7,13 +7,17 @@ per group: activations are never stored. Products are formed per batch in float3
 centered within the batch, and combined across batches in float64.
 
 Activation matching uses the cross-correlations of a pair; CCA Merge the full covariance.
+
+:class:`StreamingMoments` is the one accumulator of means and second moments in the
+workbench: the joint statistics here, the per-channel moments that REPAIR and the
+BatchNorm folding measure (:func:`channel_moments`), and RESET's exact statistics
+(:func:`workbench.merging.reset_bn_`) all combine their batches with it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,11 +25,120 @@ from torch import fx, nn
 from tqdm.auto import tqdm
 
 from workbench.data import DataLike, batches
-from workbench.device import model_device
-from workbench.evaluation import eval_mode, forward_checked
-from workbench.graph import PermutationGroup, PermutationSpec
+from workbench.evaluation import forward_checked
+from workbench.graph import LayerPoint, PermutationGroup, PermutationSpec
+from workbench.graph.trace import trace_module
+from workbench.modules import eval_mode, model_device
 
-__all__ = ["GroupStatistics", "collect_statistics", "observation_points"]
+__all__ = [
+    "ChannelMoments",
+    "GroupStatistics",
+    "Moments",
+    "StreamingMoments",
+    "channel_moments",
+    "collect_statistics",
+    "observation_points",
+    "run_with_hooks",
+]
+
+
+class StreamingMoments:
+    """Count, mean and sum of squared deviations (``m2``) of a stream of observations of
+    C channels, combined batch by batch in float64 with the pairwise update of Chan et al.
+    (1979), so a large mean never cancels a small variance across a long pass.
+
+    ``m2`` is per channel, shape (C,), or the full co-moment matrix, (C, C), with
+    ``full=True``.
+    """
+
+    def __init__(self, full: bool = False) -> None:
+        self.full = full
+        self.count = 0
+        self.mean: torch.Tensor | float = 0.0
+        self.m2: torch.Tensor | float = 0.0
+
+    def update(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
+        """Add a batch of ``n`` observations with its own ``mean`` and ``m2``."""
+        mean, m2 = mean.double(), m2.double()
+        total = self.count + n
+        delta = mean - self.mean
+        spread = torch.outer(delta, delta) if self.full else delta.square()
+        self.m2 = self.m2 + m2 + spread * (self.count * n / total)
+        self.mean = self.mean + delta * (n / total)
+        self.count = total
+
+    def variance(self, unbiased: bool = False) -> torch.Tensor:
+        """Per-channel variance (or the covariance matrix), biased unless ``unbiased``."""
+        if self.count == 0:
+            raise ValueError("Cannot measure statistics on an empty dataset.")
+        return self.m2 / max(self.count - 1, 1) if unbiased else self.m2 / self.count
+
+
+Moments = dict[str, tuple[torch.Tensor, torch.Tensor]]  # point -> (mean, std), float64
+
+
+class ChannelMoments(StreamingMoments):
+    """Per-channel mean and variance of a tensor whose channels lie on axis ``dim``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def add(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add one batch; return its own mean and (biased) variance, shaped to broadcast."""
+        dims = [d for d in range(output.ndim) if d != self.dim % output.ndim]
+        var, mean = torch.var_mean(output, dims, correction=0, keepdim=True)
+        n = output.numel() // output.shape[self.dim]
+        self.update(n, mean.flatten(), var.flatten().double() * n)
+        return mean, var
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, standard deviation) over everything added."""
+        std = self.variance().clamp_min(0).sqrt()  # raises on an empty dataset
+        return self.mean, std
+
+
+def run_with_hooks(
+    model: nn.Module,
+    hooks: dict[str, Callable],
+    data: DataLike,
+    batch_size: int,
+    max_batches: int | None,
+    shuffle: bool = False,
+) -> None:
+    """One eval-mode pass over ``data`` with forward hooks on the named modules (batches in
+    a fixed random order with ``shuffle``, for passes that use per-batch statistics)."""
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(fn) for name, fn in hooks.items()]
+    device = model_device(model)
+    try:
+        with eval_mode(model), torch.no_grad():
+            generator = torch.Generator().manual_seed(0)
+            for inputs, _ in batches(data, batch_size, shuffle, generator, max_batches):
+                forward_checked(model, inputs.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def channel_moments(
+    model: nn.Module,
+    data: DataLike,
+    points: Sequence[LayerPoint],
+    batch_size: int = 500,
+    max_batches: int | None = None,
+) -> Moments:
+    """Per-channel mean and standard deviation of each point's output, in eval mode."""
+    moments = {p.point: ChannelMoments(p.dim) for p in points}
+
+    def record(name: str) -> Callable:
+        def hook(_module, _inputs, output) -> None:
+            moments[name].add(output)
+
+        return hook
+
+    run_with_hooks(model, {n: record(n) for n in moments}, data, batch_size, max_batches)
+    return {name: m.result() for name, m in moments.items()}
 
 
 @dataclass
@@ -71,15 +184,22 @@ def observation_points(group: PermutationGroup) -> dict[str, int]:
 
 
 def _observer(spec: PermutationSpec, model: nn.Module, nodes: Sequence[str]) -> fx.GraphModule:
-    """A module that runs ``model``'s graph and returns the outputs of ``nodes``."""
-    graph = copy.deepcopy(spec.graph_module.graph)
+    """A module that runs ``model``'s graph (traced as the spec was) and returns the
+    outputs of ``nodes``."""
+    observer = trace_module(model, spec.leaf_modules)
+    graph = observer.graph
     by_name = {n.name: n for n in graph.nodes}
+    missing = [n for n in nodes if n not in by_name]
+    if missing:
+        raise ValueError(
+            f"{type(model).__name__}'s traced graph has no nodes {missing[:3]}: the spec was "
+            "built from another model class. Build it from this model with permutation_spec."
+        )
     output = next(n for n in graph.nodes if n.op == "output")
     with graph.inserting_before(output):
         graph.output(tuple(by_name[n] for n in nodes))
     graph.erase_node(output)
-    observer = fx.GraphModule(model, graph)
-    observer.graph.eliminate_dead_code()  # stop at the last observed node
+    graph.eliminate_dead_code()  # stop at the last observed node
     observer.recompile()
     return observer
 
@@ -97,25 +217,21 @@ class _Accumulator:
     """Mean and co-moments of M models' channels at one group.
 
     Each batch's cross-products are formed in float32 straight from the activations (a
-    batched matmul, no copy) and centered within the batch; batches are combined in
-    float64 with the pairwise update of Chan et al. (1979), so a large mean never
-    cancels a small variance across the whole pass.
+    batched matmul, no copy) and centered within the batch; batches are combined by
+    :class:`StreamingMoments` in float64.
     """
 
-    def __init__(self, size: int, num_models: int, device: torch.device) -> None:
-        width = size * num_models
+    def __init__(self, size: int, num_models: int) -> None:
         self.size, self.num_models = size, num_models
-        self.count = 0
-        self.mean = torch.zeros(width, dtype=torch.float64, device=device)
-        self.comoment = torch.zeros(width, width, dtype=torch.float64, device=device)
+        self.moments = StreamingMoments(full=True)
 
     def add(self, activations: Sequence[torch.Tensor], dim: int) -> None:
         """Add one batch: ``activations[m]`` is model m's output, channels on ``dim``."""
         views = [_channel_major(a, dim) for a in activations]
         n = views[0].shape[0] * views[0].shape[2]
-        sums = torch.cat([v.sum((0, 2)) for v in views]).double()
-        batch_mean = sums / n
-        batch = torch.empty_like(self.comoment)
+        batch_mean = torch.cat([v.sum((0, 2)) for v in views]).double() / n
+        width = self.size * self.num_models
+        batch = torch.empty(width, width, dtype=torch.float64, device=batch_mean.device)
         s = self.size
         for i, vi in enumerate(views):
             for j in range(i, self.num_models):
@@ -123,18 +239,13 @@ class _Accumulator:
                 batch[i * s : (i + 1) * s, j * s : (j + 1) * s] = block
                 batch[j * s : (j + 1) * s, i * s : (i + 1) * s] = block.T
         batch -= n * torch.outer(batch_mean, batch_mean)
-        total = self.count + n
-        delta = batch_mean - self.mean
-        self.comoment += batch + torch.outer(delta, delta) * (self.count * n / total)
-        self.mean += delta * (n / total)
-        self.count = total
+        self.moments.update(n, batch_mean, batch)
 
     def result(self) -> GroupStatistics:
-        if self.count < 2:
+        if self.moments.count < 2:
             raise ValueError("Need at least 2 observations to estimate statistics.")
-        return GroupStatistics(
-            self.size, self.count, self.mean.clone(), self.comoment / (self.count - 1)
-        )
+        m = self.moments
+        return GroupStatistics(self.size, m.count, m.mean.clone(), m.variance(unbiased=True))
 
 
 def _check_fits(model: nn.Module, data: DataLike) -> None:
@@ -174,7 +285,7 @@ def collect_statistics(
     nodes = list(dict.fromkeys(node for n in names for node in points[n]))
     device = model_device(models[0])
     observers = [_observer(spec, model, nodes) for model in models]
-    accumulators = {n: _Accumulator(spec.groups[n].size, len(models), device) for n in names}
+    accumulators = {n: _Accumulator(spec.groups[n].size, len(models)) for n in names}
     position = {node: i for i, node in enumerate(nodes)}
     with contextlib.ExitStack() as stack, torch.inference_mode():
         for model in models:

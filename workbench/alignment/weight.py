@@ -11,6 +11,7 @@ to the average of the others; it is registered as the method's N-model merger.
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -30,7 +31,7 @@ from workbench.alignment.transforms import (
 )
 from workbench.data import DataLike
 from workbench.graph import Axis, PermutationSpec, resolve_spec
-from workbench.merge import average, check_compatible
+from workbench.modules import check_compatible, load_weighted_average_
 
 __all__ = ["merge_weight_matching", "weight_matching"]
 
@@ -63,7 +64,10 @@ def merge_weight_matching(
     for _ in tqdm(range(max_rounds), desc="MergeMany", disable=not progress, leave=False):
         changed = False
         for i in torch.randperm(len(models), generator=generator).tolist():
-            others = average([m for j, m in enumerate(aligned) if j != i])
+            rest = [m.state_dict() for j, m in enumerate(aligned) if j != i]
+            others = load_weighted_average_(
+                copy.deepcopy(models[i]), rest, [1.0 / len(rest)] * len(rest)
+            )
             perm = weight_matching(others, models[i], spec, init=perms[i], seed=seed)
             if any(not torch.equal(perm[g], perms[i][g]) for g in perm):
                 perms[i], changed = perm, True

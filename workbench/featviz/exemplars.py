@@ -17,9 +17,9 @@ from tqdm.auto import tqdm
 
 from workbench.cache import ResultCache, data_fingerprint, default_cache, fingerprint
 from workbench.data import DataLike, batches
-from workbench.device import model_device
-from workbench.evaluation import eval_mode, forward_checked
+from workbench.evaluation import forward_checked
 from workbench.featviz.render import check_channels, resolve_layer
+from workbench.modules import eval_mode, model_device
 
 __all__ = ["Exemplars", "top_exemplars"]
 

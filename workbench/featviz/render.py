@@ -38,9 +38,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.cache import ResultCache, default_cache, fingerprint
+from workbench.checkpoints import checkpoint_metadata
 from workbench.data import dataset_info
-from workbench.device import model_device
-from workbench.evaluation import eval_mode
+from workbench.modules import eval_mode, model_device
 
 __all__ = [
     "channel_count",
@@ -113,7 +113,7 @@ def input_format(model: nn.Module, size: int | None = None) -> tuple[int, int, t
             f"{type(model).__name__} has no Conv2d: feature visualization needs images."
         )
     in_channels = first.in_channels
-    dataset = getattr(model, "workbench_metadata", {}).get("dataset")
+    dataset = checkpoint_metadata(model).get("dataset")
     mean, std = (0.0,) * in_channels, (1.0,) * in_channels
     default = 28 if in_channels == 1 else 32
     if dataset:

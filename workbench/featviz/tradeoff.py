@@ -38,11 +38,11 @@ from matplotlib.ticker import NullLocator
 from torch import nn
 
 from workbench.data import DataLike, batches
-from workbench.device import model_device
-from workbench.evaluation import eval_mode, forward_checked
+from workbench.evaluation import forward_checked
 from workbench.featviz.render import check_channels, input_format, render_channels, resolve_layer
 from workbench.featviz.views import _show_image
 from workbench.figures import color_for, new_figure, paper_style
+from workbench.modules import eval_mode, model_device
 
 __all__ = ["StepsTradeoff", "render_quality", "steps_tradeoff"]
 

@@ -23,9 +23,10 @@ from workbench.alignment import apply_permutation, collect_statistics, match
 from workbench.data import DataLike
 from workbench.featviz.exemplars import Exemplars, top_exemplars
 from workbench.featviz.render import check_channels, render_channels, resolve_layer
-from workbench.figures import color_for, new_figure, paper_style
+from workbench.figures import color_for, figure_for, new_figure, paper_style
 from workbench.graph import PermutationSpec
-from workbench.merge import average, has_batchnorm, reset_bn
+from workbench.merging import average, reset_bn
+from workbench.modules import has_batchnorm
 
 __all__ = [
     "LayerComparison",
@@ -79,7 +80,8 @@ def _group_of(spec: PermutationSpec, layer: str) -> str:
 
 def _match_layer(model_a, model_b, layer, data, method, spec):
     resolve_layer(model_a, layer)
-    perm, spec = match(model_a, model_b, method, data, spec)
+    result = match(model_a, model_b, method, data, spec)
+    perm, spec = result.permutation, result.spec
     group = _group_of(spec, layer)
     stats = collect_statistics([model_a, model_b], data, spec, groups=[group], progress=False)
     correlation = stats[group].correlation(0, 1)
@@ -229,10 +231,7 @@ def plot_unit_comparison(
 def plot_layer_matches(match: UnitMatch, ax: Axes | None = None) -> Figure:
     """The correlation of every matched pair of the layer, sorted from best to worst, so
     that well and badly matched units stand out."""
-    if ax is None:
-        fig, ax = new_figure()
-    else:
-        fig = ax.figure
+    fig, ax = figure_for(ax)
     values = match.correlation[match.order()].numpy()
     with paper_style():
         ax.bar(np.arange(len(values)), values, width=1.0, color=color_for(match.method))

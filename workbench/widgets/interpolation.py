@@ -9,7 +9,8 @@ from torch import nn
 
 from workbench.data import DataLike
 from workbench.evaluation import Metrics, evaluate
-from workbench.merge import check_compatible, has_batchnorm, load_interpolation_, reset_bn_
+from workbench.merging import load_interpolation_, reset_bn_
+from workbench.modules import check_compatible, has_batchnorm
 
 
 class InterpolationSlider(widgets.VBox):

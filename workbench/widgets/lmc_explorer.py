@@ -13,11 +13,11 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from workbench.alignment import align, methods
+from workbench.analysis.lmc import LMCCurve, lmc_curve, plot_curves
 from workbench.data import DataLike
 from workbench.figures import EXPORT_DIR, method_label, model_label, new_figure, series_label
 from workbench.graph import resolve_spec
-from workbench.lmc import LMCCurve, lmc_curve, plot_curves
-from workbench.merge import check_compatible, has_batchnorm
+from workbench.modules import check_compatible, has_batchnorm
 from workbench.widgets.common import ExportRow, show_figure
 
 _BN_CHOICES = {"none": None, "RESET": "reset", "REPAIR": "repair"}

@@ -13,10 +13,10 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from workbench.alignment import methods
-from workbench.comparison import compare_methods, plot_comparison
+from workbench.analysis.comparison import compare_methods, plot_comparison
 from workbench.data import DataLike
 from workbench.figures import EXPORT_DIR, bn_label, method_label, save_table
-from workbench.merge import has_batchnorm
+from workbench.modules import has_batchnorm
 from workbench.widgets.common import ExportRow, show_figure
 
 

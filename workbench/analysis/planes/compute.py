@@ -17,107 +17,21 @@ the statistics of the combined network).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 
-import matplotlib.colors as mcolors
-import matplotlib.ticker as mticker
 import numpy as np
-import pandas as pd
 import torch
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 from torch import nn
 
 from workbench.alignment import align, get_method
+from workbench.analysis.engine import check_data, evaluate_points, reset_correction, resolve_cache
+from workbench.analysis.lmc import data_key
+from workbench.analysis.planes.result import LossPlane, plane_weights
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
-from workbench.figures import new_figure, paper_style, save_table
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.lmc import data_key
-from workbench.merge import check_compatible, has_batchnorm
-from workbench.weightspace import check_data, evaluate_points, reset_correction, resolve_cache
+from workbench.modules import check_compatible, has_batchnorm
 
-__all__ = ["LossPlane", "loss_plane", "loss_planes", "plane_basis", "plot_plane"]
-
-_METRICS = {"loss": "Cross-entropy loss", "accuracy": "Accuracy (%)"}
-
-
-@dataclass(frozen=True)
-class LossPlane:
-    """Loss and accuracy on a grid over the plane through three models.
-
-    ``loss[i, j]`` and ``accuracy[i, j]`` are at plane coordinates ``(x[j], y[i])``;
-    ``points`` holds the three models' coordinates (rows), ``labels`` their names.
-    ``label`` is the alignment method that put models 2 and 3 into model 1's neuron order,
-    ``settings`` everything else that determined the numbers (fingerprints, margin, ...).
-    """
-
-    x: np.ndarray
-    y: np.ndarray
-    loss: np.ndarray
-    accuracy: np.ndarray
-    points: np.ndarray
-    split: str = "data"
-    bn: str | None = None
-    label: str = "none"
-    labels: tuple[str, str, str] = ("model 1", "model 2", "model 3")
-    settings: dict = field(default_factory=dict)
-
-    @property
-    def weights(self) -> np.ndarray:
-        """``(len(y), len(x), 3)``: each grid point as weights of the three models."""
-        return plane_weights(self.points, *np.meshgrid(self.x, self.y))
-
-    @property
-    def diverged(self) -> np.ndarray:
-        """``(k, 2)`` coordinates of the grid points whose loss is NaN or infinite."""
-        rows, cols = np.nonzero(~np.isfinite(self.loss))
-        return np.stack([self.x[cols], self.y[rows]], axis=1)
-
-    def to_frame(self) -> pd.DataFrame:
-        """A tidy table: one row per grid point with its coordinates, the three models'
-        weights, loss and accuracy."""
-        xx, yy = np.meshgrid(self.x, self.y)
-        frame = pd.DataFrame(
-            {
-                "label": self.label,
-                "bn": self.bn or "none",
-                "split": self.split,
-                "x": xx.ravel(),
-                "y": yy.ravel(),
-            }
-        )
-        weights = self.weights.reshape(-1, 3)
-        for k in range(3):
-            frame[f"weight_{k + 1}"] = weights[:, k]
-        frame["loss"] = self.loss.ravel()
-        frame["accuracy"] = self.accuracy.ravel()
-        return frame
-
-    def summary(self) -> dict[str, float | str | int]:
-        """The grid's lowest loss and highest accuracy, where they are, and how many points
-        diverged."""
-        finite = np.where(np.isfinite(self.loss), self.loss, np.inf)
-        i, j = np.unravel_index(np.argmin(finite), finite.shape)
-        return {
-            "label": self.label,
-            "bn": self.bn or "none",
-            "split": self.split,
-            "min_loss": float(self.loss[i, j]),
-            "min_loss_x": float(self.x[j]),
-            "min_loss_y": float(self.y[i]),
-            "max_accuracy": float(np.nanmax(self.accuracy)),
-            "diverged_points": len(self.diverged),
-        }
-
-    def write_csv(self, path: str | Path) -> Path:
-        """Write :meth:`to_frame` to ``path`` (folders created)."""
-        return save_table(self.to_frame(), path)
-
-    def plot(self, metric: str = "loss", ax: Axes | None = None, **kwargs) -> Figure:
-        """Contour plot of ``metric``; see :func:`plot_plane`."""
-        return plot_plane(self, metric, ax=ax, **kwargs)
+__all__ = ["loss_plane", "loss_planes", "plane_basis"]
 
 
 def _parameter_vector(model: nn.Module) -> torch.Tensor:
@@ -149,14 +63,6 @@ def plane_basis(models: Sequence[nn.Module]) -> np.ndarray:
             "of models 1 and 2), so they span no plane; pass three independent models."
         )
     return np.array([[0.0, 0.0], [n2, 0.0], [c, s]])
-
-
-def plane_weights(points: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Weights ``(..., 3)`` of the three models at plane coordinates ``(x, y)``."""
-    (n2, _), (c, s) = points[1], points[2]
-    b = np.asarray(y, dtype=np.float64) / s
-    a = (np.asarray(x, dtype=np.float64) - b * c) / n2
-    return np.stack([1.0 - a - b, a, b], axis=-1)
 
 
 def _grid(points: np.ndarray, resolution: int, margin: float) -> tuple[np.ndarray, np.ndarray]:
@@ -333,89 +239,3 @@ def loss_plane(
     :func:`loss_planes` for the arguments (``margin``, ``bn_data``, ``labels``, ``cache``, ...)."""
     split = getattr(data, "split", "data")
     return loss_planes(models, {split: data}, resolution, bn, method=method, **kwargs)[split]
-
-
-def log_ticks(low: float, high: float, count: int = 5) -> np.ndarray:
-    """About ``count`` colour-bar ticks evenly spaced on a log axis from ``low`` to ``high``,
-    rounded to two significant digits so that they read as plain numbers (a narrow loss
-    range holds no power of ten, so a decade locator would label nothing or one tick)."""
-    raw = np.geomspace(low, high, count)
-    digits = 1 - np.floor(np.log10(raw)).astype(int)
-    ticks = np.array([round(float(v), int(d)) for v, d in zip(raw, digits, strict=True)])
-    return np.unique(ticks[(ticks >= low * (1 - 1e-9)) & (ticks <= high * (1 + 1e-9))])
-
-
-def plot_plane(
-    plane: LossPlane,
-    metric: str = "loss",
-    ax: Axes | None = None,
-    levels: int = 12,
-    title: str | None = None,
-    colorbar: bool = True,
-) -> Figure:
-    """Filled contours of ``metric`` over the plane, the three models marked and named and
-    the straight paths between them dashed. Loss uses logarithmically spaced levels (a
-    plane spans orders of magnitude); lower loss and higher accuracy are both darker.
-    Diverged grid points (NaN loss) are marked with crosses, never left as silent holes.
-    """
-    if metric not in _METRICS:
-        raise ValueError(f"metric must be 'loss' or 'accuracy', got {metric!r}.")
-    values = plane.loss if metric == "loss" else 100 * plane.accuracy
-    finite = values[np.isfinite(values)]
-    if ax is None:
-        # a figure as tall as the plane needs, so that the equal-aspect plot fills it
-        ratio = float(np.ptp(plane.y)) / max(float(np.ptp(plane.x)), 1e-12)
-        fig, ax = new_figure(aspect=float(np.clip(0.66 * ratio + 0.14, 0.4, 1.4)))
-    else:
-        fig = ax.figure
-    with paper_style():
-        masked = np.ma.masked_invalid(values)
-        if len(finite) and metric == "loss" and finite.min() > 0 and finite.max() > finite.min():
-            bounds = np.geomspace(finite.min(), finite.max(), levels + 1)
-            norm = mcolors.LogNorm(finite.min(), finite.max())
-            filled = ax.contourf(plane.x, plane.y, masked, bounds, norm=norm, cmap="viridis")
-        else:
-            cmap = "viridis" if metric == "loss" else "viridis_r"
-            filled = ax.contourf(plane.x, plane.y, masked, levels, cmap=cmap)
-        ax.contour(filled, colors="white", linewidths=0.3, alpha=0.6)
-        if colorbar:
-            # an inset keeps the bar exactly as tall as the (equal-aspect) plot
-            bar = fig.colorbar(filled, cax=ax.inset_axes((1.04, 0.0, 0.05, 1.0)))
-            bar.set_label(_METRICS[metric])
-            if metric == "loss" and isinstance(filled.norm, mcolors.LogNorm):
-                bar.ax.minorticks_off()
-                bar.set_ticks(log_ticks(finite.min(), finite.max()))
-                bar.ax.yaxis.set_major_formatter(mticker.FormatStrFormatter("%.3g"))
-        corners = np.vstack([plane.points, plane.points[:1]])
-        ax.plot(corners[:, 0], corners[:, 1], "--", color="white", linewidth=0.8)
-        ax.plot(
-            plane.points[:, 0],
-            plane.points[:, 1],
-            "o",
-            color="black",
-            markeredgecolor="white",
-            markersize=5,
-        )
-        span = float(np.ptp(plane.y)) or 1.0
-        for (px, py), name in zip(plane.points, plane.labels, strict=True):
-            ax.annotate(
-                name,
-                (px, py),
-                xytext=(px, py + 0.04 * span),
-                ha="center",
-                va="bottom",
-                color="black",
-                fontweight="bold",
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8},
-            )
-        bad = plane.diverged
-        if len(bad):
-            ax.plot(bad[:, 0], bad[:, 1], "x", color="red", markersize=3, label="diverged")
-            ax.legend(loc="lower right")
-        ax.set_aspect("equal")
-        ax.grid(False)
-        ax.set_xlabel("Direction 1 (parameter distance)")
-        ax.set_ylabel("Direction 2")
-        bn = {None: "", "reset": ", RESET"}[plane.bn]
-        ax.set_title(title if title is not None else f"{plane.label}{bn} ({plane.split})")
-    return fig

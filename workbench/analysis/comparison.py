@@ -18,22 +18,22 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.alignment import registry
+from workbench.analysis.engine import resolve_cache
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
 from workbench.evaluation import evaluate
 from workbench.figures import (
     color_for,
+    figure_for,
     legend_above,
     linestyle_for,
     marker_for,
     method_label,
-    new_figure,
     paper_style,
     save_table,
     series_label,
 )
 from workbench.merging import merge_many
-from workbench.weightspace import resolve_cache
 
 __all__ = ["COLUMNS", "compare_methods", "plot_comparison"]
 
@@ -95,9 +95,9 @@ def compare_methods(
         )
 
         def merge(n: int = n, method: str = method) -> tuple[dict, dict]:
-            merged = merge_many(models[:n], data, method, bn=bn, progress=False, **merge_options)
-            metrics = evaluate(merged, eval_data)
-            report = merged.workbench_merge
+            result = merge_many(models[:n], data, method, bn=bn, progress=False, **merge_options)
+            metrics = evaluate(result.model, eval_data)
+            report = result.report
             row = [metrics.accuracy, metrics.loss, report.seconds, report.gamma, report.reference]
             return {}, {"row": row}
 
@@ -135,10 +135,7 @@ def plot_comparison(
     missing = [c for c in ("method", "n_models", "bn", metric) if c not in table]
     if missing:
         raise ValueError(f"The table lacks columns {missing}; pass compare_methods' result.")
-    if ax is None:
-        fig, ax = new_figure(aspect=0.9)  # room for the legend above the axes
-    else:
-        fig = ax.figure
+    fig, ax = figure_for(ax, aspect=0.9)  # room for the legend above the axes
     scale = 100.0 if metric == "accuracy" else 1.0
     series = list(table.groupby(["method", "bn"], sort=False))
     merged = [key for key, _ in series if key[0] != "endpoints"]

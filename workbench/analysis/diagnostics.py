@@ -34,13 +34,13 @@ from workbench.alignment import (
     matching_methods,
     methods,
 )
+from workbench.analysis.engine import check_data, resolve_cache
+from workbench.analysis.lmc import LMCCurve, barrier_table, cached_curves, data_key, lmc_curves
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
-from workbench.figures import color_for, new_figure, paper_style, save_table
+from workbench.figures import color_for, figure_for, paper_style, save_table
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.lmc import LMCCurve, barrier_table, cached_curves, data_key, lmc_curves
-from workbench.merge import check_compatible
-from workbench.weightspace import check_data, resolve_cache
+from workbench.modules import check_compatible
 
 __all__ = [
     "MatchedCorrelations",
@@ -164,7 +164,7 @@ def matched_correlations(
             [model_a, model_b], data, spec, batch_size=batch_size, progress=progress
         )
         reuse = {"statistics": stats} if get_method(method).uses_statistics else {}
-        perm, _ = match(model_a, model_b, method, data, spec, **reuse)
+        perm = match(model_a, model_b, method, data, spec, **reuse).permutation
         tensors = {}
         for group in graph_order(spec):
             if group in stats:
@@ -194,10 +194,7 @@ def plot_matched_correlations(result: MatchedCorrelations, ax: Axes | None = Non
     """Box plots of the matched units' correlations per group (graph order), before
     alignment (the naive colour) and after (the method's colour); boxes span the quartiles,
     whiskers 1.5 times the interquartile range, and the dot is the mean."""
-    if ax is None:
-        fig, ax = new_figure(aspect=0.6)
-    else:
-        fig = ax.figure
+    fig, ax = figure_for(ax, aspect=0.6)
     groups = result.groups
     with paper_style():
         for offset, stage, color in (
@@ -297,7 +294,7 @@ def partial_alignment(
     names = graph_order(spec)
 
     def compute() -> list[LMCCurve]:
-        perm, _ = match(model_a, model_b, method, data, spec)
+        perm = match(model_a, model_b, method, data, spec).permutation
         curves = []
         for k in tqdm(range(len(names) + 1), desc="partial alignment", disable=not progress):
             partial = {
@@ -341,10 +338,7 @@ def plot_partial_alignment(
     }
     if metric not in labels:
         raise ValueError(f"metric must be one of {list(labels)}, got {metric!r}.")
-    if ax is None:
-        fig, ax = new_figure()
-    else:
-        fig = ax.figure
+    fig, ax = figure_for(ax)
     table = result.table
     with paper_style():
         for split, rows in table.groupby("split", sort=False):

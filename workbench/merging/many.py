@@ -12,8 +12,8 @@ Any registered alignment method (``method=``, :func:`workbench.methods`) works:
 Hyperparameters are chosen on a validation split carved from ``data`` (never on test
 data): the reference model with ``reference="best"``, and the hyperparameters a method
 declares a grid for (CCA's ridge ``gamma``) when the call does not fix them, by one shared
-search (:func:`workbench.tuning.validation_search`). What was chosen is recorded on the
-merged model as ``merged.workbench_merge``.
+search (:func:`workbench.tuning.validation_search`). :func:`merge_many` returns a
+:class:`MergeResult`: the merged model and a :class:`MergeReport` of what was chosen.
 """
 
 from __future__ import annotations
@@ -34,20 +34,21 @@ from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import evaluate
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.merge import average, check_compatible, has_batchnorm, repair, reset_bn
+from workbench.merging.renorm import repair, reset_bn
+from workbench.merging.weights import average
+from workbench.modules import check_compatible, has_batchnorm
 from workbench.tuning import grid_points, validation_search
 
-__all__ = ["BN_HANDLING", "GAMMA_GRID", "MergeReport", "cca_merge", "merge_many"]
+__all__ = [
+    "BN_HANDLING",
+    "GAMMA_GRID",
+    "MergeReport",
+    "MergeResult",
+    "cca_merge",
+    "merge_many",
+]
 
 BN_HANDLING = (None, "reset", "repair")
-
-
-def __getattr__(name: str) -> Any:
-    """``MERGE_METHODS``: the registered methods at the time it is read (kept for scripts
-    that import it; :func:`workbench.methods` is the live list)."""
-    if name == "MERGE_METHODS":
-        return tuple(methods())
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -69,6 +70,14 @@ class MergeReport:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """A merged ``model`` and the ``report`` of how it was made."""
+
+    model: nn.Module
+    report: MergeReport
 
 
 def _check_inputs(models: Sequence[nn.Module], bn: str | None, options: dict) -> None:
@@ -164,8 +173,9 @@ def merge_many(
     max_batches: int | None = None,
     progress: bool = True,
     **options: Any,
-) -> nn.Module:
-    """One model merged from ``models`` (N >= 2) by ``method`` (see module docstring).
+) -> MergeResult:
+    """One model merged from ``models`` (N >= 2) by ``method`` (see module docstring):
+    ``result.model``, and ``result.report`` saying what was chosen.
 
     ``data`` (training data) feeds the activation statistics and the BatchNorm handling
     ``bn`` (``"reset"``: RESET, ``"repair"``: REPAIR towards the mean of the aligned
@@ -221,8 +231,7 @@ def merge_many(
     search = validation_search(
         build, points, val_data, batch_size=batch_size, progress=progress, desc=desc
     )
-    merged = search.model
-    merged.workbench_merge = MergeReport(
+    report = MergeReport(
         found.name,
         len(models),
         reference,
@@ -233,7 +242,7 @@ def merge_many(
         seconds=time.perf_counter() - started,
         hyperparameters=search.point,
     )
-    return merged
+    return MergeResult(search.model, report)
 
 
 def _permuted_groups(
@@ -254,9 +263,9 @@ def cca_merge(
     *,
     bn: str | None = "reset",
     **kwargs,
-) -> nn.Module:
+) -> MergeResult:
     """CCA Merge (Horoi et al., 2024): every model mapped into the first model's neuron
     space by CCA on ``data``, weights averaged, BatchNorm reset (``bn``). ``gamma=None``
     picks the ridge on a validation split carved from ``data`` (the choice and the scores
-    are in ``merged.workbench_merge``). Other options as in :func:`merge_many`."""
+    are in ``result.report``). Other options as in :func:`merge_many`."""
     return merge_many(models, data, "cca", gamma=gamma, bn=bn, **kwargs)

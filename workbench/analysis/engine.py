@@ -5,12 +5,7 @@ combinations of a few state dicts. Every point is loaded into one working copy o
 first model (no copy per point), optionally corrected (BatchNorm RESET, REPAIR) and then
 evaluated on every split under ``torch.inference_mode``.
 
-RESET here costs exactly one train-mode forward pass per point: BatchNorm computes each
-batch's mean and variance itself (``momentum=1`` makes its running buffers hold exactly the
-last batch's statistics) and a forward hook folds those per-channel numbers into exact
-statistics over the whole dataset (Chan et al.'s pairwise update, in float64). The result
-equals :func:`workbench.merge.reset_bn_` (every example weighs the same, whatever the batch
-sizes) without computing every activation's statistics a second time.
+RESET (:func:`workbench.merging.reset_bn_`) costs one train-mode forward pass per point.
 """
 
 from __future__ import annotations
@@ -21,20 +16,18 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
 from workbench.cache import ResultCache, default_cache
 from workbench.data import DataLike, TensorImageDataset, batches
-from workbench.device import model_device
-from workbench.evaluation import eval_mode, evaluate, forward_checked
-from workbench.merge import load_weighted_average_
+from workbench.evaluation import evaluate, forward_checked
+from workbench.merging import reset_bn_
+from workbench.modules import eval_mode, load_weighted_average_, model_device
 
 __all__ = [
     "Correction",
     "check_data",
     "evaluate_points",
-    "exact_reset_bn_",
     "on_device",
     "reset_correction",
     "resolve_cache",
@@ -87,59 +80,6 @@ def check_data(model: nn.Module, data: Mapping[str, DataLike]) -> None:
             )
 
 
-def exact_reset_bn_(model: nn.Module, data: DataLike, batch_size: int = 500) -> nn.Module:
-    """RESET in place with one train-mode pass: every BatchNorm layer's running mean and
-    (unbiased) variance become the exact statistics of its inputs over all of ``data``,
-    with the other layers in eval mode. Same result as :func:`workbench.merge.reset_bn_`.
-    """
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
-    if not layers:
-        raise ValueError(
-            f"{type(model).__name__} has no BatchNorm layers with running statistics, so "
-            "there is nothing to reset; use bn=None, or REPAIR for networks without BatchNorm."
-        )
-    totals: dict[nn.Module, list] = {layer: [0, 0.0, 0.0] for layer in layers}
-
-    def fold(layer: _BatchNorm, inputs: tuple[torch.Tensor, ...], _output: object) -> None:
-        n = inputs[0].numel() // inputs[0].shape[1]
-        count, mean, m2 = totals[layer]
-        batch_mean = layer.running_mean.double()
-        batch_m2 = layer.running_var.double() * (n - 1)  # BN keeps the unbiased variance
-        total = count + n
-        delta = batch_mean - mean
-        totals[layer] = [
-            total,
-            mean + delta * (n / total),
-            m2 + batch_m2 + delta**2 * (count * n / total),
-        ]
-        layer.running_mean.zero_()  # a blown-up batch must not leak into the next one
-        layer.running_var.fill_(1)
-
-    momenta = {layer: layer.momentum for layer in layers}
-    handles = [layer.register_forward_hook(fold) for layer in layers]
-    device = model_device(model)
-    try:
-        with eval_mode(model), torch.inference_mode():
-            for layer in layers:
-                layer.reset_running_stats()  # the batch counter then counts this pass
-                layer.momentum = 1.0
-                layer.train()
-            for inputs, _ in batches(data, batch_size):
-                forward_checked(model, inputs.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        for layer, momentum in momenta.items():
-            layer.momentum = momentum
-    with torch.no_grad():
-        for layer, (count, mean, m2) in totals.items():
-            if count == 0:
-                raise ValueError("Cannot reset BatchNorm statistics on an empty dataset.")
-            layer.running_mean.copy_(mean)
-            layer.running_var.copy_(m2 / max(count - 1, 1))
-    return model
-
-
 def on_device(data: DataLike, device: torch.device) -> DataLike:
     """An in-memory dataset moved to ``device`` once, instead of once per batch and point."""
     if isinstance(data, TensorImageDataset) and data.images.device != device:
@@ -151,11 +91,11 @@ def on_device(data: DataLike, device: torch.device) -> DataLike:
 
 def reset_correction(model: nn.Module, data: DataLike, batch_size: int = 500) -> Correction:
     """The correction that RESETs every loaded point on ``data`` (moved to ``model``'s
-    device once) with :func:`exact_reset_bn_`."""
+    device once) with :func:`~workbench.merging.reset_bn_`."""
     on = on_device(data, model_device(model))
 
     def reset(work: nn.Module, _weights: Sequence[float]) -> None:
-        exact_reset_bn_(work, on, batch_size)
+        reset_bn_(work, on, batch_size)
 
     return reset
 

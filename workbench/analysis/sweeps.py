@@ -28,17 +28,8 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from workbench.alignment import registry
-from workbench.cache import ResultCache, data_fingerprint, fingerprint
-from workbench.data import DataLike
-from workbench.figures import (
-    color_for,
-    marker_for,
-    new_figure,
-    paper_style,
-    save_table,
-    series_label,
-)
-from workbench.lmc import (
+from workbench.analysis.engine import resolve_cache
+from workbench.analysis.lmc import (
     LMCCurve,
     barrier_table,
     cached_curves,
@@ -46,8 +37,17 @@ from workbench.lmc import (
     data_key,
     pairwise_curves,
 )
+from workbench.cache import ResultCache, data_fingerprint, fingerprint
+from workbench.data import DataLike
+from workbench.figures import (
+    color_for,
+    figure_for,
+    marker_for,
+    paper_style,
+    save_table,
+    series_label,
+)
 from workbench.training import train_models
-from workbench.weightspace import resolve_cache
 
 __all__ = ["Sweep", "plot_sweep", "sweep"]
 
@@ -111,10 +111,7 @@ def plot_sweep(
     label, scale = _METRICS[metric]
     table = result.table
     splits = list(dict.fromkeys(table["split"]))
-    if ax is None:
-        fig, ax = new_figure()
-    else:
-        fig = ax.figure
+    fig, ax = figure_for(ax)
     with paper_style():
         groups = table.groupby(["method", "split"], sort=False)
         for index, ((method, split), rows) in enumerate(groups):

@@ -1,0 +1,348 @@
+"""Computing LMC curves: the models on the straight path between two (aligned) models,
+evaluated on one working model, with BatchNorm reset or REPAIR at every point.
+
+Curves are cached on disk (:mod:`workbench.cache`), keyed by the content of the models and
+data and by every setting that changes the numbers: a re-run is a file read, and a model
+that changed can never be served a stale curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench.alignment import align, get_method
+from workbench.alignment.statistics import channel_moments
+from workbench.analysis.engine import (
+    Correction,
+    check_data,
+    evaluate_points,
+    on_device,
+    reset_correction,
+    resolve_cache,
+)
+from workbench.analysis.lmc.result import BN_MODES, LMCCurve, alpha_grid
+from workbench.cache import ResultCache, data_fingerprint, fingerprint
+from workbench.data import DataLike
+from workbench.evaluation import same_function
+from workbench.figures import method_label, series_label
+from workbench.graph import PermutationSpec, resolve_spec
+from workbench.merging import repair_, repair_points
+from workbench.modules import check_compatible, has_batchnorm, model_device
+
+__all__ = [
+    "cached_curves",
+    "data_key",
+    "lmc_curve",
+    "lmc_curves",
+    "pairwise_curves",
+]
+
+# ---------------------------------------------------------------------------------------
+# Cached sets of curves
+
+
+def _store_curves(store: ResultCache, kind: str, key: str | None, curves: list[LMCCurve]) -> None:
+    tensors = {}
+    for i, curve in enumerate(curves):
+        for name in ("alphas", "loss", "accuracy"):
+            tensors[f"{i}/{name}"] = torch.tensor(np.asarray(getattr(curve, name), np.float64))
+    meta = {
+        "curves": [
+            [c.split, c.bn, c.label, c.settings, c.original_b_loss, c.original_b_accuracy]
+            for c in curves
+        ]
+    }
+    store.store(kind, key, tensors, meta)
+
+
+def _load_curves(store: ResultCache, kind: str, key: str | None) -> list[LMCCurve] | None:
+    hit = store.load(kind, key)
+    if hit is None:
+        return None
+    tensors, meta = hit
+    return [
+        LMCCurve(*(tensors[f"{i}/{n}"].numpy() for n in ("alphas", "loss", "accuracy")), *rest)
+        for i, rest in enumerate(meta["curves"])
+    ]
+
+
+def cached_curves(
+    store: ResultCache,
+    kind: str,
+    key: str | None,
+    compute: Callable[[], list[LMCCurve]],
+) -> list[LMCCurve]:
+    """The curves stored under ``key``, else ``compute()``'s, stored for next time. Settings
+    must be JSON values (lists, not tuples) so that a hit equals the computed result."""
+    curves = _load_curves(store, kind, key)
+    if curves is None:
+        curves = compute()
+        _store_curves(store, kind, key, curves)
+    return curves
+
+
+def data_key(data: Mapping[str, DataLike]) -> dict[str, str | None] | None:
+    """The content fingerprints of named splits for a cache key (``None``: not cacheable)."""
+    fingerprints = {split: data_fingerprint(d) for split, d in data.items()}
+    return None if None in fingerprints.values() else fingerprints
+
+
+# ---------------------------------------------------------------------------------------
+# Computing curves
+
+
+def lmc_curves(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Mapping[str, DataLike],
+    alphas: int | Sequence[float] = 11,
+    bn: str | None = None,
+    *,
+    bn_data: DataLike | None = None,
+    label: str = "naive",
+    spec: PermutationSpec | None = None,
+    original_b: nn.Module | None = None,
+    batch_size: int = 500,
+    progress: bool = True,
+    cache: ResultCache | bool = True,
+) -> dict[str, LMCCurve]:
+    """Curves on several named splits at once (e.g. ``{"train": ..., "test": ...}``).
+
+    Each interpolated model is loaded into a single working copy and, with ``bn="reset"``
+    or ``bn="repair"``, corrected once on ``bn_data`` (default: the first split, which
+    should be training data), then evaluated on every split. RESET is one train-mode pass
+    per point; REPAIR measures the endpoints' statistics once for the whole curve;
+    ``spec`` saves re-tracing.
+
+    ``original_b`` is the model that ``model_b`` was derived from (aligned or mapped).
+    Pass it whenever ``model_b`` is not the original: if ``model_b`` computes another
+    function (checked on the first batch of the first split; CCA's maps do, permutations
+    do not), B's own loss and accuracy are measured too and the barriers are taken against
+    them (see :class:`LMCCurve`), instead of against the mapped end.
+
+    Results are cached on disk, keyed by the content of both models, of every dataset and
+    of ``bn_data`` and by all settings (``cache``: ``True`` for the default cache, a
+    :class:`~workbench.cache.ResultCache`, or ``False`` to bypass it). Data given as
+    DataLoaders cannot be fingerprinted and is never cached.
+    """
+    if bn not in BN_MODES:
+        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}.")
+    if not data:
+        raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
+    check_compatible([model_a, model_b])
+    if bn == "reset" and not has_batchnorm(model_a):
+        raise ValueError(
+            f"bn='reset' needs BatchNorm layers and {type(model_a).__name__} has none."
+        )
+    points = alpha_grid(alphas)
+    reset_data = bn_data if bn_data is not None else next(iter(data.values()))
+    check_data(model_a, {**data, "bn_data": reset_data} if bn else data)
+    if original_b is not None:
+        check_compatible([model_b, original_b])
+    mapped = original_b is not None and not same_function(
+        original_b, model_b, next(iter(data.values()))
+    )
+    store = resolve_cache(cache)
+    settings = {
+        "batch_size": batch_size,
+        "bn_data": "given" if bn_data is not None else "first split",
+        "models": [fingerprint(model_a), fingerprint(model_b)],
+    }
+    if mapped:
+        settings["original_b"] = fingerprint(original_b)
+    key = store.key(
+        models=settings["models"],
+        original_b=settings.get("original_b", "-"),
+        data=data_key(data),
+        bn_data=data_fingerprint(reset_data) if bn else "-",
+        alphas=points.tolist(),
+        bn=bn or "none",
+        batch_size=batch_size,
+    )
+
+    def compute() -> list[LMCCurve]:
+        correct = _correction(model_a, model_b, bn, reset_data, spec, batch_size)
+        results = evaluate_points(
+            model_a,
+            [model_a.state_dict(), model_b.state_dict()],
+            [[1.0 - alpha, alpha] for alpha in points.tolist()],
+            data,
+            correct=correct,
+            batch_size=batch_size,
+            progress=progress,
+            desc=f"LMC {series_label(label, bn)}",
+        )
+        own = _own_metrics(original_b, data, bn, reset_data, batch_size) if mapped else {}
+        return [
+            LMCCurve(points, loss, acc, split, bn, label, settings, *own.get(split, (None, None)))
+            for split, (loss, acc) in results.items()
+        ]
+
+    curves = cached_curves(store, "lmc", key, compute)
+    return {c.split: dataclasses.replace(c, label=label) for c in curves}
+
+
+def _own_metrics(
+    model: nn.Module,
+    data: Mapping[str, DataLike],
+    bn: str | None,
+    reset_data: DataLike,
+    batch_size: int,
+) -> dict[str, tuple[float, float]]:
+    """``split -> (loss, accuracy)`` of ``model`` itself, with the BatchNorm handling of a
+    path's end point: RESET recomputes its statistics; REPAIR at a path's end gives each
+    channel its own model's statistics, which leaves the model as it is."""
+    correct = reset_correction(model, reset_data, batch_size) if bn == "reset" else None
+    found = evaluate_points(
+        model,
+        [model.state_dict()],
+        [[1.0]],
+        data,
+        correct=correct,
+        batch_size=batch_size,
+        progress=False,
+    )
+    return {split: (float(loss[0]), float(acc[0])) for split, (loss, acc) in found.items()}
+
+
+def _correction(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    bn: str | None,
+    data: DataLike,
+    spec: PermutationSpec | None,
+    batch_size: int,
+) -> Correction | None:
+    """What fixes each loaded point's statistics: RESET, REPAIR (towards the endpoints'
+    interpolated channel statistics, measured once here) or nothing."""
+    if bn is None:
+        return None
+    if bn == "reset":
+        return reset_correction(model_a, data, batch_size)
+    data = on_device(data, model_device(model_a))
+    at = repair_points(resolve_spec(model_a, spec, data=data))
+    targets = [channel_moments(m, data, at, batch_size) for m in (model_a, model_b)]
+    return lambda work, weights: repair_(work, targets, weights, data, at, batch_size)
+
+
+def lmc_curve(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: DataLike,
+    alphas: int | Sequence[float] = 11,
+    bn: str | None = None,
+    *,
+    bn_data: DataLike | None = None,
+    label: str = "naive",
+    spec: PermutationSpec | None = None,
+    original_b: nn.Module | None = None,
+    batch_size: int = 500,
+    progress: bool = True,
+    cache: ResultCache | bool = True,
+) -> LMCCurve:
+    """Loss and accuracy of ``(1 - alpha) A + alpha B`` on ``data`` for each alpha.
+
+    ``alphas`` is a number of evenly spaced points in [0, 1] or explicit values (outside
+    [0, 1] extrapolates; barriers use the points inside). ``bn="reset"`` recomputes
+    BatchNorm statistics of every interpolated model on ``bn_data`` (default ``data``);
+    ``bn="repair"`` applies REPAIR instead (also for networks without BatchNorm).
+    A NaN or infinite loss is kept and reported by :attr:`LMCCurve.diverged`. The models
+    are not modified; the result is cached. ``original_b``: the model that ``model_b`` was
+    aligned or mapped from, so that the barrier is measured against B itself when
+    ``model_b`` computes another function (see :func:`lmc_curves`).
+    """
+    split = getattr(data, "split", "data")
+    return lmc_curves(
+        model_a,
+        model_b,
+        {split: data},
+        alphas,
+        bn,
+        bn_data=bn_data,
+        label=label,
+        spec=spec,
+        original_b=original_b,
+        batch_size=batch_size,
+        progress=progress,
+        cache=cache,
+    )[split]
+
+
+def pairwise_curves(
+    models: Sequence[nn.Module],
+    data: Mapping[str, DataLike],
+    alphas: int | Sequence[float] = 11,
+    bn: str | None = None,
+    method: str = "none",
+    *,
+    bn_data: DataLike | None = None,
+    batch_size: int = 500,
+    progress: bool = True,
+    cache: ResultCache | bool = True,
+) -> list[LMCCurve]:
+    """Curves between every pair ``i < j`` of ``models`` on every split of ``data``, model
+    ``j`` aligned to model ``i`` by ``method`` (any of :func:`workbench.methods`; data for
+    matching and for BN correction: ``bn_data``, else the first split).
+
+    Each curve's ``settings["pair"]`` is ``[i, j]``. Each pair is cached as a whole, keyed
+    by the two original models, so a re-run skips the alignment too. Summarize the result
+    with :func:`plot_bands`, :func:`barrier_table` or :func:`curves_frame`
+    (``settings=("pair",)`` adds the pair column).
+    """
+    models = list(models)
+    method = get_method(method).name
+    if len(models) < 2:
+        raise ValueError(f"Need at least 2 models for pairs, got {len(models)}.")
+    check_compatible(models)
+    if not data:
+        raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
+    match_data = bn_data if bn_data is not None else next(iter(data.values()))
+    store = resolve_cache(cache)
+    fingerprints = [fingerprint(m) for m in models]
+    spec = None
+    curves = []
+    pairs = list(itertools.combinations(range(len(models)), 2))
+    for i, j in tqdm(pairs, desc=f"pairs ({method})", disable=not progress):
+        key = store.key(
+            models=[fingerprints[i], fingerprints[j]],
+            method=method,
+            match_data=data_fingerprint(match_data),
+            data=data_key(data),
+            alphas=alpha_grid(alphas).tolist(),
+            bn=bn or "none",
+            far_end="measured against model j itself",
+            batch_size=batch_size,
+        )
+
+        def compute(i: int = i, j: int = j) -> list[LMCCurve]:
+            nonlocal spec
+            spec = spec or resolve_spec(models[0], None, data=match_data)
+            aligned = align(models[i], models[j], method, data=match_data, spec=spec)
+            found = lmc_curves(
+                models[i],
+                aligned,
+                data,
+                alphas,
+                bn,
+                bn_data=bn_data,
+                label=method_label(method),
+                spec=spec,
+                original_b=models[j],
+                batch_size=batch_size,
+                progress=False,
+                cache=False,
+            )
+            return [
+                dataclasses.replace(c, settings={**c.settings, "pair": [i, j]})
+                for c in found.values()
+            ]
+
+        curves += cached_curves(store, "lmc-pairs", key, compute)
+    return curves

@@ -1,0 +1,275 @@
+"""Building a spec: walk the traced graph once, label every tensor with its channel groups
+by the rules of :mod:`workbench.graph.rules`, then collect the groups that may move.
+
+The builder is the rules' bookkeeping: groups (a union-find), the state-dict axes that
+follow each group, what was frozen and why, and each node's label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from workbench.checkpoints import checkpoint_metadata
+from workbench.data import DataLike, batches, dataset_info
+from workbench.graph.labels import FIXED, Label, Segment, UnionFind
+from workbench.graph.rules import (
+    FUNCTION_RULES,
+    LAYERS,
+    METHOD_RULES,
+    MODULE_RULES,
+    is_nonlinearity,
+)
+from workbench.graph.spec import Axis, LayerPoint, PermutationGroup, PermutationSpec
+from workbench.graph.trace import leaf_names, shape_of, traced_with_shapes
+from workbench.modules import model_device
+
+__all__ = ["Builder", "example_input_for", "permutation_spec", "resolve_spec"]
+
+
+class Builder:
+    """Walks the traced graph once, labelling every tensor with its channel groups."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.params = {k for k, _ in gm.named_parameters()} | {k for k, _ in gm.named_buffers()}
+        self.uf = UnionFind()
+        self.sizes: dict[int, int] = {}
+        self.axes: dict[int, list[Axis]] = {}
+        self.producers: dict[int, list[str]] = {}
+        self.module_groups: dict[str, int] = {}
+        self.labels: dict[fx.Node, Label | None] = {}
+        self.untouched: dict[str, str] = {}
+        self.output_groups: list[int] = []
+
+    # -- what rules call -----------------------------------------------------------------
+    def new_group(self, size: int, producer: str) -> int:
+        """A new group of ``size`` channels produced by ``producer`` (a module called twice
+        shares its output group)."""
+        if producer in self.module_groups:
+            return self.module_groups[producer]
+        g = self.uf.new()
+        self.sizes[g], self.axes[g], self.producers[g] = size, [], [producer]
+        self.module_groups[producer] = g
+        return g
+
+    def add_axes(
+        self, label: Label | None, key: str, axis: int, why: str, role: str = "channel"
+    ) -> None:
+        """Register ``key``'s ``axis`` as following ``label``'s groups, slice by slice."""
+        if label is None:
+            self.untouched.setdefault(key, why)
+            return
+        offset = 0
+        for seg in label.segments:
+            if seg.group != FIXED:
+                self.axes[seg.group].append(Axis(key, axis, offset, seg.block, role))
+            offset += seg.size * seg.block
+
+    def freeze(self, label: Label | None, reason: str) -> None:
+        """Forbid every group of ``label`` to move, recording ``reason``."""
+        if label is not None:
+            for seg in label.segments:
+                self.uf.freeze(seg.group, reason)
+
+    def fixed(self, node: fx.Node, dim: int = 1) -> Label | None:
+        """A label for ``node``'s output whose channels never move."""
+        shape = shape_of(node)
+        if shape is None or len(shape) <= dim:
+            return None
+        return Label(dim, (Segment(FIXED, shape[dim]),))
+
+    def unite(self, a: Label, b: Label, reason: str) -> bool:
+        """Unite two labels slice by slice; False if their slicing differs."""
+        if a.slicing() != b.slicing():
+            return False
+        for sa, sb in zip(a.segments, b.segments, strict=True):
+            self.uf.union(sa.group, sb.group, reason)
+        return True
+
+    def label_of(self, arg: Any) -> Label | None:
+        return self.labels.get(arg) if isinstance(arg, fx.Node) else None
+
+    def input_label(self, node: fx.Node) -> Label | None:
+        return self.label_of(node.args[0]) if node.args else None
+
+    def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
+        found: list[fx.Node] = []
+        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
+        return [n for n in found if shape_of(n) is not None]
+
+    def opaque(self, node: fx.Node, why: str) -> Label | None:
+        """An op we cannot see through: its inputs' groups and its output stay fixed."""
+        for arg in self.tensor_inputs(node):
+            self.freeze(self.labels.get(arg), why)
+        return self.fixed(node)
+
+    # -- the walk ------------------------------------------------------------------------
+    def visit(self, node: fx.Node) -> Label | None:
+        if node.op == "placeholder":
+            return self.fixed(node)
+        if node.op == "get_attr":
+            return None
+        if node.op == "output":
+            for arg in self.tensor_inputs(node):
+                label = self.labels.get(arg)
+                if label is not None:
+                    self.output_groups += [s.group for s in label.segments]
+                self.freeze(label, "reaches the model's output")
+            return None
+        if shape_of(node) is None:
+            return None
+        if node.op == "call_module":
+            module = self.modules[node.target]
+            for types, rule in MODULE_RULES:
+                if isinstance(module, types):
+                    return rule(self, node, module)
+            prefix = f"{node.target}." if node.target else ""
+            for param in module.state_dict():
+                self.untouched.setdefault(
+                    prefix + param, f"inside {type(module).__name__} {node.target}"
+                )
+            return self.opaque(node, f"{node.target}: {type(module).__name__} is opaque")
+        if node.op == "call_function":
+            rule = FUNCTION_RULES.get(node.target)
+            if rule is not None:
+                return rule(self, node, node.target)
+            name = getattr(node.target, "__name__", node.target)
+            return self.opaque(node, f"unsupported function {name}")
+        if node.op == "call_method":
+            rule = METHOD_RULES.get(node.target)
+            if rule is not None:
+                return rule(self, node, node.target)
+            return self.opaque(node, f"unsupported method .{node.target}()")
+        return self.opaque(node, f"unsupported node {node.op}")
+
+    def build(self, state_shapes: dict[str, tuple[int, ...]], leaves: tuple[str, ...]):
+        """Walk the graph and return the spec of everything that may move."""
+        for node in self.gm.graph.nodes:
+            self.labels[node] = self.visit(node)
+        # The same axis reached through two groups (a module reused on two inputs) ties them.
+        owner: dict[tuple, int] = {}
+        for g in self.sizes:
+            for ax in self.axes[g]:
+                previous = owner.setdefault(ax.identity(), g)
+                if self.uf.find(previous) != self.uf.find(g):
+                    self.uf.union(previous, g, f"{ax[0]} shared by two groups")
+        roots: dict[int, list[int]] = {}
+        for g in self.sizes:
+            roots.setdefault(self.uf.find(g), []).append(g)
+        node_groups: dict[int, dict[str, int]] = {}
+        activation_groups: dict[int, dict[str, int]] = {}
+        for node, label in self.labels.items():
+            if label is not None and len(label.segments) == 1 and label.segments[0].block == 1:
+                root = self.uf.find(label.segments[0].group)
+                node_groups.setdefault(root, {})[node.name] = label.dim
+                if is_nonlinearity(node, self.modules):
+                    activation_groups.setdefault(root, {})[node.name] = label.dim
+        groups: dict[str, PermutationGroup] = {}
+        report = []
+        for root, members in roots.items():
+            producers = [p for g in members for p in self.producers[g]]
+            name = producers[0] or "input"
+            sizes = {self.sizes[g] for g in members}
+            if root == FIXED or root in self.uf.frozen or len(sizes) != 1:
+                reason = self.uf.frozen.get(root, "sizes differ") if root != FIXED else "fixed"
+                joined = f" (with {', '.join(producers[1:])})" if len(producers) > 1 else ""
+                report.append(f"{name}{joined}: {reason}")
+                continue
+            seen: set[tuple] = set()
+            axes = []
+            for g in members:
+                for ax in self.axes[g]:
+                    if ax.identity() not in seen:
+                        seen.add(ax.identity())
+                        axes.append(ax)
+            groups[name] = PermutationGroup(
+                name,
+                sizes.pop(),
+                axes,
+                producers,
+                node_groups.get(root, {}),
+                activation_groups.get(root, {}),
+            )
+        for key, why in sorted(self.untouched.items()):
+            if key in state_shapes:
+                report.append(f"{key}: not permuted ({why})")
+        return PermutationSpec(groups, report, state_shapes, self.layer_points(), leaves)
+
+    def layer_points(self) -> list[LayerPoint]:
+        final_roots = {self.uf.find(g) for g in self.output_groups}
+        points = []
+        for node, label in self.labels.items():
+            if node.op != "call_module" or not isinstance(self.modules[node.target], LAYERS):
+                continue
+            point, point_node = str(node.target), node
+            users = list(node.users)
+            if (
+                len(users) == 1
+                and users[0].op == "call_module"
+                and isinstance(self.modules[users[0].target], nn.modules.batchnorm._BatchNorm)
+            ):
+                point, point_node = str(users[0].target), users[0]
+            point_label = self.labels.get(point_node)
+            final = label is None or any(
+                self.uf.find(s.group) in final_roots for s in label.segments
+            )
+            dim = point_label.dim if point_label is not None else 1
+            points.append(LayerPoint(str(node.target), point, dim, final))
+        return points
+
+
+def permutation_spec(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],
+    leaf_modules: Iterable[type] = (),
+) -> PermutationSpec:
+    """Derive the permutation groups of ``model`` from its ``torch.fx`` graph.
+
+    ``example_input`` (a batch, e.g. ``torch.zeros(2, 3, 32, 32)``) fixes the shapes, which
+    decide how ``flatten`` expands channels. ``leaf_modules`` lists module classes to treat
+    as opaque (for code that fx cannot trace). The model runs once, in eval mode, on
+    ``example_input`` (on the model's device); it is not modified.
+    """
+    leaves = leaf_names(leaf_modules)
+    gm = traced_with_shapes(model, example_input, leaves)
+    state_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return Builder(gm).build(state_shapes, leaves)
+
+
+def example_input_for(model: nn.Module, data: DataLike | None = None) -> torch.Tensor:
+    """A batch of two inputs for tracing ``model``: from ``data`` when given, else zeros of
+    the size the model was trained on (its checkpoint metadata), 32x32 by default."""
+    device = model_device(model)
+    if data is not None:
+        inputs, _ = next(iter(batches(data, batch_size=2, max_batches=1)))
+        return inputs[:2].to(device)
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if first is None:
+        raise ValueError(f"Cannot guess an input for {type(model).__name__}: pass example_input=.")
+    if isinstance(first, nn.Linear):
+        return torch.zeros(2, first.in_features, device=device)
+    size = 32
+    dataset = checkpoint_metadata(model).get("dataset")
+    if dataset:
+        size = dataset_info(dataset).image_size
+    return torch.zeros(2, first.in_channels, size, size, device=device)
+
+
+def resolve_spec(
+    model: nn.Module,
+    spec: PermutationSpec | None,
+    example_input: torch.Tensor | None = None,
+    data: DataLike | None = None,
+) -> PermutationSpec:
+    """``spec`` if given (checked against ``model``), else the spec derived from ``model``."""
+    if spec is not None:
+        spec.check_model(model)
+        return spec
+    if example_input is None:
+        example_input = example_input_for(model, data)
+    return permutation_spec(model, example_input)

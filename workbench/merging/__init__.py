@@ -1,0 +1,31 @@
+"""Merging models: in weight space (:mod:`~workbench.merging.weights`), renormalizing the
+result (:mod:`~workbench.merging.renorm`: RESET, REPAIR), and N models aligned into one
+neuron order and averaged (:mod:`~workbench.merging.many`)."""
+
+from workbench.merging.many import (
+    BN_HANDLING,
+    GAMMA_GRID,
+    MergeReport,
+    MergeResult,
+    cca_merge,
+    merge_many,
+)
+from workbench.merging.renorm import repair, repair_, repair_points, reset_bn, reset_bn_
+from workbench.merging.weights import average, interpolate, load_interpolation_
+
+__all__ = [
+    "BN_HANDLING",
+    "GAMMA_GRID",
+    "MergeReport",
+    "MergeResult",
+    "average",
+    "cca_merge",
+    "interpolate",
+    "load_interpolation_",
+    "merge_many",
+    "repair",
+    "repair_",
+    "repair_points",
+    "reset_bn",
+    "reset_bn_",
+]
