@@ -378,7 +378,7 @@ def test_plot_curves_accuracy_on_given_axes(naive_test, reset_test):
     np.testing.assert_allclose(axes[1].lines[0].get_ydata(), 100 * naive_test.accuracy)
     assert axes[1].get_title() == "acc"
     assert axes[1].get_ylabel() == "Accuracy (%)"
-    fig2 = reset_test.plot("loss")
+    fig2 = wb.plot_curves([reset_test], "loss")
     assert isinstance(fig2, Figure) and len(fig2.axes[0].lines) == 1
 
 

@@ -141,7 +141,7 @@ def test_aligned_plane_with_reset_is_lower_and_plots(trio, small_test, small_tra
     ]  # fmt: skip
     np.testing.assert_allclose(frame[["weight_1", "weight_2", "weight_3"]].sum(axis=1), 1.0)
     assert aligned.summary()["min_loss"] == aligned.loss.min()
-    fig = aligned.plot("loss")
+    fig = plot_plane(aligned, "loss")
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.texts] == ["model 1", "model 2", "model 3"]
     (bar,) = ax.child_axes  # the colour bar, an inset as tall as the plot
@@ -163,7 +163,7 @@ def test_aligned_plane_with_reset_is_lower_and_plots(trio, small_test, small_tra
     pdf = paths[0].read_bytes()
     assert b"/FontFile2" in pdf and b"/Type3" not in pdf  # embedded TrueType only
     _, axes = wb.figures.new_figure(columns=2, ncols=2)
-    assert aligned.plot("accuracy", ax=axes[1]) is axes[1].figure
+    assert plot_plane(aligned, "accuracy", ax=axes[1]) is axes[1].figure
     assert aligned.write_csv(tmp_path / "plane.csv").read_text().startswith("label,bn,split,x")
 
 

@@ -13,9 +13,8 @@ Feature visualization (:mod:`workbench.featviz`, on lucent) and the dashboards
 ``import workbench`` and ``workbench info`` stay light.
 """
 
-__version__ = "0.1.0"
-
 import importlib
+import importlib.metadata
 from typing import Any
 
 from workbench import alignment, analysis, cache, figures, graph, merging
@@ -87,6 +86,8 @@ from workbench.training import (
     training_runs,
 )
 from workbench.zoo import create_model, list_models
+
+__version__ = importlib.metadata.version("merge-workbench")
 
 _LAZY = {
     "featviz": ("workbench.featviz", None),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.metadata
 import json
 import os
 import platform
@@ -55,10 +56,8 @@ def _versions() -> dict[str, str]:
     import safetensors
     import torchvision
 
-    import workbench
-
     return {
-        "workbench": workbench.__version__,
+        "workbench": importlib.metadata.version("merge-workbench"),
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "safetensors": safetensors.__version__,

@@ -1,21 +1,16 @@
 """Building a spec: walk the traced graph once, label every tensor with its channel groups
-by the rules of :mod:`workbench.graph.rules`, then collect the groups that may move.
-
-The builder is the rules' bookkeeping: groups (a union-find), the state-dict axes that
-follow each group, what was frozen and why, and each node's label.
-"""
+by the rules of :mod:`workbench.graph.rules`, then collect the groups that may move."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 import torch
 from torch import fx, nn
 
 from workbench.checkpoints import checkpoint_metadata
 from workbench.data import DataLike, batches, dataset_info
-from workbench.graph.labels import FIXED, Label, Segment, UnionFind
+from workbench.graph.labels import FIXED, GraphLabels, Label
 from workbench.graph.rules import (
     FUNCTION_RULES,
     LAYERS,
@@ -23,90 +18,16 @@ from workbench.graph.rules import (
     MODULE_RULES,
     is_nonlinearity,
 )
-from workbench.graph.spec import Axis, LayerPoint, PermutationGroup, PermutationSpec
+from workbench.graph.spec import LayerPoint, PermutationGroup, PermutationSpec
 from workbench.graph.trace import leaf_names, shape_of, traced_with_shapes
 from workbench.modules import model_device
 
 __all__ = ["Builder", "example_input_for", "permutation_spec", "resolve_spec"]
 
 
-class Builder:
-    """Walks the traced graph once, labelling every tensor with its channel groups."""
-
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.gm = gm
-        self.modules = dict(gm.named_modules())
-        self.params = {k for k, _ in gm.named_parameters()} | {k for k, _ in gm.named_buffers()}
-        self.uf = UnionFind()
-        self.sizes: dict[int, int] = {}
-        self.axes: dict[int, list[Axis]] = {}
-        self.producers: dict[int, list[str]] = {}
-        self.module_groups: dict[str, int] = {}
-        self.labels: dict[fx.Node, Label | None] = {}
-        self.untouched: dict[str, str] = {}
-        self.output_groups: list[int] = []
-
-    # -- what rules call -----------------------------------------------------------------
-    def new_group(self, size: int, producer: str) -> int:
-        """A new group of ``size`` channels produced by ``producer`` (a module called twice
-        shares its output group)."""
-        if producer in self.module_groups:
-            return self.module_groups[producer]
-        g = self.uf.new()
-        self.sizes[g], self.axes[g], self.producers[g] = size, [], [producer]
-        self.module_groups[producer] = g
-        return g
-
-    def add_axes(
-        self, label: Label | None, key: str, axis: int, why: str, role: str = "channel"
-    ) -> None:
-        """Register ``key``'s ``axis`` as following ``label``'s groups, slice by slice."""
-        if label is None:
-            self.untouched.setdefault(key, why)
-            return
-        offset = 0
-        for seg in label.segments:
-            if seg.group != FIXED:
-                self.axes[seg.group].append(Axis(key, axis, offset, seg.block, role))
-            offset += seg.size * seg.block
-
-    def freeze(self, label: Label | None, reason: str) -> None:
-        """Forbid every group of ``label`` to move, recording ``reason``."""
-        if label is not None:
-            for seg in label.segments:
-                self.uf.freeze(seg.group, reason)
-
-    def fixed(self, node: fx.Node, dim: int = 1) -> Label | None:
-        """A label for ``node``'s output whose channels never move."""
-        shape = shape_of(node)
-        if shape is None or len(shape) <= dim:
-            return None
-        return Label(dim, (Segment(FIXED, shape[dim]),))
-
-    def unite(self, a: Label, b: Label, reason: str) -> bool:
-        """Unite two labels slice by slice; False if their slicing differs."""
-        if a.slicing() != b.slicing():
-            return False
-        for sa, sb in zip(a.segments, b.segments, strict=True):
-            self.uf.union(sa.group, sb.group, reason)
-        return True
-
-    def label_of(self, arg: Any) -> Label | None:
-        return self.labels.get(arg) if isinstance(arg, fx.Node) else None
-
-    def input_label(self, node: fx.Node) -> Label | None:
-        return self.label_of(node.args[0]) if node.args else None
-
-    def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
-        found: list[fx.Node] = []
-        fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
-        return [n for n in found if shape_of(n) is not None]
-
-    def opaque(self, node: fx.Node, why: str) -> Label | None:
-        """An op we cannot see through: its inputs' groups and its output stay fixed."""
-        for arg in self.tensor_inputs(node):
-            self.freeze(self.labels.get(arg), why)
-        return self.fixed(node)
+class Builder(GraphLabels):
+    """Walks the traced graph once, labelling every tensor by the rules, then collects the
+    groups that may move into a spec."""
 
     # -- the walk ------------------------------------------------------------------------
     def visit(self, node: fx.Node) -> Label | None:

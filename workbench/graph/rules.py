@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from workbench.graph.labels import Label, Segment
+from workbench.graph.labels import GraphLabels, Label, Segment
 from workbench.graph.spec import Axis
 from workbench.graph.trace import shape_of
-
-if TYPE_CHECKING:
-    from workbench.graph.build import Builder
 
 __all__ = [
     "FUNCTION_RULES",
@@ -39,7 +36,7 @@ __all__ = [
     "is_nonlinearity",
 ]
 
-Rule = Callable[["Builder", fx.Node, Any], Label | None]
+Rule = Callable[[GraphLabels, fx.Node, Any], Label | None]
 
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -50,13 +47,13 @@ def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
 
 
 # -- rules ---------------------------------------------------------------------------------
-def channelwise(b: Builder, node: fx.Node, _target: Any) -> Label | None:
+def channelwise(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     """Activations, pooling, dropout, padding, resizing, casts: output channel ``c`` is a
     function of input channel ``c`` alone, so the output carries the input's groups."""
     return b.input_label(node)
 
 
-def layer(b: Builder, node: fx.Node, module: nn.Module) -> Label | None:
+def layer(b: GraphLabels, node: fx.Node, module: nn.Module) -> Label | None:
     """Conv or linear layer: its input axis (weight axis 1) follows the input's groups; its
     output channels (weight axis 0, bias) start a new group. A depthwise conv ties output
     channel ``c`` to input channel ``c`` (its filters follow the input's group). Any other
@@ -92,7 +89,7 @@ def layer(b: Builder, node: fx.Node, module: nn.Module) -> Label | None:
     return b.fixed(node)
 
 
-def batchnorm(b: Builder, node: fx.Node, module: nn.Module) -> Label | None:
+def batchnorm(b: GraphLabels, node: fx.Node, module: nn.Module) -> Label | None:
     """BatchNorm: per-channel affine parameters and running statistics follow the input's
     group along axis 0; the output carries the input's groups."""
     name = str(node.target)
@@ -105,7 +102,7 @@ def batchnorm(b: Builder, node: fx.Node, module: nn.Module) -> Label | None:
     return inp
 
 
-def groupnorm(b: Builder, node: fx.Node, module: nn.GroupNorm) -> Label | None:
+def groupnorm(b: GraphLabels, node: fx.Node, module: nn.GroupNorm) -> Label | None:
     """GroupNorm with one group (normalizes over all channels: permutation invariant) or one
     group per channel (InstanceNorm-like): channelwise, affine parameters follow the group.
     Other group counts normalize blocks of channels together and are opaque."""
@@ -119,7 +116,7 @@ def groupnorm(b: Builder, node: fx.Node, module: nn.GroupNorm) -> Label | None:
     return inp
 
 
-def prelu(b: Builder, node: fx.Node, module: nn.PReLU) -> Label | None:
+def prelu(b: GraphLabels, node: fx.Node, module: nn.PReLU) -> Label | None:
     """PReLU: channelwise; a per-channel slope follows the input's group."""
     inp = b.input_label(node)
     if module.num_parameters > 1:
@@ -127,18 +124,18 @@ def prelu(b: Builder, node: fx.Node, module: nn.PReLU) -> Label | None:
     return inp
 
 
-def flatten_module(b: Builder, node: fx.Node, module: nn.Flatten) -> Label | None:
+def flatten_module(b: GraphLabels, node: fx.Node, module: nn.Flatten) -> Label | None:
     """``nn.Flatten``: see :func:`flatten`."""
     return flatten(b, node, b.input_label(node), module.start_dim, module.end_dim)
 
 
-def flatten_call(b: Builder, node: fx.Node, _target: Any) -> Label | None:
+def flatten_call(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     """``torch.flatten`` / ``x.flatten``: see :func:`flatten`."""
     start, end = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
     return flatten(b, node, b.input_label(node), start, end)
 
 
-def flatten(b: Builder, node: fx.Node, inp: Label | None, start: int, end: int) -> Label | None:
+def flatten(b: GraphLabels, node: fx.Node, inp: Label | None, start: int, end: int) -> Label | None:
     """Flattening from the channel axis on expands each channel into a block of
     consecutive entries (its spatial positions); flattening axes before or after the
     channel axis only moves it. Merging the channel axis with earlier axes is opaque."""
@@ -157,7 +154,7 @@ def flatten(b: Builder, node: fx.Node, inp: Label | None, start: int, end: int) 
     return Label(inp.dim, tuple(Segment(s.group, s.size, s.block * block) for s in inp.segments))
 
 
-def binary(b: Builder, node: fx.Node, _target: Any) -> Label | None:
+def binary(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     """``a + b``, ``a * b``, ...: two labelled tensors must be permuted alike, so their
     groups are united (a residual add); a scalar or a tensor broadcast along the channels
     leaves the label as it is; a per-channel parameter (``get_attr``) follows the group;
@@ -184,14 +181,14 @@ def binary(b: Builder, node: fx.Node, _target: Any) -> Label | None:
     return b.opaque(node, "elementwise op with an unlabelled per-channel tensor")
 
 
-def binary_call(b: Builder, node: fx.Node, target: Any) -> Label | None:
+def binary_call(b: GraphLabels, node: fx.Node, target: Any) -> Label | None:
     """A binary function or method with both operands given: see :func:`binary`."""
     if len(node.args) < 2:
         return b.opaque(node, f"{getattr(target, '__name__', target)} with one operand")
     return binary(b, node, target)
 
 
-def cat(b: Builder, node: fx.Node, _target: Any) -> Label | None:
+def cat(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     """``torch.cat`` along the channel axis concatenates the inputs' groups (a consumer's
     input axis is then split into slices, one per group); along another axis the inputs'
     groups are united. An unlabelled input freezes the others."""
@@ -212,7 +209,7 @@ def cat(b: Builder, node: fx.Node, _target: Any) -> Label | None:
     return b.opaque(node, "cat of differently labelled tensors")
 
 
-def reduce(b: Builder, node: fx.Node, _target: Any) -> Label | None:
+def reduce(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     """``mean``/``sum``/``amax``/``amin``: reducing over other axes keeps the channels
     (their axis index shifts when dims are dropped); reducing over the channel axis or
     everything gives a permutation-invariant value."""
@@ -233,7 +230,7 @@ def reduce(b: Builder, node: fx.Node, _target: Any) -> Label | None:
     return Label(new_dim, inp.segments)
 
 
-def reshape(b: Builder, node: fx.Node, _target: Any) -> Label | None:
+def reshape(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     """``view``/``reshape``: the same shape keeps the label; flattening everything from the
     channel axis on is :func:`flatten`; any other reshape is opaque."""
     inp = b.input_label(node)
