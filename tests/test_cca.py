@@ -20,8 +20,8 @@ from workbench.alignment import (
     general_groups,
     unfold_batchnorm_,
 )
-from workbench.alignment.transforms import transform_state
 from workbench.graph import permutation_spec
+from workbench.graph.transforms import transform_state
 
 
 class _LinearResidual(nn.Module):

@@ -275,3 +275,61 @@ def test_leaf_modules_are_recorded_by_name_and_retraced() -> None:
     assert spec.leaf_modules == (f"{Branchy.__module__}.{Branchy.__qualname__}",)
     with pytest.raises(TypeError, match=r"nn\.Module subclasses"):
         permutation_spec(model, torch.zeros(1, 3, 4, 4), leaf_modules=(3,))
+
+
+class _Tied(nn.Module):
+    """Two layers sharing one weight: the rules see two groups, but permuting either one
+    changes the shared tensor for both layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.head = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
+
+
+def test_verification_freezes_what_the_rules_got_wrong() -> None:
+    model, x = _Tied(), torch.randn(4, 6)
+    unchecked = permutation_spec(model, x, verify=False)
+    assert set(unchecked.groups) == {"a", "b"} and unchecked.verification == {}
+    broken = apply_permutation(model, unchecked, random_permutation(unchecked, seed=3))
+    with torch.no_grad():
+        assert (broken(x) - model(x)).norm() > 0.1 * model(x).norm()  # the rules alone break it
+    spec = permutation_spec(model, x)
+    assert spec.groups == {}
+    assert spec.verification["failed_groups"] == ["a", "b"]
+    assert spec.verification["relative_error"] == 0.0
+    assert any("a: failed verification" in line and "(6 channels)" in line for line in spec.report)
+    assert "verified in float64" in spec.summary()
+
+
+def test_verification_costs_two_forward_passes_when_the_spec_is_exact() -> None:
+    model = wb.create_model("resnet20")
+    spec = permutation_spec(model, torch.zeros(2, 3, 32, 32))
+    v = spec.verification
+    assert v["forward_passes"] == 2 and v["failed_groups"] == []
+    assert v["relative_error"] < 1e-12 and v["dtype"] == "float64"
+    assert len(spec.groups) == 12
+
+
+def test_ops_that_return_tuples_freeze_their_inputs() -> None:
+    class Split(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.bn = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+            self.left, self.right = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 5, padding=2)
+            self.head = nn.Conv2d(8, 5, 1)
+
+        def forward(self, x):
+            a, b = torch.split(torch.relu(self.bn(self.stem(x))), [4, 4], dim=1)
+            return self.head(torch.cat([self.left(a), self.right(b)], 1)).mean((2, 3))
+
+    model, x = _randomize_statistics(Split()), torch.randn(2, 3, 8, 8)
+    spec = permutation_spec(model, x, verify=False)  # the rules alone are safe here
+    assert "stem" not in spec.groups
+    assert any("stem: split returns a tuple of tensors" in line for line in spec.report)
+    permuted = apply_permutation(model, spec, random_permutation(spec, seed=1))
+    with torch.no_grad():
+        assert torch.allclose(model(x), permuted(x), atol=1e-6)

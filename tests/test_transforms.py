@@ -8,8 +8,8 @@ from torch import nn
 
 import workbench as wb
 from workbench.alignment import apply_permutation, random_permutation
-from workbench.alignment.transforms import apply_linear_maps
 from workbench.graph import permutation_spec
+from workbench.graph.transforms import apply_linear_maps
 
 
 def _orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:

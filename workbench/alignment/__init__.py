@@ -24,7 +24,8 @@ from workbench.alignment.registry import (
     unregister_method,
 )
 from workbench.alignment.statistics import GroupStatistics, collect_statistics, observation_points
-from workbench.alignment.transforms import (
+from workbench.alignment.weight import weight_matching
+from workbench.graph.transforms import (
     LinearMaps,
     Permutation,
     apply_linear_maps,
@@ -35,7 +36,6 @@ from workbench.alignment.transforms import (
     permute_state,
     random_permutation,
 )
-from workbench.alignment.weight import weight_matching
 
 __all__ = [
     "AlignmentMethod",

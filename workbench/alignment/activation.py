@@ -8,10 +8,10 @@ from torch import nn
 
 from workbench.alignment.registry import register_method
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
-from workbench.alignment.transforms import Permutation
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
+from workbench.graph.transforms import Permutation
 from workbench.modules import check_compatible
 
 __all__ = ["activation_matching", "permutation_from_statistics"]

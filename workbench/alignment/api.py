@@ -12,9 +12,9 @@ from torch import nn
 
 from workbench.alignment.folding import map_through_batchnorm
 from workbench.alignment.registry import AlignmentMethod, Kind, get_method
-from workbench.alignment.transforms import LinearMaps, Permutation, apply_permutation
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
+from workbench.graph.transforms import LinearMaps, Permutation, apply_permutation
 from workbench.modules import check_compatible
 
 __all__ = ["AlignmentResult", "align", "apply_alignment", "match"]

@@ -34,10 +34,10 @@ from torch import nn
 from workbench.alignment.folding import general_groups, map_through_batchnorm
 from workbench.alignment.registry import register_method
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
-from workbench.alignment.transforms import LinearMaps
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
+from workbench.graph.transforms import LinearMaps
 from workbench.modules import check_compatible
 
 __all__ = [

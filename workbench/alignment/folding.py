@@ -25,9 +25,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.alignment.statistics import channel_moments
-from workbench.alignment.transforms import transform_state
 from workbench.data import DataLike
 from workbench.graph import Axis, LayerPoint, PermutationSpec
+from workbench.graph.transforms import transform_state
 
 __all__ = [
     "fold_batchnorm",

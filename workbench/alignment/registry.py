@@ -31,15 +31,15 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import nn
 
-from workbench.alignment.transforms import (
+from workbench.data import DataLike
+from workbench.graph import PermutationSpec
+from workbench.graph.transforms import (
     LinearMaps,
     Permutation,
     check_linear_maps,
     check_permutation,
     identity_permutation,
 )
-from workbench.data import DataLike
-from workbench.graph import PermutationSpec
 
 __all__ = [
     "AlignmentMethod",

@@ -22,15 +22,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.alignment.registry import register_method
-from workbench.alignment.transforms import (
+from workbench.data import DataLike
+from workbench.graph import Axis, PermutationSpec, resolve_spec
+from workbench.graph.transforms import (
     Permutation,
     apply_permutation,
     axis_index,
     channel_block,
     identity_permutation,
 )
-from workbench.data import DataLike
-from workbench.graph import Axis, PermutationSpec, resolve_spec
 from workbench.modules import check_compatible, load_weighted_average_
 
 __all__ = ["merge_weight_matching", "weight_matching"]

@@ -20,9 +20,24 @@ from workbench.graph.rules import (
 )
 from workbench.graph.spec import LayerPoint, PermutationGroup, PermutationSpec
 from workbench.graph.trace import leaf_names, shape_of, traced_with_shapes
+from workbench.graph.verify import DEFAULT_RTOL, verify_spec
 from workbench.modules import model_device
 
 __all__ = ["Builder", "example_input_for", "permutation_spec", "resolve_spec"]
+
+
+_SIZE_QUERIES = frozenset(("size", "dim", "numel", "type", "get_device"))
+
+
+def _op_name(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def _result_kind(node: fx.Node) -> str:
+    meta = node.meta.get("tensor_meta")
+    return "tuple of tensors" if isinstance(meta, (tuple, list)) else "non-tensor value"
 
 
 class Builder(GraphLabels):
@@ -43,7 +58,13 @@ class Builder(GraphLabels):
                 self.freeze(label, "reaches the model's output")
             return None
         if shape_of(node) is None:
-            return None
+            if (node.op == "call_method" and node.target in _SIZE_QUERIES) or (
+                node.op == "call_function" and node.target is getattr
+            ):
+                return None  # x.size(), x.shape, x.dtype: invariant to any permutation
+            # a tuple (split, chunk, unbind, ...) or another non-tensor result: whatever
+            # its pieces feed cannot follow the groups of its inputs
+            return self.opaque(node, f"{_op_name(node)} returns a {_result_kind(node)}")
         if node.op == "call_module":
             module = self.modules[node.target]
             for types, rule in MODULE_RULES:
@@ -148,18 +169,28 @@ def permutation_spec(
     model: nn.Module,
     example_input: torch.Tensor | tuple[torch.Tensor, ...],
     leaf_modules: Iterable[type] = (),
+    *,
+    verify: bool = True,
+    rtol: float = DEFAULT_RTOL,
 ) -> PermutationSpec:
-    """Derive the permutation groups of ``model`` from its ``torch.fx`` graph.
+    """Derive the permutation groups of ``model`` from its ``torch.fx`` graph, verified.
 
     ``example_input`` (a batch, e.g. ``torch.zeros(2, 3, 32, 32)``) fixes the shapes, which
     decide how ``flatten`` expands channels. ``leaf_modules`` lists module classes to treat
     as opaque (for code that fx cannot trace). The model runs once, in eval mode, on
     ``example_input`` (on the model's device); it is not modified.
+
+    With ``verify`` (the default) the spec then checks itself on a randomized float64
+    copy of the model (:mod:`workbench.graph.verify`): groups whose permutation changes
+    the outputs by more than ``rtol`` (relative L2) are frozen and reported, so the spec
+    returned preserves the function on the example input. ``spec.verification`` records
+    the error, the forward passes and the seconds it took. ``verify=False`` skips it.
     """
     leaves = leaf_names(leaf_modules)
     gm = traced_with_shapes(model, example_input, leaves)
     state_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    return Builder(gm).build(state_shapes, leaves)
+    spec = Builder(gm).build(state_shapes, leaves)
+    return verify_spec(model, spec, example_input, rtol) if verify else spec
 
 
 def example_input_for(model: nn.Module, data: DataLike | None = None) -> torch.Tensor:

@@ -150,7 +150,8 @@ class PermutationSpec:
     the spec was built for, so it can check that a model fits it; ``layers`` lists the
     conv/linear layers in graph order with where their normalized output is observed;
     ``leaf_modules`` names (``module.Class``) the classes traced as opaque ops, so the
-    graph can be traced again exactly as it was.
+    graph can be traced again exactly as it was; ``verification`` says how the spec was
+    checked on the model (:mod:`workbench.graph.verify`; empty when it was not).
     """
 
     groups: dict[str, PermutationGroup]
@@ -158,6 +159,7 @@ class PermutationSpec:
     state_shapes: dict[str, tuple[int, ...]]
     layers: list[LayerPoint] = field(default_factory=list)
     leaf_modules: tuple[str, ...] = ()
+    verification: dict[str, Any] = field(default_factory=dict)
 
     def check_model(self, model: nn.Module, role: str = "model") -> None:
         """Raise ``ValueError`` unless ``model``'s state dict has the keys and shapes of
@@ -188,6 +190,12 @@ class PermutationSpec:
     def summary(self) -> str:
         """One line per group (name, size, number of axes), the coverage and the report."""
         lines = [f"{len(self.groups)} permutation groups ({self.coverage():.0%} coverage):"]
+        if self.verification:
+            v = self.verification
+            lines[0] += (
+                f" verified in {v['dtype']} ({v['forward_passes']} forward passes, "
+                f"{v['seconds']:.2f} s, relative error {v['relative_error']:.1e})"
+            )
         lines += [
             f"  {g.name}: {g.size} channels, {len(g.axes)} axes" for g in self.groups.values()
         ]
@@ -206,6 +214,7 @@ class PermutationSpec:
             "state_shapes": {k: list(v) for k, v in self.state_shapes.items()},
             "layers": [vars(p) for p in self.layers],
             "leaf_modules": list(self.leaf_modules),
+            "verification": dict(self.verification),
         }
 
     @classmethod
@@ -224,6 +233,7 @@ class PermutationSpec:
             {k: tuple(v) for k, v in data["state_shapes"].items()},
             [LayerPoint(**p) for p in data["layers"]],
             tuple(data["leaf_modules"]),
+            dict(data.get("verification", {})),
         )
 
     def save(self, path: str | Path) -> Path:

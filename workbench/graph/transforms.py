@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from workbench.graph import Axis, PermutationSpec
+from workbench.graph.spec import Axis, PermutationSpec
 
 __all__ = [
     "LinearMaps",

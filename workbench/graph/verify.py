@@ -1,0 +1,203 @@
+"""Self-verification: a spec checks on the model itself that it preserves the function.
+
+The rules of :mod:`workbench.graph.rules` are written to be safe, but a model may combine
+ops in ways no rule foresaw (a frozen layer whose neighbours were permuted, a tied
+parameter, a gate over channels). So before :func:`~workbench.graph.permutation_spec`
+returns, the spec is tried: on a private copy of the model in float64 whose per-channel
+quantities are randomized (BatchNorm statistics and affine parameters, biases, and any
+parameter whose entries are all equal: in a freshly initialized model those make channels
+interchangeable, and a wrong permutation of them would go unseen), one random permutation
+of every group must leave the outputs on the example input, and on a random input of its
+shape, unchanged up to a relative L2 error of ``rtol``. If not, bisection over the groups
+finds the ones that break it; they are frozen ("failed verification") and the rest is
+checked again, until what remains is exact. A spec can therefore never break a model on
+its example input.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from workbench.graph.spec import PermutationSpec
+from workbench.graph.transforms import permute_state
+from workbench.modules import eval_mode
+
+__all__ = ["randomized_copy", "verify_spec"]
+
+DEFAULT_RTOL = 1e-6  # float64: an exact permutation is off by ~1e-15; a wrong one by ~1e-1
+
+
+def randomized_copy(model: nn.Module, seed: int = 0, dtype: torch.dtype = torch.float64):
+    """A copy of ``model`` in ``dtype`` whose per-channel quantities differ from channel to
+    channel, near their usual values so that deep networks keep outputs of order one."""
+    generator = torch.Generator().manual_seed(seed)
+    work = copy.deepcopy(model).to(dtype).eval()
+
+    def noise(like: torch.Tensor, scale: float) -> torch.Tensor:
+        u = torch.rand(like.shape, generator=generator, dtype=torch.float64)
+        return (scale * (u - 0.5)).to(like.dtype).to(like.device)
+
+    with torch.no_grad():
+        for module in work.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                if module.running_mean is not None:
+                    module.running_mean.copy_(noise(module.running_mean, 0.4))
+                    module.running_var.copy_(1.0 + noise(module.running_var, 0.4))
+                if module.affine:
+                    module.weight.copy_(1.0 + noise(module.weight, 0.4))
+                    module.bias.copy_(noise(module.bias, 0.4))
+        for tensor in [*work.parameters(), *work.buffers()]:
+            if (
+                tensor.is_floating_point()
+                and tensor.numel() > 1
+                and bool((tensor == tensor.flatten()[0]).all())
+            ):
+                center = float(tensor.flatten()[0])
+                spread = 0.4 * abs(center) if center != 0 else 0.2
+                tensor.add_(noise(tensor, spread))
+    return work
+
+
+def _flat_output(output: Any) -> torch.Tensor:
+    """Every tensor of a model's output (a tensor, tuple, list, dict or named tuple) as one
+    flat float64 vector."""
+    tensors: list[torch.Tensor] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors.append(value.detach().double().reshape(-1))
+        elif isinstance(value, dict):
+            for item in value.values():
+                collect(item)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                collect(item)
+
+    collect(output)
+    if not tensors:
+        raise ValueError(f"The model's output holds no tensor ({type(output).__name__}).")
+    return torch.cat(tensors)
+
+
+def _inputs(example_input: Any, dtype: torch.dtype, seed: int) -> tuple:
+    """The example input and a random input of its shape, batched together, in ``dtype``
+    (integer inputs are used as they are)."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    out = []
+    for x in inputs:
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            noise = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+            x = torch.cat([x.to(dtype), noise.to(dtype).to(x.device)])
+        out.append(x)
+    return tuple(out)
+
+
+def verify_spec(
+    model: nn.Module,
+    spec: PermutationSpec,
+    example_input: Any,
+    rtol: float = DEFAULT_RTOL,
+    seed: int = 0,
+) -> PermutationSpec:
+    """``spec`` checked on ``model`` (see the module docstring), with the groups that fail
+    frozen and reported; the result records what was checked in ``spec.verification``."""
+    started = time.perf_counter()
+    dtype = torch.float64
+    work = randomized_copy(model, seed, dtype)
+    inputs = _inputs(example_input, dtype, seed)
+    scratch = copy.deepcopy(work)  # permuted states are loaded here, one at a time
+    passes = 0
+
+    def run(state: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        nonlocal passes
+        passes += 1
+        target = work
+        if state is not None:
+            scratch.load_state_dict(state)
+            target = scratch
+        with eval_mode(target), torch.no_grad():
+            return _flat_output(target(*inputs))
+
+    expected = run(None)
+    norm = float(torch.linalg.vector_norm(expected)) or 1.0
+    state = work.state_dict()
+    perm = _derangement(spec, seed)
+
+    def error(groups: Sequence[str]) -> float:
+        part = {name: perm[name] for name in groups}
+        sub = _restricted(spec, groups)
+        got = run(permute_state(state, sub, part))
+        return float(torch.linalg.vector_norm(got - expected)) / norm
+
+    failed: list[str] = []
+    groups = list(spec.groups)
+    worst = error(groups) if groups else 0.0
+    while worst > rtol:
+        found = _offenders(groups, lambda g: error(g) > rtol)
+        failed += found
+        groups = [g for g in groups if g not in found]
+        worst = error(groups) if groups else 0.0
+    verified = _without(spec, failed, model)
+    verified.verification = {
+        "relative_error": worst,
+        "rtol": rtol,
+        "dtype": str(dtype).removeprefix("torch."),
+        "failed_groups": failed,
+        "forward_passes": passes,
+        "seconds": time.perf_counter() - started,
+    }
+    return verified
+
+
+def _derangement(spec: PermutationSpec, seed: int) -> dict[str, torch.Tensor]:
+    """A random permutation of every group that moves at least one channel of each (a
+    random one may leave a small group as it is, and then tests nothing about it)."""
+    generator = torch.Generator().manual_seed(seed)
+    perm = {}
+    for name, group in spec.groups.items():
+        p = torch.randperm(group.size, generator=generator)
+        if torch.equal(p, torch.arange(group.size)):
+            p = p.roll(1)
+        perm[name] = p
+    return perm
+
+
+def _restricted(spec: PermutationSpec, groups: Sequence[str]) -> PermutationSpec:
+    return PermutationSpec(
+        {name: spec.groups[name] for name in groups}, [], spec.state_shapes, spec.layers
+    )
+
+
+def _offenders(groups: list[str], fails: Callable[[list[str]], bool]) -> list[str]:
+    """The groups whose permutation breaks the model, by bisection (``fails(groups)`` is
+    known to be true). If neither half fails alone, the failure needs both together and
+    all of ``groups`` are returned."""
+    if len(groups) == 1:
+        return groups
+    half = len(groups) // 2
+    first, second = groups[:half], groups[half:]
+    found = (_offenders(first, fails) if fails(first) else []) + (
+        _offenders(second, fails) if fails(second) else []
+    )
+    return found or groups
+
+
+def _without(spec: PermutationSpec, failed: Sequence[str], model: nn.Module) -> PermutationSpec:
+    """A copy of ``spec`` without the ``failed`` groups, each reported with its cost."""
+    report = list(spec.report)
+    for name in failed:
+        group = spec.groups[name]
+        joined = f" (with {', '.join(group.producers[1:])})" if len(group.producers) > 1 else ""
+        report.append(
+            f"{name}{joined}: failed verification: permuting it changes "
+            f"{type(model).__name__}'s outputs ({group.size} channels)"
+        )
+    groups = {name: g for name, g in spec.groups.items() if name not in set(failed)}
+    return PermutationSpec(groups, report, spec.state_shapes, spec.layers, spec.leaf_modules)
