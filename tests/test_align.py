@@ -159,3 +159,58 @@ def test_weight_matching_on_a_model_without_batchnorm() -> None:
     planted = random_permutation(spec, 4)
     found = weight_matching(model, apply_permutation(model, spec, planted), spec)
     assert _equal_perms(found, inverse(planted))
+
+
+class _Grouped(nn.Module):
+    """A ResNeXt-style block: 1x1 conv, grouped 3x3 conv (4 groups), 1x1 conv, residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.reduce = nn.Sequential(nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24), nn.ReLU())
+        self.grouped = nn.Sequential(
+            nn.Conv2d(24, 24, 3, padding=1, groups=4), nn.BatchNorm2d(24), nn.ReLU()
+        )
+        self.expand = nn.Sequential(nn.Conv2d(24, 16, 1), nn.BatchNorm2d(16))
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.expand(self.grouped(self.reduce(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_grouped_convolutions_give_blocked_groups_that_matching_recovers() -> None:
+    torch.manual_seed(0)
+    model, x = _Grouped().eval(), torch.randn(8, 3, 8, 8)
+    spec = permutation_spec(model, x)
+    assert spec.coverage() == 1.0
+    assert {n: g.blocks for n, g in spec.groups.items()} == {
+        "stem.0": 1, "reduce.0": 4, "grouped.0": 4
+    }  # fmt: skip
+    grouped_in = [ax for ax in spec.groups["reduce.0"].axes if ax.key == "grouped.0.weight"]
+    assert [(ax.axis, ax.grouped, ax.role) for ax in grouped_in] == [(1, 4, "in")]
+    loaded = wb.PermutationSpec.from_dict(spec.to_dict())  # the structure survives JSON
+    assert loaded.groups["reduce.0"].blocks == 4
+    assert [ax.grouped for ax in loaded.groups["reduce.0"].axes] == [
+        ax.grouped for ax in spec.groups["reduce.0"].axes
+    ]
+    planted = random_permutation(spec, seed=5)
+    block_of = torch.arange(24) // 6
+    assert torch.equal(block_of[planted["reduce.0"]], block_of)  # moves within blocks only
+    assert not torch.equal(planted["reduce.0"], torch.arange(24))
+    shuffled = apply_permutation(model, spec, planted)
+    with torch.no_grad():
+        torch.testing.assert_close(shuffled(x), model(x), rtol=0, atol=1e-5)
+    assert _equal_perms(weight_matching(model, shuffled, spec), inverse(planted))
+    data = torch.utils.data.TensorDataset(torch.randn(64, 3, 8, 8), torch.zeros(64).long())
+    found = activation_matching(model, shuffled, data, spec, progress=False)
+    assert _equal_perms(found, inverse(planted))
+    # a permutation across blocks is refused with the reason
+    across = {**planted, "reduce.0": torch.arange(24).roll(1)}
+    with pytest.raises(ValueError, match="moves channels between blocks"):
+        apply_permutation(model, spec, across)
+    # CCA cannot pass a grouped convolution: those groups get block permutations
+    cca = match(model, shuffled, "cca", data, spec, gamma=1e-3, progress=False).transform
+    eye = torch.eye(24, dtype=torch.float64)
+    torch.testing.assert_close(cca["reduce.0"], eye[inverse(planted)["reduce.0"]])

@@ -139,18 +139,27 @@ def test_depthwise_conv_ties_input_and_output() -> None:
     assert "2" not in spec.groups  # no group of its own
 
 
-def test_grouped_conv_is_left_unpermuted_and_reported() -> None:
+def test_grouped_conv_moves_channels_within_its_blocks() -> None:
     model = nn.Sequential(
         nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1)
     )
     x = torch.randn(2, 3, 8, 8)
     spec = permutation_spec(model, x)
-    assert "0" not in spec.groups and "2" not in spec.groups
-    assert any("grouped convolution" in line for line in spec.report)
-    assert spec.coverage() == 0.0  # both hidden layers frozen
-    permuted = apply_permutation(model, spec, random_permutation(spec))
+    assert spec.groups["0"].blocks == spec.groups["2"].blocks == 2
+    assert spec.coverage() == 1.0
+    permuted = apply_permutation(model, spec, random_permutation(spec, seed=3))
     with torch.no_grad():
         assert torch.allclose(model(x), permuted(x), atol=1e-6)
+
+
+def test_a_grouped_conv_with_one_channel_per_block_is_reported() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 3, groups=4), nn.ReLU(), nn.Conv2d(8, 2, 1)
+    )
+    spec = permutation_spec(model, torch.randn(2, 3, 8, 8))
+    assert "0" not in spec.groups and spec.groups["2"].blocks == 4
+    assert "0: grouped convolution leaves one channel per block (4 channels)" in spec.report
+    assert spec.coverage() == 8 / 12  # the first layer's 4 channels cannot move
 
 
 def test_channel_slicing_is_left_unpermuted() -> None:
@@ -302,7 +311,7 @@ def test_verification_freezes_what_the_rules_got_wrong() -> None:
     assert spec.verification["failed_groups"] == ["a", "b"]
     assert spec.verification["relative_error"] == 0.0
     assert any("a: failed verification" in line and "(6 channels)" in line for line in spec.report)
-    assert "verified in float64" in spec.summary()
+    assert "verified in float32" in spec.summary()
 
 
 def test_verification_costs_two_forward_passes_when_the_spec_is_exact() -> None:
@@ -310,7 +319,7 @@ def test_verification_costs_two_forward_passes_when_the_spec_is_exact() -> None:
     spec = permutation_spec(model, torch.zeros(2, 3, 32, 32))
     v = spec.verification
     assert v["forward_passes"] == 2 and v["failed_groups"] == []
-    assert v["relative_error"] < 1e-12 and v["dtype"] == "float64"
+    assert v["relative_error"] < 1e-6 and v["dtype"] == "float32"
     assert len(spec.groups) == 12
 
 

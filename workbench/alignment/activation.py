@@ -17,9 +17,15 @@ from workbench.modules import check_compatible
 __all__ = ["activation_matching", "permutation_from_statistics"]
 
 
-def permutation_from_statistics(statistics: dict[str, GroupStatistics]) -> Permutation:
-    """For each group, the assignment of B's channels to A's maximizing total correlation."""
-    return {name: assignment(stats.correlation(0, 1)) for name, stats in statistics.items()}
+def permutation_from_statistics(
+    statistics: dict[str, GroupStatistics], spec: PermutationSpec
+) -> Permutation:
+    """For each group, the assignment of B's channels to A's maximizing total correlation
+    (within the group's blocks)."""
+    return {
+        name: assignment(stats.correlation(0, 1), spec.groups[name].blocks)
+        for name, stats in statistics.items()
+    }
 
 
 @register_method("activation", needs_data=True, preserves_function=True, uses_statistics=True)
@@ -52,7 +58,7 @@ def activation_matching(
             max_batches=max_batches,
             progress=progress,
         )
-    perm = permutation_from_statistics(statistics)
+    perm = permutation_from_statistics(statistics, spec)
     for name, group in spec.groups.items():  # a group never observed keeps its order
         perm.setdefault(name, torch.arange(group.size))
     return perm

@@ -129,7 +129,7 @@ def cca_maps(
         if general is None or name in general:
             maps[name] = transform
         else:
-            perm = assignment(stats.correlation(0, 1))
+            perm = assignment(stats.correlation(0, 1), spec.groups[name].blocks)
             maps[name] = torch.eye(stats.size, dtype=torch.float64)[perm]
             permuted[name] = "holds per-channel parameters a general linear map cannot pass"
     for name, group in spec.groups.items():

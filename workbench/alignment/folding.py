@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.alignment.statistics import channel_moments
 from workbench.data import DataLike
-from workbench.graph import Axis, LayerPoint, PermutationSpec
+from workbench.graph import LayerPoint, PermutationSpec
 from workbench.graph.transforms import transform_state
 
 __all__ = [
@@ -87,13 +87,13 @@ def fold_batchnorm(model: nn.Module, spec: PermutationSpec) -> tuple[nn.Module, 
 
 def general_groups(model: nn.Module, spec: PermutationSpec) -> list[str]:
     """The groups of ``model`` whose every tensor a general linear map can transform once
-    its BatchNorm layers are folded (no per-channel parameters left); a linear method must
-    give the other groups permutation matrices."""
+    its BatchNorm layers are folded (no per-channel parameters left, no grouped
+    convolution); a linear method must give the other groups permutation matrices."""
     folded = _folded_spec(spec, [p.point for p in foldable_points(model, spec)])
     return [
         name
         for name, group in folded.groups.items()
-        if all(ax.role != "channel" for ax in group.axes)
+        if group.blocks == 1 and all(ax.role != "channel" for ax in group.axes)
     ]
 
 
@@ -107,7 +107,7 @@ def _folded_spec(spec: PermutationSpec, folded: Sequence[str]) -> PermutationSpe
             if ax.key in constants:
                 continue
             if ax.key in biases:
-                ax = Axis(ax.key, ax.axis, ax.offset, ax.block, role="out")
+                ax = ax.with_role("out")
             axes.append(ax)
         groups[name] = dataclasses.replace(group, axes=axes)
     return dataclasses.replace(spec, groups=groups)

@@ -27,21 +27,30 @@ from workbench.graph import Axis, PermutationSpec, resolve_spec
 from workbench.graph.transforms import (
     Permutation,
     apply_permutation,
-    axis_index,
+    block_permutation,
     channel_block,
     identity_permutation,
+    permute_axis,
 )
 from workbench.modules import check_compatible, load_weighted_average_
 
 __all__ = ["merge_weight_matching", "weight_matching"]
 
 
-def assignment(similarity: torch.Tensor) -> torch.Tensor:
-    """The permutation ``p`` maximizing ``sum_i similarity[i, p[i]]`` (scipy's solver)."""
-    rows, cols = linear_sum_assignment(similarity.detach().double().cpu().numpy(), maximize=True)
-    if not np.array_equal(rows, np.arange(len(rows))):
-        raise RuntimeError("linear_sum_assignment returned an incomplete assignment.")
-    return torch.from_numpy(cols).long()
+def assignment(similarity: torch.Tensor, blocks: int = 1) -> torch.Tensor:
+    """The permutation ``p`` maximizing ``sum_i similarity[i, p[i]]`` (scipy's solver);
+    with ``blocks``, the best one that keeps every channel in its block (one assignment
+    per diagonal block of ``similarity``)."""
+    matrix = similarity.detach().double().cpu().numpy()
+    size = len(matrix) // blocks
+    parts = []
+    for b in range(blocks):
+        span = slice(b * size, (b + 1) * size)
+        rows, cols = linear_sum_assignment(matrix[span, span], maximize=True)
+        if not np.array_equal(rows, np.arange(size)):
+            raise RuntimeError("linear_sum_assignment returned an incomplete assignment.")
+        parts.append(torch.from_numpy(cols).long())
+    return block_permutation(torch.stack(parts))
 
 
 def merge_weight_matching(
@@ -75,6 +84,19 @@ def merge_weight_matching(
         if not changed:
             break
     return aligned
+
+
+def _similarity(w_a: torch.Tensor, w_b: torch.Tensor, ax: Axis, size: int) -> torch.Tensor:
+    """``similarity[i, j]``: the inner product of A's entries of channel ``i`` along ``ax``
+    with B's entries of channel ``j`` (for a grouped axis, only within a block)."""
+    if ax.grouped == 1:
+        # channels as rows, block entries kept together with their channel
+        rows_a = channel_block(w_a, ax, size)[0].flatten(1)
+        rows_b = channel_block(w_b, ax, size)[0].flatten(1)
+        return rows_a @ rows_b.T
+    parts_a = w_a.unflatten(0, (ax.grouped, -1)).transpose(1, 2).flatten(2)
+    parts_b = w_b.unflatten(0, (ax.grouped, -1)).transpose(1, 2).flatten(2)
+    return torch.block_diag(*(parts_a @ parts_b.transpose(1, 2)))
 
 
 @register_method("weight", needs_data=False, preserves_function=True, merger=merge_weight_matching)
@@ -130,16 +152,11 @@ def weight_matching(
                     continue
                 w_b = state_b[ax.key]
                 for other_name, other in axes_of_key[ax.key]:
-                    if other.identity() == ax.identity():
-                        continue
-                    index = axis_index(other, perm[other_name], w_b.shape[other.axis])
-                    w_b = w_b.index_select(other.axis, index)
-                # channels as rows, block entries kept together with their channel
-                rows_a = channel_block(state_a[ax.key], ax, group.size)[0].flatten(1)
-                rows_b = channel_block(w_b, ax, group.size)[0].flatten(1)
-                similarity += rows_a @ rows_b.T
+                    if other.identity() != ax.identity():
+                        w_b = permute_axis(w_b, other, perm[other_name])
+                similarity += _similarity(state_a[ax.key], w_b, ax, group.size)
             current = perm[name]
-            best = assignment(similarity).to(device)
+            best = assignment(similarity, group.blocks).to(device)
             arange = torch.arange(group.size, device=device)
             old = similarity[arange, current].sum().item()
             new = similarity[arange, best].sum().item()

@@ -3,6 +3,7 @@ by the rules of :mod:`workbench.graph.rules`, then collect the groups that may m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -120,7 +121,14 @@ class Builder(GraphLabels):
             if root == FIXED or root in self.uf.frozen or len(sizes) != 1:
                 reason = self.uf.frozen.get(root, "sizes differ") if root != FIXED else "fixed"
                 joined = f" (with {', '.join(producers[1:])})" if len(producers) > 1 else ""
-                report.append(f"{name}{joined}: {reason}")
+                channels = sum(self.sizes[g] for g in members)
+                report.append(f"{name}{joined}: {reason} ({channels} channels)")
+                continue
+            blocks = math.lcm(*(self.blocks.get(g, 1) for g in members))
+            size = next(iter(sizes))
+            if size % blocks or size == blocks:
+                why = "one channel per block" if size == blocks else "blocks do not divide it"
+                report.append(f"{name}: grouped convolution leaves {why} ({size} channels)")
                 continue
             seen: set[tuple] = set()
             axes = []
@@ -131,11 +139,12 @@ class Builder(GraphLabels):
                         axes.append(ax)
             groups[name] = PermutationGroup(
                 name,
-                sizes.pop(),
+                size,
                 axes,
                 producers,
                 node_groups.get(root, {}),
                 activation_groups.get(root, {}),
+                blocks,
             )
         for key, why in sorted(self.untouched.items()):
             if key in state_shapes:
@@ -180,7 +189,7 @@ def permutation_spec(
     as opaque (for code that fx cannot trace). The model runs once, in eval mode, on
     ``example_input`` (on the model's device); it is not modified.
 
-    With ``verify`` (the default) the spec then checks itself on a randomized float64
+    With ``verify`` (the default) the spec then checks itself on a randomized float32
     copy of the model (:mod:`workbench.graph.verify`): groups whose permutation changes
     the outputs by more than ``rtol`` (relative L2) are frozen and reported, so the spec
     returned preserves the function on the example input. ``spec.verification`` records

@@ -5,6 +5,7 @@ and :class:`GraphLabels`, the state that the rules of :mod:`workbench.graph.rule
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +100,7 @@ class GraphLabels:
         self.labels: dict[fx.Node, Label | None] = {}
         self.untouched: dict[str, str] = {}
         self.output_groups: list[int] = []
+        self.blocks: dict[int, int] = {}
 
     # -- what rules call -----------------------------------------------------------------
     def new_group(self, size: int, producer: str) -> int:
@@ -112,7 +114,13 @@ class GraphLabels:
         return g
 
     def add_axes(
-        self, label: Label | None, key: str, axis: int, why: str, role: str = "channel"
+        self,
+        label: Label | None,
+        key: str,
+        axis: int,
+        why: str,
+        role: str = "channel",
+        grouped: int = 1,
     ) -> None:
         """Register ``key``'s ``axis`` as following ``label``'s groups, slice by slice."""
         if label is None:
@@ -121,8 +129,13 @@ class GraphLabels:
         offset = 0
         for seg in label.segments:
             if seg.group != FIXED:
-                self.axes[seg.group].append(Axis(key, axis, offset, seg.block, role))
+                self.axes[seg.group].append(Axis(key, axis, offset, seg.block, role, grouped))
             offset += seg.size * seg.block
+
+    def require_blocks(self, group: int, blocks: int) -> None:
+        """Let ``group``'s channels move only within ``blocks`` equal blocks."""
+        if group != FIXED:
+            self.blocks[group] = math.lcm(self.blocks.get(group, 1), blocks)
 
     def freeze(self, label: Label | None, reason: str) -> None:
         """Forbid every group of ``label`` to move, recording ``reason``."""

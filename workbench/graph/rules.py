@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torchvision.ops import stochastic_depth
 
 from workbench.graph.labels import GraphLabels, Label, Segment
 from workbench.graph.spec import Axis
@@ -57,8 +58,9 @@ def layer(b: GraphLabels, node: fx.Node, module: nn.Module) -> Label | None:
     """Conv or linear layer: its input axis (weight axis 1) follows the input's groups; its
     output channels (weight axis 0, bias) start a new group. A depthwise conv ties output
     channel ``c`` to input channel ``c`` (its filters follow the input's group). Any other
-    grouped conv mixes channels within blocks only: its input groups are frozen and its
-    output is fixed."""
+    grouped conv with ``k`` groups mixes channels within blocks only: output block ``j``
+    reads input block ``j``, so its input and output groups may move channels only within
+    their ``k`` blocks (weight axis 1 is then permuted block by block)."""
     name = str(node.target)
     key = f"{name}."
     inp = b.input_label(node)
@@ -84,7 +86,17 @@ def layer(b: GraphLabels, node: fx.Node, module: nn.Module) -> Label | None:
         if module.bias is not None:
             b.add_axes(inp, key + "bias", 0, name)
         return Label(out_dim, inp.segments)
-    b.freeze(inp, f"{name}: grouped convolution ({groups} groups)")
+    if inp is not None and len(inp.segments) == 1 and inp.segments[0].block == 1:
+        # output block j reads input block j only: both move within their blocks
+        b.add_axes(inp, key + "weight", 1, name, role="in", grouped=groups)
+        b.require_blocks(inp.segments[0].group, groups)
+        g = b.new_group(module.out_channels, name)
+        b.axes[g] += [Axis(key + "weight", 0, role="out")]
+        if module.bias is not None:
+            b.axes[g].append(Axis(key + "bias", 0, role="out"))
+        b.require_blocks(g, groups)
+        return Label(out_dim, (Segment(g, module.out_channels),))
+    b.freeze(inp, f"{name}: grouped convolution ({groups} groups) on concatenated channels")
     b.untouched.setdefault(key + "weight", f"{name}: grouped convolution")
     return b.fixed(node)
 
@@ -114,6 +126,60 @@ def groupnorm(b: GraphLabels, node: fx.Node, module: nn.GroupNorm) -> Label | No
         b.add_axes(inp, f"{name}.weight", 0, name)
         b.add_axes(inp, f"{name}.bias", 0, name)
     return inp
+
+
+def permute(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``x.permute(...)`` / ``torch.permute``: the channels move with their axis (to the
+    position the axis takes in the output)."""
+    inp = b.input_label(node)
+    if inp is None:
+        return b.fixed(node)
+    dims = _arg(node, 1, "dims", None)
+    if isinstance(dims, int):  # x.permute(0, 2, 3, 1): the dims as separate arguments
+        dims = node.args[1:]
+    ndim = len(shape_of(node))
+    dims = [d % ndim for d in dims]
+    return Label(dims.index(inp.dim), inp.segments)
+
+
+def _layer_norm(
+    b: GraphLabels, node: fx.Node, shape: tuple[int, ...], params: list[str]
+) -> Label | None:
+    """Layer normalization over the last ``len(shape)`` axes: a mean and variance over the
+    channel axis are invariant to permuting it, and the elementwise weight and bias
+    (``params``: their state-dict keys, shaped like ``shape``) follow the group along the
+    channel axis."""
+    inp = b.input_label(node)
+    if inp is None:
+        return b.fixed(node)
+    first = len(shape_of(node)) - len(shape)
+    if inp.dim >= first:
+        for key in params:
+            b.add_axes(inp, key, inp.dim - first, key)
+    return inp
+
+
+def layer_norm_module(b: GraphLabels, node: fx.Node, module: nn.LayerNorm) -> Label | None:
+    """``nn.LayerNorm``: see :func:`_layer_norm`."""
+    params = {
+        f"{node.target}.{p}": 0 for p in ("weight", "bias") if getattr(module, p, None) is not None
+    }
+    return _layer_norm(b, node, tuple(module.normalized_shape), params)
+
+
+def layer_norm_call(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``F.layer_norm(x, shape, weight, bias)`` with weight and bias parameters of the
+    model (``get_attr`` nodes): see :func:`_layer_norm`; other weights are opaque."""
+    shape = _arg(node, 1, "normalized_shape", None)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    params = []
+    for index, name in ((2, "weight"), (3, "bias")):
+        value = _arg(node, index, name, None)
+        if isinstance(value, fx.Node):
+            if value.op != "get_attr" or value.target not in b.params:
+                return b.opaque(node, "layer norm with a computed weight")
+            params.append(str(value.target))
+    return _layer_norm(b, node, shape, params)
 
 
 def prelu(b: GraphLabels, node: fx.Node, module: nn.PReLU) -> Label | None:
@@ -261,6 +327,7 @@ MODULE_RULES: tuple[tuple[type | tuple[type, ...], Rule], ...] = (
     (nn.modules.batchnorm._BatchNorm, batchnorm),
     (nn.GroupNorm, groupnorm),
     (nn.PReLU, prelu),
+    (nn.LayerNorm, layer_norm_module),
     (_CHANNELWISE_MODULES, channelwise),
     (nn.Flatten, flatten_module),
 )
@@ -273,6 +340,7 @@ _CHANNELWISE_FUNCTIONS = (
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate,
     torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.abs, torch.neg, torch.exp,
     torch.clamp, torch.square, torch.sqrt, operator.neg,
+    stochastic_depth,  # drops whole samples (or the batch): a per-sample scalar
 )  # fmt: skip
 _BINARY_FUNCTIONS = (
     operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
@@ -284,6 +352,8 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     **dict.fromkeys(_BINARY_FUNCTIONS, binary_call),
     torch.flatten: flatten_call,
     torch.cat: cat,
+    torch.permute: permute,
+    F.layer_norm: layer_norm_call,
     **dict.fromkeys((torch.mean, torch.sum, torch.amax, torch.amin), reduce),
 }
 
@@ -298,6 +368,7 @@ METHOD_RULES: dict[str, Rule] = {
     **dict.fromkeys(("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"), binary_call),
     "flatten": flatten_call,
     **dict.fromkeys(("view", "reshape"), reshape),
+    "permute": permute,
     **dict.fromkeys(("mean", "sum", "amax", "amin"), reduce),
 }
 

@@ -30,7 +30,7 @@ class GraphTraceError(RuntimeError):
 
 
 class Axis(tuple):
-    """A ``(state_dict key, axis)`` pair that a group permutes, with three refinements.
+    """A ``(state_dict key, axis)`` pair that a group permutes, with four refinements.
 
     ``offset``: the group covers the slice starting there (a consumer of a ``cat``).
     ``block``: each channel spans ``block`` consecutive entries (a linear layer after a
@@ -39,15 +39,26 @@ class Axis(tuple):
     bias), ``"in"`` (a consumer's input columns) or ``"channel"`` (a per-channel
     parameter or statistic: BatchNorm, depthwise filters). Permutations treat all alike;
     a general linear map needs the role (and cannot pass a ``"channel"`` axis exactly).
+    ``grouped``: the input axis of a grouped convolution with that many groups: the
+    tensor's rows (axis 0) fall into ``grouped`` equal parts, and in part ``b`` the axis
+    indexes, locally, the channels of the group's block ``b`` (a permutation within blocks
+    reorders each part's columns by that block's own order).
     Unpacks and compares like the plain pair.
     """
 
     offset: int
     block: int
     role: str
+    grouped: int
 
     def __new__(
-        cls, key: str, axis: int, offset: int = 0, block: int = 1, role: str = "channel"
+        cls,
+        key: str,
+        axis: int,
+        offset: int = 0,
+        block: int = 1,
+        role: str = "channel",
+        grouped: int = 1,
     ) -> Axis:
         if role not in ("out", "in", "channel"):
             raise ValueError(f"role must be 'out', 'in' or 'channel', got {role!r}.")
@@ -55,7 +66,12 @@ class Axis(tuple):
         self.offset = offset
         self.block = block
         self.role = role
+        self.grouped = grouped
         return self
+
+    def with_role(self, role: str) -> Axis:
+        """The same axis used in another role."""
+        return Axis(self[0], self[1], self.offset, self.block, role, self.grouped)
 
     @property
     def key(self) -> str:
@@ -66,13 +82,15 @@ class Axis(tuple):
         return self[1]
 
     def __repr__(self) -> str:
-        extra = (f", offset={self.offset}" if self.offset else "") + (
-            f", block={self.block}" if self.block != 1 else ""
+        extra = (
+            (f", offset={self.offset}" if self.offset else "")
+            + (f", block={self.block}" if self.block != 1 else "")
+            + (f", grouped={self.grouped}" if self.grouped != 1 else "")
         )
         return f"Axis({self[0]!r}, {self[1]}{extra}, role={self.role!r})"
 
     def __reduce__(self):
-        return (Axis, (self[0], self[1], self.offset, self.block, self.role))
+        return (Axis, (self[0], self[1], self.offset, self.block, self.role, self.grouped))
 
     def identity(self) -> tuple[str, int, int, int]:
         """Everything that tells this axis apart, including slice and block."""
@@ -85,6 +103,7 @@ class Axis(tuple):
             "offset": self.offset,
             "block": self.block,
             "role": self.role,
+            "grouped": self.grouped,
         }
 
 
@@ -94,7 +113,9 @@ class PermutationGroup:
     modules that produce them (``producers``), the graph nodes whose output channels are
     exactly this group with the axis they lie on (``nodes``: node name -> axis), and the
     subset of those that are outputs of a nonlinearity (``activations``), where alignment
-    observes the group."""
+    observes the group. ``blocks``: the channels fall into that many equal blocks and a
+    permutation may only reorder channels within their block (the groups a grouped
+    convolution reads or writes); 1 for a group whose channels may move anywhere."""
 
     name: str
     size: int
@@ -102,9 +123,16 @@ class PermutationGroup:
     producers: list[str] = field(default_factory=list)
     nodes: dict[str, int] = field(default_factory=dict)
     activations: dict[str, int] = field(default_factory=dict)
+    blocks: int = 1
 
     def __repr__(self) -> str:
-        return f"PermutationGroup({self.name!r}, size={self.size}, {len(self.axes)} axes)"
+        blocks = f", {self.blocks} blocks" if self.blocks != 1 else ""
+        return f"PermutationGroup({self.name!r}, size={self.size}{blocks}, {len(self.axes)} axes)"
+
+    @property
+    def block_size(self) -> int:
+        """How many channels of a block may be reordered among themselves."""
+        return self.size // self.blocks
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +142,7 @@ class PermutationGroup:
             "producers": list(self.producers),
             "nodes": dict(self.nodes),
             "activations": dict(self.activations),
+            "blocks": self.blocks,
         }
 
     @classmethod
@@ -125,6 +154,7 @@ class PermutationGroup:
             list(data["producers"]),
             {k: int(v) for k, v in data["nodes"].items()},
             {k: int(v) for k, v in data["activations"].items()},
+            int(data.get("blocks", 1)),
         )
 
 
@@ -197,10 +227,13 @@ class PermutationSpec:
                 f"{v['seconds']:.2f} s, relative error {v['relative_error']:.1e})"
             )
         lines += [
-            f"  {g.name}: {g.size} channels, {len(g.axes)} axes" for g in self.groups.values()
+            f"  {g.name}: {g.size} channels"
+            + (f" in {g.blocks} blocks" if g.blocks != 1 else "")
+            + f", {len(g.axes)} axes"
+            for g in self.groups.values()
         ]
         if self.report:
-            lines.append("Left unpermuted:")
+            lines.append("Left unpermuted (what forced it, and the channels it costs):")
             lines += [f"  {line}" for line in self.report]
         return "\n".join(lines)
 

@@ -5,6 +5,7 @@ map them by general invertible matrices (CCA Merge)."""
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Mapping
 
 import torch
@@ -18,12 +19,14 @@ __all__ = [
     "apply_linear_maps",
     "apply_permutation",
     "axis_index",
+    "block_permutation",
     "channel_block",
     "check_linear_maps",
     "check_permutation",
     "compose",
     "identity_permutation",
     "inverse",
+    "permute_axis",
     "permute_state",
     "random_permutation",
     "transform_state",
@@ -37,10 +40,23 @@ def identity_permutation(spec: PermutationSpec) -> Permutation:
     return {name: torch.arange(g.size) for name, g in spec.groups.items()}
 
 
+def block_permutation(local: torch.Tensor) -> torch.Tensor:
+    """The permutation of ``blocks x block_size`` channels that reorders block ``b`` by
+    ``local[b]`` (a permutation of ``range(block_size)``) and never moves a channel out of
+    its block."""
+    blocks, size = local.shape
+    return (local + size * torch.arange(blocks)[:, None]).reshape(-1)
+
+
 def random_permutation(spec: PermutationSpec, seed: int = 0) -> Permutation:
-    """A uniformly random permutation of every group, reproducible from ``seed``."""
+    """A uniformly random permutation of every group (within its blocks, for a group with
+    blocks), reproducible from ``seed``."""
     generator = torch.Generator().manual_seed(seed)
-    return {name: torch.randperm(g.size, generator=generator) for name, g in spec.groups.items()}
+    perm = {}
+    for name, g in spec.groups.items():
+        local = [torch.randperm(g.block_size, generator=generator) for _ in range(g.blocks)]
+        perm[name] = block_permutation(torch.stack(local))
+    return perm
 
 
 def axis_index(ax: Axis, perm: torch.Tensor, length: int) -> torch.Tensor:
@@ -75,6 +91,41 @@ def check_permutation(spec: PermutationSpec, perm: Mapping[str, torch.Tensor]) -
                 f"perm[{name!r}] is not a permutation of range({group.size}) "
                 f"(shape {tuple(p.shape)})."
             )
+        if group.blocks > 1:
+            block_of = torch.arange(group.size) // group.block_size
+            if not torch.equal(block_of[p.long().cpu()], block_of):
+                raise ValueError(
+                    f"perm[{name!r}] moves channels between blocks; group {name!r} feeds a "
+                    f"grouped convolution and may only reorder channels within its "
+                    f"{group.blocks} blocks of {group.block_size}."
+                )
+
+
+def _copy_state(state: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
+    """A shallow copy of a state dict that keeps its ``_metadata`` (module versions, which
+    some modules' loading code requires)."""
+    out = OrderedDict(state)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = metadata
+    return out
+
+
+def permute_axis(tensor: torch.Tensor, ax: Axis, perm: torch.Tensor) -> torch.Tensor:
+    """``tensor`` reordered along ``ax`` by a group's ``perm``: ``new[..., i, ...] =
+    old[..., perm[i], ...]``; on the input axis of a grouped convolution, each part of the
+    rows by its own block's order."""
+    perm = perm.to(tensor.device)
+    if ax.grouped == 1:
+        return tensor.index_select(ax.axis, axis_index(ax, perm, tensor.shape[ax.axis]))
+    if ax.axis != 1 or ax.offset or ax.block != 1:
+        raise ValueError(f"{ax!r}: a grouped axis must be the weight's whole axis 1.")
+    parts = tensor.unflatten(0, (ax.grouped, -1))  # (groups, rows per group, local, ...)
+    local = perm.view(ax.grouped, -1)
+    local = local - local.min(1, keepdim=True).values  # the block's own order
+    shape = [ax.grouped, 1, local.shape[1]] + [1] * (parts.ndim - 3)
+    index = local.view(shape).expand(-1, parts.shape[1], -1, *parts.shape[3:])
+    return parts.gather(2, index).flatten(0, 1)
 
 
 def permute_state(
@@ -82,13 +133,11 @@ def permute_state(
 ) -> dict[str, torch.Tensor]:
     """A new state dict with every group's axes reordered: ``new[..., i, ...] =
     old[..., perm[i], ...]`` along each axis the group owns."""
-    out = dict(state)
+    out = _copy_state(state)
     for name, group in spec.groups.items():
         p = torch.as_tensor(perm[name]).long().cpu()
         for ax in group.axes:
-            tensor = out[ax.key]
-            index = axis_index(ax, p, tensor.shape[ax.axis]).to(tensor.device)
-            out[ax.key] = tensor.index_select(ax.axis, index)
+            out[ax.key] = permute_axis(out[ax.key], ax, p)
     return out
 
 
@@ -169,11 +218,11 @@ def transform_state(
     Output rows and biases (role ``"out"``) are multiplied by the map, consumers' input
     columns (``"in"``) by its inverse, so that a network with no nonlinearity between a
     group's producers and consumers computes the same function. Per-channel parameters
-    (``"channel"``: BatchNorm, depthwise filters) can only follow a permutation matrix;
-    fold BatchNorm into the layers first (:func:`fold_batchnorm`).
+    (``"channel"``: BatchNorm, depthwise filters) and grouped convolutions can only follow
+    a permutation matrix; fold BatchNorm into the layers first (:func:`fold_batchnorm`).
     """
     check_linear_maps(spec, maps)
-    out = dict(state)
+    out = _copy_state(state)
     for name, matrix in maps.items():
         group = spec.groups[name]
         matrix = torch.as_tensor(matrix, dtype=torch.float64)
@@ -181,15 +230,15 @@ def transform_state(
         perm = _is_permutation_matrix(matrix)
         for ax in group.axes:
             tensor = out[ax.key]
-            if ax.role == "channel":
+            if ax.role == "channel" or ax.grouped != 1 or group.blocks != 1:
                 if perm is None:
+                    kind = "per-channel" if ax.role == "channel" else "grouped-convolution"
                     raise ValueError(
-                        f"Group {name!r} has the per-channel tensor {ax.key}, which a general "
-                        "linear map cannot transform exactly; fold BatchNorm into the layers "
+                        f"Group {name!r} has the {kind} tensor {ax.key}, which a general linear "
+                        "map cannot transform exactly; fold BatchNorm into the layers "
                         "(fold_batchnorm) or use a permutation for this group."
                     )
-                index = axis_index(ax, perm, tensor.shape[ax.axis]).to(tensor.device)
-                out[ax.key] = tensor.index_select(ax.axis, index)
+                out[ax.key] = permute_axis(tensor, ax, perm)
                 continue
             block, span = channel_block(tensor.double(), ax, group.size)
             if ax.role == "out":
