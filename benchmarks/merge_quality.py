@@ -21,7 +21,6 @@ import torch
 import workbench as wb
 from workbench.alignment import cca_align, cca_maps, collect_statistics, general_groups
 from workbench.graph import permutation_spec
-from workbench.merging import MERGE_METHODS
 
 
 def diagnostics(models, train, test, gammas) -> dict:
@@ -69,7 +68,7 @@ def main() -> None:
     ceiling = table[table["method"] == "endpoints"].set_index("n_models")["accuracy"]
     drop = {
         method: {int(n): round(100 * (ceiling[n] - merged[method, n]), 2) for n in args.sizes}
-        for method in MERGE_METHODS
+        for method in wb.methods()
     }
     result = {
         "benchmark": "merge_quality",

@@ -69,6 +69,7 @@ HELPERS: dict[str, Callable[..., Any]] = {
     "min": min,
     "max": max,
     "abs": abs,
+    "len": len,
 }
 
 
