@@ -67,8 +67,8 @@ def main() -> None:
     merged = table[table["method"] != "endpoints"].set_index(["method", "n_models"])["accuracy"]
     ceiling = table[table["method"] == "endpoints"].set_index("n_models")["accuracy"]
     drop = {
-        method: {int(n): round(100 * (ceiling[n] - merged[method, n]), 2) for n in args.sizes}
-        for method in wb.methods()
+        label: {int(n): round(100 * (ceiling[n] - merged[label, n]), 2) for n in args.sizes}
+        for label in map(wb.figures.method_label, wb.methods())
     }
     result = {
         "benchmark": "merge_quality",

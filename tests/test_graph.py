@@ -323,7 +323,7 @@ def test_verification_costs_two_forward_passes_when_the_spec_is_exact() -> None:
     assert len(spec.groups) == 12
 
 
-def test_ops_that_return_tuples_freeze_their_inputs() -> None:
+def test_ops_that_return_tuples_without_a_rule_freeze_their_inputs() -> None:
     class Split(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -332,13 +332,89 @@ def test_ops_that_return_tuples_freeze_their_inputs() -> None:
             self.head = nn.Conv2d(8, 5, 1)
 
         def forward(self, x):
-            a, b = torch.split(torch.relu(self.bn(self.stem(x))), [4, 4], dim=1)
+            a, b = torch.tensor_split(torch.relu(self.bn(self.stem(x))), 2, dim=1)
             return self.head(torch.cat([self.left(a), self.right(b)], 1)).mean((2, 3))
 
     model, x = _randomize_statistics(Split()), torch.randn(2, 3, 8, 8)
     spec = permutation_spec(model, x, verify=False)  # the rules alone are safe here
     assert "stem" not in spec.groups
-    assert any("stem: split returns a tuple of tensors" in line for line in spec.report)
+    assert any("stem: tensor_split returns a tuple of tensors" in line for line in spec.report)
     permuted = apply_permutation(model, spec, random_permutation(spec, seed=1))
     with torch.no_grad():
         assert torch.allclose(model(x), permuted(x), atol=1e-6)
+
+
+class _Split(nn.Module):
+    """Mixed kernels: the channels split in two, each half convolved by its own kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+        self.left, self.right = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 5, padding=2)
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        a, b = torch.split(torch.relu(self.bn(self.stem(x))), [4, 4], dim=1)
+        return self.head(torch.cat([self.left(a), self.right(b)], 1)).mean((2, 3))
+
+
+class _CrossStage(nn.Module):
+    """Cross-stage partial: one half passes, the other is processed (with a residual)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn = nn.Conv2d(3, 8, 1), nn.BatchNorm2d(8)
+        self.inner, self.head = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        a, b = torch.relu(self.bn(self.stem(x))).chunk(2, 1)
+        return self.head(torch.cat([a, torch.relu(self.inner(b)) + b], 1)).mean((2, 3))
+
+
+class _Hierarchical(nn.Module):
+    """Res2Net-style: each piece is added to the next one's input; two pieces summed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 1)
+        self.p1, self.p2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        a, b, c = torch.chunk(torch.relu(self.stem(x)), 3, dim=1)
+        b2 = torch.relu(self.p1(b))
+        c2 = torch.relu(self.p2(c + b2))
+        return self.head(torch.cat([a + b2, c2], 1)).mean((2, 3))
+
+
+@pytest.mark.parametrize("build", [_Split, _CrossStage, _Hierarchical])
+def test_equal_splits_give_each_piece_its_share_of_the_producer(build) -> None:
+    model, x = _randomize_statistics(build()), torch.randn(2, 3, 8, 8)
+    spec = permutation_spec(model, x, verify=False)  # the rules alone are exact
+    assert spec.coverage() == 1.0, spec.summary()
+    assert "stem" not in spec.groups and "stem[0/" in " ".join(spec.groups)
+    perm = random_permutation(spec, seed=1)
+    permuted = apply_permutation(model, spec, perm)
+    with torch.no_grad():
+        assert torch.allclose(model(x), permuted(x), atol=1e-5)
+    # each piece owns one slice of the producer's rows
+    slices = sorted(
+        ax.offset for g in spec.groups.values() for ax in g.axes if ax.key == "stem.weight"
+    )
+    assert slices == list(range(0, model.stem.out_channels, slices[1] - slices[0]))
+    assert permutation_spec(model, x).verification["failed_groups"] == []
+
+
+def test_unequal_splits_are_opaque() -> None:
+    class Unequal(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 2, 1), nn.Conv2d(5, 2, 1)
+
+        def forward(self, x):
+            a, b = torch.split(self.stem(x), [3, 5], dim=1)
+            return (self.a(a) + self.b(b)).mean((2, 3))
+
+    spec = permutation_spec(Unequal(), torch.randn(2, 3, 4, 4), verify=False)
+    assert "stem" not in spec.groups
+    assert any("stem: split into unequal or unaligned pieces" in line for line in spec.report)

@@ -17,9 +17,10 @@ from workbench.graph.rules import (
     LAYERS,
     METHOD_RULES,
     MODULE_RULES,
+    TUPLE_RULES,
     is_nonlinearity,
 )
-from workbench.graph.spec import LayerPoint, PermutationGroup, PermutationSpec
+from workbench.graph.spec import Axis, LayerPoint, PermutationGroup, PermutationSpec
 from workbench.graph.trace import leaf_names, shape_of, traced_with_shapes
 from workbench.graph.verify import DEFAULT_RTOL, verify_spec
 from workbench.modules import model_device
@@ -52,19 +53,25 @@ class Builder(GraphLabels):
         if node.op == "get_attr":
             return None
         if node.op == "output":
-            for arg in self.tensor_inputs(node):
-                label = self.labels.get(arg)
+            for label in self.input_labels(node):
                 if label is not None:
                     self.output_groups += [s.group for s in label.segments]
                 self.freeze(label, "reaches the model's output")
             return None
         if shape_of(node) is None:
+            rule = (
+                TUPLE_RULES.get(node.target)
+                if node.op in ("call_function", "call_method")
+                else None
+            )
+            if rule is not None:
+                return rule(self, node, node.target)
             if (node.op == "call_method" and node.target in _SIZE_QUERIES) or (
                 node.op == "call_function" and node.target is getattr
             ):
                 return None  # x.size(), x.shape, x.dtype: invariant to any permutation
-            # a tuple (split, chunk, unbind, ...) or another non-tensor result: whatever
-            # its pieces feed cannot follow the groups of its inputs
+            # a tuple (unbind, ...) or another non-tensor result: whatever its pieces feed
+            # cannot follow the groups of its inputs
             return self.opaque(node, f"{_op_name(node)} returns a {_result_kind(node)}")
         if node.op == "call_module":
             module = self.modules[node.target]
@@ -101,14 +108,18 @@ class Builder(GraphLabels):
                 previous = owner.setdefault(ax.identity(), g)
                 if self.uf.find(previous) != self.uf.find(g):
                     self.uf.union(previous, g, f"{ax[0]} shared by two groups")
+        dissolved = self.divide_splits()
         roots: dict[int, list[int]] = {}
         for g in self.sizes:
-            roots.setdefault(self.uf.find(g), []).append(g)
+            if self.uf.find(g) not in dissolved:
+                roots.setdefault(self.uf.find(g), []).append(g)
         node_groups: dict[int, dict[str, int]] = {}
         activation_groups: dict[int, dict[str, int]] = {}
         for node, label in self.labels.items():
             if label is not None and len(label.segments) == 1 and label.segments[0].block == 1:
                 root = self.uf.find(label.segments[0].group)
+                if root in dissolved:
+                    continue
                 node_groups.setdefault(root, {})[node.name] = label.dim
                 if is_nonlinearity(node, self.modules):
                     activation_groups.setdefault(root, {})[node.name] = label.dim
@@ -150,6 +161,55 @@ class Builder(GraphLabels):
             if key in state_shapes:
                 report.append(f"{key}: not permuted ({why})")
         return PermutationSpec(groups, report, state_shapes, self.layer_points(), leaves)
+
+    def divide_splits(self) -> set[int]:
+        """Give each piece of a split group its share of the group's axes (a ``cat`` in
+        reverse: piece ``k`` owns the ``k``-th slice of every axis), and return the roots
+        so divided, which are no group of their own any more. A group that cannot be
+        divided (frozen, fixed, in blocks, on a grouped axis, or united with its own
+        pieces) freezes its pieces instead: what they feed must not move either."""
+        divided: dict[int, list[int]] = {}
+        for parent, pieces in self.splits:
+            root = self.uf.find(parent)
+            if root in divided:  # the same channels split again: the pieces are the same
+                if len(divided[root]) == len(pieces):
+                    for first, again in zip(divided[root], pieces, strict=True):
+                        self.uf.union(first, again, "the same split taken twice")
+                    continue
+                for piece in pieces:
+                    self.uf.freeze(piece, "split in two different ways")
+                continue
+            members = [g for g in self.sizes if self.uf.find(g) == root]
+            reason = self.undividable(root, members, pieces)
+            if reason:
+                for piece in pieces:
+                    self.uf.freeze(piece, reason)
+                continue
+            share = self.sizes[parent] // len(pieces)
+            for g in members:
+                for ax in self.axes[g]:
+                    for k, piece in enumerate(pieces):
+                        offset = ax.offset + k * share * ax.block
+                        self.axes[piece].append(
+                            Axis(ax.key, ax.axis, offset, ax.block, ax.role, ax.grouped)
+                        )
+                self.axes[g] = []
+            divided[root] = pieces
+        return set(divided)
+
+    def undividable(self, root: int, members: list[int], pieces: list[int]) -> str | None:
+        """Why the group ``root`` cannot be divided among ``pieces`` (None if it can)."""
+        if root == FIXED or root in self.uf.frozen:
+            return "split of channels that cannot move"
+        if len({self.sizes[g] for g in members}) != 1:
+            return "split of channels whose sizes differ"
+        if any(self.blocks.get(g, 1) != 1 for g in members):
+            return "split of channels in blocks"
+        if any(ax.grouped != 1 for g in members for ax in self.axes[g]):
+            return "split of channels a grouped convolution reads"
+        if any(self.uf.find(p) == root for p in pieces):
+            return "split joined with its own pieces"
+        return None
 
     def layer_points(self) -> list[LayerPoint]:
         final_roots = {self.uf.find(g) for g in self.output_groups}

@@ -101,6 +101,8 @@ class GraphLabels:
         self.untouched: dict[str, str] = {}
         self.output_groups: list[int] = []
         self.blocks: dict[int, int] = {}
+        self.splits: list[tuple[int, list[int]]] = []  # group -> its equal pieces, in order
+        self.pieces: dict[fx.Node, list[Label]] = {}  # a split's node -> its pieces' labels
 
     # -- what rules call -----------------------------------------------------------------
     def new_group(self, size: int, producer: str) -> int:
@@ -165,12 +167,21 @@ class GraphLabels:
         return self.label_of(node.args[0]) if node.args else None
 
     def tensor_inputs(self, node: fx.Node) -> list[fx.Node]:
+        """The nodes ``node`` reads that are tensors, or tuples of labelled pieces."""
         found: list[fx.Node] = []
         fx.node.map_arg((node.args, node.kwargs), lambda n: found.append(n) or n)
-        return [n for n in found if shape_of(n) is not None]
+        return [n for n in found if shape_of(n) is not None or n in self.pieces]
+
+    def input_labels(self, node: fx.Node) -> list[Label | None]:
+        """The labels of every tensor ``node`` reads (each piece of a split tuple)."""
+        return [
+            label
+            for arg in self.tensor_inputs(node)
+            for label in self.pieces.get(arg, [self.labels.get(arg)])
+        ]
 
     def opaque(self, node: fx.Node, why: str) -> Label | None:
         """An op we cannot see through: its inputs' groups and its output stay fixed."""
-        for arg in self.tensor_inputs(node):
-            self.freeze(self.labels.get(arg), why)
+        for label in self.input_labels(node):
+            self.freeze(label, why)
         return self.fixed(node)

@@ -25,14 +25,25 @@ from torch import fx, nn
 from torchvision.ops import stochastic_depth
 
 from workbench.graph.labels import GraphLabels, Label, Segment
+from workbench.graph.shape_rules import (
+    cat,
+    flatten_call,
+    flatten_module,
+    getitem,
+    permute,
+    reduce,
+    reshape,
+    split,
+)
 from workbench.graph.spec import Axis
-from workbench.graph.trace import shape_of
+from workbench.graph.trace import call_argument, shape_of
 
 __all__ = [
     "FUNCTION_RULES",
     "LAYERS",
     "METHOD_RULES",
     "MODULE_RULES",
+    "TUPLE_RULES",
     "Rule",
     "is_nonlinearity",
 ]
@@ -40,11 +51,6 @@ __all__ = [
 Rule = Callable[[GraphLabels, fx.Node, Any], Label | None]
 
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-
-
-def _arg(node: fx.Node, index: int, name: str, default: Any) -> Any:
-    """Argument ``index`` of a call, whether passed by position or as ``name=``."""
-    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
 
 
 # -- rules ---------------------------------------------------------------------------------
@@ -128,20 +134,6 @@ def groupnorm(b: GraphLabels, node: fx.Node, module: nn.GroupNorm) -> Label | No
     return inp
 
 
-def permute(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``x.permute(...)`` / ``torch.permute``: the channels move with their axis (to the
-    position the axis takes in the output)."""
-    inp = b.input_label(node)
-    if inp is None:
-        return b.fixed(node)
-    dims = _arg(node, 1, "dims", None)
-    if isinstance(dims, int):  # x.permute(0, 2, 3, 1): the dims as separate arguments
-        dims = node.args[1:]
-    ndim = len(shape_of(node))
-    dims = [d % ndim for d in dims]
-    return Label(dims.index(inp.dim), inp.segments)
-
-
 def _layer_norm(
     b: GraphLabels, node: fx.Node, shape: tuple[int, ...], params: list[str]
 ) -> Label | None:
@@ -170,11 +162,11 @@ def layer_norm_module(b: GraphLabels, node: fx.Node, module: nn.LayerNorm) -> La
 def layer_norm_call(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     """``F.layer_norm(x, shape, weight, bias)`` with weight and bias parameters of the
     model (``get_attr`` nodes): see :func:`_layer_norm`; other weights are opaque."""
-    shape = _arg(node, 1, "normalized_shape", None)
+    shape = call_argument(node, 1, "normalized_shape", None)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     params = []
     for index, name in ((2, "weight"), (3, "bias")):
-        value = _arg(node, index, name, None)
+        value = call_argument(node, index, name, None)
         if isinstance(value, fx.Node):
             if value.op != "get_attr" or value.target not in b.params:
                 return b.opaque(node, "layer norm with a computed weight")
@@ -188,36 +180,6 @@ def prelu(b: GraphLabels, node: fx.Node, module: nn.PReLU) -> Label | None:
     if module.num_parameters > 1:
         b.add_axes(inp, f"{node.target}.weight", 0, str(node.target))
     return inp
-
-
-def flatten_module(b: GraphLabels, node: fx.Node, module: nn.Flatten) -> Label | None:
-    """``nn.Flatten``: see :func:`flatten`."""
-    return flatten(b, node, b.input_label(node), module.start_dim, module.end_dim)
-
-
-def flatten_call(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``torch.flatten`` / ``x.flatten``: see :func:`flatten`."""
-    start, end = _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1)
-    return flatten(b, node, b.input_label(node), start, end)
-
-
-def flatten(b: GraphLabels, node: fx.Node, inp: Label | None, start: int, end: int) -> Label | None:
-    """Flattening from the channel axis on expands each channel into a block of
-    consecutive entries (its spatial positions); flattening axes before or after the
-    channel axis only moves it. Merging the channel axis with earlier axes is opaque."""
-    in_shape = shape_of(node.args[0])
-    ndim = len(in_shape)
-    start, end = start % ndim, end % ndim
-    if inp is None:
-        return b.fixed(node)
-    if start > inp.dim or end < inp.dim:
-        return Label(inp.dim - max(0, end - start) * (inp.dim > end), inp.segments)
-    if start != inp.dim:
-        return b.opaque(node, "flatten that merges the channel axis with earlier axes")
-    block = 1
-    for size in in_shape[inp.dim + 1 : end + 1]:
-        block *= size
-    return Label(inp.dim, tuple(Segment(s.group, s.size, s.block * block) for s in inp.segments))
 
 
 def binary(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
@@ -252,62 +214,6 @@ def binary_call(b: GraphLabels, node: fx.Node, target: Any) -> Label | None:
     if len(node.args) < 2:
         return b.opaque(node, f"{getattr(target, '__name__', target)} with one operand")
     return binary(b, node, target)
-
-
-def cat(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``torch.cat`` along the channel axis concatenates the inputs' groups (a consumer's
-    input axis is then split into slices, one per group); along another axis the inputs'
-    groups are united. An unlabelled input freezes the others."""
-    tensors = list(node.args[0])
-    dim = _arg(node, 1, "dim", 0) % len(shape_of(node))
-    labels = [b.label_of(t) for t in tensors]
-    if any(lab is None for lab in labels):
-        for lab in labels:
-            b.freeze(lab, "concatenated with an unlabelled tensor")
-        return b.fixed(node)
-    if all(lab.dim == dim for lab in labels):
-        return Label(dim, tuple(seg for lab in labels for seg in lab.segments))
-    first = labels[0]
-    if all(lab.dim == first.dim for lab in labels) and all(
-        b.unite(first, lab, "cat along another axis") for lab in labels[1:]
-    ):
-        return first
-    return b.opaque(node, "cat of differently labelled tensors")
-
-
-def reduce(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``mean``/``sum``/``amax``/``amin``: reducing over other axes keeps the channels
-    (their axis index shifts when dims are dropped); reducing over the channel axis or
-    everything gives a permutation-invariant value."""
-    inp = b.input_label(node)
-    if inp is None:
-        return b.fixed(node)
-    dims = _arg(node, 1, "dim", None)
-    in_shape, out_shape = shape_of(node.args[0]), shape_of(node)
-    if dims is None:
-        return None  # full reduction: a scalar, invariant to any permutation
-    dims = {d % len(in_shape) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
-    if inp.dim in dims:
-        return b.fixed(node)
-    if any(s.block != 1 for s in inp.segments):
-        return b.opaque(node, "reduction over a flattened channel block")
-    kept = len(out_shape) == len(in_shape)
-    new_dim = inp.dim if kept else inp.dim - sum(d < inp.dim for d in dims)
-    return Label(new_dim, inp.segments)
-
-
-def reshape(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``view``/``reshape``: the same shape keeps the label; flattening everything from the
-    channel axis on is :func:`flatten`; any other reshape is opaque."""
-    inp = b.input_label(node)
-    in_shape, out_shape = shape_of(node.args[0]), shape_of(node)
-    if inp is None:
-        return b.fixed(node)
-    if out_shape == in_shape:
-        return inp
-    if len(out_shape) == inp.dim + 1 and out_shape[: inp.dim] == in_shape[: inp.dim]:
-        return flatten(b, node, inp, inp.dim, -1)
-    return b.opaque(node, f"reshape {in_shape} -> {out_shape}")
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -352,6 +258,7 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     **dict.fromkeys(_BINARY_FUNCTIONS, binary_call),
     torch.flatten: flatten_call,
     torch.cat: cat,
+    operator.getitem: getitem,
     torch.permute: permute,
     F.layer_norm: layer_norm_call,
     **dict.fromkeys((torch.mean, torch.sum, torch.amax, torch.amin), reduce),
@@ -370,6 +277,14 @@ METHOD_RULES: dict[str, Rule] = {
     **dict.fromkeys(("view", "reshape"), reshape),
     "permute": permute,
     **dict.fromkeys(("mean", "sum", "amax", "amin"), reduce),
+}
+
+# Ops that return a tuple of tensors: keyed by function, or by method name.
+TUPLE_RULES: dict[Callable | str, Callable[[GraphLabels, fx.Node, Any], None]] = {
+    torch.split: split,
+    torch.chunk: split,
+    "split": split,
+    "chunk": split,
 }
 
 # Where alignment observes a group: the outputs of nonlinearities.

@@ -21,6 +21,7 @@ from workbench.modules import eval_mode
 
 __all__ = [
     "CHANNEL_LEAVES",
+    "call_argument",
     "leaf_names",
     "qualified_name",
     "shape_of",
@@ -98,6 +99,11 @@ def traced_with_shapes(
             f"{[tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]}: {first}."
         ) from None
     return gm
+
+
+def call_argument(node: fx.Node, index: int, name: str, default: Any) -> Any:
+    """Argument ``index`` of a call, whether passed by position or as ``name=``."""
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
 
 
 def shape_of(node: Any) -> tuple[int, ...] | None:
