@@ -176,21 +176,24 @@ def test_channel_slicing_is_left_unpermuted() -> None:
     assert any("conv" in line for line in spec.report)
 
 
+class _Branchy(nn.Module):
+    """Python control flow on tensor values: fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        return self.conv(x) if x.sum() > 0 else -self.conv(x)
+
+
 def test_untraceable_model_names_the_problem() -> None:
-    class Branchy(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 1)
-
-        def forward(self, x):
-            return self.conv(x) if x.sum() > 0 else -self.conv(x)
-
-    with pytest.raises(GraphTraceError, match=r"Branchy.*leaf_modules"):
-        permutation_spec(Branchy(), torch.zeros(1, 3, 4, 4))
-    wrapper = nn.Sequential(nn.Conv2d(3, 3, 1), Branchy())
-    spec = permutation_spec(wrapper, torch.zeros(1, 3, 4, 4), leaf_modules=(Branchy,))
+    with pytest.raises(GraphTraceError, match=r"_Branchy.*leaf_modules"):
+        permutation_spec(_Branchy(), torch.zeros(1, 3, 4, 4))
+    wrapper = nn.Sequential(nn.Conv2d(3, 3, 1), _Branchy())
+    spec = permutation_spec(wrapper, torch.zeros(1, 3, 4, 4), leaf_modules=(_Branchy,))
     assert "0" not in spec.groups  # feeds an opaque module: frozen, reported
-    assert any("Branchy" in line for line in spec.report)
+    assert any("_Branchy" in line for line in spec.report)
 
 
 def test_example_input_that_does_not_fit() -> None:
@@ -271,17 +274,9 @@ def test_spec_is_pure_data_saved_and_loaded_as_json(tmp_path) -> None:
 
 
 def test_leaf_modules_are_recorded_by_name_and_retraced() -> None:
-    class Branchy(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 1)
-
-        def forward(self, x):
-            return self.conv(x) if x.sum() > 0 else -self.conv(x)
-
-    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(), Branchy())
-    spec = permutation_spec(model, torch.zeros(1, 3, 4, 4), leaf_modules=(Branchy,))
-    assert spec.leaf_modules == (f"{Branchy.__module__}.{Branchy.__qualname__}",)
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(), _Branchy())
+    spec = permutation_spec(model, torch.zeros(1, 3, 4, 4), leaf_modules=(_Branchy,))
+    assert spec.leaf_modules == (f"{_Branchy.__module__}.{_Branchy.__qualname__}",)
     with pytest.raises(TypeError, match=r"nn\.Module subclasses"):
         permutation_spec(model, torch.zeros(1, 3, 4, 4), leaf_modules=(3,))
 
