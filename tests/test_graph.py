@@ -413,3 +413,11 @@ def test_unequal_splits_are_opaque() -> None:
     spec = permutation_spec(Unequal(), torch.randn(2, 3, 4, 4), verify=False)
     assert "stem" not in spec.groups
     assert any("stem: split into unequal or unaligned pieces" in line for line in spec.report)
+
+
+def test_verification_refuses_outputs_that_are_not_finite() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    x = torch.full((2, 3, 4, 4), float("inf"))
+    with pytest.raises(ValueError, match="outputs on the example input are not finite"):
+        permutation_spec(model, x)
+    assert permutation_spec(model, x, verify=False).groups  # the caller who knows

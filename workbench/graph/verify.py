@@ -20,6 +20,7 @@ its example input.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -131,6 +132,12 @@ def verify_spec(
             return _flat_output(target(*inputs))
 
     expected = run(None)
+    if not bool(torch.isfinite(expected).all()):
+        raise ValueError(
+            f"{type(model).__name__}'s outputs on the example input are not finite (with its "
+            "per-channel statistics randomized for the check), so the spec cannot be verified; "
+            "pass an example input the model handles, or verify=False."
+        )
     norm = float(torch.linalg.vector_norm(expected)) or 1.0
     state = work.state_dict()
     perm = _derangement(spec, seed)
@@ -139,7 +146,8 @@ def verify_spec(
         part = {name: perm[name] for name in groups}
         sub = _restricted(spec, groups)
         got = run(permute_state(state, sub, part))
-        return float(torch.linalg.vector_norm(got - expected)) / norm
+        error = float(torch.linalg.vector_norm(got - expected)) / norm
+        return error if math.isfinite(error) else math.inf  # a blow-up is a failure
 
     failed: list[str] = []
     groups = list(spec.groups)
