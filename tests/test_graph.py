@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -9,6 +11,7 @@ from torch import nn
 import workbench as wb
 from workbench.alignment import apply_permutation, compose, inverse, random_permutation
 from workbench.graph import Axis, GraphTraceError, permutation_spec
+from workbench.graph.transforms import permute_state
 
 
 def _randomize_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -162,18 +165,18 @@ def test_a_grouped_conv_with_one_channel_per_block_is_reported() -> None:
     assert spec.coverage() == 8 / 12  # the first layer's 4 channels cannot move
 
 
-def test_channel_slicing_is_left_unpermuted() -> None:
+def test_channel_slicing_with_a_step_is_left_unpermuted() -> None:
     class Slicer(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.conv, self.head = nn.Conv2d(3, 8, 1), nn.Conv2d(4, 2, 1)
 
         def forward(self, x):
-            return self.head(self.conv(x)[:, :4])
+            return self.head(self.conv(x)[:, ::2])
 
     spec = permutation_spec(Slicer(), torch.zeros(1, 3, 4, 4))
     assert "conv" not in spec.groups
-    assert any("conv" in line for line in spec.report)
+    assert any("conv: a slice with a step along the channel axis" in line for line in spec.report)
 
 
 class _Branchy(nn.Module):
@@ -298,9 +301,13 @@ def test_verification_freezes_what_the_rules_got_wrong() -> None:
     model, x = _Tied(), torch.randn(4, 6)
     unchecked = permutation_spec(model, x, verify=False)
     assert set(unchecked.groups) == {"a", "b"} and unchecked.verification == {}
-    broken = apply_permutation(model, unchecked, random_permutation(unchecked, seed=3))
+    perm = random_permutation(unchecked, seed=3)
+    broken = copy.deepcopy(model)
+    broken.load_state_dict(permute_state(model.state_dict(), unchecked, perm))
     with torch.no_grad():
         assert (broken(x) - model(x)).norm() > 0.1 * model(x).norm()  # the rules alone break it
+    with pytest.raises(ValueError, match=r"a\.weight and b\.weight are one shared tensor"):
+        apply_permutation(model, unchecked, perm)  # refused, never silently wrong
     spec = permutation_spec(model, x)
     assert spec.groups == {}
     assert spec.verification["failed_groups"] == ["a", "b"]
@@ -400,19 +407,19 @@ def test_equal_splits_give_each_piece_its_share_of_the_producer(build) -> None:
     assert permutation_spec(model, x).verification["failed_groups"] == []
 
 
-def test_unequal_splits_are_opaque() -> None:
-    class Unequal(nn.Module):
+def test_splits_through_a_flattened_channel_are_opaque() -> None:
+    class Unaligned(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.stem, self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 2, 1), nn.Conv2d(5, 2, 1)
+            self.stem, self.a, self.b = nn.Conv2d(3, 8, 1), nn.Linear(6, 2), nn.Linear(26, 2)
 
-        def forward(self, x):
-            a, b = torch.split(self.stem(x), [3, 5], dim=1)
-            return (self.a(a) + self.b(b)).mean((2, 3))
+        def forward(self, x):  # 8 channels of 2 x 2 positions, cut after 6 entries
+            a, b = torch.split(self.stem(x).flatten(1), [6, 26], dim=1)
+            return self.a(a) + self.b(b)
 
-    spec = permutation_spec(Unequal(), torch.randn(2, 3, 4, 4), verify=False)
+    spec = permutation_spec(Unaligned(), torch.randn(2, 3, 2, 2), verify=False)
     assert "stem" not in spec.groups
-    assert any("stem: split into unequal or unaligned pieces" in line for line in spec.report)
+    assert any("stem: split through a flattened channel's block" in line for line in spec.report)
 
 
 def test_verification_refuses_outputs_that_are_not_finite() -> None:

@@ -23,6 +23,8 @@ FLOORS = {
     "modules": 0,
     "figures": 0,
     "data": 0,
+    "files": -1,
+    "validation": 0.5,
     "evaluation": 1,
     "zoo": 1,
     "checkpoints": 2,

@@ -153,7 +153,7 @@ def test_average_leaves_inputs_unmodified(shipped_pair):
 
 def test_average_weight_validation():
     models = [wb.create_model("cnn", **TINY) for _ in range(2)]
-    with pytest.raises(ValueError, match="Got 3 weights for 2 models"):
+    with pytest.raises(ValueError, match="weights has 3 entries for 2 models"):
         wb.average(models, weights=[0.2, 0.3, 0.5])
     with pytest.raises(ValueError, match=r"Weights must sum to 1, got 0\.8"):
         wb.average(models, weights=[0.5, 0.3])

@@ -29,6 +29,7 @@ __all__ = [
     "TensorImageDataset",
     "as_loader",
     "batches",
+    "check_inputs",
     "dataset_info",
     "default_data_root",
     "list_datasets",
@@ -283,7 +284,7 @@ def as_loader(data: DataLike, batch_size: int = 500) -> DataLoader:
     )
 
 
-class Batches(Iterable[tuple[torch.Tensor, torch.Tensor]]):
+class Batches(Iterable[tuple[torch.Tensor, torch.Tensor | None]]):
     """The ``(inputs, labels)`` batches of one pass over some data, with their count.
 
     ``len()`` is the number of batches where it is known (in-memory datasets, DataLoaders
@@ -316,7 +317,9 @@ def batches(
 
     In-memory datasets are sliced directly (no per-sample collation). A DataLoader is
     iterated as configured by its owner; ``batch_size`` and ``shuffle`` then do not apply.
-    ``max_batches`` stops early, for quick estimates.
+    ``max_batches`` stops early, for quick estimates. Every batch's inputs are checked
+    finite (:func:`check_inputs`) as they are yielded; data without labels (a bare tensor
+    or 1-tuple per batch) yields ``labels=None``, for the passes that need none.
     """
     if isinstance(data, TensorImageDataset):
         count = math.ceil(len(data) / batch_size)
@@ -330,11 +333,53 @@ def batches(
             count = len(loader)
         except TypeError:  # a loader over an iterable-style dataset
             count = None
-        source = ((inputs, labels) for inputs, labels, *_ in loader)
+        source = (_inputs_and_labels(batch) for batch in loader)
+    source = _checked(source)
     if max_batches is not None:
         source = itertools.islice(source, max_batches)
         count = max_batches if count is None else min(count, max_batches)
     return Batches(source, count)
+
+
+def check_inputs(inputs: torch.Tensor, where: str = "data") -> None:
+    """Refuse inputs that are not a floating-point tensor of finite values (one NaN image
+    would corrupt every statistic, match and exemplar computed from it), naming the first
+    bad example. Returns ``None``: every batch that :func:`batches` yields has passed."""
+    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+        found = inputs.dtype if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise TypeError(
+            f"The {where}'s inputs must be a floating-point tensor, got {found}; normalize "
+            "images to float32 first."
+        )
+    finite = torch.isfinite(inputs)
+    if not bool(finite.all()):
+        rows = (~finite).reshape(len(inputs), -1).any(1).nonzero().reshape(-1)
+        raise ValueError(
+            f"The {where} holds {len(rows)} examples with NaN or infinite values (the first "
+            f"at position {int(rows[0])}); they would corrupt every statistic computed from "
+            "it. Remove or repair them."
+        )
+
+
+def _checked(
+    source: Iterable[tuple[torch.Tensor, torch.Tensor | None]],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+    for inputs, labels in source:
+        check_inputs(inputs, "batch of the data")
+        yield inputs, labels
+
+
+def _inputs_and_labels(batch: object) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(inputs, labels)`` of a loader's batch: a pair (or longer tuple: the rest is
+    ignored), or inputs alone (a bare tensor, or a 1-tuple), whose labels are ``None``."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch[0], batch[1] if len(batch) > 1 else None
+    raise TypeError(
+        f"A batch of the data is a {type(batch).__name__}; expected (inputs, labels) or a "
+        "tensor of inputs. Make the dataset return (image, label) pairs."
+    )
 
 
 def _tensor_batches(

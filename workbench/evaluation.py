@@ -11,6 +11,7 @@ from torch import nn
 
 from workbench.data import DataLike, batches
 from workbench.modules import eval_mode, model_device
+from workbench.validation import check_data, check_int, check_labels, check_logits, check_models
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,20 @@ def evaluate(
     """Cross-entropy loss and accuracy of ``model`` in eval mode over ``data``.
 
     Runs on the model's device; the model is left as it was (same mode, same device).
+    Labels must be class indices the model scores (:func:`~workbench.validation.check_labels`:
+    an ignore index such as -100, one-hot rows or a class out of range are refused).
     """
+    check_models(model)
+    check_int("batch_size", batch_size, minimum=1)
+    if max_batches is not None:
+        check_int("max_batches", max_batches, minimum=1)
+    check_data(data)
     device = model_device(model)
     loss_sum, correct, count = 0.0, 0, 0
     with eval_mode(model), torch.inference_mode():
         for inputs, labels in batches(data, batch_size, max_batches=max_batches):
-            inputs, labels = inputs.to(device), labels.to(device)
-            logits = forward_checked(model, inputs)
+            logits = forward_checked(model, inputs.to(device))
+            labels = check_labels(labels, logits.shape[1], count=len(logits)).to(device)
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
             correct += (logits.argmax(1) == labels).sum().item()
             count += len(labels)
@@ -52,9 +60,11 @@ def evaluate(
 
 
 def forward_checked(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """``model(inputs)``, turning a shape mismatch into an error that names both shapes."""
+    """``model(inputs)`` as class scores ``(batch, classes)`` (another kind of output is a
+    clear error: :func:`~workbench.validation.check_logits`), turning a shape mismatch
+    into an error that names both shapes."""
     try:
-        return model(inputs)
+        return check_logits(model(inputs), model)
     except RuntimeError as exc:
         if "shape" not in str(exc) and "size" not in str(exc):
             raise

@@ -23,6 +23,7 @@ __all__ = [
     "has_batchnorm",
     "load_weighted_average_",
     "model_device",
+    "select_output",
     "state_diff",
     "state_shapes",
 ]
@@ -52,6 +53,30 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for module, training in modes.items():
             module.train(training)
+
+
+class SelectOutput(nn.Module):
+    """``model`` whose forward returns one entry of the wrapped model's output (a tuple,
+    list, dict or named tuple): see :func:`select_output`."""
+
+    def __init__(self, model: nn.Module, key: int | str) -> None:
+        super().__init__()
+        self.model = model
+        self.key = key
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(*inputs)[self.key]
+
+    def extra_repr(self) -> str:
+        return f"key={self.key!r}"
+
+
+def select_output(model: nn.Module, key: int | str = 0) -> nn.Module:
+    """A module that computes ``model(x)[key]``: the documented way to use a model whose
+    forward returns a tuple or dict (logits plus auxiliary outputs, say) with the
+    workbench, which needs class scores. ``model`` is shared, not copied; its state-dict
+    keys gain the prefix ``model.``."""
+    return SelectOutput(model, key)
 
 
 def has_batchnorm(model: nn.Module) -> bool:

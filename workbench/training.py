@@ -17,6 +17,14 @@ from tqdm.auto import tqdm
 from workbench.data import DataLike, batches
 from workbench.evaluation import evaluate
 from workbench.modules import default_device
+from workbench.validation import (
+    check_data,
+    check_int,
+    check_labels,
+    check_logits,
+    check_models,
+    check_number,
+)
 from workbench.zoo import create_model
 
 __all__ = [
@@ -82,8 +90,14 @@ def train_model(
     ``model`` itself is not modified. Runs on ``device`` (default: GPU if present).
     :func:`training_run` also returns the final metrics.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}.")
+    check_models(model)
+    check_int("epochs", epochs, minimum=1)
+    check_int("seed", seed)
+    check_int("batch_size", batch_size, minimum=1)
+    check_number("lr", lr, low=0.0, low_inclusive=False)
+    check_number("momentum", momentum, low=0.0, high=1.0)
+    check_number("weight_decay", weight_decay, low=0.0)
+    check_data(data)
     device = torch.device(device) if device is not None else default_device()
     model = copy.deepcopy(model).to(device)
     generator = torch.Generator().manual_seed(seed)
@@ -105,8 +119,9 @@ def train_model(
             for inputs, labels in batches(data, batch_size, shuffle=True, generator=generator):
                 if augment is not None:
                     inputs = augment(inputs, generator)
-                inputs, labels = inputs.to(device), labels.to(device)
-                loss = F.cross_entropy(model(inputs), labels)
+                logits = check_logits(model(inputs.to(device)), model)
+                labels = check_labels(labels, logits.shape[1], count=len(logits))
+                loss = F.cross_entropy(logits, labels.to(device))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -12,7 +12,7 @@ from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import Permutation
-from workbench.modules import check_compatible
+from workbench.validation import check_models, check_pass
 
 __all__ = ["activation_matching", "permutation_from_statistics"]
 
@@ -47,7 +47,9 @@ def activation_matching(
     ``statistics`` (joint, A first, from :func:`collect_statistics`) saves the data pass
     when the caller has them.
     """
-    check_compatible([model_a, model_b])
+    check_models([model_a, model_b])
+    if statistics is None:
+        check_pass(data, batch_size, max_batches)
     spec = resolve_spec(model_a, spec, data=data)
     if statistics is None:
         statistics = collect_statistics(

@@ -15,7 +15,7 @@ from workbench.alignment.registry import AlignmentMethod, Kind, get_method
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import LinearMaps, Permutation, apply_permutation
-from workbench.modules import check_compatible
+from workbench.validation import check_data, check_models
 
 __all__ = ["AlignmentResult", "align", "apply_alignment", "match"]
 
@@ -56,7 +56,9 @@ def _checked_spec(
     """Refuse bad input before any work; the spec of ``model_a`` (traced if not given)."""
     if method.needs_data and data is None:
         raise ValueError(f"method={method.name!r} needs data (a Dataset or DataLoader).")
-    check_compatible([model_a, model_b])
+    if data is not None:
+        check_data(data)
+    check_models([model_a, model_b])
     spec = resolve_spec(model_a, spec, data=data)
     spec.check_model(model_b, "model_b")
     return spec

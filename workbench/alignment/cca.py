@@ -38,7 +38,7 @@ from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import LinearMaps
-from workbench.modules import check_compatible
+from workbench.validation import check_models, check_number, check_pass
 
 __all__ = [
     "DEFAULT_GAMMA",
@@ -148,7 +148,9 @@ def _cca(
     statistics: dict[str, GroupStatistics] | None,
     options: dict,
 ) -> CCAAlignment:
+    gamma = check_number("gamma", gamma, low=0.0)
     if statistics is None:
+        check_pass(data, options["batch_size"], options["max_batches"])
         statistics = collect_statistics([model_a, model_b], data, spec, **options)
     return cca_maps(statistics, gamma, spec, general_groups(model_b, spec))
 
@@ -203,7 +205,8 @@ def cca_align(
     the same scale as A's. ``statistics`` (joint, A first) saves the data pass
     when the caller has them.
     """
-    check_compatible([model_a, model_b])
+    check_models([model_a, model_b])
+    check_pass(data, batch_size, max_batches)
     spec = resolve_spec(model_a, spec, data=data)
     options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
     maps = _cca(model_a, model_b, spec, data, gamma, statistics, options).maps

@@ -32,7 +32,8 @@ from workbench.graph.transforms import (
     identity_permutation,
     permute_axis,
 )
-from workbench.modules import check_compatible, load_weighted_average_
+from workbench.modules import load_weighted_average_
+from workbench.validation import check_int, check_models
 
 __all__ = ["merge_weight_matching", "weight_matching"]
 
@@ -119,7 +120,9 @@ def weight_matching(
     given: the weights alone decide the matching). Apply the result with
     ``apply_permutation(model_b, spec, perm)``. Deterministic for a given ``seed``.
     """
-    check_compatible([model_a, model_b])
+    check_models([model_a, model_b])
+    check_int("max_iter", max_iter, minimum=1)
+    check_int("seed", seed)
     spec = resolve_spec(model_a, spec, example_input, data)
     spec.check_model(model_a, "model_a")
     spec.check_model(model_b, "model_b")

@@ -40,7 +40,7 @@ from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
 from workbench.figures import color_for, figure_for, paper_style, save_table
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.modules import check_compatible
+from workbench.validation import check_models
 
 __all__ = [
     "MatchedCorrelations",
@@ -148,7 +148,7 @@ def matched_correlations(
             f"method must be {' or '.join(map(repr, choices))} (a permutation to diagnose), "
             f"got {method!r}."
         )
-    check_compatible([model_a, model_b])
+    check_models([model_a, model_b])
     check_data(model_a, {getattr(data, "split", "data"): data})
     store = resolve_cache(cache)
     key = store.key(
@@ -274,7 +274,7 @@ def partial_alignment(
     the spec (graph order) take ``method``'s permutation of ``model_b``, for every k from
     0 (naive) to all groups (full alignment). ``data`` is used for matching and for the
     ``bn`` correction. Cached on disk by content (``cache=False`` bypasses)."""
-    check_compatible([model_a, model_b])
+    check_models([model_a, model_b])
     splits = (
         dict(eval_data)
         if isinstance(eval_data, Mapping)

@@ -18,11 +18,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench import validation
 from workbench.cache import ResultCache, default_cache
 from workbench.data import DataLike, TensorImageDataset, batches
 from workbench.evaluation import evaluate, forward_checked
 from workbench.merging import reset_bn_
 from workbench.modules import eval_mode, load_weighted_average_, model_device
+from workbench.validation import check_models
 
 __all__ = [
     "Correction",
@@ -52,31 +54,28 @@ def resolve_cache(cache: ResultCache | bool) -> ResultCache:
 
 
 def check_data(model: nn.Module, data: Mapping[str, DataLike]) -> None:
-    """Fail before any work if a split is empty or does not fit ``model``: one forward pass
-    of two examples of each split, whose labels must be among the model's outputs."""
+    """Fail before any work if a split cannot give correct numbers for ``model``: it is
+    empty, does not fit the model, or (checked whole for in-memory data, batch by batch
+    otherwise: :func:`workbench.validation.check_data`) holds non-finite inputs or labels
+    the model does not score."""
     if not data:
         raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
+    check_models(model)
     device = model_device(model)
     for split, split_data in data.items():
+        validation.check_data(split_data, name=f"{split!r} data")
         first = next(iter(batches(split_data, batch_size=2, max_batches=1)), None)
-        if first is None or len(first[1]) == 0:
+        if first is None or len(first[0]) == 0:
             raise ValueError(
                 f"The {split!r} data is empty (it yielded no examples); pass a dataset with "
                 "at least one example."
             )
-        inputs, labels = first
         with eval_mode(model), torch.inference_mode():
-            logits = forward_checked(model, inputs[:2].to(device))
-        if logits.ndim != 2:
-            raise ValueError(
-                f"{type(model).__name__} returns outputs of shape {tuple(logits.shape)}; "
-                "expected class scores of shape (batch, classes)."
-            )
-        if int(labels.max()) >= logits.shape[1]:
-            raise ValueError(
-                f"The {split!r} data has label {int(labels.max())} but "
-                f"{type(model).__name__} scores only {logits.shape[1]} classes: the model "
-                "was not built for this dataset."
+            logits = forward_checked(model, first[0][:2].to(device))
+        if split != "bn_data":  # BatchNorm statistics need inputs only
+            validation.check_labels(first[1], logits.shape[1], f"{split!r} data")
+            validation.check_data(
+                split_data, num_classes=logits.shape[1], labels=True, name=f"{split!r} data"
             )
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "compose",
     "identity_permutation",
     "inverse",
+    "tied_keys",
     "permute_axis",
     "permute_state",
     "random_permutation",
@@ -156,13 +157,36 @@ def apply_permutation(
 ) -> nn.Module:
     """A new model whose channels are reordered by ``perm``; it computes the same function.
 
-    Parameters and buffers (BatchNorm running statistics) are permuted alike.
+    Parameters and buffers (BatchNorm running statistics) are permuted alike. A tensor
+    shared by two layers (tied weights) must come out the same under both of its names,
+    else ``ValueError``: permuting one use and not the other would change the function
+    (a verified spec, the default of ``permutation_spec``, freezes such groups).
     """
     spec.check_model(model)
     check_permutation(spec, perm)
+    state = permute_state(model.state_dict(), spec, perm)
+    for keys in tied_keys(model):
+        if any(not torch.equal(state[keys[0]], state[k]) for k in keys[1:]):
+            raise ValueError(
+                f"{' and '.join(keys)} are one shared tensor (tied weights), and this spec "
+                "permutes its uses differently, which would change the model's function. "
+                "Build the spec with permutation_spec(model, example_input) (verify=True, "
+                "the default): verification freezes the groups that tied weights couple."
+            )
     permuted = copy.deepcopy(model)
-    permuted.load_state_dict(permute_state(model.state_dict(), spec, perm))
+    permuted.load_state_dict(state)
     return permuted
+
+
+def tied_keys(model: nn.Module) -> list[list[str]]:
+    """The state-dict names that share one tensor (tied weights), as lists of two or more."""
+    names: dict[int, list[str]] = {}
+    for key, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        names.setdefault(id(tensor), []).append(key)
+    return [keys for keys in names.values() if len(keys) > 1]
 
 
 # ---------------------------------------------------------------------------------------

@@ -36,8 +36,9 @@ from workbench.evaluation import evaluate
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merging.renorm import repair, reset_bn
 from workbench.merging.weights import average
-from workbench.modules import check_compatible, has_batchnorm
+from workbench.modules import has_batchnorm
 from workbench.tuning import grid_points, validation_search
+from workbench.validation import check_data, check_int, check_models, check_number
 
 __all__ = [
     "BN_HANDLING",
@@ -85,7 +86,7 @@ def _check_inputs(models: Sequence[nn.Module], bn: str | None, options: dict) ->
         raise ValueError(f"bn must be one of {BN_HANDLING}, got {bn!r}.")
     if len(models) < 2:
         raise ValueError(f"Need at least 2 models to merge, got {len(models)}.")
-    check_compatible(models)
+    check_models(models)
     if bn == "reset" and not has_batchnorm(models[0]):
         raise ValueError(
             f"bn='reset' needs BatchNorm layers and {type(models[0]).__name__} has none; "
@@ -199,6 +200,21 @@ def merge_many(
         options["gamma"] = tuple(options["gammas"])
     options.pop("gammas", None)
     _check_inputs(models, bn, options)
+    if isinstance(reference, str) and reference != "best":
+        raise ValueError(
+            f"reference must be 'best' or a model index in [0, {len(models) - 1}], got "
+            f"{reference!r}."
+        )
+    if reference != "best":
+        reference = check_int("reference", reference, 0, len(models) - 1)
+    check_number("val_fraction", val_fraction, low=0.0, high=1.0, low_inclusive=False)
+    check_int("seed", seed)
+    check_int("batch_size", batch_size, minimum=1)
+    if max_batches is not None:
+        check_int("max_batches", max_batches, minimum=1)
+    for name, value in (("data", data), ("val_data", val_data)):
+        if value is not None:
+            check_data(value, name=name)
     points = grid_points(found.search_space(options))
     needs_val = reference == "best" or len(points) > 1
     if data is None and (found.needs_data or bn is not None or needs_val):
@@ -208,10 +224,6 @@ def merge_many(
     if reference == "best":
         scores = [evaluate(m, val_data, batch_size).accuracy for m in models]
         reference = max(range(len(models)), key=scores.__getitem__)
-    if not isinstance(reference, int) or not 0 <= reference < len(models):
-        raise ValueError(
-            f"reference must be 'best' or an index below {len(models)}, got {reference!r}."
-        )
     spec = resolve_spec(models[reference], spec, data=data)
     common = {
         "seed": seed,

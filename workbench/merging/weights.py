@@ -8,13 +8,13 @@ copying per point).
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from workbench.modules import check_compatible, load_weighted_average_
+from workbench.modules import load_weighted_average_
+from workbench.validation import check_models, check_number, check_weights
 
 __all__ = ["average", "interpolate", "load_interpolation_"]
 
@@ -40,9 +40,8 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
     ``alpha`` = 0 gives a copy of ``a`` and 1 a copy of ``b``, exactly; values outside
     [0, 1] extrapolate along the line.
     """
-    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number, got {alpha!r}.")
-    check_compatible([model_a, model_b])
+    alpha = check_number("alpha", alpha)
+    check_models([model_a, model_b])
     return load_interpolation_(
         copy.deepcopy(model_a), model_a.state_dict(), model_b.state_dict(), alpha
     )
@@ -51,14 +50,10 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
 def average(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
     """The weighted average of N models' weights (uniform by default; weights sum to 1)."""
     models = list(models)
-    check_compatible(models)
+    check_models(models)
     if weights is None:
         weights = [1.0 / len(models)] * len(models)
-    weights = list(weights)
-    if len(weights) != len(models):
-        raise ValueError(f"Got {len(weights)} weights for {len(models)} models.")
-    if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
-        raise ValueError(f"Weights must be finite numbers, got {weights}.")
+    weights = check_weights(weights, len(models))
     if abs(sum(weights) - 1.0) > 1e-6:
         raise ValueError(f"Weights must sum to 1, got {sum(weights)}.")
     return load_weighted_average_(

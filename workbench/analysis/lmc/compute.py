@@ -34,7 +34,8 @@ from workbench.evaluation import same_function
 from workbench.figures import method_label, series_label
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merging import repair_, repair_points
-from workbench.modules import check_compatible, has_batchnorm, model_device
+from workbench.modules import has_batchnorm, model_device
+from workbench.validation import check_int, check_models
 
 __all__ = [
     "cached_curves",
@@ -62,8 +63,23 @@ def _store_curves(store: ResultCache, kind: str, key: str | None, curves: list[L
     store.store(kind, key, tensors, meta)
 
 
+def _complete_curves(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> bool:
+    """Whether a cache entry holds whole curves: every row of settings and, for each, the
+    three 1-D arrays of one length (a foreign or damaged entry is a miss)."""
+    rows = meta.get("curves")
+    if not isinstance(rows, list) or not rows:
+        return False
+    for i, row in enumerate(rows):
+        arrays = [tensors.get(f"{i}/{n}") for n in ("alphas", "loss", "accuracy")]
+        if not (isinstance(row, list) and len(row) == 6 and isinstance(row[3], dict)):
+            return False
+        if any(a is None or a.ndim != 1 or a.shape != arrays[0].shape for a in arrays):
+            return False
+    return True
+
+
 def _load_curves(store: ResultCache, kind: str, key: str | None) -> list[LMCCurve] | None:
-    hit = store.load(kind, key)
+    hit = store.load(kind, key, valid=_complete_curves)
     if hit is None:
         return None
     tensors, meta = hit
@@ -83,6 +99,8 @@ def cached_curves(
     must be JSON values (lists, not tuples) so that a hit equals the computed result."""
     curves = _load_curves(store, kind, key)
     if curves is None:
+        if key is not None:
+            store.check_writable()  # before the work, not when storing its result
         curves = compute()
         _store_curves(store, kind, key, curves)
     return curves
@@ -136,7 +154,8 @@ def lmc_curves(
         raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}.")
     if not data:
         raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
-    check_compatible([model_a, model_b])
+    check_models([model_a, model_b])
+    check_int("batch_size", batch_size, minimum=1)
     if bn == "reset" and not has_batchnorm(model_a):
         raise ValueError(
             f"bn='reset' needs BatchNorm layers and {type(model_a).__name__} has none."
@@ -145,7 +164,7 @@ def lmc_curves(
     reset_data = bn_data if bn_data is not None else next(iter(data.values()))
     check_data(model_a, {**data, "bn_data": reset_data} if bn else data)
     if original_b is not None:
-        check_compatible([model_b, original_b])
+        check_models([model_b, original_b])
     mapped = original_b is not None and not same_function(
         original_b, model_b, next(iter(data.values()))
     )
@@ -300,7 +319,7 @@ def pairwise_curves(
     method = get_method(method).name
     if len(models) < 2:
         raise ValueError(f"Need at least 2 models for pairs, got {len(models)}.")
-    check_compatible(models)
+    check_models(models)
     if not data:
         raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
     match_data = bn_data if bn_data is not None else next(iter(data.values()))

@@ -29,7 +29,8 @@ from workbench.analysis.planes.result import LossPlane, plane_weights
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.modules import check_compatible, has_batchnorm
+from workbench.modules import has_batchnorm
+from workbench.validation import check_int, check_models, check_number
 
 __all__ = ["loss_plane", "loss_planes", "plane_basis"]
 
@@ -81,7 +82,7 @@ def _check_arguments(
 ) -> None:
     if len(models) != 3:
         raise ValueError(f"A plane needs exactly 3 models, got {len(models)}.")
-    check_compatible(models)
+    check_models(models)
     if bn not in (None, "reset"):
         raise ValueError(
             f"bn must be None or 'reset' for a plane, got {bn!r} (REPAIR's targets are "
@@ -91,10 +92,8 @@ def _check_arguments(
         raise ValueError(
             f"bn='reset' needs BatchNorm layers and {type(models[0]).__name__} has none."
         )
-    if not isinstance(resolution, int) or resolution < 2:
-        raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}.")
-    if not np.isfinite(margin) or margin < 0:
-        raise ValueError(f"margin must be a finite number >= 0, got {margin!r}.")
+    check_int("resolution", resolution, minimum=2)
+    check_number("margin", margin, low=0.0)
 
 
 def loss_planes(
@@ -143,9 +142,13 @@ def loss_planes(
         margin=margin,
         batch_size=batch_size,
     )
-    hit = store.load("plane", key)
-    if hit is None:
-        tensors, settings = _compute_planes(
+    shapes = {"x": (resolution,), "y": (resolution,), "points": (3, 2)}
+    for split in data:
+        shapes[f"{split}/loss"] = shapes[f"{split}/accuracy"] = (resolution, resolution)
+    tensors, settings = store.get_or_compute(
+        "plane",
+        key,
+        lambda: _compute_planes(
             models,
             data,
             resolution,
@@ -156,10 +159,10 @@ def loss_planes(
             spec,
             batch_size,
             progress,
-        )
-        store.store("plane", key, tensors, settings)
-    else:
-        tensors, settings = hit
+        ),
+        expect=tuple(shapes),
+        valid=lambda found, _: all(tuple(found[k].shape) == v for k, v in shapes.items()),
+    )
     grid = {name: tensors[name].numpy() for name in ("x", "y", "points")}
     return {
         split: LossPlane(
