@@ -43,7 +43,7 @@ def test_render_channels_excites_each_channel(shipped_pair, cache) -> None:
     assert_state_equal(model, before)
     assert all(p.requires_grad for p in model.parameters())
     acts = _channel_means(model, "features.conv3", images)[:, channels]  # (image, channel)
-    start = fv.render_channels(model, "features.conv3", channels, steps=0, cache=False)
+    start = fv.render_channels(model, "features.conv3", channels, steps=1, cache=False)
     baseline = _channel_means(model, "features.conv3", start)[:, channels]
     # the optimization drives each image's own channel up from where it started, and
     # above what the other images of the batch do to that channel
@@ -90,7 +90,7 @@ def test_layer_and_channel_errors(shipped_pair) -> None:
     with pytest.raises(ValueError, match=r"is a BatchNorm2d; .* conv and linear"):
         fv.render_channels(model, "features.bn1", [0], steps=1)
     with pytest.raises(
-        ValueError, match=rf"\[{n}\] are out of range: layer 'features\.conv1' has {n}"
+        ValueError, match=rf"channels of layer 'features\.conv1'\[1\] must be in \[0, {n - 1}\], got {n}"
     ):
         fv.render_channels(model, "features.conv1", [3, n], steps=1)
 

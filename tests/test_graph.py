@@ -201,7 +201,7 @@ def test_untraceable_model_names_the_problem() -> None:
 
 def test_example_input_that_does_not_fit() -> None:
     with pytest.raises(
-        ValueError, match=r"cannot run on the example input of shape \[\(2, 3, 28, 28\)\]"
+        ValueError, match=r"cannot run on the example input of shape \(2, 3, 28, 28\)"
     ):
         permutation_spec(wb.create_model("cnn", in_channels=1), torch.zeros(2, 3, 28, 28))
 

@@ -25,6 +25,7 @@ FLOORS = {
     "data": 0,
     "files": -1,
     "validation": 0.5,
+    "splits": 0.75,
     "evaluation": 1,
     "zoo": 1,
     "checkpoints": 2,

@@ -15,15 +15,16 @@ import importlib.metadata
 import json
 import os
 import platform
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open
 from torch import nn
 
+from workbench.files import refuse_existing, write_safetensors
 from workbench.zoo import ARCHITECTURE_ATTR, create_model
 
 __all__ = [
@@ -86,14 +87,16 @@ def save_checkpoint(
     The architecture recorded by :func:`workbench.create_model` is stored automatically;
     for another model pass ``architecture={"name": ..., ...}`` or load it later with
     ``load_checkpoint(path, model=...)``. Useful metadata: ``dataset``, ``seed``,
-    ``metrics``. An existing file is kept unless ``overwrite=True``; the write is atomic,
-    so an interrupted save never leaves a half-written checkpoint behind.
+    ``metrics``. An existing file is kept unless ``overwrite=True``, also against another
+    process saving to the same path at the same time (exactly one of them succeeds, the
+    other gets ``FileExistsError``); the write is atomic, so an interrupted save never
+    leaves a half-written checkpoint behind (:mod:`workbench.files`).
     """
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"Checkpoint path must end in .safetensors, got {path}.")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
+    if not overwrite:
+        refuse_existing(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _check_finite(state, path)
     architecture = metadata.pop("architecture", getattr(model, ARCHITECTURE_ATTR, None))
@@ -107,22 +110,9 @@ def save_checkpoint(
         header = json.dumps(document, sort_keys=True)
     except TypeError as exc:
         raise ValueError(f"Checkpoint metadata must be JSON-serializable: {exc}.") from None
-    return write_safetensors(path, state, {_METADATA_KEY: header})
-
-
-def write_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Write ``state`` to ``path`` atomically: into a temporary file beside it, then renamed,
-    so that a reader (or an interrupted run) never sees half a file. Folders are created."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_safetensors(
+        path, state, {_METADATA_KEY: header}, overwrite=overwrite, what="checkpoint folder"
+    )
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -149,9 +139,45 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def _existing(path: str | Path) -> Path:
+    """``path`` if it is a readable regular file; otherwise an error that says what is
+    there instead: nothing, a broken link, a folder, something unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"No checkpoint at {path}.")
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise FileNotFoundError(
+                f"{path} is a broken symbolic link: it points to {os.readlink(path)}, which "
+                "does not exist. Fix the link, or pass the checkpoint's real path."
+            ) from None
+        raise FileNotFoundError(f"No checkpoint at {path}.") from None
+    except NotADirectoryError:
+        raise FileNotFoundError(
+            f"No checkpoint at {path}: a part of that path is a file, not a folder."
+        ) from None
+    except PermissionError:
+        raise PermissionError(
+            f"Checkpoint {path} cannot be reached: permission denied on a folder above it. "
+            "Ask its owner for access (chmod o+x on the folders), or copy it somewhere you "
+            "can read."
+        ) from None
+    if stat.S_ISDIR(mode):
+        found: list[str] = []
+        with contextlib.suppress(OSError):
+            found = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pt"))
+        raise IsADirectoryError(
+            f"{path} is a folder, not a checkpoint file; pass the path of a .safetensors or "
+            f".pt file{f' in it, e.g. {path / found[0]}' if found else ''}."
+        )
+    if not stat.S_ISREG(mode):
+        raise CheckpointError(f"{path} is not a regular file (a device, pipe or socket).")
+    try:
+        path.open("rb").close()
+    except PermissionError:
+        raise PermissionError(
+            f"Checkpoint {path} cannot be read: permission denied. Make it readable "
+            f"(chmod u+r {path}) or load it as the user who owns it."
+        ) from None
     return path
 
 
@@ -178,26 +204,69 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def _listed(items: list[str], limit: int = 5, sep: str = ", ") -> str:
+    return sep.join(items[:limit]) + (" ..." if len(items) > limit else "")
+
+
+def _check_statistics(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse running statistics no training can produce: a negative running variance
+    (BatchNorm would take the square root of a negative number: NaN outputs) or a negative
+    count of batches tracked. Such a file was corrupted or edited."""
+    bad = []
+    for name, _ in model.named_modules():
+        prefix = f"{name}." if name else ""
+        var = state.get(prefix + "running_var")
+        if var is not None and (var < 0).any():
+            bad.append(
+                f"{prefix}running_var has {int((var < 0).sum())} negative entries "
+                f"(min {float(var.min()):.3g})"
+            )
+        count = state.get(prefix + "num_batches_tracked")
+        if count is not None and (count < 0).any():
+            bad.append(f"{prefix}num_batches_tracked is {count.min().item()}")
+    if bad:
+        raise CheckpointError(
+            f"{path} holds impossible BatchNorm statistics: {_listed(bad, 3, '; ')}. A variance "
+            "or a batch count cannot be negative: the file is corrupt or was edited. Re-save "
+            "it from the trained model, or fix the statistics in the file (e.g. recompute "
+            "them with wb.reset_bn after loading the weights into a fresh model)."
+        )
+
+
 def _fit(model: nn.Module, state: dict[str, torch.Tensor], path: Path, what: str) -> nn.Module:
+    """Load ``state`` into ``model`` after checking that it fits exactly: the same keys,
+    shapes and dtypes (``load_state_dict`` would cast floats stored as integers, or half
+    precision into single, without a word) and possible BatchNorm statistics."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
+    common = [k for k in expected if k in state]
     wrong = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in common
+        if state[k].shape != expected[k].shape
     ]
-    if missing or unexpected or wrong:
+    dtypes = [
+        f"{k}: file {state[k].dtype} vs model {expected[k].dtype}"
+        for k in common
+        if state[k].dtype != expected[k].dtype
+    ]
+    if missing or unexpected or wrong or dtypes:
         parts = []
         if missing:
-            parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+            parts.append(f"missing {_listed(missing)}")
         if unexpected:
-            parts.append(
-                f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
-            )
+            parts.append(f"unexpected {_listed(unexpected)}")
         if wrong:
-            parts.append(f"wrong shapes ({'; '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''})")
+            parts.append(f"wrong shapes ({_listed(wrong, 3, '; ')})")
+        if dtypes:
+            parts.append(
+                f"other dtypes ({_listed(dtypes, 3, '; ')}), which loading would cast "
+                "silently; convert the file's tensors if that is intended, or pass "
+                "model=<a model in the file's dtypes> (e.g. model.half())"
+            )
         raise CheckpointError(f"{path} does not fit {what}: {'; '.join(parts)}.")
+    _check_statistics(model, state, path)
     model.load_state_dict(state)
     return model
 
@@ -209,6 +278,11 @@ def load_checkpoint(path: str | Path, model: nn.Module | None = None) -> nn.Modu
     Otherwise (a ``.pt``/``.pth`` state dict, or safetensors without metadata) pass
     ``model``: a model of the right architecture, which is copied, not modified.
     :func:`checkpoint_metadata` returns the loaded model's metadata.
+
+    Nothing is loaded approximately: a file whose tensors differ from the model's in key,
+    shape or dtype (no silent cast), that holds NaN/Inf or impossible BatchNorm statistics
+    (a negative variance or batch count) raises :class:`CheckpointError`; a path that is
+    missing, a broken link, a folder or unreadable raises the matching ``OSError``.
     """
     path = _existing(path)
     state = _read_state(path)

@@ -38,6 +38,7 @@ from workbench.data import (
     dataset_info,
     load_dataset,
 )
+from workbench.files import check_writable_dir
 from workbench.training import random_translate, training_runs
 
 
@@ -45,7 +46,11 @@ def _train(args: argparse.Namespace) -> int:
     info = dataset_info(args.dataset)
     train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
     out = Path(args.out)
-    paths = [out / f"{args.arch}_{args.dataset}_seed{seed}.safetensors" for seed in args.seeds]
+    parts = [f"_{args.split}-part{i}" if args.split else "" for i in range(len(args.seeds))]
+    paths = [
+        out / f"{args.arch}_{args.dataset}_seed{seed}{part}.safetensors"
+        for seed, part in zip(args.seeds, parts, strict=True)
+    ]
     existing = [str(p) for p in paths if p.exists()]
     if existing and not args.overwrite:
         print(f"error: {', '.join(existing)} exist; pass --overwrite to replace.", file=sys.stderr)
@@ -71,6 +76,8 @@ def _train(args: argparse.Namespace) -> int:
         lr=args.lr,
         batch_size=args.batch_size,
         augment=random_translate(args.translate) if args.translate else None,
+        split=args.split,
+        alpha=args.alpha,
     )
     for seed, path, run in zip(args.seeds, paths, runs, strict=True):
         metrics = run.metrics
@@ -82,6 +89,7 @@ def _train(args: argparse.Namespace) -> int:
             seed=seed,
             metrics=metrics,
             recipe=recipe,
+            **run.metadata,  # the data split, when trained on one part of it
         )
         print(
             f"{path}: test accuracy {100 * metrics['test_accuracy']:.2f}%, "
@@ -266,6 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="random shift augmentation in pixels (0 to turn off)",
     )
+    train.add_argument(
+        "--split",
+        choices=["disjoint", "dirichlet"],
+        help="train model i on part i of the training set: disjoint classes, or each "
+        "class shared in Dirichlet(alpha) proportions (files get a _<split>-part<i> suffix)",
+    )
+    train.add_argument(
+        "--alpha", type=float, default=0.5, help="Dirichlet concentration (--split dirichlet)"
+    )
     train.add_argument("--out", default=str(shipped_models_dir()))
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(run=_train)
@@ -338,8 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``workbench`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "out", None) is not None:  # before any training or computing
+            check_writable_dir(args.out, "--out folder", "pass --out <a folder you can write to>")
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, DatasetUnavailableError) as exc:
+    except (ValueError, OSError, DatasetUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

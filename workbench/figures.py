@@ -19,6 +19,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from workbench.files import atomic_write, check_writable_dir
+
 __all__ = [
     "COLUMN_WIDTH",
     "EXPORT_DIR",
@@ -106,6 +108,7 @@ _BN_LABELS = {None: "", "none": "", "reset": "RESET", "repair": "REPAIR"}
 _BN_LINESTYLES = {None: "-", "none": "-", "reset": "--", "repair": ":"}
 _METHOD_MARKERS = {"naive": "s", "weight": "o", "activation": "^", "cca": "D", "ensemble": "*"}
 _MARKER_CYCLE = ["v", "P", "X", "h", "<", ">"]
+_FIX = "pass a path in a folder you can write to"
 
 EXPORT_DIR = "figures"
 METRIC_LABELS = {"loss": "Cross-entropy loss", "accuracy": "Accuracy (%)"}
@@ -261,15 +264,17 @@ def save(
 ) -> list[Path]:
     """Write ``fig`` to ``stem.<format>`` for each format (``pdf``, ``svg``, ``png``, ...).
 
-    Folders are created as needed. PDFs embed their fonts as TrueType and carry no creation
-    date, so re-running a notebook gives byte-identical files. Returns the written paths.
+    Folders are created as needed, and checked writable before anything is drawn. Each file
+    is written atomically (a crash never leaves half a figure; an existing file is replaced
+    whole). PDFs embed their fonts as TrueType and carry no creation date, so re-running a
+    notebook gives byte-identical files. Returns the written paths.
     """
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
     supported = fig.canvas.get_supported_filetypes()
     unknown = [f for f in formats if f not in supported]
     if unknown:
         raise ValueError(f"Unsupported formats {unknown}; matplotlib writes {sorted(supported)}.")
+    check_writable_dir(stem.parent, "figure folder", _FIX)
     metadata = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {"Software": None}}
     paths = []
     # A copy is saved where the figure can be copied: a tight-bbox save at another dpi leaves
@@ -283,7 +288,15 @@ def save(
         with paper_style():
             for fmt in formats:
                 path = stem.with_name(f"{stem.name}.{fmt}")
-                target.savefig(path, format=fmt, dpi=dpi, metadata=metadata.get(fmt))
+                atomic_write(
+                    path,
+                    lambda tmp, fmt=fmt: target.savefig(
+                        tmp, format=fmt, dpi=dpi, metadata=metadata.get(fmt)
+                    ),
+                    overwrite=True,
+                    what="figure folder",
+                    fix=_FIX,
+                )
                 paths.append(path)
     finally:
         if target is not fig:
@@ -292,9 +305,13 @@ def save(
 
 
 def save_table(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``table`` as CSV to ``path`` (folders created), numbers with 15 significant
-    digits: ``0.3``, not ``0.30000000000000004``. Returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False, float_format="%.15g")
-    return path
+    """Write ``table`` as CSV to ``path`` (folders created; written atomically, the folder
+    proven writable before the table is formatted), numbers with 15 significant digits:
+    ``0.3``, not ``0.30000000000000004``. Returns the path."""
+    return atomic_write(
+        path,
+        lambda tmp: table.to_csv(tmp, index=False, float_format="%.15g"),
+        overwrite=True,
+        what="table folder",
+        fix=_FIX,
+    )

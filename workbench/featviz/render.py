@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ with warnings.catch_warnings():  # the kornia that lucent pins calls torch.jit.s
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench import validation
 from workbench.cache import ResultCache, default_cache, fingerprint
 from workbench.checkpoints import checkpoint_metadata
 from workbench.data import dataset_info
@@ -91,16 +92,7 @@ def channel_count(module: nn.Module) -> int:
 def check_channels(model: nn.Module, layer: str, channels: int | Sequence[int]) -> list[int]:
     """``channels`` as a list, each checked against the layer's channel count."""
     count = channel_count(resolve_layer(model, layer))
-    channels = [channels] if isinstance(channels, int) else [int(c) for c in channels]
-    if not channels:
-        raise ValueError("channels is empty: name at least one channel.")
-    bad = [c for c in channels if not 0 <= c < count]
-    if bad:
-        raise ValueError(
-            f"Channels {bad} are out of range: layer {layer!r} has {count} channels "
-            f"(0..{count - 1})."
-        )
-    return channels
+    return validation.check_channels(channels, count, f"channels of layer {layer!r}")
 
 
 def input_format(model: nn.Module, size: int | None = None) -> tuple[int, int, tuple, tuple]:
@@ -192,6 +184,16 @@ def _optimize(
             return image_f().detach().permute(0, 2, 3, 1).cpu()
 
 
+def _one_image(size: int) -> Callable[[dict[str, torch.Tensor], dict], bool]:
+    """A cache entry's check: one (size, size, C) float image, else a miss."""
+
+    def valid(found: dict[str, torch.Tensor], _meta: dict) -> bool:
+        image = found["image"]
+        return image.is_floating_point() and image.ndim == 3 and image.shape[:2] == (size, size)
+
+    return valid
+
+
 def render_channels(
     model: nn.Module,
     layer: str,
@@ -213,19 +215,29 @@ def render_channels(
     and every setting (``cache=False`` to bypass, or a :class:`ResultCache`). The model is
     not modified (eval mode during the run; its mode and gradients flags are restored).
     """
+    validation.check_models(model)
     channels = check_channels(model, layer, channels)
+    validation.check_int("steps", steps, minimum=1)
+    validation.check_int("seed", seed)
+    validation.check_number("lr", lr, low=0.0, low_inclusive=False)
+    if size is not None:
+        validation.check_int("size", size, minimum=1)
     store = default_cache() if cache is True else (cache or ResultCache(enabled=False))
-    size = input_format(model, size)[1]
+    _, size, mean, std = input_format(model, size)
+    # the input normalization (from the checkpoint's dataset) shapes the images too
     settings = {"layer": layer, "steps": steps, "seed": seed, "size": size, "lr": lr}
+    settings.update(mean=list(mean), std=list(std))
     model_key = fingerprint(model) if store.enabled else None
     keys = {c: store.key(model=model_key, channel=c, version=1, **settings) for c in channels}
     images: dict[int, torch.Tensor] = {}
     for channel in channels:
-        hit = store.load("render", keys[channel])
+        hit = store.load("render", keys[channel], expect=("image",), valid=_one_image(size))
         if hit is not None:
             images[channel] = hit[0]["image"]
     missing = [c for c in dict.fromkeys(channels) if c not in images]
     if missing:
+        if model_key is not None:
+            store.check_writable()  # before the optimization, not when storing its result
         flags = [p.requires_grad for p in model.parameters()]
         try:
             for p in model.parameters():

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from workbench.files import write_text
 from workbench.modules import state_diff, state_shapes
 
 __all__ = ["Axis", "GraphTraceError", "LayerPoint", "PermutationGroup", "PermutationSpec"]
@@ -270,11 +271,9 @@ class PermutationSpec:
         )
 
     def save(self, path: str | Path) -> Path:
-        """Write the spec as JSON to ``path`` (refuses to overwrite an existing file)."""
-        path = Path(path)
-        with path.open("x") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        return path
+        """Write the spec as JSON to ``path``, atomically, and never over an existing file
+        (``FileExistsError``, also when another process writes it at the same time)."""
+        return write_text(path, json.dumps(self.to_dict(), indent=1), overwrite=False)
 
     @classmethod
     def load(cls, path: str | Path) -> PermutationSpec:

@@ -9,7 +9,8 @@ cannot follow. They are recorded in the spec by qualified name, so that
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -86,19 +87,41 @@ def traced_with_shapes(
     model: nn.Module, example_input: Any, leaf_modules: Iterable[type | str] = ()
 ) -> fx.GraphModule:
     """:func:`trace_module`, then every node's output shape recorded by one eval-mode
-    forward pass on ``example_input`` (no BatchNorm statistics are touched)."""
-    gm = trace_module(model, leaf_modules)
+    forward pass on ``example_input`` (no BatchNorm statistics are touched). The model
+    itself runs on the input first, so that an input that does not fit it is one clear
+    error naming the model's own complaint, before anything is traced."""
     inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        found = [type(t).__name__ for t in inputs]
+        raise TypeError(
+            f"example_input must be a tensor (a batch, e.g. torch.zeros(2, 3, 32, 32)) or a "
+            f"tuple of tensors, got {found if isinstance(example_input, tuple) else found[0]}."
+        )
+    with _input_errors(model, inputs), eval_mode(model), torch.no_grad():
+        model(*inputs)
+    gm = trace_module(model, leaf_modules)
+    with _input_errors(model, inputs), eval_mode(gm), torch.no_grad():
+        ShapeProp(gm).propagate(*inputs)
+    return gm
+
+
+@contextlib.contextmanager
+def _input_errors(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Iterator[None]:
+    """Turn any failure of running ``model`` on ``inputs`` into one ``ValueError`` that
+    names the input's shape and the innermost cause's first line."""
     try:
-        with eval_mode(gm), torch.no_grad():
-            ShapeProp(gm).propagate(*inputs)
+        yield
     except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        first = str(root).splitlines()[0] if str(root) else type(root).__name__
+        shapes = [tuple(t.shape) for t in inputs]
         raise ValueError(
             f"{type(model).__name__} cannot run on the example input of shape "
-            f"{[tuple(t.shape) for t in inputs if isinstance(t, torch.Tensor)]}: {first}."
+            f"{shapes[0] if len(shapes) == 1 else shapes}: {first}. Pass a batch the model "
+            "accepts (its input channels and image size)."
         ) from None
-    return gm
 
 
 def call_argument(node: fx.Node, index: int, name: str, default: Any) -> Any:

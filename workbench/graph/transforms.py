@@ -26,10 +26,10 @@ __all__ = [
     "compose",
     "identity_permutation",
     "inverse",
-    "tied_keys",
     "permute_axis",
     "permute_state",
     "random_permutation",
+    "tied_keys",
     "transform_state",
 ]
 
