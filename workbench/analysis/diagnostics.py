@@ -157,29 +157,36 @@ def matched_correlations(
         data=data_fingerprint(data),
         batch_size=batch_size,
     )
-    hit = store.load("correlations", key)
-    if hit is None:
-        spec = resolve_spec(model_a, spec, data=data)
+
+    def compute() -> tuple[dict[str, torch.Tensor], dict]:
+        found_spec = resolve_spec(model_a, spec, data=data)
         stats = collect_statistics(
-            [model_a, model_b], data, spec, batch_size=batch_size, progress=progress
+            [model_a, model_b], data, found_spec, batch_size=batch_size, progress=progress
         )
         reuse = {"statistics": stats} if get_method(method).uses_statistics else {}
-        perm = match(model_a, model_b, method, data, spec, **reuse).permutation
+        perm = match(model_a, model_b, method, data, found_spec, **reuse).permutation
         tensors = {}
-        for group in graph_order(spec):
+        for group in graph_order(found_spec):
             if group in stats:
                 correlation = stats[group].correlation(0, 1)
                 units = torch.arange(len(correlation))
                 tensors[f"{group}/before"] = correlation[units, units].double()
                 tensors[f"{group}/after"] = correlation[units, perm[group]].double()
         meta = {
-            "groups": [g for g in graph_order(spec) if g in stats],
+            "groups": [g for g in graph_order(found_spec) if g in stats],
             "models": [fingerprint(model_a), fingerprint(model_b)],
             "batch_size": batch_size,
         }
-        store.store("correlations", key, tensors, meta)
-    else:
-        tensors, meta = hit
+        return tensors, meta
+
+    def complete(found: dict[str, torch.Tensor], meta: dict) -> bool:
+        """A whole entry: both curves of every group it names (a foreign one is a miss)."""
+        groups = meta.get("groups")
+        return isinstance(groups, list) and all(
+            f"{g}/{when}" in found for g in groups for when in ("before", "after")
+        )
+
+    tensors, meta = store.get_or_compute("correlations", key, compute, valid=complete)
     groups = meta["groups"]
     return MatchedCorrelations(
         method,
