@@ -298,3 +298,11 @@ def test_tied_weights_are_never_permuted_as_if_they_were_two() -> None:
     spec = wb.permutation_spec(model, x)  # verified: the tied groups are frozen
     permuted = wb.apply_permutation(model, spec, wb.random_permutation(spec, seed=0))
     torch.testing.assert_close(permuted(x), model(x))
+
+
+def test_an_in_place_change_after_a_first_pass_is_checked_again(model, small) -> None:
+    data = small.subset(torch.arange(64), "train")
+    wb.evaluate(model, data)  # checked once, remembered
+    data.images[10, 0, 0, 0] = math.nan  # an in-place edit bumps the version counter
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(the first at position 10\)"):
+        wb.evaluate(model, data)

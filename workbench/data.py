@@ -15,6 +15,7 @@ import functools
 import itertools
 import math
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -323,6 +324,7 @@ def batches(
     """
     if isinstance(data, TensorImageDataset):
         count = math.ceil(len(data) / batch_size)
+        _check_whole(data.images)  # once per content, instead of batch by batch
         source = _tensor_batches(data, batch_size, shuffle, generator)
     else:
         if shuffle and not isinstance(data, DataLoader):
@@ -333,8 +335,7 @@ def batches(
             count = len(loader)
         except TypeError:  # a loader over an iterable-style dataset
             count = None
-        source = (_inputs_and_labels(batch) for batch in loader)
-    source = _checked(source)
+        source = _checked(_inputs_and_labels(batch) for batch in loader)
     if max_batches is not None:
         source = itertools.islice(source, max_batches)
         count = max_batches if count is None else min(count, max_batches)
@@ -351,7 +352,9 @@ def check_inputs(inputs: torch.Tensor, where: str = "data") -> None:
             f"The {where}'s inputs must be a floating-point tensor, got {found}; normalize "
             "images to float32 first."
         )
-    finite = torch.isfinite(inputs)
+    if bool(torch.isfinite(inputs.sum())):  # NaN and infinities propagate into the sum
+        return
+    finite = torch.isfinite(inputs)  # a non-finite sum: find the examples (or an overflow)
     if not bool(finite.all()):
         rows = (~finite).reshape(len(inputs), -1).any(1).nonzero().reshape(-1)
         raise ValueError(
@@ -359,6 +362,25 @@ def check_inputs(inputs: torch.Tensor, where: str = "data") -> None:
             f"at position {int(rows[0])}); they would corrupt every statistic computed from "
             "it. Remove or repair them."
         )
+
+
+# In-memory image tensors already checked finite (by id: a reference to the tensor, which
+# drops the entry when the tensor dies, and its version counter at the time).
+_CHECKED_IMAGES: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _check_whole(images: torch.Tensor) -> None:
+    """:func:`check_inputs` on a whole in-memory tensor, once for each of its contents (an
+    in-place change bumps the tensor's version counter and it is checked again)."""
+    key = id(images)
+    entry = _CHECKED_IMAGES.get(key)
+    if entry is not None and entry[0]() is images and entry[1] == images._version:
+        return
+    check_inputs(images, "data")
+    _CHECKED_IMAGES[key] = (
+        weakref.ref(images, lambda _ref: _CHECKED_IMAGES.pop(key, None)),
+        images._version,
+    )
 
 
 def _checked(
