@@ -1,5 +1,6 @@
 """Building a spec: walk the traced graph once, label every tensor with its channel groups
-by the rules of :mod:`workbench.graph.rules`, then collect the groups that may move."""
+by the rules of :mod:`workbench.graph.rules`, divide the groups that were sliced
+(:mod:`workbench.graph.slicing`), then collect the groups that may move."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from workbench.graph.rules import (
     TUPLE_RULES,
     is_nonlinearity,
 )
-from workbench.graph.spec import Axis, LayerPoint, PermutationGroup, PermutationSpec
+from workbench.graph.slicing import divide_slices
+from workbench.graph.spec import LayerPoint, PermutationGroup, PermutationSpec
 from workbench.graph.trace import leaf_names, shape_of, traced_with_shapes
 from workbench.graph.verify import DEFAULT_RTOL, verify_spec
 from workbench.modules import model_device
@@ -101,14 +103,9 @@ class Builder(GraphLabels):
         """Walk the graph and return the spec of everything that may move."""
         for node in self.gm.graph.nodes:
             self.labels[node] = self.visit(node)
-        # The same axis reached through two groups (a module reused on two inputs) ties them.
-        owner: dict[tuple, int] = {}
-        for g in self.sizes:
-            for ax in self.axes[g]:
-                previous = owner.setdefault(ax.identity(), g)
-                if self.uf.find(previous) != self.uf.find(g):
-                    self.uf.union(previous, g, f"{ax[0]} shared by two groups")
-        dissolved = self.divide_splits()
+        self.tie_shared_axes()
+        dissolved = divide_slices(self)
+        self.tie_shared_axes()
         roots: dict[int, list[int]] = {}
         for g in self.sizes:
             if self.uf.find(g) not in dissolved:
@@ -137,7 +134,7 @@ class Builder(GraphLabels):
                 continue
             blocks = math.lcm(*(self.blocks.get(g, 1) for g in members))
             size = next(iter(sizes))
-            if size % blocks or size == blocks:
+            if blocks > 1 and (size % blocks or size == blocks):
                 why = "one channel per block" if size == blocks else "blocks do not divide it"
                 report.append(f"{name}: grouped convolution leaves {why} ({size} channels)")
                 continue
@@ -162,54 +159,15 @@ class Builder(GraphLabels):
                 report.append(f"{key}: not permuted ({why})")
         return PermutationSpec(groups, report, state_shapes, self.layer_points(), leaves)
 
-    def divide_splits(self) -> set[int]:
-        """Give each piece of a split group its share of the group's axes (a ``cat`` in
-        reverse: piece ``k`` owns the ``k``-th slice of every axis), and return the roots
-        so divided, which are no group of their own any more. A group that cannot be
-        divided (frozen, fixed, in blocks, on a grouped axis, or united with its own
-        pieces) freezes its pieces instead: what they feed must not move either."""
-        divided: dict[int, list[int]] = {}
-        for parent, pieces in self.splits:
-            root = self.uf.find(parent)
-            if root in divided:  # the same channels split again: the pieces are the same
-                if len(divided[root]) == len(pieces):
-                    for first, again in zip(divided[root], pieces, strict=True):
-                        self.uf.union(first, again, "the same split taken twice")
-                    continue
-                for piece in pieces:
-                    self.uf.freeze(piece, "split in two different ways")
-                continue
-            members = [g for g in self.sizes if self.uf.find(g) == root]
-            reason = self.undividable(root, members, pieces)
-            if reason:
-                for piece in pieces:
-                    self.uf.freeze(piece, reason)
-                continue
-            share = self.sizes[parent] // len(pieces)
-            for g in members:
-                for ax in self.axes[g]:
-                    for k, piece in enumerate(pieces):
-                        offset = ax.offset + k * share * ax.block
-                        self.axes[piece].append(
-                            Axis(ax.key, ax.axis, offset, ax.block, ax.role, ax.grouped)
-                        )
-                self.axes[g] = []
-            divided[root] = pieces
-        return set(divided)
-
-    def undividable(self, root: int, members: list[int], pieces: list[int]) -> str | None:
-        """Why the group ``root`` cannot be divided among ``pieces`` (None if it can)."""
-        if root == FIXED or root in self.uf.frozen:
-            return "split of channels that cannot move"
-        if len({self.sizes[g] for g in members}) != 1:
-            return "split of channels whose sizes differ"
-        if any(self.blocks.get(g, 1) != 1 for g in members):
-            return "split of channels in blocks"
-        if any(ax.grouped != 1 for g in members for ax in self.axes[g]):
-            return "split of channels a grouped convolution reads"
-        if any(self.uf.find(p) == root for p in pieces):
-            return "split joined with its own pieces"
-        return None
+    def tie_shared_axes(self) -> None:
+        """The same axis reached through two groups (a module reused on two inputs) ties
+        them: they must move alike."""
+        owner: dict[tuple, int] = {}
+        for g in self.sizes:
+            for ax in self.axes[g]:
+                previous = owner.setdefault(ax.identity(), g)
+                if self.uf.find(previous) != self.uf.find(g):
+                    self.uf.union(previous, g, f"{ax[0]} shared by two groups")
 
     def layer_points(self) -> list[LayerPoint]:
         final_roots = {self.uf.find(g) for g in self.output_groups}

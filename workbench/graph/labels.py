@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from itertools import pairwise
+from typing import Any, NamedTuple
 
 from torch import fx
 
 from workbench.graph.spec import Axis
 from workbench.graph.trace import shape_of
 
-__all__ = ["FIXED", "GraphLabels", "Label", "Segment", "UnionFind"]
+__all__ = ["FIXED", "GraphLabels", "Label", "Segment", "Slice", "UnionFind"]
 
 FIXED = -1  # the "group" of channels that must never move (inputs, logits, unknown ops)
 
@@ -40,8 +41,26 @@ class Label:
         return sum(s.size * s.block for s in self.segments)
 
     def slicing(self) -> list[tuple[int, int]]:
-        """(size, block) of each segment: two labels can be united iff these agree."""
+        """(size, block) of each segment: labels with the same slicing unite segment by
+        segment."""
         return [(s.size, s.block) for s in self.segments]
+
+    def bounds(self) -> list[int]:
+        """Where each segment starts along the axis, and the width at the end."""
+        ends = [0]
+        for s in self.segments:
+            ends.append(ends[-1] + s.size * s.block)
+        return ends
+
+
+class Slice(NamedTuple):
+    """Group ``piece`` is channels ``start`` to ``stop`` of group ``parent`` (a slice, a
+    split's piece): resolved when the spec is built (:mod:`workbench.graph.slicing`)."""
+
+    parent: int
+    start: int
+    stop: int
+    piece: int
 
 
 class UnionFind:
@@ -101,7 +120,7 @@ class GraphLabels:
         self.untouched: dict[str, str] = {}
         self.output_groups: list[int] = []
         self.blocks: dict[int, int] = {}
-        self.splits: list[tuple[int, list[int]]] = []  # group -> its equal pieces, in order
+        self.slices: list[Slice] = []  # groups that are channel ranges of other groups
         self.pieces: dict[fx.Node, list[Label]] = {}  # a split's node -> its pieces' labels
 
     # -- what rules call -----------------------------------------------------------------
@@ -153,12 +172,66 @@ class GraphLabels:
         return Label(dim, (Segment(FIXED, shape[dim]),))
 
     def unite(self, a: Label, b: Label, reason: str) -> bool:
-        """Unite two labels slice by slice; False if their slicing differs."""
+        """Unite two labels segment by segment. Labels of equal width whose segments end
+        at different places (a ``cat`` of two groups added to one group) are first cut at
+        every end of either, each cut segment becoming a slice of its group; False if a
+        cut falls inside a block or the cut pieces still differ in their blocks."""
         if a.slicing() != b.slicing():
-            return False
+            if a.width != b.width:
+                return False
+            ends = sorted(set(a.bounds()) | set(b.bounds()))
+            plans = [[self.cut(lab, lo, hi) for lo, hi in pairwise(ends)] for lab in (a, b)]
+            if any(part is None for plan in plans for part in plan):
+                return False
+            cut_a, cut_b = ([piece for part in plan for piece in part] for plan in plans)
+            if [(hi - lo, s.block) for s, lo, hi in cut_a] != [
+                (hi - lo, s.block) for s, lo, hi in cut_b
+            ]:
+                return False
+            a, b = Label(a.dim, self._pieces(cut_a)), Label(b.dim, self._pieces(cut_b))
         for sa, sb in zip(a.segments, b.segments, strict=True):
             self.uf.union(sa.group, sb.group, reason)
         return True
+
+    def cut(self, label: Label, start: int, stop: int) -> list[tuple[Segment, int, int]] | None:
+        """Which channels ``[lo, hi)`` of which segments entries ``start`` to ``stop`` of
+        ``label``'s axis cover; None when a bound falls inside a channel's block."""
+        covered = []
+        for seg, begin in zip(label.segments, label.bounds(), strict=False):
+            lo = max(start - begin, 0)
+            hi = min(stop - begin, seg.size * seg.block)
+            if lo >= hi:
+                continue
+            if lo % seg.block or hi % seg.block:
+                return None
+            covered.append((seg, lo // seg.block, hi // seg.block))
+        return covered
+
+    def sliced(self, label: Label, start: int, stop: int, tag: str = "") -> Label | None:
+        """The label of entries ``start`` to ``stop`` of ``label``'s axis: the segments
+        they cover, where a segment is covered in part by a new group that is that slice
+        of the segment's group (recorded in :attr:`slices`; named after the group and the
+        channels, or ``tag`` for a slice of one group). None when a bound falls inside a
+        channel's block."""
+        plan = self.cut(label, start, stop)
+        if plan is None:
+            return None
+        return Label(label.dim, self._pieces(plan, tag if len(plan) == 1 else ""))
+
+    def _pieces(self, plan: list[tuple[Segment, int, int]], tag: str = "") -> tuple[Segment, ...]:
+        """The segments of a :meth:`cut`: whole segments and fixed channels as they are,
+        a part of a group as the group that is that slice of it."""
+        segments = []
+        for seg, lo, hi in plan:
+            if seg.group == FIXED or (lo, hi) == (0, seg.size):
+                segments.append(Segment(seg.group, hi - lo, seg.block))
+                continue
+            piece = self.new_group(
+                hi - lo, f"{self.producers[seg.group][0]}{tag or f'[{lo}:{hi}]'}"
+            )
+            self.slices.append(Slice(seg.group, lo, hi, piece))
+            segments.append(Segment(piece, hi - lo, seg.block))
+        return tuple(segments)
 
     def label_of(self, arg: Any) -> Label | None:
         return self.labels.get(arg) if isinstance(arg, fx.Node) else None

@@ -30,10 +30,13 @@ from workbench.graph.shape_rules import (
     flatten_call,
     flatten_module,
     getitem,
+    narrow,
     permute,
     reduce,
     reshape,
     split,
+    stack,
+    transpose,
 )
 from workbench.graph.spec import Axis
 from workbench.graph.trace import call_argument, shape_of
@@ -60,19 +63,30 @@ def channelwise(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     return b.input_label(node)
 
 
+def softmax(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``softmax``/``log_softmax``/``softmin`` along any axis keep the label. Along another
+    axis than the channels each channel is normalized on its own (channelwise); along the
+    channel axis every output is its own input's exponential over a sum over all channels,
+    a sum that a permutation leaves unchanged, so ``softmax(P x) = P softmax(x)``."""
+    return b.input_label(node)
+
+
 def layer(b: GraphLabels, node: fx.Node, module: nn.Module) -> Label | None:
     """Conv or linear layer: its input axis (weight axis 1) follows the input's groups; its
     output channels (weight axis 0, bias) start a new group. A depthwise conv ties output
     channel ``c`` to input channel ``c`` (its filters follow the input's group). Any other
     grouped conv with ``k`` groups mixes channels within blocks only: output block ``j``
     reads input block ``j``, so its input and output groups may move channels only within
-    their ``k`` blocks (weight axis 1 is then permuted block by block)."""
+    their ``k`` blocks (weight axis 1 is then permuted block by block). Channels on
+    another axis than the one the layer mixes are frozen: their correspondence to the
+    output is not followed."""
     name = str(node.target)
     key = f"{name}."
     inp = b.input_label(node)
     is_linear = isinstance(module, nn.Linear)
     in_dim = (len(shape_of(node.args[0])) - 1) if is_linear else 1
-    if inp is not None and inp.dim != in_dim:
+    if inp is not None and inp.dim != in_dim:  # its channels lie on an axis it does not mix
+        b.freeze(inp, f"{name}: reads its input's channels on another axis")
         inp = None
     out_dim = len(shape_of(node)) - 1 if is_linear else 1
     groups = 1 if is_linear else module.groups
@@ -235,6 +249,7 @@ MODULE_RULES: tuple[tuple[type | tuple[type, ...], Rule], ...] = (
     (nn.PReLU, prelu),
     (nn.LayerNorm, layer_norm_module),
     (_CHANNELWISE_MODULES, channelwise),
+    ((nn.Softmax, nn.LogSoftmax, nn.Softmin, nn.Softmax2d), softmax),
     (nn.Flatten, flatten_module),
 )
 
@@ -258,8 +273,14 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     **dict.fromkeys(_BINARY_FUNCTIONS, binary_call),
     torch.flatten: flatten_call,
     torch.cat: cat,
+    torch.stack: stack,
     operator.getitem: getitem,
+    torch.narrow: narrow,
     torch.permute: permute,
+    **dict.fromkeys((torch.transpose, torch.swapaxes, torch.swapdims), transpose),
+    **dict.fromkeys(
+        (F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax), softmax
+    ),
     F.layer_norm: layer_norm_call,
     **dict.fromkeys((torch.mean, torch.sum, torch.amax, torch.amin), reduce),
 }
@@ -276,6 +297,9 @@ METHOD_RULES: dict[str, Rule] = {
     "flatten": flatten_call,
     **dict.fromkeys(("view", "reshape"), reshape),
     "permute": permute,
+    **dict.fromkeys(("transpose", "swapaxes", "swapdims"), transpose),
+    "narrow": narrow,
+    **dict.fromkeys(("softmax", "log_softmax"), softmax),
     **dict.fromkeys(("mean", "sum", "amax", "amin"), reduce),
 }
 

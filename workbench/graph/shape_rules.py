@@ -1,15 +1,19 @@
-"""Rules for the ops that move, divide or join the channel axis: ``permute``, ``flatten``,
-``view``/``reshape``, reductions, ``cat``, and ``split``/``chunk`` with the ``getitem``
-nodes that take a split apart. Same contract as :mod:`workbench.graph.rules`, whose tables
-list them."""
+"""Rules for the ops that move, divide or join the channel axis: ``permute``,
+``transpose``, ``flatten``, ``view``/``reshape``, reductions, ``cat``, ``stack``,
+``split``/``chunk`` with the ``getitem`` nodes that take a split apart, and slicing
+(``x[:, a:b]``, ``narrow``). A slice or a split's piece becomes a group of its own, that
+slice of its parent's group, divided when the spec is built
+(:mod:`workbench.graph.slicing`). Same contract as :mod:`workbench.graph.rules`, whose
+tables list them."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import fx, nn
 
-from workbench.graph.labels import FIXED, GraphLabels, Label, Segment
+from workbench.graph.labels import GraphLabels, Label, Segment
 from workbench.graph.trace import call_argument, shape_of
 
 __all__ = [
@@ -18,10 +22,14 @@ __all__ = [
     "flatten_call",
     "flatten_module",
     "getitem",
+    "index_tensor",
+    "narrow",
     "permute",
     "reduce",
     "reshape",
     "split",
+    "stack",
+    "transpose",
 ]
 
 
@@ -70,12 +78,14 @@ def flatten(b: GraphLabels, node: fx.Node, inp: Label | None, start: int, end: i
 
 
 def split(b: GraphLabels, node: fx.Node, _target: Any) -> None:
-    """``split``/``chunk`` into equal pieces along the channel axis: each piece starts a
-    group of its own, and when the spec is built the split group's axes are divided among
-    the pieces (:meth:`~workbench.graph.build.Builder.divide_splits`: a ``cat`` in
-    reverse), so a permutation moves channels within their piece. Along another axis each
-    piece keeps the input's label. Unequal pieces are opaque. The node itself is a tuple:
-    its pieces' labels are kept for the ``getitem`` nodes that take them apart."""
+    """``split``/``chunk`` along the channel axis, into equal or unequal pieces (sizes
+    known from the trace, as in ``torch.split(x, [22, 21, 21], 1)``): piece ``k`` is the
+    slice of the entries from the sum of the sizes before it (:meth:`GraphLabels.sliced`),
+    a group of its own that owns its channels of the producer once the spec is built
+    (:mod:`workbench.graph.slicing`: a ``cat`` in reverse), so a permutation moves
+    channels within their piece. Along another axis each piece keeps the input's label. A
+    piece that would cut a flattened channel's block is opaque. The node itself is a
+    tuple: its pieces' labels are kept for the ``getitem`` nodes that take them apart."""
     inp = b.input_label(node)
     meta = node.meta.get("tensor_meta")
     if inp is None or not isinstance(meta, (tuple, list)):
@@ -86,42 +96,113 @@ def split(b: GraphLabels, node: fx.Node, _target: Any) -> None:
     if dim != inp.dim:
         b.pieces[node] = [inp] * len(meta)
         return
-    sizes = {m.shape[dim] for m in meta}
-    (seg,) = inp.segments if len(inp.segments) == 1 else (None,)
-    if len(sizes) != 1 or seg is None or seg.group == FIXED or (sizes.pop() % seg.block):
-        b.opaque(node, f"{_name(node)} into unequal or unaligned pieces")
+    sizes = [m.shape[dim] for m in meta]
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+    if any(b.cut(inp, a, a + n) is None for a, n in zip(starts, sizes, strict=True)):
+        b.opaque(node, f"{_name(node)} through a flattened channel's block")
         return
-    share = seg.size // len(meta)
-    source, n = b.producers[seg.group][0], len(meta)
-    pieces = [b.new_group(share, f"{source}[{k}/{n}]") for k in range(n)]
-    b.splits.append((seg.group, pieces))
-    b.pieces[node] = [Label(dim, (Segment(p, share, seg.block),)) for p in pieces]
-    return
+    equal = len(set(sizes)) == 1
+    b.pieces[node] = [
+        b.sliced(inp, a, a + n, f"[{k}/{len(sizes)}]" if equal else "")
+        for k, (a, n) in enumerate(zip(starts, sizes, strict=True))
+    ]
 
 
 def getitem(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``pieces[k]`` of a split: the piece's label. Indexing a tensor (``x[:, :4]``) is
-    opaque."""
+    """``pieces[k]`` of a split: the piece's label. Indexing a tensor: see
+    :func:`index_tensor`."""
     source, index = node.args[0], node.args[1]
     if isinstance(source, fx.Node) and source in b.pieces and isinstance(index, int):
         return b.pieces[source][index]
-    return b.opaque(node, "indexing or slicing")
+    return index_tensor(b, node, b.label_of(source), index)
+
+
+def index_tensor(b: GraphLabels, node: fx.Node, inp: Label | None, index: Any) -> Label | None:
+    """``x[...]`` with ints, static slices, ``None`` and ``...``: a slice with step 1 along
+    the channel axis (``x[:, a:b]``, ``x[:, :k]``) keeps the channels it covers
+    (:meth:`GraphLabels.sliced`); indexing other axes keeps the label, on the axis the
+    channels land on (``x[0]`` drops the batch axis, ``x[:, None]`` adds one). An int
+    index, a step or a computed bound on the channel axis, tensor indices, and a slice
+    through a flattened channel's block are opaque."""
+    if inp is None:
+        return b.opaque(node, "indexing an unlabelled tensor")
+    items = index if isinstance(index, tuple) else (index,)
+    if not all(_static_index(item) for item in items):
+        return b.opaque(node, "indexing with tensors or computed indices")
+    ndim = len(shape_of(node.args[0]))
+    used = sum(item is not None and item is not Ellipsis for item in items)
+    expanded = []
+    for item in items:
+        expanded += [slice(None)] * (ndim - used) if item is Ellipsis else [item]
+    axis, out_axis = 0, 0
+    for item in expanded:
+        if item is None:
+            out_axis += 1
+        elif axis == inp.dim:
+            return _index_channels(b, node, Label(out_axis, inp.segments), item)
+        else:
+            axis += 1
+            out_axis += isinstance(item, slice)
+    return Label(out_axis + inp.dim - axis, inp.segments)  # the index ends before the channels
+
+
+def _index_channels(b: GraphLabels, node: fx.Node, inp: Label, item: Any) -> Label | None:
+    """The label of ``item`` (an int or a static slice) taken along ``inp``'s axis."""
+    if not isinstance(item, slice):
+        return b.opaque(node, "an int index on the channel axis")
+    start, stop, step = item.indices(inp.width)
+    if step != 1:
+        return b.opaque(node, "a slice with a step along the channel axis")
+    label = b.sliced(inp, start, max(start, stop))
+    return label if label is not None else b.opaque(node, "a slice through a channel's block")
+
+
+def _static_index(item: Any) -> bool:
+    if isinstance(item, slice):
+        return all(v is None or isinstance(v, int) for v in (item.start, item.stop, item.step))
+    return (
+        item is None or item is Ellipsis or (isinstance(item, int) and not isinstance(item, bool))
+    )
+
+
+def narrow(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``torch.narrow(x, dim, start, length)`` / ``x.narrow``: along the channel axis, the
+    slice ``x[:, start:start + length]`` (see :func:`index_tensor`); along another axis the
+    label is kept. A computed start is opaque along the channel axis."""
+    inp = b.input_label(node)
+    if inp is None:
+        return b.fixed(node)
+    in_shape = shape_of(node.args[0])
+    dim = call_argument(node, 1, "dim", 0) % len(in_shape)
+    if dim != inp.dim:
+        return inp
+    start, length = call_argument(node, 2, "start", 0), call_argument(node, 3, "length", 0)
+    if not (isinstance(start, int) and isinstance(length, int)):
+        return b.opaque(node, "narrow with a computed start or length")
+    start %= in_shape[dim]
+    label = b.sliced(inp, start, start + length)
+    return label if label is not None else b.opaque(node, "a slice through a channel's block")
 
 
 def _name(node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target))
 
 
+def _sequence(b: GraphLabels, node: fx.Node) -> list[Label | None] | None:
+    """The labels of the tensors that ``cat``/``stack`` join (the pieces of a split, for
+    ``cat(x.chunk(2))``); None for a sequence computed some other way."""
+    if isinstance(node.args[0], fx.Node):
+        return list(b.pieces[node.args[0]]) if node.args[0] in b.pieces else None
+    return [b.label_of(t) for t in node.args[0]]
+
+
 def cat(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     """``torch.cat`` along the channel axis concatenates the inputs' groups (a consumer's
     input axis is then split into slices, one per group); along another axis the inputs'
     groups are united. An unlabelled input freezes the others."""
-    if isinstance(node.args[0], fx.Node):  # cat(x.chunk(2)): the pieces of a split
-        if node.args[0] not in b.pieces:
-            return b.opaque(node, "cat of a computed sequence")
-        labels = list(b.pieces[node.args[0]])
-    else:
-        labels = [b.label_of(t) for t in node.args[0]]
+    labels = _sequence(b, node)
+    if labels is None:
+        return b.opaque(node, "cat of a computed sequence")
     dim = call_argument(node, 1, "dim", 0) % len(shape_of(node))
     if any(lab is None for lab in labels):
         for lab in labels:
@@ -135,6 +216,39 @@ def cat(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     ):
         return first
     return b.opaque(node, "cat of differently labelled tensors")
+
+
+def stack(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``torch.stack`` joins its inputs along a new axis (selective-kernel branches): what
+    follows may sum or weigh channel ``c`` of every input together, so their groups are
+    united, as for a ``cat`` along another axis; the channel axis shifts by one when the
+    new axis comes at or before it. An unlabelled input freezes the others."""
+    labels = _sequence(b, node)
+    if labels is None:
+        return b.opaque(node, "stack of a computed sequence")
+    if any(lab is None for lab in labels):
+        for lab in labels:
+            b.freeze(lab, "stacked with an unlabelled tensor")
+        return b.fixed(node)
+    dim = call_argument(node, 1, "dim", 0) % len(shape_of(node))
+    first = labels[0]
+    if all(lab.dim == first.dim for lab in labels) and all(
+        b.unite(first, lab, "stacked with fixed channels") for lab in labels[1:]
+    ):
+        return Label(first.dim + (dim <= first.dim), first.segments)
+    return b.opaque(node, "stack of differently labelled tensors")
+
+
+def transpose(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``x.transpose(d0, d1)`` / ``torch.transpose`` / ``swapaxes``: the channels move with
+    their axis."""
+    inp = b.input_label(node)
+    if inp is None:
+        return b.fixed(node)
+    ndim = len(shape_of(node))
+    d0, d1 = call_argument(node, 1, "dim0", 0) % ndim, call_argument(node, 2, "dim1", 1) % ndim
+    swapped = {d0: d1, d1: d0}
+    return Label(swapped.get(inp.dim, inp.dim), inp.segments)
 
 
 def reduce(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
@@ -159,14 +273,50 @@ def reduce(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
 
 
 def reshape(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``view``/``reshape``: the same shape keeps the label; flattening everything from the
-    channel axis on is :func:`flatten`; any other reshape is opaque."""
+    """``view``/``reshape`` that keeps the axes before the channel axis. Entries are laid
+    out row-major, so with ``C`` entries on the channel axis and ``rest`` after it, the
+    output axes from the channel axis's position on may be
+
+    * ``C``, then axes of ``rest`` entries: the label stays (axes after it regrouped);
+    * ``C * inner``, then axes of ``rest / inner``: each channel becomes a block of
+      ``inner`` consecutive entries, as in :func:`flatten`;
+    * ``(k, C / k)``, then axes of ``rest``: the channels unflatten into ``k`` pieces of
+      ``C / k`` along the last of the two (a selective-kernel attention's ``(N, 2C)``
+      viewed as ``(N, 2, C)``). Piece ``j`` is the slice ``[j C / k, (j + 1) C / k)``,
+      and all pieces are united: the same output channel indexes each.
+
+    Anything else is opaque, among it ``(C / k, k)``, which would tie consecutive channels
+    into fixed tuples. A channel shuffle (``(N, g, C / g, H, W)``, transpose, back to
+    ``(N, C, H, W)``) passes these rules exactly, each channel of the result a block of
+    ``g`` entries, one per piece. ShuffleNet still freezes each block's branch output: the
+    next block passes half of the shuffled tensor through and shuffles it again with that
+    output, which would need its channels to move in tuples of ``g`` as well; followed
+    further, a channel's entries end up strided across the tensor, which no axis slice
+    (consecutive channels, each a block of consecutive entries) can express."""
     inp = b.input_label(node)
     in_shape, out_shape = shape_of(node.args[0]), shape_of(node)
     if inp is None:
         return b.fixed(node)
-    if out_shape == in_shape:
-        return inp
-    if len(out_shape) == inp.dim + 1 and out_shape[: inp.dim] == in_shape[: inp.dim]:
-        return flatten(b, node, inp, inp.dim, -1)
+    c, width = inp.dim, in_shape[inp.dim]
+    rest, after = math.prod(in_shape[c + 1 :]), out_shape[c + 1 :]
+    if out_shape[:c] != in_shape[:c] or len(out_shape) <= c:
+        return b.opaque(node, f"reshape {in_shape} -> {out_shape}")
+    if out_shape[c] == width and math.prod(after) == rest:
+        return Label(c, inp.segments)
+    inner = out_shape[c] // width
+    if out_shape[c] == width * inner and math.prod(after) * inner == rest:
+        return Label(c, tuple(Segment(s.group, s.size, s.block * inner) for s in inp.segments))
+    if after and out_shape[c] * after[0] == width and math.prod(after[1:]) == rest:
+        return _unflatten(b, node, inp, out_shape[c], after[0])
     return b.opaque(node, f"reshape {in_shape} -> {out_shape}")
+
+
+def _unflatten(b: GraphLabels, node: fx.Node, inp: Label, k: int, size: int) -> Label | None:
+    """The channel axis viewed as ``(k, size)``: ``k`` slices of ``size`` entries, united
+    (see :func:`reshape`); the channels lie on the second of the two axes."""
+    if any(b.cut(inp, j * size, (j + 1) * size) is None for j in range(k)):
+        return b.opaque(node, "unflatten through a flattened channel's block")
+    pieces = [b.sliced(inp, j * size, (j + 1) * size) for j in range(k)]
+    if all(b.unite(pieces[0], p, "unflattened with fixed channels") for p in pieces[1:]):
+        return Label(inp.dim + 1, pieces[0].segments)
+    return b.opaque(node, f"unflatten into {k} pieces whose channels differ in their blocks")
