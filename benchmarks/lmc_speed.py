@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import workbench as wb
-from workbench.data import batches
+from workbench.batching import batches
 from workbench.modules import default_device
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import workbench as wb
-from workbench import validation
+from workbench import batching, validation
 
 # The checks, and every module that looks one of them up by name.
 CHECKS = (
@@ -61,7 +61,7 @@ def _instrument(spent: list[float]) -> Callable[[], None]:
         return wrapper
 
     originals = {name: getattr(validation, name, None) for name in CHECKS}
-    originals["check_inputs"] = wb.data.check_inputs
+    originals["check_inputs"] = batching.check_inputs
     for module in list(sys.modules.values()):
         if not getattr(module, "__name__", "").startswith("workbench"):
             continue

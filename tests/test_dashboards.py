@@ -108,11 +108,14 @@ def test_method_comparison_runs_and_exports(shipped_pair, small_test, small_trai
         box.value = name in ("none", "weight")
     dashboard.run.click()
     table = dashboard.table
-    assert set(table["method"]) == {"naive", "weight", "endpoints"}
+    references = ["endpoints", "ensemble (logits)", "ensemble (probabilities)"]
+    assert set(table["method"]) == {"naive", "weight", *references}
     assert "done" in dashboard.status.value and not dashboard.run.disabled
     rows = table.set_index("method")
     assert rows.loc["weight", "accuracy"] > rows.loc["naive", "accuracy"]
     assert dashboard.figure is not None
+    drawn = [line.get_label() for line in dashboard.figure.axes[0].lines]
+    assert set(references[1:]) <= set(drawn)  # the ensembles, as reference lines
     dashboard.export.button.click()
     suffixes = sorted(p.suffix for p in dashboard.export.written)
     assert suffixes == [".csv", ".pdf", ".png", ".svg"]

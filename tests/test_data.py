@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import workbench as wb
+from workbench import batching
 from workbench import data as wb_data
 
 
@@ -250,7 +251,7 @@ def test_train_val_split_rejects_bad_fraction(fraction):
 
 
 def test_batches_slicing_matches_dataloader(mnist_test):
-    sliced = list(wb_data.batches(mnist_test, batch_size=300))
+    sliced = list(batching.batches(mnist_test, batch_size=300))
     loaded = list(DataLoader(mnist_test, batch_size=300, shuffle=False))
     assert [len(labels) for _, labels in sliced] == [300, 300, 300, 100]
     assert len(sliced) == len(loaded)
@@ -261,10 +262,10 @@ def test_batches_slicing_matches_dataloader(mnist_test):
 
 def test_batches_through_dataloader_and_generic_dataset(mnist_test):
     loader = DataLoader(mnist_test, batch_size=250)
-    via_loader = list(wb_data.batches(loader, batch_size=7))  # the loader's batch size wins
+    via_loader = list(batching.batches(loader, batch_size=7))  # the loader's batch size wins
     assert [len(y) for _, y in via_loader] == [250] * 4
     generic = TensorDataset(mnist_test.images, mnist_test.targets)
-    via_generic = list(wb_data.batches(generic, batch_size=400))
+    via_generic = list(batching.batches(generic, batch_size=400))
     assert [len(y) for _, y in via_generic] == [400, 400, 200]
     assert torch.equal(torch.cat([x for x, _ in via_generic]), mnist_test.images)
 
@@ -272,7 +273,7 @@ def test_batches_through_dataloader_and_generic_dataset(mnist_test):
 def test_batches_shuffle_reproducible(mnist_test):
     def run(seed):
         gen = torch.Generator().manual_seed(seed)
-        return list(wb_data.batches(mnist_test, 300, shuffle=True, generator=gen))
+        return list(batching.batches(mnist_test, 300, shuffle=True, generator=gen))
 
     first, second, other = run(5), run(5), run(6)
     for (x1, y1), (x2, y2) in zip(first, second, strict=True):
@@ -288,7 +289,7 @@ def test_batches_shuffle_generic_dataset_reproducible():
 
     def order(seed):
         gen = torch.Generator().manual_seed(seed)
-        return torch.cat([y for _, y in wb_data.batches(ds, 16, shuffle=True, generator=gen)])
+        return torch.cat([y for _, y in batching.batches(ds, 16, shuffle=True, generator=gen)])
 
     assert torch.equal(order(1), order(1))
     assert sorted(order(1).tolist()) == list(range(50))
@@ -296,18 +297,19 @@ def test_batches_shuffle_generic_dataset_reproducible():
 
 
 def test_batches_max_batches(mnist_test):
-    got = list(wb_data.batches(mnist_test, 100, max_batches=3))
+    got = list(batching.batches(mnist_test, 100, max_batches=3))
     assert len(got) == 3
     assert torch.equal(torch.cat([y for _, y in got]), mnist_test.targets[:300])
     gen = torch.Generator().manual_seed(0)
     assert (
-        len(list(wb_data.batches(mnist_test, 100, shuffle=True, generator=gen, max_batches=2))) == 2
+        len(list(batching.batches(mnist_test, 100, shuffle=True, generator=gen, max_batches=2)))
+        == 2
     )
     loader = DataLoader(mnist_test, batch_size=100)
-    assert len(list(wb_data.batches(loader, max_batches=4))) == 4
-    assert len(list(wb_data.batches(mnist_test, 100, max_batches=0))) == 0
+    assert len(list(batching.batches(loader, max_batches=4))) == 4
+    assert len(list(batching.batches(mnist_test, 100, max_batches=0))) == 0
 
 
 def test_batches_rejects_non_dataset():
     with pytest.raises(TypeError, match="Expected a torch Dataset or DataLoader, got Tensor"):
-        list(wb_data.batches(torch.zeros(3, 1, 2, 2)))
+        list(batching.batches(torch.zeros(3, 1, 2, 2)))

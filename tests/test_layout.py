@@ -24,6 +24,7 @@ FLOORS = {
     "figures": 0,
     "data": 0,
     "files": -1,
+    "batching": 0.25,
     "validation": 0.5,
     "splits": 0.75,
     "evaluation": 1,

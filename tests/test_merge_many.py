@@ -115,7 +115,8 @@ def test_compare_methods_table_csv_and_figure(shipped_pair, tiny_train, mnist_te
         progress=False,
     )
     assert list(table.columns) == wb.analysis.comparison.COLUMNS
-    assert set(table["method"]) == {"naive", "weight", "endpoints"}  # display names
+    references = ["endpoints", "ensemble (logits)", "ensemble (probabilities)"]
+    assert set(table["method"]) == {"naive", "weight", *references}  # display names
     assert set(table["n_models"]) == {2}
     rows = table.set_index("method")
     assert rows.loc["weight", "accuracy"] > rows.loc["naive", "accuracy"] + 0.2
@@ -127,7 +128,7 @@ def test_compare_methods_table_csv_and_figure(shipped_pair, tiny_train, mnist_te
     pd.testing.assert_frame_equal(written[columns], table[columns], check_dtype=False)
     fig = wb.plot_comparison(table)
     labels = [line.get_label() for line in fig.axes[0].lines]
-    assert labels == ["naive + RESET", "weight + RESET", "endpoints (mean)"]
+    assert labels == ["naive + RESET", "weight + RESET", "endpoints (mean)", *references[1:]]
     with pytest.raises(ValueError, match=r"sizes must lie in 2\.\.2"):
         wb.compare_methods(list(shipped_pair), tiny_train, mnist_test, sizes=(3,))
     with pytest.raises(ValueError, match="Unknown methods"):

@@ -936,6 +936,35 @@ _RESULTS = "takes results (curves, tables, planes, matches), never a model or a 
 _PLUMBING = "works on permutations, specs, statistics or state dicts, not on models or data"
 _IN_PLACE = "in place by design: the trailing underscore and the docstring say so"
 
+@case("ensemble")
+def ensemble(inp: Inputs) -> None:
+    # the ensemble holds the models themselves: using it must leave them as they were
+    models = [inp.a, inp.b, inp.plain_a]
+    with kept(models=models):
+        for combine in ("logits", "probabilities"):
+            wb.evaluate(wb.ensemble(models, combine), inp.test)
+
+@case("train_models", name="train_models-split")
+def train_models_split(inp: Inputs) -> None:
+    seeds = [0, 1]
+    with kept(seeds=seeds):
+        wb.train_models(
+            "cnn", seeds, inp.train, 1, model_kwargs=_TINY_CNN, split="dirichlet", progress=False
+        )
+
+@case("partition")
+def partition(inp: Inputs) -> None:
+    for how in ("disjoint", "dirichlet"):
+        wb.partition(inp.train, 3, how, alpha=0.5, seed=0)
+
+@case("per_part_accuracy")
+def per_part_accuracy(inp: Inputs) -> None:
+    parts = wb.partition(inp.train, 2, "disjoint")
+    classes, weights = [0, 1, 2], {3: 1.0, 4: 2.0}
+    with kept(classes=classes, weights=weights):
+        wb.per_part_accuracy(inp.a, inp.test, [*parts, classes, weights, inp.train])
+
+
 EXCLUDED: dict[str, str] = {
     # result, error and data types, and the type aliases of permutations and maps
     **dict.fromkeys(
@@ -947,6 +976,7 @@ EXCLUDED: dict[str, str] = {
             "CheckpointError",
             "DatasetInfo",
             "DatasetUnavailableError",
+            "Ensemble",
             "Exemplars",
             "GraphTraceError",
             "GroupStatistics",

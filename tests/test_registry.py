@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pandas as pd
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
 import workbench as wb
 from tests.conftest import states_equal
@@ -75,7 +76,7 @@ def test_a_method_registered_here_works_everywhere(
     table = wb.compare_methods(
         [model_a, model_b], small_train, small_test, methods=(name,), progress=False
     )
-    assert set(table["method"]) == {name, "endpoints"}
+    assert set(table["method"]) == {name, *wb.analysis.comparison.REFERENCES}
     accuracy = table.set_index("method").loc[name, "accuracy"]
     assert 0.0 <= accuracy <= 1.0
 
@@ -134,7 +135,7 @@ def test_a_linear_method_is_searched_on_validation_by_its_declared_grid(
 
 def test_errors_say_what_is_registered_and_what_went_wrong(register, tiny_model) -> None:
     spec = permutation_spec(tiny_model, torch.zeros(2, 1, 28, 28))
-    with pytest.raises(ValueError, match=r"one of \['none', .*'cca'\].*Did you mean 'weight'"):
+    with pytest.raises(ValueError, match=r"one of \['none', .*'cca'.*\].*Did you mean 'weight'"):
         wb.align(tiny_model, tiny_model, "wieght", spec=spec)
     with pytest.raises(ValueError, match=r"Unknown options \['gama'\]: no registered method"):
         wb.merge_many([tiny_model, tiny_model], method="weight", bn=None, gama=0.1)
@@ -164,6 +165,10 @@ def test_errors_say_what_is_registered_and_what_went_wrong(register, tiny_model)
 
     register("small", too_small, needs_data=True, preserves_function=False, kind="linear")
     with pytest.raises(ValueError, match=r"'small' .* invalid linear: maps.* must be 4x4"):
-        wb.align(tiny_model, tiny_model, "small", torch.zeros(2, 1, 28, 28), spec=spec)
+        wb.align(
+            tiny_model, tiny_model, "small", TensorDataset(torch.zeros(2, 1, 28, 28)), spec=spec
+        )
     with pytest.raises(ValueError, match=r"'small' .* invalid linear"):  # match checks too
-        wb.alignment.match(tiny_model, tiny_model, "small", torch.zeros(2, 1, 28, 28), spec)
+        wb.alignment.match(
+            tiny_model, tiny_model, "small", TensorDataset(torch.zeros(2, 1, 28, 28)), spec
+        )

@@ -41,13 +41,13 @@ def test_repaired_statistics_equal_the_interpolated_targets(shipped_pair, spec, 
     for p in points:
         mean_t = (1 - alpha) * ends[0][p.point][0] + alpha * ends[1][p.point][0]
         std_t = (1 - alpha) * ends[0][p.point][1] + alpha * ends[1][p.point][1]
-        # The fold uses statistics measured with batch-normalized upstream layers, so the
-        # match is close, not exact; before REPAIR the statistics are far off.
+        # Each point is measured with the points before it already repaired, so the match
+        # is exact (to rounding); before REPAIR the statistics are far off.
         err_after = (got[p.point][1] - std_t).abs().max() / std_t.max()
         err_before = (before[p.point][1] - std_t).abs().max() / std_t.max()
-        assert err_after < 0.1, p.point
-        assert err_after < err_before, p.point
-        assert (got[p.point][0] - mean_t).abs().max() < 0.1 * std_t.max(), p.point
+        assert err_after < 1e-4, p.point
+        assert err_before > 1e-2, p.point
+        assert (got[p.point][0] - mean_t).abs().max() < 1e-4 * std_t.max(), p.point
 
 
 def test_repair_leaves_inputs_and_other_layers_alone(shipped_pair, spec, subset) -> None:

@@ -64,19 +64,22 @@ from workbench.data import (
     load_dataset,
     train_val_split,
 )
-from workbench.evaluation import Metrics, evaluate
+from workbench.evaluation import Metrics, evaluate, per_part_accuracy
 from workbench.graph import PermutationSpec, permutation_spec
 from workbench.merging import (
+    Ensemble,
     MergeReport,
     MergeResult,
     average,
     cca_merge,
+    ensemble,
     interpolate,
     merge_many,
     repair,
     reset_bn,
 )
 from workbench.modules import default_device
+from workbench.splits import partition
 from workbench.training import (
     TrainingRun,
     random_translate,
@@ -115,6 +118,7 @@ __all__ = [
     "CheckpointError",
     "DatasetInfo",
     "DatasetUnavailableError",
+    "Ensemble",
     "LMCCurve",
     "LossPlane",
     "MergeReport",
@@ -143,6 +147,7 @@ __all__ = [
     "dataset_info",
     "default_cache",
     "default_device",
+    "ensemble",
     "evaluate",
     "featviz",
     "figures",
@@ -162,6 +167,8 @@ __all__ = [
     "merging",
     "methods",
     "pairwise_curves",
+    "partition",
+    "per_part_accuracy",
     "permutation_spec",
     "plot_bands",
     "plot_comparison",

@@ -1,17 +1,28 @@
-"""Loss and accuracy of a classifier over a dataset."""
+"""Loss and accuracy of a classifier over a dataset, jointly and per part of a data split."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import Dataset
 
-from workbench.data import DataLike, batches
+from workbench.batching import batches
+from workbench.data import DataLike
 from workbench.modules import eval_mode, model_device
-from workbench.validation import check_data, check_int, check_labels, check_logits, check_models
+from workbench.validation import (
+    check_data,
+    check_int,
+    check_labels,
+    check_logits,
+    check_models,
+    check_number,
+)
 
 
 @dataclass(frozen=True)
@@ -92,3 +103,97 @@ def same_function(
             outputs.append(forward_checked(candidate, inputs.to(device)).float().cpu())
     error = torch.linalg.vector_norm(outputs[1] - outputs[0])
     return bool(error <= rtol * torch.linalg.vector_norm(outputs[0]))
+
+
+def part_class_weights(parts: Sequence[Any]) -> list[dict[int, float | None]]:
+    """How much each class counts for each part of a split (see :func:`per_part_accuracy`):
+    ``{class: weight}`` per part; ``None`` weights stand for "the evaluation data's own count
+    of the class". A part is a dataset (the per-class counts that
+    :func:`workbench.partition` recorded in its ``.partition``, else its labels counted), a
+    mapping ``{class: weight}`` or a collection of class indices."""
+    if isinstance(parts, (str, bytes, Dataset)) or not isinstance(parts, Sequence) or not parts:
+        raise TypeError(
+            "parts must be a non-empty sequence of parts: datasets (e.g. wb.partition(...)), "
+            f"class-index collections or {{class: weight}} mappings; got {type(parts).__name__}."
+        )
+    found = []
+    for index, part in enumerate(parts):
+        where = f"parts[{index}]"
+        if isinstance(part, Dataset):
+            record = getattr(part, "partition", None)
+            if isinstance(record, Mapping) and "counts" in record:
+                counts = torch.as_tensor(record["counts"], dtype=torch.long)
+            else:
+                check_data(part, name=where)
+                labels = [check_labels(y, 2**62, where) for _, y in batches(part)]
+                counts = torch.bincount(torch.cat(labels))
+            weights = {int(c): float(counts[c]) for c in counts.nonzero().reshape(-1)}
+        elif isinstance(part, Mapping):
+            weights = {
+                check_int(f"{where} class", c, minimum=0): check_number(
+                    f"{where}[{c!r}]", w, low=0.0
+                )
+                for c, w in part.items()
+            }
+        elif isinstance(part, Iterable) and not isinstance(part, (str, bytes)):
+            items = part.tolist() if isinstance(part, torch.Tensor) else list(part)
+            weights = {check_int(f"{where} class", c, minimum=0): None for c in items}
+        else:
+            raise TypeError(
+                f"{where} is a {type(part).__name__}; expected a dataset, a collection of class "
+                "indices or a {class: weight} mapping."
+            )
+        if not any(w is None or w > 0 for w in weights.values()):
+            raise ValueError(f"{where} holds no class (or only zero weights).")
+        found.append(weights)
+    return found
+
+
+def per_part_accuracy(
+    model: nn.Module, data: DataLike, parts: Sequence[Any], batch_size: int = 500
+) -> list[float]:
+    """The accuracy of ``model`` on ``data`` as each part of a split sees it, one number per
+    part: the per-class accuracies on ``data`` averaged with the part's weight of each class.
+
+    A part given as a collection of class indices weights its classes by their counts in
+    ``data``: the result is exactly the accuracy on ``data``'s examples of those classes. A
+    part given as a dataset (a part from :func:`workbench.partition`, e.g. of the training
+    set) weights each class by its number of examples in the part: for a disjoint split that
+    is the accuracy on the part's classes, for a Dirichlet split the accuracy under the
+    part's label distribution. A ``{class: weight}`` mapping gives the weights directly.
+    Classes that ``data`` lacks are left out; a part sharing no class with ``data`` is an
+    error. One pass over ``data``; the model is left as it was.
+    """
+    check_models(model)
+    check_int("batch_size", batch_size, minimum=1)
+    check_data(data)
+    weights = part_class_weights(parts)
+    device = model_device(model)
+    correct: torch.Tensor | None = None
+    count: torch.Tensor | None = None
+    with eval_mode(model), torch.inference_mode():
+        for inputs, labels in batches(data, batch_size):
+            logits = forward_checked(model, inputs.to(device))
+            labels = check_labels(labels, logits.shape[1], count=len(logits)).to(device)
+            hits = torch.bincount(labels[logits.argmax(1) == labels], minlength=logits.shape[1])
+            seen = torch.bincount(labels, minlength=logits.shape[1])
+            correct = hits.cpu() if correct is None else correct + hits.cpu()
+            count = seen.cpu() if count is None else count + seen.cpu()
+    if count is None:
+        raise ValueError("Cannot evaluate on an empty dataset: it yielded no examples.")
+    results = []
+    for index, part in enumerate(weights):
+        total = hit = 0.0
+        for cls, weight in part.items():
+            if cls >= len(count) or count[cls] == 0:
+                continue
+            w = float(count[cls]) if weight is None else weight
+            total += w
+            hit += w * float(correct[cls]) / float(count[cls])
+        if total == 0:
+            raise ValueError(
+                f"parts[{index}] shares no class with the data (its classes: "
+                f"{sorted(part)[:10]}); evaluate on data that holds them."
+            )
+        results.append(hit / total)
+    return results

@@ -6,7 +6,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,10 +14,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.data import DataLike, batches
+from workbench.batching import batches
+from workbench.data import DataLike
 from workbench.evaluation import evaluate
 from workbench.modules import default_device
+from workbench.splits import SPLITS, partition
 from workbench.validation import (
+    check_choice,
     check_data,
     check_int,
     check_labels,
@@ -38,15 +41,22 @@ __all__ = [
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
+SPLIT_ATTR = "workbench_split"
+"""The attribute of a model trained on one part of a data split: the part's ``.partition``."""
+
 
 @dataclass(frozen=True)
 class TrainingRun:
     """A trained model and its final ``metrics``: ``epochs``, ``train_seconds``,
     ``train_loss``/``train_accuracy`` and, when test data was given, ``test_loss``/
-    ``test_accuracy`` (what :func:`workbench.save_checkpoint` records as ``metrics=``)."""
+    ``test_accuracy`` (what :func:`workbench.save_checkpoint` records as ``metrics=``);
+    ``metadata``: further checkpoint metadata (``{"split": ...}`` for a model trained on one
+    part of a data split, :func:`training_runs`), saved as
+    ``save_checkpoint(run.model, path, metrics=run.metrics, **run.metadata)``."""
 
     model: nn.Module
     metrics: dict[str, float]
+    metadata: dict[str, Any] = field(default_factory=dict)
 
 
 def random_translate(max_shift: int = 2) -> Augment:
@@ -163,15 +173,30 @@ def training_runs(
     epochs: int,
     *,
     model_kwargs: dict[str, Any] | None = None,
+    split: str | None = None,
+    alpha: float = 0.5,
+    split_seed: int = 0,
     **train_kwargs: Any,
 ) -> list[TrainingRun]:
     """One :func:`training_run` of ``create_model(name, **model_kwargs)`` per seed; the seed
     sets both the initialization and the training randomness, so the models differ only by
-    seed."""
-    return [
-        training_run(model, data, epochs, seed, **train_kwargs)
-        for seed, model in _seeded_models(name, seeds, model_kwargs, train_kwargs)
-    ]
+    seed.
+
+    With ``split="disjoint"`` or ``"dirichlet"``, ``data`` (a Dataset) is first divided into
+    one part per seed, ``workbench.partition(data, len(seeds), split, alpha, split_seed)``,
+    and model ``i`` is trained on part ``i`` (its ``train_*`` metrics measured there, the
+    ``test_*`` ones on all of ``test_data``). Each run's ``metadata`` is then
+    ``{"split": part.partition}`` (how, ``alpha``, seed, part ``i`` of ``n``, its classes and
+    per-class counts), and the model carries the same record as ``model.workbench_split``:
+    ``save_checkpoint(run.model, path, metrics=run.metrics, **run.metadata)`` writes it.
+    """
+    parts = _parts(data, seeds, split, alpha, split_seed)
+    runs = []
+    models = _seeded_models(name, seeds, model_kwargs, train_kwargs)
+    for (seed, model), part in zip(models, parts, strict=True):
+        run = training_run(model, part, epochs, seed, **train_kwargs)
+        runs.append(TrainingRun(run.model, run.metrics, _record_split(run.model, part)))
+    return runs
 
 
 def train_models(
@@ -181,13 +206,48 @@ def train_models(
     epochs: int,
     *,
     model_kwargs: dict[str, Any] | None = None,
+    split: str | None = None,
+    alpha: float = 0.5,
+    split_seed: int = 0,
     **train_kwargs: Any,
 ) -> list[nn.Module]:
-    """The trained models of :func:`training_runs` alone (no final evaluation)."""
-    return [
-        train_model(model, data, epochs, seed, **train_kwargs)
-        for seed, model in _seeded_models(name, seeds, model_kwargs, train_kwargs)
-    ]
+    """The trained models of :func:`training_runs` alone (no final evaluation); with
+    ``split``, model ``i`` trained on part ``i`` and carrying it as ``model.workbench_split``
+    (save it with ``save_checkpoint(model, path, split=model.workbench_split)``)."""
+    parts = _parts(data, seeds, split, alpha, split_seed)
+    trained = []
+    models = _seeded_models(name, seeds, model_kwargs, train_kwargs)
+    for (seed, model), part in zip(models, parts, strict=True):
+        result = train_model(model, part, epochs, seed, **train_kwargs)
+        _record_split(result, part)
+        trained.append(result)
+    return trained
+
+
+def _parts(
+    data: DataLike, seeds: Sequence[int], split: str | None, alpha: float, split_seed: int
+) -> list[DataLike]:
+    """The data each seed's model trains on: all of ``data``, or its part of the split
+    (checked before any model is built or trained)."""
+    if split is None:
+        return [data] * len(seeds)
+    check_choice("split", split, SPLITS)
+    if len(seeds) < 2:
+        raise ValueError(
+            f"split={split!r} divides the data among the models, one part per seed; got "
+            f"{len(seeds)} seed(s). Pass at least 2 seeds, or split=None."
+        )
+    return partition(data, len(seeds), split, alpha=alpha, seed=split_seed)
+
+
+def _record_split(model: nn.Module, part: DataLike) -> dict[str, Any]:
+    """The checkpoint metadata of a model trained on ``part``: ``{"split": record}`` for a
+    part of a split (also set on the model as ``workbench_split``), else ``{}``."""
+    record = getattr(part, "partition", None)
+    if record is None:
+        return {}
+    setattr(model, SPLIT_ATTR, copy.deepcopy(record))
+    return {"split": copy.deepcopy(record)}
 
 
 def _seeded_models(

@@ -8,7 +8,7 @@ expected, and how to fix it. Three kinds of input are checked:
   where they are used, integer class indices in ``[0, classes)``. In-memory datasets are
   checked whole before any work (once per content: the result is remembered until a
   tensor changes); other datasets and DataLoaders are checked batch by batch as they
-  stream (:func:`workbench.data.batches` refuses a non-finite batch, and
+  stream (:func:`workbench.batching.batches` refuses a non-finite batch, and
   :func:`check_labels` every labelled batch), since reading them twice would double the
   cost.
 * **models** (:func:`check_models`): ``nn.Module`` instances with float32 parameters and
@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from workbench.data import TensorImageDataset, check_inputs
+from workbench.batching import check_inputs
+from workbench.data import TensorImageDataset
 from workbench.modules import check_compatible
 
 __all__ = [

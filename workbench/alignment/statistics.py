@@ -10,8 +10,9 @@ Activation matching uses the cross-correlations of a pair; CCA Merge the full co
 
 :class:`StreamingMoments` is the one accumulator of means and second moments in the
 workbench: the joint statistics here, the per-channel moments that REPAIR and the
-BatchNorm folding measure (:func:`channel_moments`), and RESET's exact statistics
-(:func:`workbench.merging.reset_bn_`) all combine their batches with it.
+BatchNorm folding measure (:func:`channel_moments`), and the layer-by-layer statistics of
+RESET and REPAIR (:mod:`workbench.merging.renorm`) all combine their batches with it. Every
+pass runs the models in eval mode, so no statistic depends on how the data is batched.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
-from workbench.data import DataLike, batches
+from workbench.batching import batches
+from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.graph import LayerPoint, PermutationGroup, PermutationSpec
 from workbench.graph.trace import trace_module
@@ -78,19 +80,22 @@ Moments = dict[str, tuple[torch.Tensor, torch.Tensor]]  # point -> (mean, std), 
 
 
 class ChannelMoments(StreamingMoments):
-    """Per-channel mean and variance of a tensor whose channels lie on axis ``dim``."""
+    """Per-channel mean and variance of a tensor whose channels lie on axis ``dim``, and
+    the number of ``batches`` they came from."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dim = dim
+        self.batches = 0
 
-    def add(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add one batch; return its own mean and (biased) variance, shaped to broadcast."""
+    def add(self, output: torch.Tensor) -> None:
+        """Add one batch (any size, one example included; half precision is measured in
+        float32)."""
         dims = [d for d in range(output.ndim) if d != self.dim % output.ndim]
-        var, mean = torch.var_mean(output, dims, correction=0, keepdim=True)
+        var, mean = torch.var_mean(output.float(), dims, correction=0)
         n = output.numel() // output.shape[self.dim]
-        self.update(n, mean.flatten(), var.flatten().double() * n)
-        return mean, var
+        self.update(n, mean, var.double() * n)
+        self.batches += 1
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, standard deviation) over everything added."""
@@ -104,17 +109,14 @@ def run_with_hooks(
     data: DataLike,
     batch_size: int,
     max_batches: int | None,
-    shuffle: bool = False,
 ) -> None:
-    """One eval-mode pass over ``data`` with forward hooks on the named modules (batches in
-    a fixed random order with ``shuffle``, for passes that use per-batch statistics)."""
+    """One eval-mode pass over ``data`` with forward hooks on the named modules."""
     modules = dict(model.named_modules())
     handles = [modules[name].register_forward_hook(fn) for name, fn in hooks.items()]
     device = model_device(model)
     try:
         with eval_mode(model), torch.no_grad():
-            generator = torch.Generator().manual_seed(0)
-            for inputs, _ in batches(data, batch_size, shuffle, generator, max_batches):
+            for inputs, _ in batches(data, batch_size, max_batches=max_batches):
                 forward_checked(model, inputs.to(device))
     finally:
         for handle in handles:

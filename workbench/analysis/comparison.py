@@ -1,8 +1,12 @@
 """Comparing merging methods: accuracy of the merged model against the number of models.
 
 One row per (method, N, BN handling): the merged model's accuracy and loss on the
-evaluation data and the seconds the merge took; ``"endpoints"`` rows give the mean
-accuracy of the N models themselves, the ceiling a merge is measured against.
+evaluation data and the seconds the merge took. For every N, reference rows come next to
+them: ``"endpoints"`` (the mean accuracy and loss of the N models themselves) and the two
+output ensembles of the same N models, ``"ensemble (logits)"`` and
+``"ensemble (probabilities)"`` (:func:`workbench.ensemble`), the ceiling a merge is
+measured against. With ``parts=`` (the parts of a data split) every row also reports the
+accuracy per part (:func:`workbench.evaluation.per_part_accuracy`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from workbench.alignment import registry
 from workbench.analysis.engine import resolve_cache
 from workbench.cache import ResultCache, data_fingerprint, fingerprint
 from workbench.data import DataLike
-from workbench.evaluation import evaluate
+from workbench.evaluation import evaluate, part_class_weights, per_part_accuracy
 from workbench.figures import (
     color_for,
     figure_for,
@@ -33,11 +37,16 @@ from workbench.figures import (
     save_table,
     series_label,
 )
-from workbench.merging import merge_many
+from workbench.merging import ensemble, merge_many
+from workbench.merging.ensemble import COMBINE
 
-__all__ = ["COLUMNS", "compare_methods", "plot_comparison"]
+__all__ = ["COLUMNS", "ENSEMBLES", "REFERENCES", "compare_methods", "plot_comparison"]
 
 COLUMNS = ["method", "n_models", "bn", "accuracy", "loss", "seconds", "gamma", "reference"]
+ENSEMBLES = {f"ensemble ({combine})": combine for combine in COMBINE}
+"""The ensemble rows' method names and how each combines the models' outputs."""
+REFERENCES = ("endpoints", *ENSEMBLES)
+"""The rows that are no merge: the models themselves and their output ensembles."""
 
 
 def compare_methods(
@@ -51,6 +60,7 @@ def compare_methods(
     csv: str | Path | None = None,
     progress: bool = True,
     cache: ResultCache | bool = True,
+    parts: Sequence | None = None,
     **merge_options,
 ) -> pd.DataFrame:
     """Merge the first N of ``models`` for each N in ``sizes`` (default 2..len(models))
@@ -62,11 +72,26 @@ def compare_methods(
     (``"none"`` for no handling); written to ``csv`` too when given. ``merge_options``
     go to :func:`workbench.merging.merge_many` (e.g. ``gamma=``, ``reference=``).
 
+    After the merges come, for each N, the reference rows (:data:`REFERENCES`; ``bn``
+    ``"-"``, ``seconds`` 0, no ``gamma`` or ``reference``): ``"endpoints"``, the mean
+    accuracy and loss of the N models, and ``"ensemble (logits)"`` and
+    ``"ensemble (probabilities)"``, :func:`workbench.ensemble` of the N models evaluated on
+    ``eval_data`` (the latter's loss is that of the averaged probabilities).
+
+    ``parts``: the parts of a data split the models were trained on (e.g.
+    ``wb.partition(train, n, "disjoint")``, or class-index lists); every row then gets
+    columns ``accuracy_part0``, ``accuracy_part1``, ... after :data:`COLUMNS`: the
+    accuracy on ``eval_data`` as each part sees it
+    (:func:`workbench.evaluation.per_part_accuracy`; for ``"endpoints"`` the models'
+    mean). ``accuracy`` stays the joint accuracy on all of ``eval_data``.
+
     Each row is cached on disk (:mod:`workbench.cache`), keyed by the content of the
     merged models and of both datasets, the method, BN handling and options, so that a
     dashboard or a re-run with one more method computes only what is new. The ``seconds``
     column is the time the merge took when it was computed. Options that are not plain
-    values (numbers, strings, lists) and data given as DataLoaders are never cached.
+    values (numbers, strings, lists) and data given as DataLoaders are never cached. The
+    ensemble rows are cached too, keyed by the N models and ``eval_data`` alone (and the
+    parts' class weights, when given).
     """
     models = list(models)
     sizes = list(sizes) if sizes is not None else list(range(2, len(models) + 1))
@@ -78,7 +103,17 @@ def compare_methods(
     bad = [n for n in sizes if not 2 <= n <= len(models)]
     if bad:
         raise ValueError(f"sizes must lie in 2..{len(models)} (the models given), got {bad}.")
-    endpoint = [evaluate(m, eval_data) for m in models]
+    weights = None if parts is None else part_class_weights(parts)
+    # the parts enter the keys only when given, so that rows without them stay cached
+    with_parts = {} if weights is None else {"parts": [sorted(w.items()) for w in weights]}
+
+    def measure(model: nn.Module) -> list[float]:
+        """Accuracy and loss on eval_data, then the per-part accuracies (if any)."""
+        metrics = evaluate(model, eval_data)
+        extra = [] if weights is None else per_part_accuracy(model, eval_data, weights)
+        return [metrics.accuracy, metrics.loss, *extra]
+
+    endpoint = [measure(m) for m in models]
     store = resolve_cache(cache)
     fingerprints = [fingerprint(m) for m in models]
     plain = all(_is_plain(value) for value in merge_options.values())
@@ -92,22 +127,37 @@ def compare_methods(
             method=method,
             bn=bn or "none",
             options=merge_options if plain else None,
+            **with_parts,
         )
 
         def merge(n: int = n, method: str = method) -> tuple[dict, dict]:
             result = merge_many(models[:n], data, method, bn=bn, progress=False, **merge_options)
-            metrics = evaluate(result.model, eval_data)
+            accuracy, loss, *extra = measure(result.model)
             report = result.report
-            row = [metrics.accuracy, metrics.loss, report.seconds, report.gamma, report.reference]
+            row = [accuracy, loss, report.seconds, report.gamma, report.reference, *extra]
             return {}, {"row": row}
 
         _, found = store.get_or_compute("compare-methods", key, merge)
         rows.append([method_label(method), n, str(bn).lower(), *found["row"]])
     for n in sizes:
-        accuracy = float(np.mean([m.accuracy for m in endpoint[:n]]))
-        loss = float(np.mean([m.loss for m in endpoint[:n]]))
-        rows.append(["endpoints", n, "-", accuracy, loss, 0.0, None, None])
-    table = pd.DataFrame(rows, columns=COLUMNS)
+        accuracy, loss, *extra = np.mean(endpoint[:n], axis=0).tolist()
+        rows.append(["endpoints", n, "-", accuracy, loss, 0.0, None, None, *extra])
+        for name, combine in ENSEMBLES.items():
+            key = store.key(
+                models=fingerprints[:n],
+                eval_data=data_fingerprint(eval_data),
+                ensemble=combine,
+                **with_parts,
+            )
+
+            def evaluate_ensemble(n: int = n, combine: str = combine) -> tuple[dict, dict]:
+                return {}, {"row": measure(ensemble(models[:n], combine))}
+
+            _, found = store.get_or_compute("compare-ensembles", key, evaluate_ensemble)
+            accuracy, loss, *extra = found["row"]
+            rows.append([name, n, "-", accuracy, loss, 0.0, None, None, *extra])
+    columns = COLUMNS + [f"accuracy_part{i}" for i in range(len(weights or []))]
+    table = pd.DataFrame(rows, columns=columns)
     if csv is not None:
         save_table(table, csv)
     return table
@@ -127,9 +177,12 @@ def plot_comparison(
 ) -> Figure:
     """Merged ``metric`` (``"accuracy"`` in %, or ``"loss"``) against the number of models,
     one line per method and BN handling (colour and marker: method; line style: BN
-    handling), the endpoints' mean as a grey line. Series are nudged sideways by a few
-    hundredths of a model so that equal values never hide one another; the accuracy axis
-    spans 0-100% and the legend sits above the axes."""
+    handling). The references are drawn behind them, never nudged: the endpoints' mean as
+    a broad grey line, and the output ensembles of the same models in the ensemble colour
+    and star marker of :mod:`workbench.figures` (black), dash-dotted for the logit
+    ensemble, densely dotted with hollow stars for the probability ensemble. Merge series
+    are nudged sideways by a few hundredths of a model so that equal values never hide
+    one another; the accuracy axis spans 0-100% and the legend sits above the axes."""
     if metric not in ("accuracy", "loss"):
         raise ValueError(f"metric must be 'accuracy' or 'loss', got {metric!r}.")
     missing = [c for c in ("method", "n_models", "bn", metric) if c not in table]
@@ -138,7 +191,7 @@ def plot_comparison(
     fig, ax = figure_for(ax, aspect=0.9)  # room for the legend above the axes
     scale = 100.0 if metric == "accuracy" else 1.0
     series = list(table.groupby(["method", "bn"], sort=False))
-    merged = [key for key, _ in series if key[0] != "endpoints"]
+    merged = [key for key, _ in series if key[0] not in REFERENCES]
     with paper_style():
         for index, ((method, bn), rows) in enumerate(series):
             rows = rows.sort_values("n_models")
@@ -152,6 +205,21 @@ def plot_comparison(
                     alpha=0.5,
                     label="endpoints (mean)",
                     zorder=1,
+                )
+                continue
+            if method in ENSEMBLES:
+                hollow = ENSEMBLES[method] == "probabilities"
+                ax.plot(
+                    rows["n_models"],
+                    scale * rows[metric],
+                    color=color_for("ensemble"),
+                    linestyle=(0, (1, 1)) if hollow else "-.",
+                    linewidth=1.0,
+                    marker=marker_for("ensemble"),
+                    markersize=5,
+                    markerfacecolor="white" if hollow else color_for("ensemble"),
+                    label=method,
+                    zorder=1.5,
                 )
                 continue
             shift = 0.06 * (merged.index((method, bn)) - (len(merged) - 1) / 2)

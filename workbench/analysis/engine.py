@@ -5,7 +5,10 @@ combinations of a few state dicts. Every point is loaded into one working copy o
 first model (no copy per point), optionally corrected (BatchNorm RESET, REPAIR) and then
 evaluated on every split under ``torch.inference_mode``.
 
-RESET (:func:`workbench.merging.reset_bn_`) costs one train-mode forward pass per point.
+RESET (:func:`workbench.merging.reset_bn_`) and REPAIR (:func:`workbench.merging.repair_`)
+cost one eval-mode pass per corrected layer and point, each stopped at its layer (RESET of
+the quickstart CNN: 2.4 times an evaluation pass, against 1.1 for the papers' one
+train-mode pass); their results, like the evaluation's, do not depend on ``batch_size``.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench import validation
+from workbench.batching import batches
 from workbench.cache import ResultCache, default_cache
-from workbench.data import DataLike, TensorImageDataset, batches
+from workbench.data import DataLike, TensorImageDataset
 from workbench.evaluation import evaluate, forward_checked
 from workbench.merging import reset_bn_
 from workbench.modules import eval_mode, load_weighted_average_, model_device

@@ -1,22 +1,31 @@
 """Dataset exemplars: the images of a dataset that most excite each channel of a layer.
 
 One streaming pass keeps, per channel, only the running top-k scores, their dataset
-indices and their activation maps: memory O(k x channels x map size), whatever the size
-of the dataset. A channel's score on an image is the maximum of its activation map over
-positions (the strongest local match; a mean would favour large, diffuse patterns).
+indices, their activation maps and the images themselves (as the model received them):
+memory O(k x channels x (map + image size)), whatever the size of the dataset. A channel's
+score on an image is the maximum of its activation map over positions (the strongest local
+match; a mean would favour large, diffuse patterns).
+
+Keeping the images (not looking them up afterwards) makes them the ones that produced the
+scores, whatever the loader does: a shuffled or custom sampler, random augmentation. The
+indices are those of the dataset (``data``, or a DataLoader's ``dataset``), recorded from
+the loader's own batch sampler as it runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
+from workbench.batching import batches
 from workbench.cache import ResultCache, data_fingerprint, default_cache, fingerprint
-from workbench.data import DataLike, batches
+from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.featviz.render import check_channels, resolve_layer
 from workbench.modules import eval_mode, model_device
@@ -27,9 +36,10 @@ __all__ = ["Exemplars", "top_exemplars"]
 @dataclass
 class Exemplars:
     """Per requested channel (rows), the ``k`` most exciting images, best first:
-    ``indices`` into the dataset (C, k), ``scores`` (C, k), ``maps`` the activation maps
+    ``indices`` into the dataset (C, k; -1 where the data has no indices: a DataLoader
+    over an iterable-style dataset), ``scores`` (C, k), ``maps`` the activation maps
     (C, k, H, W; 1x1 for linear layers) and ``images`` (C, k, channels, height, width),
-    as stored in the dataset (normalized)."""
+    exactly as the model received them (normalized, after the loader's transforms)."""
 
     layer: str
     channels: list[int]
@@ -39,15 +49,68 @@ class Exemplars:
     images: torch.Tensor
 
 
-def _images(data: DataLike, indices: torch.Tensor) -> torch.Tensor:
-    flat = indices.reshape(-1)
-    stored = getattr(data, "images", None)
-    if stored is not None:
-        picked = stored[flat]
-    else:
-        dataset = getattr(data, "dataset", data)
-        picked = torch.stack([dataset[int(i)][0] for i in flat])
-    return picked.reshape(*indices.shape, *picked.shape[1:])
+class _RecordingSampler:
+    """A loader's batch sampler that also queues every batch of indices it hands out, so
+    that the batches the loader returns (in the same order) can be matched to them."""
+
+    def __init__(self, batch_sampler: object) -> None:
+        self.batch_sampler = batch_sampler
+        self.pending: deque[list[int]] = deque()
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for indices in self.batch_sampler:
+            self.pending.append(list(indices))
+            yield indices
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+
+def _indexed_batches(data: DataLike) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(inputs, dataset indices)`` of one pass over ``data`` in the order it is served:
+    positions for a Dataset, the batch sampler's indices for a DataLoader (rebuilt on a
+    recording copy of its sampler, same workers and collation), -1 for an iterable one."""
+    if isinstance(data.dataset if isinstance(data, DataLoader) else data, IterableDataset):
+        for inputs, _ in batches(data, 500):
+            yield inputs, torch.full((len(inputs),), -1)
+        return
+    if not isinstance(data, DataLoader):
+        seen = 0
+        for inputs, _ in batches(data, 500):
+            yield inputs, torch.arange(seen, seen + len(inputs))
+            seen += len(inputs)
+        return
+    if data.batch_sampler is None:
+        raise ValueError(
+            "top_exemplars got a DataLoader with batch_size=None, which yields single "
+            "unbatched examples; build it with a batch_size (e.g. DataLoader(dataset, "
+            "batch_size=64))."
+        )
+    recorder = _RecordingSampler(data.batch_sampler)
+    loader = DataLoader(
+        data.dataset,
+        batch_sampler=recorder,
+        collate_fn=data.collate_fn,
+        num_workers=data.num_workers,
+        pin_memory=data.pin_memory,
+        timeout=data.timeout,
+        worker_init_fn=data.worker_init_fn,
+        multiprocessing_context=data.multiprocessing_context,
+        generator=data.generator,
+        prefetch_factor=data.prefetch_factor,
+        persistent_workers=data.persistent_workers,
+        pin_memory_device=data.pin_memory_device,
+        in_order=True,  # batches come back in the order the sampler gave them out
+    )
+    for inputs, _ in batches(loader):
+        indices = torch.as_tensor(recorder.pending.popleft(), dtype=torch.long)
+        if len(indices) != len(inputs):
+            raise ValueError(
+                f"The DataLoader's collate_fn made a batch of {len(inputs)} examples from "
+                f"{len(indices)} dataset indices, so its images cannot be traced back to the "
+                "dataset; use a collate_fn that keeps every example."
+            )
+        yield inputs, indices
 
 
 def _scan(
@@ -57,36 +120,59 @@ def _scan(
     captured: list[torch.Tensor] = []
     handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
     index = torch.tensor(channels)
-    best_scores = best_indices = best_maps = None
-    seen = 0
+    column = torch.arange(len(channels))
+    best: dict[str, torch.Tensor] | None = None
     device = model_device(model)
     try:
         with eval_mode(model), torch.inference_mode():
-            for inputs, _ in tqdm(
-                batches(data, 500), desc=f"exemplars {layer}", disable=not progress, leave=False
+            for inputs, ids in tqdm(
+                _indexed_batches(data), desc=f"exemplars {layer}", disable=not progress, leave=False
             ):
                 captured.clear()
                 forward_checked(model, inputs.to(device))
                 out = captured[0].float().cpu()
                 out = out[:, index] if out.ndim > 2 else out[:, index, None, None]
                 maps = out if out.ndim == 4 else out.flatten(2).unsqueeze(-1)
-                scores = maps.flatten(2).amax(2)  # (B, C)
-                ids = torch.arange(seen, seen + len(scores)).expand(len(channels), -1).T
-                seen += len(scores)
-                if best_scores is not None:
-                    scores = torch.cat([best_scores, scores])
-                    ids = torch.cat([best_indices, ids])
-                    maps = torch.cat([best_maps, maps])
+                inputs = inputs.cpu()
+                if best is None:  # nothing kept yet: empty tensors of the right shapes
+                    best = {
+                        "scores": maps.new_empty((0, len(channels))),
+                        "indices": ids.new_empty((0, len(channels))),
+                        "maps": maps[:0],
+                        "images": inputs.new_empty((0, len(channels), *inputs.shape[1:])),
+                    }
+                kept = len(best["scores"])
+                scores = torch.cat([best["scores"], maps.flatten(2).amax(2)])  # (kept + B, C)
                 top = scores.topk(min(k, len(scores)), dim=0).indices  # (k, C)
-                column = torch.arange(len(channels))
-                best_scores = scores[top, column]
-                best_indices = ids[top, column]
-                best_maps = maps[top, column[None, :]]
+                # The batch's images are shared by all channels: pick from one flat pool of
+                # the kept images (row rank * C + channel), then the batch's.
+                pool = torch.cat([best["images"].flatten(0, 1), inputs])
+                width = len(column)
+                pick = torch.where(top < kept, top * width + column, kept * width + top - kept)
+                ids = torch.cat([best["indices"], ids[:, None].expand(-1, width)])
+                best = {
+                    "scores": scores[top, column],
+                    "indices": ids[top, column],
+                    "maps": torch.cat([best["maps"], maps])[top, column[None, :]],
+                    "images": pool[pick],
+                }
     finally:
         handle.remove()
-    if best_scores is None:
+    if best is None:
         raise ValueError("Cannot find exemplars in an empty dataset.")
-    return {"indices": best_indices.T, "scores": best_scores.T, "maps": best_maps.transpose(0, 1)}
+    return {name: tensor.transpose(0, 1) for name, tensor in best.items()}
+
+
+def _complete(found: dict[str, torch.Tensor], channels: int, size: int) -> bool:
+    """A cache entry's check: one row per channel in every tensor, equal ranks, and
+    indices into the data (else a miss)."""
+    indices = found["indices"]
+    return (
+        all(len(found[name]) == channels for name in ("indices", "scores", "maps", "images"))
+        and indices.shape == found["scores"].shape == found["maps"].shape[:2]
+        and found["images"].shape[:2] == indices.shape
+        and bool(((indices >= 0) & (indices < size)).all())
+    )
 
 
 def top_exemplars(
@@ -101,7 +187,12 @@ def top_exemplars(
 ) -> Exemplars:
     """The ``k`` images of ``data`` that excite each channel of ``layer`` most (all
     channels by default), from one streaming pass; cached on disk by model and data content
-    (data without a content hash, such as a DataLoader, is scanned every time)."""
+    (data without a content hash, such as a DataLoader, is scanned every time).
+
+    The images are the very inputs that got the scores and the indices those of the
+    dataset, whatever a DataLoader's order (shuffled, custom sampler); a DataLoader over an
+    iterable-style dataset has no indices, so they are -1 there.
+    """
     module = resolve_layer(model, layer)
     count = module.out_features if isinstance(module, nn.Linear) else module.out_channels
     channels = check_channels(model, layer, list(range(count)) if channels is None else channels)
@@ -114,17 +205,15 @@ def top_exemplars(
         layer=layer,
         channels=channels,
         k=k,
+        version=2,  # the images are part of the result
     )
     found, _ = store.get_or_compute(
         "exemplars",
         key,
         lambda: (_scan(model, layer, data, channels, k, progress), {"layer": layer}),
+        expect=("indices", "scores", "maps", "images"),
+        valid=lambda t, _: _complete(t, len(channels), len(data)),
     )
     return Exemplars(
-        layer,
-        channels,
-        found["indices"],
-        found["scores"],
-        found["maps"],
-        _images(data, found["indices"]),
+        layer, channels, found["indices"], found["scores"], found["maps"], found["images"]
     )

@@ -37,7 +37,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from torch import nn
 
-from workbench.data import DataLike, batches
+from workbench.batching import batches
+from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.featviz.render import check_channels, input_format, render_channels, resolve_layer
 from workbench.featviz.views import _show_image

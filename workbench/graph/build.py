@@ -10,8 +10,9 @@ from collections.abc import Iterable
 import torch
 from torch import fx, nn
 
+from workbench.batching import batches
 from workbench.checkpoints import checkpoint_metadata
-from workbench.data import DataLike, batches, dataset_info
+from workbench.data import DataLike, dataset_info
 from workbench.graph.labels import FIXED, GraphLabels, Label
 from workbench.graph.rules import (
     FUNCTION_RULES,

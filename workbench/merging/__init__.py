@@ -1,7 +1,10 @@
 """Merging models: in weight space (:mod:`~workbench.merging.weights`), renormalizing the
 result (:mod:`~workbench.merging.renorm`: RESET, REPAIR), and N models aligned into one
-neuron order and averaged (:mod:`~workbench.merging.many`)."""
+neuron order and averaged (:mod:`~workbench.merging.many`); output ensembles
+of the same models, the ceiling a merge is measured against
+(:mod:`~workbench.merging.ensemble`)."""
 
+from workbench.merging.ensemble import Ensemble, ensemble
 from workbench.merging.many import (
     BN_HANDLING,
     GAMMA_GRID,
@@ -16,10 +19,12 @@ from workbench.merging.weights import average, interpolate, load_interpolation_
 __all__ = [
     "BN_HANDLING",
     "GAMMA_GRID",
+    "Ensemble",
     "MergeReport",
     "MergeResult",
     "average",
     "cca_merge",
+    "ensemble",
     "interpolate",
     "load_interpolation_",
     "merge_many",
