@@ -88,7 +88,7 @@ def test_plot_shows_a_gallery_row_per_step_count(tradeoff) -> None:
         ({"steps": (8.5,)}, r"got \[8.5\]"),
         ({"layer": "features.conv9"}, "has no layer 'features.conv9'"),
         ({"layer": "features.bn2"}, "is a BatchNorm2d"),
-        ({"channels": [64]}, r"Channels \[64\] are out of range"),
+        ({"channels": [64]}, r"must be in \[0, 63\], got 64"),
         ({"cache": False}, "always renders with cache=False"),
     ],
 )
