@@ -965,6 +965,20 @@ def per_part_accuracy(inp: Inputs) -> None:
         wb.per_part_accuracy(inp.a, inp.test, [*parts, classes, weights, inp.train])
 
 
+@case("np_merge")
+def np_merge(inp: Inputs) -> None:
+    models, learning = [inp.a, inp.b, inp.c], {"steps": 4, "eval_every": 2, "progress": False}
+    with kept(models=models, learning=learning):
+        wb.np_merge(models, inp.train, **learning)
+        wb.np_merge(models[:2], inp.train, "activation", bn=None, combine="joint", **learning)
+
+@case("merge_many", name="merge_many-learned")
+def merge_many_learned(inp: Inputs) -> None:
+    models = [inp.a, inp.b]
+    with kept(models=models):
+        wb.merge_many(models, inp.train, "weight", merge="learned", steps=2, progress=False)
+
+
 EXCLUDED: dict[str, str] = {
     # result, error and data types, and the type aliases of permutations and maps
     **dict.fromkeys(
@@ -1051,6 +1065,7 @@ EXCLUDED: dict[str, str] = {
             "cached_curves",
             "curves_frame",
             "plot_bands",
+            "plot_coefficients",
             "plot_comparison",
             "plot_curves",
             "plot_gallery",

@@ -31,6 +31,7 @@ from workbench.alignment import (
     register_method,
     weight_matching,
 )
+from workbench.analysis.coefficients import plot_coefficients
 from workbench.analysis.comparison import compare_methods, plot_comparison
 from workbench.analysis.lmc import (
     LMCCurve,
@@ -75,6 +76,7 @@ from workbench.merging import (
     ensemble,
     interpolate,
     merge_many,
+    np_merge,
     repair,
     reset_bn,
 )
@@ -166,11 +168,13 @@ __all__ = [
     "merge_many",
     "merging",
     "methods",
+    "np_merge",
     "pairwise_curves",
     "partition",
     "per_part_accuracy",
     "permutation_spec",
     "plot_bands",
+    "plot_coefficients",
     "plot_comparison",
     "plot_curves",
     "random_permutation",

@@ -1,10 +1,12 @@
 """Merging models: in weight space (:mod:`~workbench.merging.weights`), renormalizing the
 result (:mod:`~workbench.merging.renorm`: RESET, REPAIR), and N models aligned into one
-neuron order and averaged (:mod:`~workbench.merging.many`); output ensembles
+neuron order and averaged (:mod:`~workbench.merging.many`) or merged with learned
+per-parameter coefficients (:mod:`~workbench.merging.learned`: NP Merge); output ensembles
 of the same models, the ceiling a merge is measured against
 (:mod:`~workbench.merging.ensemble`)."""
 
 from workbench.merging.ensemble import Ensemble, ensemble
+from workbench.merging.learned import np_merge
 from workbench.merging.many import (
     BN_HANDLING,
     GAMMA_GRID,
@@ -28,6 +30,7 @@ __all__ = [
     "interpolate",
     "load_interpolation_",
     "merge_many",
+    "np_merge",
     "repair",
     "repair_",
     "repair_points",

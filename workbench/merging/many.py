@@ -38,11 +38,12 @@ from workbench.merging.renorm import repair, reset_bn
 from workbench.merging.weights import average
 from workbench.modules import has_batchnorm
 from workbench.tuning import grid_points, validation_search
-from workbench.validation import check_data, check_int, check_models, check_number
+from workbench.validation import check_choice, check_data, check_int, check_models, check_number
 
 __all__ = [
     "BN_HANDLING",
     "GAMMA_GRID",
+    "MERGES",
     "MergeReport",
     "MergeResult",
     "cca_merge",
@@ -50,6 +51,10 @@ __all__ = [
 ]
 
 BN_HANDLING = (None, "reset", "repair")
+MERGES = ("average", "learned")
+# merge_many's options that go to NP Merge's learning (``learn_batch_size`` is its
+# ``batch_size``: merge_many's own is the batch size of the passes).
+_LEARNED_OPTIONS = ("combine", "steps", "lr", "data_fraction", "eval_every", "patience")
 
 
 @dataclass
@@ -57,7 +62,11 @@ class MergeReport:
     """How a merged model was made: method, reference index, BN handling, the method's
     hyperparameters (chosen on validation or given; ``gamma``: CCA's ridge, kept apart
     for the code that reads it) with the validation accuracy of each candidate, the
-    groups a linear method could only permute, seconds."""
+    groups a linear method could only permute, seconds. ``merge``: ``"average"`` or
+    ``"learned"`` (NP Merge, :func:`~workbench.merging.learned.np_merge`), which also
+    fills ``curves`` (the validation curve of each learning problem: step, loss,
+    accuracy) and ``coefficients`` (problem -> layer -> quantiles of the learned
+    coefficients, their mean, spread and mean distance from the start ``init``)."""
 
     method: str
     num_models: int
@@ -68,6 +77,9 @@ class MergeReport:
     permuted_groups: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    merge: str = "average"
+    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    coefficients: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -81,7 +93,12 @@ class MergeResult:
     report: MergeReport
 
 
-def _check_inputs(models: Sequence[nn.Module], bn: str | None, options: dict) -> None:
+def _check_inputs(
+    models: Sequence[nn.Module],
+    bn: str | None,
+    options: dict,
+    without_batchnorm: str = "bn='repair' (works without BatchNorm) or bn=None",
+) -> None:
     if bn not in BN_HANDLING:
         raise ValueError(f"bn must be one of {BN_HANDLING}, got {bn!r}.")
     if len(models) < 2:
@@ -90,7 +107,7 @@ def _check_inputs(models: Sequence[nn.Module], bn: str | None, options: dict) ->
     if bn == "reset" and not has_batchnorm(models[0]):
         raise ValueError(
             f"bn='reset' needs BatchNorm layers and {type(models[0]).__name__} has none; "
-            "use bn='repair' (works without BatchNorm) or bn=None."
+            f"use {without_batchnorm}."
         )
     known = [get_method(name) for name in methods()]
     unknown = sorted(k for k in options if not any(m.accepts(k) for m in known))
@@ -173,6 +190,7 @@ def merge_many(
     batch_size: int = 500,
     max_batches: int | None = None,
     progress: bool = True,
+    merge: str = "average",
     **options: Any,
 ) -> MergeResult:
     """One model merged from ``models`` (N >= 2) by ``method`` (see module docstring):
@@ -192,7 +210,22 @@ def merge_many(
     validation accuracy. ``gammas=`` is the former name of ``gamma=<values>``. The
     validation split is ``val_data`` or a stratified ``val_fraction`` of ``data``, held
     out of everything else. Inputs are not modified.
+
+    ``merge="learned"`` runs NP Merge on the models aligned by ``method``
+    (:func:`~workbench.merging.learned.np_merge`; ``bn`` ``"reset"`` or ``None``), with
+    its options ``combine``, ``steps``, ``lr``, ``data_fraction``, ``eval_every``,
+    ``patience`` and ``learn_batch_size`` (its ``batch_size``).
     """
+    check_choice("merge", merge, MERGES)
+    if merge == "learned":
+        return _learned(
+            models, data, method, bn=bn, reference=reference, val_data=val_data,
+            val_fraction=val_fraction, spec=spec, seed=seed, eval_batch_size=batch_size,
+            max_batches=max_batches, progress=progress, **options,
+        )  # fmt: skip
+    for name in (*_LEARNED_OPTIONS, "learn_batch_size"):
+        if name in options:
+            raise ValueError(f"{name}= is an option of merge='learned' (NP Merge) only.")
     started = time.perf_counter()
     models = list(models)
     found = get_method(method)
@@ -255,6 +288,14 @@ def merge_many(
         hyperparameters=search.point,
     )
     return MergeResult(search.model, report)
+
+
+def _learned(models, data, method, *, learn_batch_size=None, **options) -> MergeResult:
+    from workbench.merging.learned import np_merge  # learned.py builds on this module
+
+    if learn_batch_size is not None:
+        options["batch_size"] = learn_batch_size
+    return np_merge(models, data, method, **options)
 
 
 def _permuted_groups(
