@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -14,6 +15,7 @@ from torch import nn
 from workbench.graph.spec import Axis, PermutationSpec
 
 __all__ = [
+    "GroupMap",
     "LinearMaps",
     "Permutation",
     "apply_linear_maps",
@@ -193,7 +195,26 @@ def tied_keys(model: nn.Module) -> list[list[str]]:
 # General linear maps (CCA Merge)
 
 
-LinearMaps = dict[str, torch.Tensor]  # group -> invertible (size x size) matrix
+class GroupMap(NamedTuple):
+    """A group's channels mapped by two matrices that need be neither square nor each
+    other's inverse: the map of a merge (ZipIt!'s merge and unmerge matrices, a transport
+    plan between models of different widths), not of an exact reparametrization.
+
+    ``out`` (``m x n``, ``n`` the group's channels in this model, ``m`` in the target)
+    multiplies the producers' output rows and biases (role ``"out"``) and the per-channel
+    parameters and statistics (``"channel"``: each new channel's BatchNorm parameters are
+    the same combination of the old ones as the channel itself); ``into`` (``n x m``)
+    multiplies the consumers' input columns (``"in"``). The function is kept only when
+    ``out`` is a permutation matrix and ``into`` its transpose; otherwise reset the
+    BatchNorm statistics of what is built from it (RESET).
+    """
+
+    out: torch.Tensor
+    into: torch.Tensor
+
+
+# group -> invertible (size x size) matrix, or a GroupMap (possibly rectangular)
+LinearMaps = dict[str, torch.Tensor | GroupMap]
 
 
 def channel_block(tensor: torch.Tensor, ax: Axis, size: int) -> tuple[torch.Tensor, slice]:
@@ -204,9 +225,11 @@ def channel_block(tensor: torch.Tensor, ax: Axis, size: int) -> tuple[torch.Tens
 
 
 def _write_block(tensor: torch.Tensor, ax: Axis, span: slice, block: torch.Tensor) -> torch.Tensor:
-    moved = tensor.movedim(ax.axis, 0).clone()
-    moved[span] = block.reshape(moved[span].shape)
-    return moved.movedim(0, ax.axis)
+    """``tensor`` with the group's slice replaced by ``block`` (``(size, block, rest)``),
+    which may hold another number of channels."""
+    moved = tensor.movedim(ax.axis, 0)
+    rows = block.reshape(-1, *moved.shape[1:]).to(moved.dtype)
+    return torch.cat([moved[: span.start], rows, moved[span.stop :]]).movedim(0, ax.axis)
 
 
 def _is_permutation_matrix(matrix: torch.Tensor) -> torch.Tensor | None:
@@ -221,21 +244,48 @@ def _is_permutation_matrix(matrix: torch.Tensor) -> torch.Tensor | None:
     return ones.float().argmax(1)
 
 
-def check_linear_maps(spec: PermutationSpec, maps: Mapping[str, torch.Tensor]) -> None:
+def check_linear_maps(spec: PermutationSpec, maps: Mapping[str, torch.Tensor | GroupMap]) -> None:
     """Raise ``ValueError`` unless every map belongs to a group of ``spec`` and is a
-    square matrix of the group's size (groups without a map are left as they are)."""
+    square matrix of the group's size, or a :class:`GroupMap` whose ``out`` is ``m x
+    size`` and ``into`` ``size x m`` (groups without a map are left as they are)."""
     unknown = sorted(set(maps) - set(spec.groups))
     if unknown:
         raise ValueError(f"Unknown groups {unknown}; the spec has {list(spec.groups)}.")
     for name, matrix in maps.items():
         size = spec.groups[name].size
+        if isinstance(matrix, GroupMap):
+            out, into = (tuple(torch.as_tensor(m).shape) for m in matrix)
+            if len(out) != 2 or out[1] != size or into != (size, out[0]):
+                raise ValueError(
+                    f"maps[{name!r}] must be a GroupMap of an (m x {size}) out and a "
+                    f"({size} x m) into, got {out} and {into}."
+                )
+            continue
         shape = tuple(torch.as_tensor(matrix).shape)
         if shape != (size, size):
             raise ValueError(f"maps[{name!r}] must be {size}x{size}, got {shape}.")
 
 
+def _pair(matrix: torch.Tensor | GroupMap) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """``(out, into, merge)``: a square map's inverse is its ``into``; ``merge`` is whether
+    per-channel parameters follow ``out`` (a :class:`GroupMap`) or need a permutation."""
+    if isinstance(matrix, GroupMap):
+        return matrix.out.double(), matrix.into.double(), True
+    matrix = torch.as_tensor(matrix, dtype=torch.float64)
+    return matrix, torch.linalg.inv(matrix), False
+
+
+def _permutation_of(out: torch.Tensor, into: torch.Tensor, merge: bool) -> torch.Tensor | None:
+    """The permutation the map amounts to, if ``out`` is a permutation matrix (and, for
+    a :class:`GroupMap`, ``into`` its inverse: its transpose)."""
+    perm = _is_permutation_matrix(out) if out.shape[0] == out.shape[1] else None
+    return perm if perm is not None and (not merge or torch.equal(into, out.T)) else None
+
+
 def transform_state(
-    state: Mapping[str, torch.Tensor], spec: PermutationSpec, maps: Mapping[str, torch.Tensor]
+    state: Mapping[str, torch.Tensor],
+    spec: PermutationSpec,
+    maps: Mapping[str, torch.Tensor | GroupMap],
 ) -> dict[str, torch.Tensor]:
     """A new state dict in which each group's channels ``x`` become ``maps[g] @ x``.
 
@@ -244,41 +294,59 @@ def transform_state(
     group's producers and consumers computes the same function. Per-channel parameters
     (``"channel"``: BatchNorm, depthwise filters) and grouped convolutions can only follow
     a permutation matrix; fold BatchNorm into the layers first (:func:`fold_batchnorm`).
+    A :class:`GroupMap` gives the inputs' matrix itself, may change the group's number
+    of channels (the tensors change shape) and carries per-channel parameters along
+    with ``out``; grouped convolutions and block-structured groups still take only
+    permutations.
     """
     check_linear_maps(spec, maps)
     out = _copy_state(state)
-    for name, matrix in maps.items():
-        group = spec.groups[name]
-        matrix = torch.as_tensor(matrix, dtype=torch.float64)
-        inverse_matrix = torch.linalg.inv(matrix)
-        perm = _is_permutation_matrix(matrix)
-        for ax in group.axes:
-            tensor = out[ax.key]
-            if ax.role == "channel" or ax.grouped != 1 or group.blocks != 1:
-                if perm is None:
-                    kind = "per-channel" if ax.role == "channel" else "grouped-convolution"
-                    raise ValueError(
-                        f"Group {name!r} has the {kind} tensor {ax.key}, which a general linear "
-                        "map cannot transform exactly; fold BatchNorm into the layers "
-                        "(fold_batchnorm) or use a permutation for this group."
-                    )
-                out[ax.key] = permute_axis(tensor, ax, perm)
-                continue
-            block, span = channel_block(tensor.double(), ax, group.size)
-            if ax.role == "out":
-                new = torch.einsum("ij,jbr->ibr", matrix.to(tensor.device), block)
-            else:
-                new = torch.einsum("kj,kbr->jbr", inverse_matrix.to(tensor.device), block)
-            out[ax.key] = _write_block(tensor.double(), ax, span, new).to(tensor.dtype)
+    items = [(name, ax) for name in maps for ax in spec.groups[name].axes]
+    # Highest offset first, so that a group that changes size leaves the offsets of the
+    # groups before it on the same axis (a concatenation's consumer) valid.
+    items.sort(key=lambda item: -item[1].offset)
+    pairs = {name: _pair(matrix) for name, matrix in maps.items()}
+    for name, ax in items:
+        group, (matrix, into, merge) = spec.groups[name], pairs[name]
+        perm = _permutation_of(matrix, into, merge)
+        tensor = out[ax.key]
+        if perm is not None and (ax.role == "channel" or ax.grouped != 1 or group.blocks != 1):
+            out[ax.key] = permute_axis(tensor, ax, perm)
+            continue
+        if ax.grouped != 1 or group.blocks != 1 or (ax.role == "channel" and not merge):
+            kind = "per-channel" if ax.role == "channel" else "grouped-convolution"
+            raise ValueError(
+                f"Group {name!r} has the {kind} tensor {ax.key}, which a general linear "
+                "map cannot transform exactly; fold BatchNorm into the layers "
+                "(fold_batchnorm) or use a permutation for this group."
+            )
+        block, span = channel_block(tensor.double(), ax, group.size)
+        if ax.role == "in":
+            new = torch.einsum("kj,kbr->jbr", into.to(tensor.device), block)
+        else:
+            new = torch.einsum("ij,jbr->ibr", matrix.to(tensor.device), block)
+        out[ax.key] = _write_block(tensor, ax, span, new)
     return out
 
 
 def apply_linear_maps(
-    model: nn.Module, spec: PermutationSpec, maps: Mapping[str, torch.Tensor]
+    model: nn.Module,
+    spec: PermutationSpec,
+    maps: Mapping[str, torch.Tensor | GroupMap],
+    like: nn.Module | None = None,
 ) -> nn.Module:
-    """A new model whose groups' channels are mapped by invertible matrices (see
-    :func:`transform_state`). Groups not in ``maps`` are left as they are."""
+    """A new model whose groups' channels are mapped by invertible matrices or
+    :class:`GroupMap` pairs (see :func:`transform_state`); groups not in ``maps`` are
+    left as they are. Maps that change a group's width need ``like``: a model of the
+    target widths (the reference), whose architecture the result copies."""
     spec.check_model(model)
-    transformed = copy.deepcopy(model)
-    transformed.load_state_dict(transform_state(model.state_dict(), spec, maps))
+    state = transform_state(model.state_dict(), spec, maps)
+    transformed = copy.deepcopy(model if like is None else like)
+    try:
+        transformed.load_state_dict(state)
+    except RuntimeError as error:
+        hint = "pass like=<a model of the target widths>" if like is None else "check like="
+        raise ValueError(
+            f"The mapped weights do not fit {type(transformed).__name__}: {hint}. ({error})"
+        ) from error
     return transformed
