@@ -90,7 +90,8 @@ def test_layer_and_channel_errors(shipped_pair) -> None:
     with pytest.raises(ValueError, match=r"is a BatchNorm2d; .* conv and linear"):
         fv.render_channels(model, "features.bn1", [0], steps=1)
     with pytest.raises(
-        ValueError, match=rf"channels of layer 'features\.conv1'\[1\] must be in \[0, {n - 1}\], got {n}"
+        ValueError,
+        match=rf"channels of layer 'features\.conv1'\[1\] must be in \[0, {n - 1}\], got {n}",
     ):
         fv.render_channels(model, "features.conv1", [3, n], steps=1)
 

@@ -182,21 +182,29 @@ def test_the_report(trained, tiny_train) -> None:
 
 
 def test_merge_many_runs_it(trained, tiny_train) -> None:
-    options = {"steps": 10, "eval_every": 5, "lr": 0.1, "seed": 2}
+    options = {"steps": 10, "eval_every": 5, "lr": 0.1, "batch_size": 32}
+    direct = wb.np_merge(trained[:2], tiny_train, "weight", seed=2, progress=False, **options)
+    learn = {f"learn_{name}": value for name, value in options.items()}
     through = wb.merge_many(
-        trained[:2], tiny_train, "weight", merge="learned", learn_batch_size=32, progress=False,
-        **options,
-    )  # fmt: skip
-    direct = wb.np_merge(
-        trained[:2], tiny_train, "weight", batch_size=32, progress=False, **options
+        trained[:2], tiny_train, "weight", merge="learned", seed=2, progress=False, **learn
     )
     assert states_equal(through.model.state_dict(), direct.model.state_dict())
     assert through.report.merge == "learned" and through.report.hyperparameters["batch_size"] == 32
+    # the registered method "np_merge" runs the same merge by name (compare_methods' rows)
+    named = wb.merge_many(trained[:2], tiny_train, "np_merge", seed=2, progress=False, **learn)
+    assert states_equal(named.model.state_dict(), direct.model.state_dict())
+    assert named.report.method == "np_merge"
     assert wb.merge_many(trained[:2], tiny_train, progress=False).report.merge == "average"
     with pytest.raises(ValueError, match="merge must be one of"):
         wb.merge_many(trained[:2], tiny_train, merge="mean", progress=False)
-    with pytest.raises(ValueError, match="merge='learned'"):
-        wb.merge_many(trained[:2], tiny_train, steps=10, progress=False)
+    with pytest.raises(ValueError, match="learn_steps= and learn_lr="):
+        wb.merge_many(trained[:2], tiny_train, merge="learned", steps=10, progress=False)
+    with pytest.raises(ValueError, match="merges them itself"):
+        wb.merge_many(trained[:2], tiny_train, "np_merge", merge="learned", progress=False)
+    with pytest.raises(ValueError, match="bn='reset' or bn=None"):
+        wb.merge_many(trained[:2], tiny_train, "np_merge", bn="repair", progress=False)
+    with pytest.raises(ValueError, match="does not align one model to another"):
+        wb.align(*trained[:2], "np_merge", tiny_train)
 
 
 def test_activation_alignment_and_less_data(trained, tiny_train) -> None:

@@ -419,12 +419,22 @@ def activation_matching(inp: Inputs) -> None:
     wb.activation_matching(inp.a, inp.b, inp.train, progress=False)
 
 
+@case("ste_matching")
+def ste_matching(inp: Inputs) -> None:
+    # a step large enough to move the projection, on batches smaller than the data
+    wb.ste_matching(inp.a, inp.b, inp.train, steps=3, lr=0.05, batch_size=64, progress=False)
+
+
+# Per method, options that keep a case small where its defaults do a long run.
+FAST_OPTIONS: dict[str, dict[str, Any]] = {"ste": {"steps": 2}}
+
+
 def _match(inp: Inputs, method: str) -> None:
-    wb.match(inp.a, inp.b, method, inp.train, **_quiet(method))
+    wb.match(inp.a, inp.b, method, inp.train, **_quiet(method), **FAST_OPTIONS.get(method, {}))
 
 
 def _align(inp: Inputs, method: str) -> None:
-    wb.align(inp.a, inp.b, method, inp.train, **_quiet(method))
+    wb.align(inp.a, inp.b, method, inp.train, **_quiet(method), **FAST_OPTIONS.get(method, {}))
 
 
 for _method in wb.methods():
@@ -530,6 +540,8 @@ MERGE_OPTIONS: dict[str, dict[str, Any]] = {
     "weight": {"bn": "reset", "reference": "best"},
     "activation": {"bn": None},
     "cca": {"bn": "reset", "gamma": (0.1, 1.0)},
+    "ste": {"bn": "reset", "batch_size": 64, "steps": 2},
+    "np_merge": {"learn_steps": 2, "learn_eval_every": 1},
 }
 
 
@@ -546,6 +558,30 @@ for _method in wb.methods():
 @case("cca_merge")
 def cca_merge(inp: Inputs) -> None:
     wb.cca_merge([inp.a, inp.b], inp.train, gamma=0.1, progress=False)
+
+
+@case("np_merge")
+def np_merge(inp: Inputs) -> None:
+    models, learning = [inp.a, inp.b, inp.c], {"steps": 4, "eval_every": 2, "progress": False}
+    with kept(models=models, learning=learning):
+        wb.np_merge(models, inp.train, **learning)
+        wb.np_merge(models[:2], inp.train, "activation", bn=None, combine="joint", **learning)
+
+
+@case("merge_many", name="merge_many-learned")
+def merge_many_learned(inp: Inputs) -> None:
+    models = [inp.a, inp.b]
+    with kept(models=models):
+        wb.merge_many(models, inp.train, "weight", merge="learned", learn_steps=2, progress=False)
+
+
+@case("ensemble")
+def ensemble(inp: Inputs) -> None:
+    # the ensemble holds the models themselves: using it must leave them as they were
+    models = [inp.a, inp.b, inp.plain_a]
+    with kept(models=models):
+        for combine in ("logits", "probabilities"):
+            wb.evaluate(wb.ensemble(models, combine), inp.test)
 
 
 # -- analysis
@@ -672,6 +708,15 @@ def train_models(inp: Inputs) -> None:
         wb.train_models("cnn", [0], inp.train, 1, model_kwargs=model_kwargs, progress=False)
 
 
+@case("train_models", name="train_models-split")
+def train_models_split(inp: Inputs) -> None:
+    seeds = [0, 1]
+    with kept(seeds=seeds):
+        wb.train_models(
+            "cnn", seeds, inp.train, 1, model_kwargs=_TINY_CNN, split="dirichlet", progress=False
+        )
+
+
 @case("training_runs")
 def training_runs(inp: Inputs) -> None:
     wb.training_runs(
@@ -696,6 +741,20 @@ def metadata(inp: Inputs) -> None:
 @case("train_val_split")
 def train_val_split(inp: Inputs) -> None:
     wb.train_val_split(inp.train, 0.2)
+
+
+@case("partition")
+def partition(inp: Inputs) -> None:
+    for how in ("disjoint", "dirichlet"):
+        wb.partition(inp.train, 3, how, alpha=0.5, seed=0)
+
+
+@case("per_part_accuracy")
+def per_part_accuracy(inp: Inputs) -> None:
+    parts = wb.partition(inp.train, 2, "disjoint")
+    classes, weights = [0, 1, 2], {3: 1.0, 4: 2.0}
+    with kept(classes=classes, weights=weights):
+        wb.per_part_accuracy(inp.a, inp.test, [*parts, classes, weights, inp.train])
 
 
 # -- feature visualization
@@ -935,49 +994,6 @@ _NO_MODEL = "takes no model and no dataset"
 _RESULTS = "takes results (curves, tables, planes, matches), never a model or a dataset"
 _PLUMBING = "works on permutations, specs, statistics or state dicts, not on models or data"
 _IN_PLACE = "in place by design: the trailing underscore and the docstring say so"
-
-@case("ensemble")
-def ensemble(inp: Inputs) -> None:
-    # the ensemble holds the models themselves: using it must leave them as they were
-    models = [inp.a, inp.b, inp.plain_a]
-    with kept(models=models):
-        for combine in ("logits", "probabilities"):
-            wb.evaluate(wb.ensemble(models, combine), inp.test)
-
-@case("train_models", name="train_models-split")
-def train_models_split(inp: Inputs) -> None:
-    seeds = [0, 1]
-    with kept(seeds=seeds):
-        wb.train_models(
-            "cnn", seeds, inp.train, 1, model_kwargs=_TINY_CNN, split="dirichlet", progress=False
-        )
-
-@case("partition")
-def partition(inp: Inputs) -> None:
-    for how in ("disjoint", "dirichlet"):
-        wb.partition(inp.train, 3, how, alpha=0.5, seed=0)
-
-@case("per_part_accuracy")
-def per_part_accuracy(inp: Inputs) -> None:
-    parts = wb.partition(inp.train, 2, "disjoint")
-    classes, weights = [0, 1, 2], {3: 1.0, 4: 2.0}
-    with kept(classes=classes, weights=weights):
-        wb.per_part_accuracy(inp.a, inp.test, [*parts, classes, weights, inp.train])
-
-
-@case("np_merge")
-def np_merge(inp: Inputs) -> None:
-    models, learning = [inp.a, inp.b, inp.c], {"steps": 4, "eval_every": 2, "progress": False}
-    with kept(models=models, learning=learning):
-        wb.np_merge(models, inp.train, **learning)
-        wb.np_merge(models[:2], inp.train, "activation", bn=None, combine="joint", **learning)
-
-@case("merge_many", name="merge_many-learned")
-def merge_many_learned(inp: Inputs) -> None:
-    models = [inp.a, inp.b]
-    with kept(models=models):
-        wb.merge_many(models, inp.train, "weight", merge="learned", steps=2, progress=False)
-
 
 EXCLUDED: dict[str, str] = {
     # result, error and data types, and the type aliases of permutations and maps

@@ -4,6 +4,7 @@ command line; bad registrations and bad results are refused with errors that say
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 
@@ -25,6 +26,9 @@ from workbench.cli import main
 from workbench.graph import permutation_spec
 from workbench.widgets import LMCExplorer
 
+# The built-in methods, in the order they register (alignment first, then merging).
+BUILTIN = ["none", "weight", "activation", "cca", "ste", "np_merge"]
+
 
 def reverse(model_a, model_b, spec, data=None, **options):
     """Every group's channels in reverse order: a permutation that aligns nothing."""
@@ -44,11 +48,12 @@ def register() -> Iterator[Callable[..., str]]:
     yield add
     for name in names:
         unregister_method(name)
-    assert wb.methods() == ["none", "weight", "activation", "cca"]
+    assert wb.methods() == BUILTIN
 
 
 def test_builtin_methods_and_the_naive_alias() -> None:
-    assert wb.methods() == ["none", "weight", "activation", "cca"]
+    assert wb.methods() == BUILTIN
+    assert wb.alignment.pairwise_methods() == [m for m in BUILTIN if get_method(m).kind != "merge"]
     assert wb.alignment.methods("linear") == ["cca"]
     assert get_method("naive").name == "none"
     assert get_method("cca").search["gamma"] == wb.merging.GAMMA_GRID
@@ -172,3 +177,50 @@ def test_errors_say_what_is_registered_and_what_went_wrong(register, tiny_model)
         wb.alignment.match(
             tiny_model, tiny_model, "small", TensorDataset(torch.zeros(2, 1, 28, 28)), spec
         )
+
+
+def first_model_scaled(models, spec, data=None, *, scale=1.0, batch_size=500):
+    """A merge that keeps the first model, its last layer's weights times ``scale``."""
+    merged = copy.deepcopy(models[0])
+    with torch.no_grad():
+        [m for m in merged.modules() if isinstance(m, torch.nn.Linear)][-1].weight.mul_(scale)
+    return merged
+
+
+def test_a_merge_method_serves_the_n_model_views_and_is_refused_by_the_pair_views(
+    register, shipped_pair, tiny_train, mnist_test
+) -> None:
+    name = register(
+        "keep_first",
+        first_model_scaled,
+        needs_data=False,
+        preserves_function=False,
+        kind="merge",
+        search={"scale": (-1.0, 1.0)},
+    )
+    assert name in wb.methods() and name not in wb.alignment.pairwise_methods()
+    small_test = mnist_test.subset(torch.arange(0, 1000, 4), "test")
+    found = wb.merge_many(list(shipped_pair), tiny_train, name, progress=False)
+    # the sign is chosen on the validation split, and RESET keeps the first model's function
+    assert found.report.hyperparameters == {"scale": 1.0}
+    assert set(found.report.validation) == {"-1.0", "1.0"}
+    assert found.report.validation["-1.0"] < 0.1 < found.report.validation["1.0"]
+    accuracy = wb.evaluate(found.model, small_test).accuracy
+    assert accuracy == pytest.approx(wb.evaluate(shipped_pair[0], small_test).accuracy, abs=0.02)
+    table = wb.compare_methods(
+        list(shipped_pair), tiny_train, small_test, methods=(name,), progress=False
+    )
+    assert table.set_index("method").loc[name, "accuracy"] == pytest.approx(accuracy)
+    for refused in (
+        lambda: wb.align(*shipped_pair, name, tiny_train),
+        lambda: wb.pairwise_curves(list(shipped_pair), {"test": small_test}, method=name),
+        lambda: wb.merge_many(list(shipped_pair), tiny_train, name, bn="repair"),
+    ):
+        with pytest.raises(ValueError, match=r"does not align one model|bn='reset' or bn=None"):
+            refused()
+    explorer = LMCExplorer(list(shipped_pair), small_test, tiny_train, alphas=3)
+    assert name not in [value for _, value in explorer.method.options]
+    with pytest.raises(ValueError, match="without merger="):
+        wb.register_method(
+            "both", needs_data=False, preserves_function=False, kind="merge", merger=list
+        )(first_model_scaled)

@@ -29,6 +29,7 @@ from workbench.alignment import (
     methods,
     random_permutation,
     register_method,
+    ste_matching,
     weight_matching,
 )
 from workbench.analysis.coefficients import plot_coefficients
@@ -186,6 +187,7 @@ __all__ = [
     "reset_bn",
     "save_checkpoint",
     "shipped_models_dir",
+    "ste_matching",
     "sweep",
     "top_exemplars",
     "train_model",

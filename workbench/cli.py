@@ -305,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--no-cache", action="store_true", help="recompute instead of reading cached results"
     )
-    methods = [*registry.methods(), "naive"]  # read when the parser is built; "naive" = "none"
+    # read when the parser is built; "naive" = "none"; merges of N models have no pair views
+    methods = [*registry.pairwise_methods(), "naive"]
 
     lmc = sub.add_parser(
         "lmc", parents=[common], help="LMC curves and barriers of a pair, or of all pairs of N"

@@ -111,10 +111,10 @@ _MARKER_CYCLE = ["v", "P", "X", "h", "<", ">"]
 _FIX = "pass a path in a folder you can write to"
 
 EXPORT_DIR = "figures"
-METRIC_LABELS = {"loss": "Cross-entropy loss", "accuracy": "Accuracy (%)"}
-"""Axis labels of the two metrics every analysis reports."""
 """Where dashboards and the command line export by default: ``figures/`` in the working
 directory (``notebooks/figures/`` for the notebooks; git-ignored)."""
+METRIC_LABELS = {"loss": "Cross-entropy loss", "accuracy": "Accuracy (%)"}
+"""Axis labels of the two metrics every analysis reports."""
 
 
 def method_label(method: str) -> str:

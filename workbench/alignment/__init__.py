@@ -2,7 +2,7 @@
 and any registered later), one entry point for them, and the transforms they apply.
 
 The built-in methods register themselves when their modules are imported, in this order:
-"none" (with the registry), "weight", "activation", "cca".
+"none" (with the registry), "weight", "activation", "cca", "ste".
 """
 
 from workbench.alignment.activation import activation_matching, permutation_from_statistics
@@ -20,12 +20,15 @@ from workbench.alignment.registry import (
     get_method,
     matching_methods,
     methods,
+    pairwise_methods,
     register_method,
     unregister_method,
 )
 from workbench.alignment.statistics import GroupStatistics, collect_statistics, observation_points
+from workbench.alignment.ste import ste_matching
 from workbench.alignment.weight import weight_matching
 from workbench.graph.transforms import (
+    GroupMap,
     LinearMaps,
     Permutation,
     apply_linear_maps,
@@ -41,6 +44,7 @@ __all__ = [
     "AlignmentMethod",
     "AlignmentResult",
     "CCAAlignment",
+    "GroupMap",
     "GroupStatistics",
     "LinearMaps",
     "Permutation",
@@ -65,10 +69,12 @@ __all__ = [
     "matching_methods",
     "methods",
     "observation_points",
+    "pairwise_methods",
     "permutation_from_statistics",
     "permute_state",
     "random_permutation",
     "register_method",
+    "ste_matching",
     "unfold_batchnorm_",
     "unregister_method",
     "weight_matching",

@@ -76,6 +76,7 @@ def match(
     ``model_b`` to ``model_a``: the permutation or linear maps, with the spec and the
     settings. Neither model is modified; :func:`apply_alignment` applies the result."""
     found = get_method(method)
+    found.check_pairwise()
     spec = _checked_spec(model_a, model_b, found, data, spec)
     started = time.perf_counter()
     transform = found.find(model_a, model_b, spec, data, **options)

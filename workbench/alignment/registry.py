@@ -13,8 +13,14 @@ Adding a method is therefore one decorated function in one file::
 A method is called as ``function(model_a, model_b, spec=spec, data=data, **options)`` and
 returns, for ``kind="permutation"``, a :data:`Permutation` (group -> LongTensor: the order
 of B's channels that matches A's), or, for ``kind="linear"``, :data:`LinearMaps` (group ->
-square matrix taking B's channels into A's space; groups it leaves out keep their
-channels). Hyperparameters the method wants chosen on held-out data are declared with
+square matrix taking B's channels into A's space, or a
+:class:`~workbench.graph.transforms.GroupMap`; groups it leaves out keep their
+channels). A ``kind="merge"`` method merges N models at once into a space of its own
+(ZipIt!, NP Merge), so it has no "B in A's space": it is called as
+``function(models, spec=spec, data=data, **options)`` and returns the merged model
+(before BatchNorm handling), serves :func:`~workbench.merge_many` and
+:func:`~workbench.compare_methods`, and is refused by the pairwise consumers (alignment,
+LMC curves, planes, diagnostics; :func:`pairwise_methods` lists the others). Hyperparameters the method wants chosen on held-out data are declared with
 ``search`` (a grid per name); :func:`~workbench.merge_many` tries them on a validation
 split, never on test data.
 """
@@ -48,21 +54,23 @@ __all__ = [
     "get_method",
     "matching_methods",
     "methods",
+    "pairwise_methods",
     "register_method",
     "unregister_method",
 ]
 
-Kind = Literal["permutation", "linear"]
+Kind = Literal["permutation", "linear", "merge"]
 MethodFunction = Callable[..., Permutation | LinearMaps]
 Merger = Callable[..., list[nn.Module]]
 F = TypeVar("F", bound=Callable[..., Any])
 
-_KINDS = ("permutation", "linear")
+_KINDS = ("permutation", "linear", "merge")
 # Names that tables and figures show, accepted wherever a method is named.
 _ALIASES = {"naive": "none"}
 _EXPECTED = {
     "permutation": "a Permutation (a dict group -> LongTensor of B's channel order)",
     "linear": "LinearMaps (a dict group -> square matrix, B's channels into A's space)",
+    "merge": "the merged nn.Module",
 }
 
 
@@ -86,7 +94,9 @@ class AlignmentMethod:
     """A registered alignment method and what its consumers need to know about it.
 
     ``function(model_a, model_b, spec=spec, data=data, **options)`` returns a
-    :data:`Permutation` (``kind="permutation"``) or :data:`LinearMaps` (``"linear"``).
+    :data:`Permutation` (``kind="permutation"``) or :data:`LinearMaps` (``"linear"``);
+    a ``"merge"`` method's ``function(models, spec=spec, data=data, **options)`` returns
+    the merged model of all ``models`` (see :meth:`merge`).
     ``needs_data``: it measures activations, so ``data`` is required.
     ``preserves_function``: B aligned by it computes B's function (always true of a
     permutation; CCA's maps do not). ``search``: hyperparameter -> values to try on a
@@ -97,6 +107,8 @@ class AlignmentMethod:
     weight matching). ``uses_statistics``: ``function`` takes ``statistics=``, the joint
     activation statistics of (A, B) from :func:`collect_statistics`, so that a caller
     that has them (a search over the grid, the diagnostics) saves the data pass.
+    ``any_width``: a linear method whose B may have other widths than A (one architecture):
+    its function takes ``spec_b=`` (B's spec) and returns GroupMaps ``A x B`` (OT fusion).
     """
 
     name: str
@@ -108,6 +120,7 @@ class AlignmentMethod:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     merger: Merger | None = None
     uses_statistics: bool = False
+    any_width: bool = False
 
     def __post_init__(self) -> None:
         where = f"Alignment method {self.name!r}"
@@ -122,11 +135,18 @@ class AlignmentMethod:
                 f"{where}: a permutation always preserves the function; register a method "
                 "that changes it with kind='linear'."
             )
+        if self.kind == "merge" and self.merger is not None:
+            raise ValueError(
+                f"{where}: a kind='merge' method is its own N-model path; register its "
+                "merge as the function, without merger=."
+            )
         if (self.kind == "linear" or self.uses_statistics) and not self.needs_data:
             raise ValueError(
                 f"{where}: linear maps (BatchNorm statistics are measured again after the "
                 "map) and activation statistics need data; register it with needs_data=True."
             )
+        if self.any_width and self.kind != "linear":
+            raise ValueError(f"{where}: only a kind='linear' method can change widths.")
         grids = {name: tuple(values) for name, values in self.search.items()}
         empty = [name for name, values in grids.items() if not values]
         if empty:
@@ -167,6 +187,7 @@ class AlignmentMethod:
         **options: Any,
     ) -> Permutation | LinearMaps:
         """Run the method (``defaults`` filled in) and check what it returned."""
+        self.check_pairwise()
         found = self.function(
             model_a, model_b, spec=spec, data=data, **{**self.defaults, **options}
         )
@@ -182,10 +203,40 @@ class AlignmentMethod:
             if self.kind == "permutation":
                 check_permutation(spec, found)
             else:
-                check_linear_maps(spec, found)
+                check_linear_maps(options.get("spec_b") or spec, found)
         except ValueError as error:
             raise ValueError(f"{where} returned an invalid {self.kind}: {error}") from error
         return found
+
+    def check_pairwise(self) -> None:
+        """Raise ``ValueError`` if this method only merges N models at once (kind
+        ``"merge"``) and so cannot align one model to another."""
+        if self.kind == "merge":
+            raise ValueError(
+                f"method={self.name!r} merges models into a space of its own and does not "
+                "align one model to another, so it has no alignment, LMC curve, plane or "
+                f"matching diagnostics: use merge_many(models, data, {self.name!r}) or "
+                f"compare_methods, or one of {pairwise_methods()} here."
+            )
+
+    def merge(
+        self,
+        models: Sequence[nn.Module],
+        spec: PermutationSpec,
+        data: DataLike | None = None,
+        **options: Any,
+    ) -> nn.Module:
+        """Run a ``kind="merge"`` method (``defaults`` filled in): the merged model."""
+        if self.kind != "merge":
+            raise ValueError(f"method={self.name!r} is a {self.kind} method, not a merge.")
+        merged = self.function(list(models), spec=spec, data=data, **{**self.defaults, **options})
+        if not isinstance(merged, nn.Module):
+            raise TypeError(
+                f"Alignment method {self.name!r} ({_qualified_name(self.function)}) "
+                f"returned {type(merged).__name__}; a merge method must return "
+                f"{_EXPECTED['merge']}."
+            )
+        return merged
 
 
 _REGISTRY: dict[str, AlignmentMethod] = {}
@@ -205,6 +256,7 @@ def register_method(
     defaults: Mapping[str, Any] | None = None,
     merger: Merger | None = None,
     uses_statistics: bool = False,
+    any_width: bool = False,
 ) -> Callable[[F], F]:
     """Register the decorated function as the alignment method ``name`` (see
     :class:`AlignmentMethod` for the arguments); the function is returned unchanged.
@@ -225,6 +277,7 @@ def register_method(
             defaults or {},
             merger,
             uses_statistics,
+            any_width,
         )
         existing = _REGISTRY.get(name)
         if existing is not None and _qualified_name(existing.function) != _qualified_name(function):
@@ -254,6 +307,12 @@ def methods(kind: Kind | None = None) -> list[str]:
     """The names of the registered alignment methods (of one ``kind`` if given), in the
     order they were registered: the built-in ones first."""
     return [name for name, m in _REGISTRY.items() if kind is None or m.kind == kind]
+
+
+def pairwise_methods() -> list[str]:
+    """The methods that align one model to another (every kind but ``"merge"``): the
+    choices of the alignment, LMC, plane and diagnostics views."""
+    return [name for name, m in _REGISTRY.items() if m.kind != "merge"]
 
 
 def matching_methods() -> list[str]:

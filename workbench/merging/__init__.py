@@ -1,12 +1,14 @@
 """Merging models: in weight space (:mod:`~workbench.merging.weights`), renormalizing the
 result (:mod:`~workbench.merging.renorm`: RESET, REPAIR), and N models aligned into one
 neuron order and averaged (:mod:`~workbench.merging.many`) or merged with learned
-per-parameter coefficients (:mod:`~workbench.merging.learned`: NP Merge); output ensembles
+per-parameter coefficients (:mod:`~workbench.merging.learned`: NP Merge, registered as the
+method ``"np_merge"`` by :mod:`~workbench.merging.learned_method`); output ensembles
 of the same models, the ceiling a merge is measured against
 (:mod:`~workbench.merging.ensemble`)."""
 
 from workbench.merging.ensemble import Ensemble, ensemble
 from workbench.merging.learned import np_merge
+from workbench.merging.learned_method import np_merge_models
 from workbench.merging.many import (
     BN_HANDLING,
     GAMMA_GRID,
@@ -31,6 +33,7 @@ __all__ = [
     "load_interpolation_",
     "merge_many",
     "np_merge",
+    "np_merge_models",
     "repair",
     "repair_",
     "repair_points",

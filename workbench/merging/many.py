@@ -7,7 +7,9 @@ Any registered alignment method (``method=``, :func:`workbench.methods`) works:
   Git Re-Basin, Algorithm 3: each model in turn is weight-matched to the average of the
   others; no reference model and no data needed for the alignment);
 * every other method aligns each model to the reference: ``"activation"`` by activation
-  matching, ``"cca"`` by CCA's linear maps (CCA Merge, Horoi et al., 2024).
+  matching, ``"cca"`` by CCA's linear maps (CCA Merge, Horoi et al., 2024);
+* a method of kind ``"merge"`` (ZipIt!, NP Merge) merges all the models itself; BatchNorm
+  handling follows.
 
 Hyperparameters are chosen on a validation split carved from ``data`` (never on test
 data): the reference model with ``reference="best"``, and the hyperparameters a method
@@ -29,7 +31,13 @@ from torch.utils.data import DataLoader
 from workbench.alignment.api import align
 from workbench.alignment.cca import GAMMA_GRID
 from workbench.alignment.folding import general_groups
-from workbench.alignment.registry import AlignmentMethod, accepted_options, get_method, methods
+from workbench.alignment.registry import (
+    AlignmentMethod,
+    accepted_options,
+    get_method,
+    methods,
+    pairwise_methods,
+)
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import evaluate
@@ -52,9 +60,17 @@ __all__ = [
 
 BN_HANDLING = (None, "reset", "repair")
 MERGES = ("average", "learned")
-# merge_many's options that go to NP Merge's learning (``learn_batch_size`` is its
-# ``batch_size``: merge_many's own is the batch size of the passes).
-_LEARNED_OPTIONS = ("combine", "steps", "lr", "data_fraction", "eval_every", "patience")
+# NP Merge's learning options, which merge_many takes as ``learn_<name>`` (its own
+# ``batch_size`` is that of the passes; ``steps`` and ``lr`` are STE's).
+_LEARNED_OPTIONS = (
+    "combine",
+    "steps",
+    "lr",
+    "batch_size",
+    "data_fraction",
+    "eval_every",
+    "patience",
+)
 
 
 @dataclass
@@ -129,6 +145,7 @@ def _align_all(
     across the points of a search, for methods that take them."""
     if method.merger is not None:
         return method.merger(models, spec, **accepted_options(method.merger, options))
+    method.check_pairwise()
     ref, aligned = models[reference], []
     for i, model in enumerate(models):
         if i == reference:
@@ -211,24 +228,31 @@ def merge_many(
     validation split is ``val_data`` or a stratified ``val_fraction`` of ``data``, held
     out of everything else. Inputs are not modified.
 
+    A method of kind ``"merge"`` (:func:`~workbench.alignment.registry.pairwise_methods`
+    lists the others) is called once per point of the search with all the models and
+    returns the merged model; ``bn`` ``"reset"`` or ``None`` then applies to it.
+
     ``merge="learned"`` runs NP Merge on the models aligned by ``method``
     (:func:`~workbench.merging.learned.np_merge`; ``bn`` ``"reset"`` or ``None``), with
-    its options ``combine``, ``steps``, ``lr``, ``data_fraction``, ``eval_every``,
-    ``patience`` and ``learn_batch_size`` (its ``batch_size``).
+    its options prefixed: ``learn_combine``, ``learn_steps``, ``learn_lr``,
+    ``learn_batch_size``, ``learn_data_fraction``, ``learn_eval_every`` and
+    ``learn_patience`` (``steps`` and ``lr`` are STE's).
     """
     check_choice("merge", merge, MERGES)
+    found = get_method(method)
     if merge == "learned":
         return _learned(
-            models, data, method, bn=bn, reference=reference, val_data=val_data,
+            models, data, found, bn=bn, reference=reference, val_data=val_data,
             val_fraction=val_fraction, spec=spec, seed=seed, eval_batch_size=batch_size,
             max_batches=max_batches, progress=progress, **options,
         )  # fmt: skip
-    for name in (*_LEARNED_OPTIONS, "learn_batch_size"):
-        if name in options:
-            raise ValueError(f"{name}= is an option of merge='learned' (NP Merge) only.")
+    if found.kind == "merge" and bn == "repair":
+        raise ValueError(
+            f"method={found.name!r} merges the models itself, so there are no aligned models "
+            "whose statistics REPAIR could restore: use bn='reset' or bn=None."
+        )
     started = time.perf_counter()
     models = list(models)
-    found = get_method(method)
     if options.get("gammas") is not None and options.get("gamma") is None:
         options["gamma"] = tuple(options["gammas"])
     options.pop("gammas", None)
@@ -268,6 +292,12 @@ def merge_many(
     statistics: dict[int, dict[str, GroupStatistics]] = {}
 
     def build(point: dict[str, Any]) -> nn.Module:
+        if found.kind == "merge":  # one that takes bn= handles BatchNorm itself
+            options = accepted_options(found.function, {**common, "bn": bn, **point})
+            merged = found.merge(models, spec, data, **options)
+            if "bn" in options:
+                return merged
+            return _fix_statistics(merged, [], bn, data, spec, batch_size, max_batches)
         aligned = _align_all(models, reference, found, data, spec, {**common, **point}, statistics)
         merged = average(aligned)
         return _fix_statistics(merged, aligned, bn, data, spec, batch_size, max_batches)
@@ -290,12 +320,25 @@ def merge_many(
     return MergeResult(search.model, report)
 
 
-def _learned(models, data, method, *, learn_batch_size=None, **options) -> MergeResult:
+def _learned(models, data, method: AlignmentMethod, **options) -> MergeResult:
     from workbench.merging.learned import np_merge  # learned.py builds on this module
 
-    if learn_batch_size is not None:
-        options["batch_size"] = learn_batch_size
-    return np_merge(models, data, method, **options)
+    if method.kind == "merge":
+        raise ValueError(
+            f"merge='learned' learns how to combine aligned models, and method="
+            f"{method.name!r} merges them itself: align with one of {pairwise_methods()}."
+        )
+    clash = sorted({"steps", "lr"} & set(options))
+    if clash:
+        raise ValueError(
+            f"With merge='learned', {', '.join(f'{k}=' for k in clash)} would be ambiguous: "
+            "NP Merge's learning options are learn_steps= and learn_lr=, and the alignment "
+            "runs with its defaults."
+        )
+    for name in _LEARNED_OPTIONS:
+        if f"learn_{name}" in options:
+            options[name] = options.pop(f"learn_{name}")
+    return np_merge(models, data, method.name, **options)
 
 
 def _permuted_groups(

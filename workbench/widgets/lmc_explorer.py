@@ -12,7 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from torch import nn
 
-from workbench.alignment import align, methods
+from workbench.alignment import align, pairwise_methods
 from workbench.analysis.lmc import LMCCurve, lmc_curve, plot_curves
 from workbench.data import DataLike
 from workbench.figures import EXPORT_DIR, method_label, model_label, new_figure, series_label
@@ -72,7 +72,7 @@ class LMCExplorer(widgets.VBox):
             description="pair",
         )
         self.method = widgets.Dropdown(
-            options=[(method_label(m), m) for m in methods()],
+            options=[(method_label(m), m) for m in pairwise_methods()],
             value="weight",
             description="method",
         )

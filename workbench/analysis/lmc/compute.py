@@ -316,7 +316,9 @@ def pairwise_curves(
     (``settings=("pair",)`` adds the pair column).
     """
     models = list(models)
-    method = get_method(method).name
+    found = get_method(method)
+    found.check_pairwise()
+    method = found.name
     if len(models) < 2:
         raise ValueError(f"Need at least 2 models for pairs, got {len(models)}.")
     check_models(models)

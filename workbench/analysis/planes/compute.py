@@ -123,6 +123,7 @@ def loss_planes(
     """
     models = list(models)
     aligner = get_method(method)
+    aligner.check_pairwise()
     _check_arguments(models, bn, resolution, margin)
     if len(labels) != 3:
         raise ValueError(f"labels must name the 3 models, got {list(labels)}.")
