@@ -437,7 +437,7 @@ def _align(inp: Inputs, method: str) -> None:
     wb.align(inp.a, inp.b, method, inp.train, **_quiet(method), **FAST_OPTIONS.get(method, {}))
 
 
-for _method in wb.methods():
+for _method in wb.alignment.pairwise_methods():  # merges (kind "merge") cannot align
     case("match", name=f"match-{_method}")(functools.partial(_match, method=_method))
     case("align", name=f"align-{_method}")(functools.partial(_align, method=_method))
 
