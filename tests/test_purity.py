@@ -568,6 +568,14 @@ def np_merge(inp: Inputs) -> None:
         wb.np_merge(models[:2], inp.train, "activation", bn=None, combine="joint", **learning)
 
 
+@case("np_merge_models")
+def np_merge_models(inp: Inputs) -> None:
+    models = [inp.a, inp.b]
+    spec = wb.permutation_spec(inp.a, inp.train.images[:2])
+    with kept(models=models):
+        wb.merging.np_merge_models(models, spec, inp.train, learn_steps=2, progress=False)
+
+
 @case("merge_many", name="merge_many-learned")
 def merge_many_learned(inp: Inputs) -> None:
     models = [inp.a, inp.b]
@@ -1009,6 +1017,7 @@ EXCLUDED: dict[str, str] = {
             "Ensemble",
             "Exemplars",
             "GraphTraceError",
+            "GroupMap",
             "GroupStatistics",
             "LayerComparison",
             "LayerPoint",
@@ -1048,6 +1057,7 @@ EXCLUDED: dict[str, str] = {
             "log_ticks",
             "matching_methods",
             "methods",
+            "pairwise_methods",
             "read_metadata",
             "register_method",
             "shipped_models_dir",
