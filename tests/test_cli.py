@@ -242,6 +242,26 @@ def test_lmc_command_with_three_models_draws_bands(tmp_path):
     assert (tmp_path / "lmc.svg").read_bytes().count(b"<svg") == 1
 
 
+def test_merge_command(tmp_path, shipped_pair, mnist_train, mnist_test):
+    argv = ["merge", "--methods", "naive", "weight", "--limit", "300", "--no-cache"]
+    code, stdout, _ = _run([*argv, "--out", str(tmp_path)])
+    assert code == 0, stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "merge.csv",
+        "merge.pdf",
+        "merge.png",
+        "merge.svg",
+    ]
+    table = pd.read_csv(tmp_path / "merge.csv").set_index("method")
+    assert set(table.index) == {"naive", "weight", *wb.analysis.comparison.REFERENCES}
+    # the same number as the library call on the same evenly spaced subsets
+    train, test = _subset(mnist_train, 300), _subset(mnist_test, 300)
+    merged = wb.merge_many(list(shipped_pair), train, "weight", progress=False).model
+    assert table.loc["weight", "accuracy"] == pytest.approx(wb.evaluate(merged, test).accuracy)
+    assert table.loc["weight", "accuracy"] > table.loc["naive", "accuracy"]
+    assert "Merging the first N of cnn_mnist-5k_seed0, cnn_mnist-5k_seed1" in stdout
+
+
 def test_plane_command(tmp_path):
     argv = ["plane", "--resolution", "2", "--limit", "200", "--bn", "none", "--margin", "0"]
     code, stdout, _ = _run([*argv, "--out", str(tmp_path)])
@@ -269,6 +289,7 @@ def test_sweep_command(tmp_path):
     ("argv", "message"),
     [
         (["lmc", "--models", "a.safetensors"], "Expected at least 2 checkpoints"),
+        (["merge", "--models", "a.safetensors"], "Expected at least 2 checkpoints"),
         (["plane", "--models", "a", "b"], "Expected 3 checkpoints after --models, got 2"),
         (["lmc", "--models", "a.safetensors", "b.safetensors"], "No checkpoint at"),
         (["lmc", "--limit", "0"], "--limit must be a positive number of images, got 0"),

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 
 from workbench import figures
 from workbench.alignment import registry
+from workbench.analysis.comparison import compare_methods, plot_comparison
 from workbench.analysis.lmc import (
     barrier_table,
     curves_frame,
@@ -199,6 +200,18 @@ def _lmc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    models, names = _models(args.models, 2, at_least=True)
+    train, test = _splits(args.dataset, args.limit)
+    bn, cache = _bn(args.bn), not args.no_cache
+    table = compare_methods(models, train, test, args.methods, bn=bn, cache=cache)
+    written = _write(plot_comparison(table), {"": table}, Path(args.out) / "merge")
+    print(f"Merging the first N of {', '.join(names)} ({args.dataset}, bn={args.bn}):")
+    _report(table, written, started)
+    return 0
+
+
 def _plane(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     models, names = _models(args.models, 3)
@@ -323,6 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--band", choices=["std", "range"], default="std", help="spread over pairs (N > 2)"
     )
     lmc.set_defaults(run=_lmc)
+
+    merge = sub.add_parser(
+        "merge", parents=[common], help="accuracy of N merged models per method, N = 2.."
+    )
+    merge.add_argument("--models", nargs="+", help="2 or more checkpoints (default: seeds 0, 1)")
+    every = [*registry.methods(), "naive"]  # merges of N models included
+    merge.add_argument("--methods", nargs="+", default=["none", "weight"], choices=every)
+    merge.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
+    merge.set_defaults(run=_merge)
 
     plane = sub.add_parser("plane", parents=[common], help="loss plane through three models")
     plane.add_argument("--models", nargs="+", help="3 checkpoints (default: shipped seeds 0-2)")
