@@ -79,7 +79,7 @@ def test_reference_best_picks_the_most_accurate_on_validation(shipped_pair, mnis
 def test_bad_input_is_refused_before_work(shipped_pair, tiny_model, tiny_train) -> None:
     pair = list(shipped_pair)
     with pytest.raises(ValueError, match="method must be one of"):
-        wb.merge_many(pair, tiny_train, "zipit")
+        wb.merge_many(pair, tiny_train, "zipper")
     with pytest.raises(ValueError, match="at least 2 models"):
         wb.merge_many(pair[:1], tiny_train)
     with pytest.raises(ValueError, match="needs data"):
@@ -132,7 +132,7 @@ def test_compare_methods_table_csv_and_figure(shipped_pair, tiny_train, mnist_te
     with pytest.raises(ValueError, match=r"sizes must lie in 2\.\.2"):
         wb.compare_methods(list(shipped_pair), tiny_train, mnist_test, sizes=(3,))
     with pytest.raises(ValueError, match="Unknown methods"):
-        wb.compare_methods(list(shipped_pair), tiny_train, mnist_test, methods=("zipit",))
+        wb.compare_methods(list(shipped_pair), tiny_train, mnist_test, methods=("zipper",))
 
 
 def test_compare_methods_reads_merges_back_from_the_cache(

@@ -542,6 +542,7 @@ MERGE_OPTIONS: dict[str, dict[str, Any]] = {
     "cca": {"bn": "reset", "gamma": (0.1, 1.0)},
     "ste": {"bn": "reset", "batch_size": 64, "steps": 2},
     "np_merge": {"learn_steps": 2, "learn_eval_every": 1},
+    "zipit": {"bn": "reset", "alpha": 1.0, "beta": (0.0, 0.5), "stop": "features.conv2"},
 }
 
 
@@ -574,6 +575,20 @@ def np_merge_models(inp: Inputs) -> None:
     spec = wb.permutation_spec(inp.a, inp.train.images[:2])
     with kept(models=models):
         wb.merging.np_merge_models(models, spec, inp.train, learn_steps=2, progress=False)
+
+
+@case("zipit")
+def zipit(inp: Inputs) -> None:
+    models = [inp.a, inp.b, inp.c]
+    with kept(models=models):
+        wb.zipit(models, inp.train, alpha=(0.5, 1.0), beta=0.5, progress=False)
+
+
+@case("zipit_merge")
+def zipit_merge(inp: Inputs) -> None:
+    models = [inp.a, inp.b]
+    with kept(models=models):
+        wb.zipit_merge(models, inp.spec, inp.train, beta=1.0, stop="features.conv3", progress=False)
 
 
 @case("merge_many", name="merge_many-learned")

@@ -27,7 +27,7 @@ from workbench.graph import permutation_spec
 from workbench.widgets import LMCExplorer
 
 # The built-in methods, in the order they register (alignment first, then merging).
-BUILTIN = ["none", "weight", "activation", "cca", "ste", "np_merge"]
+BUILTIN = ["none", "weight", "activation", "cca", "ste", "np_merge", "zipit"]
 
 
 def reverse(model_a, model_b, spec, data=None, **options):

@@ -80,6 +80,8 @@ from workbench.merging import (
     np_merge,
     repair,
     reset_bn,
+    zipit,
+    zipit_merge,
 )
 from workbench.modules import default_device
 from workbench.splits import partition
@@ -198,4 +200,6 @@ __all__ = [
     "weight_matching",
     "widgets",
     "write_csv",
+    "zipit",
+    "zipit_merge",
 ]

@@ -19,6 +19,7 @@ from workbench.merging.many import (
 )
 from workbench.merging.renorm import repair, repair_, repair_points, reset_bn, reset_bn_
 from workbench.merging.weights import average, interpolate, load_interpolation_
+from workbench.merging.zipping import zipit, zipit_merge
 
 __all__ = [
     "BN_HANDLING",
@@ -39,4 +40,6 @@ __all__ = [
     "repair_points",
     "reset_bn",
     "reset_bn_",
+    "zipit",
+    "zipit_merge",
 ]

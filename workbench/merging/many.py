@@ -290,10 +290,15 @@ def merge_many(
         **options,
     }
     statistics: dict[int, dict[str, GroupStatistics]] = {}
+    joint: dict[str, GroupStatistics] = {}  # of all the models, for a merge method
 
     def build(point: dict[str, Any]) -> nn.Module:
         if found.kind == "merge":  # one that takes bn= handles BatchNorm itself
-            options = accepted_options(found.function, {**common, "bn": bn, **point})
+            if found.uses_statistics and not joint:  # one pass for all points of the search
+                passes = {k: common[k] for k in ("batch_size", "max_batches", "progress")}
+                joint.update(collect_statistics(models, data, spec, **passes))
+            extra = {"statistics": joint} if found.uses_statistics else {}
+            options = accepted_options(found.function, {**common, "bn": bn, **point, **extra})
             merged = found.merge(models, spec, data, **options)
             if "bn" in options:
                 return merged
