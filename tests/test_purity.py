@@ -482,6 +482,16 @@ def cca_align(inp: Inputs) -> None:
     wb.cca_align(inp.a, inp.b, inp.train, progress=False)
 
 
+@case("ot_maps", "ot_fusion")
+def ot_fusion(inp: Inputs) -> None:
+    # entropic, then exact into a model of another width (a wider B's own spec is traced)
+    wb.ot_maps(inp.a, inp.b, inp.train, inp.spec, epsilon=0.03, progress=False)
+    wide = _prepare(wb.create_model("cnn", width=0.5, in_channels=1), 7)
+    before = snapshot(wide)
+    wb.ot_fusion(inp.a, wide, inp.train, progress=False)
+    assert_unchanged(before, wide, "wide")
+
+
 @case("collect_statistics")
 def collect_statistics(inp: Inputs) -> None:
     alignment.collect_statistics([inp.a, inp.b], inp.train, inp.spec, progress=False)
@@ -540,6 +550,7 @@ MERGE_OPTIONS: dict[str, dict[str, Any]] = {
     "weight": {"bn": "reset", "reference": "best"},
     "activation": {"bn": None},
     "cca": {"bn": "reset", "gamma": (0.1, 1.0)},
+    "ot": {"bn": "reset", "epsilon": (0.0, 0.03)},
     "ste": {"bn": "reset", "batch_size": 64, "steps": 2},
     "np_merge": {"learn_steps": 2, "learn_eval_every": 1},
     "zipit": {"bn": "reset", "alpha": 1.0, "beta": (0.0, 0.5), "stop": "features.conv2"},

@@ -27,7 +27,7 @@ from workbench.graph import permutation_spec
 from workbench.widgets import LMCExplorer
 
 # The built-in methods, in the order they register (alignment first, then merging).
-BUILTIN = ["none", "weight", "activation", "cca", "ste", "np_merge", "zipit"]
+BUILTIN = ["none", "weight", "activation", "cca", "ot", "ste", "np_merge", "zipit"]
 
 
 def reverse(model_a, model_b, spec, data=None, **options):
@@ -54,7 +54,7 @@ def register() -> Iterator[Callable[..., str]]:
 def test_builtin_methods_and_the_naive_alias() -> None:
     assert wb.methods() == BUILTIN
     assert wb.alignment.pairwise_methods() == [m for m in BUILTIN if get_method(m).kind != "merge"]
-    assert wb.alignment.methods("linear") == ["cca"]
+    assert wb.alignment.methods("linear") == ["cca", "ot"]
     assert get_method("naive").name == "none"
     assert get_method("cca").search["gamma"] == wb.merging.GAMMA_GRID
 

@@ -2,7 +2,7 @@
 and any registered later), one entry point for them, and the transforms they apply.
 
 The built-in methods register themselves when their modules are imported, in this order:
-"none" (with the registry), "weight", "activation", "cca", "ste".
+"none" (with the registry), "weight", "activation", "cca", "ot", "ste".
 """
 
 from workbench.alignment.activation import activation_matching, permutation_from_statistics
@@ -14,6 +14,7 @@ from workbench.alignment.folding import (
     map_through_batchnorm,
     unfold_batchnorm_,
 )
+from workbench.alignment.ot import ot_fusion, ot_maps
 from workbench.alignment.registry import (
     AlignmentMethod,
     canonical_method,
@@ -69,6 +70,8 @@ __all__ = [
     "matching_methods",
     "methods",
     "observation_points",
+    "ot_fusion",
+    "ot_maps",
     "pairwise_methods",
     "permutation_from_statistics",
     "permute_state",

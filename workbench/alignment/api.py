@@ -14,10 +14,17 @@ from workbench.alignment.folding import map_through_batchnorm
 from workbench.alignment.registry import AlignmentMethod, Kind, get_method
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.graph.transforms import LinearMaps, Permutation, apply_permutation
+from workbench.graph.transforms import (
+    GroupMap,
+    LinearMaps,
+    Permutation,
+    apply_linear_maps,
+    apply_permutation,
+)
+from workbench.modules import state_diff, state_shapes
 from workbench.validation import check_data, check_models
 
-__all__ = ["AlignmentResult", "align", "apply_alignment", "match"]
+__all__ = ["AlignmentResult", "align", "apply_alignment", "match", "other_width_spec"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,9 @@ class AlignmentResult:
     """What an alignment method found for (A, B): the ``transform`` (a
     :data:`Permutation` when ``kind == "permutation"``, else :data:`LinearMaps`), the
     ``spec`` it acts on, the ``method``, the ``options`` it ran with (its defaults filled
-    in), whether B aligned by it still computes B's function, and the seconds it took."""
+    in), whether B aligned by it still computes B's function, and the seconds it took.
+    ``spec_b``: B's own spec when B has other widths than A (a method registered with
+    ``any_width=True``), else ``None``."""
 
     method: str
     kind: Kind
@@ -34,6 +43,7 @@ class AlignmentResult:
     preserves_function: bool
     options: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    spec_b: PermutationSpec | None = None
 
     @property
     def permutation(self) -> Permutation:
@@ -58,10 +68,64 @@ def _checked_spec(
         raise ValueError(f"method={method.name!r} needs data (a Dataset or DataLoader).")
     if data is not None:
         check_data(data)
+    if method.any_width:  # one architecture in other widths: see other_width_spec
+        check_models(model_a, "model_a")
+        check_models(model_b, "model_b")
+        return resolve_spec(model_a, spec, data=data)
     check_models([model_a, model_b])
     spec = resolve_spec(model_a, spec, data=data)
     spec.check_model(model_b, "model_b")
     return spec
+
+
+def _structure(spec: PermutationSpec) -> dict[str, list[tuple]]:
+    """Each group's axes without their sizes: what models of one architecture share."""
+    return {
+        name: [(ax.key, ax.axis, ax.role, ax.grouped != 1) for ax in group.axes]
+        + [("blocks", group.blocks)]
+        for name, group in spec.groups.items()
+    }
+
+
+def other_width_spec(
+    model_b: nn.Module,
+    spec: PermutationSpec,
+    data: DataLike | None = None,
+    spec_b: PermutationSpec | None = None,
+) -> PermutationSpec | None:
+    """``None`` when ``model_b`` fits ``spec`` (model A's); else B's own spec (``spec_b``,
+    or traced from ``model_b`` on a batch of ``data``), after checking that B is A's
+    architecture in other widths: the same state-dict keys, the same groups with the same
+    axes, and shapes that differ only along those groups' axes. ``ValueError`` says what
+    differs otherwise."""
+    diff = state_diff(state_shapes(model_b), spec.state_shapes)
+    if spec_b is None and not diff:
+        return None
+    if diff.missing or diff.unexpected:
+        raise ValueError(
+            f"model_b ({type(model_b).__name__}) is another architecture than model A: "
+            f"{diff.describe('model_b', 'model A')}. Only models of one architecture, in "
+            "the same or other widths (e.g. create_model('cnn', width=...)), can be aligned."
+        )
+    covered = {(ax.key, ax.axis) for group in spec.groups.values() for ax in group.axes}
+    for key, found, expected in diff.wrong_shapes:
+        for axis, (b, a) in enumerate(zip(found, expected, strict=False)):
+            if b != a and (len(found) != len(expected) or (key, axis) not in covered):
+                raise ValueError(
+                    f"model_b's {key} has shape {found} where model A's has {expected}, on "
+                    f"axis {axis}, which no permutation group owns (another number of "
+                    "classes or input channels?): only the groups' widths may differ."
+                )
+    spec_b = resolve_spec(model_b, spec_b, data=data)
+    mine, theirs = _structure(spec), _structure(spec_b)
+    if mine != theirs:
+        differ = sorted(n for n in {*mine, *theirs} if mine.get(n) != theirs.get(n))
+        raise ValueError(
+            f"model_b's permutation groups differ from model A's in {differ[:3]} (not just "
+            "in width): the models are not one architecture in two widths. Build both from "
+            "one architecture, or pass matching specs."
+        )
+    return spec_b
 
 
 def match(
@@ -78,8 +142,10 @@ def match(
     found = get_method(method)
     found.check_pairwise()
     spec = _checked_spec(model_a, model_b, found, data, spec)
+    spec_b = other_width_spec(model_b, spec, data) if found.any_width else None
     started = time.perf_counter()
-    transform = found.find(model_a, model_b, spec, data, **options)
+    extra = {} if spec_b is None else {"spec_b": spec_b}
+    transform = found.find(model_a, model_b, spec, data, **extra, **options)
     return AlignmentResult(
         found.name,
         found.kind,
@@ -88,6 +154,7 @@ def match(
         found.preserves_function,
         {**found.defaults, **options},
         time.perf_counter() - started,
+        spec_b,
     )
 
 
@@ -99,7 +166,9 @@ def apply_alignment(
 ) -> nn.Module:
     """A copy of ``model_b`` transformed by ``result``: permuted, or for linear maps mapped
     through its BatchNorm layers (:func:`~workbench.alignment.folding.map_through_batchnorm`,
-    which needs ``data`` and ``model_a``, whose BatchNorm scales the result takes)."""
+    which needs ``data`` and ``model_a``, whose BatchNorm scales the result takes); for
+    :class:`~workbench.graph.transforms.GroupMap` maps (OT, possibly of other widths), a
+    copy of ``model_a`` filled with B's mapped weights, BatchNorm carried along (RESET it)."""
     if result.kind == "permutation":
         return apply_permutation(model_b, result.spec, result.transform)
     if data is None or model_a is None:
@@ -107,6 +176,10 @@ def apply_alignment(
             f"Applying the linear maps of method={result.method!r} measures BatchNorm "
             "statistics again: pass data= and model_a=."
         )
+    if any(isinstance(m, GroupMap) for m in result.transform.values()):
+        # the maps of a merge (OT) carry BatchNorm along into a copy of A (RESET follows)
+        spec_b = result.spec if result.spec_b is None else result.spec_b
+        return apply_linear_maps(model_b, spec_b, result.transform, like=model_a)
     passes = {k: result.options[k] for k in ("batch_size", "max_batches") if k in result.options}
     return map_through_batchnorm(model_b, result.spec, result.transform, data, model_a, **passes)
 

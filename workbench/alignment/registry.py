@@ -40,6 +40,7 @@ from torch import nn
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec
 from workbench.graph.transforms import (
+    GroupMap,
     LinearMaps,
     Permutation,
     check_linear_maps,
@@ -193,7 +194,7 @@ class AlignmentMethod:
         )
         where = f"Alignment method {self.name!r} ({_qualified_name(self.function)})"
         if not isinstance(found, Mapping) or not all(
-            isinstance(value, torch.Tensor) for value in found.values()
+            isinstance(value, (torch.Tensor, GroupMap)) for value in found.values()
         ):
             raise TypeError(
                 f"{where} returned {type(found).__name__}; a {self.kind} method must return "

@@ -18,6 +18,7 @@ pass runs the models in eval mode, so no statistic depends on how the data is ba
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -146,21 +147,26 @@ def channel_moments(
 @dataclass
 class GroupStatistics:
     """Mean and covariance of the stacked activations ``[model_0 | model_1 | ...]`` at one
-    group, over ``count`` observations (positions x images)."""
+    group, over ``count`` observations (positions x images). ``sizes``: each model's
+    number of channels when the models differ in width (empty: ``size`` each)."""
 
     size: int
     count: int
     mean: torch.Tensor  # (M * size,) float64
     covariance: torch.Tensor  # (M * size, M * size) float64
+    sizes: tuple[int, ...] = ()
 
     @property
     def num_models(self) -> int:
-        return len(self.mean) // self.size
+        return len(self.sizes) if self.sizes else len(self.mean) // self.size
+
+    def _span(self, i: int) -> slice:
+        sizes = self.sizes or (self.size,) * self.num_models
+        return slice(sum(sizes[:i]), sum(sizes[: i + 1]))
 
     def block(self, i: int, j: int) -> torch.Tensor:
         """Covariance between model ``i``'s and model ``j``'s channels (size x size)."""
-        s = self.size
-        return self.covariance[i * s : (i + 1) * s, j * s : (j + 1) * s]
+        return self.covariance[self._span(i), self._span(j)]
 
     def std(self, i: int) -> torch.Tensor:
         """Per-channel standard deviation of model ``i``."""
@@ -223,8 +229,9 @@ class _Accumulator:
     :class:`StreamingMoments` in float64.
     """
 
-    def __init__(self, size: int, num_models: int) -> None:
-        self.size, self.num_models = size, num_models
+    def __init__(self, sizes: Sequence[int]) -> None:
+        self.sizes = tuple(sizes)
+        self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes) + 1)]
         self.moments = StreamingMoments(full=True)
 
     def add(self, activations: Sequence[torch.Tensor], dim: int) -> None:
@@ -232,22 +239,23 @@ class _Accumulator:
         views = [_channel_major(a, dim) for a in activations]
         n = views[0].shape[0] * views[0].shape[2]
         batch_mean = torch.cat([v.sum((0, 2)) for v in views]).double() / n
-        width = self.size * self.num_models
+        width, span = self.starts[-1], [slice(*p) for p in itertools.pairwise(self.starts)]
         batch = torch.empty(width, width, dtype=torch.float64, device=batch_mean.device)
-        s = self.size
         for i, vi in enumerate(views):
-            for j in range(i, self.num_models):
+            for j in range(i, len(views)):
                 block = torch.matmul(vi, views[j].transpose(1, 2)).sum(0).double()
-                batch[i * s : (i + 1) * s, j * s : (j + 1) * s] = block
-                batch[j * s : (j + 1) * s, i * s : (i + 1) * s] = block.T
+                batch[span[i], span[j]] = block
+                batch[span[j], span[i]] = block.T
         batch -= n * torch.outer(batch_mean, batch_mean)
         self.moments.update(n, batch_mean, batch)
 
     def result(self) -> GroupStatistics:
         if self.moments.count < 2:
             raise ValueError("Need at least 2 observations to estimate statistics.")
-        m = self.moments
-        return GroupStatistics(self.size, m.count, m.mean.clone(), m.variance(unbiased=True))
+        m, sizes = self.moments, self.sizes if len(set(self.sizes)) > 1 else ()
+        return GroupStatistics(
+            self.sizes[0], m.count, m.mean.clone(), m.variance(unbiased=True), sizes
+        )
 
 
 def _check_fits(model: nn.Module, data: DataLike) -> None:
@@ -265,6 +273,7 @@ def collect_statistics(
     spec: PermutationSpec,
     groups: Sequence[str] | None = None,
     *,
+    specs: Sequence[PermutationSpec] | None = None,
     batch_size: int = 500,
     max_batches: int | None = None,
     progress: bool = True,
@@ -273,12 +282,17 @@ def collect_statistics(
     from one streaming pass over ``data`` with the models in eval mode.
 
     A group observed at several points (a residual stream after each block) pools all
-    of them: each position is one more observation of the same channels.
+    of them: each position is one more observation of the same channels. ``specs``: one
+    spec per model, for models of one architecture in different widths (same groups,
+    other sizes; the statistics then hold each model's ``sizes``); default ``spec`` for all.
     """
-    for index, model in enumerate(models):
-        spec.check_model(model, f"model {index}")
+    specs = [spec] * len(models) if specs is None else list(specs)
+    if len(specs) != len(models):
+        raise ValueError(f"specs has {len(specs)} entries for {len(models)} models; pass one each.")
+    for index, (model, own) in enumerate(zip(models, specs, strict=True)):
+        own.check_model(model, f"model {index}")
     names = list(spec.groups) if groups is None else list(groups)
-    unknown = [n for n in names if n not in spec.groups]
+    unknown = [n for n in names if any(n not in s.groups for s in [spec, *specs])]
     if unknown:
         raise ValueError(f"Unknown groups {unknown}; the spec has {list(spec.groups)}.")
     _check_fits(models[0], data)
@@ -286,8 +300,8 @@ def collect_statistics(
     names = [n for n in names if points[n]]
     nodes = list(dict.fromkeys(node for n in names for node in points[n]))
     device = model_device(models[0])
-    observers = [_observer(spec, model, nodes) for model in models]
-    accumulators = {n: _Accumulator(spec.groups[n].size, len(models)) for n in names}
+    observers = [_observer(own, model, nodes) for model, own in zip(models, specs, strict=True)]
+    accumulators = {n: _Accumulator([s.groups[n].size for s in specs]) for n in names}
     position = {node: i for i, node in enumerate(nodes)}
     with contextlib.ExitStack() as stack, torch.inference_mode():
         for model in models:

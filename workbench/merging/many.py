@@ -28,7 +28,7 @@ from typing import Any
 from torch import nn
 from torch.utils.data import DataLoader
 
-from workbench.alignment.api import align
+from workbench.alignment.api import align, other_width_spec
 from workbench.alignment.cca import GAMMA_GRID
 from workbench.alignment.folding import general_groups
 from workbench.alignment.registry import (
@@ -114,12 +114,17 @@ def _check_inputs(
     bn: str | None,
     options: dict,
     without_batchnorm: str = "bn='repair' (works without BatchNorm) or bn=None",
+    any_width: bool = False,
 ) -> None:
     if bn not in BN_HANDLING:
         raise ValueError(f"bn must be one of {BN_HANDLING}, got {bn!r}.")
     if len(models) < 2:
         raise ValueError(f"Need at least 2 models to merge, got {len(models)}.")
-    check_models(models)
+    if any_width:  # one architecture in several widths: each model checked on its own
+        for i, model in enumerate(models):
+            check_models(model, f"model {i}")
+    else:
+        check_models(models)
     if bn == "reset" and not has_batchnorm(models[0]):
         raise ValueError(
             f"bn='reset' needs BatchNorm layers and {type(models[0]).__name__} has none; "
@@ -155,7 +160,8 @@ def _align_all(
         if method.uses_statistics:
             if i not in statistics:
                 passes = {k: options[k] for k in ("batch_size", "max_batches", "progress")}
-                statistics[i] = collect_statistics([ref, model], data, spec, **passes)
+                specs = [spec, other_width_spec(model, spec, data) or spec]
+                statistics[i] = collect_statistics([ref, model], data, spec, specs=specs, **passes)
             extra["statistics"] = statistics[i]
         found = accepted_options(method.function, {**options, **extra})
         aligned.append(align(ref, model, method.name, data, spec, **found))
@@ -256,7 +262,7 @@ def merge_many(
     if options.get("gammas") is not None and options.get("gamma") is None:
         options["gamma"] = tuple(options["gammas"])
     options.pop("gammas", None)
-    _check_inputs(models, bn, options)
+    _check_inputs(models, bn, options, any_width=found.any_width)
     if isinstance(reference, str) and reference != "best":
         raise ValueError(
             f"reference must be 'best' or a model index in [0, {len(models) - 1}], got "
@@ -350,7 +356,7 @@ def _permuted_groups(
     method: AlignmentMethod, model: nn.Module, spec: PermutationSpec
 ) -> dict[str, str]:
     """The groups a linear method can only permute, with why (none for permutations)."""
-    if method.kind != "linear":
+    if method.kind != "linear" or method.any_width:  # GroupMaps carry per-channel parameters
         return {}
     general = general_groups(model, spec)
     reason = "holds per-channel parameters a general linear map cannot pass"
