@@ -33,6 +33,7 @@ import time
 import torch
 
 import workbench as wb
+from workbench.merging.ensemble import COMBINE
 from workbench.training import random_translate
 
 # The shipped models' recipe (their checkpoint metadata), for the disjoint pair.
@@ -88,7 +89,7 @@ def reference_rows(models, test, parts=None) -> list[dict]:
         for key in ends[0]
     }
     rows = [{"method": "endpoints", "n_models": len(models), **mean}]
-    for combine in wb.merging.ensemble.COMBINE:
+    for combine in COMBINE:
         rows.append(
             {
                 "method": f"ensemble ({combine})",
@@ -105,7 +106,7 @@ def log(message: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=None, help="default: all registered")
     parser.add_argument("--no-disjoint", action="store_true")
     parser.add_argument("--threads", type=int, default=1)
