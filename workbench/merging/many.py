@@ -304,9 +304,9 @@ def merge_many(
                 passes = {k: common[k] for k in ("batch_size", "max_batches", "progress")}
                 joint.update(collect_statistics(models, data, spec, **passes))
             extra = {"statistics": joint} if found.uses_statistics else {}
-            options = accepted_options(found.function, {**common, "bn": bn, **point, **extra})
-            merged = found.merge(models, spec, data, **options)
-            if "bn" in options:
+            given = accepted_options(found.function, {**common, "bn": bn, **point, **extra})
+            merged = found.merge(models, spec, data, **given)
+            if "bn" in given:
                 return merged
             return _fix_statistics(merged, [], bn, data, spec, batch_size, max_batches)
         aligned = _align_all(models, reference, found, data, spec, {**common, **point}, statistics)
