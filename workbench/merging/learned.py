@@ -51,12 +51,19 @@ from workbench.batching import batches
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import evaluate
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.merging.many import MergeReport, MergeResult, _align_all, _check_inputs, _split
+from workbench.merging.many import (
+    MergeReport,
+    MergeResult,
+    _align_all,
+    _check_data_arguments,
+    _check_inputs,
+    _split,
+)
 from workbench.merging.renorm import reset_bn_
 from workbench.merging.weights import average
 from workbench.modules import model_device
 from workbench.tuning import grid_points, validation_search
-from workbench.validation import check_choice, check_data, check_int, check_labels, check_number
+from workbench.validation import check_choice, check_int, check_labels, check_number
 
 __all__ = ["COMBINE", "QUANTILES", "np_merge"]
 
@@ -318,12 +325,7 @@ def np_merge(
         progress=bool(progress),
     )
     check_number("data_fraction", data_fraction, low=0.0, high=1.0, low_inclusive=False)
-    check_number("val_fraction", val_fraction, low=0.0, high=1.0, low_inclusive=False)
-    if max_batches is not None:
-        check_int("max_batches", max_batches, minimum=1)
-    for name, value in (("data", data), ("val_data", val_data)):
-        if value is not None:
-            check_data(value, name=name)
+    _check_data_arguments(data, val_data, val_fraction, max_batches)
     points = grid_points(found.search_space(options))
     fit = data
     if s.steps > 0 or len(points) > 1 or reference == "best":

@@ -136,6 +136,18 @@ def _check_inputs(
         raise ValueError(f"Unknown options {unknown}: no registered method takes them.")
 
 
+def _check_data_arguments(
+    data: DataLike | None, val_data: DataLike | None, val_fraction: float, max_batches: int | None
+) -> None:
+    """Refuse a bad validation fraction, pass limit or dataset before any work."""
+    check_number("val_fraction", val_fraction, low=0.0, high=1.0, low_inclusive=False)
+    if max_batches is not None:
+        check_int("max_batches", max_batches, minimum=1)
+    for name, value in (("data", data), ("val_data", val_data)):
+        if value is not None:
+            check_data(value, name=name)
+
+
 def _align_all(
     models: Sequence[nn.Module],
     reference: int,
@@ -270,14 +282,9 @@ def merge_many(
         )
     if reference != "best":
         reference = check_int("reference", reference, 0, len(models) - 1)
-    check_number("val_fraction", val_fraction, low=0.0, high=1.0, low_inclusive=False)
     check_int("seed", seed)
     check_int("batch_size", batch_size, minimum=1)
-    if max_batches is not None:
-        check_int("max_batches", max_batches, minimum=1)
-    for name, value in (("data", data), ("val_data", val_data)):
-        if value is not None:
-            check_data(value, name=name)
+    _check_data_arguments(data, val_data, val_fraction, max_batches)
     points = grid_points(found.search_space(options))
     needs_val = reference == "best" or len(points) > 1
     if data is None and (found.needs_data or bn is not None or needs_val):
