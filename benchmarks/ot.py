@@ -5,10 +5,7 @@ models of different widths, on mnist-5k.
    with ``bn="reset"`` for "weight", "activation" and "ot" (its ``epsilon`` chosen by
    merge_many on a validation split it carves from the training data); test accuracy and
    loss of the merged model, and the test barrier (11 points, RESET on the training split)
-   of the path from A to B aligned by each method. Also, on a validation split carved
-   here (10% of train; statistics and RESET on the other 90%): the merged accuracy of OT's
-   maps applied with BatchNorm carried along (the GroupMap, what ``apply_alignment``
-   does) and through folded BatchNorm (``map_through_batchnorm``), for every epsilon.
+   of the path from A to B aligned by each method.
 2. **different widths**: a half-width model (width 1) trained here on the training split
    (the quickstart recipe, ``--epochs`` epochs, seed 10), fused by OT into the full-width
    shipped model (seed 0, the reference), and the other way round. Epsilon and the
@@ -35,7 +32,7 @@ import torch
 import workbench as wb
 from workbench.alignment import ot
 from workbench.graph import permutation_spec
-from workbench.graph.transforms import GroupMap, apply_linear_maps
+from workbench.graph.transforms import GroupMap
 
 ALPHAS = 11
 RESULT = Path(__file__).resolve().parent / "results" / "ot.json"
@@ -53,7 +50,7 @@ def _merged(model_a, aligned, data):
     return wb.reset_bn(wb.average([model_a, aligned]), data)
 
 
-def equal_widths(a, b, spec, train, test, fit, val) -> dict:
+def equal_widths(a, b, spec, train, test) -> dict:
     rows = []
     for method in ("weight", "activation", "ot"):
         started = time.perf_counter()
@@ -85,17 +82,7 @@ def equal_widths(a, b, spec, train, test, fit, val) -> dict:
             }
         )
         print(json.dumps(rows[-1]), flush=True, file=sys.stderr)
-    stats = wb.alignment.collect_statistics([a, b], fit, spec, **PASS)
-    batchnorm = {}
-    for eps in ot.EPSILON_GRID:
-        maps = wb.ot_maps(a, b, fit, spec, epsilon=eps, statistics=stats)
-        carried = apply_linear_maps(b, spec, maps, like=a)
-        folded = wb.alignment.map_through_batchnorm(b, spec, maps, fit, a)
-        batchnorm[f"epsilon={eps:g}"] = {
-            "carried_val_accuracy": wb.evaluate(_merged(a, carried, fit), val).accuracy,
-            "folded_val_accuracy": wb.evaluate(_merged(a, folded, fit), val).accuracy,
-        }
-    return {"rows": rows, "batchnorm_choice_on_validation": batchnorm}
+    return {"rows": rows}
 
 
 def _fuse(model_a, model_b, train, test, fit, val) -> dict:
@@ -114,7 +101,7 @@ def _fuse(model_a, model_b, train, test, fit, val) -> dict:
         try:
             for eps in ot.EPSILON_GRID:
                 result = wb.match(model_a, model_b, "ot", fit, spec, epsilon=eps, statistics=stats)
-                aligned = wb.alignment.apply_alignment(model_b, result, fit, model_a)
+                aligned = wb.alignment.apply_alignment(model_b, result, model_a=model_a)
                 merged = _merged(model_a, aligned, fit)
                 scores[f"{consumer}, epsilon={eps:g}"] = wb.evaluate(merged, val).accuracy
         finally:
@@ -179,7 +166,7 @@ def main() -> None:
         "epsilon_grid": list(ot.EPSILON_GRID),
         "validation": "10% of mnist-5k train (train_val_split seed 0); the rest for statistics",
     }
-    result["equal_widths"] = equal_widths(a, b, spec, train, test, fit, val)
+    result["equal_widths"] = equal_widths(a, b, spec, train, test)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")
     result["different_widths"] = different_widths(a, train, test, fit, val, args.epochs)
     text = json.dumps(result, indent=2)

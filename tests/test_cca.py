@@ -18,7 +18,6 @@ from workbench.alignment import (
     collect_statistics,
     fold_batchnorm,
     general_groups,
-    unfold_batchnorm_,
 )
 from workbench.graph import permutation_spec
 from workbench.graph.transforms import transform_state
@@ -72,25 +71,6 @@ def test_folded_batchnorm_passes_any_map_including_residual_groups() -> None:
         assert not torch.allclose(mapped.fc1.weight, folded.fc1.weight)
     with pytest.raises(ValueError, match="per-channel tensor"):
         apply_linear_maps(model, spec, maps)  # unfolded BatchNorm cannot pass it
-
-
-def test_unfolding_restores_the_usual_form_without_changing_the_function(
-    shipped_pair, tiny_train
-) -> None:
-    model = shipped_pair[0]
-    x = tiny_train.images[:64]
-    spec = permutation_spec(model, x[:2])
-    folded, _ = fold_batchnorm(model, spec)
-    assert torch.all(folded.features.bn1.weight == 1)
-    unfolded = unfold_batchnorm_(folded, spec, tiny_train, reference=model)
-    with torch.no_grad():
-        assert (unfolded(x) - model(x)).abs().max() < 1e-4
-        # the reference's scale puts the layer back on its own scale
-        torch.testing.assert_close(unfolded.features.conv1.weight, model.features.conv1.weight)
-    bn = unfolded.features.bn2
-    assert torch.all(bn.running_var > 0) and not torch.all(bn.weight == 1)
-    reset = wb.reset_bn(unfolded, tiny_train)  # the measured statistics are already exact
-    torch.testing.assert_close(reset.features.bn2.running_mean, bn.running_mean)
 
 
 def _relu_activations(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -162,9 +142,10 @@ def test_cca_recovers_a_planted_permutation(shipped_pair, mnist_train, mnist_tes
     assert_state_equal(permuted, before)
     stats = collect_statistics([model, permuted], mnist_train, spec, progress=False)
     found = cca_maps(stats, 1e-4, spec, general_groups(permuted, spec))
+    for matrix in found.maps.values():  # fc1's dead units included
+        # a permutation, to the float32 noise of the statistics (amplified by the small ridge)
+        torch.testing.assert_close(matrix, matrix.round(), atol=1e-3, rtol=0)
     for name in ("features.conv1", "features.conv2", "features.conv3"):
-        matrix = found.maps[name]
-        torch.testing.assert_close(matrix, matrix.round(), atol=1e-4, rtol=0)  # a permutation
         # conv1's channels are all functions of one 3x3 grey patch, so their covariance is
         # nearly singular and the ridge lowers the last canonical correlations a little
         assert (found.correlations[name] > 0.99).float().mean() >= 0.9
@@ -172,9 +153,10 @@ def test_cca_recovers_a_planted_permutation(shipped_pair, mnist_train, mnist_tes
     x = mnist_test.images[:500]
     with torch.no_grad():
         got, expected = image.eval()(x), model.eval()(x)
-    # exact but for fc1's dead units, which CCA may mix among themselves (measured: 0.11)
-    assert (got - expected).abs().max() < 0.2
-    assert (got.argmax(1) == expected.argmax(1)).float().mean() >= 0.995
+    # exact to the statistics' float32 noise, which the tiny ridge amplifies (measured
+    # 3e-4 on logits of size ~10): the dead fc1 units, which correlate with nothing, stay
+    # dead (the undetermined part of U V^T is completed by a permutation, not a rotation)
+    assert (got - expected).abs().max() < 1e-3
 
 
 def test_align_with_cca_gives_a_model_in_the_reference_space(shipped_pair, mnist_train) -> None:
@@ -190,7 +172,7 @@ def test_align_with_cca_gives_a_model_in_the_reference_space(shipped_pair, mnist
     result = wb.alignment.match(model_a, model_b, "cca", mnist_train, gamma=0.3, progress=False)
     assert result.kind == "linear" and not result.preserves_function
     assert result.options["gamma"] == 0.3
-    again = wb.alignment.apply_alignment(model_b, result, mnist_train, model_a)
+    again = wb.alignment.apply_alignment(model_b, result, model_a=model_a)
     assert states_equal(again.state_dict(), aligned.state_dict())
     with pytest.raises(ValueError, match=r"not a permutation: read result\.transform"):
         _ = result.permutation

@@ -458,7 +458,7 @@ def apply_alignment_permutation(inp: Inputs) -> None:
 def apply_alignment_linear(inp: Inputs) -> None:
     result = wb.match(inp.a, inp.b, "cca", inp.train, inp.spec, progress=False)
     with kept(result=result):
-        alignment.apply_alignment(inp.b, result, inp.train, inp.a)
+        alignment.apply_alignment(inp.b, result, model_a=inp.a)
 
 
 @case("apply_permutation")
@@ -497,7 +497,7 @@ def collect_statistics(inp: Inputs) -> None:
     alignment.collect_statistics([inp.a, inp.b], inp.train, inp.spec, progress=False)
 
 
-@case("fold_batchnorm", "general_groups", "map_through_batchnorm")
+@case("fold_batchnorm", "general_groups", "map_model")
 def folding(inp: Inputs) -> None:
     alignment.fold_batchnorm(inp.b, inp.spec)
     general = alignment.general_groups(inp.b, inp.spec)
@@ -509,7 +509,7 @@ def folding(inp: Inputs) -> None:
         if name in general
     }
     with kept(maps=maps):
-        alignment.map_through_batchnorm(inp.b, inp.spec, maps, inp.train, inp.a)
+        alignment.map_model(inp.b, inp.spec, maps, inp.a)
 
 
 # -- merging
@@ -1130,9 +1130,7 @@ EXCLUDED: dict[str, str] = {
         ],
         _RESULTS,
     ),
-    **dict.fromkeys(
-        ["load_interpolation_", "repair_", "reset_bn_", "unfold_batchnorm_"], _IN_PLACE
-    ),
+    **dict.fromkeys(["load_interpolation_", "repair_", "reset_bn_"], _IN_PLACE),
 }
 
 # An annotation naming a model, a dataset or something that holds models.

@@ -6,14 +6,9 @@ The built-in methods register themselves when their modules are imported, in thi
 """
 
 from workbench.alignment.activation import activation_matching, permutation_from_statistics
-from workbench.alignment.api import AlignmentResult, align, apply_alignment, match
+from workbench.alignment.api import AlignmentResult, align, apply_alignment, map_model, match
 from workbench.alignment.cca import CCAAlignment, canonical_correlation, cca_align, cca_maps
-from workbench.alignment.folding import (
-    fold_batchnorm,
-    general_groups,
-    map_through_batchnorm,
-    unfold_batchnorm_,
-)
+from workbench.alignment.folding import fold_batchnorm
 from workbench.alignment.ot import ot_fusion, ot_maps
 from workbench.alignment.registry import (
     AlignmentMethod,
@@ -35,6 +30,7 @@ from workbench.graph.transforms import (
     apply_linear_maps,
     apply_permutation,
     compose,
+    general_groups,
     identity_permutation,
     inverse,
     permute_state,
@@ -65,7 +61,7 @@ __all__ = [
     "get_method",
     "identity_permutation",
     "inverse",
-    "map_through_batchnorm",
+    "map_model",
     "match",
     "matching_methods",
     "methods",
@@ -78,7 +74,6 @@ __all__ = [
     "random_permutation",
     "register_method",
     "ste_matching",
-    "unfold_batchnorm_",
     "unregister_method",
     "weight_matching",
 ]

@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
-from workbench.alignment.folding import map_through_batchnorm
 from workbench.alignment.registry import AlignmentMethod, Kind, get_method
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
@@ -24,7 +25,14 @@ from workbench.graph.transforms import (
 from workbench.modules import state_diff, state_shapes
 from workbench.validation import check_data, check_models
 
-__all__ = ["AlignmentResult", "align", "apply_alignment", "match", "other_width_spec"]
+__all__ = [
+    "AlignmentResult",
+    "align",
+    "apply_alignment",
+    "map_model",
+    "match",
+    "other_width_spec",
+]
 
 
 @dataclass(frozen=True)
@@ -158,30 +166,41 @@ def match(
     )
 
 
-def apply_alignment(
+def map_model(
     model_b: nn.Module,
-    result: AlignmentResult,
-    data: DataLike | None = None,
-    model_a: nn.Module | None = None,
+    spec: PermutationSpec,
+    maps: Mapping[str, torch.Tensor | GroupMap],
+    model_a: nn.Module,
 ) -> nn.Module:
-    """A copy of ``model_b`` transformed by ``result``: permuted, or for linear maps mapped
-    through its BatchNorm layers (:func:`~workbench.alignment.folding.map_through_batchnorm`,
-    which needs ``data`` and ``model_a``, whose BatchNorm scales the result takes); for
-    :class:`~workbench.graph.transforms.GroupMap` maps (OT, possibly of other widths), a
-    copy of ``model_a`` filled with B's mapped weights, BatchNorm carried along (RESET it)."""
+    """A copy of ``model_a`` holding ``model_b``'s weights with each group's channels
+    mapped by a linear method's ``maps`` (``spec``: B's). A square map ``T`` acts as
+    ``GroupMap(T, T^{-1})``: producers' rows by ``T``, consumers' columns by ``T^{-1}``,
+    and BatchNorm parameters and statistics carried along with ``T`` (as CCA Merge's
+    authors do; variances by ``|T|``), exact when ``T`` is a permutation. Otherwise the
+    carried statistics are an estimate: reset them on data (``bn="reset"``,
+    :func:`~workbench.reset_bn`) before reading the model's accuracy."""
+    pairs = {
+        name: m if isinstance(m, GroupMap) else GroupMap(m, torch.linalg.inv(m.double()))
+        for name, m in maps.items()
+    }
+    return apply_linear_maps(model_b, spec, pairs, like=model_a)
+
+
+def apply_alignment(
+    model_b: nn.Module, result: AlignmentResult, *, model_a: nn.Module | None = None
+) -> nn.Module:
+    """A copy of ``model_b`` transformed by ``result``: permuted, or for linear maps a
+    copy of ``model_a`` (required) holding B's mapped weights, BatchNorm carried along
+    (:func:`map_model`; reset its statistics on data)."""
     if result.kind == "permutation":
         return apply_permutation(model_b, result.spec, result.transform)
-    if data is None or model_a is None:
+    if model_a is None:
         raise ValueError(
-            f"Applying the linear maps of method={result.method!r} measures BatchNorm "
-            "statistics again: pass data= and model_a=."
+            f"Applying the linear maps of method={result.method!r} builds the result in a "
+            "copy of model A (its widths): pass model_a=."
         )
-    if any(isinstance(m, GroupMap) for m in result.transform.values()):
-        # the maps of a merge (OT) carry BatchNorm along into a copy of A (RESET follows)
-        spec_b = result.spec if result.spec_b is None else result.spec_b
-        return apply_linear_maps(model_b, spec_b, result.transform, like=model_a)
-    passes = {k: result.options[k] for k in ("batch_size", "max_batches") if k in result.options}
-    return map_through_batchnorm(model_b, result.spec, result.transform, data, model_a, **passes)
+    spec_b = result.spec if result.spec_b is None else result.spec_b
+    return map_model(model_b, spec_b, result.transform, model_a)
 
 
 def align(
@@ -199,9 +218,9 @@ def align(
     A permutation method (``"weight"``: weight matching, no data needed; ``"activation"``:
     activation matching on ``data``; ``"none"``) reorders B's channels: the result
     computes exactly B's function. A linear method (``"cca"``: CCA on ``data``, ridge
-    ``gamma``) maps B's channels into A's space by general matrices, through its
-    BatchNorm layers, which does not preserve B's function (a ReLU does not commute with
-    a rotation).
+    ``gamma``) maps B's channels into A's space by general matrices, BatchNorm carried
+    along (:func:`map_model`), which does not preserve B's function (a ReLU does not
+    commute with a rotation): reset its BatchNorm statistics before reading it.
     """
     result = match(model_a, model_b, method, data, spec, **options)
-    return apply_alignment(model_b, result, data, model_a)
+    return apply_alignment(model_b, result, model_a=model_a)

@@ -16,10 +16,20 @@ A's covariance. For a large ``gamma`` the covariances become multiples of the id
 ``T`` tends to the orthogonal Procrustes rotation of the cross-covariance; when B is A with
 its channels permuted, ``T`` is that permutation (for small ``gamma``).
 
-BatchNorm layers are folded into the layers before them first (:mod:`folding`), so that
-the maps pass through them exactly; groups that still hold per-channel parameters that
-no general matrix can pass (a BatchNorm not directly after a layer, depthwise filters)
-fall back to the permutation that maximizes correlation, and are listed in the result.
+Each map is applied as a :class:`~workbench.graph.transforms.GroupMap` ``(T, T^{-1})``:
+``T`` multiplies the producing layers' rows and biases and, as the authors' code does,
+the BatchNorm parameters and statistics of the group (running variances by ``|T|``, so
+they stay positive); ``T^{-1}`` multiplies the consumers' columns. BatchNorm statistics
+are then measured again (RESET), as in the paper. Groups holding per-channel tensors
+that are not BatchNorm (depthwise filters) or feeding grouped convolutions fall back to
+the permutation that maximizes correlation, and are listed in the result.
+
+**Directions without correlation.** Where the whitened cross-covariance is singular
+(dead or constant units, which correlate with nothing), its SVD leaves ``U V^T``
+undetermined on the null spaces, and an arbitrary rotation there mixes dead units into
+firing ones. There ``U V^T`` is completed by the orthogonal map closest to the
+permutation that maximizes the whitened cross-covariance, so that ``T`` is the
+identity when ``B`` is ``A`` and the permutation when ``B`` is a permuted copy of ``A``.
 """
 
 from __future__ import annotations
@@ -31,13 +41,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from workbench.alignment.folding import general_groups, map_through_batchnorm
+from workbench.alignment.api import map_model
 from workbench.alignment.registry import register_method
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.graph.transforms import LinearMaps
+from workbench.graph.transforms import LinearMaps, general_groups
 from workbench.validation import check_models, check_number, check_pass
 
 __all__ = [
@@ -54,15 +64,26 @@ DEFAULT_GAMMA = 0.1
 GAMMA_GRID = (0.01, 0.1, 0.3, 1.0, 3.0)
 
 
+# Canonical correlations below this are zero (a dead unit's are exactly 0; rho <= 1).
+_NULL_CORRELATION = 1e-9
+
+
 def canonical_correlation(
-    cov_aa: torch.Tensor, cov_bb: torch.Tensor, cov_ab: torch.Tensor, gamma: float
+    cov_aa: torch.Tensor,
+    cov_bb: torch.Tensor,
+    cov_ab: torch.Tensor,
+    gamma: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The map ``T`` taking B's channels into A's space, and the canonical correlations
     (descending), from the covariances of A's channels, B's channels and between them.
 
-    ``gamma`` is the ridge, relative to each side's mean channel variance. Raises
-    ``ValueError`` when a regularized covariance is still singular (``gamma=0`` with dead
-    or constant channels): CCA cannot whiten them.
+    ``gamma`` is the ridge, relative to each side's mean channel variance. On the
+    directions whose canonical correlation is zero (dead units), where the SVD does not
+    determine ``U V^T``, it is completed by the permutation that maximizes the whitened
+    cross-covariance (ties to the identity), so that ``T`` is the identity when A is B and
+    the permutation when B is a permuted copy of A. Raises ``ValueError`` when a
+    regularized covariance is still singular (``gamma=0`` with dead or constant
+    channels): CCA cannot whiten them.
     """
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}.")
@@ -83,8 +104,27 @@ def canonical_correlation(
         root = values.sqrt()
         roots.append(((vectors * root) @ vectors.T, (vectors / root) @ vectors.T))
     (root_a, inv_root_a), (_, inv_root_b) = roots
-    u, rho, vh = torch.linalg.svd(inv_root_a @ cov_ab.double() @ inv_root_b)
-    return root_a @ u @ vh @ inv_root_b, rho
+    whitened = inv_root_a @ cov_ab.double() @ inv_root_b
+    u, rho, vh = torch.linalg.svd(whitened)
+    # Each whitened channel pairs with one other by an assignment: on the positive
+    # semidefinite ``whitened`` of A with itself the identity is optimal; the tiny
+    # identity breaks the ties among dead units (all-zero rows) the same way.
+    hint = eye[assignment(whitened + _NULL_CORRELATION * eye).to(eye.device)]
+    return root_a @ _polar_factor(u, rho, vh, hint) @ inv_root_b, rho
+
+
+def _polar_factor(
+    u: torch.Tensor, rho: torch.Tensor, vh: torch.Tensor, hint: torch.Tensor
+) -> torch.Tensor:
+    """``U V^T`` from the SVD ``U diag(rho) V^T``, with its undetermined part (the null
+    spaces, ``rho`` = 0) the orthogonal map between them closest to ``hint``."""
+    rank = int((rho > _NULL_CORRELATION).sum())
+    polar = u[:, :rank] @ vh[:rank]
+    if rank < len(rho):
+        left, right = u[:, rank:], vh[rank:].T
+        p, _, qh = torch.linalg.svd(left.T @ hint @ right)
+        polar = polar + left @ p @ qh @ right.T
+    return polar
 
 
 @dataclass
@@ -200,9 +240,9 @@ def cca_align(
 
     Unlike a permutation, the maps do not preserve ``model_b``'s function (a ReLU does not
     commute with a rotation): the result is B's best linear image in A's coordinates, made
-    to be averaged with A. Its BatchNorm layers come back in the usual form, with running
-    statistics measured on ``data`` and A's BatchNorm scales, so that its weights are on
-    the same scale as A's. ``statistics`` (joint, A first) saves the data pass
+    to be averaged with A. Its BatchNorm parameters and statistics are carried along with
+    the maps (:func:`~workbench.alignment.map_model`): reset the statistics on data
+    before reading its accuracy. ``statistics`` (joint, A first) saves the data pass
     when the caller has them.
     """
     check_models([model_a, model_b])
@@ -210,4 +250,4 @@ def cca_align(
     spec = resolve_spec(model_a, spec, data=data)
     options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
     maps = _cca(model_a, model_b, spec, data, gamma, statistics, options).maps
-    return map_through_batchnorm(model_b, spec, maps, data, model_a, batch_size, max_batches)
+    return map_model(model_b, spec, maps, model_a)

@@ -44,10 +44,8 @@ the validation split (``benchmarks/ot.py``), so it is kept.
 **BatchNorm.** A soft or rectangular map cannot pass per-channel parameters exactly. A
 :class:`GroupMap` carries them along with ``out`` (weighted means of B's BatchNorm
 parameters and statistics), and RESET after merging measures the statistics again
-(:func:`~workbench.alignment.apply_alignment`, which applies GroupMaps so, into a copy of
-A). Folding BatchNorm into the layers first (CCA's path,
-:func:`~workbench.alignment.map_through_batchnorm`) merged no better on the validation
-split (``benchmarks/ot.py``), and cannot change widths.
+(:func:`~workbench.alignment.map_model`, which applies GroupMaps so, into a copy of A):
+the path every linear method takes, CCA's included.
 """
 
 from __future__ import annotations
@@ -325,4 +323,4 @@ def ot_fusion(
     options = {"transport": transport, "epsilon": epsilon, "statistics": statistics}
     passes = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
     result = match(model_a, model_b, "ot", data, spec, **options, **passes)
-    return apply_alignment(model_b, result, data, model_a)
+    return apply_alignment(model_b, result, model_a=model_a)

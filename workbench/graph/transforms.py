@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.graph.spec import Axis, PermutationSpec
 
@@ -26,6 +27,7 @@ __all__ = [
     "check_linear_maps",
     "check_permutation",
     "compose",
+    "general_groups",
     "identity_permutation",
     "inverse",
     "permute_axis",
@@ -203,7 +205,8 @@ class GroupMap(NamedTuple):
     ``out`` (``m x n``, ``n`` the group's channels in this model, ``m`` in the target)
     multiplies the producers' output rows and biases (role ``"out"``) and the per-channel
     parameters and statistics (``"channel"``: each new channel's BatchNorm parameters are
-    the same combination of the old ones as the channel itself); ``into`` (``n x m``)
+    the same combination of the old ones as the channel itself; running variances by
+    ``|out|``, so that they stay positive under a map with negative entries); ``into`` (``n x m``)
     multiplies the consumers' input columns (``"in"``). The function is kept only when
     ``out`` is a permutation matrix and ``into`` its transpose; otherwise reset the
     BatchNorm statistics of what is built from it (RESET).
@@ -318,10 +321,13 @@ def transform_state(
             raise ValueError(
                 f"Group {name!r} has the {kind} tensor {ax.key}, which a general linear "
                 "map cannot transform exactly; fold BatchNorm into the layers "
-                "(fold_batchnorm) or use a permutation for this group."
+                "(fold_batchnorm), pass a GroupMap (which carries per-channel parameters "
+                "along) or use a permutation for this group."
             )
         block, span = channel_block(tensor.double(), ax, group.size)
-        if ax.role == "in":
+        if ax.role == "channel" and ax.key.endswith("running_var"):
+            new = torch.einsum("ij,jbr->ibr", matrix.abs().to(tensor.device), block)
+        elif ax.role == "in":
             new = torch.einsum("kj,kbr->jbr", into.to(tensor.device), block)
         else:
             new = torch.einsum("ij,jbr->ibr", matrix.to(tensor.device), block)
@@ -350,3 +356,21 @@ def apply_linear_maps(
             f"The mapped weights do not fit {type(transformed).__name__}: {hint}. ({error})"
         ) from error
     return transformed
+
+
+def general_groups(model: nn.Module, spec: PermutationSpec) -> list[str]:
+    """The groups of ``model`` that a general linear map (a :class:`GroupMap`) can
+    transform: one block, no grouped convolution, and no per-channel tensors but
+    BatchNorm's (which the map carries along); a linear method must give the other
+    groups (depthwise filters, grouped convolutions) permutation matrices."""
+    modules = dict(model.named_modules())
+
+    def carried(ax: Axis) -> bool:
+        owner = modules.get(ax.key.rpartition(".")[0])
+        return ax.role != "channel" or isinstance(owner, _BatchNorm)
+
+    return [
+        name
+        for name, group in spec.groups.items()
+        if group.blocks == 1 and all(ax.grouped == 1 and carried(ax) for ax in group.axes)
+    ]

@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader
 
 from workbench.alignment.api import align, other_width_spec
 from workbench.alignment.cca import GAMMA_GRID
-from workbench.alignment.folding import general_groups
 from workbench.alignment.registry import (
     AlignmentMethod,
     accepted_options,
@@ -42,6 +41,7 @@ from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import evaluate
 from workbench.graph import PermutationSpec, resolve_spec
+from workbench.graph.transforms import general_groups
 from workbench.merging.renorm import repair, reset_bn
 from workbench.merging.weights import average
 from workbench.modules import has_batchnorm
