@@ -59,7 +59,9 @@ __all__ = [
     "cca_maps",
 ]
 
-DEFAULT_GAMMA = 0.1
+# The ridge chosen on validation splits of the shipped pair (96.8% at 1.0 against 96.3% at
+# 0.1) and of a ResNet-20 pair (58.4% against 51.8%), GAMMA_GRID searched.
+DEFAULT_GAMMA = 1.0
 # The ridges merge_many tries on a validation split (relative to the mean channel variance).
 GAMMA_GRID = (0.01, 0.1, 0.3, 1.0, 3.0)
 

@@ -172,11 +172,17 @@ class GroupStatistics:
         """Per-channel standard deviation of model ``i``."""
         return self.block(i, i).diagonal().clamp_min(0).sqrt()
 
-    def correlation(self, i: int = 0, j: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    def correlation(self, i: int = 0, j: int = 1, eps: float = 1e-6) -> torch.Tensor:
         """Pearson correlation between model ``i``'s channels (rows) and model ``j``'s
-        (columns); channels that never vary (dead units) correlate 0 with everything."""
-        denominator = torch.outer(self.std(i), self.std(j))
-        return torch.where(denominator > eps, self.block(i, j) / denominator.clamp_min(eps), 0.0)
+        (columns); channels that never vary (dead units: a standard deviation at most
+        ``eps`` times the largest of the two models' at this group) correlate 0 with
+        everything. The floor is relative, so that a unit that fires rarely, however
+        small its activations, keeps its correlations."""
+        std_i, std_j = self.std(i), self.std(j)
+        floor = eps * torch.maximum(std_i.max(), std_j.max())
+        live = torch.outer(std_i > floor, std_j > floor)
+        denominator = torch.outer(std_i, std_j).clamp_min(torch.finfo(std_i.dtype).tiny)
+        return torch.where(live, self.block(i, j) / denominator, 0.0)
 
 
 def observation_points(group: PermutationGroup) -> dict[str, int]:

@@ -38,6 +38,7 @@ def np_merge_models(
     learn_data_fraction: float | None = None,
     learn_eval_every: int | None = None,
     learn_patience: int | None = None,
+    val_data: DataLike | None = None,
     seed: int = 0,
     batch_size: int = 500,
     max_batches: int | None = None,
@@ -46,7 +47,8 @@ def np_merge_models(
     """The registered ``"np_merge"``: :func:`~workbench.merging.learned.np_merge` of
     ``models`` aligned by ``learn_align`` (its report: call ``np_merge`` itself), with
     its BatchNorm handling ``bn``; a ``learn_<name>`` option is its ``<name>``, and
-    ``None`` keeps its default."""
+    ``None`` keeps its default. ``val_data``: the held-out split it stops early on
+    (``merge_many`` passes its own; default a split carved from ``data``)."""
     given = {
         "combine": learn_combine,
         "steps": learn_steps,
@@ -58,7 +60,8 @@ def np_merge_models(
     }
     learning = {name: value for name, value in given.items() if value is not None}
     found = np_merge(
-        models, data, learn_align, bn=bn, spec=spec, seed=seed, eval_batch_size=batch_size,
+        models, data, learn_align, bn=bn, spec=spec, val_data=val_data, seed=seed,
+        eval_batch_size=batch_size,
         max_batches=max_batches, progress=progress, **learning,
     )  # fmt: skip
     return found.model

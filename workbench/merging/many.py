@@ -311,7 +311,8 @@ def merge_many(
                 passes = {k: common[k] for k in ("batch_size", "max_batches", "progress")}
                 joint.update(collect_statistics(models, data, spec, **passes))
             extra = {"statistics": joint} if found.uses_statistics else {}
-            given = accepted_options(found.function, {**common, "bn": bn, **point, **extra})
+            given = {**common, "bn": bn, "val_data": val_data, **point, **extra}
+            given = accepted_options(found.function, given)
             merged = found.merge(models, spec, data, **given)
             if "bn" in given:
                 return merged
