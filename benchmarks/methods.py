@@ -10,6 +10,12 @@ validation scores. Next to them, per N, the endpoints' mean and the two output e
 of the same models (averaged logits, averaged probabilities): the ceiling a merge is
 read against.
 
+Other families (``--families``): four models (seeds 0..3) of a ResNet-20 with BatchNorm
+(width 2: 32/64/128 channels) and of the quickstart CNN without normalization (a
+VGG-style stack of conv-ReLU-pool blocks), trained here on the training split, merged at
+N = 2 and 4 by the training-free methods (``--family-methods``); RESET where there is
+BatchNorm, no BatchNorm handling otherwise.
+
 The disjoint pair: two quickstart CNNs (the shipped recipe, seeds 10 and 11) trained on
 the two halves of ``wb.partition(train, 2, "disjoint")`` (5 classes each); each row adds
 the accuracy on the test set as each part sees it (its own classes).
@@ -35,6 +41,21 @@ import torch
 import workbench as wb
 from workbench.merging.ensemble import COMBINE
 from workbench.training import random_translate
+
+# The families trained here: (architecture, model kwargs, training kwargs).
+FAMILIES = {
+    "resnet20 (BatchNorm), width 2": (
+        "resnet20",
+        {"width": 2.0, "in_channels": 1},
+        {"epochs": 10, "lr": 0.1, "batch_size": 128, "translate": 2},
+    ),
+    "cnn without normalization, width 1": (
+        "cnn",
+        {"width": 1.0, "in_channels": 1, "batch_norm": False},
+        {"epochs": 15, "lr": 0.1, "batch_size": 32, "translate": 2},
+    ),
+}
+FAMILY_METHODS = ("none", "weight", "activation", "cca", "ot")
 
 # The shipped models' recipe (their checkpoint metadata), for the disjoint pair.
 RECIPE = {"batch_size": 128, "lr": 0.2, "epochs": 15, "translate": 2}
@@ -63,8 +84,10 @@ def metrics(model, test, parts=None) -> dict:
 
 
 def merged_row(models, train, test, method: str, parts=None) -> dict:
+    """``merge_many`` with RESET where the models have BatchNorm, else no BN handling."""
     started = time.perf_counter()
-    result = wb.merge_many(models, train, method, bn="reset", progress=False)
+    bn = "reset" if wb.modules.has_batchnorm(models[0]) else None
+    result = wb.merge_many(models, train, method, bn=bn, progress=False)
     seconds = time.perf_counter() - started
     report = result.report
     return {
@@ -100,6 +123,31 @@ def reference_rows(models, test, parts=None) -> list[dict]:
     return rows
 
 
+def family_rows(name: str, train, test, methods, sizes) -> dict:
+    """Four models of a family trained here, merged at each N by each method."""
+    architecture, model_kwargs, recipe = FAMILIES[name]
+    recipe = dict(recipe)
+    epochs, translate = recipe.pop("epochs"), recipe.pop("translate")
+    started = time.perf_counter()
+    models = wb.train_models(
+        architecture, (0, 1, 2, 3), train, epochs, model_kwargs=model_kwargs,
+        augment=random_translate(translate), progress=False, **recipe,
+    )  # fmt: skip
+    rows = []
+    for n in sizes:
+        for method in methods:
+            rows.append(merged_row(models[:n], train, test, method))
+            log(f"{name} N={n} {method}: {rows[-1]['accuracy']:.4f}")
+        rows.extend(reference_rows(models[:n], test))
+    return {
+        "architecture": architecture,
+        "model_kwargs": model_kwargs,
+        "recipe": FAMILIES[name][2],
+        "training_seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -109,6 +157,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="*", default=[2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=None, help="default: all registered")
     parser.add_argument("--no-disjoint", action="store_true")
+    parser.add_argument("--families", nargs="*", default=[], help=f"of {list(FAMILIES)}")
+    parser.add_argument("--family-methods", nargs="+", default=list(FAMILY_METHODS))
+    parser.add_argument("--family-sizes", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -151,6 +202,11 @@ def main() -> None:
             "rows": pair_rows + reference_rows(pair, test, parts),
         }
 
+    families = {
+        name: family_rows(name, train, test, args.family_methods, args.family_sizes)
+        for name in args.families
+    }
+
     result = {
         "benchmark": "methods",
         "models": "quickstart cnn (width 2, the shipped checkpoints), mnist-5k seeds 0..3, first N",
@@ -162,6 +218,7 @@ def main() -> None:
         "machine": platform.processor() or platform.machine(),
         "rows": rows,
         "disjoint_pair": disjoint,
+        "families": families,
         "seconds_total": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result, indent=2))

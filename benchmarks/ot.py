@@ -101,7 +101,7 @@ def _fuse(model_a, model_b, train, test, fit, val) -> dict:
         try:
             for eps in ot.EPSILON_GRID:
                 result = wb.match(model_a, model_b, "ot", fit, spec, epsilon=eps, statistics=stats)
-                aligned = wb.alignment.apply_alignment(model_b, result, model_a=model_a)
+                aligned = wb.alignment.apply_alignment(model_b, result, fit, model_a)
                 merged = _merged(model_a, aligned, fit)
                 scores[f"{consumer}, epsilon={eps:g}"] = wb.evaluate(merged, val).accuracy
         finally:

@@ -97,7 +97,7 @@ def test_models_of_other_widths_come_out_at_the_reference_width(
         out, into = result.transform[name]
         assert out.shape == (n_a, n_b) and into.shape == (n_b, n_a)
         assert torch.allclose(out.sum(1), torch.ones(n_a, dtype=torch.float64))
-    aligned = wb.alignment.apply_alignment(model_b, result, model_a=model_a)
+    aligned = wb.alignment.apply_alignment(model_b, result, tiny_train, model_a)
     assert state_shapes(aligned) == state_shapes(model_a)
     exact = wb.ot_fusion(model_a, model_b, tiny_train, **QUIET)
     assert state_shapes(exact) == state_shapes(model_a)

@@ -458,7 +458,7 @@ def apply_alignment_permutation(inp: Inputs) -> None:
 def apply_alignment_linear(inp: Inputs) -> None:
     result = wb.match(inp.a, inp.b, "cca", inp.train, inp.spec, progress=False)
     with kept(result=result):
-        alignment.apply_alignment(inp.b, result, model_a=inp.a)
+        alignment.apply_alignment(inp.b, result, inp.train, inp.a)
 
 
 @case("apply_permutation")
@@ -509,7 +509,7 @@ def folding(inp: Inputs) -> None:
         if name in general
     }
     with kept(maps=maps):
-        alignment.map_model(inp.b, inp.spec, maps, inp.a)
+        alignment.map_model(inp.b, inp.spec, maps, inp.a, inp.train)
 
 
 # -- merging

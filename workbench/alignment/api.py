@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from workbench.alignment.calibration import reset_bn_
 from workbench.alignment.registry import AlignmentMethod, Kind, get_method
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
@@ -21,8 +22,9 @@ from workbench.graph.transforms import (
     Permutation,
     apply_linear_maps,
     apply_permutation,
+    is_permutation_map,
 )
-from workbench.modules import state_diff, state_shapes
+from workbench.modules import has_batchnorm, state_diff, state_shapes
 from workbench.validation import check_data, check_models
 
 __all__ = [
@@ -171,27 +173,45 @@ def map_model(
     spec: PermutationSpec,
     maps: Mapping[str, torch.Tensor | GroupMap],
     model_a: nn.Module,
+    data: DataLike | None = None,
+    batch_size: int = 500,
+    max_batches: int | None = None,
 ) -> nn.Module:
     """A copy of ``model_a`` holding ``model_b``'s weights with each group's channels
     mapped by a linear method's ``maps`` (``spec``: B's). A square map ``T`` acts as
     ``GroupMap(T, T^{-1})``: producers' rows by ``T``, consumers' columns by ``T^{-1}``,
-    and BatchNorm parameters and statistics carried along with ``T`` (as CCA Merge's
-    authors do; variances by ``|T|``), exact when ``T`` is a permutation. Otherwise the
-    carried statistics are an estimate: reset them on data (``bn="reset"``,
-    :func:`~workbench.reset_bn`) before reading the model's accuracy."""
+    and BatchNorm parameters carried along with ``T``, as CCA Merge's authors do.
+
+    BatchNorm statistics carried along with a permutation stay exact; when a map mixes
+    channels they are only an estimate, so they are measured on ``data`` (RESET,
+    :func:`~workbench.alignment.calibration.reset_bn`), which is then required: the
+    result is a model whose statistics are its own, as an endpoint of a path, a REPAIR
+    target or a model to evaluate needs."""
     pairs = {
         name: m if isinstance(m, GroupMap) else GroupMap(m, torch.linalg.inv(m.double()))
         for name, m in maps.items()
     }
-    return apply_linear_maps(model_b, spec, pairs, like=model_a)
+    mapped = apply_linear_maps(model_b, spec, pairs, like=model_a)
+    if not has_batchnorm(mapped) or all(is_permutation_map(m) for m in pairs.values()):
+        return mapped
+    if data is None:
+        raise ValueError(
+            "The linear maps mix channels, so the BatchNorm statistics carried along with "
+            "them are only an estimate: pass data= (training data) to measure them."
+        )
+    return reset_bn_(mapped, data, batch_size, max_batches)
 
 
 def apply_alignment(
-    model_b: nn.Module, result: AlignmentResult, *, model_a: nn.Module | None = None
+    model_b: nn.Module,
+    result: AlignmentResult,
+    data: DataLike | None = None,
+    model_a: nn.Module | None = None,
 ) -> nn.Module:
     """A copy of ``model_b`` transformed by ``result``: permuted, or for linear maps a
     copy of ``model_a`` (required) holding B's mapped weights, BatchNorm carried along
-    (:func:`map_model`; reset its statistics on data)."""
+    and its statistics measured on ``data`` where the maps mix channels
+    (:func:`map_model`)."""
     if result.kind == "permutation":
         return apply_permutation(model_b, result.spec, result.transform)
     if model_a is None:
@@ -200,7 +220,8 @@ def apply_alignment(
             "copy of model A (its widths): pass model_a=."
         )
     spec_b = result.spec if result.spec_b is None else result.spec_b
-    return map_model(model_b, spec_b, result.transform, model_a)
+    passes = {k: result.options[k] for k in ("batch_size", "max_batches") if k in result.options}
+    return map_model(model_b, spec_b, result.transform, model_a, data, **passes)
 
 
 def align(
@@ -219,8 +240,8 @@ def align(
     activation matching on ``data``; ``"none"``) reorders B's channels: the result
     computes exactly B's function. A linear method (``"cca"``: CCA on ``data``, ridge
     ``gamma``) maps B's channels into A's space by general matrices, BatchNorm carried
-    along (:func:`map_model`), which does not preserve B's function (a ReLU does not
-    commute with a rotation): reset its BatchNorm statistics before reading it.
+    along and its statistics measured on ``data`` (:func:`map_model`), which does not
+    preserve B's function (a ReLU does not commute with a rotation).
     """
     result = match(model_a, model_b, method, data, spec, **options)
-    return apply_alignment(model_b, result, model_a=model_a)
+    return apply_alignment(model_b, result, data, model_a)

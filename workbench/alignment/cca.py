@@ -242,14 +242,13 @@ def cca_align(
 
     Unlike a permutation, the maps do not preserve ``model_b``'s function (a ReLU does not
     commute with a rotation): the result is B's best linear image in A's coordinates, made
-    to be averaged with A. Its BatchNorm parameters and statistics are carried along with
-    the maps (:func:`~workbench.alignment.map_model`): reset the statistics on data
-    before reading its accuracy. ``statistics`` (joint, A first) saves the data pass
-    when the caller has them.
+    to be averaged with A. Its BatchNorm parameters are carried along with the maps and
+    its statistics measured on ``data`` (:func:`~workbench.alignment.map_model`).
+    ``statistics`` (joint, A first) saves the data pass when the caller has them.
     """
     check_models([model_a, model_b])
     check_pass(data, batch_size, max_batches)
     spec = resolve_spec(model_a, spec, data=data)
     options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
     maps = _cca(model_a, model_b, spec, data, gamma, statistics, options).maps
-    return map_model(model_b, spec, maps, model_a)
+    return map_model(model_b, spec, maps, model_a, data, batch_size, max_batches)

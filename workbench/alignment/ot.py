@@ -323,4 +323,4 @@ def ot_fusion(
     options = {"transport": transport, "epsilon": epsilon, "statistics": statistics}
     passes = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
     result = match(model_a, model_b, "ot", data, spec, **options, **passes)
-    return apply_alignment(model_b, result, model_a=model_a)
+    return apply_alignment(model_b, result, data, model_a)

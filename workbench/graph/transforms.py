@@ -30,6 +30,7 @@ __all__ = [
     "general_groups",
     "identity_permutation",
     "inverse",
+    "is_permutation_map",
     "permute_axis",
     "permute_state",
     "random_permutation",
@@ -283,6 +284,13 @@ def _permutation_of(out: torch.Tensor, into: torch.Tensor, merge: bool) -> torch
     a :class:`GroupMap`, ``into`` its inverse: its transpose)."""
     perm = _is_permutation_matrix(out) if out.shape[0] == out.shape[1] else None
     return perm if perm is not None and (not merge or torch.equal(into, out.T)) else None
+
+
+def is_permutation_map(matrix: torch.Tensor | GroupMap) -> bool:
+    """Whether a group's map only reorders its channels (a permutation matrix, and for a
+    :class:`GroupMap` its transpose as ``into``): per-channel statistics carried along
+    with it stay exact."""
+    return _permutation_of(*_pair(matrix)) is not None
 
 
 def transform_state(
