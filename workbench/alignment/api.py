@@ -168,6 +168,12 @@ def match(
     )
 
 
+# A map within this of a permutation matrix is that permutation blurred by the float32
+# noise of the statistics (CCA of a permuted copy at a tiny ridge: 3e-4); its carried
+# statistics are kept, so that the copy keeps its function.
+_PERMUTATION_NOISE = 1e-3
+
+
 def map_model(
     model_b: nn.Module,
     spec: PermutationSpec,
@@ -182,7 +188,8 @@ def map_model(
     ``GroupMap(T, T^{-1})``: producers' rows by ``T``, consumers' columns by ``T^{-1}``,
     and BatchNorm parameters carried along with ``T``, as CCA Merge's authors do.
 
-    BatchNorm statistics carried along with a permutation stay exact; when a map mixes
+    BatchNorm statistics carried along with a permutation stay exact (so do those of a map
+    within 1e-3 per entry of one: a permutation blurred by float noise); when a map mixes
     channels they are only an estimate, so they are measured on ``data`` (RESET,
     :func:`~workbench.alignment.calibration.reset_bn`), which is then required: the
     result is a model whose statistics are its own, as an endpoint of a path, a REPAIR
@@ -192,7 +199,8 @@ def map_model(
         for name, m in maps.items()
     }
     mapped = apply_linear_maps(model_b, spec, pairs, like=model_a)
-    if not has_batchnorm(mapped) or all(is_permutation_map(m) for m in pairs.values()):
+    near = [is_permutation_map(m, _PERMUTATION_NOISE) for m in pairs.values()]
+    if not has_batchnorm(mapped) or all(near):
         return mapped
     if data is None:
         raise ValueError(

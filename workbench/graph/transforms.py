@@ -286,11 +286,13 @@ def _permutation_of(out: torch.Tensor, into: torch.Tensor, merge: bool) -> torch
     return perm if perm is not None and (not merge or torch.equal(into, out.T)) else None
 
 
-def is_permutation_map(matrix: torch.Tensor | GroupMap) -> bool:
+def is_permutation_map(matrix: torch.Tensor | GroupMap, atol: float = 0.0) -> bool:
     """Whether a group's map only reorders its channels (a permutation matrix, and for a
-    :class:`GroupMap` its transpose as ``into``): per-channel statistics carried along
-    with it stay exact."""
-    return _permutation_of(*_pair(matrix)) is not None
+    :class:`GroupMap` its transpose as ``into``), to within ``atol`` per entry:
+    per-channel statistics carried along with it stay exact (to that tolerance)."""
+    out, into, merge = _pair(matrix)
+    snap = lambda m: torch.where((m - m.round()).abs() <= atol, m.round(), m)  # noqa: E731
+    return _permutation_of(snap(out), snap(into), merge) is not None
 
 
 def transform_state(
