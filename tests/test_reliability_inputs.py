@@ -265,7 +265,7 @@ def test_bad_arguments_fail_before_the_expensive_work(pair, small, monkeypatch) 
     def no_pass(*_args, **_kwargs):
         raise AssertionError("a data pass started before the arguments were checked")
 
-    for module in ("workbench.alignment.statistics", "workbench.merging.renorm"):
+    for module in ("workbench.alignment.statistics", "workbench.alignment.calibration"):
         monkeypatch.setattr(f"{module}.batches", no_pass)
     monkeypatch.setattr(data_module, "train_val_split", no_pass)
     with pytest.raises(TypeError, match="reference must be an integer"):
