@@ -11,7 +11,7 @@ of the same models (averaged logits, averaged probabilities): the ceiling a merg
 read against.
 
 Other families (``--families``): four models (seeds 0..3) of a ResNet-20 with BatchNorm
-(width 2: 32/64/128 channels) and of the quickstart CNN without normalization (a
+(width 1: 16/32/64 channels) and of the quickstart CNN without normalization (a
 VGG-style stack of conv-ReLU-pool blocks), trained here on the training split, merged at
 N = 2 and 4 by the training-free methods (``--family-methods``); RESET where there is
 BatchNorm, no BatchNorm handling otherwise.
@@ -44,10 +44,10 @@ from workbench.training import random_translate
 
 # The families trained here: (architecture, model kwargs, training kwargs).
 FAMILIES = {
-    "resnet20 (BatchNorm), width 2": (
+    "resnet20 (BatchNorm), width 1": (
         "resnet20",
-        {"width": 2.0, "in_channels": 1},
-        {"epochs": 10, "lr": 0.1, "batch_size": 128, "translate": 2},
+        {"width": 1.0, "in_channels": 1},
+        {"epochs": 8, "lr": 0.1, "batch_size": 128, "translate": 2},
     ),
     "cnn without normalization, width 1": (
         "cnn",
