@@ -83,12 +83,14 @@ def test_probability_ensemble_loss_by_hand(trained, small_test):
     torch.testing.assert_close(out.exp().sum(1), torch.ones(len(out)))
 
 
-def test_ensemble_holds_the_models_and_leaves_them_as_they_were(trained, small_test):
+def test_ensemble_holds_copies_and_leaves_the_models_as_they_were(trained, small_test):
     states = [state_copy(m) for m in trained]
     modes = [m.training for m in trained]
     ensemble = wb.ensemble(trained)
     assert isinstance(ensemble, wb.Ensemble) and ensemble.combine == "logits"
-    assert all(held is model for held, model in zip(ensemble.models, trained, strict=True))
+    assert not any(held is model for held, model in zip(ensemble.models, trained, strict=True))
+    for held, model in zip(ensemble.models, trained, strict=True):
+        assert wb.fingerprint(held) == wb.fingerprint(model)
     wb.evaluate(ensemble, small_test)
     for model, state, mode in zip(trained, states, modes, strict=True):
         assert_state_equal(model, state)

@@ -41,9 +41,10 @@ import importlib.metadata
 import inspect
 import json
 import os
+import sys
 import types
 import weakref
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,14 @@ from torch.utils.data import Dataset
 from workbench.data import TensorImageDataset, default_data_root
 from workbench.files import check_writable_dir, write_safetensors
 
-__all__ = ["ResultCache", "data_fingerprint", "default_cache", "fingerprint"]
+__all__ = [
+    "ResultCache",
+    "code_fingerprint",
+    "data_fingerprint",
+    "default_cache",
+    "fingerprint",
+    "fingerprints",
+]
 
 _META_KEY = "workbench-result"
 _DISABLED = ("0", "off", "false", "no")
@@ -111,24 +119,103 @@ def _describe(value: Any, depth: int = 0) -> str | None:
         return None if None in parts else f"partial({', '.join(parts)})"
     if isinstance(value, types.MethodType):
         return _describe(value.__func__, depth + 1)
+    if isinstance(value, Mapping):
+        parts = [(_describe(k, depth + 1), _describe(v, depth + 1)) for k, v in value.items()]
+        flat = [text for pair in parts for text in pair]
+        return None if None in flat else f"{{{', '.join(f'{k}: {v}' for k, v in sorted(parts))}}}"
     if isinstance(value, types.FunctionType):
-        cells = []
-        for cell in value.__closure__ or ():
-            with contextlib.suppress(ValueError):  # an empty cell
-                cells.append(_describe(cell.cell_contents, depth + 1))
-        defaults = _describe(value.__defaults__, depth + 1)
-        code = _code_text(value.__code__)
-        return f"{value.__module__}.{value.__qualname__}:{code}:{defaults}:{cells}"
+        return _describe_function(value)
     if callable(value) and hasattr(value, "__qualname__"):  # builtins; classes, by name
         return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
     return None
 
 
-def _class_text(cls: type) -> str:
+def _is_library(module_name: str | None) -> bool:
+    """Whether code from ``module_name`` is fixed by an installed version (torch,
+    torchvision, the standard library, anything in site-packages, the workbench itself):
+    it is then identified by name, as the versions in every key pin it."""
+    top = (module_name or "").split(".")[0]
+    if top == "__main__":  # a script's or a notebook's own code
+        return False
+    if top in _LIBRARIES or top == "workbench" or top in sys.stdlib_module_names:
+        return True
+    file = getattr(sys.modules.get(module_name or ""), "__file__", None) or ""
+    return any(part in ("site-packages", "dist-packages") for part in Path(file).parts)
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    """The global (and attribute) names a function's code reads, nested code included."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+_IN_PROGRESS: set[types.CodeType] = set()  # functions being described (recursion guard)
+
+
+def _describe_global(value: Any) -> str | None:
+    """A global a user's function reads: modules and library code by name, the user's own
+    functions and classes by their code, models by :func:`fingerprint`, data by value."""
+    if isinstance(value, types.ModuleType):
+        return f"module {value.__name__}"
+    if isinstance(value, nn.Module):
+        return fingerprint(value)
+    if isinstance(value, type):
+        if _is_library(value.__module__):
+            return f"{value.__module__}.{value.__qualname__}"
+        return _class_text(value)
+    if callable(value) and not isinstance(value, (types.FunctionType, functools.partial)):
+        module = getattr(value, "__module__", None)
+        if _is_library(module) and hasattr(value, "__qualname__"):
+            return f"{module}.{value.__qualname__}"
+    return _describe(value)
+
+
+def _describe_function(function: types.FunctionType) -> str | None:
+    """A function by its code, defaults, closure and the globals it reads (the user's own
+    helpers followed, library code by name), or ``None`` when one of them cannot be
+    described: whatever calls it must then not be cached."""
+    name = f"{function.__module__}.{function.__qualname__}"
+    if _is_library(function.__module__):
+        return name
+    code = function.__code__
+    if code in _IN_PROGRESS:  # a recursive function: its code is being described already
+        return f"recursive {name}"
+    _IN_PROGRESS.add(code)
+    try:
+        parts = [_describe(function.__defaults__), _describe(function.__kwdefaults__)]
+        for cell in function.__closure__ or ():
+            with contextlib.suppress(ValueError):  # an empty cell
+                parts.append(_describe_global(cell.cell_contents))
+        scope = function.__globals__
+        for global_name in sorted(_global_names(code)):
+            if global_name in scope:
+                text = _describe_global(scope[global_name])
+                parts.append(None if text is None else f"{global_name}={text}")
+    finally:
+        _IN_PROGRESS.discard(code)
+    if None in parts:
+        return None
+    return f"{name}:{_code_text(code)}:{parts}"
+
+
+def code_fingerprint(value: Any) -> str | None:
+    """A short hash of a callable's code (and of the user code and values it reads), or
+    ``None`` when it cannot be fingerprinted (a C function outside an installed library, a
+    global that is neither code nor data): results that depend on it are then not cached."""
+    text = _describe_global(value)
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _class_text(cls: type) -> str | None:
     """The code of ``cls`` and of its bases outside torch and torchvision: the source text
     when Python finds it (read once per class), and always the code of the functions and
     the plain attributes of each class body, which also see methods replaced at run time
-    and classes without a source file (``exec``, some notebook kernels)."""
+    and classes without a source file (``exec``, some notebook kernels). ``None`` when a
+    function of the body reads something that cannot be described (see
+    :func:`code_fingerprint`)."""
     texts = []
     for klass in cls.__mro__:
         if klass.__module__.split(".")[0] in _LIBRARIES:
@@ -146,13 +233,24 @@ def _class_text(cls: type) -> str:
             text = _describe(value)
             if text is not None:
                 body.append(f"{name}={text}")
+            elif _is_code(value):
+                return None  # code that reads what cannot be described
         texts.append(f"{klass.__module__}.{klass.__qualname__}|{_SOURCES[klass]}|{body}")
     return "\n".join(texts)
 
 
-def _module_text(module: nn.Module) -> str:
+def _is_code(value: Any) -> bool:
+    """Whether ``value`` is code that a model or method runs (a function, a bound method, a
+    partial, a property's accessors), which must be described or not cached at all."""
+    if isinstance(value, tuple):
+        return any(_is_code(v) for v in value)
+    return isinstance(value, (types.FunctionType, types.MethodType, functools.partial))
+
+
+def _module_text(module: nn.Module) -> str | None:
     """A module's own hyperparameters: ``extra_repr()``, its public plain attributes and
-    its forward hooks (functions, by their code)."""
+    its forward hooks (functions, by their code); ``None`` when a function among them
+    cannot be described."""
     parts = [module.extra_repr()]
     for name, value in sorted(vars(module).items()):
         if name.startswith("_") or name == "training":
@@ -160,25 +258,37 @@ def _module_text(module: nn.Module) -> str:
         text = _describe(value)
         if text is not None:
             parts.append(f"{name}={text}")
+        elif _is_code(value):
+            return None
     for registry in ("_forward_pre_hooks", "_forward_hooks"):
         for hook in getattr(module, registry, {}).values():
-            parts.append(f"{registry}:{_describe(hook) or type(hook).__qualname__}")
+            text = _describe(hook)
+            if text is None and _is_code(hook):
+                return None
+            parts.append(f"{registry}:{text or type(hook).__qualname__}")
     return "|".join(parts)
 
 
-def fingerprint(model: nn.Module) -> str:
+def fingerprint(model: nn.Module) -> str | None:
     """A short hash of what ``model`` computes: module tree, hyperparameters, the code of
-    its own classes, every parameter and buffer, the workbench version (the module
-    docstring lists it precisely). A changed weight, ``eps`` or activation changes it."""
+    its own classes (and of the user's functions they call), every parameter and buffer,
+    the workbench version (the module docstring lists it precisely). A changed weight,
+    ``eps`` or activation changes it. ``None`` when the model's code reads something that
+    cannot be fingerprinted (:func:`code_fingerprint`): results on it are not cached."""
     digest = hashlib.sha256(f"workbench {_VERSION}|".encode())
     classes: dict[type, None] = {}
     for name, module in model.named_modules(remove_duplicate=False):
         cls = type(module)
         classes[cls] = None
-        digest.update(f"module {name}|{cls.__module__}.{cls.__qualname__}|".encode())
-        digest.update(_module_text(module).encode())
+        text = _module_text(module)
+        if text is None:
+            return None
+        digest.update(f"module {name}|{cls.__module__}.{cls.__qualname__}|{text}".encode())
     for cls in classes:
-        digest.update(_class_text(cls).encode())
+        text = _class_text(cls)
+        if text is None:
+            return None
+        digest.update(text.encode())
     for name, tensor in model.named_parameters(remove_duplicate=False):
         _hash_tensor(digest, f"parameter {name}", tensor)
     for name, tensor in model.named_buffers(remove_duplicate=False):
@@ -203,8 +313,8 @@ def _describe_transform(value: Any, depth: int = 0) -> str | None:
     attributes = {k: _describe_transform(v, depth + 1) for k, v in sorted(vars(value).items())}
     if None in attributes.values():
         return None
-    cls = type(value)
-    return f"{cls.__module__}.{cls.__qualname__}|{_class_text(cls)}|{attributes}"
+    cls, code = type(value), _class_text(type(value))
+    return None if code is None else f"{cls.__module__}.{cls.__qualname__}|{code}|{attributes}"
 
 
 def data_fingerprint(data: Any) -> str | None:
@@ -229,12 +339,21 @@ def data_fingerprint(data: Any) -> str | None:
     }
     if None in transforms.values():
         return None
-    cls = type(data)
+    cls, code = type(data), _class_text(type(data))
+    if code is None:
+        return None
     digest = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}|{head}|{transforms}".encode())
-    digest.update(_class_text(cls).encode())
+    digest.update(code.encode())
     for name, tensor in tensors.items():
         _hash_tensor(digest, name, tensor)
     return digest.hexdigest()[:20]
+
+
+def fingerprints(models: Iterable[nn.Module]) -> list[str] | None:
+    """The :func:`fingerprint` of each model, or ``None`` if one cannot be fingerprinted
+    (a key part of ``None`` keeps the result out of the cache)."""
+    found = [fingerprint(model) for model in models]
+    return None if None in found else found
 
 
 def _plain_name(value: str, what: str) -> str:

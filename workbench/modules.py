@@ -8,6 +8,7 @@ Nothing here knows about alignment or merging; those rooms build on these helper
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 __all__ = [
     "StateDiff",
     "check_compatible",
+    "clone",
     "default_device",
     "eval_mode",
     "has_batchnorm",
@@ -27,6 +29,14 @@ __all__ = [
     "state_diff",
     "state_shapes",
 ]
+
+
+def clone(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode: the start of every model the workbench
+    returns (aligned, merged, interpolated, renormalized), so that calling a result uses
+    the BatchNorm statistics its report describes, whatever mode its inputs were in (a
+    model straight out of training is in train mode)."""
+    return copy.deepcopy(model).eval()
 
 
 def default_device() -> torch.device:

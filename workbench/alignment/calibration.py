@@ -17,7 +17,6 @@ statistics measured (:func:`~workbench.alignment.map_model`), as much as a merge
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping
 
 import torch
@@ -29,7 +28,7 @@ from workbench.alignment.statistics import ChannelMoments
 from workbench.batching import batches
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
-from workbench.modules import eval_mode, model_device
+from workbench.modules import clone, eval_mode, model_device
 
 __all__ = ["calibrate_in_order", "reset_bn", "reset_bn_"]
 
@@ -193,4 +192,4 @@ def reset_bn(
 
     Weights are unchanged; only running means and variances change.
     """
-    return reset_bn_(copy.deepcopy(model), data, batch_size, max_batches)
+    return reset_bn_(clone(model), data, batch_size, max_batches)

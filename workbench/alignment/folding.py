@@ -18,7 +18,6 @@ against 95% carrying BatchNorm along; ``tests/test_merge_invariants.py``).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Sequence
 
@@ -27,6 +26,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.graph import LayerPoint, PermutationSpec
+from workbench.modules import clone
 
 __all__ = ["fold_batchnorm", "foldable_points"]
 
@@ -59,7 +59,7 @@ def fold_batchnorm(model: nn.Module, spec: PermutationSpec) -> tuple[nn.Module, 
     The folded model computes the same function in eval mode.
     """
     spec.check_model(model)
-    folded = copy.deepcopy(model)
+    folded = clone(model)
     modules = dict(folded.named_modules())
     points = foldable_points(folded, spec)
     with torch.no_grad():

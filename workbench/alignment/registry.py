@@ -28,7 +28,10 @@ split, never on test data.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import inspect
+import json
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -37,6 +40,7 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import nn
 
+from workbench.cache import code_fingerprint
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec
 from workbench.graph.transforms import (
@@ -54,6 +58,7 @@ __all__ = [
     "canonical_method",
     "get_method",
     "matching_methods",
+    "method_key",
     "methods",
     "pairwise_methods",
     "register_method",
@@ -209,6 +214,32 @@ class AlignmentMethod:
             raise ValueError(f"{where} returned an invalid {self.kind}: {error}") from error
         return found
 
+    def fingerprint(self) -> str | None:
+        """A short hash of everything that determines this method's results: its name,
+        kind, flags, grids and defaults, and the code of its function and merger (with
+        the user's helpers they call; :func:`~workbench.cache.code_fingerprint`). A
+        method fixed and registered again under the same name gets another fingerprint,
+        so no cached result of the old code is served. ``None`` (and a warning, once per
+        method) when the code cannot be fingerprinted: its results are then not cached."""
+        code = [code_fingerprint(self.function)]
+        if self.merger is not None:
+            code.append(code_fingerprint(self.merger))
+        if None in code:
+            if self.name not in _UNCACHED:
+                _UNCACHED.add(self.name)
+                warnings.warn(
+                    f"Results of method {self.name!r} are not cached: its code "
+                    f"({_qualified_name(self.function)}) reads something whose content cannot "
+                    "be fingerprinted (a C function, or a global that is neither code nor "
+                    "data), so a cached result could outlive a change to it.",
+                    stacklevel=2,
+                )
+            return None
+        settings = [self.kind, self.needs_data, self.preserves_function, self.uses_statistics]
+        settings += [self.any_width, dict(self.search), dict(self.defaults), code]
+        text = json.dumps([self.name, settings], sort_keys=True, default=repr)
+        return f"{self.name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
     def check_pairwise(self) -> None:
         """Raise ``ValueError`` if this method only merges N models at once (kind
         ``"merge"``) and so cannot align one model to another."""
@@ -241,6 +272,7 @@ class AlignmentMethod:
 
 
 _REGISTRY: dict[str, AlignmentMethod] = {}
+_UNCACHED: set[str] = set()  # methods whose code could not be fingerprinted (warned once)
 
 
 def _qualified_name(function: Callable) -> str:
@@ -296,6 +328,12 @@ def register_method(
 def unregister_method(name: str) -> None:
     """Remove the method ``name`` from the registry."""
     del _REGISTRY[get_method(name).name]
+
+
+def method_key(name: str) -> str | None:
+    """The part of a cache key that stands for the registered method ``name``: its
+    :meth:`AlignmentMethod.fingerprint` (``None``: do not cache)."""
+    return get_method(name).fingerprint()
 
 
 def canonical_method(method: str) -> str:

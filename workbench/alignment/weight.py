@@ -11,7 +11,6 @@ to the average of the others; it is registered as the method's N-model merger.
 
 from __future__ import annotations
 
-import copy
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -32,7 +31,7 @@ from workbench.graph.transforms import (
     identity_permutation,
     permute_axis,
 )
-from workbench.modules import load_weighted_average_
+from workbench.modules import clone, load_weighted_average_
 from workbench.validation import check_int, check_models
 
 __all__ = ["merge_weight_matching", "weight_matching"]
@@ -75,9 +74,7 @@ def merge_weight_matching(
         changed = False
         for i in torch.randperm(len(models), generator=generator).tolist():
             rest = [m.state_dict() for j, m in enumerate(aligned) if j != i]
-            others = load_weighted_average_(
-                copy.deepcopy(models[i]), rest, [1.0 / len(rest)] * len(rest)
-            )
+            others = load_weighted_average_(clone(models[i]), rest, [1.0 / len(rest)] * len(rest))
             perm = weight_matching(others, models[i], spec, init=perms[i], seed=seed)
             if any(not torch.equal(perm[g], perms[i][g]) for g in perm):
                 perms[i], changed = perm, True

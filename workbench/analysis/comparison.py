@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from workbench.alignment import registry
 from workbench.analysis.engine import resolve_cache
-from workbench.cache import ResultCache, data_fingerprint, fingerprint
+from workbench.cache import ResultCache, data_fingerprint, fingerprints
 from workbench.data import DataLike
 from workbench.evaluation import evaluate, part_class_weights, per_part_accuracy
 from workbench.figures import (
@@ -115,16 +115,16 @@ def compare_methods(
 
     endpoint = [measure(m) for m in models]
     store = resolve_cache(cache)
-    fingerprints = [fingerprint(m) for m in models]
+    model_keys = fingerprints(models)
     plain = all(_is_plain(value) for value in merge_options.values())
     rows = []
     jobs = [(n, method) for n in sizes for method in methods]
     for n, method in tqdm(jobs, desc="compare methods", disable=not progress):
         key = store.key(
-            models=fingerprints[:n],
+            models=model_keys and model_keys[:n],
             data=data_fingerprint(data),
             eval_data=data_fingerprint(eval_data),
-            method=method,
+            method=registry.method_key(method),
             bn=bn or "none",
             options=merge_options if plain else None,
             **with_parts,
@@ -144,7 +144,7 @@ def compare_methods(
         rows.append(["endpoints", n, "-", accuracy, loss, 0.0, None, None, *extra])
         for name, combine in ENSEMBLES.items():
             key = store.key(
-                models=fingerprints[:n],
+                models=model_keys and model_keys[:n],
                 eval_data=data_fingerprint(eval_data),
                 ensemble=combine,
                 **with_parts,

@@ -32,11 +32,12 @@ from workbench.alignment import (
     get_method,
     match,
     matching_methods,
+    method_key,
     methods,
 )
 from workbench.analysis.engine import check_data, resolve_cache
 from workbench.analysis.lmc import LMCCurve, barrier_table, cached_curves, data_key, lmc_curves
-from workbench.cache import ResultCache, data_fingerprint, fingerprint
+from workbench.cache import ResultCache, data_fingerprint, fingerprints
 from workbench.data import DataLike
 from workbench.figures import color_for, figure_for, paper_style, save_table
 from workbench.graph import PermutationSpec, resolve_spec
@@ -152,8 +153,8 @@ def matched_correlations(
     check_data(model_a, {getattr(data, "split", "data"): data})
     store = resolve_cache(cache)
     key = store.key(
-        models=[fingerprint(model_a), fingerprint(model_b)],
-        method=method,
+        models=fingerprints([model_a, model_b]),
+        method=method_key(method),
         data=data_fingerprint(data),
         batch_size=batch_size,
     )
@@ -174,7 +175,7 @@ def matched_correlations(
                 tensors[f"{group}/after"] = correlation[units, perm[group]].double()
         meta = {
             "groups": [g for g in graph_order(found_spec) if g in stats],
-            "models": [fingerprint(model_a), fingerprint(model_b)],
+            "models": fingerprints([model_a, model_b]),
             "batch_size": batch_size,
         }
         return tensors, meta
@@ -289,8 +290,8 @@ def partial_alignment(
     )
     store = resolve_cache(cache)
     key = store.key(
-        models=[fingerprint(model_a), fingerprint(model_b)],
-        method=method,
+        models=fingerprints([model_a, model_b]),
+        method=method_key(method),
         data=data_fingerprint(data),
         eval_data=data_key(splits),
         bn=bn or "none",
@@ -328,7 +329,7 @@ def partial_alignment(
         return curves
 
     curves = cached_curves(store, "partial-alignment", key, compute)
-    settings = {"models": [fingerprint(model_a), fingerprint(model_b)], "bn": bn}
+    settings = {"models": fingerprints([model_a, model_b]), "bn": bn}
     return PartialAlignment(method, names, curves, settings)
 
 

@@ -223,6 +223,7 @@ def sweep(
         "train_kwargs": _json_or_none(train_kwargs),
     }
     settings = {**recipe, "methods": list(methods), "bn": bn, "alphas": alphas}
+    method_keys = [registry.method_key(m) for m in methods]
     curves = []
     for value in tqdm(values, desc=f"{parameter} sweep", disable=not progress):
         point_kwargs = {**kwargs, "width": value} if parameter == "width" else kwargs
@@ -233,7 +234,7 @@ def sweep(
             value=value,
             train=data_fingerprint(train),
             data=data_key(data),
-            methods=list(methods),
+            methods=None if None in method_keys else method_keys,
             bn=bn or "none",
             alphas=alphas if isinstance(alphas, int) else list(alphas),
             batch_size=batch_size,

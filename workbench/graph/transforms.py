@@ -4,7 +4,6 @@ map them by general invertible matrices (CCA Merge)."""
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import NamedTuple
@@ -14,6 +13,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.graph.spec import Axis, PermutationSpec
+from workbench.modules import clone
 
 __all__ = [
     "GroupMap",
@@ -178,7 +178,7 @@ def apply_permutation(
                 "Build the spec with permutation_spec(model, example_input) (verify=True, "
                 "the default): verification freezes the groups that tied weights couple."
             )
-    permuted = copy.deepcopy(model)
+    permuted = clone(model)
     permuted.load_state_dict(state)
     return permuted
 
@@ -357,7 +357,7 @@ def apply_linear_maps(
     target widths (the reference), whose architecture the result copies."""
     spec.check_model(model)
     state = transform_state(model.state_dict(), spec, maps)
-    transformed = copy.deepcopy(model if like is None else like)
+    transformed = clone(model if like is None else like)
     try:
         transformed.load_state_dict(state)
     except RuntimeError as error:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from workbench.modules import model_device
+from workbench.modules import clone, model_device
 from workbench.validation import check_choice, check_logits, check_models
 from workbench.zoo import ARCHITECTURE_ATTR
 
@@ -67,8 +67,8 @@ def ensemble(models: Sequence[nn.Module], combine: str = "logits") -> Ensemble:
     the mean logits (``combine="logits"``), or the log of the mean softmax probabilities
     (``"probabilities"``; cross-entropy on it is the loss of the averaged probabilities).
 
-    The models are held, not copied or modified (so the ensemble follows them, and
-    ``.train()``/``.eval()`` on it sets their modes, as on any ``nn.Module``). They may
+    The models are copied (so the ensemble is returned in eval mode, as every model the
+    workbench returns, and the models given are not modified, nor their modes). They may
     differ in architecture but must score the same classes: models built for different
     numbers of classes are refused here when :func:`workbench.create_model` recorded it,
     and by the forward pass otherwise. Each model runs on its own device; the output is on
@@ -88,4 +88,4 @@ def ensemble(models: Sequence[nn.Module], combine: str = "logits") -> Ensemble:
             f"The models score different numbers of classes ({widths}); an ensemble "
             "averages outputs class by class, so all must be built for the same classes."
         )
-    return Ensemble(models, combine)
+    return Ensemble([clone(model) for model in models], combine).eval()

@@ -7,13 +7,12 @@ copying per point).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from workbench.modules import load_weighted_average_
+from workbench.modules import clone, load_weighted_average_
 from workbench.validation import check_models, check_number, check_weights
 
 __all__ = ["average", "interpolate", "load_interpolation_"]
@@ -42,9 +41,7 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
     """
     alpha = check_number("alpha", alpha)
     check_models([model_a, model_b])
-    return load_interpolation_(
-        copy.deepcopy(model_a), model_a.state_dict(), model_b.state_dict(), alpha
-    )
+    return load_interpolation_(clone(model_a), model_a.state_dict(), model_b.state_dict(), alpha)
 
 
 def average(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
@@ -56,6 +53,4 @@ def average(models: Sequence[nn.Module], weights: Sequence[float] | None = None)
     weights = check_weights(weights, len(models))
     if abs(sum(weights) - 1.0) > 1e-6:
         raise ValueError(f"Weights must sum to 1, got {sum(weights)}.")
-    return load_weighted_average_(
-        copy.deepcopy(models[0]), [m.state_dict() for m in models], weights
-    )
+    return load_weighted_average_(clone(models[0]), [m.state_dict() for m in models], weights)

@@ -71,6 +71,7 @@ from workbench.graph.transforms import GroupMap, transform_state
 from workbench.merging.many import MergeResult, merge_many
 from workbench.merging.zipping_match import correlation_of, merge_matrices, zip_features
 from workbench.merging.zipping_partial import check_stop, split_models
+from workbench.modules import clone
 from workbench.validation import check_int, check_models, check_number, check_pass
 
 __all__ = [
@@ -282,12 +283,12 @@ def zipit_merge(
         listed = "; ".join(f"{k}: {v}" for k, v in report.permuted.items())
         warnings.warn(f"ZipIt! could not zip every group ({listed}).", stacklevel=2)
     states = [transform_state(m.state_dict(), spec, maps[i]) for i, m in enumerate(models)]
-    merged = copy.deepcopy(models[0])
+    merged = clone(models[0])
     merged.load_state_dict(_combine(states, spec, report.zipped))
     if stop is not None:
         own = []
         for model, state in zip(models, states, strict=True):
-            transformed = copy.deepcopy(model)
+            transformed = clone(model)
             transformed.load_state_dict(state)
             own.append(transformed)
         merged = split_models(merged, own, spec, names)

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.alignment import align, get_method
+from workbench.alignment import align, get_method, method_key
 from workbench.alignment.statistics import channel_moments
 from workbench.analysis.engine import (
     Correction,
@@ -28,7 +28,7 @@ from workbench.analysis.engine import (
     resolve_cache,
 )
 from workbench.analysis.lmc.result import BN_MODES, LMCCurve, alpha_grid
-from workbench.cache import ResultCache, data_fingerprint, fingerprint
+from workbench.cache import ResultCache, data_fingerprint, fingerprint, fingerprints
 from workbench.data import DataLike
 from workbench.evaluation import same_function
 from workbench.figures import method_label, series_label
@@ -172,7 +172,7 @@ def lmc_curves(
     settings = {
         "batch_size": batch_size,
         "bn_data": "given" if bn_data is not None else "first split",
-        "models": [fingerprint(model_a), fingerprint(model_b)],
+        "models": fingerprints([model_a, model_b]),
     }
     if mapped:
         settings["original_b"] = fingerprint(original_b)
@@ -326,14 +326,16 @@ def pairwise_curves(
         raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
     match_data = bn_data if bn_data is not None else next(iter(data.values()))
     store = resolve_cache(cache)
-    fingerprints = [fingerprint(m) for m in models]
+    model_keys = [fingerprint(m) for m in models]
     spec = None
     curves = []
     pairs = list(itertools.combinations(range(len(models)), 2))
     for i, j in tqdm(pairs, desc=f"pairs ({method})", disable=not progress):
         key = store.key(
-            models=[fingerprints[i], fingerprints[j]],
-            method=method,
+            models=None
+            if None in (model_keys[i], model_keys[j])
+            else [model_keys[i], model_keys[j]],
+            method=method_key(method),
             match_data=data_fingerprint(match_data),
             data=data_key(data),
             alphas=alpha_grid(alphas).tolist(),

@@ -26,7 +26,7 @@ from workbench.alignment import align, get_method
 from workbench.analysis.engine import check_data, evaluate_points, reset_correction, resolve_cache
 from workbench.analysis.lmc import data_key
 from workbench.analysis.planes.result import LossPlane, plane_weights
-from workbench.cache import ResultCache, data_fingerprint, fingerprint
+from workbench.cache import ResultCache, data_fingerprint, fingerprints
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.modules import has_batchnorm
@@ -133,8 +133,8 @@ def loss_planes(
     check_data(models[0], {**data, "bn_data": reset_data} if bn else data)
     store = resolve_cache(cache)
     key = store.key(
-        models=[fingerprint(m) for m in models],
-        method=aligner.name,
+        models=fingerprints(models),
+        method=aligner.fingerprint(),
         match_data=data_fingerprint(reset_data) if aligner.needs_data else "-",
         data=data_key(data),
         bn=bn or "none",
@@ -221,7 +221,7 @@ def _compute_planes(
         tensors[f"{split}/accuracy"] = torch.tensor(accuracy.reshape(resolution, resolution))
     settings = {
         "method": method,
-        "models": [fingerprint(m) for m in models],
+        "models": fingerprints(models),
         "resolution": resolution,
         "margin": margin,
         "batch_size": batch_size,

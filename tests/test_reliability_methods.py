@@ -1,0 +1,144 @@
+"""The newer methods held to the old ones' standard (issue 26): cached results follow the
+code that made them, labels and method outputs are checked before they are trusted,
+options no method takes are refused, and dead units have a defined match.
+
+Each class is tried through entry points other than the one it was found with.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import workbench as wb
+from workbench.alignment import unregister_method
+from workbench.cache import code_fingerprint, fingerprint
+
+pytestmark = pytest.mark.filterwarnings("ignore:Group .* statistics come from only")
+
+
+@pytest.fixture(scope="module")
+def pair() -> list[nn.Module]:
+    return wb.load_quickstart_models((0, 1))
+
+
+@pytest.fixture(scope="module")
+def small(tiny_train) -> wb.TensorImageDataset:
+    return tiny_train.subset(torch.arange(128), "train")
+
+
+@pytest.fixture
+def cache(tmp_path) -> wb.ResultCache:
+    return wb.ResultCache(tmp_path / "cache")
+
+
+# -- 1. a cached result follows the code that made it -------------------------------------
+def _define_method(body: str) -> object:
+    """A method defined as a notebook cell would define it (module ``__main__``), with a
+    helper it calls: ``body`` is the helper's return expression."""
+    scope = {"__name__": "__main__", "torch": torch}
+    exec(
+        "def order(n):\n"
+        f"    return {body}\n"
+        "def cell_method(model_a, model_b, spec, data=None):\n"
+        "    return {g: order(x.size) for g, x in spec.groups.items()}\n",
+        scope,
+    )
+    return scope["cell_method"]
+
+
+@pytest.fixture
+def cell_method():
+    """Registers ``cell_method`` from a body; unregistered afterwards."""
+
+    def register(body: str) -> str:
+        wb.register_method("cell", needs_data=False, preserves_function=True)(_define_method(body))
+        return "cell"
+
+    yield register
+    unregister_method("cell")
+
+
+def test_a_method_fixed_and_registered_again_is_not_served_from_the_cache(
+    pair, small, cache, cell_method
+) -> None:
+    """The bug is in a helper the method calls, not in the method's own body."""
+    cell_method("torch.arange(n).flip(0)")  # a bug: reverses every layer
+    broken = wb.compare_methods(pair, small, small, ["cell"], bn=None, cache=cache)
+    broken_curves = wb.pairwise_curves(pair, {"test": small}, 3, None, "cell", cache=cache)
+    cell_method("torch.arange(n)")  # fixed: plain averaging
+    fixed = wb.compare_methods(pair, small, small, ["cell"], bn=None, cache=cache)
+    fixed_curves = wb.pairwise_curves(pair, {"test": small}, 3, None, "cell", cache=cache)
+    fresh = wb.compare_methods(pair, small, small, ["none"], bn=None, cache=False)
+    assert fixed["accuracy"].iloc[0] == pytest.approx(fresh["accuracy"].iloc[0])
+    assert fixed["accuracy"].iloc[0] != pytest.approx(broken["accuracy"].iloc[0])
+    naive = wb.pairwise_curves(pair, {"test": small}, 3, None, "none", cache=False)
+    assert fixed_curves[0].loss == pytest.approx(naive[0].loss)
+    assert broken_curves[0].loss != pytest.approx(naive[0].loss)
+
+
+def test_code_fingerprints_follow_helpers_globals_and_closures() -> None:
+    assert code_fingerprint(_define_method("torch.arange(n)")) == code_fingerprint(
+        _define_method("torch.arange(n)")
+    )
+    assert code_fingerprint(_define_method("torch.arange(n)")) != code_fingerprint(
+        _define_method("torch.arange(n).flip(0)")
+    )
+    scope = {"__name__": "__main__", "SCALE": 1.0}
+    exec("def scaled(x):\n    return SCALE * x\n", scope)
+    before = code_fingerprint(scope["scaled"])
+    scope["SCALE"] = 2.0
+    assert code_fingerprint(scope["scaled"]) != before
+
+    def closure(factor):
+        return lambda x: factor * x
+
+    assert code_fingerprint(closure(1.0)) != code_fingerprint(closure(2.0))
+
+
+def test_a_model_class_calling_a_changed_helper_gets_another_fingerprint() -> None:
+    scope = {"__name__": "__main__", "nn": nn, "torch": torch}
+    source = (
+        "def act(x):\n    return {act}\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(4, 2)\n"
+        "    def forward(self, x):\n        return self.fc(act(x))\n"
+    )
+    exec(source.format(act="torch.relu(x)"), scope)
+    model = scope["Net"]()
+    before = fingerprint(model)
+    exec(source.format(act="torch.tanh(x)").split("class Net")[0], scope)  # only act redefined
+    assert fingerprint(model) != before
+
+
+def test_a_method_whose_code_cannot_be_fingerprinted_is_not_cached_and_says_so_once(
+    pair, small, cache
+) -> None:
+    import threading
+
+    lock = threading.Lock()  # read by the method, and not describable as code or data
+    calls = []
+
+    def locked(model_a, model_b, spec, data=None):
+        calls.append(1)
+        with lock:
+            return {g: torch.arange(x.size) for g, x in spec.groups.items()}
+
+    wb.register_method("locked", needs_data=False, preserves_function=True)(locked)
+    try:
+        with pytest.warns(UserWarning, match="'locked' are not cached"):
+            wb.compare_methods(pair, small, small, ["locked"], bn=None, cache=cache)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # said once only
+            wb.compare_methods(pair, small, small, ["locked"], bn=None, cache=cache)
+        assert len(calls) == 2  # computed both times
+    finally:
+        unregister_method("locked")
+
+
+def test_the_fingerprint_of_a_model_is_unchanged_by_a_copy(pair) -> None:
+    assert fingerprint(copy.deepcopy(pair[0])) == fingerprint(pair[0])
