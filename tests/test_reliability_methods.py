@@ -142,3 +142,57 @@ def test_a_method_whose_code_cannot_be_fingerprinted_is_not_cached_and_says_so_o
 
 def test_the_fingerprint_of_a_model_is_unchanged_by_a_copy(pair) -> None:
     assert fingerprint(copy.deepcopy(pair[0])) == fingerprint(pair[0])
+
+
+# -- 3. labels are checked whole, before the work -----------------------------------------
+class ListedLabels(torch.utils.data.Dataset):
+    """Images read one at a time (counted), labels listed as torchvision's datasets do."""
+
+    def __init__(self, data: wb.TensorImageDataset, bad_at: int) -> None:
+        self.images = data.images
+        self.targets = data.targets.tolist()
+        self.targets[bad_at] = 10
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        self.reads += 1
+        return self.images[index], self.targets[index]
+
+
+def _bad_last(data: wb.TensorImageDataset) -> wb.TensorImageDataset:
+    targets = data.targets.clone()
+    targets[-1] = 10
+    return wb.TensorImageDataset(data.images, targets, data.info, data.split)
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        lambda p, d: wb.merge_many(p, d, "np_merge", learn_steps=50, progress=False),
+        lambda p, d: wb.np_merge(p, d, steps=50, progress=False),
+        lambda p, d: wb.align(p[0], p[1], "ste", d, steps=50, progress=False),
+        lambda p, d: wb.merge_many(p, d, "cca", progress=False),  # its validation split
+        lambda p, d: wb.train_model(p[0], d, 3, 0, progress=False),
+        lambda p, d: wb.evaluate(p[0], d),
+        lambda p, d: wb.lmc_curves(p[0], p[1], {"val": d}, alphas=3),
+    ],
+    ids=[
+        "merge_many-np_merge",
+        "np_merge",
+        "align-ste",
+        "merge_many-cca",
+        "train",
+        "evaluate",
+        "lmc",
+    ],
+)
+@pytest.mark.parametrize("kind", ["in-memory", "listed"])
+def test_a_label_out_of_range_anywhere_is_refused_before_the_work(pair, small, run, kind) -> None:
+    data = _bad_last(small) if kind == "in-memory" else ListedLabels(small, bad_at=len(small) - 1)
+    with pytest.raises(ValueError, match=r"labels \[10\] outside \[0, 10\)"):
+        run(pair, data)
+    if kind == "listed":
+        assert data.reads < 8  # a batch of two for a spec or a check; no work started

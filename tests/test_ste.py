@@ -112,7 +112,7 @@ def test_bad_input_fails_before_any_work(pair, spec, tiny_train) -> None:
     with pytest.raises(ValueError, match="holds out 0 and leaves 20 to step on"):
         wb.ste_matching(a, b, tiny_train.subset(torch.arange(20), "train"), spec)
     unlabelled = TensorDataset(tiny_train.images[:40])
-    with pytest.raises(ValueError, match="the data needs labels"):
+    with pytest.raises(ValueError, match="The data has no labels, and they are needed here"):
         wb.ste_matching(a, b, unlabelled, spec, steps=1, progress=False)
 
 

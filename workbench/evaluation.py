@@ -55,7 +55,7 @@ def evaluate(
     check_int("batch_size", batch_size, minimum=1)
     if max_batches is not None:
         check_int("max_batches", max_batches, minimum=1)
-    check_data(data)
+    check_fits(model, data)
     device = model_device(model)
     loss_sum, correct, count = 0.0, 0, 0
     with eval_mode(model), torch.inference_mode():
@@ -68,6 +68,32 @@ def evaluate(
     if count == 0:
         raise ValueError("Cannot evaluate on an empty dataset: it yielded no examples.")
     return Metrics(loss_sum / count, correct / count, count)
+
+
+def check_fits(
+    model: nn.Module, data: DataLike, name: str = "data", *, labels: bool | None = True
+) -> int:
+    """Refuse, before any work, ``data`` that cannot give correct numbers for ``model``:
+    empty, inputs that do not fit it, or (``labels=True``, for anything that computes a
+    loss or an accuracy) labels it does not score, *anywhere* in the data: checked whole
+    where the labels are listed (in-memory datasets, datasets with ``.targets``), batch by
+    batch while streaming otherwise (:func:`~workbench.validation.check_data`). Returns the
+    number of classes the model scores, from one forward pass on the first two inputs.
+    ``labels=None``: the labels are checked if the data has them (data that serves
+    statistics and, where a validation split is carved from it, accuracies)."""
+    check_data(data, name=name)
+    first = next(iter(batches(data, batch_size=2, max_batches=1)), None)
+    if first is None or len(first[0]) == 0:
+        raise ValueError(
+            f"The {name} is empty (it yielded no examples); pass a dataset with at least "
+            "one example."
+        )
+    with eval_mode(model), torch.inference_mode():
+        logits = forward_checked(model, first[0][:2].to(model_device(model)))
+    if labels or (labels is None and first[1] is not None):
+        check_data(data, num_classes=logits.shape[1], labels=True, name=name)  # whole first
+        check_labels(first[1], logits.shape[1], name)
+    return logits.shape[1]
 
 
 def forward_checked(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:

@@ -16,12 +16,11 @@ from tqdm.auto import tqdm
 
 from workbench.batching import batches
 from workbench.data import DataLike
-from workbench.evaluation import evaluate
+from workbench.evaluation import check_fits, evaluate
 from workbench.modules import default_device
 from workbench.splits import SPLITS, partition
 from workbench.validation import (
     check_choice,
-    check_data,
     check_int,
     check_labels,
     check_logits,
@@ -107,7 +106,7 @@ def train_model(
     check_number("lr", lr, low=0.0, low_inclusive=False)
     check_number("momentum", momentum, low=0.0, high=1.0)
     check_number("weight_decay", weight_decay, low=0.0)
-    check_data(data)
+    check_fits(model, data, "training data")
     device = torch.device(device) if device is not None else default_device()
     model = copy.deepcopy(model).to(device)
     generator = torch.Generator().manual_seed(seed)

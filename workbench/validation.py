@@ -7,10 +7,12 @@ expected, and how to fix it. Three kinds of input are checked:
 * **data** (:func:`check_data`): not empty; inputs finite floating-point tensors; labels,
   where they are used, integer class indices in ``[0, classes)``. In-memory datasets are
   checked whole before any work (once per content: the result is remembered until a
-  tensor changes); other datasets and DataLoaders are checked batch by batch as they
+  tensor changes), and so are the labels of datasets that list them (``.targets``);
+  the images of other datasets and DataLoaders are checked batch by batch as they
   stream (:func:`workbench.batching.batches` refuses a non-finite batch, and
   :func:`check_labels` every labelled batch), since reading them twice would double the
-  cost.
+  cost. Every function that reads labels checks them over the whole data before its
+  work (:func:`workbench.evaluation.check_labelled`).
 * **models** (:func:`check_models`): ``nn.Module`` instances with float32 parameters and
   buffers (the dtype policy: the embedded data and every statistic are float32, so a
   float64 or bfloat16 model is refused with the one-line conversion), and, for several
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from workbench.batching import check_inputs
 from workbench.data import TensorImageDataset
@@ -282,6 +284,23 @@ def _tensors_of(data: Any) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     return None
 
 
+def _listed_targets(data: Any) -> torch.Tensor | None:
+    """The labels of a dataset that lists them without loading its images (torchvision's
+    datasets keep ``.targets``; a ``Subset`` of one picks its indices), or ``None``."""
+    if isinstance(data, Subset):
+        parent = _listed_targets(data.dataset)
+        return None if parent is None else parent[torch.as_tensor(list(data.indices))]
+    targets = getattr(data, "targets", None)
+    if targets is None or isinstance(targets, (str, bytes)):
+        return None
+    try:
+        targets = torch.as_tensor(np.asarray(targets))
+        size = len(data)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return targets if targets.ndim == 1 and len(targets) == size else None
+
+
 def check_data(
     data: Any,
     *,
@@ -294,8 +313,10 @@ def check_data(
     ``data`` must be a ``Dataset`` or ``DataLoader`` with at least one example. An
     in-memory dataset (:class:`~workbench.data.TensorImageDataset`, ``TensorDataset``) is
     checked whole: finite floating-point inputs and, with ``labels=True``, integer labels
-    in ``[0, num_classes)`` (see :func:`check_labels`). Other data is checked batch by batch
-    while it is read (the module docstring says why).
+    in ``[0, num_classes)`` (see :func:`check_labels`). A dataset that lists its labels
+    (``.targets``, as torchvision's do, or a ``Subset`` of one) has them checked whole
+    too; its images, and all of any other data, are checked batch by batch while they
+    are read (the module docstring says why).
     """
     if isinstance(data, DataLoader):
         dataset = data.dataset
@@ -314,6 +335,11 @@ def check_data(
         raise ValueError(f"The {name} is empty; pass a dataset with at least one example.")
     found = _tensors_of(dataset)
     if found is None:
+        listed = _listed_targets(dataset) if labels else None
+        if listed is not None:  # images streamed, labels checked whole now
+            if num_classes is None:
+                raise ValueError("check_data(labels=True) needs num_classes.")
+            check_labels(listed, num_classes, name)
         return
     inputs, targets = found
     versions = (inputs._version, None if targets is None else targets._version, num_classes)

@@ -50,11 +50,11 @@ from workbench.alignment.registry import register_method
 from workbench.alignment.weight import weight_matching
 from workbench.batching import batches
 from workbench.data import DataLike, train_val_split
+from workbench.evaluation import check_fits
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import Permutation, permute_state
 from workbench.modules import model_device
 from workbench.validation import (
-    check_data,
     check_int,
     check_labels,
     check_logits,
@@ -242,7 +242,7 @@ def ste_matching(
             "ste_matching needs data: labelled training examples (a Dataset or DataLoader) "
             "on which the midpoint's loss is minimized."
         )
-    check_data(data)
+    check_fits(model_a, data, "data")  # labels: all of them, before the first step
     steps = check_int("steps", steps, minimum=1)
     lr = check_number("lr", lr, low=0.0, low_inclusive=False)
     batch_size = check_int("batch_size", batch_size, minimum=1)

@@ -21,13 +21,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench import validation
-from workbench.batching import batches
 from workbench.cache import ResultCache, default_cache
 from workbench.data import DataLike, TensorImageDataset
-from workbench.evaluation import evaluate, forward_checked
+from workbench.evaluation import check_fits, evaluate
 from workbench.merging import reset_bn_
-from workbench.modules import eval_mode, load_weighted_average_, model_device
+from workbench.modules import load_weighted_average_, model_device
 from workbench.validation import check_models
 
 __all__ = [
@@ -65,22 +63,8 @@ def check_data(model: nn.Module, data: Mapping[str, DataLike]) -> None:
     if not data:
         raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
     check_models(model)
-    device = model_device(model)
-    for split, split_data in data.items():
-        validation.check_data(split_data, name=f"{split!r} data")
-        first = next(iter(batches(split_data, batch_size=2, max_batches=1)), None)
-        if first is None or len(first[0]) == 0:
-            raise ValueError(
-                f"The {split!r} data is empty (it yielded no examples); pass a dataset with "
-                "at least one example."
-            )
-        with eval_mode(model), torch.inference_mode():
-            logits = forward_checked(model, first[0][:2].to(device))
-        if split != "bn_data":  # BatchNorm statistics need inputs only
-            validation.check_labels(first[1], logits.shape[1], f"{split!r} data")
-            validation.check_data(
-                split_data, num_classes=logits.shape[1], labels=True, name=f"{split!r} data"
-            )
+    for split, split_data in data.items():  # BatchNorm statistics need inputs only
+        check_fits(model, split_data, f"{split!r} data", labels=split != "bn_data")
 
 
 def on_device(data: DataLike, device: torch.device) -> DataLike:

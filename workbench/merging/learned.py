@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from workbench.alignment.registry import get_method
 from workbench.batching import batches
 from workbench.data import DataLike, train_val_split
-from workbench.evaluation import evaluate
+from workbench.evaluation import check_fits, evaluate
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merging.many import (
     MergeReport,
@@ -325,7 +325,8 @@ def np_merge(
         progress=bool(progress),
     )
     check_number("data_fraction", data_fraction, low=0.0, high=1.0, low_inclusive=False)
-    _check_data_arguments(data, val_data, val_fraction, max_batches)
+    _check_data_arguments(models[0], data, val_data, val_fraction, max_batches)
+    check_fits(models[0], data, "training data")  # its labels, all of them, before any step
     points = grid_points(found.search_space(options))
     fit = data
     if s.steps > 0 or len(points) > 1 or reference == "best":

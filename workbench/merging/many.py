@@ -39,14 +39,14 @@ from workbench.alignment.registry import (
 )
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.data import DataLike, train_val_split
-from workbench.evaluation import evaluate
+from workbench.evaluation import check_fits, evaluate
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import general_groups
 from workbench.merging.renorm import repair, reset_bn
 from workbench.merging.weights import average
 from workbench.modules import has_batchnorm
 from workbench.tuning import grid_points, validation_search
-from workbench.validation import check_choice, check_data, check_int, check_models, check_number
+from workbench.validation import check_choice, check_int, check_models, check_number
 
 __all__ = [
     "BN_HANDLING",
@@ -137,15 +137,21 @@ def _check_inputs(
 
 
 def _check_data_arguments(
-    data: DataLike | None, val_data: DataLike | None, val_fraction: float, max_batches: int | None
+    model: nn.Module,
+    data: DataLike | None,
+    val_data: DataLike | None,
+    val_fraction: float,
+    max_batches: int | None,
 ) -> None:
-    """Refuse a bad validation fraction, pass limit or dataset before any work."""
+    """Refuse a bad validation fraction, pass limit or dataset before any work: the
+    labels of ``val_data``, and of ``data`` where it has them (a validation split may be
+    carved from it), are checked whole now, not when a search first reads them."""
     check_number("val_fraction", val_fraction, low=0.0, high=1.0, low_inclusive=False)
     if max_batches is not None:
         check_int("max_batches", max_batches, minimum=1)
-    for name, value in (("data", data), ("val_data", val_data)):
+    for name, value, labels in (("data", data, None), ("val_data", val_data, True)):
         if value is not None:
-            check_data(value, name=name)
+            check_fits(model, value, name, labels=labels)
 
 
 def _align_all(
@@ -284,7 +290,7 @@ def merge_many(
         reference = check_int("reference", reference, 0, len(models) - 1)
     check_int("seed", seed)
     check_int("batch_size", batch_size, minimum=1)
-    _check_data_arguments(data, val_data, val_fraction, max_batches)
+    _check_data_arguments(models[0], data, val_data, val_fraction, max_batches)
     points = grid_points(found.search_space(options))
     needs_val = reference == "best" or len(points) > 1
     if data is None and (found.needs_data or bn is not None or needs_val):
