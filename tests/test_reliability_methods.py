@@ -196,3 +196,84 @@ def test_a_label_out_of_range_anywhere_is_refused_before_the_work(pair, small, r
         run(pair, data)
     if kind == "listed":
         assert data.reads < 8  # a batch of two for a spec or a check; no work started
+
+
+# -- 4. what a registered method returns is checked, and the method named ---------------
+@pytest.fixture
+def registered():
+    names = []
+
+    def add(name, function, **declared):
+        wb.register_method(name, **declared)(function)
+        names.append(name)
+        return name
+
+    yield add
+    for name in names:
+        unregister_method(name)
+
+
+def _nan_merge(models, spec, data=None):
+    merged = copy.deepcopy(models[0])
+    with torch.no_grad():
+        next(merged.parameters()).fill_(float("nan"))
+    return merged
+
+
+def _five_classes(models, spec, data=None):
+    merged = wb.create_model("cnn", width=2, in_channels=1, num_classes=5)
+    return merged.eval()
+
+
+def _singular(model_a, model_b, spec, data=None, statistics=None):
+    group = next(iter(spec.groups))
+    size = spec.groups[group].size
+    matrix = torch.eye(size)
+    matrix[0] = matrix[1]  # two equal rows
+    return {group: matrix}
+
+
+@pytest.mark.parametrize(
+    ("function", "declared", "fragment"),
+    [
+        (_nan_merge, {"kind": "merge"}, "NaN or infinite values in"),
+        (_five_classes, {"kind": "merge"}, "another architecture"),
+        (_singular, {"kind": "linear"}, r"is singular \(smallest/largest singular value"),
+    ],
+    ids=["nan-weights", "five-classes", "singular-map"],
+)
+def test_a_bad_method_output_is_refused_naming_the_method(
+    pair, small, registered, function, declared, fragment
+) -> None:
+    name = registered("faulty", function, needs_data=True, preserves_function=False, **declared)
+    where = r"Alignment method 'faulty' \(.*\)"
+    with pytest.raises(ValueError, match=f"{where}.*{fragment}"):
+        wb.merge_many(pair, small, name, bn=None, progress=False)
+    with pytest.raises(ValueError, match=f"{where}.*{fragment}"):
+        wb.compare_methods(pair, small, small, [name], bn=None, cache=False, progress=False)
+
+
+def test_a_merge_that_builds_another_structure_must_score_the_same_classes(
+    pair, small, registered
+) -> None:
+    def head_of_five(models, spec, data=None):
+        return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 5)).eval()
+
+    registered("five", head_of_five, kind="merge", needs_data=True, preserves_function=False)
+    with pytest.raises(ValueError, match=r"outputs have shape \(2, 5\) where the merged models"):
+        wb.merge_many(pair, small, "five", bn=None, progress=False)
+
+
+def test_a_merger_returning_the_wrong_models_is_refused(pair, small, registered) -> None:
+    def one_model(models, spec):
+        return models[:1]
+
+    registered(
+        "short",
+        lambda model_a, model_b, spec, data=None: wb.weight_matching(model_a, model_b, spec),
+        needs_data=False,
+        preserves_function=True,
+        merger=one_model,
+    )
+    with pytest.raises(TypeError, match="a merger must return the 2 models it was given"):
+        wb.merge_many(pair, small, "short", bn=None, progress=False)

@@ -40,6 +40,7 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import nn
 
+from workbench.batching import batches
 from workbench.cache import code_fingerprint
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec
@@ -51,6 +52,8 @@ from workbench.graph.transforms import (
     check_permutation,
     identity_permutation,
 )
+from workbench.modules import check_compatible, eval_mode, model_device
+from workbench.validation import check_logits
 
 __all__ = [
     "AlignmentMethod",
@@ -262,13 +265,77 @@ class AlignmentMethod:
         if self.kind != "merge":
             raise ValueError(f"method={self.name!r} is a {self.kind} method, not a merge.")
         merged = self.function(list(models), spec=spec, data=data, **{**self.defaults, **options})
+        where = f"Alignment method {self.name!r} ({_qualified_name(self.function)})"
         if not isinstance(merged, nn.Module):
             raise TypeError(
-                f"Alignment method {self.name!r} ({_qualified_name(self.function)}) "
-                f"returned {type(merged).__name__}; a merge method must return "
+                f"{where} returned {type(merged).__name__}; a merge method must return "
                 f"{_EXPECTED['merge']}."
             )
+        # a merge may build another structure (a partial zip: shared trunk, several heads);
+        # it must still score the classes the models score
+        same_structure = merged.state_dict().keys() == models[0].state_dict().keys()
+        _check_returned_model(where, models[0], merged, same_structure)
+        if data is not None:
+            inputs = next(iter(batches(data, batch_size=2, max_batches=1)))[0]
+            with eval_mode(models[0]), eval_mode(merged), torch.no_grad():
+                expected = check_logits(models[0](inputs.to(model_device(models[0]))), models[0])
+                found = check_logits(merged(inputs.to(model_device(merged))), merged)
+            expected = expected.shape
+            if found.shape != expected or not torch.isfinite(found).all():
+                raise ValueError(
+                    f"{where} returned a model whose outputs have shape {tuple(found.shape)}"
+                    f"{' with NaN or infinite values' if found.shape == expected else ''} "
+                    f"where the merged models give {tuple(expected)}: it must score the "
+                    "same classes."
+                )
         return merged
+
+    def run_merger(
+        self, models: Sequence[nn.Module], spec: PermutationSpec, **options: Any
+    ) -> list[nn.Module]:
+        """Run the method's N-model ``merger`` (the options it takes from ``options``) and
+        check what it returned: one model per input, each of their architecture, finite."""
+        if self.merger is None:
+            raise ValueError(f"method={self.name!r} has no N-model merger.")
+        found = self.merger(list(models), spec, **accepted_options(self.merger, options))
+        where = f"Alignment method {self.name!r} ({_qualified_name(self.merger)})"
+        if not isinstance(found, Sequence) or len(found) != len(models):
+            raise TypeError(
+                f"{where} returned {type(found).__name__}"
+                f"{f' of {len(found)}' if isinstance(found, Sequence) else ''}; a merger must "
+                f"return the {len(models)} models it was given, in one neuron order."
+            )
+        for model in found:
+            _check_returned_model(where, models[0], model)
+        return list(found)
+
+
+def _check_returned_model(
+    where: str, like: nn.Module, model: Any, same_structure: bool = True
+) -> None:
+    """Refuse a model a method returned unless it has finite parameters and buffers and
+    (``same_structure``) ``like``'s architecture (state-dict keys and shapes), naming the
+    method."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{where} returned {type(model).__name__} where a model was expected.")
+    try:
+        if same_structure:
+            check_compatible([like, model])
+    except ValueError as error:
+        raise ValueError(
+            f"{where} returned a model of another architecture than the models it was given "
+            f"(model 1 below is the returned one): {error}"
+        ) from error
+    broken = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if broken:
+        raise ValueError(
+            f"{where} returned a model with NaN or infinite values in {broken[:3]}"
+            f"{' and more' if len(broken) > 3 else ''}: its merge diverged or is wrong."
+        )
 
 
 _REGISTRY: dict[str, AlignmentMethod] = {}

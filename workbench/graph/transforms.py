@@ -248,26 +248,43 @@ def _is_permutation_matrix(matrix: torch.Tensor) -> torch.Tensor | None:
     return ones.float().argmax(1)
 
 
+# A square map whose smallest singular value is below this share of its largest cannot be
+# inverted in float32 (its inverse maps the consumers' weights): it is refused as singular.
+_SINGULAR = 1e-7
+
+
 def check_linear_maps(spec: PermutationSpec, maps: Mapping[str, torch.Tensor | GroupMap]) -> None:
     """Raise ``ValueError`` unless every map belongs to a group of ``spec`` and is a
-    square matrix of the group's size, or a :class:`GroupMap` whose ``out`` is ``m x
-    size`` and ``into`` ``size x m`` (groups without a map are left as they are)."""
+    finite, invertible square matrix of the group's size, or a :class:`GroupMap` of
+    finite matrices whose ``out`` is ``m x size`` and ``into`` ``size x m`` (groups
+    without a map are left as they are)."""
     unknown = sorted(set(maps) - set(spec.groups))
     if unknown:
         raise ValueError(f"Unknown groups {unknown}; the spec has {list(spec.groups)}.")
     for name, matrix in maps.items():
         size = spec.groups[name].size
+        parts = tuple(matrix) if isinstance(matrix, GroupMap) else (matrix,)
+        parts = tuple(torch.as_tensor(m) for m in parts)
         if isinstance(matrix, GroupMap):
-            out, into = (tuple(torch.as_tensor(m).shape) for m in matrix)
+            out, into = (tuple(m.shape) for m in parts)
             if len(out) != 2 or out[1] != size or into != (size, out[0]):
                 raise ValueError(
                     f"maps[{name!r}] must be a GroupMap of an (m x {size}) out and a "
                     f"({size} x m) into, got {out} and {into}."
                 )
-            continue
-        shape = tuple(torch.as_tensor(matrix).shape)
-        if shape != (size, size):
-            raise ValueError(f"maps[{name!r}] must be {size}x{size}, got {shape}.")
+        elif tuple(parts[0].shape) != (size, size):
+            raise ValueError(f"maps[{name!r}] must be {size}x{size}, got {tuple(parts[0].shape)}.")
+        if not all(torch.isfinite(m).all() for m in parts):
+            raise ValueError(f"maps[{name!r}] holds NaN or infinite values.")
+        if not isinstance(matrix, GroupMap):
+            values = torch.linalg.svdvals(parts[0].double())
+            if values.min() <= values.max() * _SINGULAR:
+                ratio = (values.min() / values.max()).item() if values.max() > 0 else 0.0
+                raise ValueError(
+                    f"maps[{name!r}] is singular (smallest/largest singular value {ratio:.1e}): "
+                    "B's consumers need its inverse. Return an invertible map (a ridge on the "
+                    "covariances keeps one so), or a GroupMap with an explicit `into`."
+                )
 
 
 def _pair(matrix: torch.Tensor | GroupMap) -> tuple[torch.Tensor, torch.Tensor, bool]:

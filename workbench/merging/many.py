@@ -167,7 +167,7 @@ def _align_all(
     aligned to the reference. ``statistics`` keeps each pair's activation statistics
     across the points of a search, for methods that take them."""
     if method.merger is not None:
-        return method.merger(models, spec, **accepted_options(method.merger, options))
+        return method.run_merger(models, spec, **options)
     method.check_pairwise()
     ref, aligned = models[reference], []
     for i, model in enumerate(models):
