@@ -300,3 +300,49 @@ def test_analysis_commands_report_bad_input(tmp_path, argv, message):
     code, _, stderr = _run([*argv, "--out", str(tmp_path / "o")])
     assert code == 2 and message in stderr and "Traceback" not in stderr
     assert not (tmp_path / "o").exists()
+
+
+# --- one overwrite policy for every command that writes ----------------------------------
+QUICK = {
+    "lmc": ["lmc", "--limit", "60", "--methods", "none", "--alphas", "3", "--bn", "none"],
+    "merge": ["merge", "--limit", "60", "--methods", "none", "--bn", "none"],
+    "plane": ["plane", "--limit", "60", "--method", "none", "--resolution", "3", "--bn", "none"],
+    "sweep": [
+        "sweep", "width", "0.25", "--epochs", "1", "--limit", "60", "--methods", "none",
+        "--alphas", "3", "--bn", "none",
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(QUICK))
+def test_a_command_writes_what_it_declares_and_never_replaces_it_silently(tmp_path, command):
+    from workbench.cli import build_parser
+    from workbench.cli.outputs import WRITES
+
+    argv = [*QUICK[command], "--out", str(tmp_path), "--no-cache"]
+    code, _, err = _run(argv)
+    assert code == 0, err
+    declared = set(WRITES[command](build_parser().parse_args(argv)))
+    assert set(tmp_path.iterdir()) == declared
+    before = {path: path.read_bytes() for path in declared}
+    code, stdout, err = _run(argv)
+    assert code == 2 and stdout == ""
+    assert "would be replaced; pass --overwrite" in err
+    assert any(str(path) in err for path in declared)
+    assert {path: path.read_bytes() for path in declared} == before
+    code, _, err = _run([*argv, "--overwrite"])
+    assert code == 0, err
+
+
+def test_demo_refuses_to_replace_its_files_before_any_work(demo_run, monkeypatch):
+    _, _, out = demo_run
+    figure = out / "lmc_naive.pdf"
+    before = figure.read_bytes()
+    monkeypatch.setattr("workbench.cli.commands.lmc_curves", _must_not_run)
+    code, _, err = _run(["demo", "--out", str(out), "--alphas", "3"])
+    assert code == 2 and str(figure) in err and "--overwrite" in err
+    assert figure.read_bytes() == before
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the command started its work before refusing")

@@ -298,8 +298,8 @@ def test_figure_and_table_under_a_file_fail_with_the_folder_named(tmp_path):
 def test_cli_checks_out_before_computing(tmp_path, monkeypatch, capsys):
     blocker = tmp_path / "report.txt"
     blocker.write_text("")
-    monkeypatch.setattr("workbench.cli.pairwise_curves", _must_not_run)
-    monkeypatch.setattr("workbench.cli.training_runs", _must_not_run)
+    monkeypatch.setattr("workbench.cli.commands.pairwise_curves", _must_not_run)
+    monkeypatch.setattr("workbench.cli.commands.training_runs", _must_not_run)
     for argv in (
         ["lmc", "--out", str(blocker / "out"), "--limit", "50"],
         ["train", "cnn", "--epochs", "1", "--out", str(blocker / "models")],

@@ -1,0 +1,244 @@
+"""The ``workbench`` sub-commands: each reads its parsed arguments, runs the same
+pipeline as the notebooks and writes its figures and tables (:mod:`workbench.cli.outputs`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from workbench import figures
+from workbench.analysis.comparison import compare_methods, plot_comparison
+from workbench.analysis.lmc import (
+    barrier_table,
+    curves_frame,
+    lmc_curves,
+    pairwise_curves,
+    plot_bands,
+    plot_curves,
+    write_csv,
+)
+from workbench.analysis.planes import loss_plane, plot_plane
+from workbench.analysis.sweeps import sweep
+from workbench.checkpoints import (
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+    shipped_models_dir,
+)
+from workbench.cli.outputs import DEMO_FORMATS, STEMS, checkpoints, report, write
+from workbench.data import (
+    TensorImageDataset,
+    dataset_info,
+    load_dataset,
+)
+from workbench.training import random_translate, training_runs
+
+
+def run_train(args: argparse.Namespace) -> int:
+    info = dataset_info(args.dataset)
+    train, test = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
+    paths = checkpoints(args)
+    model_kwargs = {
+        "width": args.width,
+        "num_classes": info.num_classes,
+        "in_channels": info.in_channels,
+    }
+    recipe = {
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "translate": args.translate,
+    }
+    runs = training_runs(
+        args.arch,
+        args.seeds,
+        train,
+        args.epochs,
+        model_kwargs=model_kwargs,
+        test_data=test,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        augment=random_translate(args.translate) if args.translate else None,
+        split=args.split,
+        alpha=args.alpha,
+    )
+    for seed, path, run in zip(args.seeds, paths, runs, strict=True):
+        metrics = run.metrics
+        save_checkpoint(
+            run.model.cpu(),
+            path,
+            overwrite=args.overwrite,
+            dataset=args.dataset,
+            seed=seed,
+            metrics=metrics,
+            recipe=recipe,
+            **run.metadata,  # the data split, when trained on one part of it
+        )
+        print(
+            f"{path}: test accuracy {100 * metrics['test_accuracy']:.2f}%, "
+            f"{metrics['train_seconds']:.1f} s"
+        )
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    directory = Path(args.models)
+    paths = [directory / f"cnn_mnist-5k_seed{seed}.safetensors" for seed in args.seeds]
+    model_a, model_b = (load_checkpoint(p) for p in paths)
+    data = {"train": load_dataset("mnist-5k", "train"), "test": load_dataset("mnist-5k", "test")}
+    curves = []
+    for bn in (None, "reset"):
+        curves += lmc_curves(model_a, model_b, data, alphas=args.alphas, bn=bn).values()
+    fig, axes = figures.new_figure(columns=2, aspect=0.4, ncols=2)
+    plot_curves(curves, "loss", ax=axes[0], legend=False)
+    plot_curves(curves, "accuracy", ax=axes[1], legend=False)
+    figures.shared_legend(fig, axes[0])
+    stem = STEMS["demo"](args)
+    written = figures.save(fig, stem, formats=DEMO_FORMATS)
+    written.append(write_csv(curves, stem.with_name(f"{stem.name}.csv")))
+    table = barrier_table(curves)
+    print(f"Naive interpolation between {paths[0].name} and {paths[1].name}:")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print("Wrote " + ", ".join(map(str, written)))
+    print(f"Done in {time.perf_counter() - started:.1f} s.")
+    return 0
+
+
+def read_models(
+    paths: Sequence[str] | None, count: int, at_least: bool = False
+) -> tuple[list, list]:
+    """The checkpoints at ``paths``, else the first ``count`` shipped quickstart models."""
+    if not paths:
+        paths = [
+            shipped_models_dir() / f"cnn_mnist-5k_seed{seed}.safetensors" for seed in range(count)
+        ]
+    paths = [Path(p) for p in paths]
+    if len(paths) < count or (len(paths) != count and not at_least):
+        wanted = f"at least {count}" if at_least else str(count)
+        raise ValueError(
+            f"Expected {wanted} checkpoints after --models, got {len(paths)}: "
+            f"{[str(p) for p in paths]}."
+        )
+    return [load_checkpoint(p) for p in paths], [p.stem for p in paths]
+
+
+def read_splits(dataset: str, limit: int | None) -> tuple[TensorImageDataset, TensorImageDataset]:
+    """The dataset's train and test splits; with ``limit``, ``limit`` evenly spaced images
+    of each (every class keeps its share)."""
+    train, test = load_dataset(dataset, "train"), load_dataset(dataset, "test")
+    if limit is None:
+        return train, test
+    if limit < 1:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}.")
+    return tuple(
+        split.subset(torch.linspace(0, len(split) - 1, min(limit, len(split))).long(), name)
+        for split, name in ((train, "train"), (test, "test"))
+    )
+
+
+def bn_option(value: str) -> str | None:
+    return None if value == "none" else value
+
+
+def run_lmc(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    models, names = read_models(args.models, 2, at_least=True)
+    train, test = read_splits(args.dataset, args.limit)
+    curves = []
+    for method in args.methods:
+        curves += pairwise_curves(
+            models,
+            {"train": train, "test": test},
+            args.alphas,
+            bn_option(args.bn),
+            method,
+            cache=not args.no_cache,
+        )
+    fig, axes = figures.new_figure(columns=2, aspect=0.4, ncols=2)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        if len(models) == 2:
+            plot_curves(curves, metric, ax=ax, legend=False)
+        else:
+            plot_bands(curves, metric, band=args.band, ax=ax, legend=False)
+    figures.shared_legend(fig, axes[0], ncols=3)
+    table = barrier_table(curves, settings=("pair",))
+    frame = curves_frame(curves, settings=("pair",))
+    written = write(fig, {"": table, "_curves": frame}, STEMS["lmc"](args))
+    print(f"LMC between {', '.join(names)} ({args.dataset}, bn={args.bn}):")
+    report(table, written, started)
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    models, names = read_models(args.models, 2, at_least=True)
+    train, test = read_splits(args.dataset, args.limit)
+    bn, cache = bn_option(args.bn), not args.no_cache
+    table = compare_methods(models, train, test, args.methods, bn=bn, cache=cache)
+    written = write(plot_comparison(table), {"": table}, STEMS["merge"](args))
+    print(f"Merging the first N of {', '.join(names)} ({args.dataset}, bn={args.bn}):")
+    report(table, written, started)
+    return 0
+
+
+def run_plane(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    models, names = read_models(args.models, 3)
+    train, test = read_splits(args.dataset, args.limit)
+    plane = loss_plane(
+        models,
+        {"train": train, "test": test}[args.split],
+        args.resolution,
+        bn_option(args.bn),
+        method=args.method,
+        margin=args.margin,
+        bn_data=train,
+        labels=names,
+        cache=not args.no_cache,
+    )
+    fig, axes = figures.new_figure(columns=2, aspect=0.42, ncols=2)
+    plot_plane(plane, "loss", ax=axes[0])
+    plot_plane(plane, "accuracy", ax=axes[1])
+    written = write(fig, {"": plane.to_frame()}, STEMS["plane"](args))
+    print(f"Loss plane through {', '.join(names)} ({args.method}, bn={args.bn}, {args.split}):")
+    report(pd.DataFrame([plane.summary()]), written, started)
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    train, test = read_splits(args.dataset, args.limit)
+    result = sweep(
+        args.parameter,
+        args.values,
+        train,
+        test,
+        epochs=args.epochs,
+        architecture=args.arch,
+        model_kwargs={} if args.parameter == "width" else {"width": args.width},
+        seeds=args.seeds,
+        methods=args.methods,
+        bn=bn_option(args.bn),
+        alphas=args.alphas,
+        splits=args.splits,
+        cache=not args.no_cache,
+    )
+    fig, axes = figures.new_figure(columns=2, aspect=0.4, ncols=2)
+    result.plot("barrier", ax=axes[0])
+    result.plot("midpoint_accuracy", ax=axes[1])
+    tables = {"": result.table, "_curves": result.curves_frame()}
+    written = write(fig, tables, STEMS["sweep"](args))
+    report(result.table, written, started)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    print(json.dumps(read_metadata(args.checkpoint), indent=2))
+    return 0
