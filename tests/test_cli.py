@@ -346,3 +346,56 @@ def test_demo_refuses_to_replace_its_files_before_any_work(demo_run, monkeypatch
 
 def _must_not_run(*args, **kwargs):
     raise AssertionError("the command started its work before refusing")
+
+
+# --- Ctrl-C stops the work at once; a rerun computes only what is missing ---------------
+def test_sigint_stops_a_command_even_where_the_shell_ignores_it(tmp_path):
+    """A non-interactive shell starts background jobs with SIGINT ignored; the command
+    still stops on it, within seconds, with the shell's status for an interrupt."""
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "WORKBENCH_CACHE_DIR": str(tmp_path / "cache")}
+    argv = ["merge", "--methods", "np_merge", "ste", "--out", str(tmp_path / "out")]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "workbench.cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    deadline = time.monotonic() + 120
+    while "compare methods" not in (line := process.stderr.read1(4096).decode()):
+        assert process.poll() is None and time.monotonic() < deadline, line
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=20)
+    assert process.returncode == 130
+    assert "interrupted" in err.decode() and "compute only what is missing" in err.decode()
+    assert not (tmp_path / "out" / "merge.csv").exists()
+
+
+def test_after_an_interrupt_the_rerun_computes_only_what_is_missing(tmp_path, monkeypatch):
+    from workbench.analysis import comparison
+
+    merged = []
+    real = comparison.merge_many
+
+    def interrupt_second(models, data, method, **kwargs):
+        if len(merged) == 1:
+            raise KeyboardInterrupt
+        merged.append(method)
+        return real(models, data, method, **kwargs)
+
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(comparison, "merge_many", interrupt_second)
+    argv = ["merge", "--limit", "60", "--methods", "none", "weight", "--bn", "none"]
+    argv += ["--out", str(tmp_path / "out")]
+    code, _, err = _run(argv)
+    assert code == 130 and "interrupted" in err and merged == ["none"]
+    monkeypatch.setattr(
+        comparison, "merge_many", lambda *a, **k: merged.append(a[2]) or real(*a, **k)
+    )
+    code, _, err = _run(argv)
+    assert code == 0, err
+    assert merged == ["none", "weight"]  # "none" came from the cache

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from workbench import figures
@@ -133,9 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+INTERRUPTED = 130  # the shell's status for a command stopped by Ctrl-C
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``workbench`` command; returns the exit status."""
+    """Entry point of the ``workbench`` command; returns the exit status.
+
+    Ctrl-C (SIGINT) stops the work at once, also in a job that a non-interactive shell
+    started in the background, where SIGINT is ignored unless the program asks for it:
+    cached results are written whole or not at all, so the same command run again
+    computes only what is missing."""
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if getattr(args, "out", None) is not None:  # before any training or computing
             check_writable_dir(args.out, "--out folder", "pass --out <a folder you can write to>")
@@ -144,3 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, DatasetUnavailableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: no partial file or cache entry was left; run the same command "
+            "again to compute only what is missing.",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
