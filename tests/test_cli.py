@@ -399,3 +399,15 @@ def test_after_an_interrupt_the_rerun_computes_only_what_is_missing(tmp_path, mo
     code, _, err = _run(argv)
     assert code == 0, err
     assert merged == ["none", "weight"]  # "none" came from the cache
+
+
+def test_merge_takes_the_methods_options_and_a_quick_preset(tmp_path):
+    base = ["merge", "--limit", "60", "--bn", "none", "--no-cache", "--out", str(tmp_path)]
+    code, _, err = _run([*base, "--methods", "weight", "--option", "gamma=0.3"])
+    assert code == 2 and "'gamma' is an option of ['cca']" in err
+    code, _, err = _run([*base, "--methods", "cca", "--option", "gamma"])
+    assert code == 2 and "--option takes NAME=VALUE" in err
+    code, _, err = _run([*base, "--methods", "cca", "zipit", "--quick", "--option", "gamma=0.3"])
+    assert code == 0, err
+    table = pd.read_csv(tmp_path / "merge.csv").set_index("method")
+    assert table.loc["cca", "gamma"] == 0.3  # given, over the quick preset's default

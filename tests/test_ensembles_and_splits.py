@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import workbench as wb
+import workbench.cli.commands
 from workbench import cli
 from workbench.analysis import comparison
 from workbench.cli import main
@@ -361,7 +362,7 @@ def test_train_models_refuses_bad_splits(tiny_train):
 
 def test_cli_train_with_a_split(mnist_train, small_test, tmp_path, monkeypatch):
     small = {"train": mnist_train.subset(torch.arange(300), "train"), "test": small_test}
-    monkeypatch.setattr(cli, "load_dataset", lambda name, split: small[split])  # quick
+    monkeypatch.setattr(cli.commands, "load_dataset", lambda name, split: small[split])  # quick
     argv = ["train", "cnn", "--seeds", "0", "1", "--epochs", "1", "--width", "0.25"]
     argv += ["--split", "dirichlet", "--alpha", "0.3", "--out", str(tmp_path)]
     out, err = io.StringIO(), io.StringIO()

@@ -241,7 +241,7 @@ def test_models_without_batchnorm(tiny_train) -> None:
         ({"bn": "repair"}, ValueError, "bn='reset' or None"),
         ({"bn": "recompute"}, ValueError, "bn must be one of"),
         ({"align": "magic"}, ValueError, "magic"),
-        ({"temperature": 2}, ValueError, "Unknown options"),
+        ({"temperature": 2}, ValueError, r"Options \[.temperature.\] are taken by none"),
     ],
 )
 def test_bad_arguments(trained, tiny_train, arguments, error, message) -> None:

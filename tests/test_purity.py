@@ -1082,6 +1082,7 @@ EXCLUDED: dict[str, str] = {
             "load_quickstart_models",
             "log_ticks",
             "matching_methods",
+            "method_key",
             "methods",
             "pairwise_methods",
             "read_metadata",

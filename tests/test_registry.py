@@ -142,7 +142,10 @@ def test_errors_say_what_is_registered_and_what_went_wrong(register, tiny_model)
     spec = permutation_spec(tiny_model, torch.zeros(2, 1, 28, 28))
     with pytest.raises(ValueError, match=r"one of \['none', .*'cca'.*\].*Did you mean 'weight'"):
         wb.align(tiny_model, tiny_model, "wieght", spec=spec)
-    with pytest.raises(ValueError, match=r"Unknown options \['gama'\]: no registered method"):
+    with pytest.raises(
+        ValueError,
+        match=r"Options \['gama'\] are taken by none of the methods called \(\['weight'\]\): no method takes 'gama' \(did you mean 'gamma', an option of 'cca'",
+    ):
         wb.merge_many([tiny_model, tiny_model], method="weight", bn=None, gama=0.1)
     with pytest.raises(ValueError, match="'weight' is already registered"):
         wb.register_method("weight", needs_data=False, preserves_function=True)(reverse)

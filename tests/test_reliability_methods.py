@@ -277,3 +277,42 @@ def test_a_merger_returning_the_wrong_models_is_refused(pair, small, registered)
     )
     with pytest.raises(TypeError, match="a merger must return the 2 models it was given"):
         wb.merge_many(pair, small, "short", bn=None, progress=False)
+
+
+# -- 8. slow paths have a guard ------------------------------------------------------------
+def test_an_option_no_called_method_takes_is_refused_before_the_work(pair, small) -> None:
+    with pytest.raises(ValueError, match=r"'alpha' is an option of \['zipit'\]"):
+        wb.merge_many(pair, small, "cca", alpha=0.5, progress=False)
+    with pytest.raises(ValueError, match=r"'steps' is an option of \['ste'\].*'learn_steps'"):
+        wb.merge_many(pair, small, "np_merge", steps=3, progress=False)
+    with pytest.raises(ValueError, match=r"taken by none of the methods called \(\['weight'"):
+        wb.compare_methods(pair, small, small, ["weight", "zipit"], bn=None, learn_steps=3)
+
+
+def test_compare_methods_gives_each_method_only_its_own_options(pair, small, cache) -> None:
+    first = wb.compare_methods(
+        pair, small, small, ["weight", "cca"], bn=None, cache=cache, gamma=0.5
+    )
+    assert first.set_index("method").loc["cca", "gamma"] == 0.5
+    calls = []
+    real = wb.merge_many
+
+    def counting(*args, **kwargs):
+        calls.append(args[2])
+        return real(*args, **kwargs)
+
+    import workbench.analysis.comparison as comparison
+
+    original, comparison.merge_many = comparison.merge_many, counting
+    try:  # another gamma: only CCA's row is computed again
+        wb.compare_methods(pair, small, small, ["weight", "cca"], bn=None, cache=cache, gamma=1.0)
+    finally:
+        comparison.merge_many = original
+    assert calls == ["cca"]
+
+
+def test_an_entropic_regularization_too_small_to_converge_is_refused_at_once(pair, small) -> None:
+    with pytest.raises(ValueError, match=r"epsilon=1e-07 is below 0.0001.*epsilon=0"):
+        wb.ot_fusion(pair[0], pair[1], small, epsilon=1e-7, progress=False)
+    with pytest.raises(ValueError, match=r"is below 0\.0001"):
+        wb.alignment.ot.transport_plan(torch.rand(4, 4), 1e-9)

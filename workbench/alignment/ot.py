@@ -89,6 +89,23 @@ EPSILON_GRID = (0.0, 0.003, 0.01, 0.03)
 # iterations, or until the L1 error of the plan's row marginal (its mass is 1) is below.
 _ITERATIONS, _STAGE_ITERATIONS = 2000, 100
 _TOLERANCE, _STAGE_TOLERANCE = 1e-7, 1e-2
+# The smallest entropic regularization (relative to the cost's scale): below it the plan
+# is the exact one to float precision, and Sinkhorn would need ever more iterations (in
+# about 1/epsilon) to get there; epsilon=0 computes it exactly, at once.
+MIN_EPSILON = 1e-4
+
+
+def _check_epsilon(epsilon: float) -> float:
+    """``epsilon`` if it is 0 (exact transport) or at least :data:`MIN_EPSILON`."""
+    epsilon = check_number("epsilon", epsilon, low=0.0)
+    if 0 < epsilon < MIN_EPSILON:
+        raise ValueError(
+            f"epsilon={epsilon:g} is below {MIN_EPSILON:g} (relative to the cost's scale): "
+            "the entropic plan is then the exact one to float precision, and Sinkhorn "
+            "would take very long to converge to it. Use epsilon=0 (exact transport), or "
+            f"an epsilon >= {MIN_EPSILON:g}."
+        )
+    return epsilon
 
 
 def ground_cost(statistics: GroupStatistics) -> torch.Tensor:
@@ -102,7 +119,9 @@ def sinkhorn(cost: torch.Tensor, epsilon: float) -> torch.Tensor:
     the cost's scale (its mean distance above its minimum), by log-domain Sinkhorn
     iterations in float64, the regularization halved from the cost's scale down to
     ``epsilon`` (each stage starting from the last stage's potentials)."""
-    epsilon = check_number("epsilon", epsilon, low=0.0, low_inclusive=False)
+    epsilon = _check_epsilon(epsilon)
+    if epsilon == 0:
+        raise ValueError("sinkhorn needs epsilon > 0; epsilon=0 is exact_plan(cost).")
     cost = torch.as_tensor(cost, dtype=torch.float64).cpu()
     n, m = cost.shape
     scale = float((cost - cost.min()).mean())
@@ -163,7 +182,7 @@ def transport_plan(cost: torch.Tensor, epsilon: float = 0.0, blocks: int = 1) ->
     """The plan between A's channels (rows) and B's (columns) for ``cost``: exact for
     ``epsilon == 0``, else entropic (:func:`sinkhorn`). With ``blocks``, channels move only
     within their block (a block-diagonal plan; blocks have equal sizes on each side)."""
-    epsilon = check_number("epsilon", epsilon, low=0.0)
+    epsilon = _check_epsilon(epsilon)
     blocks = check_int("blocks", blocks, minimum=1)
     n, m = cost.shape
     if n % blocks or m % blocks:
@@ -189,7 +208,7 @@ def plan_map(plan: torch.Tensor) -> GroupMap:
 
 def _check_transport(transport: str | None, epsilon: float) -> tuple[str, float]:
     """The transport (exact or entropic) that ``transport`` and ``epsilon`` ask for."""
-    epsilon = check_number("epsilon", epsilon, low=0.0)
+    epsilon = _check_epsilon(epsilon)
     if transport is None:
         return ("exact" if epsilon == 0 else "entropic"), epsilon
     check_choice("transport", transport, TRANSPORTS)

@@ -59,6 +59,7 @@ __all__ = [
     "AlignmentMethod",
     "accepted_options",
     "canonical_method",
+    "check_options",
     "get_method",
     "matching_methods",
     "method_key",
@@ -118,6 +119,8 @@ class AlignmentMethod:
     that has them (a search over the grid, the diagnostics) saves the data pass.
     ``any_width``: a linear method whose B may have other widths than A (one architecture):
     its function takes ``spec_b=`` (B's spec) and returns GroupMaps ``A x B`` (OT fusion).
+    ``quick``: options for a quick look (fewer learning steps), used with the searched
+    hyperparameters fixed at their defaults by :meth:`quick_options`.
     """
 
     name: str
@@ -130,6 +133,7 @@ class AlignmentMethod:
     merger: Merger | None = None
     uses_statistics: bool = False
     any_width: bool = False
+    quick: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"Alignment method {self.name!r}"
@@ -162,6 +166,17 @@ class AlignmentMethod:
             raise ValueError(f"{where}: the search grids of {empty} are empty.")
         object.__setattr__(self, "search", MappingProxyType(grids))
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
+        object.__setattr__(self, "quick", MappingProxyType(dict(self.quick)))
+        wrong = [name for name in self.quick if not self.accepts(name)]
+        if wrong:
+            raise ValueError(f"{where}: quick= names options it does not take: {wrong}.")
+
+    def quick_options(self) -> dict[str, Any]:
+        """The options of a quick run: every searched hyperparameter fixed at its default
+        (no validation search; the first value of its grid where it has no default) and
+        the method's ``quick`` options (fewer learning steps)."""
+        fixed = {name: self.defaults.get(name, grid[0]) for name, grid in self.search.items()}
+        return {**fixed, **self.quick}
 
     def accepts(self, option: str) -> bool:
         """Whether ``option`` means something to this method (a searched hyperparameter,
@@ -171,6 +186,18 @@ class AlignmentMethod:
             or takes(self.function, option)
             or (self.merger is not None and takes(self.merger, option))
         )
+
+    def option_names(self) -> list[str]:
+        """The options this method takes by name: its searched hyperparameters and the
+        keywords of its function and merger (not the models, spec and data it is given)."""
+        given = {"model_a", "model_b", "models", "spec", "data"}
+        names = set(self.search)
+        for function in (self.function, self.merger):
+            if function is not None:
+                for p in inspect.signature(function).parameters.values():
+                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in given:
+                        names.add(p.name)
+        return sorted(names)
 
     def search_space(self, options: Mapping[str, Any]) -> dict[str, tuple]:
         """The values to try for each searched hyperparameter: the declared grid when
@@ -239,7 +266,8 @@ class AlignmentMethod:
                 )
             return None
         settings = [self.kind, self.needs_data, self.preserves_function, self.uses_statistics]
-        settings += [self.any_width, dict(self.search), dict(self.defaults), code]
+        settings += [self.any_width, dict(self.search), dict(self.defaults), dict(self.quick)]
+        settings.append(code)
         text = json.dumps([self.name, settings], sort_keys=True, default=repr)
         return f"{self.name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
@@ -357,6 +385,7 @@ def register_method(
     merger: Merger | None = None,
     uses_statistics: bool = False,
     any_width: bool = False,
+    quick: Mapping[str, Any] | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as the alignment method ``name`` (see
     :class:`AlignmentMethod` for the arguments); the function is returned unchanged.
@@ -378,6 +407,7 @@ def register_method(
             merger,
             uses_statistics,
             any_width,
+            quick or {},
         )
         existing = _REGISTRY.get(name)
         if existing is not None and _qualified_name(existing.function) != _qualified_name(function):
@@ -395,6 +425,36 @@ def register_method(
 def unregister_method(name: str) -> None:
     """Remove the method ``name`` from the registry."""
     del _REGISTRY[get_method(name).name]
+
+
+def check_options(
+    called: Sequence[str], options: Mapping[str, Any], own: Sequence[str] = ()
+) -> None:
+    """Refuse, before any work, an option that none of the ``called`` methods takes (nor
+    the caller itself: ``own``): it would be silently ignored, and a misspelled or
+    misplaced option (``steps``, which is STE's, given to NP Merge) would run with
+    defaults. The error says which registered methods take it and suggests the nearest
+    option of the called ones."""
+    found = [get_method(name) for name in called]
+    unknown = [k for k in options if k not in own and not any(m.accepts(k) for m in found)]
+    if not unknown:
+        return
+    names = sorted({n for m in found for n in m.option_names()} | set(own))
+    everywhere = {n: m for m in reversed(methods()) for n in get_method(m).option_names()}
+    hints = []
+    for option in unknown:
+        takers = [m for m in methods() if get_method(m).accepts(option)]
+        hint = f"{option!r} is an option of {takers}" if takers else f"no method takes {option!r}"
+        candidates = [n for n in [*names, *everywhere] if n != option]
+        close = difflib.get_close_matches(option, candidates, n=1, cutoff=0.6)
+        if close:
+            whose = "" if close[0] in names else f", an option of {everywhere[close[0]]!r}"
+            hint += f" (did you mean {close[0]!r}{whose}?)"
+        hints.append(hint)
+    raise ValueError(
+        f"Options {unknown} are taken by none of the methods called ({list(called)}): "
+        f"{'; '.join(hints)}. Their options: {names}."
+    )
 
 
 def method_key(name: str) -> str | None:

@@ -211,6 +211,7 @@ def _trajectory(
     needs_data=True,
     preserves_function=True,
     defaults={"steps": STEPS, "lr": LR, "batch_size": BATCH_SIZE},
+    quick={"steps": 10},
 )
 def ste_matching(
     model_a: nn.Module,

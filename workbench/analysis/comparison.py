@@ -11,6 +11,7 @@ accuracy per part (:func:`workbench.evaluation.per_part_accuracy`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,6 +40,7 @@ from workbench.figures import (
 )
 from workbench.merging import ensemble, merge_many
 from workbench.merging.ensemble import COMBINE
+from workbench.merging.many import renamed_options
 
 __all__ = ["COLUMNS", "ENSEMBLES", "REFERENCES", "compare_methods", "plot_comparison"]
 
@@ -70,7 +72,10 @@ def compare_methods(
     Returns a tidy table with the columns in :data:`COLUMNS`: ``method`` by its display
     name (``"naive"`` for plain averaging, as in every figure), ``bn`` as text
     (``"none"`` for no handling); written to ``csv`` too when given. ``merge_options``
-    go to :func:`workbench.merging.merge_many` (e.g. ``gamma=``, ``reference=``).
+    go to :func:`workbench.merging.merge_many` (e.g. ``gamma=``, ``reference=``): each
+    method gets merge_many's own options and those it takes (``gamma`` goes to CCA only,
+    and enters only CCA's cache key); an option none of ``methods`` takes is an error
+    before any work.
 
     After the merges come, for each N, the reference rows (:data:`REFERENCES`; ``bn``
     ``"-"``, ``seconds`` 0, no ``gamma`` or ``reference``): ``"endpoints"``, the mean
@@ -103,6 +108,10 @@ def compare_methods(
     bad = [n for n in sizes if not 2 <= n <= len(models)]
     if bad:
         raise ValueError(f"sizes must lie in 2..{len(models)} (the models given), got {bad}.")
+    taken_here = ("models", "data", "method", "bn", "progress")
+    own = [p for p in inspect.signature(merge_many).parameters if p not in taken_here]
+    merge_options = renamed_options(merge_options)
+    registry.check_options(methods, merge_options, own=own)
     weights = None if parts is None else part_class_weights(parts)
     # the parts enter the keys only when given, so that rows without them stay cached
     with_parts = {} if weights is None else {"parts": [sorted(w.items()) for w in weights]}
@@ -116,22 +125,24 @@ def compare_methods(
     endpoint = [measure(m) for m in models]
     store = resolve_cache(cache)
     model_keys = fingerprints(models)
-    plain = all(_is_plain(value) for value in merge_options.values())
     rows = []
     jobs = [(n, method) for n in sizes for method in methods]
     for n, method in tqdm(jobs, desc="compare methods", disable=not progress):
+        taken = registry.get_method(method).accepts
+        options = {k: v for k, v in merge_options.items() if k in own or taken(k)}
+        plain = all(_is_plain(value) for value in options.values())
         key = store.key(
             models=model_keys and model_keys[:n],
             data=data_fingerprint(data),
             eval_data=data_fingerprint(eval_data),
             method=registry.method_key(method),
             bn=bn or "none",
-            options=merge_options if plain else None,
+            options=options if plain else None,
             **with_parts,
         )
 
-        def merge(n: int = n, method: str = method) -> tuple[dict, dict]:
-            result = merge_many(models[:n], data, method, bn=bn, progress=False, **merge_options)
+        def merge(n: int = n, method: str = method, options: dict = options) -> tuple[dict, dict]:
+            result = merge_many(models[:n], data, method, bn=bn, progress=False, **options)
             accuracy, loss, *extra = measure(result.model)
             report = result.report
             row = [accuracy, loss, report.seconds, report.gamma, report.reference, *extra]

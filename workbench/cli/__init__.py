@@ -105,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
     every = [*registry.methods(), "naive"]  # merges of N models included
     merge.add_argument("--methods", nargs="+", default=["none", "weight"], choices=every)
     merge.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
+    merge.add_argument(
+        "--quick",
+        action="store_true",
+        help="a quick look: no validation search (hyperparameters at their defaults), "
+        "fewer learning steps (NP Merge, STE)",
+    )
+    merge.add_argument(
+        "--option",
+        action="append",
+        metavar="NAME=VALUE",
+        help="an option of the methods, e.g. gamma=0.3, learn_steps=50, alpha=0.5 "
+        "(repeatable; an option no method given takes is an error)",
+    )
     merge.set_defaults(run=run_merge)
 
     plane = sub.add_parser("plane", parents=[common], help="loss plane through three models")

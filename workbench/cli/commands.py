@@ -4,6 +4,7 @@ pipeline as the notebooks and writes its figures and tables (:mod:`workbench.cli
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import time
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ import pandas as pd
 import torch
 
 from workbench import figures
+from workbench.alignment import registry
 from workbench.analysis.comparison import compare_methods, plot_comparison
 from workbench.analysis.lmc import (
     barrier_table,
@@ -176,12 +178,33 @@ def run_lmc(args: argparse.Namespace) -> int:
     return 0
 
 
+def merge_options(methods: Sequence[str], quick: bool, given: Sequence[str] | None) -> dict:
+    """The methods' options: with ``quick``, each method's quick preset (searched
+    hyperparameters at their defaults, fewer learning steps); then every ``NAME=VALUE``
+    of ``--option`` (the value read as a Python literal: ``0.1``, ``(0.1, 1.0)``,
+    ``None``, else as text)."""
+    options = {}
+    if quick:
+        for method in methods:
+            options.update(registry.get_method(method).quick_options())
+    for item in given or ():
+        name, sep, text = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise ValueError(f"--option takes NAME=VALUE (e.g. gamma=0.1), got {item!r}.")
+        try:
+            options[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            options[name] = text
+    return options
+
+
 def run_merge(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     models, names = read_models(args.models, 2, at_least=True)
     train, test = read_splits(args.dataset, args.limit)
     bn, cache = bn_option(args.bn), not args.no_cache
-    table = compare_methods(models, train, test, args.methods, bn=bn, cache=cache)
+    options = merge_options(args.methods, args.quick, args.option)
+    table = compare_methods(models, train, test, args.methods, bn=bn, cache=cache, **options)
     written = write(plot_comparison(table), {"": table}, STEMS["merge"](args))
     print(f"Merging the first N of {', '.join(names)} ({args.dataset}, bn={args.bn}):")
     report(table, written, started)

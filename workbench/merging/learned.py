@@ -310,8 +310,8 @@ def np_merge(
             "np_merge supports bn='reset' or None: REPAIR's target statistics are those of a "
             "uniform mix of the endpoints, and learned per-entry coefficients have none."
         )
-    _check_inputs(models, bn, options, without_batchnorm="bn=None")
     found = get_method(align)
+    _check_inputs(models, bn, options, found.name, without_batchnorm="bn=None")
     check_choice("combine", combine, COMBINE)
     s = _Settings(
         steps=check_int("steps", steps, minimum=0),

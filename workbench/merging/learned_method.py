@@ -23,7 +23,13 @@ from workbench.merging.learned import np_merge
 __all__ = ["np_merge_models"]
 
 
-@register_method("np_merge", kind="merge", needs_data=True, preserves_function=False)
+@register_method(
+    "np_merge",
+    kind="merge",
+    needs_data=True,
+    preserves_function=False,
+    quick={"learn_steps": 20, "learn_eval_every": 5},
+)
 def np_merge_models(
     models: Sequence[nn.Module],
     spec: PermutationSpec,

@@ -33,8 +33,8 @@ from workbench.alignment.cca import GAMMA_GRID
 from workbench.alignment.registry import (
     AlignmentMethod,
     accepted_options,
+    check_options,
     get_method,
-    methods,
     pairwise_methods,
 )
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
@@ -56,6 +56,7 @@ __all__ = [
     "MergeResult",
     "cca_merge",
     "merge_many",
+    "renamed_options",
 ]
 
 BN_HANDLING = (None, "reset", "repair")
@@ -109,10 +110,20 @@ class MergeResult:
     report: MergeReport
 
 
+def renamed_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with former names replaced: ``gammas=<values>`` is ``gamma=<values>``."""
+    options = dict(options)
+    gammas = options.pop("gammas", None)
+    if gammas is not None and options.get("gamma") is None:
+        options["gamma"] = tuple(gammas)
+    return options
+
+
 def _check_inputs(
     models: Sequence[nn.Module],
     bn: str | None,
     options: dict,
+    method: str,
     without_batchnorm: str = "bn='repair' (works without BatchNorm) or bn=None",
     any_width: bool = False,
 ) -> None:
@@ -130,10 +141,7 @@ def _check_inputs(
             f"bn='reset' needs BatchNorm layers and {type(models[0]).__name__} has none; "
             f"use {without_batchnorm}."
         )
-    known = [get_method(name) for name in methods()]
-    unknown = sorted(k for k in options if not any(m.accepts(k) for m in known))
-    if unknown:
-        raise ValueError(f"Unknown options {unknown}: no registered method takes them.")
+    check_options([method], options)
 
 
 def _check_data_arguments(
@@ -243,9 +251,10 @@ def merge_many(
     or ``"best"``: the most accurate on the validation split.
 
     ``options`` go to the method (``seed``, ``batch_size``, ``max_batches`` and
-    ``progress`` too, where it takes them); options that only other registered methods
-    take are ignored, so that one call can configure several methods
-    (:func:`~workbench.compare_methods`). A hyperparameter the method declares a grid for
+    ``progress`` too, where it takes them); an option the method does not take is an
+    error before any work (it would run with its default in silence), which names the
+    methods that take it (:func:`~workbench.compare_methods` configures several methods
+    in one call and gives each its own). A hyperparameter the method declares a grid for
     is fixed by a value (``gamma=0.1``), searched over given values (``gamma=(0.1, 1.0)``)
     or, when left out or ``None``, over the declared grid, by the merged model's
     validation accuracy. ``gammas=`` is the former name of ``gamma=<values>``. The
@@ -277,10 +286,8 @@ def merge_many(
         )
     started = time.perf_counter()
     models = list(models)
-    if options.get("gammas") is not None and options.get("gamma") is None:
-        options["gamma"] = tuple(options["gammas"])
-    options.pop("gammas", None)
-    _check_inputs(models, bn, options, any_width=found.any_width)
+    options = renamed_options(options)
+    _check_inputs(models, bn, options, found.name, any_width=found.any_width)
     if isinstance(reference, str) and reference != "best":
         raise ValueError(
             f"reference must be 'best' or a model index in [0, {len(models) - 1}], got "
