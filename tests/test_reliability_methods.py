@@ -316,3 +316,35 @@ def test_an_entropic_regularization_too_small_to_converge_is_refused_at_once(pai
         wb.ot_fusion(pair[0], pair[1], small, epsilon=1e-7, progress=False)
     with pytest.raises(ValueError, match=r"is below 0\.0001"):
         wb.alignment.ot.transport_plan(torch.rand(4, 4), 1e-9)
+
+
+# -- 7. units that never fire have a defined match: by their weights -----------------------
+@pytest.fixture(scope="module")
+def sparse_copies(mnist_train):
+    """An untrained VGG-style CNN (many units dead on a few images), a permuted copy of
+    it, eight images to merge on and 256 others to compare on."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        model = wb.create_model("cnn", width=0.5, in_channels=1, batch_norm=False).eval()
+    few = mnist_train.subset(torch.arange(8), "train")
+    spec = wb.permutation_spec(model, few.images[:2])
+    permuted = wb.apply_permutation(model, spec, wb.random_permutation(spec, seed=5))
+    return model, permuted, few, mnist_train.images[1000:1256]
+
+
+@pytest.mark.parametrize("method", ["activation", "cca", "ot", "zipit"])
+@pytest.mark.parametrize("partner", ["itself", "permuted copy"])
+def test_dead_units_pair_with_their_twins_off_the_data(sparse_copies, method, partner) -> None:
+    model, permuted, few, held_out = sparse_copies
+    stats = wb.alignment.collect_statistics(
+        [model], few, wb.permutation_spec(model, few.images[:2]), progress=False
+    )
+    assert sum(int(s.dead(0).sum()) for s in stats.values()) >= 5  # the case under test
+    other = model if partner == "itself" else permuted
+    options = {"cca": {"gamma": 1.0}, "ot": {"epsilon": 0.0}, "zipit": {"alpha": 0.5, "beta": 0.0}}
+    merged = wb.merge_many(
+        [model, other], few, method, bn=None, progress=False, **options.get(method, {})
+    )
+    with torch.no_grad():
+        difference = (merged.model(held_out) - model(held_out)).abs().max()
+    assert difference < 1e-4

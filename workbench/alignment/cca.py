@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from workbench.alignment.api import map_model
+from workbench.alignment.dead import TIE_BREAK
 from workbench.alignment.registry import register_method
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.alignment.weight import assignment
@@ -66,8 +67,18 @@ DEFAULT_GAMMA = 1.0
 GAMMA_GRID = (0.01, 0.1, 0.3, 1.0, 3.0)
 
 
-# Canonical correlations below this are zero (a dead unit's are exactly 0; rho <= 1).
+# Canonical correlations at most this are zero: a dead unit's are exactly 0, and so are
+# those of directions the data never excites (more units than observations, units that
+# move together), up to the float32 rounding of the statistics, which the whitening
+# divides by the ridge: ``_FLOAT_NOISE / gamma`` (measured: 5 float32 epsilons / gamma).
+# The SVD leaves their singular vectors arbitrary, up to sign.
 _NULL_CORRELATION = 1e-9
+_FLOAT_NOISE = 10 * torch.finfo(torch.float32).eps
+
+
+def _null_correlation(gamma: float) -> float:
+    """The canonical correlations at most this are zero at ridge ``gamma``."""
+    return max(_NULL_CORRELATION, _FLOAT_NOISE / max(gamma, 1e-3))
 
 
 def canonical_correlation(
@@ -75,6 +86,7 @@ def canonical_correlation(
     cov_bb: torch.Tensor,
     cov_ab: torch.Tensor,
     gamma: float,
+    ties: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The map ``T`` taking B's channels into A's space, and the canonical correlations
     (descending), from the covariances of A's channels, B's channels and between them.
@@ -82,8 +94,10 @@ def canonical_correlation(
     ``gamma`` is the ridge, relative to each side's mean channel variance. On the
     directions whose canonical correlation is zero (dead units), where the SVD does not
     determine ``U V^T``, it is completed by the permutation that maximizes the whitened
-    cross-covariance (ties to the identity), so that ``T`` is the identity when A is B and
-    the permutation when B is a permuted copy of A. Raises ``ValueError`` when a
+    cross-covariance, its ties broken by ``ties`` (A's units x B's: default the identity;
+    :func:`cca_maps` gives the similarity of dead units' weights,
+    :mod:`workbench.alignment.dead`), so that ``T`` is the identity when A is B and the
+    permutation when B is a permuted copy of A. Raises ``ValueError`` when a
     regularized covariance is still singular (``gamma=0`` with dead or constant
     channels): CCA cannot whiten them.
     """
@@ -109,18 +123,20 @@ def canonical_correlation(
     whitened = inv_root_a @ cov_ab.double() @ inv_root_b
     u, rho, vh = torch.linalg.svd(whitened)
     # Each whitened channel pairs with one other by an assignment: on the positive
-    # semidefinite ``whitened`` of A with itself the identity is optimal; the tiny
-    # identity breaks the ties among dead units (all-zero rows) the same way.
-    hint = eye[assignment(whitened + _NULL_CORRELATION * eye).to(eye.device)]
-    return root_a @ _polar_factor(u, rho, vh, hint) @ inv_root_b, rho
+    # semidefinite ``whitened`` of A with itself the identity is optimal; ``ties``, weighed
+    # just above the float noise, break the ties among dead units (all-zero rows).
+    ties = eye if ties is None else ties.double().to(eye.device)
+    null = _null_correlation(gamma)  # ties weigh above the float noise of `whitened`
+    hint = eye[assignment(whitened + max(TIE_BREAK, 10 * null) * ties).to(eye.device)]
+    return root_a @ _polar_factor(u, rho, vh, hint, null) @ inv_root_b, rho
 
 
 def _polar_factor(
-    u: torch.Tensor, rho: torch.Tensor, vh: torch.Tensor, hint: torch.Tensor
+    u: torch.Tensor, rho: torch.Tensor, vh: torch.Tensor, hint: torch.Tensor, null: float
 ) -> torch.Tensor:
     """``U V^T`` from the SVD ``U diag(rho) V^T``, with its undetermined part (the null
     spaces, ``rho`` = 0) the orthogonal map between them closest to ``hint``."""
-    rank = int((rho > _NULL_CORRELATION).sum())
+    rank = int((rho > null).sum())
     polar = u[:, :rank] @ vh[:rank]
     if rank < len(rho):
         left, right = u[:, rank:], vh[rank:].T
@@ -164,8 +180,10 @@ def cca_maps(
     maps, correlations, permuted = {}, {}, {}
     for name, stats in statistics.items():
         _check_samples(name, stats, gamma)
+        both_live = torch.diag((~stats.dead(0) & ~stats.dead(1)).double())
+        ties = stats.dead_similarity(0, 1) + both_live  # dead units by their weights
         transform, rho = canonical_correlation(
-            stats.block(0, 0), stats.block(1, 1), stats.block(0, 1), gamma
+            stats.block(0, 0), stats.block(1, 1), stats.block(0, 1), gamma, ties
         )
         correlations[name] = rho
         if general is None or name in general:

@@ -18,6 +18,7 @@ pass runs the models in eval mode, so no statistic depends on how the data is ba
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import torch
 from torch import fx, nn
 from tqdm.auto import tqdm
 
+from workbench.alignment.dead import TIE_BREAK, dead_units, signature_similarity, unit_signatures
 from workbench.batching import batches
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
@@ -155,6 +157,9 @@ class GroupStatistics:
     mean: torch.Tensor  # (M * size,) float64
     covariance: torch.Tensor  # (M * size, M * size) float64
     sizes: tuple[int, ...] = ()
+    # each model's unit signatures (workbench.alignment.dead), where the group has dead
+    # units and the models' signatures compare; empty otherwise
+    signatures: tuple[torch.Tensor, ...] = ()
 
     @property
     def num_models(self) -> int:
@@ -172,17 +177,37 @@ class GroupStatistics:
         """Per-channel standard deviation of model ``i``."""
         return self.block(i, i).diagonal().clamp_min(0).sqrt()
 
-    def correlation(self, i: int = 0, j: int = 1, eps: float = 1e-6) -> torch.Tensor:
+    def dead(self, i: int) -> torch.Tensor:
+        """Which of model ``i``'s units never vary on the data
+        (:func:`~workbench.alignment.dead.dead_units`, relative to the group's largest
+        standard deviation over all the models)."""
+        largest = self.covariance.diagonal().clamp_min(0).max().sqrt()
+        return dead_units(self.std(i), largest)
+
+    def dead_similarity(self, i: int, j: int) -> torch.Tensor:
+        """For each pair of dead units of models ``i`` (rows) and ``j`` (columns), the
+        similarity of their weights in [0, 1] (1: the same weights up to the order of the
+        neighbouring groups); 0 where either unit is live. Without signatures, 1 on the
+        diagonal (dead units keep their order)."""
+        both = torch.outer(self.dead(i), self.dead(j))
+        if self.signatures:
+            similar = signature_similarity(self.signatures[i], self.signatures[j])
+        else:
+            similar = torch.eye(*both.shape, dtype=torch.float64)
+        return torch.where(both, similar.to(both.device), 0.0)
+
+    def correlation(self, i: int = 0, j: int = 1) -> torch.Tensor:
         """Pearson correlation between model ``i``'s channels (rows) and model ``j``'s
-        (columns); channels that never vary (dead units: a standard deviation at most
-        ``eps`` times the largest of the two models' at this group) correlate 0 with
-        everything. The floor is relative, so that a unit that fires rarely, however
-        small its activations, keeps its correlations."""
+        (columns). Units that never vary (:meth:`dead`) correlate 0 with live ones, and
+        with each other by :data:`~workbench.alignment.dead.TIE_BREAK` times the
+        similarity of their weights, so that every matcher pairs them by their weights
+        (a permuted copy's dead units with their twins; see
+        :mod:`workbench.alignment.dead`)."""
         std_i, std_j = self.std(i), self.std(j)
-        floor = eps * torch.maximum(std_i.max(), std_j.max())
-        live = torch.outer(std_i > floor, std_j > floor)
+        live = torch.outer(~self.dead(i), ~self.dead(j))
         denominator = torch.outer(std_i, std_j).clamp_min(torch.finfo(std_i.dtype).tiny)
-        return torch.where(live, self.block(i, j) / denominator, 0.0)
+        found = torch.where(live, self.block(i, j) / denominator, 0.0)
+        return found + TIE_BREAK * self.dead_similarity(i, j)
 
 
 def observation_points(group: PermutationGroup) -> dict[str, int]:
@@ -244,7 +269,11 @@ class _Accumulator:
         """Add one batch: ``activations[m]`` is model m's output, channels on ``dim``."""
         views = [_channel_major(a, dim) for a in activations]
         n = views[0].shape[0] * views[0].shape[2]
-        batch_mean = torch.cat([v.sum((0, 2)) for v in views]).double() / n
+        means = [v.sum((0, 2), dtype=torch.float64) / n for v in views]
+        # centered before the products: a float32 product of raw activations loses the
+        # (co)variance of channels whose mean is large to cancellation
+        views = [v - m.to(v.dtype)[None, :, None] for v, m in zip(views, means, strict=True)]
+        batch_mean = torch.cat(means)
         width, span = self.starts[-1], [slice(*p) for p in itertools.pairwise(self.starts)]
         batch = torch.empty(width, width, dtype=torch.float64, device=batch_mean.device)
         for i, vi in enumerate(views):
@@ -252,7 +281,6 @@ class _Accumulator:
                 block = torch.matmul(vi, views[j].transpose(1, 2)).sum(0).double()
                 batch[span[i], span[j]] = block
                 batch[span[j], span[i]] = block.T
-        batch -= n * torch.outer(batch_mean, batch_mean)
         self.moments.update(n, batch_mean, batch)
 
     def result(self) -> GroupStatistics:
@@ -323,4 +351,13 @@ def collect_statistics(
             for name in names:
                 for node, dim in points[name].items():
                     accumulators[name].add([out[position[node]] for out in outputs], dim)
-    return {n: accumulators[n].result() for n in names}
+    found = {n: accumulators[n].result() for n in names}
+    for name, stats in found.items():  # dead units are paired by their weights
+        if any(stats.dead(i).any() for i in range(len(models))):
+            signatures = [
+                unit_signatures(model, own.groups[name])
+                for model, own in zip(models, specs, strict=True)
+            ]
+            if len({s.shape[1] for s in signatures}) == 1:
+                found[name] = dataclasses.replace(stats, signatures=tuple(signatures))
+    return found

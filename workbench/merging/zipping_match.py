@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from workbench.alignment.dead import TIE_BREAK
 from workbench.alignment.statistics import GroupStatistics
 
 __all__ = ["correlation_of", "merge_matrices", "zip_features"]
@@ -87,16 +88,19 @@ def merge_matrices(
     return [u.T / counts[:, None] for u in unmerge], unmerge
 
 
-def correlation_of(stats: GroupStatistics, eps: float = 1e-7) -> torch.Tensor:
-    """The correlation of all the stacked features. Units whose spread is below ``eps`` of
-    the largest (dead units: a ReLU that never fires) correlate 0 with live units and 1
-    with each other: merging two dead units changes nothing on the data, so they are
-    merged first instead of taking merged features from live ones. The threshold is
-    relative: a unit that barely fires (std 7e-5 of the largest, measured) is still
-    matched by its activations."""
-    std = stats.covariance.diagonal().clamp_min(0).sqrt()
-    alive = std > eps * std.max().clamp_min(torch.finfo(torch.float64).tiny)
-    safe = torch.where(alive, std, 1.0)
-    corr = stats.covariance / torch.outer(safe, safe)
-    corr = torch.where(alive[:, None] & alive[None, :], corr, 0.0)
-    return torch.where(~alive[:, None] & ~alive[None, :], 1.0, corr)
+def correlation_of(stats: GroupStatistics) -> torch.Tensor:
+    """The correlation of all the stacked features, model by model
+    (:meth:`GroupStatistics.correlation`). Dead units (a ReLU that never fires) correlate 0
+    with live units and about 1 with each other, a little less the more their weights
+    differ (:mod:`workbench.alignment.dead`): merging two dead units changes nothing on
+    the data, so they are merged first instead of taking merged features from live
+    ones, and each with its twin where it has one (a permuted copy)."""
+    count = stats.num_models
+    rows = []
+    for i in range(count):
+        blocks = []
+        for j in range(count):
+            both_dead = torch.outer(stats.dead(i), stats.dead(j))
+            blocks.append(stats.correlation(i, j) + torch.where(both_dead, 1.0 - TIE_BREAK, 0.0))
+        rows.append(torch.cat(blocks, 1))
+    return torch.cat(rows, 0)
