@@ -46,47 +46,65 @@ def train_run(tmp_path_factory):
 def test_demo_writes_figures_and_csv(demo_run):
     code, _, out = demo_run
     assert code == 0
-    for name in ("lmc_naive.pdf", "lmc_naive.png", "lmc_naive.csv"):
+    for name in ("lmc_methods.pdf", "lmc_methods.png", "lmc_methods.csv"):
         assert (out / name).is_file(), name
-    assert (out / "lmc_naive.pdf").read_bytes().startswith(b"%PDF")
-    assert (out / "lmc_naive.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "lmc_methods.pdf").read_bytes().startswith(b"%PDF")
+    assert (out / "lmc_methods.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_demo_csv(demo_run, shipped_pair, mnist_test):
+def test_demo_table_shows_what_alignment_removes(demo_run):
+    """Every method is there, each aligned + RESET barrier is below the naive one, and the
+    removed share is computed from the barriers."""
+    _, stdout, out = demo_run
+    table = pd.read_csv(out / "lmc_methods.csv")
+    assert list(table["method"]) == [
+        "naive", "naive + RESET", "weight + RESET", "activation + RESET", "cca + RESET"
+    ]  # fmt: skip
+    naive = table.set_index("method").loc["naive", "test_barrier"]
+    aligned = table[table["method"] != "naive"]
+    assert (aligned["test_barrier"] < naive).all()
+    removed = 1.0 - table["test_barrier"] / naive
+    assert np.allclose(table["naive_barrier_removed"], removed)
+    weight = table.set_index("method").loc["weight + RESET"]
+    assert weight["test_barrier"] <= naive / 10  # the headline on the shipped pair
+    for method in table["method"]:
+        assert method in stdout
+    assert "cnn_mnist-5k_seed0" in stdout and str(out / "lmc_methods.csv") in stdout
+
+
+def test_demo_curves_are_the_shipped_pairs(demo_run, shipped_pair, mnist_test):
     _, _, out = demo_run
-    frame = pd.read_csv(out / "lmc_naive.csv", keep_default_na=False)
+    frame = pd.read_csv(out / "lmc_methods_curves.csv", keep_default_na=False)
     assert list(frame.columns) == ["label", "bn", "split", "alpha", "loss", "accuracy"]
-    assert len(frame) == 3 * 4
-    assert set(zip(frame["bn"], frame["split"], strict=True)) == {
-        ("none", "train"),
-        ("none", "test"),
-        ("reset", "train"),
-        ("reset", "test"),
-    }
-    assert sorted(set(frame["alpha"])) == [0.0, 0.5, 1.0]
+    assert set(frame["split"]) == {"test"} and sorted(set(frame["alpha"])) == [0.0, 0.5, 1.0]
     # The naive test endpoint is the shipped model A's test loss.
-    row = frame[(frame["bn"] == "none") & (frame["split"] == "test") & (frame["alpha"] == 0.0)]
+    row = frame[(frame["label"] == "naive") & (frame["bn"] == "none") & (frame["alpha"] == 0.0)]
     assert row["loss"].item() == pytest.approx(
         wb.evaluate(shipped_pair[0], mnist_test).loss, rel=1e-12
     )
-    naive_mid = frame[
-        (frame["bn"] == "none") & (frame["split"] == "test") & (frame["alpha"] == 0.5)
-    ]
-    reset_mid = frame[
-        (frame["bn"] == "reset") & (frame["split"] == "test") & (frame["alpha"] == 0.5)
-    ]
-    assert reset_mid["accuracy"].item() > naive_mid["accuracy"].item()
 
 
-def test_demo_prints_barrier_table(demo_run):
-    _, stdout, out = demo_run
-    assert "barrier" in stdout
-    assert "cnn_mnist-5k_seed0.safetensors" in stdout
-    assert str(out / "lmc_naive.csv") in stdout
+def test_demo_figure_has_one_legend_entry_per_method(demo_run, monkeypatch):
+    """The figure the demo saves shows every series: one legend entry each."""
+    import matplotlib.figure
+
+    saved = []
+    monkeypatch.setattr(
+        "workbench.figures.save", lambda fig, stem, formats: saved.append(fig) or []
+    )
+    code, _, err = _run(["demo", "--out", str(demo_run[2]), "--alphas", "3", "--overwrite"])
+    assert code == 0, err
+    (fig,) = saved
+    assert isinstance(fig, matplotlib.figure.Figure)
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert labels == [
+        "naive", "naive + RESET", "weight + RESET", "activation + RESET", "cca + RESET"
+    ]  # fmt: skip
 
 
 def test_demo_missing_models(tmp_path):
-    code, _, err = _run(["demo", "--models", str(tmp_path), "--out", str(tmp_path / "o")])
+    missing = [str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")]
+    code, _, err = _run(["demo", "--models", *missing, "--out", str(tmp_path / "o")])
     assert code == 2
     assert "No checkpoint at" in err
     assert not (tmp_path / "o").exists()
@@ -336,9 +354,9 @@ def test_a_command_writes_what_it_declares_and_never_replaces_it_silently(tmp_pa
 
 def test_demo_refuses_to_replace_its_files_before_any_work(demo_run, monkeypatch):
     _, _, out = demo_run
-    figure = out / "lmc_naive.pdf"
+    figure = out / "lmc_methods.pdf"
     before = figure.read_bytes()
-    monkeypatch.setattr("workbench.cli.commands.lmc_curves", _must_not_run)
+    monkeypatch.setattr("workbench.cli.commands.pairwise_curves", _must_not_run)
     code, _, err = _run(["demo", "--out", str(out), "--alphas", "3"])
     assert code == 2 and str(figure) in err and "--overwrite" in err
     assert figure.read_bytes() == before

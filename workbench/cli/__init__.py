@@ -59,12 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true")
     train.set_defaults(run=run_train)
 
-    demo = sub.add_parser("demo", help="naive and BN-reset LMC curves of the shipped pair")
-    demo.add_argument("--models", default=str(shipped_models_dir()))
-    demo.add_argument("--seeds", type=int, nargs=2, default=[0, 1])
-    demo.add_argument("--alphas", type=int, default=11)
+    demo = sub.add_parser(
+        "demo",
+        help="the loss barrier between two models, naive and after each alignment + RESET",
+        description="The straight-line loss and accuracy between two models (default: the "
+        "shipped pair) for plain averaging and for each alignment method with BatchNorm "
+        "RESET, on the test split: the barrier naive averaging has, and how much of it "
+        "each method removes.",
+    )
+    demo.add_argument("--models", nargs=2, help="2 checkpoints (default: shipped seeds 0, 1)")
+    pairwise = registry.pairwise_methods()
+    demo.add_argument(
+        "--methods",
+        nargs="+",
+        default=[m for m in ("none", "weight", "activation", "cca") if m in pairwise],
+        choices=pairwise,
+        help="alignments to show (naive averaging without BatchNorm handling is always shown)",
+    )
+    demo.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
+    demo.add_argument("--alphas", type=int, default=11, help="points on each path")
     demo.add_argument("--out", default=figures.EXPORT_DIR)
     demo.add_argument("--overwrite", action="store_true", help="replace files already there")
+    demo.add_argument(
+        "--no-cache", action="store_true", help="recompute instead of reading cached results"
+    )
     demo.set_defaults(run=run_demo)
 
     common = argparse.ArgumentParser(add_help=False)

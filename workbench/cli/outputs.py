@@ -36,7 +36,7 @@ def checkpoints(args: argparse.Namespace) -> list[Path]:
 DEMO_FORMATS = ("pdf", "png")
 # Where each command writes its figure and tables: <stem>.<format>, <stem><suffix>.csv.
 STEMS = {
-    "demo": lambda args: Path(args.out) / "lmc_naive",
+    "demo": lambda args: Path(args.out) / "lmc_methods",
     "lmc": lambda args: Path(args.out) / "lmc",
     "merge": lambda args: Path(args.out) / "merge",
     "plane": lambda args: Path(args.out) / f"plane_{args.method}",
@@ -46,7 +46,7 @@ STEMS = {
 # --overwrite (one policy for every command that writes).
 WRITES = {
     "train": checkpoints,
-    "demo": lambda args: outputs(STEMS["demo"](args), [""], DEMO_FORMATS),
+    "demo": lambda args: outputs(STEMS["demo"](args), ["", "_curves"], DEMO_FORMATS),
     "lmc": lambda args: outputs(STEMS["lmc"](args), ["", "_curves"]),
     "merge": lambda args: outputs(STEMS["merge"](args), [""]),
     "plane": lambda args: outputs(STEMS["plane"](args), [""]),
