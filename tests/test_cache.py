@@ -2,7 +2,8 @@
 
 import torch
 
-from workbench.cache import ResultCache, data_fingerprint, default_cache, fingerprint
+from workbench.cache import ResultCache, default_cache
+from workbench.fingerprints import data_fingerprint, fingerprint
 from workbench.zoo import create_model
 
 

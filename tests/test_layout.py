@@ -31,6 +31,7 @@ FLOORS = {
     "zoo": 1,
     "checkpoints": 2,
     "training": 2,
+    "fingerprints": 2.5,
     "cache": 3,
     "graph": 4,
     "alignment": 5,

@@ -34,8 +34,9 @@ from torch import nn
 
 import workbench as wb
 import workbench.files as files
-from workbench.cache import ResultCache, data_fingerprint, fingerprint
+from workbench.cache import ResultCache
 from workbench.cli import main
+from workbench.fingerprints import data_fingerprint, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,7 +153,7 @@ def test_fingerprints_are_stable_across_processes(shipped_pair, tiny_train):
     code = """
         import torch
         import workbench as wb
-        from workbench.cache import data_fingerprint
+        from workbench.fingerprints import data_fingerprint
         model = wb.load_quickstart_models((0,))[0]
         train = wb.load_dataset("mnist-5k", "train")
         step = len(train) // 256

@@ -16,7 +16,7 @@ from torch import nn
 
 import workbench as wb
 from workbench.alignment import unregister_method
-from workbench.cache import code_fingerprint, fingerprint
+from workbench.fingerprints import code_fingerprint, fingerprint
 
 pytestmark = pytest.mark.filterwarnings("ignore:Group .* statistics come from only")
 

@@ -49,7 +49,7 @@ from workbench.analysis.lmc import (
 )
 from workbench.analysis.planes import LossPlane, loss_plane
 from workbench.analysis.sweeps import sweep
-from workbench.cache import ResultCache, default_cache, fingerprint
+from workbench.cache import ResultCache, default_cache
 from workbench.checkpoints import (
     CheckpointError,
     checkpoint_metadata,
@@ -69,6 +69,7 @@ from workbench.data import (
     train_val_split,
 )
 from workbench.evaluation import Metrics, evaluate, per_part_accuracy
+from workbench.fingerprints import fingerprint
 from workbench.graph import PermutationSpec, permutation_spec
 from workbench.merging import (
     Ensemble,

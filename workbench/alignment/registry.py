@@ -28,10 +28,7 @@ split, never on test data.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import inspect
-import json
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -40,8 +37,7 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import nn
 
-from workbench.batching import batches
-from workbench.cache import code_fingerprint
+from workbench.alignment.returned import check_aligned_models, check_merged_model
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec
 from workbench.graph.transforms import (
@@ -52,17 +48,13 @@ from workbench.graph.transforms import (
     check_permutation,
     identity_permutation,
 )
-from workbench.modules import check_compatible, eval_mode, model_device
-from workbench.validation import check_logits
 
 __all__ = [
     "AlignmentMethod",
     "accepted_options",
     "canonical_method",
-    "check_options",
     "get_method",
     "matching_methods",
-    "method_key",
     "methods",
     "pairwise_methods",
     "register_method",
@@ -120,7 +112,7 @@ class AlignmentMethod:
     ``any_width``: a linear method whose B may have other widths than A (one architecture):
     its function takes ``spec_b=`` (B's spec) and returns GroupMaps ``A x B`` (OT fusion).
     ``quick``: options for a quick look (fewer learning steps), used with the searched
-    hyperparameters fixed at their defaults by :meth:`quick_options`.
+    hyperparameters fixed at their defaults (:func:`~workbench.alignment.options.quick_options`).
     """
 
     name: str
@@ -171,13 +163,6 @@ class AlignmentMethod:
         if wrong:
             raise ValueError(f"{where}: quick= names options it does not take: {wrong}.")
 
-    def quick_options(self) -> dict[str, Any]:
-        """The options of a quick run: every searched hyperparameter fixed at its default
-        (no validation search; the first value of its grid where it has no default) and
-        the method's ``quick`` options (fewer learning steps)."""
-        fixed = {name: self.defaults.get(name, grid[0]) for name, grid in self.search.items()}
-        return {**fixed, **self.quick}
-
     def accepts(self, option: str) -> bool:
         """Whether ``option`` means something to this method (a searched hyperparameter,
         or a keyword its function or merger takes)."""
@@ -186,18 +171,6 @@ class AlignmentMethod:
             or takes(self.function, option)
             or (self.merger is not None and takes(self.merger, option))
         )
-
-    def option_names(self) -> list[str]:
-        """The options this method takes by name: its searched hyperparameters and the
-        keywords of its function and merger (not the models, spec and data it is given)."""
-        given = {"model_a", "model_b", "models", "spec", "data"}
-        names = set(self.search)
-        for function in (self.function, self.merger):
-            if function is not None:
-                for p in inspect.signature(function).parameters.values():
-                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in given:
-                        names.add(p.name)
-        return sorted(names)
 
     def search_space(self, options: Mapping[str, Any]) -> dict[str, tuple]:
         """The values to try for each searched hyperparameter: the declared grid when
@@ -244,33 +217,6 @@ class AlignmentMethod:
             raise ValueError(f"{where} returned an invalid {self.kind}: {error}") from error
         return found
 
-    def fingerprint(self) -> str | None:
-        """A short hash of everything that determines this method's results: its name,
-        kind, flags, grids and defaults, and the code of its function and merger (with
-        the user's helpers they call; :func:`~workbench.cache.code_fingerprint`). A
-        method fixed and registered again under the same name gets another fingerprint,
-        so no cached result of the old code is served. ``None`` (and a warning, once per
-        method) when the code cannot be fingerprinted: its results are then not cached."""
-        code = [code_fingerprint(self.function)]
-        if self.merger is not None:
-            code.append(code_fingerprint(self.merger))
-        if None in code:
-            if self.name not in _UNCACHED:
-                _UNCACHED.add(self.name)
-                warnings.warn(
-                    f"Results of method {self.name!r} are not cached: its code "
-                    f"({_qualified_name(self.function)}) reads something whose content cannot "
-                    "be fingerprinted (a C function, or a global that is neither code nor "
-                    "data), so a cached result could outlive a change to it.",
-                    stacklevel=2,
-                )
-            return None
-        settings = [self.kind, self.needs_data, self.preserves_function, self.uses_statistics]
-        settings += [self.any_width, dict(self.search), dict(self.defaults), dict(self.quick)]
-        settings.append(code)
-        text = json.dumps([self.name, settings], sort_keys=True, default=repr)
-        return f"{self.name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-
     def check_pairwise(self) -> None:
         """Raise ``ValueError`` if this method only merges N models at once (kind
         ``"merge"``) and so cannot align one model to another."""
@@ -294,28 +240,7 @@ class AlignmentMethod:
             raise ValueError(f"method={self.name!r} is a {self.kind} method, not a merge.")
         merged = self.function(list(models), spec=spec, data=data, **{**self.defaults, **options})
         where = f"Alignment method {self.name!r} ({_qualified_name(self.function)})"
-        if not isinstance(merged, nn.Module):
-            raise TypeError(
-                f"{where} returned {type(merged).__name__}; a merge method must return "
-                f"{_EXPECTED['merge']}."
-            )
-        # a merge may build another structure (a partial zip: shared trunk, several heads);
-        # it must still score the classes the models score
-        same_structure = merged.state_dict().keys() == models[0].state_dict().keys()
-        _check_returned_model(where, models[0], merged, same_structure)
-        if data is not None:
-            inputs = next(iter(batches(data, batch_size=2, max_batches=1)))[0]
-            with eval_mode(models[0]), eval_mode(merged), torch.no_grad():
-                expected = check_logits(models[0](inputs.to(model_device(models[0]))), models[0])
-                found = check_logits(merged(inputs.to(model_device(merged))), merged)
-            expected = expected.shape
-            if found.shape != expected or not torch.isfinite(found).all():
-                raise ValueError(
-                    f"{where} returned a model whose outputs have shape {tuple(found.shape)}"
-                    f"{' with NaN or infinite values' if found.shape == expected else ''} "
-                    f"where the merged models give {tuple(expected)}: it must score the "
-                    "same classes."
-                )
+        check_merged_model(where, models, merged, data)
         return merged
 
     def run_merger(
@@ -326,48 +251,13 @@ class AlignmentMethod:
         if self.merger is None:
             raise ValueError(f"method={self.name!r} has no N-model merger.")
         found = self.merger(list(models), spec, **accepted_options(self.merger, options))
-        where = f"Alignment method {self.name!r} ({_qualified_name(self.merger)})"
-        if not isinstance(found, Sequence) or len(found) != len(models):
-            raise TypeError(
-                f"{where} returned {type(found).__name__}"
-                f"{f' of {len(found)}' if isinstance(found, Sequence) else ''}; a merger must "
-                f"return the {len(models)} models it was given, in one neuron order."
-            )
-        for model in found:
-            _check_returned_model(where, models[0], model)
+        check_aligned_models(
+            f"Alignment method {self.name!r} ({_qualified_name(self.merger)})", models, found
+        )
         return list(found)
 
 
-def _check_returned_model(
-    where: str, like: nn.Module, model: Any, same_structure: bool = True
-) -> None:
-    """Refuse a model a method returned unless it has finite parameters and buffers and
-    (``same_structure``) ``like``'s architecture (state-dict keys and shapes), naming the
-    method."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{where} returned {type(model).__name__} where a model was expected.")
-    try:
-        if same_structure:
-            check_compatible([like, model])
-    except ValueError as error:
-        raise ValueError(
-            f"{where} returned a model of another architecture than the models it was given "
-            f"(model 1 below is the returned one): {error}"
-        ) from error
-    broken = [
-        name
-        for name, tensor in model.state_dict().items()
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
-    ]
-    if broken:
-        raise ValueError(
-            f"{where} returned a model with NaN or infinite values in {broken[:3]}"
-            f"{' and more' if len(broken) > 3 else ''}: its merge diverged or is wrong."
-        )
-
-
 _REGISTRY: dict[str, AlignmentMethod] = {}
-_UNCACHED: set[str] = set()  # methods whose code could not be fingerprinted (warned once)
 
 
 def _qualified_name(function: Callable) -> str:
@@ -425,42 +315,6 @@ def register_method(
 def unregister_method(name: str) -> None:
     """Remove the method ``name`` from the registry."""
     del _REGISTRY[get_method(name).name]
-
-
-def check_options(
-    called: Sequence[str], options: Mapping[str, Any], own: Sequence[str] = ()
-) -> None:
-    """Refuse, before any work, an option that none of the ``called`` methods takes (nor
-    the caller itself: ``own``): it would be silently ignored, and a misspelled or
-    misplaced option (``steps``, which is STE's, given to NP Merge) would run with
-    defaults. The error says which registered methods take it and suggests the nearest
-    option of the called ones."""
-    found = [get_method(name) for name in called]
-    unknown = [k for k in options if k not in own and not any(m.accepts(k) for m in found)]
-    if not unknown:
-        return
-    names = sorted({n for m in found for n in m.option_names()} | set(own))
-    everywhere = {n: m for m in reversed(methods()) for n in get_method(m).option_names()}
-    hints = []
-    for option in unknown:
-        takers = [m for m in methods() if get_method(m).accepts(option)]
-        hint = f"{option!r} is an option of {takers}" if takers else f"no method takes {option!r}"
-        candidates = [n for n in [*names, *everywhere] if n != option]
-        close = difflib.get_close_matches(option, candidates, n=1, cutoff=0.6)
-        if close:
-            whose = "" if close[0] in names else f", an option of {everywhere[close[0]]!r}"
-            hint += f" (did you mean {close[0]!r}{whose}?)"
-        hints.append(hint)
-    raise ValueError(
-        f"Options {unknown} are taken by none of the methods called ({list(called)}): "
-        f"{'; '.join(hints)}. Their options: {names}."
-    )
-
-
-def method_key(name: str) -> str | None:
-    """The part of a cache key that stands for the registered method ``name``: its
-    :meth:`AlignmentMethod.fingerprint` (``None``: do not cache)."""
-    return get_method(name).fingerprint()
 
 
 def canonical_method(method: str) -> str:

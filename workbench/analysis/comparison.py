@@ -23,8 +23,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.alignment import registry
+from workbench.alignment.method_keys import method_key
+from workbench.alignment.options import check_options
 from workbench.analysis.engine import resolve_cache
-from workbench.cache import ResultCache, data_fingerprint, fingerprints
+from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.evaluation import evaluate, part_class_weights, per_part_accuracy
 from workbench.figures import (
@@ -38,6 +40,7 @@ from workbench.figures import (
     save_table,
     series_label,
 )
+from workbench.fingerprints import data_fingerprint, fingerprints
 from workbench.merging import ensemble, merge_many
 from workbench.merging.ensemble import COMBINE
 from workbench.merging.many import renamed_options
@@ -111,7 +114,7 @@ def compare_methods(
     taken_here = ("models", "data", "method", "bn", "progress")
     own = [p for p in inspect.signature(merge_many).parameters if p not in taken_here]
     merge_options = renamed_options(merge_options)
-    registry.check_options(methods, merge_options, own=own)
+    check_options(methods, merge_options, own=own)
     weights = None if parts is None else part_class_weights(parts)
     # the parts enter the keys only when given, so that rows without them stay cached
     with_parts = {} if weights is None else {"parts": [sorted(w.items()) for w in weights]}
@@ -135,7 +138,7 @@ def compare_methods(
             models=model_keys and model_keys[:n],
             data=data_fingerprint(data),
             eval_data=data_fingerprint(eval_data),
-            method=registry.method_key(method),
+            method=method_key(method),
             bn=bn or "none",
             options=options if plain else None,
             **with_parts,

@@ -37,9 +37,10 @@ from workbench.alignment import (
 )
 from workbench.analysis.engine import check_data, resolve_cache
 from workbench.analysis.lmc import LMCCurve, barrier_table, cached_curves, data_key, lmc_curves
-from workbench.cache import ResultCache, data_fingerprint, fingerprints
+from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.figures import color_for, figure_for, paper_style, save_table
+from workbench.fingerprints import data_fingerprint, fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.validation import check_models
 

@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from workbench.alignment import registry
+from workbench.alignment.method_keys import method_key
 from workbench.analysis.engine import resolve_cache
 from workbench.analysis.lmc import (
     LMCCurve,
@@ -37,7 +38,7 @@ from workbench.analysis.lmc import (
     data_key,
     pairwise_curves,
 )
-from workbench.cache import ResultCache, data_fingerprint, fingerprint
+from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.figures import (
     color_for,
@@ -47,6 +48,7 @@ from workbench.figures import (
     save_table,
     series_label,
 )
+from workbench.fingerprints import data_fingerprint, fingerprint
 from workbench.training import train_models
 
 __all__ = ["Sweep", "plot_sweep", "sweep"]
@@ -223,7 +225,7 @@ def sweep(
         "train_kwargs": _json_or_none(train_kwargs),
     }
     settings = {**recipe, "methods": list(methods), "bn": bn, "alphas": alphas}
-    method_keys = [registry.method_key(m) for m in methods]
+    method_keys = [method_key(m) for m in methods]
     curves = []
     for value in tqdm(values, desc=f"{parameter} sweep", disable=not progress):
         point_kwargs = {**kwargs, "width": value} if parameter == "width" else kwargs

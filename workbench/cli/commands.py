@@ -15,6 +15,7 @@ import torch
 
 from workbench import figures
 from workbench.alignment import registry
+from workbench.alignment.options import quick_options
 from workbench.analysis.comparison import compare_methods, plot_comparison
 from workbench.analysis.lmc import (
     barrier_table,
@@ -216,7 +217,7 @@ def merge_options(methods: Sequence[str], quick: bool, given: Sequence[str] | No
     options = {}
     if quick:
         for method in methods:
-            options.update(registry.get_method(method).quick_options())
+            options.update(quick_options(registry.get_method(method)))
     for item in given or ():
         name, sep, text = item.partition("=")
         if not sep or not name.isidentifier():

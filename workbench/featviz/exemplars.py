@@ -24,10 +24,11 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from workbench.batching import batches
-from workbench.cache import ResultCache, data_fingerprint, default_cache, fingerprint
+from workbench.cache import ResultCache, default_cache
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.featviz.render import check_channels, resolve_layer
+from workbench.fingerprints import data_fingerprint, fingerprint
 from workbench.modules import eval_mode, model_device
 
 __all__ = ["Exemplars", "top_exemplars"]

@@ -38,9 +38,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench import validation
-from workbench.cache import ResultCache, default_cache, fingerprint
+from workbench.cache import ResultCache, default_cache
 from workbench.checkpoints import checkpoint_metadata
 from workbench.data import dataset_info
+from workbench.fingerprints import fingerprint
 from workbench.modules import eval_mode, model_device
 
 __all__ = [

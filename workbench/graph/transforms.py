@@ -248,9 +248,7 @@ def _is_permutation_matrix(matrix: torch.Tensor) -> torch.Tensor | None:
     return ones.float().argmax(1)
 
 
-# A square map whose smallest singular value is below this share of its largest cannot be
-# inverted in float32 (its inverse maps the consumers' weights): it is refused as singular.
-_SINGULAR = 1e-7
+_SINGULAR = 1e-7  # smallest/largest singular value of a map too singular to invert in float32
 
 
 def check_linear_maps(spec: PermutationSpec, maps: Mapping[str, torch.Tensor | GroupMap]) -> None:
@@ -263,8 +261,7 @@ def check_linear_maps(spec: PermutationSpec, maps: Mapping[str, torch.Tensor | G
         raise ValueError(f"Unknown groups {unknown}; the spec has {list(spec.groups)}.")
     for name, matrix in maps.items():
         size = spec.groups[name].size
-        parts = tuple(matrix) if isinstance(matrix, GroupMap) else (matrix,)
-        parts = tuple(torch.as_tensor(m) for m in parts)
+        parts = tuple(map(torch.as_tensor, matrix if isinstance(matrix, GroupMap) else [matrix]))
         if isinstance(matrix, GroupMap):
             out, into = (tuple(m.shape) for m in parts)
             if len(out) != 2 or out[1] != size or into != (size, out[0]):
@@ -278,8 +275,7 @@ def check_linear_maps(spec: PermutationSpec, maps: Mapping[str, torch.Tensor | G
             raise ValueError(f"maps[{name!r}] holds NaN or infinite values.")
         if not isinstance(matrix, GroupMap):
             values = torch.linalg.svdvals(parts[0].double())
-            if values.min() <= values.max() * _SINGULAR:
-                ratio = (values.min() / values.max()).item() if values.max() > 0 else 0.0
+            if (ratio := values.min().item() / max(values.max().item(), 1e-300)) <= _SINGULAR:
                 raise ValueError(
                     f"maps[{name!r}] is singular (smallest/largest singular value {ratio:.1e}): "
                     "B's consumers need its inverse. Return an invertible map (a ridge on the "

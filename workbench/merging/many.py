@@ -30,10 +30,10 @@ from torch.utils.data import DataLoader
 
 from workbench.alignment.api import align, other_width_spec
 from workbench.alignment.cca import GAMMA_GRID
+from workbench.alignment.options import check_options
 from workbench.alignment.registry import (
     AlignmentMethod,
     accepted_options,
-    check_options,
     get_method,
     pairwise_methods,
 )

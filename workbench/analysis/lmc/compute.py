@@ -28,10 +28,11 @@ from workbench.analysis.engine import (
     resolve_cache,
 )
 from workbench.analysis.lmc.result import BN_MODES, LMCCurve, alpha_grid
-from workbench.cache import ResultCache, data_fingerprint, fingerprint, fingerprints
+from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.evaluation import same_function
 from workbench.figures import method_label, series_label
+from workbench.fingerprints import data_fingerprint, fingerprint, fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merging import repair_, repair_points
 from workbench.modules import has_batchnorm, model_device

@@ -23,11 +23,13 @@ import torch
 from torch import nn
 
 from workbench.alignment import align, get_method
+from workbench.alignment.method_keys import method_fingerprint
 from workbench.analysis.engine import check_data, evaluate_points, reset_correction, resolve_cache
 from workbench.analysis.lmc import data_key
 from workbench.analysis.planes.result import LossPlane, plane_weights
-from workbench.cache import ResultCache, data_fingerprint, fingerprints
+from workbench.cache import ResultCache
 from workbench.data import DataLike
+from workbench.fingerprints import data_fingerprint, fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.modules import has_batchnorm
 from workbench.validation import check_int, check_models, check_number
@@ -134,7 +136,7 @@ def loss_planes(
     store = resolve_cache(cache)
     key = store.key(
         models=fingerprints(models),
-        method=aligner.fingerprint(),
+        method=method_fingerprint(aligner),
         match_data=data_fingerprint(reset_data) if aligner.needs_data else "-",
         data=data_key(data),
         bn=bn or "none",
