@@ -79,3 +79,22 @@ def assert_state_equal(model: torch.nn.Module, state: dict[str, torch.Tensor]) -
 
 def states_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture
+def register():
+    """``register(name, function, **declared)`` for one test: the method is registered
+    with :func:`workbench.register_method`, and unregistered afterwards (the registry is
+    then as it was)."""
+    before = wb.methods()
+    names = []
+
+    def add(name, function, **declared) -> str:
+        wb.register_method(name, **declared)(function)
+        names.append(name)
+        return name
+
+    yield add
+    for name in names:
+        wb.alignment.unregister_method(name)
+    assert wb.methods() == before

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
 
 import pandas as pd
 import pytest
@@ -20,7 +19,6 @@ from workbench.alignment import (
     collect_statistics,
     general_groups,
     get_method,
-    unregister_method,
 )
 from workbench.cli import main
 from workbench.graph import permutation_spec
@@ -33,22 +31,6 @@ BUILTIN = ["none", "weight", "activation", "cca", "ot", "ste", "np_merge", "zipi
 def reverse(model_a, model_b, spec, data=None, **options):
     """Every group's channels in reverse order: a permutation that aligns nothing."""
     return {name: torch.arange(group.size).flip(0) for name, group in spec.groups.items()}
-
-
-@pytest.fixture
-def register() -> Iterator[Callable[..., str]]:
-    """``register(name, function, **declared)`` for one test; unregistered afterwards."""
-    names = []
-
-    def add(name: str, function: Callable, **declared) -> str:
-        wb.register_method(name, **declared)(function)
-        names.append(name)
-        return name
-
-    yield add
-    for name in names:
-        unregister_method(name)
-    assert wb.methods() == BUILTIN
 
 
 def test_builtin_methods_and_the_naive_alias() -> None:

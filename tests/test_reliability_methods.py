@@ -55,11 +55,11 @@ def _define_method(body: str) -> object:
 def cell_method():
     """Registers ``cell_method`` from a body; unregistered afterwards."""
 
-    def register(body: str) -> str:
+    def define(body: str) -> str:
         wb.register_method("cell", needs_data=False, preserves_function=True)(_define_method(body))
         return "cell"
 
-    yield register
+    yield define
     unregister_method("cell")
 
 
@@ -199,20 +199,6 @@ def test_a_label_out_of_range_anywhere_is_refused_before_the_work(pair, small, r
 
 
 # -- 4. what a registered method returns is checked, and the method named ---------------
-@pytest.fixture
-def registered():
-    names = []
-
-    def add(name, function, **declared):
-        wb.register_method(name, **declared)(function)
-        names.append(name)
-        return name
-
-    yield add
-    for name in names:
-        unregister_method(name)
-
-
 def _nan_merge(models, spec, data=None):
     merged = copy.deepcopy(models[0])
     with torch.no_grad():
@@ -243,9 +229,9 @@ def _singular(model_a, model_b, spec, data=None, statistics=None):
     ids=["nan-weights", "five-classes", "singular-map"],
 )
 def test_a_bad_method_output_is_refused_naming_the_method(
-    pair, small, registered, function, declared, fragment
+    pair, small, register, function, declared, fragment
 ) -> None:
-    name = registered("faulty", function, needs_data=True, preserves_function=False, **declared)
+    name = register("faulty", function, needs_data=True, preserves_function=False, **declared)
     where = r"Alignment method 'faulty' \(.*\)"
     with pytest.raises(ValueError, match=f"{where}.*{fragment}"):
         wb.merge_many(pair, small, name, bn=None, progress=False)
@@ -254,21 +240,21 @@ def test_a_bad_method_output_is_refused_naming_the_method(
 
 
 def test_a_merge_that_builds_another_structure_must_score_the_same_classes(
-    pair, small, registered
+    pair, small, register
 ) -> None:
     def head_of_five(models, spec, data=None):
         return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 5)).eval()
 
-    registered("five", head_of_five, kind="merge", needs_data=True, preserves_function=False)
+    register("five", head_of_five, kind="merge", needs_data=True, preserves_function=False)
     with pytest.raises(ValueError, match=r"outputs have shape \(2, 5\) where the merged models"):
         wb.merge_many(pair, small, "five", bn=None, progress=False)
 
 
-def test_a_merger_returning_the_wrong_models_is_refused(pair, small, registered) -> None:
+def test_a_merger_returning_the_wrong_models_is_refused(pair, small, register) -> None:
     def one_model(models, spec):
         return models[:1]
 
-    registered(
+    register(
         "short",
         lambda model_a, model_b, spec, data=None: wb.weight_matching(model_a, model_b, spec),
         needs_data=False,
