@@ -191,13 +191,16 @@ def test_reset_bn_changes_statistics_only(shipped_pair, mnist_test):
     assert not reset.training
 
 
-def test_reset_bn_restores_training_mode(mnist_test):
+def test_reset_bn_returns_eval_mode_and_reset_bn__keeps_the_mode(mnist_test):
+    """``reset_bn`` returns a new model, in eval mode as every returned model; the in-place
+    ``reset_bn_`` leaves the model in the mode it was given."""
     model = wb.create_model("cnn", **TINY)
     model.train()
     reset = wb.reset_bn(model, mnist_test)
-    assert reset.training and all(m.training for m in reset.modules())
-    model.eval()
-    assert not wb.reset_bn(model, mnist_test).training
+    assert not any(m.training for m in reset.modules())
+    assert all(m.training for m in model.modules())
+    wb.merging.reset_bn_(model, mnist_test)
+    assert all(m.training for m in model.modules())
 
 
 def _first_conv_output(model, images):
