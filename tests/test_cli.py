@@ -97,7 +97,8 @@ def test_demo_figure_has_one_legend_entry_per_method(demo_run, monkeypatch):
     (fig,) = saved
     assert isinstance(fig, matplotlib.figure.Figure)
     labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
-    assert labels == [
+    # besides one entry per series, a linear method's far end shows B itself as a star
+    assert [label for label in labels if not label.endswith(": model B itself")] == [
         "naive", "naive + RESET", "weight + RESET", "activation + RESET", "cca + RESET"
     ]  # fmt: skip
 
