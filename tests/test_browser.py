@@ -9,8 +9,9 @@ Run and Render, moving sliders, and exporting. After each action the figure and 
 on the page must change, and exported files must exist. Screenshots go to the test's tmp
 folder, or to ``docs/screenshots/`` with ``WORKBENCH_UPDATE_SCREENSHOTS=1``.
 
-The result cache is the test session's (conftest), so notebooks run here cold and the
-nbclient run of the same notebooks (tests/test_notebooks.py) reads the curves back.
+The result cache is the test session's (conftest), so notebooks run here cold. Where this
+test runs, the nbclient run of the notebooks (tests/test_notebooks.py) is skipped: this
+one checks the same on the page a user sees.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.notebook_checks import NOTEBOOKS, builds_figure
+from tests.notebook_checks import CHROMIUM, NOTEBOOKS, builds_figure
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
 TOKEN = "workbench-browser-test"
 BROWSER_ARGS = [
     "--headless",

@@ -70,7 +70,7 @@ def test_weight_matching_correlations_and_cache(shipped_pair, train_500, tmp_pat
     correlation = stats["features.conv2"].correlation(0, 1)
     expected = correlation[torch.arange(len(correlation)), perm["features.conv2"]].numpy()
     np.testing.assert_allclose(result.after["features.conv2"], expected, atol=1e-6)
-    assert result.settings["models"] == [wb.cache.fingerprint(m) for m in (a, b)]
+    assert result.settings["models"] == [wb.fingerprint(m) for m in (a, b)]
     again = diagnostics.matched_correlations(a, b, train_500, "weight", cache=cache)
     np.testing.assert_array_equal(again.after["classifier.fc1"], result.after["classifier.fc1"])
     assert len(list(tmp_path.glob("correlations/*.safetensors"))) == 1

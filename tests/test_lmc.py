@@ -76,7 +76,7 @@ def test_curve_metadata(naive_test, shipped_pair):
     assert naive_test.settings == {
         "batch_size": 500,
         "bn_data": "first split",
-        "models": [wb.cache.fingerprint(m) for m in shipped_pair],
+        "models": [wb.fingerprint(m) for m in shipped_pair],
     }
     assert naive_test.loss.shape == naive_test.accuracy.shape == (5,)
 

@@ -12,12 +12,15 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.notebook_checks import NOTEBOOKS, builds_figure
+from tests.notebook_checks import IN_BROWSER, NOTEBOOKS, builds_figure
 
 RUN_TIMES = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "notebook_times.json"
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    IN_BROWSER, reason="tests/test_browser.py runs every notebook in JupyterLab and checks the same"
+)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_and_shows_its_figures(path: Path, tmp_path: Path) -> None:
     # a copy in a folder of its own: exports land in tmp_path/figures, not in the checkout

@@ -70,7 +70,7 @@ def test_grid_values_are_the_combined_models(trio, small_test, small_train):
     plane = planes["test"]
     assert plane.loss.shape == plane.accuracy.shape == (3, 3)
     assert (plane.split, plane.bn, plane.label) == ("test", None, "none")
-    assert plane.settings["models"] == [wb.cache.fingerprint(m) for m in trio]
+    assert plane.settings["models"] == [wb.fingerprint(m) for m in trio]
     # margin 0: the grid spans the triangle's bounding box exactly.
     assert plane.x[0] == min(0.0, plane.points[2, 0]) and plane.x[-1] == plane.points[:, 0].max()
     assert plane.y[0] == 0.0 and plane.y[-1] == plane.points[2, 1]
@@ -131,8 +131,8 @@ def test_aligned_plane_with_reset_is_lower_and_plots(trio, small_test, small_tra
     naive = wb.loss_plane(trio, small_test, 2, "reset", **kwargs)
     aligned = wb.loss_plane(trio, small_test, 2, "reset", method="weight", **kwargs)
     assert aligned.settings["method"] == "weight" and aligned.label == "weight"
-    assert aligned.settings["models"][0] == wb.cache.fingerprint(trio[0])
-    assert aligned.settings["models"][1] != wb.cache.fingerprint(trio[1])  # aligned copy
+    assert aligned.settings["models"][0] == wb.fingerprint(trio[0])
+    assert aligned.settings["models"][1] != wb.fingerprint(trio[1])  # aligned copy
     assert np.median(aligned.loss) < np.median(naive.loss)
     frame = aligned.to_frame()
     assert len(frame) == 4

@@ -49,7 +49,7 @@ def test_width_sweep_table(width_sweep, tiny_train, small_test):
         "cnn", [0, 1], tiny_train, 1, model_kwargs={"width": 0.25, "in_channels": 1}, progress=False
     )
     first = result.curves[0]
-    assert first.settings["trained"] == [wb.cache.fingerprint(m) for m in models]
+    assert first.settings["trained"] == [wb.fingerprint(m) for m in models]
     assert first.settings["width"] == 0.25 and first.bn == "reset"
     test_row = table[(table.width == 0.25) & (table.method == "naive") & (table.split == "test")]
     reset = wb.reset_bn(models[0], tiny_train)  # with RESET the endpoints are reset too
