@@ -334,3 +334,18 @@ def test_dead_units_pair_with_their_twins_off_the_data(sparse_copies, method, pa
     with torch.no_grad():
         difference = (merged.model(held_out) - model(held_out)).abs().max()
     assert difference < 1e-4
+
+
+def test_class_annotations_python_creates_lazily_leave_fingerprints_alone(small) -> None:
+    """Reading ``cls.__annotations__`` creates an empty dict on the class (a kernel client
+    does it to ``typing.Generic``): fingerprints must not follow it, or one process would
+    miss the cache entries of another."""
+
+    class Plain(wb.TensorImageDataset):
+        pass
+
+    data = Plain(small.images, small.targets, small.info, "train")
+    before = wb.fingerprints.data_fingerprint(data)
+    assert "__annotations__" not in vars(Plain)
+    _ = Plain.__annotations__
+    assert wb.fingerprints.data_fingerprint(data) == before

@@ -200,8 +200,9 @@ def _class_text(cls: type) -> str | None:
     :func:`code_fingerprint`)."""
     texts = []
     for klass in cls.__mro__:
-        if klass.__module__.split(".")[0] in _LIBRARIES:
-            continue
+        top = klass.__module__.split(".")[0]
+        if top in _LIBRARIES or top in sys.stdlib_module_names:
+            continue  # fixed by the library and Python versions (typing.Generic)
         if klass not in _SOURCES:
             try:
                 _SOURCES[klass] = inspect.getsource(klass)
@@ -209,6 +210,8 @@ def _class_text(cls: type) -> str | None:
                 _SOURCES[klass] = "<no source>"
         body = []
         for name, value in sorted(vars(klass).items()):
+            if name == "__annotations__":  # type hints compute nothing; Python adds them lazily
+                continue
             value = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
             if isinstance(value, property):
                 value = (value.fget, value.fset)
