@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from workbench.alignment.dead import TIE_BREAK, dead_units, signature_similarity, unit_signatures
 from workbench.batching import batches
 from workbench.data import DataLike
-from workbench.evaluation import forward_checked
+from workbench.evaluation import check_fits, forward_checked
 from workbench.graph import LayerPoint, PermutationGroup, PermutationSpec
 from workbench.graph.trace import trace_module
 from workbench.modules import eval_mode, model_device
@@ -292,15 +292,6 @@ class _Accumulator:
         )
 
 
-def _check_fits(model: nn.Module, data: DataLike) -> None:
-    """Fail with a clear message, before the pass, if ``data`` does not fit ``model``."""
-    inputs, _ = next(iter(batches(data, batch_size=2, max_batches=1)), (None, None))
-    if inputs is None:
-        raise ValueError("Cannot collect statistics on an empty dataset.")
-    with eval_mode(model), torch.inference_mode():
-        forward_checked(model, inputs[:2].to(model_device(model)))
-
-
 def collect_statistics(
     models: Sequence[nn.Module],
     data: DataLike,
@@ -329,7 +320,7 @@ def collect_statistics(
     unknown = [n for n in names if any(n not in s.groups for s in [spec, *specs])]
     if unknown:
         raise ValueError(f"Unknown groups {unknown}; the spec has {list(spec.groups)}.")
-    _check_fits(models[0], data)
+    check_fits(models[0], data, labels=False)  # before the pass: it fits the model
     points = {name: observation_points(spec.groups[name]) for name in names}
     names = [n for n in names if points[n]]
     nodes = list(dict.fromkeys(node for n in names for node in points[n]))
