@@ -46,7 +46,7 @@ def test_lmc_explorer_controls(shipped_pair, small_test, small_train, tmp_path):
     naive_text = explorer.barrier.value
     assert explorer.curve.barrier > weight_curve.barrier + 0.5
 
-    explorer.bn.value = "RESET"
+    explorer.bn.value = "reset"
     explorer.compute.click()
     assert explorer.curve.bn == "reset" and explorer.barrier.value != naive_text
 
@@ -72,7 +72,7 @@ def test_lmc_explorer_controls(shipped_pair, small_test, small_train, tmp_path):
     assert [line.get_label() for line in paper.axes[0].lines] == ["weight"]
     assert len(explorer.figure.axes[0].lines) == 2  # the screen has the marker too
     assert explorer.figure.axes[0].get_ylim()[0] == 0
-    explorer.bn.value = "RESET"  # another selection: the status no longer describes it
+    explorer.bn.value = "reset"  # another selection: the status no longer describes it
     assert explorer.export.status.value == "" and explorer.export.written == []
 
 

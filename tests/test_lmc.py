@@ -71,7 +71,7 @@ def test_interior_points_equal_evaluate_of_interpolation(naive_test, shipped_pai
 
 def test_curve_metadata(naive_test, shipped_pair):
     assert naive_test.split == "test"  # taken from the dataset
-    assert naive_test.bn is None
+    assert naive_test.bn == "none"  # bn=None is the one spelling "none"
     assert naive_test.label == "naive"
     assert naive_test.settings == {
         "batch_size": 500,
@@ -175,7 +175,10 @@ def test_bad_alphas(shipped_pair, mnist_test, alphas, match):
 
 def test_bad_arguments(shipped_pair, mnist_test):
     a, b = shipped_pair
-    with pytest.raises(ValueError, match=r"bn must be one of \(None, 'reset'.*\), got 'bogus'"):
+    with pytest.raises(
+        ValueError,
+        match=r"bn must be one of \['none', 'reset', 'repair'\] \(None for 'none'\), got 'bogus'",
+    ):
         wb.lmc_curve(a, b, mnist_test, bn="bogus", progress=False)
     with pytest.raises(ValueError, match="data must name at least one split"):
         wb.lmc_curves(a, b, {}, progress=False)

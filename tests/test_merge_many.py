@@ -90,7 +90,7 @@ def test_bad_input_is_refused_before_work(shipped_pair, tiny_model, tiny_train) 
     with pytest.raises(ValueError, match="cannot be split: pass val_data="):
         wb.merge_many(pair, torch.utils.data.DataLoader(tiny_train), "cca")
     no_bn = wb.create_model("cnn", width=0.25, in_channels=1, batch_norm=False)
-    with pytest.raises(ValueError, match="bn='repair'"):
+    with pytest.raises(ValueError, match=r"use one of \['none', 'repair'\]"):
         wb.merge_many([no_bn, no_bn], tiny_train, "weight", bn="reset")
 
 

@@ -201,7 +201,10 @@ def test_merge_many_runs_it(trained, tiny_train) -> None:
         wb.merge_many(trained[:2], tiny_train, merge="learned", steps=10, progress=False)
     with pytest.raises(ValueError, match="merges them itself"):
         wb.merge_many(trained[:2], tiny_train, "np_merge", merge="learned", progress=False)
-    with pytest.raises(ValueError, match="bn='reset' or bn=None"):
+    with pytest.raises(
+        ValueError,
+        match=r"bn='repair' corrects towards the endpoints' own statistics, and method='np_merge' merges the models into a space of its own: use one of \['none', 'reset'\]",
+    ):
         wb.merge_many(trained[:2], tiny_train, "np_merge", bn="repair", progress=False)
     with pytest.raises(ValueError, match="does not align one model to another"):
         wb.align(*trained[:2], "np_merge", tiny_train)
@@ -221,7 +224,9 @@ def test_models_without_batchnorm(tiny_train) -> None:
             models.append(wb.create_model("cnn", width=0.25, in_channels=1, batch_norm=False))
     found = wb.np_merge(models, tiny_train, bn=None, **FAST)
     assert "features.conv1" in found.report.coefficients["0+1"]
-    with pytest.raises(ValueError, match=r"needs BatchNorm layers .* use bn=None\."):
+    with pytest.raises(
+        ValueError, match=r"needs BatchNorm layers .* use one of \['none', 'repair'\]\."
+    ):
         wb.np_merge(models, tiny_train, **FAST)
 
 
@@ -238,7 +243,11 @@ def test_models_without_batchnorm(tiny_train) -> None:
         ({"patience": 0}, ValueError, "patience must be >= 1"),
         ({"data_fraction": 0.0}, ValueError, "data_fraction must be in"),
         ({"combine": "chain"}, ValueError, "combine must be one of"),
-        ({"bn": "repair"}, ValueError, "bn='reset' or None"),
+        (
+            {"bn": "repair"},
+            ValueError,
+            r"learned per-entry coefficients have none: use one of \['none', 'reset'\]",
+        ),
         ({"bn": "recompute"}, ValueError, "bn must be one of"),
         ({"align": "magic"}, ValueError, "magic"),
         ({"temperature": 2}, ValueError, r"Options \[.temperature.\] are taken by none"),

@@ -69,7 +69,7 @@ def test_grid_values_are_the_combined_models(trio, small_test, small_train):
     )
     plane = planes["test"]
     assert plane.loss.shape == plane.accuracy.shape == (3, 3)
-    assert (plane.split, plane.bn, plane.label) == ("test", None, "none")
+    assert (plane.split, plane.bn, plane.label) == ("test", "none", "none")
     assert plane.settings["models"] == [wb.fingerprint(m) for m in trio]
     # margin 0: the grid spans the triangle's bounding box exactly.
     assert plane.x[0] == min(0.0, plane.points[2, 0]) and plane.x[-1] == plane.points[:, 0].max()
@@ -194,7 +194,10 @@ def test_diverged_points_are_marked():
 def test_bad_input(trio, small_test):
     with pytest.raises(ValueError, match="exactly 3 models, got 2"):
         wb.loss_plane(trio[:2], small_test)
-    with pytest.raises(ValueError, match="bn must be None or 'reset'"):
+    with pytest.raises(
+        ValueError,
+        match="bn='repair' corrects towards the endpoints' own statistics, and a plane extends beyond",
+    ):
         wb.loss_plane(trio, small_test, bn="repair")
     with pytest.raises(ValueError, match="resolution must be >= 2, got 1"):
         wb.loss_plane(trio, small_test, resolution=1)

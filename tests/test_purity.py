@@ -406,6 +406,12 @@ def graph_spec(inp: Inputs) -> None:
     graph.resolve_spec(inp.c, inp.spec)
 
 
+@case("bn_modes", "check_bn")
+def batchnorm_handlings(inp: Inputs) -> None:
+    wb.bn_modes(inp.a)
+    wb.merging.check_bn("reset", inp.b)
+
+
 @case("weight_matching")
 def weight_matching(inp: Inputs) -> None:
     wb.weight_matching(inp.a, inp.b)
@@ -1035,6 +1041,7 @@ EXCLUDED: dict[str, str] = {
         [
             "AlignmentMethod",
             "AlignmentResult",
+            "BatchNormHandling",
             "Axis",
             "CCAAlignment",
             "CheckpointError",
@@ -1075,6 +1082,7 @@ EXCLUDED: dict[str, str] = {
             "dataset_info",
             "default_cache",
             "default_device",
+            "get_bn",
             "get_method",
             "list_datasets",
             "list_models",
@@ -1086,9 +1094,11 @@ EXCLUDED: dict[str, str] = {
             "methods",
             "pairwise_methods",
             "read_metadata",
+            "register_bn",
             "register_method",
             "shipped_models_dir",
             "small_image_transforms",
+            "unregister_bn",
             "unregister_method",
         ],
         _NO_MODEL,

@@ -201,7 +201,9 @@ def test_a_merge_method_serves_the_n_model_views_and_is_refused_by_the_pair_view
         lambda: wb.pairwise_curves(list(shipped_pair), {"test": small_test}, method=name),
         lambda: wb.merge_many(list(shipped_pair), tiny_train, name, bn="repair"),
     ):
-        with pytest.raises(ValueError, match=r"does not align one model|bn='reset' or bn=None"):
+        with pytest.raises(
+            ValueError, match=r"does not align one model|a space of its own: use one of"
+        ):
             refused()
     explorer = LMCExplorer(list(shipped_pair), small_test, tiny_train, alphas=3)
     assert name not in [value for _, value in explorer.method.options]

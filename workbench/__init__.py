@@ -72,17 +72,22 @@ from workbench.evaluation import Metrics, evaluate, per_part_accuracy
 from workbench.fingerprints import fingerprint
 from workbench.graph import PermutationSpec, permutation_spec
 from workbench.merging import (
+    BatchNormHandling,
     Ensemble,
     MergeReport,
     MergeResult,
     average,
+    bn_modes,
     cca_merge,
     ensemble,
+    get_bn,
     interpolate,
     merge_many,
     np_merge,
+    register_bn,
     repair,
     reset_bn,
+    unregister_bn,
     zipit,
     zipit_merge,
 )
@@ -123,6 +128,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AlignmentResult",
+    "BatchNormHandling",
     "CheckpointError",
     "DatasetInfo",
     "DatasetUnavailableError",
@@ -145,6 +151,7 @@ __all__ = [
     "apply_permutation",
     "average",
     "barrier_table",
+    "bn_modes",
     "cache",
     "cca_align",
     "cca_merge",
@@ -160,6 +167,7 @@ __all__ = [
     "featviz",
     "figures",
     "fingerprint",
+    "get_bn",
     "graph",
     "interpolate",
     "list_datasets",
@@ -188,6 +196,7 @@ __all__ = [
     "random_permutation",
     "random_translate",
     "read_metadata",
+    "register_bn",
     "register_method",
     "render_channels",
     "repair",
@@ -202,6 +211,7 @@ __all__ = [
     "train_val_split",
     "training_run",
     "training_runs",
+    "unregister_bn",
     "weight_matching",
     "widgets",
     "write_csv",

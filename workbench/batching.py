@@ -18,7 +18,16 @@ from torch.utils.data import DataLoader, Dataset
 
 from workbench.data import DataLike, TensorImageDataset
 
-__all__ = ["Batches", "as_loader", "batches", "check_inputs"]
+__all__ = ["Batches", "as_loader", "batches", "check_inputs", "on_device"]
+
+
+def on_device(data: DataLike, device: torch.device) -> DataLike:
+    """An in-memory dataset moved to ``device`` once, instead of once per batch and point."""
+    if isinstance(data, TensorImageDataset) and data.images.device != device:
+        return TensorImageDataset(
+            data.images.to(device), data.targets.to(device), data.info, data.split
+        )
+    return data
 
 
 def as_loader(data: DataLike, batch_size: int = 500) -> DataLoader:

@@ -38,6 +38,7 @@ __all__ = [
     "save",
     "save_table",
     "series_label",
+    "set_bn_style",
     "shared_legend",
 ]
 
@@ -102,10 +103,11 @@ STYLE: dict[str, Any] = {
 # method "none" (no alignment) is shown as "naive", its name in the literature; BatchNorm
 # handling is a suffix ("weight + RESET"); models are numbered from 0, as in Python.
 _METHOD_LABELS = {"none": "naive"}
-_BN_LABELS = {None: "", "none": "", "reset": "RESET", "repair": "REPAIR"}
 # BatchNorm handling is told apart by line style, not by a lighter shade of the method's
-# colour (shades of one hue are hard to tell apart in print).
-_BN_LINESTYLES = {None: "-", "none": "-", "reset": "--", "repair": ":"}
+# colour (shades of one hue are hard to tell apart in print). Both are filled by the
+# registry of handlings (workbench.merging.renorm), which this module does not import.
+_BN_LABELS: dict[str, str] = {}
+_BN_LINESTYLES: dict[str, str] = {}
 _METHOD_MARKERS = {"naive": "s", "weight": "o", "activation": "^", "cca": "D", "ensemble": "*"}
 _MARKER_CYCLE = ["v", "P", "X", "h", "<", ">"]
 _FIX = "pass a path in a folder you can write to"
@@ -122,11 +124,28 @@ def method_label(method: str) -> str:
     return _METHOD_LABELS.get(method, method)
 
 
+def set_bn_style(bn: str, label: str | None, linestyle: str | None = None) -> None:
+    """Record (or, with ``label=None``, forget) how the BatchNorm handling ``bn`` is shown:
+    the suffix of a series' name and its line style. Called by the registry of handlings
+    (:func:`~workbench.merging.renorm.register_bn`)."""
+    if label is None:
+        _BN_LABELS.pop(bn, None)
+        _BN_LINESTYLES.pop(bn, None)
+        return
+    _BN_LABELS[bn] = label
+    _BN_LINESTYLES[bn] = linestyle or "-"
+
+
 def bn_label(bn: str | None) -> str:
-    """The display name of a BatchNorm handling: ``""``, ``"RESET"`` or ``"REPAIR"``."""
-    if bn not in _BN_LABELS:
-        raise ValueError(f"bn must be None, 'none', 'reset' or 'repair', got {bn!r}.")
-    return _BN_LABELS[bn]
+    """The display name of a registered BatchNorm handling (``None`` is ``"none"``):
+    ``""``, ``"RESET"``, ``"REPAIR"``, ..."""
+    name = "none" if bn is None else bn
+    if name not in _BN_LABELS:
+        raise ValueError(
+            f"bn must be one of {list(_BN_LABELS)} (None for 'none'), got {bn!r}; a new "
+            "handling is registered with workbench.register_bn."
+        )
+    return _BN_LABELS[name]
 
 
 def series_label(method: str, bn: str | None = None, extra: str | None = None) -> str:
@@ -179,9 +198,10 @@ def color_for(label: str, index: int = 0, methods: Sequence[str] = ()) -> str:
 
 
 def linestyle_for(bn: str | None) -> str:
-    """The line style of a BatchNorm handling: solid (none), dashed (RESET), dotted (REPAIR)."""
+    """The line style of a BatchNorm handling: solid (none), dashed (RESET), dotted
+    (REPAIR), or the one it was registered with."""
     bn_label(bn)  # validates
-    return _BN_LINESTYLES[bn]
+    return _BN_LINESTYLES["none" if bn is None else bn]
 
 
 def marker_for(label: str, index: int = 0, methods: Sequence[str] = ()) -> str:

@@ -42,6 +42,7 @@ import inspect
 import json
 import sys
 import types
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -53,7 +54,13 @@ from torch.utils.data import Dataset
 
 from workbench.data import TensorImageDataset
 
-__all__ = ["code_fingerprint", "data_fingerprint", "fingerprint", "fingerprints"]
+__all__ = [
+    "code_fingerprint",
+    "data_fingerprint",
+    "fingerprint",
+    "fingerprints",
+    "registered_fingerprint",
+]
 
 _VERSION = importlib.metadata.version("merge-workbench")
 _LIBRARIES = ("torch", "torchvision", "builtins")  # classes identified by name and version
@@ -339,3 +346,32 @@ def fingerprints(models: Iterable[nn.Module]) -> list[str] | None:
     (a key part of ``None`` keeps the result out of the cache)."""
     found = [fingerprint(model) for model in models]
     return None if None in found else found
+
+
+_UNCACHED: set[tuple[str, str]] = set()  # (what, name) not cached, warned once
+
+
+def registered_fingerprint(
+    what: str, name: str, functions: Iterable[Any], settings: Any
+) -> str | None:
+    """The part of a cache key that stands for a registered entry (a method, a BatchNorm
+    handling): ``name`` and a hash of its ``settings`` (JSON-able) and of its code
+    (:func:`code_fingerprint` of each function), so that an entry registered again with
+    other code gets new results. ``None``, with a warning once per entry, when its code
+    cannot be fingerprinted: its results are then not cached."""
+    functions = list(functions)
+    code = [code_fingerprint(f) for f in functions]
+    if None in code:
+        if (what, name) not in _UNCACHED:
+            _UNCACHED.add((what, name))
+            where = ", ".join(f"{f.__module__}.{f.__qualname__}" for f in functions)
+            warnings.warn(
+                f"Results of {what} {name!r} are not cached: its code ({where}) reads "
+                "something whose content cannot be fingerprinted (a C function, or a global "
+                "that is neither code nor data), so a cached result could outlive a change "
+                "to it.",
+                stacklevel=4,
+            )
+        return None
+    text = json.dumps([name, settings, code], sort_keys=True, default=repr)
+    return f"{name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"

@@ -11,42 +11,20 @@ anew. Code that cannot be fingerprinted is not cached, and says so once.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import warnings
-
 from workbench.alignment.registry import AlignmentMethod, get_method
-from workbench.fingerprints import code_fingerprint
+from workbench.fingerprints import registered_fingerprint
 
 __all__ = ["method_fingerprint", "method_key"]
-
-_UNCACHED: set[str] = set()  # methods whose code could not be fingerprinted (warned once)
 
 
 def method_fingerprint(method: AlignmentMethod) -> str | None:
     """A short hash of everything that determines ``method``'s results (see the module
     docstring), or ``None``, with a warning once per method, when its code cannot be
     fingerprinted: its results are then not cached."""
-    code = [code_fingerprint(method.function)]
-    if method.merger is not None:
-        code.append(code_fingerprint(method.merger))
-    if None in code:
-        if method.name not in _UNCACHED:
-            _UNCACHED.add(method.name)
-            name = f"{method.function.__module__}.{method.function.__qualname__}"
-            warnings.warn(
-                f"Results of method {method.name!r} are not cached: its code ({name}) reads "
-                "something whose content cannot be fingerprinted (a C function, or a global "
-                "that is neither code nor data), so a cached result could outlive a change "
-                "to it.",
-                stacklevel=3,
-            )
-        return None
+    functions = [method.function] + ([method.merger] if method.merger is not None else [])
     settings = [method.kind, method.needs_data, method.preserves_function, method.uses_statistics]
     settings += [method.any_width, dict(method.search), dict(method.defaults), dict(method.quick)]
-    settings.append(code)
-    text = json.dumps([method.name, settings], sort_keys=True, default=repr)
-    return f"{method.name}:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+    return registered_fingerprint("method", method.name, functions, settings)
 
 
 def method_key(name: str) -> str | None:

@@ -41,7 +41,7 @@ from workbench.figures import (
     series_label,
 )
 from workbench.fingerprints import data_fingerprint, fingerprints
-from workbench.merging import ensemble, merge_many
+from workbench.merging import check_bn, ensemble, get_bn, merge_many
 from workbench.merging.ensemble import COMBINE
 from workbench.merging.many import renamed_options
 
@@ -111,6 +111,7 @@ def compare_methods(
     bad = [n for n in sizes if not 2 <= n <= len(models)]
     if bad:
         raise ValueError(f"sizes must lie in 2..{len(models)} (the models given), got {bad}.")
+    bn = check_bn(bn, models[0])
     taken_here = ("models", "data", "method", "bn", "progress")
     own = [p for p in inspect.signature(merge_many).parameters if p not in taken_here]
     merge_options = renamed_options(merge_options)
@@ -139,7 +140,7 @@ def compare_methods(
             data=data_fingerprint(data),
             eval_data=data_fingerprint(eval_data),
             method=method_key(method),
-            bn=bn or "none",
+            bn=get_bn(bn).key,
             options=options if plain else None,
             **with_parts,
         )
@@ -152,7 +153,7 @@ def compare_methods(
             return {}, {"row": row}
 
         _, found = store.get_or_compute("compare-methods", key, merge)
-        rows.append([method_label(method), n, str(bn).lower(), *found["row"]])
+        rows.append([method_label(method), n, bn, *found["row"]])
     for n in sizes:
         accuracy, loss, *extra = np.mean(endpoint[:n], axis=0).tolist()
         rows.append(["endpoints", n, "-", accuracy, loss, 0.0, None, None, *extra])
@@ -237,14 +238,13 @@ def plot_comparison(
                 )
                 continue
             shift = 0.06 * (merged.index((method, bn)) - (len(merged) - 1) / 2)
-            bn_key = None if bn == "none" else bn
             ax.plot(
                 rows["n_models"] + shift,
                 scale * rows[metric],
                 color=color_for(method, index, registry.methods()),
-                linestyle=linestyle_for(bn_key),
+                linestyle=linestyle_for(bn),
                 marker=marker_for(method, index, registry.methods()),
-                label=series_label(method, bn_key),
+                label=series_label(method, bn),
                 zorder=2,
             )
         sizes = sorted(table["n_models"].unique())

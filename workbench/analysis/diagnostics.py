@@ -42,6 +42,7 @@ from workbench.data import DataLike
 from workbench.figures import color_for, figure_for, paper_style, save_table
 from workbench.fingerprints import data_fingerprint, fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
+from workbench.merging import check_bn, get_bn
 from workbench.validation import check_models
 
 __all__ = [
@@ -284,6 +285,7 @@ def partial_alignment(
     0 (naive) to all groups (full alignment). ``data`` is used for matching and for the
     ``bn`` correction. Cached on disk by content (``cache=False`` bypasses)."""
     check_models([model_a, model_b])
+    bn = check_bn(bn, model_a)
     splits = (
         dict(eval_data)
         if isinstance(eval_data, Mapping)
@@ -295,7 +297,7 @@ def partial_alignment(
         method=method_key(method),
         data=data_fingerprint(data),
         eval_data=data_key(splits),
-        bn=bn or "none",
+        bn=get_bn(bn).key,
         alphas=alphas if isinstance(alphas, int) else list(alphas),
         batch_size=batch_size,
     )

@@ -14,31 +14,26 @@ train-mode pass); their results, like the evaluation's, do not depend on ``batch
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from workbench.batching import on_device
 from workbench.cache import ResultCache, default_cache
-from workbench.data import DataLike, TensorImageDataset
+from workbench.data import DataLike
 from workbench.evaluation import check_fits, evaluate
-from workbench.merging import reset_bn_
+from workbench.merging.renorm import Correction
 from workbench.modules import load_weighted_average_, model_device
 from workbench.validation import check_models
 
 __all__ = [
-    "Correction",
     "check_data",
     "evaluate_points",
-    "on_device",
-    "reset_correction",
     "resolve_cache",
 ]
-
-Correction = Callable[[nn.Module, Sequence[float]], object]
-"""Called on the working model after a point is loaded, with the point's weights."""
 
 
 def resolve_cache(cache: ResultCache | bool) -> ResultCache:
@@ -65,26 +60,6 @@ def check_data(model: nn.Module, data: Mapping[str, DataLike]) -> None:
     check_models(model)
     for split, split_data in data.items():  # BatchNorm statistics need inputs only
         check_fits(model, split_data, f"{split!r} data", labels=split != "bn_data")
-
-
-def on_device(data: DataLike, device: torch.device) -> DataLike:
-    """An in-memory dataset moved to ``device`` once, instead of once per batch and point."""
-    if isinstance(data, TensorImageDataset) and data.images.device != device:
-        return TensorImageDataset(
-            data.images.to(device), data.targets.to(device), data.info, data.split
-        )
-    return data
-
-
-def reset_correction(model: nn.Module, data: DataLike, batch_size: int = 500) -> Correction:
-    """The correction that RESETs every loaded point on ``data`` (moved to ``model``'s
-    device once) with :func:`~workbench.merging.reset_bn_`."""
-    on = on_device(data, model_device(model))
-
-    def reset(work: nn.Module, _weights: Sequence[float]) -> None:
-        reset_bn_(work, on, batch_size)
-
-    return reset
 
 
 def evaluate_points(

@@ -41,6 +41,7 @@ from workbench.analysis.lmc import (
 from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.figures import (
+    bn_label,
     color_for,
     figure_for,
     marker_for,
@@ -49,7 +50,9 @@ from workbench.figures import (
     series_label,
 )
 from workbench.fingerprints import data_fingerprint, fingerprint
+from workbench.merging import check_bn, get_bn
 from workbench.training import train_models
+from workbench.zoo import create_model
 
 __all__ = ["Sweep", "plot_sweep", "sweep"]
 
@@ -136,8 +139,8 @@ def plot_sweep(
         ax.set_xticks(sorted(table[result.parameter].unique()))
         ax.get_xaxis().set_major_formatter("{x:g}")
         ax.set_xlabel(PARAMETERS.get(result.parameter, result.parameter))
-        bn = result.settings.get("bn")
-        ax.set_ylabel(label + {None: "", "reset": " (RESET)", "repair": " (REPAIR)"}[bn])
+        handling = bn_label(result.settings.get("bn"))
+        ax.set_ylabel(f"{label} ({handling})" if handling else label)
         if title:
             ax.set_title(title)
         ax.legend(loc="best")
@@ -216,6 +219,7 @@ def sweep(
         raise ValueError("Give at least one method, e.g. methods=('none', 'weight').")
     data = {split: {"train": train, "test": test}[split] for split in splits}
     kwargs = _model_kwargs(train, model_kwargs)
+    bn = check_bn(bn, create_model(architecture, **kwargs))  # before any training
     store = resolve_cache(cache)
     recipe = {
         "architecture": architecture,
@@ -237,7 +241,7 @@ def sweep(
             train=data_fingerprint(train),
             data=data_key(data),
             methods=None if None in method_keys else method_keys,
-            bn=bn or "none",
+            bn=get_bn(bn).key,
             alphas=alphas if isinstance(alphas, int) else list(alphas),
             batch_size=batch_size,
         )

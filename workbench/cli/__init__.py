@@ -23,6 +23,7 @@ from workbench.cli.commands import (
 from workbench.cli.outputs import check_outputs
 from workbench.data import DatasetUnavailableError
 from workbench.files import check_writable_dir
+from workbench.merging import bn_modes
 
 __all__ = ["build_parser", "main"]
 
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=pairwise,
         help="alignments to show (naive averaging without BatchNorm handling is always shown)",
     )
-    demo.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
+    demo.add_argument("--bn", choices=bn_modes(), default="reset")
     demo.add_argument("--alphas", type=int, default=11, help="points on each path")
     demo.add_argument("--out", default=figures.EXPORT_DIR)
     demo.add_argument("--overwrite", action="store_true", help="replace files already there")
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     lmc.add_argument(
         "--methods", nargs="+", default=["none", "weight", "activation"], choices=methods
     )
-    lmc.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
+    lmc.add_argument("--bn", choices=bn_modes(), default="reset")
     lmc.add_argument("--alphas", type=int, default=11, help="points on each path")
     lmc.add_argument(
         "--band", choices=["std", "range"], default="std", help="spread over pairs (N > 2)"
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--models", nargs="+", help="2 or more checkpoints (default: seeds 0, 1)")
     every = [*registry.methods(), "naive"]  # merges of N models included
     merge.add_argument("--methods", nargs="+", default=["none", "weight"], choices=every)
-    merge.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
+    merge.add_argument("--bn", choices=bn_modes(), default="reset")
     merge.add_argument(
         "--quick",
         action="store_true",
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     plane = sub.add_parser("plane", parents=[common], help="loss plane through three models")
     plane.add_argument("--models", nargs="+", help="3 checkpoints (default: shipped seeds 0-2)")
     plane.add_argument("--method", default="weight", choices=methods)
-    plane.add_argument("--bn", choices=["none", "reset"], default="reset")
+    plane.add_argument("--bn", choices=bn_modes(), default="reset")
     plane.add_argument("--resolution", type=int, default=21, help="grid points per axis")
     plane.add_argument("--margin", type=float, default=0.2, help="border around the models")
     plane.add_argument("--split", choices=["train", "test"], default="test")
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweeper.add_argument("--width", type=float, default=1, help="width (epoch sweep)")
     sweeper.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     sweeper.add_argument("--methods", nargs="+", default=["none", "weight"], choices=methods)
-    sweeper.add_argument("--bn", choices=["none", "reset", "repair"], default="reset")
+    sweeper.add_argument("--bn", choices=bn_modes(), default="reset")
     sweeper.add_argument("--alphas", type=int, default=5)
     sweeper.add_argument("--splits", nargs="+", default=["test"], choices=["train", "test"])
     sweeper.set_defaults(run=run_sweep)

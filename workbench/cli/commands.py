@@ -117,8 +117,8 @@ def run_demo(args: argparse.Namespace) -> int:
     train, test = load_dataset("mnist-5k", "train"), load_dataset("mnist-5k", "test")
     count = min(DEMO_RESET_IMAGES, len(train))
     reset_data = train.subset(torch.linspace(0, len(train) - 1, count).long(), "train")
-    bn = bn_option(args.bn)
-    series = [("none", None)] + [(m, bn) for m in args.methods if (m, bn) != ("none", None)]
+    bn = args.bn
+    series = [("none", "none")] + [(m, bn) for m in args.methods if (m, bn) != ("none", "none")]
     curves = []
     for method, handling in series:
         curves += pairwise_curves(
@@ -176,10 +176,6 @@ def read_splits(dataset: str, limit: int | None) -> tuple[TensorImageDataset, Te
     )
 
 
-def bn_option(value: str) -> str | None:
-    return None if value == "none" else value
-
-
 def run_lmc(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     models, names = read_models(args.models, 2, at_least=True)
@@ -190,7 +186,7 @@ def run_lmc(args: argparse.Namespace) -> int:
             models,
             {"train": train, "test": test},
             args.alphas,
-            bn_option(args.bn),
+            args.bn,
             method,
             cache=not args.no_cache,
         )
@@ -233,7 +229,7 @@ def run_merge(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     models, names = read_models(args.models, 2, at_least=True)
     train, test = read_splits(args.dataset, args.limit)
-    bn, cache = bn_option(args.bn), not args.no_cache
+    bn, cache = args.bn, not args.no_cache
     options = merge_options(args.methods, args.quick, args.option)
     table = compare_methods(models, train, test, args.methods, bn=bn, cache=cache, **options)
     written = write(plot_comparison(table), {"": table}, STEMS["merge"](args))
@@ -250,7 +246,7 @@ def run_plane(args: argparse.Namespace) -> int:
         models,
         {"train": train, "test": test}[args.split],
         args.resolution,
-        bn_option(args.bn),
+        args.bn,
         method=args.method,
         margin=args.margin,
         bn_data=train,
@@ -279,7 +275,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         model_kwargs={} if args.parameter == "width" else {"width": args.width},
         seeds=args.seeds,
         methods=args.methods,
-        bn=bn_option(args.bn),
+        bn=args.bn,
         alphas=args.alphas,
         splits=args.splits,
         cache=not args.no_cache,

@@ -12,11 +12,10 @@ at step k the merge of k models meets model k at ``a = k / (k + 1)`` (``p = log 
 every model starts with the share 1 / N. ``combine="joint"`` learns softmax weights over
 the N models per entry instead.
 
-BatchNorm statistics are not learned. With ``bn="reset"`` BatchNorm runs in train mode
-while learning: each batch is normalized by its own statistics, which RESET measures for
-the merged weights afterwards (eval mode would normalize by the stale average of the
-endpoints' statistics, the error RESET corrects). With ``bn=None`` the averaged statistics
-are kept and learning runs in eval mode: the model learned is the model returned.
+BatchNorm statistics are not learned. With ``bn="reset"`` (``batch_statistics`` set)
+BatchNorm runs in train mode while learning, on each batch's statistics, which RESET
+measures for the merged weights afterwards; with ``bn="none"`` it runs in eval mode (the
+model learned is the model returned). REPAIR has no targets here and is refused.
 
 Every ``eval_every`` steps the loss on a validation split of the training data (never the
 test set) is measured the same way; the coefficients with the lowest, the start included,
@@ -59,7 +58,7 @@ from workbench.merging.many import (
     _check_inputs,
     _split,
 )
-from workbench.merging.renorm import reset_bn_
+from workbench.merging.renorm import check_bn, get_bn
 from workbench.merging.weights import average
 from workbench.modules import model_device
 from workbench.tuning import grid_points, validation_search
@@ -80,7 +79,7 @@ class _Settings:
     eval_every: int
     patience: int | None
     eval_batch_size: int
-    bn: str | None
+    batch_statistics: bool
     seed: int
     progress: bool
 
@@ -121,10 +120,10 @@ def _parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach() for name, p in model.named_parameters()}
 
 
-def _set_mode(working: nn.Module, bn: str | None) -> None:
+def _set_mode(working: nn.Module, batch_statistics: bool) -> None:
     """Eval mode (no dropout), BatchNorm on batch statistics when RESET follows."""
     working.eval()
-    if bn == "reset":
+    if batch_statistics:
         for module in working.modules():
             if isinstance(module, _BatchNorm):
                 module.train()
@@ -135,7 +134,7 @@ def _validate(working, params, val: DataLike, s: _Settings) -> tuple[float, floa
     loss_sum, correct, count = 0.0, 0, 0
     with torch.no_grad():
         for inputs, labels in batches(val, s.eval_batch_size):
-            if s.bn == "reset" and len(inputs) < 2:  # train-mode BatchNorm needs two
+            if s.batch_statistics and len(inputs) < 2:  # train-mode BatchNorm needs two
                 continue
             logits = functional_call(working, params, (inputs.to(device),))
             labels = check_labels(labels, logits.shape[1], "validation data", len(logits))
@@ -166,7 +165,7 @@ def _learn(working, mixture: _Mixture, learn, val, s: _Settings, desc: str):
         while step < s.steps and (s.patience is None or waited < s.patience):
             used = 0
             for inputs, labels in batches(learn, s.batch_size, shuffle=True, generator=generator):
-                if s.bn == "reset" and len(inputs) < 2:  # train-mode BatchNorm needs two
+                if s.batch_statistics and len(inputs) < 2:  # train-mode BatchNorm needs two
                     continue
                 used += 1
                 logits = functional_call(working, mixture.parameters(), (inputs.to(device),))
@@ -243,7 +242,7 @@ def _learn_all_(merged: nn.Module, aligned, combine: str, learn, val, s: _Settin
     current = _parameters(aligned[0])
     for label, k, first, sources in _problems(aligned, combine):
         working = average(aligned[: k + 1])  # BatchNorm statistics: the plain average
-        _set_mode(working, s.bn)
+        _set_mode(working, s.batch_statistics)
         mixture = _Mixture(sources(current), first, combine == "joint")
         curves[label], best_steps[label] = _learn(
             working, mixture, learn, val, s, f"NP Merge {label}"
@@ -305,13 +304,9 @@ def np_merge(
     """
     started = time.perf_counter()
     models = list(models)
-    if bn == "repair":
-        raise ValueError(
-            "np_merge supports bn='reset' or None: REPAIR's target statistics are those of a "
-            "uniform mix of the endpoints, and learned per-entry coefficients have none."
-        )
+    handling = get_bn(check_bn(bn, no_endpoints="learned per-entry coefficients have none"))
     found = get_method(align)
-    _check_inputs(models, bn, options, found.name, without_batchnorm="bn=None")
+    bn = _check_inputs(models, bn, options, found.name)
     check_choice("combine", combine, COMBINE)
     s = _Settings(
         steps=check_int("steps", steps, minimum=0),
@@ -320,7 +315,7 @@ def np_merge(
         eval_every=check_int("eval_every", eval_every, minimum=1),
         patience=None if patience is None else check_int("patience", patience, minimum=1),
         eval_batch_size=check_int("eval_batch_size", eval_batch_size, minimum=1),
-        bn=bn,
+        batch_statistics=handling.batch_statistics,
         seed=check_int("seed", seed),
         progress=bool(progress),
     )
@@ -346,7 +341,12 @@ def np_merge(
     statistics: dict = {}
 
     def fixed(model: nn.Module) -> nn.Module:
-        return reset_bn_(model, fit, eval_batch_size, max_batches) if bn == "reset" else model
+        """``model``, a merge of its own, corrected in place by the BatchNorm handling."""
+        passes = {"spec": spec, "batch_size": eval_batch_size, "max_batches": max_batches}
+        correct = handling.correction([model], fit, **passes)
+        if correct is not None:
+            correct(model, [1.0])
+        return model
 
     def aligned_for(point: dict[str, Any]) -> list[nn.Module]:
         return _align_all(models, reference, found, fit, spec, {**common, **point}, statistics)

@@ -42,14 +42,12 @@ from workbench.data import DataLike, train_val_split
 from workbench.evaluation import check_fits, evaluate
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import general_groups
-from workbench.merging.renorm import repair, reset_bn
+from workbench.merging.renorm import check_bn, get_bn
 from workbench.merging.weights import average
-from workbench.modules import has_batchnorm
 from workbench.tuning import grid_points, validation_search
 from workbench.validation import check_choice, check_int, check_models, check_number
 
 __all__ = [
-    "BN_HANDLING",
     "GAMMA_GRID",
     "MERGES",
     "MergeReport",
@@ -59,7 +57,6 @@ __all__ = [
     "renamed_options",
 ]
 
-BN_HANDLING = (None, "reset", "repair")
 MERGES = ("average", "learned")
 # NP Merge's learning options, which merge_many takes as ``learn_<name>`` (its own
 # ``batch_size`` is that of the passes; ``steps`` and ``lr`` are STE's).
@@ -88,7 +85,7 @@ class MergeReport:
     method: str
     num_models: int
     reference: int
-    bn: str | None
+    bn: str
     gamma: float | None = None
     validation: dict[str, float] = field(default_factory=dict)
     permuted_groups: dict[str, str] = field(default_factory=dict)
@@ -124,11 +121,10 @@ def _check_inputs(
     bn: str | None,
     options: dict,
     method: str,
-    without_batchnorm: str = "bn='repair' (works without BatchNorm) or bn=None",
     any_width: bool = False,
-) -> None:
-    if bn not in BN_HANDLING:
-        raise ValueError(f"bn must be one of {BN_HANDLING}, got {bn!r}.")
+) -> str:
+    """Refuse bad models, BatchNorm handling or options before any work; returns the
+    handling's registered name (``None`` -> ``"none"``)."""
     if len(models) < 2:
         raise ValueError(f"Need at least 2 models to merge, got {len(models)}.")
     if any_width:  # one architecture in several widths: each model checked on its own
@@ -136,12 +132,9 @@ def _check_inputs(
             check_models(model, f"model {i}")
     else:
         check_models(models)
-    if bn == "reset" and not has_batchnorm(models[0]):
-        raise ValueError(
-            f"bn='reset' needs BatchNorm layers and {type(models[0]).__name__} has none; "
-            f"use {without_batchnorm}."
-        )
+    bn = check_bn(bn, models[0])
     check_options([method], options)
+    return bn
 
 
 def _check_data_arguments(
@@ -197,20 +190,19 @@ def _align_all(
 def _fix_statistics(
     merged: nn.Module,
     aligned: Sequence[nn.Module],
-    bn: str | None,
+    bn: str,
     data: DataLike,
     spec: PermutationSpec,
     batch_size: int,
     max_batches: int | None,
 ) -> nn.Module:
-    if bn == "reset":
-        return reset_bn(merged, data, batch_size, max_batches)
-    if bn == "repair":
-        weights = [1.0 / len(aligned)] * len(aligned)
-        return repair(
-            merged, aligned, weights, data, spec, batch_size=batch_size, max_batches=max_batches
-        )
-    return merged
+    """``merged`` (the uniform average of ``aligned``, or a merge method's model when
+    ``aligned`` is empty) corrected by the BatchNorm handling ``bn``."""
+    endpoints = list(aligned) or [merged]
+    weights = [1.0 / len(endpoints)] * len(endpoints)
+    return get_bn(bn).apply(
+        merged, endpoints, weights, data, spec=spec, batch_size=batch_size, max_batches=max_batches
+    )
 
 
 def _split(data: DataLike, val_data: DataLike | None, val_fraction: float):
@@ -246,8 +238,9 @@ def merge_many(
     ``result.model``, and ``result.report`` saying what was chosen.
 
     ``data`` (training data) feeds the activation statistics and the BatchNorm handling
-    ``bn`` (``"reset"``: RESET, ``"repair"``: REPAIR towards the mean of the aligned
-    models, ``None``). ``reference`` is the index of the model the others are aligned to,
+    ``bn``, a registered BatchNorm handling (:func:`~workbench.bn_modes`: ``"reset"``:
+    RESET, ``"repair"``: REPAIR towards the mean of the aligned models, ``"none"``;
+    ``None`` is ``"none"``). ``reference`` is the index of the model the others are aligned to,
     or ``"best"``: the most accurate on the validation split.
 
     ``options`` go to the method (``seed``, ``batch_size``, ``max_batches`` and
@@ -263,10 +256,11 @@ def merge_many(
 
     A method of kind ``"merge"`` (:func:`~workbench.alignment.registry.pairwise_methods`
     lists the others) is called once per point of the search with all the models and
-    returns the merged model; ``bn`` ``"reset"`` or ``None`` then applies to it.
+    returns the merged model; ``bn`` then applies to it (a handling that needs aligned
+    endpoints, REPAIR, cannot).
 
     ``merge="learned"`` runs NP Merge on the models aligned by ``method``
-    (:func:`~workbench.merging.learned.np_merge`; ``bn`` ``"reset"`` or ``None``), with
+    (:func:`~workbench.merging.learned.np_merge`; not with REPAIR), with
     its options prefixed: ``learn_combine``, ``learn_steps``, ``learn_lr``,
     ``learn_batch_size``, ``learn_data_fraction``, ``learn_eval_every`` and
     ``learn_patience`` (``steps`` and ``lr`` are STE's).
@@ -279,15 +273,14 @@ def merge_many(
             val_fraction=val_fraction, spec=spec, seed=seed, eval_batch_size=batch_size,
             max_batches=max_batches, progress=progress, **options,
         )  # fmt: skip
-    if found.kind == "merge" and bn == "repair":
-        raise ValueError(
-            f"method={found.name!r} merges the models itself, so there are no aligned models "
-            "whose statistics REPAIR could restore: use bn='reset' or bn=None."
+    if found.kind == "merge":
+        check_bn(
+            bn, no_endpoints=f"method={found.name!r} merges the models into a space of its own"
         )
     started = time.perf_counter()
     models = list(models)
     options = renamed_options(options)
-    _check_inputs(models, bn, options, found.name, any_width=found.any_width)
+    bn = _check_inputs(models, bn, options, found.name, any_width=found.any_width)
     if isinstance(reference, str) and reference != "best":
         raise ValueError(
             f"reference must be 'best' or a model index in [0, {len(models) - 1}], got "
@@ -300,7 +293,7 @@ def merge_many(
     _check_data_arguments(models[0], data, val_data, val_fraction, max_batches)
     points = grid_points(found.search_space(options))
     needs_val = reference == "best" or len(points) > 1
-    if data is None and (found.needs_data or bn is not None or needs_val):
+    if data is None and (found.needs_data or get_bn(bn).needs_data or needs_val):
         raise ValueError(f"method={found.name!r} with bn={bn!r} needs data (training data).")
     if needs_val:
         data, val_data = _split(data, val_data, val_fraction)

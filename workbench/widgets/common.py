@@ -1,5 +1,6 @@
-"""Pieces shared by the dashboards: showing a figure in an output area, and the export row
-(a file stem, a button, a status line) that saves the current figure with figures.save."""
+"""Pieces shared by the dashboards: the BatchNorm choices, showing a figure in an output
+area, and the export row (a file stem, a button, a status line) that saves the current
+figure with figures.save."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import ipywidgets as widgets
 import matplotlib.pyplot as plt
 from IPython.display import display
 from matplotlib.figure import Figure
+from torch import nn
 
-from workbench.figures import save
+from workbench.figures import bn_label, save
+from workbench.merging import bn_modes
+
+
+def bn_choices(model: nn.Module) -> list[tuple[str, str]]:
+    """``(label, name)`` of every registered BatchNorm handling that applies to ``model``
+    (``"none"`` first): the options of a dashboard's BatchNorm control."""
+    return [(bn_label(name) or "none", name) for name in bn_modes(model)]
 
 
 def show_figure(output: widgets.Output, fig: Figure) -> None:

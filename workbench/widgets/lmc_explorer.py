@@ -17,10 +17,8 @@ from workbench.analysis.lmc import LMCCurve, lmc_curve, plot_curves
 from workbench.data import DataLike
 from workbench.figures import EXPORT_DIR, method_label, model_label, new_figure, series_label
 from workbench.graph import resolve_spec
-from workbench.modules import check_compatible, has_batchnorm
-from workbench.widgets.common import ExportRow, show_figure
-
-_BN_CHOICES = {"none": None, "RESET": "reset", "REPAIR": "repair"}
+from workbench.modules import check_compatible
+from workbench.widgets.common import ExportRow, bn_choices, show_figure
 
 
 class LMCExplorer(widgets.VBox):
@@ -66,7 +64,6 @@ class LMCExplorer(widgets.VBox):
         first = next(iter(named.values()))
         self._spec = resolve_spec(first, None, data=self._train)
         self._curves: dict[tuple, LMCCurve] = {}
-        bn_options = list(_BN_CHOICES) if has_batchnorm(first) else ["none", "REPAIR"]
         self.pair = widgets.Dropdown(
             options=[f"{a} | {b}" for a, b in itertools.combinations(named, 2)],
             description="pair",
@@ -76,7 +73,7 @@ class LMCExplorer(widgets.VBox):
             value="weight",
             description="method",
         )
-        self.bn = widgets.ToggleButtons(options=bn_options, description="BatchNorm")
+        self.bn = widgets.ToggleButtons(options=bn_choices(first), description="BatchNorm")
         self.compute = widgets.Button(description="Compute", icon="play", button_style="primary")
         self.alpha = widgets.SelectionSlider(
             options=[round(float(a), 4) for a in np.linspace(0, 1, alphas)],
@@ -110,7 +107,7 @@ class LMCExplorer(widgets.VBox):
         self._selection_changed()
 
     def _key(self) -> tuple:
-        return (self.pair.value, self.method.value, _BN_CHOICES[self.bn.value])
+        return (self.pair.value, self.method.value, self.bn.value)
 
     def _selection_changed(self, _change: dict | None = None) -> None:
         self.export.reset()

@@ -15,9 +15,8 @@ from torch import nn
 from workbench.alignment import methods
 from workbench.analysis.comparison import compare_methods, plot_comparison
 from workbench.data import DataLike
-from workbench.figures import EXPORT_DIR, bn_label, method_label, save_table
-from workbench.modules import has_batchnorm
-from workbench.widgets.common import ExportRow, show_figure
+from workbench.figures import EXPORT_DIR, method_label, save_table
+from workbench.widgets.common import ExportRow, bn_choices, show_figure
 
 
 class MethodComparison(widgets.VBox):
@@ -52,11 +51,11 @@ class MethodComparison(widgets.VBox):
             )
             for m in methods()
         }
-        handling = ["reset", "repair", None] if has_batchnorm(self._models[0]) else ["repair", None]
+        choices = bn_choices(self._models[0])
         self.bn = widgets.Dropdown(
-            options=[(bn_label(bn) or "none", bn or "none") for bn in handling],
+            options=choices, value=next((v for _, v in choices if v != "none"), "none"),
             description="BatchNorm",
-        )
+        )  # fmt: skip
         self.run = widgets.Button(description="Run", icon="play", button_style="primary")
         self.status = widgets.HTML()
         self.progress = widgets.Output()
@@ -87,7 +86,7 @@ class MethodComparison(widgets.VBox):
         if not chosen:
             self.status.value = "<span style='color:#b00'>Tick at least one method.</span>"
             return
-        bn = None if self.bn.value == "none" else self.bn.value
+        bn = self.bn.value
         self.run.disabled = True
         self.status.value = "running..."
         self.progress.clear_output()

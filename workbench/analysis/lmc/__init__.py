@@ -14,7 +14,6 @@ from workbench.analysis.lmc.compute import (
 )
 from workbench.analysis.lmc.plot import plot_bands, plot_curves
 from workbench.analysis.lmc.result import (
-    BN_MODES,
     LMCCurve,
     alpha_grid,
     barrier_table,
@@ -23,7 +22,6 @@ from workbench.analysis.lmc.result import (
 )
 
 __all__ = [
-    "BN_MODES",
     "LMCCurve",
     "alpha_grid",
     "barrier_table",

@@ -18,24 +18,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.alignment import align, get_method, method_key
-from workbench.alignment.statistics import channel_moments
-from workbench.analysis.engine import (
-    Correction,
-    check_data,
-    evaluate_points,
-    on_device,
-    reset_correction,
-    resolve_cache,
-)
-from workbench.analysis.lmc.result import BN_MODES, LMCCurve, alpha_grid
+from workbench.analysis.engine import check_data, evaluate_points, resolve_cache
+from workbench.analysis.lmc.result import LMCCurve, alpha_grid
 from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.evaluation import same_function
 from workbench.figures import method_label, series_label
 from workbench.fingerprints import data_fingerprint, fingerprint, fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.merging import repair_, repair_points
-from workbench.modules import has_batchnorm, model_device
+from workbench.merging import check_bn, get_bn
 from workbench.validation import check_int, check_models
 
 __all__ = [
@@ -134,11 +125,12 @@ def lmc_curves(
 ) -> dict[str, LMCCurve]:
     """Curves on several named splits at once (e.g. ``{"train": ..., "test": ...}``).
 
-    Each interpolated model is loaded into a single working copy and, with ``bn="reset"``
-    or ``bn="repair"``, corrected once on ``bn_data`` (default: the first split, which
-    should be training data), then evaluated on every split. RESET is one train-mode pass
-    per point; REPAIR measures the endpoints' statistics once for the whole curve;
-    ``spec`` saves re-tracing.
+    Each interpolated model is loaded into a single working copy and corrected by the
+    BatchNorm handling ``bn`` (a registered name, :func:`~workbench.bn_modes`: ``"reset"``,
+    ``"repair"``, ``"none"``; ``None`` is ``"none"``) on ``bn_data`` (default: the first
+    split, which should be training data), then evaluated on every split. RESET measures
+    every point; REPAIR measures the endpoints' statistics once for the whole curve, and
+    its targets exist only for alphas in [0, 1]; ``spec`` saves re-tracing.
 
     ``original_b`` is the model that ``model_b`` was derived from (aligned or mapped).
     Pass it whenever ``model_b`` is not the original: if ``model_b`` computes another
@@ -151,19 +143,21 @@ def lmc_curves(
     :class:`~workbench.cache.ResultCache`, or ``False`` to bypass it). Data given as
     DataLoaders cannot be fingerprinted and is never cached.
     """
-    if bn not in BN_MODES:
-        raise ValueError(f"bn must be one of {BN_MODES}, got {bn!r}.")
     if not data:
         raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
     check_models([model_a, model_b])
     check_int("batch_size", batch_size, minimum=1)
-    if bn == "reset" and not has_batchnorm(model_a):
-        raise ValueError(
-            f"bn='reset' needs BatchNorm layers and {type(model_a).__name__} has none."
-        )
+    handling = get_bn(check_bn(bn, model_a))
+    bn = handling.name
     points = alpha_grid(alphas)
+    if handling.needs_endpoints and ((points < 0) | (points > 1)).any():
+        raise ValueError(
+            f"bn={bn!r} corrects towards the endpoints' interpolated statistics, which exist "
+            f"only for alphas in [0, 1], got {points.tolist()}: drop the alphas outside, or "
+            "use another handling."
+        )
     reset_data = bn_data if bn_data is not None else next(iter(data.values()))
-    check_data(model_a, {**data, "bn_data": reset_data} if bn else data)
+    check_data(model_a, {**data, "bn_data": reset_data} if handling.needs_data else data)
     if original_b is not None:
         check_models([model_b, original_b])
     mapped = original_b is not None and not same_function(
@@ -181,14 +175,16 @@ def lmc_curves(
         models=settings["models"],
         original_b=settings.get("original_b", "-"),
         data=data_key(data),
-        bn_data=data_fingerprint(reset_data) if bn else "-",
+        bn_data=data_fingerprint(reset_data) if handling.needs_data else "-",
         alphas=points.tolist(),
-        bn=bn or "none",
+        bn=handling.key,
         batch_size=batch_size,
     )
 
     def compute() -> list[LMCCurve]:
-        correct = _correction(model_a, model_b, bn, reset_data, spec, batch_size)
+        correct = handling.correction(
+            [model_a, model_b], reset_data, spec=spec, batch_size=batch_size
+        )
         results = evaluate_points(
             model_a,
             [model_a.state_dict(), model_b.state_dict()],
@@ -212,14 +208,17 @@ def lmc_curves(
 def _own_metrics(
     model: nn.Module,
     data: Mapping[str, DataLike],
-    bn: str | None,
+    bn: str,
     reset_data: DataLike,
     batch_size: int,
 ) -> dict[str, tuple[float, float]]:
     """``split -> (loss, accuracy)`` of ``model`` itself, with the BatchNorm handling of a
-    path's end point: RESET recomputes its statistics; REPAIR at a path's end gives each
-    channel its own model's statistics, which leaves the model as it is."""
-    correct = reset_correction(model, reset_data, batch_size) if bn == "reset" else None
+    path's end point: RESET recomputes its statistics; a handling that keeps the endpoints
+    (REPAIR gives each channel its own model's statistics) leaves the model as it is."""
+    handling = get_bn(bn)
+    correct = None
+    if not handling.keeps_endpoints:
+        correct = handling.correction([model], reset_data, batch_size=batch_size)
     found = evaluate_points(
         model,
         [model.state_dict()],
@@ -230,26 +229,6 @@ def _own_metrics(
         progress=False,
     )
     return {split: (float(loss[0]), float(acc[0])) for split, (loss, acc) in found.items()}
-
-
-def _correction(
-    model_a: nn.Module,
-    model_b: nn.Module,
-    bn: str | None,
-    data: DataLike,
-    spec: PermutationSpec | None,
-    batch_size: int,
-) -> Correction | None:
-    """What fixes each loaded point's statistics: RESET, REPAIR (towards the endpoints'
-    interpolated channel statistics, measured once here) or nothing."""
-    if bn is None:
-        return None
-    if bn == "reset":
-        return reset_correction(model_a, data, batch_size)
-    data = on_device(data, model_device(model_a))
-    at = repair_points(resolve_spec(model_a, spec, data=data))
-    targets = [channel_moments(m, data, at, batch_size) for m in (model_a, model_b)]
-    return lambda work, weights: repair_(work, targets, weights, data, at, batch_size)
 
 
 def lmc_curve(
@@ -270,9 +249,10 @@ def lmc_curve(
     """Loss and accuracy of ``(1 - alpha) A + alpha B`` on ``data`` for each alpha.
 
     ``alphas`` is a number of evenly spaced points in [0, 1] or explicit values (outside
-    [0, 1] extrapolates; barriers use the points inside). ``bn="reset"`` recomputes
-    BatchNorm statistics of every interpolated model on ``bn_data`` (default ``data``);
-    ``bn="repair"`` applies REPAIR instead (also for networks without BatchNorm).
+    [0, 1] extrapolates; barriers use the points inside). ``bn`` corrects every
+    interpolated model on ``bn_data`` (default ``data``): ``"reset"`` recomputes BatchNorm
+    statistics, ``"repair"`` applies REPAIR (also for networks without BatchNorm), any
+    registered handling works (:func:`~workbench.register_bn`).
     A NaN or infinite loss is kept and reported by :attr:`LMCCurve.diverged`. The models
     are not modified; the result is cached. ``original_b``: the model that ``model_b`` was
     aligned or mapped from, so that the barrier is measured against B itself when
@@ -325,6 +305,7 @@ def pairwise_curves(
     check_models(models)
     if not data:
         raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
+    bn = check_bn(bn, models[0])
     match_data = bn_data if bn_data is not None else next(iter(data.values()))
     store = resolve_cache(cache)
     model_keys = [fingerprint(m) for m in models]
@@ -340,7 +321,7 @@ def pairwise_curves(
             match_data=data_fingerprint(match_data),
             data=data_key(data),
             alphas=alpha_grid(alphas).tolist(),
-            bn=bn or "none",
+            bn=get_bn(bn).key,
             far_end="measured against model j itself",
             batch_size=batch_size,
         )

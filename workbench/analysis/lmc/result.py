@@ -23,15 +23,12 @@ import pandas as pd
 from workbench.figures import save_table
 
 __all__ = [
-    "BN_MODES",
     "LMCCurve",
     "alpha_grid",
     "barrier_table",
     "curves_frame",
     "write_csv",
 ]
-
-BN_MODES = (None, "reset", "repair")
 
 
 def alpha_grid(alphas: int | Sequence[float]) -> np.ndarray:
@@ -71,8 +68,8 @@ def _chord_excess(alphas: np.ndarray, values: np.ndarray, end: float | None = No
 class LMCCurve:
     """Loss and accuracy at each ``alpha`` on the path from model A (0) to model B (1).
 
-    ``split`` names the data it was evaluated on, ``bn`` the BatchNorm handling
-    (``None``, ``"reset"`` or ``"repair"``), ``label`` the method that produced the
+    ``split`` names the data it was evaluated on, ``bn`` the registered BatchNorm handling
+    (``"none"``, ``"reset"``, ``"repair"``, ...; ``None`` is read as ``"none"``), ``label`` the method that produced the
     endpoints and ``settings`` everything else that determined the numbers (the models'
     fingerprints, batch size, ...; a pair index or a sweep value where it applies).
 
@@ -89,11 +86,15 @@ class LMCCurve:
     loss: np.ndarray
     accuracy: np.ndarray
     split: str = "data"
-    bn: str | None = None
+    bn: str = "none"
     label: str = "naive"
     settings: dict = field(default_factory=dict)
     original_b_loss: float | None = None
     original_b_accuracy: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.bn is None:  # the spelling of results stored before "none" was the one
+            object.__setattr__(self, "bn", "none")
 
     @property
     def far_end_is_b(self) -> bool:
@@ -146,7 +147,7 @@ class LMCCurve:
         return pd.DataFrame(
             {
                 "label": self.label,
-                "bn": self.bn or "none",
+                "bn": self.bn,
                 "split": self.split,
                 "alpha": self.alphas,
                 "loss": self.loss,
@@ -159,7 +160,7 @@ class LMCCurve:
         end is not B, also the far end's own loss and accuracy (``mapped_end_*``)."""
         record: dict[str, float | str] = {
             "label": self.label,
-            "bn": self.bn or "none",
+            "bn": self.bn,
             "split": self.split,
             "barrier": self.barrier,
             "rebasin_barrier": self.rebasin_barrier,

@@ -24,14 +24,14 @@ from torch import nn
 
 from workbench.alignment import align, get_method
 from workbench.alignment.method_keys import method_fingerprint
-from workbench.analysis.engine import check_data, evaluate_points, reset_correction, resolve_cache
+from workbench.analysis.engine import check_data, evaluate_points, resolve_cache
 from workbench.analysis.lmc import data_key
 from workbench.analysis.planes.result import LossPlane, plane_weights
 from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.fingerprints import data_fingerprint, fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.modules import has_batchnorm
+from workbench.merging import check_bn, get_bn
 from workbench.validation import check_int, check_models, check_number
 
 __all__ = ["loss_plane", "loss_planes", "plane_basis"]
@@ -85,15 +85,8 @@ def _check_arguments(
     if len(models) != 3:
         raise ValueError(f"A plane needs exactly 3 models, got {len(models)}.")
     check_models(models)
-    if bn not in (None, "reset"):
-        raise ValueError(
-            f"bn must be None or 'reset' for a plane, got {bn!r} (REPAIR's targets are "
-            "undefined off the segment between two models)."
-        )
-    if bn == "reset" and not has_batchnorm(models[0]):
-        raise ValueError(
-            f"bn='reset' needs BatchNorm layers and {type(models[0]).__name__} has none."
-        )
+    beyond = "a plane extends beyond the triangle of its three models, where they have none"
+    check_bn(bn, models[0], no_endpoints=beyond)
     check_int("resolution", resolution, minimum=2)
     check_number("margin", margin, low=0.0)
 
@@ -127,20 +120,22 @@ def loss_planes(
     aligner = get_method(method)
     aligner.check_pairwise()
     _check_arguments(models, bn, resolution, margin)
+    handling = get_bn(bn)
+    bn = handling.name
     if len(labels) != 3:
         raise ValueError(f"labels must name the 3 models, got {list(labels)}.")
     if not data:
         raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
     reset_data = bn_data if bn_data is not None else next(iter(data.values()))
-    check_data(models[0], {**data, "bn_data": reset_data} if bn else data)
+    check_data(models[0], {**data, "bn_data": reset_data} if handling.needs_data else data)
     store = resolve_cache(cache)
     key = store.key(
         models=fingerprints(models),
         method=method_fingerprint(aligner),
         match_data=data_fingerprint(reset_data) if aligner.needs_data else "-",
         data=data_key(data),
-        bn=bn or "none",
-        bn_data=data_fingerprint(reset_data) if bn else "-",
+        bn=handling.key,
+        bn_data=data_fingerprint(reset_data) if handling.needs_data else "-",
         resolution=resolution,
         margin=margin,
         batch_size=batch_size,
@@ -186,7 +181,7 @@ def _compute_planes(
     models: list[nn.Module],
     data: Mapping[str, DataLike],
     resolution: int,
-    bn: str | None,
+    bn: str,
     method: str,
     margin: float,
     reset_data: DataLike,
@@ -202,7 +197,7 @@ def _compute_planes(
     points = plane_basis(models)
     x, y = _grid(points, resolution, margin)
     weights = plane_weights(points, *np.meshgrid(x, y)).reshape(-1, 3)
-    correct = reset_correction(models[0], reset_data, batch_size) if bn == "reset" else None
+    correct = get_bn(bn).correction(models, reset_data, spec=spec, batch_size=batch_size)
     results = evaluate_points(
         models[0],
         [m.state_dict() for m in models],

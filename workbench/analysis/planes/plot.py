@@ -9,7 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from workbench.analysis.planes.result import LossPlane
-from workbench.figures import METRIC_LABELS, new_figure, paper_style
+from workbench.figures import METRIC_LABELS, bn_label, new_figure, paper_style
 
 __all__ = ["log_ticks", "plot_plane"]
 
@@ -95,6 +95,6 @@ def plot_plane(
         ax.grid(False)
         ax.set_xlabel("Direction 1 (parameter distance)")
         ax.set_ylabel("Direction 2")
-        bn = {None: "", "reset": ", RESET"}[plane.bn]
+        bn = f", {bn_label(plane.bn)}" if bn_label(plane.bn) else ""
         ax.set_title(title if title is not None else f"{plane.label}{bn} ({plane.split})")
     return fig

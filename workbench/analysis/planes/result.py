@@ -38,10 +38,14 @@ class LossPlane:
     accuracy: np.ndarray
     points: np.ndarray
     split: str = "data"
-    bn: str | None = None
+    bn: str = "none"
     label: str = "none"
     labels: tuple[str, str, str] = ("model 1", "model 2", "model 3")
     settings: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.bn is None:  # the spelling of results stored before "none" was the one
+            object.__setattr__(self, "bn", "none")
 
     @property
     def weights(self) -> np.ndarray:
@@ -61,7 +65,7 @@ class LossPlane:
         frame = pd.DataFrame(
             {
                 "label": self.label,
-                "bn": self.bn or "none",
+                "bn": self.bn,
                 "split": self.split,
                 "x": xx.ravel(),
                 "y": yy.ravel(),
@@ -81,7 +85,7 @@ class LossPlane:
         i, j = np.unravel_index(np.argmin(finite), finite.shape)
         return {
             "label": self.label,
-            "bn": self.bn or "none",
+            "bn": self.bn,
             "split": self.split,
             "min_loss": float(self.loss[i, j]),
             "min_loss_x": float(self.x[j]),

@@ -1,18 +1,15 @@
-"""Renormalizing a merged network: BatchNorm reset (RESET) and REPAIR (Jordan et al., 2023).
+"""``bn="repair"``: REPAIR (Jordan et al., 2023, "REPAIR: REnormalizing Permuted
+Activations for Interpolation Repair"): every channel of the merged network gets the
+interpolated mean and standard deviation of its endpoints' matching channels.
 
-The running statistics of an average of networks are not the statistics of the averaged
-network's activations; both corrections measure them again on data. Every public function
-returns a new model; the functions ending in ``_`` work in place on a model the caller owns.
-
-Both correct one layer at a time, in the order the forward pass reaches them
-(:func:`~workbench.alignment.calibration.calibrate_in_order`, where RESET itself lives, so
-that a linear method's mapped model can be reset too; it is re-exported here): an eval-mode pass, stopped at the layer, measures the exact
-moments of its inputs (RESET) or outputs (REPAIR) over all of the data with every earlier
-layer already corrected, and the layer is corrected before the next one is measured. The
-result is the fixed point the corrections aim at (in eval mode, every corrected layer sees
-exactly the statistics it was given), and it does not depend on the batch size: a batch of
-one example (even on a 1x1 map, which train-mode BatchNorm refuses) gives the result of
-the whole dataset at once, and an uneven last batch weighs what its examples weigh.
+Like RESET (:mod:`~workbench.merging.renorm.reset`), it corrects one layer at a time, in
+the order the forward pass reaches them
+(:func:`~workbench.alignment.calibration.calibrate_in_order`): an eval-mode pass, stopped
+at the layer, measures the exact moments of its outputs over all of the data with every
+earlier layer already corrected, and the layer is corrected before the next one is
+measured. The result is the fixed point the correction aims at (in eval mode, every
+corrected layer sees exactly the statistics it was given), and it does not depend on the
+batch size: a batch of one example gives the result of the whole dataset at once.
 
 The papers' versions take one pass with every layer normalized by *its batch's*
 statistics, so what a layer measures depends, through the layers before it, on the batch
@@ -20,9 +17,9 @@ size. On the shipped pair (statistics on mnist-5k train, midpoints of naive and 
 weight-matched interpolation) that one-pass RESET is off the exact statistics by up to
 1.8e-3 of a layer's largest value at batch size 32 (8.8e-3 for one channel), 1.2e-3 at 64
 and 1.1e-4 at 500, with the same test accuracy at 500 (43.8% and 97.0%); the exact version
-agrees with itself across batch sizes (1, 7, 32, 64, 500, all) to 3e-7. It costs one partial pass per
-corrected layer: RESET of the quickstart CNN (3 BatchNorm layers) takes 2.4 times an
-evaluation pass instead of 1.1, of a ResNet-20 (21) 10.7 times instead of 0.9.
+agrees with itself across batch sizes (1, 7, 32, 64, 500, all) to 3e-7. It costs one
+partial pass per corrected layer: RESET of the quickstart CNN (3 BatchNorm layers) takes
+2.4 times an evaluation pass instead of 1.1, of a ResNet-20 (21) 10.7 times instead of 0.9.
 """
 
 from __future__ import annotations
@@ -32,17 +29,15 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from workbench.alignment.calibration import calibrate_in_order, reset_bn, reset_bn_
+from workbench.alignment.calibration import calibrate_in_order
 from workbench.alignment.statistics import ChannelMoments, Moments, channel_moments
+from workbench.batching import on_device
 from workbench.data import DataLike
 from workbench.graph import LayerPoint, PermutationSpec, resolve_spec
-from workbench.modules import check_compatible, clone
+from workbench.merging.renorm.registry import Correction, register_bn
+from workbench.modules import check_compatible, clone, model_device
 
-__all__ = ["repair", "repair_", "repair_points", "reset_bn", "reset_bn_"]
-
-
-# ---------------------------------------------------------------------------------------
-# REPAIR (Jordan et al., 2023)
+__all__ = ["repair", "repair_", "repair_points"]
 
 
 def repair_points(spec: PermutationSpec) -> list[LayerPoint]:
@@ -138,6 +133,23 @@ def repair(
             "for two endpoints or one weight per endpoint."
         )
     spec = resolve_spec(merged, spec, data=data)
-    points = repair_points(spec)
+    correct = repair_correction(
+        endpoints, data, spec=spec, batch_size=batch_size, max_batches=max_batches
+    )
+    repaired = clone(merged)
+    correct(repaired, weights)
+    return repaired
+
+
+@register_bn("repair", label="REPAIR", linestyle=":", needs_endpoints=True, keeps_endpoints=True)
+def repair_correction(endpoints, data, *, spec, batch_size, max_batches) -> Correction:
+    """REPAIR: every channel's mean and standard deviation become the weighted average of
+    the endpoints' (measured once here), for networks with or without BatchNorm."""
+    data = on_device(data, model_device(endpoints[0]))
+    points = repair_points(resolve_spec(endpoints[0], spec, data=data))
     targets = [channel_moments(m, data, points, batch_size, max_batches) for m in endpoints]
-    return repair_(clone(merged), targets, weights, data, points, batch_size, max_batches)
+
+    def correct(work: nn.Module, weights: Sequence[float]) -> None:
+        repair_(work, targets, weights, data, points, batch_size, max_batches)
+
+    return correct
