@@ -7,13 +7,14 @@ KERNEL := merge-workbench
 
 .PHONY: lab test demo lint checkpoints clean
 
-# One environment for everything: torch/torchvision pinned (they are on this machine's disk),
-# the package in editable mode with its dev extras, and a Jupyter kernel registered inside it.
-$(STAMP): pyproject.toml
+# One environment for everything: the package in editable mode with its dev extras, torch and
+# torchvision held to the tested versions by constraints.txt (pyproject.toml asks for ranges),
+# and the notebooks' Jupyter kernel registered inside it (environment.yml's header has the
+# same command for conda users).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))"
 	touch $(STAMP)
 

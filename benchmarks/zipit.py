@@ -85,7 +85,8 @@ def main() -> None:
     train, test = wb.load_dataset("mnist-5k", "train"), wb.load_dataset("mnist-5k", "test")
     shipped = wb.load_quickstart_models(tuple(range(max(args.sizes))))
     result = {
-        "benchmark": "zipit " + " ".join(sys.argv[1:]),
+        "benchmark": "zipit",
+        "arguments": sys.argv[1:],
         "dataset": f"mnist-5k ({len(train)} train, 10% of it validation / {len(test)} test)",
         "alpha_grid": list(wb.alignment.get_method("zipit").search["alpha"]),
         "beta_grid": list(wb.alignment.get_method("zipit").search["beta"]),

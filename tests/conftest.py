@@ -22,9 +22,12 @@ import workbench as wb
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_result_cache(tmp_path_factory) -> None:
-    """Tests (and the notebook kernels they start) cache results in a temporary folder,
-    never in the checkout's data/cache."""
-    os.environ["WORKBENCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("result-cache"))
+    """Tests (and the notebook kernels and commands they start, which inherit the
+    environment) cache in a temporary folder, never in the user's cache folder:
+    ``$WORKBENCH_CACHE_DIR`` holds every cache of the workbench (:func:`workbench.cache_dir`),
+    datasets included once a user's ``$WORKBENCH_DATA_DIR`` is out of the way."""
+    os.environ["WORKBENCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("workbench-cache"))
+    os.environ.pop("WORKBENCH_DATA_DIR", None)
 
 
 @pytest.fixture(scope="session")

@@ -170,3 +170,5 @@ def test_repair_refuses_weights_its_targets_do_not_cover(shipped_pair, small):
         *shipped_pair, test, [-0.5, 0.0, 1.0], "reset", bn_data=fit, progress=False
     )
     assert extrapolated.bn == "reset"
+    with pytest.raises(ValueError, match=r"weights >= 0, got \[-0.5, 1.5\]"):
+        wb.repair(wb.interpolate(*shipped_pair, 1.5), shipped_pair, 1.5, fit)

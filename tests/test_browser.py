@@ -301,7 +301,8 @@ def _use_dashboards(page, url: str, work: Path, shots: Path) -> None:
     assert "press Compute" in barrier.inner_text()
     lmc.get_by_role("button", name="Compute").click()
     weight = _wait_changed(page, barrier, "Not computed yet: press Compute.")
-    assert re.search(r"weight</?b?>?.*loss barrier", lmc.inner_html()) or "weight" in weight
+    # the default method's curve, as LMCExplorer._show words it: the method, then its barrier
+    assert re.match(r"weight: loss barrier -?\d+\.\d{3}, accuracy barrier -?\d", weight), weight
     first = _image(lmc)
     lmc.locator(".widget-dropdown select").nth(1).select_option(label="naive")
     barrier.filter(has_text="press Compute").wait_for(timeout=30_000)

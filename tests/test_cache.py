@@ -1,8 +1,15 @@
-"""The result cache: keys follow content, hits return what was stored, damage is a miss."""
+"""The result cache: keys follow content, hits return what was stored, damage is a miss;
+caches live in the user cache folder (or ``$WORKBENCH_CACHE_DIR``), never in the checkout."""
 
+from pathlib import Path
+
+import platformdirs
+import pytest
 import torch
 
-from workbench.cache import ResultCache, default_cache
+import workbench
+from workbench.cache import CACHE_KINDS, ResultCache, cache_dir, default_cache
+from workbench.data import default_data_root
 from workbench.fingerprints import data_fingerprint, fingerprint
 from workbench.zoo import create_model
 
@@ -70,6 +77,41 @@ def test_disabled_cache_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("WORKBENCH_CACHE", "off")
     cache = default_cache()
-    assert not cache.enabled and cache.root == tmp_path
+    assert not cache.enabled and cache.root == tmp_path / "results"
     assert cache.store("curve", cache.key(x=1), {"a": torch.ones(1)}, {}) is None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_caches_default_to_the_user_cache_folder(monkeypatch):
+    """Without $WORKBENCH_CACHE_DIR every cache lies in platformdirs' user cache folder,
+    outside the source checkout (nothing is written: only the paths are read)."""
+    monkeypatch.delenv("WORKBENCH_CACHE_DIR", raising=False)
+    monkeypatch.delenv("WORKBENCH_DATA_DIR", raising=False)
+    user = Path(platformdirs.user_cache_dir("merge-workbench", appauthor=False))
+    checkout = Path(workbench.__file__).resolve().parents[1]
+    assert cache_dir() == user
+    assert {kind: cache_dir(kind) for kind in CACHE_KINDS} == {k: user / k for k in CACHE_KINDS}
+    assert default_cache().root == ResultCache().root == user / "results"
+    assert default_data_root() == user / "datasets"
+    for path in (cache_dir(), default_cache().root, default_data_root()):
+        assert not path.resolve().is_relative_to(checkout), path
+
+
+def test_workbench_cache_dir_overrides_the_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("WORKBENCH_DATA_DIR", raising=False)
+    assert cache_dir() == tmp_path
+    assert default_cache().root == ResultCache().root == tmp_path / "results"
+    assert default_data_root() == tmp_path / "datasets"
+    cache = default_cache()
+    written = cache.store("curve", cache.key(x=1), {"a": torch.ones(1)}, {})
+    assert written == tmp_path / "results" / "curve" / f"{cache.key(x=1)}.safetensors"
+    assert written.is_file()
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert default_data_root() == tmp_path / "elsewhere"  # datasets alone may go elsewhere
+    assert default_cache().root == tmp_path / "results"
+
+
+def test_unknown_cache_kind_is_refused():
+    with pytest.raises(ValueError, match="Unknown cache kind 'figures'"):
+        cache_dir("figures")

@@ -14,7 +14,8 @@ from nbclient import NotebookClient
 
 from tests.notebook_checks import IN_BROWSER, NOTEBOOKS, builds_figure
 
-RUN_TIMES = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "notebook_times.json"
+ROOT = Path(__file__).resolve().parents[1]
+RUN_TIMES = ROOT / "benchmarks" / "results" / "notebook_times.json"
 
 
 @pytest.mark.slow
@@ -65,8 +66,17 @@ def test_figure_cells_are_recognized() -> None:
     assert not builds_figure("wb.figures.save(fig, 'figures/x')")
 
 
-def test_notebooks_exist() -> None:
-    assert [p.stem for p in NOTEBOOKS][:1] == ["01_quickstart"]
+def test_notebooks_are_the_numbered_ones_the_readme_lists() -> None:
+    """notebooks/ holds exactly the notebooks of the README's table (the question each
+    answers), in its order, numbered 01, 02, ... without a gap, the quickstart first."""
+    names = [p.stem for p in NOTEBOOKS]
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| notebook | the question it answers | run time |\n", 1)[1]
+    rows = table.split("\n\n", 1)[0].splitlines()[1:]  # after the | --- | row
+    listed = [re.fullmatch(r"\| `(\w+)` \| .+ \| \d+ s \|", row)[1] for row in rows]
+    assert names and names == listed
+    assert [name[:3] for name in names] == [f"{i:02d}_" for i in range(1, len(names) + 1)]
+    assert names[0] == "01_quickstart"
 
 
 def test_notebooks_are_stored_without_outputs() -> None:

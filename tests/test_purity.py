@@ -1077,6 +1077,7 @@ EXCLUDED: dict[str, str] = {
     **dict.fromkeys(
         [
             "alpha_grid",
+            "cache_dir",
             "canonical_method",
             "create_model",
             "dataset_info",

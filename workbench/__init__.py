@@ -49,7 +49,7 @@ from workbench.analysis.lmc import (
 )
 from workbench.analysis.planes import LossPlane, loss_plane
 from workbench.analysis.sweeps import sweep
-from workbench.cache import ResultCache, default_cache
+from workbench.cache import ResultCache, cache_dir, default_cache
 from workbench.checkpoints import (
     CheckpointError,
     checkpoint_metadata,
@@ -153,6 +153,7 @@ __all__ = [
     "barrier_table",
     "bn_modes",
     "cache",
+    "cache_dir",
     "cca_align",
     "cca_merge",
     "checkpoint_metadata",

@@ -7,6 +7,10 @@ is a hash of everything that determines it: the fingerprints of its models, data
 passes to :meth:`ResultCache.key`, and the workbench, torch and torchvision versions. A
 re-run with the same inputs is a file read, and anything that changes the numbers
 changes the key; an input that cannot be fingerprinted keeps the result out of the cache.
+
+Everything the workbench caches on disk (these results, downloaded datasets) lives under
+one folder, :func:`~workbench.files.cache_dir` (re-exported here): ``$WORKBENCH_CACHE_DIR``
+if set, else the platform's user cache folder, never the source checkout.
 """
 
 from __future__ import annotations
@@ -24,10 +28,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from workbench.data import default_data_root
-from workbench.files import check_writable_dir, write_safetensors
+from workbench.files import CACHE_KINDS, cache_dir, check_writable_dir, write_safetensors
 
-__all__ = ["ResultCache", "default_cache"]
+__all__ = ["CACHE_KINDS", "ResultCache", "cache_dir", "default_cache"]
 
 _META_KEY = "workbench-result"
 _DISABLED = ("0", "off", "false", "no")
@@ -59,7 +62,8 @@ def _plain_name(value: str, what: str) -> str:
 
 
 class ResultCache:
-    """A directory of cached results, one subdirectory per kind of result.
+    """A directory of cached results, one subdirectory per kind of result; by default
+    ``cache_dir("results")`` (see :func:`cache_dir`).
 
     ``enabled=False`` (or ``$WORKBENCH_CACHE=off``) turns every lookup into a miss and every
     store into a no-op, for timing runs and for users who want nothing written.
@@ -72,7 +76,7 @@ class ResultCache:
     """
 
     def __init__(self, root: str | Path | None = None, enabled: bool = True) -> None:
-        self.root = Path(root) if root is not None else default_data_root() / "results"
+        self.root = Path(root) if root is not None else cache_dir("results")
         self.enabled = enabled
 
     def __repr__(self) -> str:
@@ -192,8 +196,8 @@ class ResultCache:
 
 
 def default_cache() -> ResultCache:
-    """The cache under ``$WORKBENCH_CACHE_DIR`` (default ``data/cache/results``), disabled
-    when ``$WORKBENCH_CACHE`` is ``off``/``0``/``false``/``no``."""
-    root = os.environ.get("WORKBENCH_CACHE_DIR")
+    """The cache in ``cache_dir("results")`` (``$WORKBENCH_CACHE_DIR/results``, by default
+    in the user cache folder), disabled when ``$WORKBENCH_CACHE`` is
+    ``off``/``0``/``false``/``no``."""
     enabled = os.environ.get("WORKBENCH_CACHE", "on").strip().lower() not in _DISABLED
-    return ResultCache(root, enabled=enabled)
+    return ResultCache(cache_dir("results"), enabled=enabled)

@@ -13,13 +13,14 @@ own channel statistics (:func:`dataset_info`).
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from workbench.files import cache_dir
 
 __all__ = [
     "DatasetInfo",
@@ -85,18 +86,11 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def default_data_root() -> Path:
-    """Where downloaded datasets are cached.
-
-    ``$WORKBENCH_DATA_DIR`` if set, else ``data/cache`` of the source checkout, else
-    ``~/.cache/merge-workbench``.
+    """Where downloaded datasets are cached: ``workbench.cache_dir("datasets")``, that is
+    ``$WORKBENCH_DATA_DIR`` if set, else ``datasets`` in the workbench's cache folder
+    (``$WORKBENCH_CACHE_DIR``, by default the user cache folder; never the checkout).
     """
-    env = os.environ.get("WORKBENCH_DATA_DIR")
-    if env:
-        return Path(env)
-    checkout_data = Path(__file__).resolve().parents[1] / "data"
-    if checkout_data.is_dir():
-        return checkout_data / "cache"
-    return Path.home() / ".cache" / "merge-workbench"
+    return cache_dir("datasets")
 
 
 class TensorImageDataset(Dataset):

@@ -18,6 +18,11 @@ tables) goes through :func:`atomic_write`, which keeps three promises:
 
 :func:`check_writable_dir` answers, before the work starts, whether a folder can take
 files: a run that would fail only when it saves its result fails in its first second.
+
+:func:`cache_dir` is the one place that decides where caches go (results, downloaded
+datasets): ``$WORKBENCH_CACHE_DIR`` if set, else the platform's user cache folder, never
+the source checkout: there, every checkout run through one environment wrote into the
+checkout that the environment imports, and a read-only install could not cache at all.
 """
 
 from __future__ import annotations
@@ -30,11 +35,14 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import platformdirs
 import torch
 from safetensors.torch import save_file
 
 __all__ = [
+    "CACHE_KINDS",
     "atomic_write",
+    "cache_dir",
     "check_writable_dir",
     "refuse_existing",
     "write_safetensors",
@@ -42,9 +50,31 @@ __all__ = [
 ]
 
 _FIX = "choose a folder you can write to"
+CACHE_KINDS = ("results", "datasets")
+"""What the workbench caches, each in its own folder under :func:`cache_dir`."""
+_KIND_OVERRIDES = {"datasets": "WORKBENCH_DATA_DIR"}
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 # os.link fails with these on filesystems without hard links (FAT, exFAT, some shares)
 _NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK)
+
+
+def cache_dir(kind: str | None = None) -> Path:
+    """Where the workbench caches ``kind`` (one of :data:`CACHE_KINDS`), or the folder
+    that holds them all (``kind=None``). The one place that decides where caches go.
+
+    The folder is ``$WORKBENCH_CACHE_DIR`` if set, else the platform's user cache folder,
+    ``platformdirs.user_cache_dir("merge-workbench")`` (``~/.cache/merge-workbench`` on
+    Linux, ``~/Library/Caches/merge-workbench`` on macOS); a kind is the subfolder of its
+    name, and ``$WORKBENCH_DATA_DIR`` overrides where datasets go. Nothing is created here.
+    """
+    if kind is not None and kind not in CACHE_KINDS:
+        raise ValueError(f"Unknown cache kind {kind!r}; expected one of {CACHE_KINDS}.")
+    override = os.environ.get(_KIND_OVERRIDES.get(kind, ""), "") if kind else ""
+    if override:
+        return Path(override)
+    env = os.environ.get("WORKBENCH_CACHE_DIR")
+    root = Path(env) if env else platformdirs.user_cache_path("merge-workbench", appauthor=False)
+    return root if kind is None else root / kind
 
 
 def _refuse_blocker(path: Path, what: str, fix: str) -> None:

@@ -150,6 +150,11 @@ def repair_correction(endpoints, data, *, spec, batch_size, max_batches) -> Corr
     targets = [channel_moments(m, data, points, batch_size, max_batches) for m in endpoints]
 
     def correct(work: nn.Module, weights: Sequence[float]) -> None:
+        if min(weights) < 0:  # a target deviation would come out negative
+            raise ValueError(
+                "REPAIR's targets interpolate the endpoints' statistics and exist only for "
+                f"weights >= 0, got {list(weights)}: use alpha in [0, 1], or bn='reset'."
+            )
         repair_(work, targets, weights, data, points, batch_size, max_batches)
 
     return correct
