@@ -116,7 +116,7 @@ def test_partial_alignment_plot_and_cache(shipped_pair, train_500, small_test, p
     ax = fig.axes[0]
     np.testing.assert_allclose(ax.lines[0].get_ydata(), partial.table["barrier"])
     assert [t.get_text() for t in ax.get_xticklabels()] == ["none", *GROUPS]
-    assert ax.lines[0].get_color() == wb.figures.METHOD_COLORS["weight"]
+    assert ax.lines[0].get_color() == wb.figures.PALETTE["blue"]
     partial.plot("midpoint_accuracy")
     with pytest.raises(ValueError, match="metric must be one of"):
         partial.plot("loss")

@@ -122,9 +122,10 @@ def test_paper_style_leaves_interactive_mode_alone():
 
 
 def test_color_for():
-    assert figures.color_for("naive") == figures.METHOD_COLORS["naive"]
-    assert figures.color_for("none") == figures.METHOD_COLORS["naive"]  # the key of naive
-    assert figures.color_for("Weight matching") == figures.METHOD_COLORS["weight"]
+    assert figures.color_for("naive") == figures.PALETTE["vermillion"]
+    assert figures.color_for("none") == figures.PALETTE["vermillion"]  # naive's registry name
+    assert figures.color_for("Weight matching") == figures.PALETTE["blue"]
+    assert figures.color_for("weight + RESET") == figures.PALETTE["blue"]
     assert figures.color_for("unknown", 0) != figures.color_for("unknown", 1)
     assert figures.color_for("", 3) == figures.color_for("other", 3)
 

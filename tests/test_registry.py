@@ -83,9 +83,10 @@ def test_a_method_registered_here_works_everywhere(
     assert rows["barrier"].notna().all()
 
     # a colour of its own, the same in every figure, whatever else is plotted
-    color = wb.figures.color_for(name, 0, wb.methods())
-    assert color == wb.figures.color_for(name, 5, wb.methods())
-    assert color not in wb.figures.METHOD_COLORS.values()
+    color = wb.figures.color_for(name, 0)
+    assert color == wb.figures.color_for(name, 5)
+    others = [wb.figures.color_for(m) for m in wb.methods() if m != name]
+    assert color not in [*others, wb.figures.color_for("ensemble")]
 
 
 def test_a_linear_method_is_searched_on_validation_by_its_declared_grid(
@@ -211,3 +212,36 @@ def test_a_merge_method_serves_the_n_model_views_and_is_refused_by_the_pair_view
         wb.register_method(
             "both", needs_data=False, preserves_function=False, kind="merge", merger=list
         )(first_model_scaled)
+
+
+def test_every_registered_method_has_a_colour_and_marker_of_its_own(register) -> None:
+    """The default assignment over every method registered at once, the built-in ones and
+    six registered here without a style, and a seventh with its own label and style."""
+    for k in range(6):
+        register(f"extra{k}", lambda model_a, model_b, spec, data=None: {}, needs_data=False,
+                 preserves_function=True)  # fmt: skip
+    register("mine", lambda model_a, model_b, spec, data=None: {}, needs_data=False,
+             preserves_function=True, label="My method", color="#123456", marker="*")  # fmt: skip
+    names = wb.methods()
+    styles = [wb.figures.method_style(m) for m in names]
+    colors = [s.color for s in styles] + [wb.figures.color_for("ensemble")]
+    markers = [s.marker for s in styles]
+    assert len(set(colors)) == len(colors), dict(zip(names, colors, strict=False))
+    assert len(set(markers)) == len(markers), dict(zip(names, markers, strict=False))
+    assert wb.figures.method_label("mine") == "My method"
+    assert wb.figures.color_for("My method + RESET") == "#123456"
+
+
+def test_an_unregistered_method_frees_its_colour() -> None:
+    wb.register_method("passing", needs_data=False, preserves_function=True)(
+        lambda model_a, model_b, spec, data=None: {}
+    )
+    color = wb.figures.color_for("passing")
+    assert color not in [wb.figures.color_for(m) for m in wb.methods() if m != "passing"]
+    wb.alignment.unregister_method("passing")
+    assert wb.figures.method_style("passing") is None
+    wb.register_method("again", needs_data=False, preserves_function=True)(
+        lambda model_a, model_b, spec, data=None: {}
+    )
+    assert wb.figures.color_for("again") == color  # the first free colour, once more
+    wb.alignment.unregister_method("again")

@@ -90,8 +90,8 @@ def test_width_sweep_figure(width_sweep, tmp_path):
     weight_test = table[(table.method == "weight") & (table.split == "test")]
     np.testing.assert_allclose(lines[3].get_ydata(), weight_test["barrier"])
     assert ax.get_xscale() == "log" and ax.get_ylabel() == "Loss barrier (RESET)"
-    assert lines[0].get_color() == wb.figures.METHOD_COLORS["naive"]
-    assert lines[2].get_color() == wb.figures.METHOD_COLORS["weight"]
+    assert lines[0].get_color() == wb.figures.PALETTE["vermillion"]
+    assert lines[2].get_color() == wb.figures.PALETTE["blue"]
     accuracy = result.plot("midpoint_accuracy")
     np.testing.assert_allclose(
         [line for line in accuracy.axes[0].lines][1].get_ydata(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import pickle
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,19 @@ from workbench.files import atomic_write, check_writable_dir
 __all__ = [
     "COLUMN_WIDTH",
     "EXPORT_DIR",
+    "METHOD_MARKERS",
+    "METHOD_PALETTE",
     "PALETTE",
     "TEXT_WIDTH",
+    "MethodStyle",
     "bn_label",
     "color_for",
+    "forget_method_style",
     "legend_above",
     "linestyle_for",
     "marker_for",
     "method_label",
+    "method_style",
     "model_label",
     "new_figure",
     "paper_style",
@@ -39,6 +45,7 @@ __all__ = [
     "save_table",
     "series_label",
     "set_bn_style",
+    "set_method_style",
     "shared_legend",
 ]
 
@@ -55,17 +62,15 @@ PALETTE = {
 }
 _CYCLE = [PALETTE[k] for k in ("blue", "vermillion", "green", "orange", "purple", "sky", "black")]
 
-# One colour per method, the same in every figure of the workbench.
-METHOD_COLORS = {
-    "naive": PALETTE["vermillion"],
-    "weight": PALETTE["blue"],
-    "activation": PALETTE["green"],
-    "cca": PALETTE["purple"],
-    "ensemble": PALETTE["black"],
-}
-# For alignment methods registered without a fixed colour: the Okabe-Ito colours that no
-# fixed method uses (markers tell methods apart beyond three).
-_SPARE_COLORS = [PALETTE[k] for k in ("orange", "sky", "yellow")]
+# The colours methods take, in the order a method registered without one gets the first
+# that no other method has: Okabe-Ito (black is the ensembles'), then Paul Tol's muted
+# scheme (also safe for colour blindness), yellow last (faint on white).
+METHOD_PALETTE = [
+    *(PALETTE[k] for k in ("vermillion", "blue", "green", "purple", "orange", "sky")),
+    *("#882255", "#44AA99", "#999933", "#332288", "#CC6677", "#DDCC77", "#117733"),
+    PALETTE["yellow"],
+]
+METHOD_MARKERS = ["s", "o", "^", "D", "v", "P", "X", "h", "<", ">", "p", "d", "H", "8"]
 
 COLUMN_WIDTH = 3.25  # inches: one column of a two-column paper (ICML, NeurIPS single is 5.5)
 TEXT_WIDTH = 6.75  # inches: full text width of a two-column paper
@@ -102,14 +107,11 @@ STYLE: dict[str, Any] = {
 # One naming scheme for tables, figures, dashboards and the command line. The alignment
 # method "none" (no alignment) is shown as "naive", its name in the literature; BatchNorm
 # handling is a suffix ("weight + RESET"); models are numbered from 0, as in Python.
-_METHOD_LABELS = {"none": "naive"}
 # BatchNorm handling is told apart by line style, not by a lighter shade of the method's
 # colour (shades of one hue are hard to tell apart in print). Both are filled by the
 # registry of handlings (workbench.merging.renorm), which this module does not import.
 _BN_LABELS: dict[str, str] = {}
 _BN_LINESTYLES: dict[str, str] = {}
-_METHOD_MARKERS = {"naive": "s", "weight": "o", "activation": "^", "cca": "D", "ensemble": "*"}
-_MARKER_CYCLE = ["v", "P", "X", "h", "<", ">"]
 _FIX = "pass a path in a folder you can write to"
 
 EXPORT_DIR = "figures"
@@ -119,9 +121,59 @@ METRIC_LABELS = {"loss": "Cross-entropy loss", "accuracy": "Accuracy (%)"}
 """Axis labels of the two metrics every analysis reports."""
 
 
+@dataclass(frozen=True)
+class MethodStyle:
+    """How a method is shown: its display ``label``, ``color`` and ``marker``."""
+
+    label: str
+    color: str
+    marker: str
+
+
+# Filled by the registry of methods (workbench.alignment.register_method), which this module
+# does not import; the ensembles, shown beside merges, are not a registered method.
+_METHOD_STYLES = {"ensemble": MethodStyle("ensemble", PALETTE["black"], "*")}
+
+
+def set_method_style(
+    name: str, label: str | None = None, color: str | None = None, marker: str | None = None
+) -> MethodStyle:
+    """Record how the method ``name`` is shown (called by
+    :func:`~workbench.alignment.register_method`): ``label`` (default the name), and the
+    ``color`` and ``marker`` given, else the first of :data:`METHOD_PALETTE` and
+    :data:`METHOD_MARKERS` that no other method has, so that every registered method has
+    its own, the same in every figure."""
+    others = [style for key, style in _METHOD_STYLES.items() if key != name]
+    taken_colors, taken_markers = {o.color for o in others}, {o.marker for o in others}
+    free_colors = [c for c in METHOD_PALETTE if c not in taken_colors]
+    free_markers = [m for m in METHOD_MARKERS if m not in taken_markers]
+    turn = len(others)  # once every one is taken, they are handed out in turn again
+    style = MethodStyle(
+        label or name,
+        color or (free_colors[0] if free_colors else METHOD_PALETTE[turn % len(METHOD_PALETTE)]),
+        marker or (free_markers[0] if free_markers else METHOD_MARKERS[turn % len(METHOD_MARKERS)]),
+    )
+    _METHOD_STYLES[name] = style
+    return style
+
+
+def forget_method_style(name: str) -> None:
+    """Forget the style of ``name`` (an unregistered method): its colour is free again."""
+    _METHOD_STYLES.pop(name, None)
+
+
+def method_style(method: str) -> MethodStyle | None:
+    """The style of a method named by its registry name or its display label (``"naive"``
+    is ``"none"``'s), ``None`` for a name no method has."""
+    if method in _METHOD_STYLES:
+        return _METHOD_STYLES[method]
+    return next((s for s in _METHOD_STYLES.values() if s.label == method), None)
+
+
 def method_label(method: str) -> str:
     """The display name of an alignment or merging method (``"none"`` -> ``"naive"``)."""
-    return _METHOD_LABELS.get(method, method)
+    style = method_style(method)
+    return style.label if style is not None else method
 
 
 def set_bn_style(bn: str, label: str | None, linestyle: str | None = None) -> None:
@@ -161,40 +213,21 @@ def model_label(index: int) -> str:
     return f"model {index}"
 
 
-def _method_key(label: str) -> str:
-    """The method a label names: its first word, lower case, as a display name."""
-    return method_label(label.split()[0].lower()) if label else ""
+def _style_of(label: str) -> MethodStyle | None:
+    """The style of the method a series label names: the label without its BatchNorm
+    suffix and extra (``"weight + RESET (test)"``), else its first word, lower case
+    (``"Weight matching"``)."""
+    if not label:
+        return None
+    base = label.split(" + ")[0].split(" (")[0]
+    return method_style(base) or method_style(base.split()[0].lower())
 
 
-def _style(
-    label: str,
-    index: int,
-    methods: Sequence[str],
-    fixed: dict[str, str],
-    spare: list[str],
-    cycle: list[str],
-) -> str:
-    """The fixed style of ``label``'s method; else, if it is one of ``methods``, the spare
-    style at its position among those without a fixed one; else ``cycle[index]``."""
-    key = _method_key(label)
-    if key in fixed:
-        return fixed[key]
-    added = [name for name in map(_method_key, methods) if name not in fixed]
-    if key in added:
-        return spare[added.index(key) % len(spare)]
-    return cycle[index % len(cycle)]
-
-
-def color_for(label: str, index: int = 0, methods: Sequence[str] = ()) -> str:
-    """The colour of a method (``"weight"``, ``"cca"``, ... or its display name), else the
-    ``index``-th palette colour.
-
-    ``methods`` are the registered alignment methods in order (``workbench.methods()``,
-    passed by the caller: this module does not read the registry). A method among them
-    without a fixed colour (one a user registered) gets the spare colour at its position
-    among such methods: the same in every figure, whatever else is plotted.
-    """
-    return _style(label, index, methods, METHOD_COLORS, _SPARE_COLORS, _CYCLE)
+def color_for(label: str, index: int = 0) -> str:
+    """The colour of a method (its registry name, display name, or a series label that
+    starts with either), the same in every figure; else the ``index``-th palette colour."""
+    style = _style_of(label)
+    return style.color if style is not None else _CYCLE[index % len(_CYCLE)]
 
 
 def linestyle_for(bn: str | None) -> str:
@@ -204,10 +237,10 @@ def linestyle_for(bn: str | None) -> str:
     return _BN_LINESTYLES["none" if bn is None else bn]
 
 
-def marker_for(label: str, index: int = 0, methods: Sequence[str] = ()) -> str:
-    """The marker of a method, else the ``index``-th of a cycle of other markers;
-    ``methods`` as in :func:`color_for`."""
-    return _style(label, index, methods, _METHOD_MARKERS, _MARKER_CYCLE, _MARKER_CYCLE)
+def marker_for(label: str, index: int = 0) -> str:
+    """The marker of a method (as in :func:`color_for`), else the ``index``-th marker."""
+    style = _style_of(label)
+    return style.marker if style is not None else METHOD_MARKERS[index % len(METHOD_MARKERS)]
 
 
 @contextlib.contextmanager

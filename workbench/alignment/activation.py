@@ -10,6 +10,7 @@ from workbench.alignment.registry import register_method
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
+from workbench.figures import PALETTE
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import Permutation
 from workbench.validation import check_models, check_pass
@@ -28,7 +29,14 @@ def permutation_from_statistics(
     }
 
 
-@register_method("activation", needs_data=True, preserves_function=True, uses_statistics=True)
+@register_method(
+    "activation",
+    needs_data=True,
+    preserves_function=True,
+    uses_statistics=True,
+    color=PALETTE["green"],
+    marker="^",
+)
 def activation_matching(
     model_a: nn.Module,
     model_b: nn.Module,

@@ -47,6 +47,7 @@ from workbench.alignment.registry import register_method
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
+from workbench.figures import PALETTE
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import LinearMaps, general_groups
 from workbench.validation import check_models, check_number, check_pass
@@ -223,6 +224,8 @@ def _cca(
     search={"gamma": GAMMA_GRID},
     defaults={"gamma": DEFAULT_GAMMA},
     uses_statistics=True,
+    color=PALETTE["purple"],
+    marker="D",
 )
 def cca_linear_maps(
     model_a: nn.Module,

@@ -64,6 +64,7 @@ from workbench.alignment.registry import register_method
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
+from workbench.figures import PALETTE
 from workbench.graph import PermutationGroup, PermutationSpec, resolve_spec
 from workbench.graph.transforms import GroupMap, LinearMaps
 from workbench.validation import check_choice, check_int, check_models, check_number, check_pass
@@ -279,6 +280,8 @@ def _ot(
     defaults={"epsilon": DEFAULT_EPSILON},
     uses_statistics=True,
     any_width=True,
+    color=PALETTE["orange"],
+    marker="v",
 )
 def ot_maps(
     model_a: nn.Module,

@@ -39,6 +39,7 @@ from torch import nn
 
 from workbench.alignment.returned import check_aligned_models, check_merged_model
 from workbench.data import DataLike
+from workbench.figures import PALETTE, forget_method_style, set_method_style
 from workbench.graph import PermutationSpec
 from workbench.graph.transforms import (
     GroupMap,
@@ -276,9 +277,16 @@ def register_method(
     uses_statistics: bool = False,
     any_width: bool = False,
     quick: Mapping[str, Any] | None = None,
+    label: str | None = None,
+    color: str | None = None,
+    marker: str | None = None,
 ) -> Callable[[F], F]:
     """Register the decorated function as the alignment method ``name`` (see
     :class:`AlignmentMethod` for the arguments); the function is returned unchanged.
+
+    ``label``, ``color`` and ``marker``: how tables and figures show it (default the name,
+    and the first colour and marker no other method has:
+    :func:`~workbench.figures.set_method_style`).
 
     A name can be registered once; registering the same definition again (a notebook
     cell run twice) replaces it, anything else raises ``ValueError``: pick another name
@@ -307,6 +315,7 @@ def register_method(
                 f"unregister_method({name!r}) first."
             )
         _REGISTRY[name] = method
+        set_method_style(name, label, color, marker)
         return function
 
     return decorator
@@ -314,7 +323,9 @@ def register_method(
 
 def unregister_method(name: str) -> None:
     """Remove the method ``name`` from the registry."""
-    del _REGISTRY[get_method(name).name]
+    name = get_method(name).name
+    del _REGISTRY[name]
+    forget_method_style(name)
 
 
 def canonical_method(method: str) -> str:
@@ -356,7 +367,14 @@ def get_method(name: str) -> AlignmentMethod:
     return method
 
 
-@register_method("none", needs_data=False, preserves_function=True)
+@register_method(
+    "none",
+    needs_data=False,
+    preserves_function=True,
+    label="naive",
+    color=PALETTE["vermillion"],
+    marker="s",
+)
 def no_alignment(
     model_a: nn.Module, model_b: nn.Module, spec: PermutationSpec, data: DataLike | None = None
 ) -> Permutation:

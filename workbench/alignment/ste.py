@@ -51,6 +51,7 @@ from workbench.alignment.weight import weight_matching
 from workbench.batching import batches
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import check_fits
+from workbench.figures import PALETTE
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import Permutation, permute_state
 from workbench.modules import model_device
@@ -212,6 +213,8 @@ def _trajectory(
     preserves_function=True,
     defaults={"steps": STEPS, "lr": LR, "batch_size": BATCH_SIZE},
     quick={"steps": 10},
+    color=PALETTE["sky"],
+    marker="P",
 )
 def ste_matching(
     model_a: nn.Module,

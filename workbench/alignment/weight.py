@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from workbench.alignment.registry import register_method
 from workbench.data import DataLike
+from workbench.figures import PALETTE
 from workbench.graph import Axis, PermutationSpec, resolve_spec
 from workbench.graph.transforms import (
     Permutation,
@@ -97,7 +98,14 @@ def _similarity(w_a: torch.Tensor, w_b: torch.Tensor, ax: Axis, size: int) -> to
     return torch.block_diag(*(parts_a @ parts_b.transpose(1, 2)))
 
 
-@register_method("weight", needs_data=False, preserves_function=True, merger=merge_weight_matching)
+@register_method(
+    "weight",
+    needs_data=False,
+    preserves_function=True,
+    merger=merge_weight_matching,
+    color=PALETTE["blue"],
+    marker="o",
+)
 def weight_matching(
     model_a: nn.Module,
     model_b: nn.Module,

@@ -241,9 +241,9 @@ def plot_comparison(
             ax.plot(
                 rows["n_models"] + shift,
                 scale * rows[metric],
-                color=color_for(method, index, registry.methods()),
+                color=color_for(method, index),
                 linestyle=linestyle_for(bn),
-                marker=marker_for(method, index, registry.methods()),
+                marker=marker_for(method, index),
                 label=series_label(method, bn),
                 zorder=2,
             )

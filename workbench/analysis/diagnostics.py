@@ -33,7 +33,6 @@ from workbench.alignment import (
     match,
     matching_methods,
     method_key,
-    methods,
 )
 from workbench.analysis.engine import check_data, resolve_cache
 from workbench.analysis.lmc import LMCCurve, barrier_table, cached_curves, data_key, lmc_curves
@@ -209,7 +208,7 @@ def plot_matched_correlations(result: MatchedCorrelations, ax: Axes | None = Non
     with paper_style():
         for offset, stage, color in (
             (-0.18, "before", color_for("naive")),
-            (0.18, "after", color_for(result.method, methods=methods())),
+            (0.18, "after", color_for(result.method)),
         ):
             values = [getattr(result, stage)[g] for g in groups]
             positions = [i + offset for i in range(len(groups))]
@@ -358,7 +357,7 @@ def plot_partial_alignment(
                 labels[metric][1] * rows[metric],
                 marker="o",
                 linestyle="-" if split == "train" else "--",
-                color=color_for(result.method, methods=methods()),
+                color=color_for(result.method),
                 label=split,
             )
         ax.set_xticks(range(len(result.groups) + 1), ["none", *result.groups])

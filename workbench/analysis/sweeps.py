@@ -27,7 +27,6 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from workbench.alignment import registry
 from workbench.alignment.method_keys import method_key
 from workbench.analysis.engine import resolve_cache
 from workbench.analysis.lmc import (
@@ -122,12 +121,12 @@ def plot_sweep(
         for index, ((method, split), rows) in enumerate(groups):
             stats = rows.groupby(result.parameter)[metric].agg(["mean", "min", "max"]) * scale
             name = series_label(method, None, split if len(splits) > 1 else None)
-            color = color_for(method, index, registry.methods())
+            color = color_for(method, index)
             hollow = len(splits) > 1 and split == "train"
             ax.plot(
                 stats.index,
                 stats["mean"],
-                marker=marker_for(method, index, registry.methods()),
+                marker=marker_for(method, index),
                 markerfacecolor="white" if hollow else color,
                 color=color,
                 label=name,

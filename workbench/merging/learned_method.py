@@ -29,6 +29,8 @@ __all__ = ["np_merge_models"]
     needs_data=True,
     preserves_function=False,
     quick={"learn_steps": 20, "learn_eval_every": 5},
+    color="#882255",
+    marker="X",
 )
 def np_merge_models(
     models: Sequence[nn.Module],

@@ -231,6 +231,8 @@ def check_zip_options(alpha: Any, beta: Any, stop: Any, spec: PermutationSpec | 
     search={"alpha": ALPHA_GRID, "beta": BETA_GRID},
     defaults={"alpha": DEFAULT_ALPHA, "beta": DEFAULT_BETA},
     uses_statistics=True,
+    color="#44AA99",
+    marker="h",
 )
 def zipit_merge(
     models: Sequence[nn.Module],

@@ -8,7 +8,6 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from workbench.alignment import methods
 from workbench.analysis.lmc.result import LMCCurve
 from workbench.figures import (
     METRIC_LABELS,
@@ -87,13 +86,13 @@ def plot_curves(
     with paper_style():
         for index, curve in enumerate(curves):
             name = series_label(curve.label, curve.bn, curve.split if several_splits else None)
-            color = color_for(curve.label, index, methods())
+            color = color_for(curve.label, index)
             ax.plot(
                 curve.alphas,
                 _values(curve, metric),
                 color=color,
                 linestyle=linestyle_for(curve.bn),
-                marker=marker_for(curve.label, index, methods()),
+                marker=marker_for(curve.label, index),
                 markerfacecolor="white" if several_splits and curve.split == "train" else color,
                 label=name,
             )
@@ -149,7 +148,7 @@ def plot_bands(
                 low, high = mean - values.std(0), mean + values.std(0)
             else:
                 low, high = values.min(0), values.max(0)
-            color = color_for(label, index, methods())
+            color = color_for(label, index)
             extra = f"{split}, {len(members)} pairs" if several_splits else f"{len(members)} pairs"
             name = series_label(label, bn, extra)
             ax.plot(alphas, mean, color=color, linestyle=linestyle_for(bn), label=name)
