@@ -55,7 +55,7 @@ def compare(models, train, test, log) -> dict:
     rows["zipit"].update(
         chosen=point,
         validation=full.report.validation,
-        within_merges=full.model.zipit.within,
+        within_merges=full.report.details.within,
     )
     log(f"N={len(models)} full: {rows['zipit']['accuracy']} {point}")
     for where, stop in stops.items():

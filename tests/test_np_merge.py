@@ -194,6 +194,9 @@ def test_merge_many_runs_it(trained, tiny_train) -> None:
     named = wb.merge_many(trained[:2], tiny_train, "np_merge", seed=2, progress=False, **learn)
     assert states_equal(named.model.state_dict(), direct.model.state_dict())
     assert named.report.method == "np_merge"
+    # ... and its own report (curves, coefficients) is kept, not dropped
+    assert named.report.details.curves == direct.report.curves
+    assert named.report.details.coefficients == direct.report.coefficients
     assert wb.merge_many(trained[:2], tiny_train, progress=False).report.merge == "average"
     with pytest.raises(ValueError, match="merge must be one of"):
         wb.merge_many(trained[:2], tiny_train, merge="mean", progress=False)

@@ -1058,6 +1058,7 @@ EXCLUDED: dict[str, str] = {
             "LossPlane",
             "MatchedCorrelations",
             "MergeReport",
+            "Merged",
             "MergeResult",
             "Metrics",
             "PartialAlignment",

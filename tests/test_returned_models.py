@@ -22,7 +22,7 @@ from workbench import alignment, merging
 from workbench.alignment import registry
 
 PACKAGES = ("workbench", "workbench.merging", "workbench.alignment", "workbench.zoo")
-RETURNS_MODEL = ("Module", "MergeResult", "Ensemble", "TrainingRun")
+RETURNS_MODEL = ("Module", "Merged", "MergeResult", "Ensemble", "TrainingRun")
 # Returned models that are not results: a fresh, untrained model follows PyTorch's
 # convention (train mode, as torchvision's builders); resolve_layer returns a submodule of
 # the model given; get_method a registry entry.

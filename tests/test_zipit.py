@@ -52,13 +52,14 @@ def test_planted_permutations_merge_back_exactly(planted, tiny_train, count, alp
     model, spec, copies = planted
     models = [model, *copies][:count]
     before = [state_copy(m) for m in models]
-    merged = wb.zipit_merge(models, spec, tiny_train, alpha=alpha, beta=beta, progress=False)
+    found = wb.zipit_merge(models, spec, tiny_train, alpha=alpha, beta=beta, progress=False)
+    merged = found.model
     for m, state in zip(models, before, strict=True):
         assert_state_equal(m, state)
     x = tiny_train.images  # the units that never fire on them may pair with anything
     assert (outputs(merged, x) - outputs(model, x)).abs().max() < 1e-4
     if beta == 0:
-        assert all(sum(w) == 0 for w in merged.zipit.within.values())
+        assert all(sum(w) == 0 for w in found.report.within.values())
     # merged features follow model 0's order: the live units' weights are model 0's own
     conv1 = model.features.conv1.weight
     assert torch.allclose(merged.features.conv1.weight, conv1, atol=1e-6)
@@ -120,10 +121,10 @@ def test_within_model_merges_need_a_budget(tiny_train) -> None:
     models = [tiny(6), tiny(7)]
     spec = permutation_spec(models[0], tiny_train.images[:2])
     allowed = wb.zipit_merge(models, spec, tiny_train, alpha=1.0, beta=1.0, progress=False)
-    assert sum(sum(w) for w in allowed.zipit.within.values()) > 0
+    assert sum(sum(w) for w in allowed.report.within.values()) > 0
     refused = wb.zipit_merge(models, spec, tiny_train, alpha=1.0, beta=0.0, progress=False)
-    assert all(w == [0, 0] for w in refused.zipit.within.values())
-    assert set(refused.zipit.overruns.values()) == {0}
+    assert all(w == [0, 0] for w in refused.report.within.values())
+    assert set(refused.report.overruns.values()) == {0}
 
 
 def test_partial_zipping(shipped_pair, tiny_train, mnist_test) -> None:
@@ -144,7 +145,8 @@ def test_partial_zipping(shipped_pair, tiny_train, mnist_test) -> None:
         k: wb.evaluate(m, test).accuracy for k, m in [("first", first.model), ("full", full)]
     }
     assert accuracy["first"] >= accuracy["full"] - 0.02
-    assert first.model.zipit.stop == names[0] and first.model.zipit.zipped == names[:1]
+    assert first.report.details.stop == names[0] and first.report.details.zipped == names[:1]
+    assert not hasattr(first.model, "zipit")  # the report is in the result, not on the model
     # the trunk is shared: one BatchNorm for both heads, reset once; RESET works on it
     reset = wb.reset_bn(first.model, tiny_train)
     assert (outputs(reset, x) - outputs(first.model, x)).abs().max() < 1e-4
@@ -182,8 +184,9 @@ def test_groups_that_take_only_permutations_are_permuted_and_reported(tiny_train
     spec = permutation_spec(model, tiny_train.images[:2])
     copy = wb.apply_permutation(model, spec, wb.random_permutation(spec, 1))
     with pytest.warns(UserWarning, match="could not zip"):
-        merged = wb.zipit_merge([model, copy], spec, tiny_train, progress=False)
-    assert set(merged.zipit.permuted) == set(spec.groups) and not merged.zipit.zipped
+        found = wb.zipit_merge([model, copy], spec, tiny_train, progress=False)
+    assert set(found.report.permuted) == set(spec.groups) and not found.report.zipped
+    merged = found.model
     x = tiny_train.images
     assert (outputs(merged, x) - outputs(model, x)).abs().max() < 1e-4
 
@@ -212,7 +215,7 @@ def test_bad_input_is_refused_before_any_data_pass(shipped_pair, tiny_train, mon
         wb.zipit([pair[0], other], tiny_train)
     with pytest.raises(ValueError):
         wb.zipit_merge([pair[0], other], None, tiny_train)
-    with pytest.raises(ValueError, match="REPAIR"):
+    with pytest.raises(ValueError, match="bn='repair' corrects towards the endpoints"):
         wb.zipit(pair, tiny_train, bn="repair")
 
 

@@ -13,6 +13,7 @@ from workbench.alignment.method_keys import method_key
 from workbench.alignment.ot import ot_fusion, ot_maps
 from workbench.alignment.registry import (
     AlignmentMethod,
+    Merged,
     canonical_method,
     get_method,
     matching_methods,
@@ -45,6 +46,7 @@ __all__ = [
     "GroupMap",
     "GroupStatistics",
     "LinearMaps",
+    "Merged",
     "Permutation",
     "activation_matching",
     "align",

@@ -18,7 +18,8 @@ square matrix taking B's channels into A's space, or a
 channels). A ``kind="merge"`` method merges N models at once into a space of its own
 (ZipIt!, NP Merge), so it has no "B in A's space": it is called as
 ``function(models, spec=spec, data=data, **options)`` and returns the merged model
-(before BatchNorm handling), serves :func:`~workbench.merge_many` and
+(before BatchNorm handling), or a :class:`Merged` holding it and the method's own report,
+which :func:`~workbench.merge_many` puts in ``result.report.details``; serves :func:`~workbench.merge_many` and
 :func:`~workbench.compare_methods`, and is refused by the pairwise consumers (alignment,
 LMC curves, planes, diagnostics; :func:`pairwise_methods` lists the others). Hyperparameters the method wants chosen on held-out data are declared with
 ``search`` (a grid per name); :func:`~workbench.merge_many` tries them on a validation
@@ -52,6 +53,7 @@ from workbench.graph.transforms import (
 
 __all__ = [
     "AlignmentMethod",
+    "Merged",
     "accepted_options",
     "canonical_method",
     "get_method",
@@ -90,6 +92,16 @@ def accepted_options(function: Callable, options: Mapping[str, Any]) -> dict[str
     """The entries of ``options`` that ``function`` takes as keyword arguments (all of
     them if it takes ``**kwargs``): one call can then configure several methods."""
     return {name: value for name, value in options.items() if takes(function, name)}
+
+
+@dataclass(frozen=True)
+class Merged:
+    """What a ``kind="merge"`` method returns: the merged ``model`` (before BatchNorm
+    handling) and the method's own ``report`` (ZipIt!'s :class:`ZipReport`, NP Merge's
+    validation curves and coefficients; ``None`` if it has none)."""
+
+    model: nn.Module
+    report: Any = None
 
 
 @dataclass(frozen=True)
@@ -235,14 +247,16 @@ class AlignmentMethod:
         spec: PermutationSpec,
         data: DataLike | None = None,
         **options: Any,
-    ) -> nn.Module:
-        """Run a ``kind="merge"`` method (``defaults`` filled in): the merged model."""
+    ) -> Merged:
+        """Run a ``kind="merge"`` method (``defaults`` filled in): the merged model and the
+        method's report (a bare model returned by the method has none)."""
         if self.kind != "merge":
             raise ValueError(f"method={self.name!r} is a {self.kind} method, not a merge.")
-        merged = self.function(list(models), spec=spec, data=data, **{**self.defaults, **options})
+        found = self.function(list(models), spec=spec, data=data, **{**self.defaults, **options})
+        found = found if isinstance(found, Merged) else Merged(found)
         where = f"Alignment method {self.name!r} ({_qualified_name(self.function)})"
-        check_merged_model(where, models, merged, data)
-        return merged
+        check_merged_model(where, models, found.model, data)
+        return found
 
     def run_merger(
         self, models: Sequence[nn.Module], spec: PermutationSpec, **options: Any

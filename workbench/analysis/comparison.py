@@ -43,7 +43,7 @@ from workbench.figures import (
 from workbench.fingerprints import data_fingerprint, fingerprints
 from workbench.merging import check_bn, ensemble, get_bn, merge_many
 from workbench.merging.ensemble import COMBINE
-from workbench.merging.many import renamed_options
+from workbench.merging.pipeline import renamed_options
 
 __all__ = ["COLUMNS", "ENSEMBLES", "REFERENCES", "compare_methods", "plot_comparison"]
 

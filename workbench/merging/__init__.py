@@ -10,13 +10,8 @@ of the same models, the ceiling a merge is measured against
 from workbench.merging.ensemble import Ensemble, ensemble
 from workbench.merging.learned import np_merge
 from workbench.merging.learned_method import np_merge_models
-from workbench.merging.many import (
-    GAMMA_GRID,
-    MergeReport,
-    MergeResult,
-    cca_merge,
-    merge_many,
-)
+from workbench.merging.many import GAMMA_GRID, cca_merge, merge_many
+from workbench.merging.pipeline import MergeReport, MergeResult
 from workbench.merging.renorm import (
     BatchNormHandling,
     bn_modes,

@@ -50,13 +50,13 @@ from workbench.batching import batches
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import check_fits, evaluate
 from workbench.graph import PermutationSpec, resolve_spec
-from workbench.merging.many import (
+from workbench.merging.pipeline import (
     MergeReport,
     MergeResult,
-    _align_all,
-    _check_data_arguments,
-    _check_inputs,
-    _split,
+    align_all,
+    check_data_arguments,
+    check_inputs,
+    validation_split,
 )
 from workbench.merging.renorm import check_bn, get_bn
 from workbench.merging.weights import average
@@ -306,7 +306,7 @@ def np_merge(
     models = list(models)
     handling = get_bn(check_bn(bn, no_endpoints="learned per-entry coefficients have none"))
     found = get_method(align)
-    bn = _check_inputs(models, bn, options, found.name)
+    bn = check_inputs(models, bn, options, found.name)
     check_choice("combine", combine, COMBINE)
     s = _Settings(
         steps=check_int("steps", steps, minimum=0),
@@ -320,7 +320,7 @@ def np_merge(
         progress=bool(progress),
     )
     check_number("data_fraction", data_fraction, low=0.0, high=1.0, low_inclusive=False)
-    _check_data_arguments(models[0], data, val_data, val_fraction, max_batches)
+    check_data_arguments(models[0], data, val_data, val_fraction, max_batches)
     check_fits(models[0], data, "training data")  # its labels, all of them, before any step
     points = grid_points(found.search_space(options))
     fit = data
@@ -330,7 +330,7 @@ def np_merge(
                 "NP Merge stops early on a validation split, and a DataLoader cannot be "
                 "split: pass val_data= (held-out training data, never the test set)."
             )
-        fit, val_data = _split(data, val_data, val_fraction)
+        fit, val_data = validation_split(data, val_data, val_fraction)
     if reference == "best":
         accuracies = [evaluate(m, val_data, eval_batch_size).accuracy for m in models]
         reference = max(range(len(models)), key=accuracies.__getitem__)
@@ -349,7 +349,7 @@ def np_merge(
         return model
 
     def aligned_for(point: dict[str, Any]) -> list[nn.Module]:
-        return _align_all(models, reference, found, fit, spec, {**common, **point}, statistics)
+        return align_all(models, reference, found, fit, spec, {**common, **point}, statistics)
 
     scores: dict[str, float] = {}
     if len(points) > 1:  # the alignment's own hyperparameters, on the plain average

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from workbench.alignment.registry import register_method
+from workbench.alignment.registry import Merged, register_method
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec
 from workbench.merging.learned import np_merge
@@ -51,9 +51,10 @@ def np_merge_models(
     batch_size: int = 500,
     max_batches: int | None = None,
     progress: bool = True,
-) -> nn.Module:
+) -> Merged:
     """The registered ``"np_merge"``: :func:`~workbench.merging.learned.np_merge` of
-    ``models`` aligned by ``learn_align`` (its report: call ``np_merge`` itself), with
+    ``models`` aligned by ``learn_align`` (its report, with the validation curves and
+    coefficients, in ``merge_many``'s ``result.report.details``), with
     its BatchNorm handling ``bn``; a ``learn_<name>`` option is its ``<name>``, and
     ``None`` keeps its default. ``val_data``: the held-out split it stops early on
     (``merge_many`` passes its own; default a split carved from ``data``)."""
@@ -72,4 +73,4 @@ def np_merge_models(
         eval_batch_size=batch_size,
         max_batches=max_batches, progress=progress, **learning,
     )  # fmt: skip
-    return found.model
+    return Merged(found.model, found.report)

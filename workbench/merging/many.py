@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from torch import nn
-from torch.utils.data import DataLoader
 
-from workbench.alignment.api import align, other_width_spec
 from workbench.alignment.cca import GAMMA_GRID
-from workbench.alignment.options import check_options
 from workbench.alignment.registry import (
     AlignmentMethod,
     accepted_options,
@@ -38,24 +34,27 @@ from workbench.alignment.registry import (
     pairwise_methods,
 )
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
-from workbench.data import DataLike, train_val_split
-from workbench.evaluation import check_fits, evaluate
+from workbench.data import DataLike
+from workbench.evaluation import evaluate
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import general_groups
+from workbench.merging.learned import np_merge
+from workbench.merging.pipeline import (
+    MergeReport,
+    MergeResult,
+    align_all,
+    check_data_arguments,
+    check_inputs,
+    fix_statistics,
+    renamed_options,
+    validation_split,
+)
 from workbench.merging.renorm import check_bn, get_bn
 from workbench.merging.weights import average
 from workbench.tuning import grid_points, validation_search
-from workbench.validation import check_choice, check_int, check_models, check_number
+from workbench.validation import check_choice, check_int
 
-__all__ = [
-    "GAMMA_GRID",
-    "MERGES",
-    "MergeReport",
-    "MergeResult",
-    "cca_merge",
-    "merge_many",
-    "renamed_options",
-]
+__all__ = ["GAMMA_GRID", "MERGES", "cca_merge", "merge_many"]
 
 MERGES = ("average", "learned")
 # NP Merge's learning options, which merge_many takes as ``learn_<name>`` (its own
@@ -69,152 +68,6 @@ _LEARNED_OPTIONS = (
     "eval_every",
     "patience",
 )
-
-
-@dataclass
-class MergeReport:
-    """How a merged model was made: method, reference index, BN handling, the method's
-    hyperparameters (chosen on validation or given; ``gamma``: CCA's ridge, kept apart
-    for the code that reads it) with the validation accuracy of each candidate, the
-    groups a linear method could only permute, seconds. ``merge``: ``"average"`` or
-    ``"learned"`` (NP Merge, :func:`~workbench.merging.learned.np_merge`), which also
-    fills ``curves`` (the validation curve of each learning problem: step, loss,
-    accuracy) and ``coefficients`` (problem -> layer -> quantiles of the learned
-    coefficients, their mean, spread and mean distance from the start ``init``)."""
-
-    method: str
-    num_models: int
-    reference: int
-    bn: str
-    gamma: float | None = None
-    validation: dict[str, float] = field(default_factory=dict)
-    permuted_groups: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    merge: str = "average"
-    curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-    coefficients: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    """A merged ``model`` and the ``report`` of how it was made."""
-
-    model: nn.Module
-    report: MergeReport
-
-
-def renamed_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with former names replaced: ``gammas=<values>`` is ``gamma=<values>``."""
-    options = dict(options)
-    gammas = options.pop("gammas", None)
-    if gammas is not None and options.get("gamma") is None:
-        options["gamma"] = tuple(gammas)
-    return options
-
-
-def _check_inputs(
-    models: Sequence[nn.Module],
-    bn: str | None,
-    options: dict,
-    method: str,
-    any_width: bool = False,
-) -> str:
-    """Refuse bad models, BatchNorm handling or options before any work; returns the
-    handling's registered name (``None`` -> ``"none"``)."""
-    if len(models) < 2:
-        raise ValueError(f"Need at least 2 models to merge, got {len(models)}.")
-    if any_width:  # one architecture in several widths: each model checked on its own
-        for i, model in enumerate(models):
-            check_models(model, f"model {i}")
-    else:
-        check_models(models)
-    bn = check_bn(bn, models[0])
-    check_options([method], options)
-    return bn
-
-
-def _check_data_arguments(
-    model: nn.Module,
-    data: DataLike | None,
-    val_data: DataLike | None,
-    val_fraction: float,
-    max_batches: int | None,
-) -> None:
-    """Refuse a bad validation fraction, pass limit or dataset before any work: the
-    labels of ``val_data``, and of ``data`` where it has them (a validation split may be
-    carved from it), are checked whole now, not when a search first reads them."""
-    check_number("val_fraction", val_fraction, low=0.0, high=1.0, low_inclusive=False)
-    if max_batches is not None:
-        check_int("max_batches", max_batches, minimum=1)
-    for name, value, labels in (("data", data, None), ("val_data", val_data, True)):
-        if value is not None:
-            check_fits(model, value, name, labels=labels)
-
-
-def _align_all(
-    models: Sequence[nn.Module],
-    reference: int,
-    method: AlignmentMethod,
-    data: DataLike | None,
-    spec: PermutationSpec,
-    options: dict[str, Any],
-    statistics: dict[int, dict[str, GroupStatistics]],
-) -> list[nn.Module]:
-    """``models`` in one neuron order: the method's N-model merger, else each model
-    aligned to the reference. ``statistics`` keeps each pair's activation statistics
-    across the points of a search, for methods that take them."""
-    if method.merger is not None:
-        return method.run_merger(models, spec, **options)
-    method.check_pairwise()
-    ref, aligned = models[reference], []
-    for i, model in enumerate(models):
-        if i == reference:
-            aligned.append(model)
-            continue
-        extra = {}
-        if method.uses_statistics:
-            if i not in statistics:
-                passes = {k: options[k] for k in ("batch_size", "max_batches", "progress")}
-                specs = [spec, other_width_spec(model, spec, data) or spec]
-                statistics[i] = collect_statistics([ref, model], data, spec, specs=specs, **passes)
-            extra["statistics"] = statistics[i]
-        found = accepted_options(method.function, {**options, **extra})
-        aligned.append(align(ref, model, method.name, data, spec, **found))
-    return aligned
-
-
-def _fix_statistics(
-    merged: nn.Module,
-    aligned: Sequence[nn.Module],
-    bn: str,
-    data: DataLike,
-    spec: PermutationSpec,
-    batch_size: int,
-    max_batches: int | None,
-) -> nn.Module:
-    """``merged`` (the uniform average of ``aligned``, or a merge method's model when
-    ``aligned`` is empty) corrected by the BatchNorm handling ``bn``."""
-    endpoints = list(aligned) or [merged]
-    weights = [1.0 / len(endpoints)] * len(endpoints)
-    return get_bn(bn).apply(
-        merged, endpoints, weights, data, spec=spec, batch_size=batch_size, max_batches=max_batches
-    )
-
-
-def _split(data: DataLike, val_data: DataLike | None, val_fraction: float):
-    if val_data is not None:
-        return data, val_data
-    if isinstance(data, DataLoader):
-        raise ValueError(
-            "Choosing the reference or the method's hyperparameters (e.g. CCA's gamma) needs "
-            "a validation split; a DataLoader cannot be split: pass val_data= (never the test "
-            "set), or fix reference= and the hyperparameters (e.g. gamma=0.1)."
-        )
-    return train_val_split(data, val_fraction)
 
 
 def merge_many(
@@ -280,7 +133,7 @@ def merge_many(
     started = time.perf_counter()
     models = list(models)
     options = renamed_options(options)
-    bn = _check_inputs(models, bn, options, found.name, any_width=found.any_width)
+    bn = check_inputs(models, bn, options, found.name, any_width=found.any_width)
     if isinstance(reference, str) and reference != "best":
         raise ValueError(
             f"reference must be 'best' or a model index in [0, {len(models) - 1}], got "
@@ -290,13 +143,13 @@ def merge_many(
         reference = check_int("reference", reference, 0, len(models) - 1)
     check_int("seed", seed)
     check_int("batch_size", batch_size, minimum=1)
-    _check_data_arguments(models[0], data, val_data, val_fraction, max_batches)
+    check_data_arguments(models[0], data, val_data, val_fraction, max_batches)
     points = grid_points(found.search_space(options))
     needs_val = reference == "best" or len(points) > 1
     if data is None and (found.needs_data or get_bn(bn).needs_data or needs_val):
         raise ValueError(f"method={found.name!r} with bn={bn!r} needs data (training data).")
     if needs_val:
-        data, val_data = _split(data, val_data, val_fraction)
+        data, val_data = validation_split(data, val_data, val_fraction)
     if reference == "best":
         scores = [evaluate(m, val_data, batch_size).accuracy for m in models]
         reference = max(range(len(models)), key=scores.__getitem__)
@@ -310,6 +163,7 @@ def merge_many(
     }
     statistics: dict[int, dict[str, GroupStatistics]] = {}
     joint: dict[str, GroupStatistics] = {}  # of all the models, for a merge method
+    details: dict[str, Any] = {}  # a merge method's own report, per point of the search
 
     def build(point: dict[str, Any]) -> nn.Module:
         if found.kind == "merge":  # one that takes bn= handles BatchNorm itself
@@ -320,12 +174,13 @@ def merge_many(
             given = {**common, "bn": bn, "val_data": val_data, **point, **extra}
             given = accepted_options(found.function, given)
             merged = found.merge(models, spec, data, **given)
+            details[repr(point)] = merged.report
             if "bn" in given:
-                return merged
-            return _fix_statistics(merged, [], bn, data, spec, batch_size, max_batches)
-        aligned = _align_all(models, reference, found, data, spec, {**common, **point}, statistics)
+                return merged.model
+            return fix_statistics(merged.model, [], bn, data, spec, batch_size, max_batches)
+        aligned = align_all(models, reference, found, data, spec, {**common, **point}, statistics)
         merged = average(aligned)
-        return _fix_statistics(merged, aligned, bn, data, spec, batch_size, max_batches)
+        return fix_statistics(merged, aligned, bn, data, spec, batch_size, max_batches)
 
     desc = f"{found.name}: {', '.join(found.search)}"
     search = validation_search(
@@ -341,13 +196,12 @@ def merge_many(
         permuted_groups=_permuted_groups(found, models[reference], spec),
         seconds=time.perf_counter() - started,
         hyperparameters=search.point,
+        details=details.get(repr(search.point)),
     )
     return MergeResult(search.model, report)
 
 
 def _learned(models, data, method: AlignmentMethod, **options) -> MergeResult:
-    from workbench.merging.learned import np_merge  # learned.py builds on this module
-
     if method.kind == "merge":
         raise ValueError(
             f"merge='learned' learns how to combine aligned models, and method="

@@ -62,13 +62,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.alignment.registry import register_method
+from workbench.alignment.registry import Merged, register_method
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import GroupMap, transform_state
-from workbench.merging.many import MergeResult, merge_many
+from workbench.merging.many import merge_many
+from workbench.merging.pipeline import MergeResult
 from workbench.merging.zipping_match import correlation_of, merge_matrices, zip_features
 from workbench.merging.zipping_partial import check_stop, split_models
 from workbench.modules import clone
@@ -247,14 +248,15 @@ def zipit_merge(
     max_batches: int | None = None,
     progress: bool = True,
     seed: int = 0,
-) -> nn.Module:
+) -> Merged:
     """The ZipIt! merge of ``models`` (N >= 2, one architecture) on ``data`` (module
     docstring), before BatchNorm handling: reset its statistics (RESET, as
     :func:`~workbench.merge_many` does) before use. ``alpha`` in [0, 1] weights
     within-model merges, ``beta`` in [0, 1] is their budget; ``stop`` the last group to
     zip (None: all), after which every model keeps its own layers
-    (:func:`~workbench.merging.zipping_partial.split_models`). The result carries its
-    :class:`ZipReport` as ``.zipit``; groups only permuted are also warned about.
+    (:func:`~workbench.merging.zipping_partial.split_models`). Returns the merged model and
+    its :class:`ZipReport` (``.model``, ``.report``); groups only permuted are also warned
+    about.
     ``statistics``: the joint statistics of ``models`` on ``data``
     (:func:`~workbench.alignment.statistics.collect_statistics`), when the caller has them.
     ``seed`` is accepted for the registry's uniform call; the merge is deterministic.
@@ -294,9 +296,7 @@ def zipit_merge(
             transformed.load_state_dict(state)
             own.append(transformed)
         merged = split_models(merged, own, spec, names)
-    merged.eval()
-    merged.zipit = report
-    return merged
+    return Merged(merged.eval(), report)
 
 
 def zipit(
@@ -316,7 +316,7 @@ def zipit(
     :func:`~workbench.merge_many`: ``alpha`` and ``beta`` left out (``None``) or given as
     several values are chosen on a validation split (``val_data``, or a ``val_fraction``
     of ``data``; never test data), and ``result.report.hyperparameters`` says which;
-    ``result.model.zipit`` is the :class:`ZipReport`. ``stop``: the last group to zip (a
+    ``result.report.details`` is the :class:`ZipReport`. ``stop``: the last group to zip (a
     multi-head model after it). Other options as in ``merge_many``."""
     check_zip_options(alpha, beta, None, None)
     if len(list(models)) < 2:
