@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import workbench as wb
 from workbench import batching
-from workbench import data as wb_data
+from workbench.data import mnist5k
 
 
 def _rows(images: torch.Tensor) -> set[bytes]:
@@ -45,7 +45,7 @@ def test_mnist5k_split_is_stratified(mnist_train, mnist_test):
 
 def test_mnist5k_is_deterministic(mnist_train, mnist_test):
     # Re-read the source file so that the second load does not share the cached arrays.
-    wb_data._embedded_arrays.cache_clear()
+    mnist5k.arrays.cache_clear()
     train2 = wb.load_dataset("mnist-5k", "train")
     test2 = wb.load_dataset("mnist-5k", "test")
     assert torch.equal(train2.images, mnist_train.images)
@@ -123,8 +123,8 @@ def test_digits_shapes_and_split():
 # --- dataset_info / load_dataset errors ---------------------------------------------------
 
 
-def test_list_datasets_and_info():
-    names = wb.list_datasets()
+def test_datasets_and_info():
+    names = wb.datasets()
     for name in ("mnist-5k", "digits", "mnist", "fashion-mnist", "cifar10", "cifar100"):
         assert name in names
     for name in names:
@@ -133,6 +133,11 @@ def test_list_datasets_and_info():
         assert len(info.mean) == len(info.std) == info.in_channels
     assert wb.dataset_info("cifar100").num_classes == 100
     assert wb.dataset_info("cifar10").in_channels == 3
+
+
+def test_list_datasets_is_the_old_name_of_datasets():
+    with pytest.warns(FutureWarning, match=r"renamed datasets\(\)"):
+        assert wb.list_datasets() == wb.datasets()
 
 
 def test_unknown_dataset_lists_choices():

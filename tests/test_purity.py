@@ -783,6 +783,13 @@ def train_val_split(inp: Inputs) -> None:
     wb.train_val_split(inp.train, 0.2)
 
 
+@case("as_image_dataset")
+def as_image_dataset(inp: Inputs) -> None:
+    wb.as_image_dataset(inp.train)
+    wb.as_image_dataset(inp.test, split="val")  # shares the tensors: must not touch them
+    wb.as_image_dataset(torch.utils.data.Subset(inp.train, range(20)), progress=False)
+
+
 @case("partition")
 def partition(inp: Inputs) -> None:
     for how in ("disjoint", "dirichlet"):
@@ -1078,10 +1085,12 @@ EXCLUDED: dict[str, str] = {
     **dict.fromkeys(
         [
             "alpha_grid",
+            "architectures",
             "cache_dir",
             "canonical_method",
             "create_model",
             "dataset_info",
+            "datasets",
             "default_cache",
             "default_device",
             "get_bn",
@@ -1096,11 +1105,15 @@ EXCLUDED: dict[str, str] = {
             "methods",
             "pairwise_methods",
             "read_metadata",
+            "register_architecture",
             "register_bn",
+            "register_dataset",
             "register_method",
             "shipped_models_dir",
             "small_image_transforms",
+            "unregister_architecture",
             "unregister_bn",
+            "unregister_dataset",
             "unregister_method",
         ],
         _NO_MODEL,

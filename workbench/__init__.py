@@ -3,7 +3,7 @@
 The public API, re-exported from the rooms that implement it::
 
     import workbench as wb
-    train = wb.load_dataset("mnist-5k", "train")
+    train = wb.load_dataset("mnist-5k", "train")  # wb.datasets() lists the names
     model_a, model_b = wb.load_quickstart_models(seeds=(0, 1))
     curve = wb.lmc_curve(model_a, model_b, train, alphas=11, bn="reset")
     curve.barrier, curve.accuracy_barrier
@@ -63,10 +63,14 @@ from workbench.data import (
     DatasetInfo,
     DatasetUnavailableError,
     TensorImageDataset,
+    as_image_dataset,
     dataset_info,
+    datasets,
     list_datasets,
     load_dataset,
+    register_dataset,
     train_val_split,
+    unregister_dataset,
 )
 from workbench.evaluation import Metrics, evaluate, per_part_accuracy
 from workbench.fingerprints import fingerprint
@@ -101,7 +105,13 @@ from workbench.training import (
     training_run,
     training_runs,
 )
-from workbench.zoo import create_model, list_models
+from workbench.zoo import (
+    architectures,
+    create_model,
+    list_models,
+    register_architecture,
+    unregister_architecture,
+)
 
 __version__ = importlib.metadata.version("merge-workbench")
 
@@ -149,6 +159,8 @@ __all__ = [
     "analysis",
     "apply_linear_maps",
     "apply_permutation",
+    "architectures",
+    "as_image_dataset",
     "average",
     "barrier_table",
     "bn_modes",
@@ -161,6 +173,7 @@ __all__ = [
     "create_model",
     "curves_frame",
     "dataset_info",
+    "datasets",
     "default_cache",
     "default_device",
     "ensemble",
@@ -197,7 +210,9 @@ __all__ = [
     "random_permutation",
     "random_translate",
     "read_metadata",
+    "register_architecture",
     "register_bn",
+    "register_dataset",
     "register_method",
     "render_channels",
     "repair",
@@ -212,7 +227,9 @@ __all__ = [
     "train_val_split",
     "training_run",
     "training_runs",
+    "unregister_architecture",
     "unregister_bn",
+    "unregister_dataset",
     "weight_matching",
     "widgets",
     "write_csv",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import importlib.metadata
 import json
 import os
@@ -24,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 from torch import nn
 
+from workbench.data import DatasetInfo, dataset_info, datasets
 from workbench.files import refuse_existing, write_safetensors
 from workbench.zoo import ARCHITECTURE_ATTR, create_model
 
@@ -33,6 +35,7 @@ __all__ = [
     "load_checkpoint",
     "load_quickstart_models",
     "read_metadata",
+    "recorded_dataset_info",
     "save_checkpoint",
     "shipped_models_dir",
 ]
@@ -47,6 +50,20 @@ def checkpoint_metadata(model: nn.Module) -> dict[str, Any]:
     seed, metrics, versions; a copy), or ``{}`` for a model that was not loaded with
     :func:`load_checkpoint`. Copies of the model (aligned, merged) keep it."""
     return copy.deepcopy(getattr(model, _METADATA_ATTR, {}))
+
+
+def recorded_dataset_info(model: nn.Module) -> DatasetInfo | None:
+    """What ``model``'s checkpoint says about its inputs: the :class:`DatasetInfo` recorded
+    in it (``"dataset_info"``), else that of its ``"dataset"`` when that name is registered
+    here, else ``None`` (no checkpoint, an unknown dataset, an unreadable record). Never
+    raises: whoever asks (a spec's example input, feature visualization) has defaults."""
+    metadata = getattr(model, _METADATA_ATTR, {})
+    recorded = metadata.get("dataset_info")
+    if isinstance(recorded, dict):
+        with contextlib.suppress(TypeError, ValueError):
+            return DatasetInfo(**recorded)
+    name = metadata.get("dataset")
+    return dataset_info(name) if isinstance(name, str) and name in datasets() else None
 
 
 class CheckpointError(ValueError):
@@ -87,7 +104,9 @@ def save_checkpoint(
     The architecture recorded by :func:`workbench.create_model` is stored automatically;
     for another model pass ``architecture={"name": ..., ...}`` or load it later with
     ``load_checkpoint(path, model=...)``. Useful metadata: ``dataset``, ``seed``,
-    ``metrics``. An existing file is kept unless ``overwrite=True``, also against another
+    ``metrics``. A registered ``dataset`` also records its :class:`DatasetInfo` (classes,
+    image size, channels, normalization) as ``dataset_info`` unless given, so that the
+    checkpoint describes its inputs where that name is unknown. An existing file is kept unless ``overwrite=True``, also against another
     process saving to the same path at the same time (exactly one of them succeeds, the
     other gets ``FileExistsError``); the write is atomic, so an interrupted save never
     leaves a half-written checkpoint behind (:mod:`workbench.files`).
@@ -100,6 +119,13 @@ def save_checkpoint(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     _check_finite(state, path)
     architecture = metadata.pop("architecture", getattr(model, ARCHITECTURE_ATTR, None))
+    info = metadata.get("dataset_info")
+    if info is None and isinstance(metadata.get("dataset"), str):
+        info = dataset_info(metadata["dataset"]) if metadata["dataset"] in datasets() else None
+    if isinstance(info, DatasetInfo):
+        info = dataclasses.asdict(info)
+    if info is not None:
+        metadata["dataset_info"] = info
     document = {
         "format": FORMAT,
         "architecture": architecture,

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from workbench.data import TensorImageDataset, _targets
+from workbench.data import TensorImageDataset
+from workbench.data.images import class_labels
 from workbench.validation import check_choice, check_data, check_int, check_number
 
 __all__ = ["SPLITS", "partition"]
@@ -64,7 +65,7 @@ def partition(
     check_choice("how", how, SPLITS)
     alpha = check_number("alpha", alpha, low=0.0, low_inclusive=False)
     seed = check_int("seed", seed)
-    labels = _targets(dataset)
+    labels = class_labels(dataset)
     classes = np.unique(labels)
     if len(classes) and classes[0] < 0:
         raise ValueError(

@@ -21,7 +21,7 @@ from workbench.cli.commands import (
     run_train,
 )
 from workbench.cli.outputs import check_outputs
-from workbench.data import DatasetUnavailableError
+from workbench.data import DatasetUnavailableError, datasets
 from workbench.files import check_writable_dir
 from workbench.merging import bn_modes
 
@@ -32,10 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``workbench`` command."""
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    dataset_help = (
+        f"a registered dataset: {', '.join(datasets())}, or one registered with "
+        "workbench.register_dataset in the process that runs the command"
+    )
 
     train = sub.add_parser("train", help="train models that differ only by seed and save them")
     train.add_argument("arch", help="architecture, e.g. cnn, vgg11_bn, resnet20, tv:resnet18")
-    train.add_argument("--dataset", default="mnist-5k")
+    train.add_argument("--dataset", default="mnist-5k", help=dataset_help)
     train.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     train.add_argument("--width", type=float, default=1)
     train.add_argument("--epochs", type=int, default=15)
@@ -87,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=run_demo)
 
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--dataset", default="mnist-5k")
+    common.add_argument("--dataset", default="mnist-5k", help=dataset_help)
     common.add_argument(
         "--out", default=figures.EXPORT_DIR, help="folder for figures and CSV tables"
     )

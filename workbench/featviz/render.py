@@ -39,8 +39,7 @@ from tqdm.auto import tqdm
 
 from workbench import validation
 from workbench.cache import ResultCache, default_cache
-from workbench.checkpoints import checkpoint_metadata
-from workbench.data import dataset_info
+from workbench.checkpoints import recorded_dataset_info
 from workbench.fingerprints import fingerprint
 from workbench.modules import eval_mode, model_device
 
@@ -98,7 +97,7 @@ def check_channels(model: nn.Module, layer: str, channels: int | Sequence[int]) 
 
 def input_format(model: nn.Module, size: int | None = None) -> tuple[int, int, tuple, tuple]:
     """``(in_channels, size, mean, std)`` of the images ``model`` expects: channels from
-    its first conv, size and normalization from its checkpoint's dataset when known
+    its first conv, size and normalization from its checkpoint's record when known
     (else 28 pixels for one channel, 32 for three, and no normalization)."""
     first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if first is None:
@@ -106,11 +105,10 @@ def input_format(model: nn.Module, size: int | None = None) -> tuple[int, int, t
             f"{type(model).__name__} has no Conv2d: feature visualization needs images."
         )
     in_channels = first.in_channels
-    dataset = checkpoint_metadata(model).get("dataset")
+    info = recorded_dataset_info(model)
     mean, std = (0.0,) * in_channels, (1.0,) * in_channels
     default = 28 if in_channels == 1 else 32
-    if dataset:
-        info = dataset_info(dataset)
+    if info is not None and info.in_channels == in_channels:
         mean, std, default = info.mean, info.std, info.image_size
     return in_channels, size or default, tuple(mean), tuple(std)
 

@@ -11,8 +11,8 @@ import torch
 from torch import fx, nn
 
 from workbench.batching import batches
-from workbench.checkpoints import checkpoint_metadata
-from workbench.data import DataLike, dataset_info
+from workbench.checkpoints import recorded_dataset_info
+from workbench.data import DataLike
 from workbench.graph.labels import FIXED, GraphLabels, Label
 from workbench.graph.rules import (
     FUNCTION_RULES,
@@ -222,8 +222,9 @@ def permutation_spec(
 
 
 def example_input_for(model: nn.Module, data: DataLike | None = None) -> torch.Tensor:
-    """A batch of two inputs for tracing ``model``: from ``data`` when given, else zeros of
-    the size the model was trained on (its checkpoint metadata), 32x32 by default."""
+    """A batch of two inputs for tracing ``model``: from ``data`` when given, else zeros
+    with the channels of its first layer and the image size its checkpoint records
+    (:func:`~workbench.checkpoints.recorded_dataset_info`), 32x32 where it records none."""
     device = model_device(model)
     if data is not None:
         inputs, _ = next(iter(batches(data, batch_size=2, max_batches=1)))
@@ -233,10 +234,8 @@ def example_input_for(model: nn.Module, data: DataLike | None = None) -> torch.T
         raise ValueError(f"Cannot guess an input for {type(model).__name__}: pass example_input=.")
     if isinstance(first, nn.Linear):
         return torch.zeros(2, first.in_features, device=device)
-    size = 32
-    dataset = checkpoint_metadata(model).get("dataset")
-    if dataset:
-        size = dataset_info(dataset).image_size
+    info = recorded_dataset_info(model)
+    size = 32 if info is None else info.image_size
     return torch.zeros(2, first.in_channels, size, size, device=device)
 
 

@@ -7,6 +7,7 @@ from collections import OrderedDict
 from torch import nn
 
 from workbench.zoo.layers import scaled
+from workbench.zoo.registry import register_architecture
 
 
 class SimpleCNN(nn.Module):
@@ -46,3 +47,6 @@ class SimpleCNN(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.pool(self.features(x)))
+
+
+register_architecture("cnn", SimpleCNN)

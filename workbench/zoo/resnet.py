@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from workbench.zoo.layers import norm2d, scaled
+from workbench.zoo.registry import register_architecture
 
 
 class BasicBlock(nn.Module):
@@ -63,3 +64,6 @@ class ResNet20(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.pool(x).flatten(1))
+
+
+register_architecture("resnet20", ResNet20)

@@ -5,6 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 
+def torchvision_names() -> list[str]:
+    """torchvision's classification models (without the ``"tv:"`` prefix), sorted."""
+    from torchvision import models
+
+    return sorted(models.list_models(module=models))
+
+
 def torchvision_model(
     name: str,
     width: float = 1,
@@ -20,11 +27,11 @@ def torchvision_model(
     """
     from torchvision import models
 
-    available = models.list_models(module=models)
+    available = torchvision_names()
     if name not in available:
         raise ValueError(
             f"torchvision has no classification model {name!r}; "
-            f"choose one of: {', '.join(sorted(available))}."
+            f"choose one of: {', '.join(available)}."
         )
     if width != 1:
         raise ValueError(

@@ -6,9 +6,12 @@ This is the variant used in the REPAIR and Git Re-Basin experiments on CIFAR-10.
 
 from __future__ import annotations
 
+import functools
+
 from torch import nn
 
 from workbench.zoo.layers import norm2d, scaled
+from workbench.zoo.registry import register_architecture
 
 CONFIGS: dict[str, list[int | str]] = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
@@ -54,3 +57,8 @@ class VGG(nn.Module):
 def vgg(name: str, **kwargs) -> VGG:
     """Build ``"vgg11"`` or ``"vgg16"``; ``batch_norm`` selects the ``_bn`` variant."""
     return VGG(CONFIGS[name], **kwargs)
+
+
+for _depth in ("vgg11", "vgg16"):
+    register_architecture(_depth, functools.partial(vgg, _depth, batch_norm=False))
+    register_architecture(f"{_depth}_bn", functools.partial(vgg, _depth, batch_norm=True))
