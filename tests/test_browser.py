@@ -190,7 +190,10 @@ def _open_and_run(page, url: str, name: str, cells: int) -> None:
         dialog = page.locator(".jp-Dialog")
         if dialog.count():
             dialog.locator(".jp-mod-accept").click()
-            dialog.wait_for(state="detached", timeout=30_000)
+            # on a loaded machine the kernel chooser can outlast 30 s after the click (seen
+            # once, with a benchmark beside the suite): the next round answers it again
+            with contextlib.suppress(playwright.TimeoutError):
+                dialog.wait_for(state="detached", timeout=30_000)
             last_try = 0.0
         started = any(re.search(r"\[(\d+|\*)\]", p) for p in prompts)
         if not started and time.time() - last_try > 15:
