@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from scipy.optimize import linprog
 
 import workbench as wb
 from tests.conftest import assert_state_equal, state_copy
@@ -50,6 +52,38 @@ def test_plans_have_uniform_marginals_and_tend_to_the_exact_one() -> None:
     assert torch.allclose(flat, torch.full((3, 2), 1 / 6, dtype=torch.float64))
     blocked = ot.transport_plan(torch.rand(4, 6), 0.0, blocks=2)
     assert torch.equal(blocked[:2, 3:], torch.zeros(2, 3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("shape", [(6, 4), (3, 7), (5, 5)])
+def test_plans_equal_independent_solvers(shape) -> None:
+    """The exact plan has the optimal cost of the transportation LP (scipy's HiGHS, the
+    solver before POT's emd), and the entropic one is the fixed point of plain Sinkhorn
+    iterations (numpy, in the exp domain, far from underflow at this epsilon)."""
+    n, m = shape
+    cost = torch.rand(n, m, generator=torch.Generator().manual_seed(n * m), dtype=torch.float64)
+    rows = np.kron(np.eye(n), np.ones((1, m)))
+    columns = np.kron(np.ones((1, n)), np.eye(m))
+    lp = linprog(
+        cost.numpy().reshape(-1),
+        A_eq=np.vstack([rows, columns]),
+        b_eq=np.concatenate([np.full(n, 1 / n), np.full(m, 1 / m)]),
+        method="highs",
+    )
+    exact = ot.exact_plan(cost)
+    assert float((exact * cost).sum()) == pytest.approx(lp.fun, abs=1e-12)
+    assert torch.equal(exact * n * m, (exact * n * m).round())  # a vertex, exactly
+    epsilon = 0.2
+    reg = epsilon * float((cost - cost.min()).mean())
+    kernel = np.exp(-cost.numpy() / reg)
+    u, v = np.ones(n), np.ones(m)
+    for _ in range(5000):
+        u = (1 / n) / (kernel @ v)
+        v = (1 / m) / (kernel.T @ u)
+    expected = u[:, None] * kernel * v[None, :]
+    assert np.abs(expected.sum(1) - 1 / n).sum() < 1e-12  # converged
+    # to the tolerance of workbench's stopping rule (the row marginal's L1 error < 1e-7)
+    found = ot.sinkhorn(cost, epsilon)
+    torch.testing.assert_close(found, torch.from_numpy(expected), rtol=0, atol=1e-7)
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 1e-4])
