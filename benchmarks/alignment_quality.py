@@ -35,16 +35,16 @@ def pair_rows(model_a, model_b, train, test, spec, label: str) -> list[dict]:
     rows = []
     for method in METHODS:
         started = time.perf_counter()
-        aligned = align(model_a, model_b, method, data=train, spec=spec)
+        aligned = align(model_a, model_b, method=method, data=train, spec=spec)
         seconds = time.perf_counter() - started
         for bn in BN_MODES:
             curve = wb.lmc_curve(
                 model_a,
                 aligned,
-                test,
+                eval_data=test,
                 alphas=ALPHAS,
                 bn=bn,
-                bn_data=train,
+                data=train,
                 spec=spec,
                 progress=False,
             )
@@ -104,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     train, test = wb.load_dataset("mnist-5k", "train"), wb.load_dataset("mnist-5k", "test")
     models = dict(zip(args.seeds, wb.load_quickstart_models(tuple(args.seeds)), strict=True))
-    spec = permutation_spec(models[args.seeds[0]], torch.zeros(2, 1, 28, 28))
+    spec = permutation_spec(models[args.seeds[0]], example_input=torch.zeros(2, 1, 28, 28))
     rows = []
     for i, j in itertools.combinations(args.seeds, 2):
         rows += pair_rows(models[i], models[j], train, test, spec, f"{i}-{j}")

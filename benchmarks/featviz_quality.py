@@ -62,7 +62,9 @@ def tradeoff(model, layer: str, train, channels, steps, lr: float) -> dict:
 def layer_study(model, layer: str, train, channels, steps, lrs) -> dict:
     """Quality and seconds per step count for each learning rate, the quality of the
     starting noise, and the smallest step counts within 10% of the longest run."""
-    start = wb.render_channels(model, layer, channels, 0, cache=False, progress=False)
+    start = wb.render_channels(
+        model, layer=layer, channels=channels, steps=0, cache=False, progress=False
+    )
     noise = float(render_quality(model, layer, channels, start, train).mean())
     by_lr = {str(lr): {"steps": tradeoff(model, layer, train, channels, steps, lr)} for lr in lrs}
     final = str(max(steps))
@@ -88,7 +90,13 @@ def dashboard_cost(models, layer: str, steps, lr: float, threads: int) -> dict:
                 channels = range(channel_count(resolve_layer(model, layer)))
                 started, cpu_started = time.perf_counter(), time.process_time()
                 wb.render_channels(
-                    model, layer, channels, count, lr=lr, cache=False, progress=False
+                    model,
+                    layer=layer,
+                    channels=channels,
+                    steps=count,
+                    lr=lr,
+                    cache=False,
+                    progress=False,
                 )
                 wall += time.perf_counter() - started
                 cpu += time.process_time() - cpu_started

@@ -40,7 +40,9 @@ def lucent_per_channel(model, layer: str, channels, steps: int, lr: float) -> fl
 
 def ours(model, layer: str, channels, steps: int, lr: float) -> float:
     started = time.perf_counter()
-    wb.render_channels(model, layer, channels, steps, lr=lr, cache=False, progress=False)
+    wb.render_channels(
+        model, layer=layer, channels=channels, steps=steps, lr=lr, cache=False, progress=False
+    )
     return time.perf_counter() - started
 
 

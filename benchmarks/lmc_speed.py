@@ -118,12 +118,14 @@ def main() -> None:
 
     runs = {
         "plain_k": lambda: baseline(k),
-        "curve": lambda: wb.lmc_curve(a, b, data, k, None, **common),
+        "curve": lambda: wb.lmc_curve(a, b, eval_data=data, alphas=k, bn=None, **common),
         "plain_k_one_pass_reset": lambda: baseline(k, plain_reset),
         "plain_k_reset": lambda: baseline(k, plain_exact_reset),
-        "curve_reset": lambda: wb.lmc_curve(a, b, data, k, "reset", **common),
+        "curve_reset": lambda: wb.lmc_curve(a, b, eval_data=data, alphas=k, bn="reset", **common),
         "plain_plane_reset": lambda: baseline(points, plain_exact_reset),
-        "plane_reset": lambda: wb.loss_plane(models, data, args.resolution, "reset", **common),
+        "plane_reset": lambda: wb.loss_plane(
+            models, eval_data=data, resolution=args.resolution, bn="reset", **common
+        ),
     }
     for fn in runs.values():  # warm-up: first-call costs (allocator, tracing) are not LMC's
         fn()

@@ -30,23 +30,25 @@ CLASSIC = ("none", "weight", "activation", "cca")
 def diagnostics(models, train, test, gammas) -> dict:
     model_a, model_b = models[:2]
     fit, _ = wb.train_val_split(train, 0.1)
-    spec = permutation_spec(model_a, train.images[:2])
-    stats = collect_statistics([model_a, model_b], fit, spec, progress=False)
+    spec = permutation_spec(model_a, example_input=train.images[:2])
+    stats = collect_statistics([model_a, model_b], data=fit, spec=spec, progress=False)
     out = {
         "b_alone_test_accuracy": {
-            "original": wb.evaluate(model_b, test).accuracy,
-            "weight": wb.evaluate(wb.align(model_a, model_b, "weight"), test).accuracy,
+            "original": wb.evaluate(model_b, eval_data=test).accuracy,
+            "weight": wb.evaluate(
+                wb.align(model_a, model_b, method="weight"), eval_data=test
+            ).accuracy,
             "activation": wb.evaluate(
-                wb.align(model_a, model_b, "activation", data=fit), test
+                wb.align(model_a, model_b, method="activation", data=fit), eval_data=test
             ).accuracy,
         },
         "cca": {},
     }
     for gamma in gammas:
-        image = cca_align(model_a, model_b, fit, spec, gamma=gamma, statistics=stats)
-        found = cca_maps(stats, gamma, spec, general_groups(model_b, spec))
+        image = cca_align(model_a, model_b, data=fit, spec=spec, gamma=gamma, statistics=stats)
+        found = cca_maps(stats, gamma, spec, general_groups(model_b, spec=spec))
         out["cca"][str(gamma)] = {
-            "b_alone_test_accuracy": wb.evaluate(image, test).accuracy,
+            "b_alone_test_accuracy": wb.evaluate(image, eval_data=test).accuracy,
             "row_max_share": {
                 name: round((t.abs().max(1).values / t.abs().sum(1)).mean().item(), 3)
                 for name, t in found.maps.items()
@@ -67,7 +69,13 @@ def main() -> None:
     test = wb.load_dataset("mnist-5k", "test")
     models = wb.load_quickstart_models((0, 1, 2, 3))
     table = wb.compare_methods(
-        models, train, test, CLASSIC, sizes=args.sizes, bn="reset", progress=False
+        models,
+        data=train,
+        eval_data=test,
+        methods=CLASSIC,
+        sizes=args.sizes,
+        bn="reset",
+        progress=False,
     )
     rows = table.to_dict(orient="records")
     merged = table[table["method"] != "endpoints"].set_index(["method", "n_models"])["accuracy"]

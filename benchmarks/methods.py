@@ -76,10 +76,10 @@ def plain(value):
 
 
 def metrics(model, test, parts=None) -> dict:
-    found = wb.evaluate(model, test)
+    found = wb.evaluate(model, eval_data=test)
     row = {"accuracy": found.accuracy, "loss": found.loss}
     if parts is not None:
-        row["accuracy_parts"] = wb.per_part_accuracy(model, test, parts)
+        row["accuracy_parts"] = wb.per_part_accuracy(model, eval_data=test, parts=parts)
     return row
 
 
@@ -87,7 +87,7 @@ def merged_row(models, train, test, method: str, parts=None) -> dict:
     """``merge_many`` with RESET where the models have BatchNorm, else no BN handling."""
     started = time.perf_counter()
     bn = "reset" if wb.modules.has_batchnorm(models[0]) else None
-    result = wb.merge_many(models, train, method, bn=bn, progress=False)
+    result = wb.merge_many(models, data=train, method=method, bn=bn, progress=False)
     seconds = time.perf_counter() - started
     report = result.report
     return {
@@ -117,7 +117,7 @@ def reference_rows(models, test, parts=None) -> list[dict]:
             {
                 "method": f"ensemble ({combine})",
                 "n_models": len(models),
-                **metrics(wb.ensemble(models, combine), test, parts),
+                **metrics(wb.ensemble(models, combine=combine), test, parts),
             }
         )
     return rows
@@ -187,7 +187,7 @@ def main() -> None:
             train,
             RECIPE["epochs"],
             model_kwargs={"width": 2.0, "in_channels": 1},
-            split="disjoint",
+            partition="disjoint",
             augment=random_translate(RECIPE["translate"]),
             progress=False,
             **recipe,

@@ -55,7 +55,7 @@ def ensemble_metrics(models, data) -> dict:
 
 
 def merged_row(result, test, seconds: float) -> dict:
-    metrics = wb.evaluate(result.model, test)
+    metrics = wb.evaluate(result.model, eval_data=test)
     return {"accuracy": metrics.accuracy, "loss": metrics.loss, "seconds": round(seconds, 1)}
 
 
@@ -66,7 +66,7 @@ def np_row(result, test, seconds: float) -> dict:
         **merged_row(result, test, seconds),
         "hyperparameters": {
             k: settings[k]
-            for k in ("combine", "steps", "lr", "batch_size", "eval_every", "patience")
+            for k in ("scheme", "steps", "lr", "batch_size", "eval_every", "patience")
         },
         "best_steps": settings["best_steps"],
         "steps_run": settings["steps_run"],
@@ -98,7 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.003, 0.01, 0.03])
-    parser.add_argument("--no-joint", action="store_true", help="skip combine='joint'")
+    parser.add_argument("--no-joint", action="store_true", help="skip scheme='joint'")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -139,7 +139,8 @@ def main() -> None:
             result, seconds = timed(wb.np_merge, subset, train, lr=float(chosen), **quiet)
         ceiling = ensemble_metrics(subset, test)
         row = {
-            "endpoints_mean_accuracy": sum(wb.evaluate(m, test).accuracy for m in subset) / n,
+            "endpoints_mean_accuracy": sum(wb.evaluate(m, eval_data=test).accuracy for m in subset)
+            / n,
             "ensemble_logits": ceiling,
             "merge_many_weight_reset": merged_row(baseline, test, base_seconds),
             "np_merge": np_row(result, test, seconds),
@@ -148,7 +149,7 @@ def main() -> None:
             # the same step budget as the chain of N - 1 successive merges
             steps = (n - 1) * defaults["steps"]
             joint, joint_seconds = timed(
-                wb.np_merge, subset, train, combine="joint", lr=float(chosen), steps=steps, **quiet
+                wb.np_merge, subset, train, scheme="joint", lr=float(chosen), steps=steps, **quiet
             )
             row["np_merge_joint"] = np_row(joint, test, joint_seconds)
         base_accuracy = row["merge_many_weight_reset"]["accuracy"]

@@ -66,29 +66,29 @@ def _split_consumer(plan: torch.Tensor) -> GroupMap:
 
 
 def _merged(model_a, aligned, data):
-    return wb.reset_bn(wb.average([model_a, aligned]), data)
+    return wb.reset_bn(wb.average([model_a, aligned]), data=data)
 
 
 def equal_widths(a, b, spec, train, test) -> dict:
     rows = []
     for method in ("weight", "activation", "ot"):
         started = time.perf_counter()
-        result = wb.merge_many([a, b], train, method, bn="reset", **PASS)
+        result = wb.merge_many([a, b], data=train, method=method, bn="reset", **PASS)
         seconds = time.perf_counter() - started
         point = result.report.hyperparameters
-        aligned = wb.align(a, b, method, train, spec, **point, **PASS)
+        aligned = wb.align(a, b, method=method, data=train, spec=spec, **point, **PASS)
         curve = wb.lmc_curve(
             a,
             aligned,
-            test,
+            eval_data=test,
             alphas=ALPHAS,
             bn="reset",
-            bn_data=train,
+            data=train,
             spec=spec,
             cache=False,
             **PASS,
         )
-        metrics = wb.evaluate(result.model, test)
+        metrics = wb.evaluate(result.model, eval_data=test)
         rows.append(
             {
                 "method": method,
@@ -106,10 +106,10 @@ def equal_widths(a, b, spec, train, test) -> dict:
 
 def _fuse(model_a, model_b, train, test, fit, val) -> dict:
     """OT of B into A: the choice on validation, then the test numbers."""
-    spec = permutation_spec(model_a, train.images[:2])
-    spec_b = permutation_spec(model_b, train.images[:2])
+    spec = permutation_spec(model_a, example_input=train.images[:2])
+    spec_b = permutation_spec(model_b, example_input=train.images[:2])
     stats = wb.alignment.collect_statistics(
-        [model_a, model_b], fit, spec, specs=[spec, spec_b], **PASS
+        [model_a, model_b], data=fit, spec=spec, specs=[spec, spec_b], **PASS
     )
     scores, default_map = {}, ot.plan_map
     for consumer, plan_map in (
@@ -119,16 +119,26 @@ def _fuse(model_a, model_b, train, test, fit, val) -> dict:
         ot.plan_map = plan_map
         try:
             for eps in ot.EPSILON_GRID:
-                result = wb.match(model_a, model_b, "ot", fit, spec, epsilon=eps, statistics=stats)
-                aligned = wb.alignment.apply_alignment(model_b, result, fit, model_a)
+                result = wb.match(
+                    model_a,
+                    model_b,
+                    method="ot",
+                    data=fit,
+                    spec=spec,
+                    epsilon=eps,
+                    statistics=stats,
+                )
+                aligned = wb.alignment.apply_alignment(
+                    model_b, result=result, data=fit, model_a=model_a
+                )
                 merged = _merged(model_a, aligned, fit)
-                scores[f"{consumer}, epsilon={eps:g}"] = wb.evaluate(merged, val).accuracy
+                scores[f"{consumer}, epsilon={eps:g}"] = wb.evaluate(merged, eval_data=val).accuracy
         finally:
             ot.plan_map = default_map
     epsilons = {eps: scores[f"n_A T^T (paper, kept), epsilon={eps:g}"] for eps in ot.EPSILON_GRID}
     chosen = max(epsilons, key=epsilons.get)  # the first of equals: the smallest epsilon
     started = time.perf_counter()
-    aligned = wb.align(model_a, model_b, "ot", train, spec, epsilon=chosen, **PASS)
+    aligned = wb.align(model_a, model_b, method="ot", data=train, spec=spec, epsilon=chosen, **PASS)
     seconds = time.perf_counter() - started
     merged = _merged(model_a, aligned, train)
     return {
@@ -139,12 +149,14 @@ def _fuse(model_a, model_b, train, test, fit, val) -> dict:
         "validation": scores,
         "chosen_epsilon": chosen,
         "test_accuracy": {
-            "a": wb.evaluate(model_a, test).accuracy,
-            "b": wb.evaluate(model_b, test).accuracy,
-            "b_transported_alone_reset": wb.evaluate(wb.reset_bn(aligned, train), test).accuracy,
-            "merged": wb.evaluate(merged, test).accuracy,
+            "a": wb.evaluate(model_a, eval_data=test).accuracy,
+            "b": wb.evaluate(model_b, eval_data=test).accuracy,
+            "b_transported_alone_reset": wb.evaluate(
+                wb.reset_bn(aligned, data=train), eval_data=test
+            ).accuracy,
+            "merged": wb.evaluate(merged, eval_data=test).accuracy,
         },
-        "merged_test_loss": wb.evaluate(merged, test).loss,
+        "merged_test_loss": wb.evaluate(merged, eval_data=test).loss,
         "ot_seconds": seconds,
     }
 
@@ -155,7 +167,14 @@ def different_widths(a, train, test, fit, val, epochs: int) -> dict:
         init = wb.create_model("cnn", width=1, in_channels=1)
     started = time.perf_counter()
     half = wb.train_model(
-        init, train, epochs, 10, lr=0.2, augment=wb.random_translate(2), device="cpu", **PASS
+        init,
+        data=train,
+        epochs=epochs,
+        seed=10,
+        lr=0.2,
+        augment=wb.random_translate(2),
+        device="cpu",
+        **PASS,
     )
     train_seconds = time.perf_counter() - started
     return {
@@ -245,9 +264,9 @@ def plans() -> dict:
     torch.manual_seed(0)
     train = wb.load_dataset("mnist-5k", "train")
     a, b = wb.load_quickstart_models((0, 1))
-    spec = permutation_spec(a, train.images[:2])
+    spec = permutation_spec(a, example_input=train.images[:2])
     stats = wb.alignment.collect_statistics(
-        [a, b], train.subset(torch.arange(1000), "train"), spec, **PASS
+        [a, b], data=train.subset(torch.arange(1000), "train"), spec=spec, **PASS
     )
     costs = {name: ot.ground_cost(s) for name, s in stats.items()}
     costs.update({f"{name} x half of B": c[:, ::2].contiguous() for name, c in list(costs.items())})
@@ -310,7 +329,7 @@ def main() -> None:
     train, test = wb.load_dataset("mnist-5k", "train"), wb.load_dataset("mnist-5k", "test")
     fit, val = wb.train_val_split(train, 0.1, seed=0)
     a, b = wb.load_quickstart_models((0, 1))
-    spec = permutation_spec(a, train.images[:2])
+    spec = permutation_spec(a, example_input=train.images[:2])
     result = {
         "benchmark": "ot_fusion",
         "models": "quickstart cnn (width 2), mnist-5k seeds 0 and 1; a width-1 cnn trained here",

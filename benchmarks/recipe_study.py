@@ -53,9 +53,15 @@ def study(name: str, train, test, seeds: list[int]) -> dict:
     endpoints = []
     for a, b in itertools.combinations(models, 2):
         for method in METHODS:
-            aligned = wb.align(a, b, method, data=train)
+            aligned = wb.align(a, b, method=method, data=train)
             curve = wb.lmc_curve(
-                a, aligned, test, [0.0, 0.5, 1.0], "reset", bn_data=train, progress=False
+                a,
+                aligned,
+                eval_data=test,
+                alphas=[0.0, 0.5, 1.0],
+                bn="reset",
+                data=train,
+                progress=False,
             )
             mean_end = float(curve.accuracy[[0, -1]].mean())
             gaps[method].append(100 * (mean_end - curve.midpoint_accuracy))

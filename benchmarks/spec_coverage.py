@@ -51,10 +51,10 @@ def measure(name: str, size: int) -> dict:
     model = build(name)
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     started = time.perf_counter()
-    spec = wb.permutation_spec(model, x)
+    spec = wb.permutation_spec(model, example_input=x)
     seconds = time.perf_counter() - started
     work = randomized_copy(model, seed=5, dtype=torch.float32)
-    permuted = apply_permutation(work, spec, random_permutation(spec, seed=1))
+    permuted = apply_permutation(work, spec=spec, perm=random_permutation(spec, seed=1))
     with torch.no_grad():
         expected, got = work(x), permuted(x)
     v = spec.verification

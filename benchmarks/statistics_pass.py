@@ -33,7 +33,7 @@ def plain_forward(models, data) -> float:
 
 def statistics_pass(models, data, spec) -> float:
     started = time.perf_counter()
-    collect_statistics(models, data, spec, progress=False)
+    collect_statistics(models, data=data, spec=spec, progress=False)
     return time.perf_counter() - started
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     train = wb.load_dataset("mnist-5k", "train")
     models = wb.load_quickstart_models((0, 1))
-    spec = permutation_spec(models[0], torch.zeros(2, 1, 28, 28))
+    spec = permutation_spec(models[0], example_input=torch.zeros(2, 1, 28, 28))
     plain, stats = [], []
     for _ in range(args.repeats):  # interleaved, so that machine noise hits both alike
         plain.append(plain_forward(models, train))

@@ -40,14 +40,14 @@ RESULT = Path(__file__).resolve().parent / "results" / "ste.json"
 
 
 def barrier(model_a, model_b, spec, perm, data, bn_data) -> float:
-    aligned = wb.apply_permutation(model_b, spec, perm)
+    aligned = wb.apply_permutation(model_b, spec=spec, perm=perm)
     curve = wb.lmc_curve(
         model_a,
         aligned,
-        data,
+        eval_data=data,
         alphas=ALPHAS,
         bn="reset",
-        bn_data=bn_data,
+        data=bn_data,
         spec=spec,
         progress=False,
     )
@@ -105,10 +105,10 @@ def evaluate(models, seeds, spec, train, test, save) -> dict:
     for i, j in itertools.combinations(seeds, 2):
         a, b = models[i], models[j]
         started = time.perf_counter()
-        perm_wm = wb.weight_matching(a, b, spec)
+        perm_wm = wb.weight_matching(a, b, spec=spec)
         wm_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        perm_ste = wb.ste_matching(a, b, train, spec, progress=False)
+        perm_ste = wb.ste_matching(a, b, data=train, spec=spec, progress=False)
         ste_seconds = time.perf_counter() - started
         rows.append(
             {
@@ -148,7 +148,7 @@ def main() -> None:
     train, test = wb.load_dataset("mnist-5k", "train"), wb.load_dataset("mnist-5k", "test")
     seeds = sorted({*args.seeds, *(int(s) for p in args.choose_pairs for s in p.split("-"))})
     models = dict(zip(seeds, wb.load_quickstart_models(tuple(seeds)), strict=True))
-    spec = permutation_spec(models[seeds[0]], torch.zeros(2, 1, 28, 28))
+    spec = permutation_spec(models[seeds[0]], example_input=torch.zeros(2, 1, 28, 28))
     result = {
         "benchmark": "ste",
         "alphas": ALPHAS,

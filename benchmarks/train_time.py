@@ -67,9 +67,9 @@ def main() -> None:
     )
     ours_no_aug = wb.training_run(
         wb.create_model("cnn", width=args.width, in_channels=1),
-        train,
-        args.epochs,
-        args.seeds[0],
+        data=train,
+        epochs=args.epochs,
+        seed=args.seeds[0],
         lr=args.lr,
         progress=False,
     ).metrics["train_seconds"]

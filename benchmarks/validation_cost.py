@@ -105,12 +105,12 @@ def main() -> None:
     model_a, model_b = wb.load_quickstart_models(seeds=(0, 1))
     calls = {
         "lmc_curve (11 points, RESET, train + test)": lambda: wb.lmc_curves(
-            model_a, model_b, {"train": train, "test": test}, 11, "reset", cache=False,
+            model_a, model_b, eval_data={"train": train, "test": test}, alphas=11, bn="reset", cache=False,
             progress=False,
         ),
-        "align (weight matching)": lambda: wb.align(model_a, model_b, "weight"),
+        "align (weight matching)": lambda: wb.align(model_a, model_b, method="weight"),
         "align (activation matching)": lambda: wb.align(
-            model_a, model_b, "activation", train, progress=False
+            model_a, model_b, method="activation", data=train, progress=False
         ),
     }  # fmt: skip
     result = {

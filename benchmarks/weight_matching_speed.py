@@ -36,11 +36,11 @@ def max_diff(model_x: torch.nn.Module, model_y: torch.nn.Module, x: torch.Tensor
 
 def ours(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> dict:
     started = time.perf_counter()
-    spec = permutation_spec(a, x)
+    spec = permutation_spec(a, example_input=x)
     traced = time.perf_counter()
-    perm = weight_matching(a, b, spec)
+    perm = weight_matching(a, b, spec=spec)
     done = time.perf_counter()
-    aligned = apply_permutation(b, spec, perm)
+    aligned = apply_permutation(b, spec=spec, perm=perm)
     return {
         "seconds": done - started,
         "spec_seconds": traced - started,

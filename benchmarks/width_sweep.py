@@ -31,8 +31,8 @@ def main() -> None:
     result = wb.analysis.sweeps.sweep(
         "width",
         args.widths,
-        train,
-        test,
+        data=train,
+        eval_data=test,
         epochs=args.epochs,
         seeds=args.seeds,
         methods=("none", "weight", "activation"),

@@ -32,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "zipit.json"
 
 
 def metrics(model, test, seconds: float | None = None) -> dict:
-    found = wb.evaluate(model, test)
+    found = wb.evaluate(model, eval_data=test)
     row = {"accuracy": found.accuracy, "loss": round(found.loss, 4)}
     if seconds is not None:
         row["seconds"] = round(seconds, 1)
@@ -41,15 +41,15 @@ def metrics(model, test, seconds: float | None = None) -> dict:
 
 def compare(models, train, test, log) -> dict:
     """Every merge of ``models``: ensemble, MergeMany + RESET, ZipIt! full and partial."""
-    groups = list(wb.permutation_spec(models[0], train.images[:2]).groups)
+    groups = list(wb.permutation_spec(models[0], example_input=train.images[:2]).groups)
     stops = {"early": groups[0], "middle": groups[len(groups) // 2 - 1]}
     rows = {"models": [metrics(m, test)["accuracy"] for m in models]}
     rows["ensemble"] = metrics(wb.ensemble(models), test)
     started = time.perf_counter()
-    weight = wb.merge_many(models, train, "weight", bn="reset", progress=False)
+    weight = wb.merge_many(models, data=train, method="weight", bn="reset", progress=False)
     rows["weight_reset"] = metrics(weight.model, test, time.perf_counter() - started)
     started = time.perf_counter()
-    full = wb.zipit(models, train, progress=False)
+    full = wb.zipit(models, data=train, progress=False)
     rows["zipit"] = metrics(full.model, test, time.perf_counter() - started)
     point = full.report.hyperparameters
     rows["zipit"].update(
@@ -60,7 +60,7 @@ def compare(models, train, test, log) -> dict:
     log(f"N={len(models)} full: {rows['zipit']['accuracy']} {point}")
     for where, stop in stops.items():
         started = time.perf_counter()
-        partial = wb.zipit(models, train, stop=stop, progress=False, **point)
+        partial = wb.zipit(models, data=train, stop=stop, progress=False, **point)
         rows[f"zipit_partial_{where}"] = {
             "stop": stop,
             **metrics(partial.model, test, time.perf_counter() - started),
@@ -96,7 +96,7 @@ def main() -> None:
     if not args.no_disjoint:
         t = time.perf_counter()
         pair = wb.train_models(
-            "cnn", (0, 1), train, args.epochs, split="disjoint",
+            "cnn", (0, 1), train, args.epochs, partition="disjoint",
             model_kwargs={"in_channels": 1}, progress=False,
         )  # fmt: skip
         log(f"disjoint pair trained in {time.perf_counter() - t:.0f} s")

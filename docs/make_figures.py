@@ -22,9 +22,13 @@ def lmc_methods(train, test, model_a, model_b):
     """Interpolation curves for each alignment method, with and without RESET."""
     curves = []
     for method in ("none", "weight", "activation"):
-        aligned = wb.align(model_a, model_b, method, data=train)
+        aligned = wb.align(model_a, model_b, method=method, data=train)
         for bn in (None, "reset"):
-            curves.append(wb.lmc_curve(model_a, aligned, test, 11, bn, bn_data=train, label=method))
+            curves.append(
+                wb.lmc_curve(
+                    model_a, aligned, eval_data=test, alphas=11, bn=bn, data=train, label=method
+                )
+            )
     fig, axes = wb.figures.new_figure(columns=2, aspect=0.38, ncols=2)
     wb.plot_curves(curves, "loss", ax=axes[0], legend=False)
     wb.plot_curves(curves, "accuracy", ax=axes[1], legend=False)
@@ -34,7 +38,7 @@ def lmc_methods(train, test, model_a, model_b):
 
 def many_models(train, test, models):
     """Merged accuracy against the number of models, per method."""
-    table = wb.compare_methods(models, train, test, CLASSIC, sizes=(2, 3, 4))
+    table = wb.compare_methods(models, data=train, eval_data=test, methods=CLASSIC, sizes=(2, 3, 4))
     return wb.plot_comparison(table)
 
 
@@ -49,7 +53,9 @@ def matched_unit(train, model_a, model_b):
 
 def loss_plane(train, test, models):
     """The loss plane through three models, B and C weight-matched to A, with RESET."""
-    plane = wb.loss_plane(models[:3], test, 9, "reset", method="weight", bn_data=train)
+    plane = wb.loss_plane(
+        models[:3], eval_data=test, resolution=9, bn="reset", method="weight", data=train
+    )
     return wb.analysis.planes.plot_plane(plane, "loss")
 
 

@@ -22,7 +22,7 @@ from workbench.graph import permutation_spec
 
 @pytest.fixture(scope="module")
 def spec(shipped_pair):
-    return permutation_spec(shipped_pair[0], torch.zeros(2, 1, 28, 28))
+    return permutation_spec(shipped_pair[0], example_input=torch.zeros(2, 1, 28, 28))
 
 
 def _equal_perms(p, q) -> bool:
@@ -33,16 +33,18 @@ def _equal_perms(p, q) -> bool:
 def test_weight_matching_recovers_a_planted_permutation(name, shape) -> None:
     torch.manual_seed(0)
     model = wb.create_model(name, in_channels=shape[1]).eval()
-    spec = permutation_spec(model, torch.zeros(*shape))
+    spec = permutation_spec(model, example_input=torch.zeros(*shape))
     planted = random_permutation(spec, seed=5)
-    shuffled = apply_permutation(model, spec, planted)
-    found = weight_matching(model, shuffled, spec)
+    shuffled = apply_permutation(model, spec=spec, perm=planted)
+    found = weight_matching(model, shuffled, spec=spec)
     assert _equal_perms(found, inverse(planted))
 
 
 def test_weight_matching_is_deterministic(shipped_pair, spec) -> None:
     a, b = shipped_pair
-    assert _equal_perms(weight_matching(a, b, spec, seed=3), weight_matching(a, b, spec, seed=3))
+    assert _equal_perms(
+        weight_matching(a, b, spec=spec, seed=3), weight_matching(a, b, spec=spec, seed=3)
+    )
 
 
 def test_activation_matching_recovers_a_planted_permutation_on_live_units(
@@ -50,10 +52,10 @@ def test_activation_matching_recovers_a_planted_permutation_on_live_units(
 ) -> None:
     a = shipped_pair[0]
     planted = random_permutation(spec, seed=2)
-    shuffled = apply_permutation(a, spec, planted)
+    shuffled = apply_permutation(a, spec=spec, perm=planted)
     data = mnist_train.subset(torch.arange(500), "train")
-    found = activation_matching(a, shuffled, data, spec, progress=False)
-    stats = collect_statistics([a], data, spec, progress=False)
+    found = activation_matching(a, shuffled, data=data, spec=spec, progress=False)
+    stats = collect_statistics([a], data=data, spec=spec, progress=False)
     expected = inverse(planted)
     for name, group_stats in stats.items():
         live = group_stats.std(0) > 0  # dead units correlate with nothing: any order is fine
@@ -64,7 +66,7 @@ def test_activation_matching_recovers_a_planted_permutation_on_live_units(
 def test_statistics_match_a_direct_computation(shipped_pair, spec, mnist_train) -> None:
     a, b = shipped_pair
     data = mnist_train.subset(torch.arange(300), "train")
-    stats = collect_statistics([a, b], data, spec, batch_size=128, progress=False)
+    stats = collect_statistics([a, b], data=data, spec=spec, batch_size=128, progress=False)
     captured: dict[str, list[torch.Tensor]] = {"a": [], "b": []}
     for key, model in (("a", a), ("b", b)):
         handle = model.features.relu2.register_forward_hook(
@@ -91,7 +93,7 @@ def test_align_returns_the_same_function(shipped_pair, spec, mnist_train, mnist_
     aligned = align(
         a,
         b,
-        method,
+        method=method,
         data=mnist_train,
         spec=spec,
         **({"progress": False} if method == "activation" else {}),
@@ -110,10 +112,10 @@ def test_alignment_removes_most_of_the_barrier(shipped_pair, spec, mnist_train, 
     half a point of slack (a few test images) for other machines' float rounding."""
     a, b = shipped_pair
     kwargs = {"alphas": [0, 0.5, 1], "bn": "reset", "bn_data": mnist_train, "progress": False}
-    naive = wb.lmc_curve(a, b, mnist_test, **kwargs)
+    naive = wb.lmc_curve(a, b, eval_data=mnist_test, **kwargs)
     for method in ("weight", "activation"):
-        aligned = align(a, b, method, data=mnist_train, spec=spec)
-        curve = wb.lmc_curve(a, aligned, mnist_test, spec=spec, **kwargs)
+        aligned = align(a, b, method=method, data=mnist_train, spec=spec)
+        curve = wb.lmc_curve(a, aligned, eval_data=mnist_test, spec=spec, **kwargs)
         assert curve.barrier < 0.1 * naive.barrier, method
         assert curve.midpoint_accuracy > curve.accuracy[[0, -1]].mean() - 0.02, method
 
@@ -127,25 +129,27 @@ def test_bad_input_fails_before_any_work(shipped_pair, spec, mnist_train) -> Non
     other = wb.create_model("vgg11", in_channels=1, width=0.25)
     with pytest.raises(ValueError, match="different architecture"):
         align(a, other)
-    spec_vgg = permutation_spec(other, torch.zeros(2, 1, 28, 28))
+    spec_vgg = permutation_spec(other, example_input=torch.zeros(2, 1, 28, 28))
     with pytest.raises(ValueError, match="built for another architecture"):
-        weight_matching(a, a, spec_vgg)
+        weight_matching(a, a, spec=spec_vgg)
     rgb = torch.utils.data.TensorDataset(
         torch.zeros(8, 3, 28, 28), torch.zeros(8, dtype=torch.long)
     )
     with pytest.raises(ValueError, match=r"cannot take inputs of shape \(2, 3, 28, 28\)"):
-        activation_matching(a, a, rgb, spec, progress=False)
+        activation_matching(a, a, data=rgb, spec=spec, progress=False)
     with pytest.raises(ValueError, match="method must be one of"):
-        match(a, a, "magic")
+        match(a, a, method="magic")
     with pytest.raises(ValueError, match="needs data"):
-        align(a, a, "activation")
+        align(a, a, method="activation")
 
 
 def test_matching_does_not_modify_inputs(shipped_pair, spec, mnist_train) -> None:
     a, b = shipped_pair
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (a, b)]
-    weight_matching(a, b, spec)
-    activation_matching(a, b, mnist_train.subset(torch.arange(200), "train"), spec, progress=False)
+    weight_matching(a, b, spec=spec)
+    activation_matching(
+        a, b, data=mnist_train.subset(torch.arange(200), "train"), spec=spec, progress=False
+    )
     for model, saved in zip((a, b), before, strict=True):
         assert not model.training
         for key, value in model.state_dict().items():
@@ -155,9 +159,9 @@ def test_matching_does_not_modify_inputs(shipped_pair, spec, mnist_train) -> Non
 def test_weight_matching_on_a_model_without_batchnorm() -> None:
     torch.manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
-    spec = permutation_spec(model, torch.zeros(2, 6))
+    spec = permutation_spec(model, example_input=torch.zeros(2, 6))
     planted = random_permutation(spec, 4)
-    found = weight_matching(model, apply_permutation(model, spec, planted), spec)
+    found = weight_matching(model, apply_permutation(model, spec=spec, perm=planted), spec=spec)
     assert _equal_perms(found, inverse(planted))
 
 
@@ -183,7 +187,7 @@ class _Grouped(nn.Module):
 def test_grouped_convolutions_give_blocked_groups_that_matching_recovers() -> None:
     torch.manual_seed(0)
     model, x = _Grouped().eval(), torch.randn(8, 3, 8, 8)
-    spec = permutation_spec(model, x)
+    spec = permutation_spec(model, example_input=x)
     assert spec.coverage() == 1.0
     assert {n: g.blocks for n, g in spec.groups.items()} == {
         "stem.0": 1, "reduce.0": 4, "grouped.0": 4
@@ -199,18 +203,20 @@ def test_grouped_convolutions_give_blocked_groups_that_matching_recovers() -> No
     block_of = torch.arange(24) // 6
     assert torch.equal(block_of[planted["reduce.0"]], block_of)  # moves within blocks only
     assert not torch.equal(planted["reduce.0"], torch.arange(24))
-    shuffled = apply_permutation(model, spec, planted)
+    shuffled = apply_permutation(model, spec=spec, perm=planted)
     with torch.no_grad():
         torch.testing.assert_close(shuffled(x), model(x), rtol=0, atol=1e-5)
-    assert _equal_perms(weight_matching(model, shuffled, spec), inverse(planted))
+    assert _equal_perms(weight_matching(model, shuffled, spec=spec), inverse(planted))
     data = torch.utils.data.TensorDataset(torch.randn(64, 3, 8, 8), torch.zeros(64).long())
-    found = activation_matching(model, shuffled, data, spec, progress=False)
+    found = activation_matching(model, shuffled, data=data, spec=spec, progress=False)
     assert _equal_perms(found, inverse(planted))
     # a permutation across blocks is refused with the reason
     across = {**planted, "reduce.0": torch.arange(24).roll(1)}
     with pytest.raises(ValueError, match="moves channels between blocks"):
-        apply_permutation(model, spec, across)
+        apply_permutation(model, spec=spec, perm=across)
     # CCA cannot pass a grouped convolution: those groups get block permutations
-    cca = match(model, shuffled, "cca", data, spec, gamma=1e-3, progress=False).transform
+    cca = match(
+        model, shuffled, method="cca", data=data, spec=spec, gamma=1e-3, progress=False
+    ).transform
     eye = torch.eye(24, dtype=torch.float64)
     torch.testing.assert_close(cca["reduce.0"], eye[inverse(planted)["reduce.0"]])

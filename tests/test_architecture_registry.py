@@ -62,10 +62,10 @@ def test_a_registered_architecture_is_created_trained_and_aligned(
         torch.manual_seed(seed)
         model = wb.create_model(NAME, width=0.5, num_classes=10, in_channels=1)
         assert isinstance(model, TwoConv) and model.head.in_features == 8
-        models.append(wb.train_model(model, tiny_train, 1, seed=seed, progress=False))
+        models.append(wb.train_model(model, data=tiny_train, epochs=1, seed=seed, progress=False))
     a, b = models
     assert getattr(a, ARCHITECTURE_ATTR)["name"] == NAME
-    aligned = wb.align(a, b, "weight")
+    aligned = wb.align(a, b, method="weight")
     x = tiny_train.images[:8]
     with torch.no_grad():
         torch.testing.assert_close(aligned.eval()(x), b.eval()(x), rtol=1e-5, atol=1e-5)

@@ -42,13 +42,13 @@ def test_torchvision_family_is_exact_and_covered(name: str) -> None:
     model = getattr(tvm, name)(weights=None, **kwargs).eval()
     size = FAMILIES[name]
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-    spec = wb.permutation_spec(model, x)
+    spec = wb.permutation_spec(model, example_input=x)
     assert spec.coverage() >= FLOORS.get(name, 1.0), spec.summary()
     assert spec.verification["failed_groups"] == []
     assert spec.verification["forward_passes"] == 2
     work = randomized_copy(model, seed=5, dtype=torch.float32)
     perm = random_permutation(spec, seed=1)
-    permuted = apply_permutation(work, spec, perm)
+    permuted = apply_permutation(work, spec=spec, perm=perm)
     with torch.no_grad():
         expected, got = work(x), permuted(x)
     assert float((got - expected).norm() / expected.norm()) < 1e-5

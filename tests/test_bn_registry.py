@@ -40,7 +40,7 @@ def reset_head():
     )
     def prepare(endpoints, data, *, spec, batch_size, max_batches):
         head = _head(data)
-        return lambda work, weights: wb.merging.reset_bn_(work, head, batch_size)
+        return lambda work, weights: wb.merging.reset_bn_(work, data=head, batch_size=batch_size)
 
     yield "reset-head"
     wb.unregister_bn("reset-head")
@@ -58,8 +58,8 @@ def _evenly(split, n):
 
 def _midpoint_by_hand(a, b, fit, test):
     """The midpoint of A and B with RESET on the first 64 images of ``fit``, on ``test``."""
-    merged = reset_bn(wb.interpolate(a, b, 0.5), _head(fit))
-    return wb.evaluate(merged, test)
+    merged = reset_bn(wb.interpolate(a, b, alpha=0.5), data=_head(fit))
+    return wb.evaluate(merged, eval_data=test)
 
 
 def test_registered_handling_is_listed_labelled_and_styled(reset_head, shipped_pair):
@@ -84,38 +84,47 @@ def test_unknown_and_none_spellings():
 def test_lmc_curve_uses_the_registered_correction(reset_head, shipped_pair, small):
     fit, test = small
     a, b = shipped_pair
-    curve = wb.lmc_curve(a, b, test, [0.0, 0.5, 1.0], "reset-head", bn_data=fit, progress=False)
+    curve = wb.lmc_curve(
+        a, b, eval_data=test, alphas=[0.0, 0.5, 1.0], bn="reset-head", data=fit, progress=False
+    )
     assert curve.bn == "reset-head"
     expected = _midpoint_by_hand(a, b, fit, test)
     assert curve.loss[1] == pytest.approx(expected.loss, rel=1e-5)
     assert curve.accuracy[1] == expected.accuracy
-    full = wb.lmc_curve(a, b, test, [0.5], "reset", bn_data=fit, progress=False)
+    full = wb.lmc_curve(a, b, eval_data=test, alphas=[0.5], bn="reset", data=fit, progress=False)
     assert full.loss[0] != pytest.approx(curve.loss[1], rel=1e-3)  # not the built-in RESET
 
 
 def test_merge_many_and_compare_methods(reset_head, shipped_pair, small):
     fit, test = small
     pair = list(shipped_pair)
-    merged = wb.merge_many(pair, fit, "weight", bn="reset-head", progress=False)
+    merged = wb.merge_many(pair, data=fit, method="weight", bn="reset-head", progress=False)
     assert merged.report.bn == "reset-head"
-    plain = wb.merge_many(pair, fit, "weight", bn=None, progress=False)
+    plain = wb.merge_many(pair, data=fit, method="weight", bn=None, progress=False)
     assert plain.report.bn == "none"
-    by_hand = reset_bn(plain.model, _head(fit))
+    by_hand = reset_bn(plain.model, data=_head(fit))
     x = test.images[:50]
     with torch.no_grad():
         torch.testing.assert_close(merged.model(x), by_hand(x), rtol=1e-5, atol=1e-5)
     table = wb.compare_methods(
-        pair, fit, test, ["weight"], [2], "reset-head", progress=False, cache=False
+        pair,
+        data=fit,
+        eval_data=test,
+        methods=["weight"],
+        sizes=[2],
+        bn="reset-head",
+        progress=False,
+        cache=False,
     )
     row = table[table["method"] == "weight"].iloc[0]
     assert row["bn"] == "reset-head"
-    assert row["accuracy"] == wb.evaluate(merged.model, test).accuracy
+    assert row["accuracy"] == wb.evaluate(merged.model, eval_data=test).accuracy
 
 
 def test_a_sweep_with_the_registered_handling(reset_head, small):
     fit, test = small
     result = wb.sweep(
-        "width", [0.25], fit, test, epochs=1, methods=("none",), bn="reset-head", alphas=3,
+        "width", [0.25], data=fit, eval_data=test, epochs=1, methods=("none",), bn="reset-head", alphas=3,
         progress=False, cache=False,
     )  # fmt: skip
     assert {curve.bn for curve in result.curves} == {"reset-head"}
@@ -152,14 +161,14 @@ def test_the_command_line_takes_it(reset_head, tmp_path):
 
 
 def test_a_handling_registered_again_with_other_code_gets_a_new_cache_key(reset_head):
-    key = wb.get_bn("reset-head").key
+    key = wb.get_bn("reset-head").cache_key
     assert key.startswith("reset-head:")
 
     @wb.register_bn("reset-head", label="RESET-64", needs_batchnorm=True, replace=True)
     def other(endpoints, data, *, spec, batch_size, max_batches):
         return None
 
-    assert wb.get_bn("reset-head").key != key
+    assert wb.get_bn("reset-head").cache_key != key
 
 
 def test_repair_refuses_weights_its_targets_do_not_cover(shipped_pair, small):
@@ -171,4 +180,4 @@ def test_repair_refuses_weights_its_targets_do_not_cover(shipped_pair, small):
     )
     assert extrapolated.bn == "reset"
     with pytest.raises(ValueError, match=r"weights >= 0, got \[-0.5, 1.5\]"):
-        wb.repair(wb.interpolate(*shipped_pair, 1.5), shipped_pair, 1.5, fit)
+        wb.repair(wb.interpolate(*shipped_pair, 1.5), shipped_pair, alpha=1.5, data=fit)

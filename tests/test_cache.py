@@ -3,12 +3,15 @@ caches live in the user cache folder (or ``$WORKBENCH_CACHE_DIR``), never in the
 
 from pathlib import Path
 
+import numpy as np
 import platformdirs
 import pytest
 import torch
 
 import workbench
-from workbench.cache import CACHE_KINDS, ResultCache, cache_dir, default_cache
+import workbench as wb
+from workbench.alignment import get_method
+from workbench.cache import CACHE_SECTIONS, ResultCache, cache_dir, default_cache
 from workbench.data import default_data_root
 from workbench.fingerprints import data_fingerprint, fingerprint
 from workbench.zoo import create_model
@@ -42,7 +45,10 @@ def test_store_load_clear(tmp_path):
     key = cache.key(model="abc", alphas=[0.0, 0.5, 1.0], bn="reset")
     assert key == cache.key(bn="reset", alphas=[0.0, 0.5, 1.0], model="abc")
     assert key != cache.key(model="abc", alphas=[0.0, 0.5, 1.0], bn=None)
-    assert cache.key(model=None, bn="reset") is None
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(2)))
+    assert cache.key(data=loader, bn="reset") is None  # cannot be fingerprinted: not cached
+    assert cache.key(options={"fn": print}) is None
+    assert ResultCache(tmp_path, enabled=False).key(model="abc") is None
     assert cache.load("curve", key) is None
     calls = []
 
@@ -90,7 +96,9 @@ def test_caches_default_to_the_user_cache_folder(monkeypatch):
     user = Path(platformdirs.user_cache_dir("merge-workbench", appauthor=False))
     checkout = Path(workbench.__file__).resolve().parents[1]
     assert cache_dir() == user
-    assert {kind: cache_dir(kind) for kind in CACHE_KINDS} == {k: user / k for k in CACHE_KINDS}
+    assert {kind: cache_dir(kind) for kind in CACHE_SECTIONS} == {
+        k: user / k for k in CACHE_SECTIONS
+    }
     assert default_cache().root == ResultCache().root == user / "results"
     assert default_data_root() == user / "datasets"
     for path in (cache_dir(), default_cache().root, default_data_root()):
@@ -113,5 +121,24 @@ def test_workbench_cache_dir_overrides_the_default(tmp_path, monkeypatch):
 
 
 def test_unknown_cache_kind_is_refused():
-    with pytest.raises(ValueError, match="Unknown cache kind 'figures'"):
+    with pytest.raises(ValueError, match="Unknown cache section 'figures'"):
         cache_dir("figures")
+
+
+def test_the_key_counts_each_input_by_what_determines_it(tmp_path, tiny_train):
+    """Models by their fingerprint, data by content, methods and BatchNorm handlings by
+    their registration and code, containers element-wise (ResultCache.key is the one place
+    where inputs become a key)."""
+    cache = ResultCache(tmp_path)
+    model = torch.nn.Linear(3, 2)
+    same = torch.nn.Linear(3, 2)
+    same.load_state_dict(model.state_dict())
+    assert cache.key(models=[model], data=tiny_train) == cache.key(models=[same], data=tiny_train)
+    with torch.no_grad():
+        same.bias.add_(1.0)
+    assert cache.key(models=[model]) != cache.key(models=[same])
+    assert cache.key(data=tiny_train) != cache.key(data=tiny_train.subset(range(10), "x"))
+    assert cache.key(method=get_method("weight")) != cache.key(method=get_method("cca"))
+    assert cache.key(bn=wb.get_bn("reset")) != cache.key(bn=wb.get_bn("repair"))
+    assert cache.key(alphas=np.linspace(0, 1, 3)) == cache.key(alphas=(0.0, 0.5, 1.0))
+    assert cache.key(splits={"test": tiny_train}) != cache.key(splits={"train": tiny_train})

@@ -54,23 +54,23 @@ def test_folded_batchnorm_passes_any_map_including_residual_groups() -> None:
     torch.manual_seed(0)
     model = _trained_statistics(_LinearResidual())
     x = torch.randn(32, 5)
-    spec = permutation_spec(model, x)
+    spec = permutation_spec(model, example_input=x)
     assert len(spec.groups) == 1, "the add unites fc1's and fc2's outputs into one group"
     before = state_copy(model)
-    folded, folded_spec = fold_batchnorm(model, spec)
+    folded, folded_spec = fold_batchnorm(model, spec=spec)
     assert_state_equal(model, before)
     generator = torch.Generator().manual_seed(1)
     maps = {
         name: torch.randn(g.size, g.size, generator=generator) + 3 * torch.eye(g.size)
         for name, g in folded_spec.groups.items()
     }
-    mapped = apply_linear_maps(folded, folded_spec, maps)
+    mapped = apply_linear_maps(folded, spec=folded_spec, maps=maps)
     with torch.no_grad():
         assert (folded(x) - model(x)).abs().max() < 1e-5
         assert (mapped(x) - model(x)).abs().max() < 1e-4
         assert not torch.allclose(mapped.fc1.weight, folded.fc1.weight)
     with pytest.raises(ValueError, match="per-channel tensor"):
-        apply_linear_maps(model, spec, maps)  # unfolded BatchNorm cannot pass it
+        apply_linear_maps(model, spec=spec, maps=maps)  # unfolded BatchNorm cannot pass it
 
 
 def _relu_activations(model: nn.Module, x: torch.Tensor) -> np.ndarray:
@@ -84,8 +84,8 @@ def _relu_activations(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 def test_canonical_correlations_match_a_direct_computation(shipped_pair, mnist_train) -> None:
     model_a, model_b = shipped_pair
-    spec = permutation_spec(model_a, mnist_train.images[:2])
-    stats = collect_statistics([model_a, model_b], mnist_train, spec, progress=False)
+    spec = permutation_spec(model_a, example_input=mnist_train.images[:2])
+    stats = collect_statistics([model_a, model_b], data=mnist_train, spec=spec, progress=False)
     fc1 = stats["classifier.fc1"]
     acts_a = _relu_activations(model_a, mnist_train.images)
     acts_b = _relu_activations(model_b, mnist_train.images)
@@ -108,8 +108,8 @@ def test_canonical_correlations_match_a_direct_computation(shipped_pair, mnist_t
 
 
 def test_dead_units_need_a_ridge(shipped_pair, tiny_train) -> None:
-    spec = permutation_spec(shipped_pair[0], tiny_train.images[:2])
-    stats = collect_statistics(list(shipped_pair), tiny_train, spec, progress=False)
+    spec = permutation_spec(shipped_pair[0], example_input=tiny_train.images[:2])
+    stats = collect_statistics(list(shipped_pair), data=tiny_train, spec=spec, progress=False)
     fc1 = stats["classifier.fc1"]
     assert (fc1.std(0) == 0).any(), "the quickstart model has dead fc1 units"
     with pytest.raises(ValueError, match=r"singular .* never vary.*gamma > 0"):
@@ -135,13 +135,13 @@ def test_too_few_samples_say_how_many_are_needed(shipped_pair, tiny_train) -> No
 
 def test_cca_recovers_a_planted_permutation(shipped_pair, mnist_train, mnist_test) -> None:
     model = shipped_pair[0]
-    spec = permutation_spec(model, mnist_train.images[:2])
-    permuted = wb.apply_permutation(model, spec, wb.random_permutation(spec, seed=7))
+    spec = permutation_spec(model, example_input=mnist_train.images[:2])
+    permuted = wb.apply_permutation(model, spec=spec, perm=wb.random_permutation(spec, seed=7))
     before = state_copy(permuted)
-    image = cca_align(model, permuted, mnist_train, spec, gamma=1e-4, progress=False)
+    image = cca_align(model, permuted, data=mnist_train, spec=spec, gamma=1e-4, progress=False)
     assert_state_equal(permuted, before)
-    stats = collect_statistics([model, permuted], mnist_train, spec, progress=False)
-    found = cca_maps(stats, 1e-4, spec, general_groups(permuted, spec))
+    stats = collect_statistics([model, permuted], data=mnist_train, spec=spec, progress=False)
+    found = cca_maps(stats, 1e-4, spec, general_groups(permuted, spec=spec))
     for matrix in found.maps.values():  # fc1's dead units included
         # a permutation, to the float32 noise of the statistics (amplified by the small ridge)
         torch.testing.assert_close(matrix, matrix.round(), atol=1e-3, rtol=0)
@@ -169,17 +169,19 @@ def test_align_with_cca_gives_a_model_in_the_reference_space(shipped_pair, mnist
     assert distance(aligned) < distance(model_b)
     with pytest.raises(ValueError, match="method='cca' needs data"):
         wb.align(model_a, model_b, method="cca")
-    result = wb.alignment.match(model_a, model_b, "cca", mnist_train, gamma=0.3, progress=False)
+    result = wb.alignment.match(
+        model_a, model_b, method="cca", data=mnist_train, gamma=0.3, progress=False
+    )
     assert result.kind == "linear" and not result.preserves_function
     assert result.options["gamma"] == 0.3
-    again = wb.alignment.apply_alignment(model_b, result, mnist_train, model_a)
+    again = wb.alignment.apply_alignment(model_b, result=result, data=mnist_train, model_a=model_a)
     assert states_equal(again.state_dict(), aligned.state_dict())
     with pytest.raises(ValueError, match=r"not a permutation: read result\.transform"):
         _ = result.permutation
 
 
 def test_transform_state_rejects_maps_of_the_wrong_size(tiny_model) -> None:
-    spec = permutation_spec(tiny_model, torch.zeros(2, 1, 28, 28))
-    folded, folded_spec = fold_batchnorm(tiny_model, spec)
+    spec = permutation_spec(tiny_model, example_input=torch.zeros(2, 1, 28, 28))
+    folded, folded_spec = fold_batchnorm(tiny_model, spec=spec)
     with pytest.raises(ValueError, match="must be 4x4"):
         transform_state(folded.state_dict(), folded_spec, {"features.conv1": torch.eye(5)})

@@ -318,7 +318,7 @@ def test_load_quickstart_models(shipped_pair, mnist_test):
     for seed, model in zip((0, 1), shipped_pair, strict=True):
         assert wb.checkpoint_metadata(model)["seed"] == seed
         assert not model.training
-        metrics = wb.evaluate(model, mnist_test)
+        metrics = wb.evaluate(model, eval_data=mnist_test)
         assert metrics.accuracy >= 0.97
         # The recorded test accuracy is the one measured here.
         assert metrics.accuracy == wb.checkpoint_metadata(model)["metrics"]["test_accuracy"]

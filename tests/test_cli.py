@@ -80,7 +80,7 @@ def test_demo_curves_are_the_shipped_pairs(demo_run, shipped_pair, mnist_test):
     # The naive test endpoint is the shipped model A's test loss.
     row = frame[(frame["label"] == "naive") & (frame["bn"] == "none") & (frame["alpha"] == 0.0)]
     assert row["loss"].item() == pytest.approx(
-        wb.evaluate(shipped_pair[0], mnist_test).loss, rel=1e-12
+        wb.evaluate(shipped_pair[0], eval_data=mnist_test).loss, rel=1e-12
     )
 
 
@@ -163,7 +163,7 @@ def test_train_writes_checkpoint(train_run, mnist_test):
     assert meta["dataset"] == "mnist-5k"
     assert meta["recipe"] == {"epochs": 1, "lr": 0.2, "batch_size": 128, "translate": 2}
     model = wb.load_checkpoint(path)
-    assert meta["metrics"]["test_accuracy"] == wb.evaluate(model, mnist_test).accuracy
+    assert meta["metrics"]["test_accuracy"] == wb.evaluate(model, eval_data=mnist_test).accuracy
     assert meta["metrics"]["epochs"] == 1
 
 
@@ -275,8 +275,10 @@ def test_merge_command(tmp_path, shipped_pair, mnist_train, mnist_test):
     assert set(table.index) == {"naive", "weight", *wb.analysis.comparison.REFERENCES}
     # the same number as the library call on the same evenly spaced subsets
     train, test = _subset(mnist_train, 300), _subset(mnist_test, 300)
-    merged = wb.merge_many(list(shipped_pair), train, "weight", progress=False).model
-    assert table.loc["weight", "accuracy"] == pytest.approx(wb.evaluate(merged, test).accuracy)
+    merged = wb.merge_many(list(shipped_pair), data=train, method="weight", progress=False).model
+    assert table.loc["weight", "accuracy"] == pytest.approx(
+        wb.evaluate(merged, eval_data=test).accuracy
+    )
     assert table.loc["weight", "accuracy"] > table.loc["naive", "accuracy"]
     assert "Merging the first N of cnn_mnist-5k_seed0, cnn_mnist-5k_seed1" in stdout
 
@@ -430,3 +432,19 @@ def test_merge_takes_the_methods_options_and_a_quick_preset(tmp_path):
     assert code == 0, err
     table = pd.read_csv(tmp_path / "merge.csv").set_index("method")
     assert table.loc["cca", "gamma"] == 0.3  # given, over the quick preset's default
+    code, _, err = _run([*base, "--overwrite", "--methods", "weight", "--option", "cca.gamma=0.3"])
+    assert code == 2 and "names the method 'cca', which is not among --methods" in err
+
+
+def test_merge_options_go_to_each_method_by_name():
+    """``METHOD.NAME=VALUE`` reaches one method, ``NAME=VALUE`` every method that takes it;
+    the quick presets stay per method (STE's and NP Merge's ``steps`` differ)."""
+    from workbench.cli.commands import merge_options
+
+    groups = merge_options(["ste", "np_merge", "weight"], True, ["np_merge.steps=7"])
+    assert groups["np_merge"]["steps"] == 7 and groups["ste"]["steps"] != 7
+    assert "weight" not in groups  # nothing to set
+    both = merge_options(["ste", "np_merge"], False, ["steps=3", "ste.lr=0.1"])
+    assert both == {"ste": {"steps": 3, "lr": 0.1}, "np_merge": {"steps": 3}}
+    with pytest.raises(ValueError, match="'gamma' is an option of \\['cca'\\]"):
+        merge_options(["ste"], False, ["gamma=0.3"])

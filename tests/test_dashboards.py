@@ -34,7 +34,11 @@ def test_lmc_explorer_controls(shipped_pair, small_test, small_train, tmp_path):
     explorer.compute.click()  # weight matching, no BN handling
     weight_curve = explorer.curve
     expected = wb.lmc_curve(
-        shipped_pair[0], wb.align(*shipped_pair, "weight"), small_test, 5, progress=False
+        shipped_pair[0],
+        wb.align(*shipped_pair, "weight"),
+        eval_data=small_test,
+        alphas=5,
+        progress=False,
     )
     assert weight_curve.loss == pytest.approx(expected.loss, rel=1e-5)
     assert f"{weight_curve.barrier:.3f}" in explorer.barrier.value
@@ -82,7 +86,7 @@ def test_lmc_explorer_says_when_the_far_end_is_not_b(shipped_pair, small_test, s
     explorer.compute.click()
     curve = explorer.curve
     assert not curve.far_end_is_b
-    b_alone = wb.evaluate(shipped_pair[1], small_test)
+    b_alone = wb.evaluate(shipped_pair[1], eval_data=small_test)
     assert curve.accuracy_b == pytest.approx(b_alone.accuracy)
     assert curve.loss_b == pytest.approx(b_alone.loss, rel=1e-5)
     assert curve.loss[-1] > curve.loss_b + 0.1  # CCA's image of B is not B

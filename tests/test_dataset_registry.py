@@ -269,7 +269,7 @@ def _saved_pair(tmp_path: Path, in_channels: int, **metadata) -> list[torch.nn.M
 
 def _aligns_without_data(a: torch.nn.Module, b: torch.nn.Module, shape: tuple) -> None:
     assert tuple(example_input_for(a).shape) == shape
-    aligned = wb.align(a, b, "weight")
+    aligned = wb.align(a, b, method="weight")
     x = torch.randn(*shape)
     with torch.no_grad():
         torch.testing.assert_close(aligned(x), b(x), rtol=1e-5, atol=1e-5)

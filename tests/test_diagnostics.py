@@ -23,7 +23,7 @@ def small_test(mnist_test):
 
 @pytest.fixture(scope="module")
 def spec(shipped_pair):
-    return wb.permutation_spec(shipped_pair[0], torch.zeros(2, 1, 28, 28))
+    return wb.permutation_spec(shipped_pair[0], example_input=torch.zeros(2, 1, 28, 28))
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +41,10 @@ def test_graph_order(spec):
 def test_after_is_the_diagonal_of_the_aligned_pair(shipped_pair, train_500, spec, correlations):
     a, b = shipped_pair
     assert correlations.groups == GROUPS
-    perm = wb.activation_matching(a, b, train_500, spec, progress=False)
-    aligned = wb.apply_permutation(b, spec, perm)
-    naive = collect_statistics([a, b], train_500, spec, progress=False)
-    matched = collect_statistics([a, aligned], train_500, spec, progress=False)
+    perm = wb.activation_matching(a, b, data=train_500, spec=spec, progress=False)
+    aligned = wb.apply_permutation(b, spec=spec, perm=perm)
+    naive = collect_statistics([a, b], data=train_500, spec=spec, progress=False)
+    matched = collect_statistics([a, aligned], data=train_500, spec=spec, progress=False)
     for group in GROUPS:
         expected_before = naive[group].correlation(0, 1).diagonal().numpy()
         expected_after = matched[group].correlation(0, 1).diagonal().numpy()
@@ -63,19 +63,19 @@ def test_after_is_the_diagonal_of_the_aligned_pair(shipped_pair, train_500, spec
 def test_weight_matching_correlations_and_cache(shipped_pair, train_500, tmp_path):
     a, b = shipped_pair
     cache = wb.ResultCache(tmp_path)
-    result = diagnostics.matched_correlations(a, b, train_500, "weight", cache=cache)
-    spec = wb.permutation_spec(a, torch.zeros(2, 1, 28, 28))
-    perm = wb.weight_matching(a, b, spec)
-    stats = collect_statistics([a, b], train_500, spec, progress=False)
+    result = diagnostics.matched_correlations(a, b, data=train_500, method="weight", cache=cache)
+    spec = wb.permutation_spec(a, example_input=torch.zeros(2, 1, 28, 28))
+    perm = wb.weight_matching(a, b, spec=spec)
+    stats = collect_statistics([a, b], data=train_500, spec=spec, progress=False)
     correlation = stats["features.conv2"].correlation(0, 1)
     expected = correlation[torch.arange(len(correlation)), perm["features.conv2"]].numpy()
     np.testing.assert_allclose(result.after["features.conv2"], expected, atol=1e-6)
     assert result.settings["models"] == [wb.fingerprint(m) for m in (a, b)]
-    again = diagnostics.matched_correlations(a, b, train_500, "weight", cache=cache)
+    again = diagnostics.matched_correlations(a, b, data=train_500, method="weight", cache=cache)
     np.testing.assert_array_equal(again.after["classifier.fc1"], result.after["classifier.fc1"])
     assert len(list(tmp_path.glob("correlations/*.safetensors"))) == 1
     with pytest.raises(ValueError, match="method must be 'weight' or 'activation'"):
-        diagnostics.matched_correlations(a, b, train_500, "cca")
+        diagnostics.matched_correlations(a, b, data=train_500, method="cca")
 
 
 def test_correlation_plot(correlations, tmp_path):
@@ -102,8 +102,10 @@ def test_partial_alignment_goes_from_naive_to_full(shipped_pair, train_500, smal
     assert list(table["groups_aligned"]) == [0, 1, 2, 3, 4]
     assert list(table["last_group"]) == ["-", *GROUPS]
     kwargs = {"bn_data": train_500, "progress": False, "cache": False}
-    naive = wb.lmc_curve(a, b, small_test, 3, "reset", **kwargs)
-    full = wb.lmc_curve(a, wb.align(a, b, "weight"), small_test, 3, "reset", **kwargs)
+    naive = wb.lmc_curve(a, b, eval_data=small_test, alphas=3, bn="reset", **kwargs)
+    full = wb.lmc_curve(
+        a, wb.align(a, b, method="weight"), eval_data=small_test, alphas=3, bn="reset", **kwargs
+    )
     assert table["barrier"].iloc[0] == pytest.approx(naive.barrier, rel=1e-6)
     assert table["barrier"].iloc[-1] == pytest.approx(full.barrier, rel=1e-6)
     assert table["barrier"].iloc[-1] < table["barrier"].iloc[0]

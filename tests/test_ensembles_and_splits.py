@@ -59,7 +59,10 @@ def test_ensemble_of_one_model_is_the_model(trained, small_test):
     assert torch.equal(
         _logits(probabilities, small_test).argmax(1), _logits(model, small_test).argmax(1)
     )
-    alone, as_ensemble = wb.evaluate(model, small_test), wb.evaluate(probabilities, small_test)
+    alone, as_ensemble = (
+        wb.evaluate(model, eval_data=small_test),
+        wb.evaluate(probabilities, eval_data=small_test),
+    )
     assert as_ensemble.accuracy == alone.accuracy
     assert as_ensemble.loss == pytest.approx(alone.loss, rel=1e-5)
 
@@ -67,7 +70,7 @@ def test_ensemble_of_one_model_is_the_model(trained, small_test):
 def test_logit_ensemble_is_the_mean_of_the_logits(trained, small_test):
     a, b = trained[:2]
     expected = (_logits(a, small_test) + _logits(b, small_test)) / 2
-    found = _logits(wb.ensemble([a, b], "logits"), small_test)
+    found = _logits(wb.ensemble([a, b], combine="logits"), small_test)
     torch.testing.assert_close(found, expected, rtol=0, atol=1e-6)
 
 
@@ -76,11 +79,11 @@ def test_probability_ensemble_loss_by_hand(trained, small_test):
     labels = small_test.targets
     loss = -probabilities[torch.arange(len(labels)), labels].log().mean().item()
     accuracy = (probabilities.argmax(1) == labels).float().mean().item()
-    metrics = wb.evaluate(wb.ensemble(trained, "probabilities"), small_test)
+    metrics = wb.evaluate(wb.ensemble(trained, combine="probabilities"), eval_data=small_test)
     assert metrics.loss == pytest.approx(loss, rel=1e-5)
     assert metrics.accuracy == pytest.approx(accuracy)
     # the log of probabilities: they sum to one
-    out = _logits(wb.ensemble(trained, "probabilities"), small_test)
+    out = _logits(wb.ensemble(trained, combine="probabilities"), small_test)
     torch.testing.assert_close(out.exp().sum(1), torch.ones(len(out)))
 
 
@@ -92,7 +95,7 @@ def test_ensemble_holds_copies_and_leaves_the_models_as_they_were(trained, small
     assert not any(held is model for held, model in zip(ensemble.models, trained, strict=True))
     for held, model in zip(ensemble.models, trained, strict=True):
         assert wb.fingerprint(held) == wb.fingerprint(model)
-    wb.evaluate(ensemble, small_test)
+    wb.evaluate(ensemble, eval_data=small_test)
     for model, state, mode in zip(trained, states, modes, strict=True):
         assert_state_equal(model, state)
         assert model.training == mode
@@ -120,14 +123,20 @@ def test_ensemble_refuses_bad_arguments(trained, small_test):
 def test_compare_methods_has_ensemble_rows(trained, tiny_train, small_test, tmp_path, monkeypatch):
     cache = wb.ResultCache(tmp_path)
     table = wb.compare_methods(
-        trained, tiny_train, small_test, ("none",), (2, 3), cache=cache, progress=False
+        trained,
+        data=tiny_train,
+        eval_data=small_test,
+        methods=("none",),
+        sizes=(2, 3),
+        cache=cache,
+        progress=False,
     )
     assert list(table.columns) == comparison.COLUMNS
     assert list(table["method"]) == ["naive"] * 2 + list(comparison.REFERENCES) * 2
     rows = table.set_index(["method", "n_models"])
     for n in (2, 3):
         for name, combine in comparison.ENSEMBLES.items():
-            metrics = wb.evaluate(wb.ensemble(trained[:n], combine), small_test)
+            metrics = wb.evaluate(wb.ensemble(trained[:n], combine=combine), eval_data=small_test)
             assert rows.loc[(name, n), "accuracy"] == metrics.accuracy
             assert rows.loc[(name, n), "loss"] == pytest.approx(metrics.loss, rel=1e-6)
             assert rows.loc[(name, n), "bn"] == "-"
@@ -135,7 +144,13 @@ def test_compare_methods_has_ensemble_rows(trained, tiny_train, small_test, tmp_
     built = []
     monkeypatch.setattr(comparison, "ensemble", lambda *a, **k: built.append(1) or None)
     again = wb.compare_methods(
-        trained, tiny_train, small_test, ("none",), (2, 3), cache=cache, progress=False
+        trained,
+        data=tiny_train,
+        eval_data=small_test,
+        methods=("none",),
+        sizes=(2, 3),
+        cache=cache,
+        progress=False,
     )
     assert built == []
     pd.testing.assert_frame_equal(again, table)
@@ -143,7 +158,12 @@ def test_compare_methods_has_ensemble_rows(trained, tiny_train, small_test, tmp_
 
 def test_plot_comparison_draws_the_ensembles_as_references(trained, tiny_train, small_test):
     table = wb.compare_methods(
-        trained[:2], tiny_train, small_test, ("none",), cache=False, progress=False
+        trained[:2],
+        data=tiny_train,
+        eval_data=small_test,
+        methods=("none",),
+        cache=False,
+        progress=False,
     )
     fig = wb.plot_comparison(table)
     lines = {line.get_label(): line for line in fig.axes[0].lines}
@@ -170,14 +190,24 @@ def test_plot_comparison_draws_the_ensembles_as_references(trained, tiny_train, 
 def test_compare_methods_per_part_accuracy(trained, tiny_train, small_test):
     parts = wb.partition(tiny_train, 2, "disjoint", seed=0)
     table = wb.compare_methods(
-        trained[:2], tiny_train, small_test, ("none",), parts=parts, cache=False, progress=False
+        trained[:2],
+        data=tiny_train,
+        eval_data=small_test,
+        methods=("none",),
+        parts=parts,
+        cache=False,
+        progress=False,
     )
     assert list(table.columns) == [*comparison.COLUMNS, "accuracy_part0", "accuracy_part1"]
     rows = table.set_index("method")
     for name, combine in comparison.ENSEMBLES.items():
-        expected = per_part_accuracy(wb.ensemble(trained[:2], combine), small_test, parts)
+        expected = per_part_accuracy(
+            wb.ensemble(trained[:2], combine=combine), eval_data=small_test, parts=parts
+        )
         assert list(rows.loc[name, ["accuracy_part0", "accuracy_part1"]]) == pytest.approx(expected)
-    per_model = np.mean([per_part_accuracy(m, small_test, parts) for m in trained[:2]], axis=0)
+    per_model = np.mean(
+        [per_part_accuracy(m, eval_data=small_test, parts=parts) for m in trained[:2]], axis=0
+    )
     found = rows.loc["endpoints", ["accuracy_part0", "accuracy_part1"]]
     assert list(found) == pytest.approx(per_model.tolist())
 
@@ -189,25 +219,31 @@ def test_per_part_accuracy_on_classes_and_on_parts(trained, tiny_train, small_te
     model = trained[0]
     labels = small_test.targets
     low = torch.isin(labels, torch.tensor([0, 1, 2, 3, 4]))
-    on_low = wb.evaluate(model, small_test.subset(low.nonzero().reshape(-1), "test")).accuracy
-    on_high = wb.evaluate(model, small_test.subset((~low).nonzero().reshape(-1), "test")).accuracy
-    found = wb.per_part_accuracy(model, small_test, [range(5), [5, 6, 7, 8, 9]])
+    on_low = wb.evaluate(
+        model, eval_data=small_test.subset(low.nonzero().reshape(-1), "test")
+    ).accuracy
+    on_high = wb.evaluate(
+        model, eval_data=small_test.subset((~low).nonzero().reshape(-1), "test")
+    ).accuracy
+    found = wb.per_part_accuracy(model, eval_data=small_test, parts=[range(5), [5, 6, 7, 8, 9]])
     assert found == pytest.approx([on_low, on_high])
-    assert wb.per_part_accuracy(model, small_test, [range(10)]) == pytest.approx(
-        [wb.evaluate(model, small_test).accuracy]
+    assert wb.per_part_accuracy(model, eval_data=small_test, parts=[range(10)]) == pytest.approx(
+        [wb.evaluate(model, eval_data=small_test).accuracy]
     )
     # a part as a dataset weights each class by its count in the part
-    parts = wb.partition(tiny_train, 2, "dirichlet", alpha=0.3, seed=1)
+    parts = wb.partition(tiny_train, 2, "dirichlet", concentration=0.3, seed=1)
     with_counts = [dict(enumerate(p.partition["counts"])) for p in parts]
-    assert wb.per_part_accuracy(model, small_test, parts) == pytest.approx(
-        wb.per_part_accuracy(model, small_test, with_counts)
+    assert wb.per_part_accuracy(model, eval_data=small_test, parts=parts) == pytest.approx(
+        wb.per_part_accuracy(model, eval_data=small_test, parts=with_counts)
     )
     with pytest.raises(ValueError, match="shares no class"):
-        wb.per_part_accuracy(model, small_test.subset(torch.nonzero(low).reshape(-1), "t"), [[7]])
+        wb.per_part_accuracy(
+            model, eval_data=small_test.subset(torch.nonzero(low).reshape(-1), "t"), parts=[[7]]
+        )
     with pytest.raises(TypeError, match="non-empty sequence"):
-        wb.per_part_accuracy(model, small_test, [])
+        wb.per_part_accuracy(model, eval_data=small_test, parts=[])
     with pytest.raises(ValueError, match="class must be >= 0"):
-        wb.per_part_accuracy(model, small_test, [[-1]])
+        wb.per_part_accuracy(model, eval_data=small_test, parts=[[-1]])
 
 
 # --- partition ---------------------------------------------------------------------------
@@ -256,15 +292,15 @@ def _mean_class_entropy(parts: list[wb.TensorImageDataset]) -> float:
 
 def test_dirichlet_parts_cover_every_example_once_and_are_seeded(mnist_train):
     data = _indexed(mnist_train.targets[:1000])
-    parts = wb.partition(data, 4, "dirichlet", alpha=0.5, seed=3)
+    parts = wb.partition(data, 4, "dirichlet", concentration=0.5, seed=3)
     assert torch.equal(_positions(parts), torch.arange(1000))
     assert sum(np.array(p.partition["counts"]) for p in parts).tolist() == (
         torch.bincount(data.targets, minlength=10).tolist()
     )
     assert all(p.partition["alpha"] == 0.5 and p.partition["split"] == "dirichlet" for p in parts)
-    again = wb.partition(data, 4, "dirichlet", alpha=0.5, seed=3)
+    again = wb.partition(data, 4, "dirichlet", concentration=0.5, seed=3)
     assert all(torch.equal(a.images, b.images) for a, b in zip(parts, again, strict=True))
-    other = wb.partition(data, 4, "dirichlet", alpha=0.5, seed=4)
+    other = wb.partition(data, 4, "dirichlet", concentration=0.5, seed=4)
     assert [p.partition["counts"] for p in other] != [p.partition["counts"] for p in parts]
 
 
@@ -295,11 +331,27 @@ def test_partition_of_a_generic_dataset_gives_subsets():
         ({"parts": 2.0}, TypeError, "parts must be an integer"),
         ({"parts": 11}, ValueError, "need at least 11 classes, but the dataset has 10"),
         ({"how": "iid"}, ValueError, "how must be one of"),
-        ({"how": "dirichlet", "alpha": 0}, ValueError, r"alpha must be in \(0, inf\]"),
-        ({"how": "dirichlet", "alpha": -1.0}, ValueError, r"alpha must be in \(0, inf\]"),
-        ({"how": "dirichlet", "alpha": float("nan")}, ValueError, "alpha must be a finite"),
-        ({"how": "dirichlet", "alpha": float("inf")}, ValueError, "alpha must be a finite"),
-        ({"how": "dirichlet", "alpha": "0.5"}, TypeError, "alpha must be a number"),
+        (
+            {"how": "dirichlet", "concentration": 0},
+            ValueError,
+            r"concentration must be in \(0, inf\]",
+        ),
+        (
+            {"how": "dirichlet", "concentration": -1.0},
+            ValueError,
+            r"concentration must be in \(0, inf\]",
+        ),
+        (
+            {"how": "dirichlet", "concentration": float("nan")},
+            ValueError,
+            "concentration must be a finite",
+        ),
+        (
+            {"how": "dirichlet", "concentration": float("inf")},
+            ValueError,
+            "concentration must be a finite",
+        ),
+        ({"how": "dirichlet", "concentration": "0.5"}, TypeError, "concentration must be a number"),
         ({"seed": 0.5}, TypeError, "seed must be an integer"),
     ],
 )
@@ -313,7 +365,9 @@ def test_partition_refuses_loaders_and_empty_parts(tiny_train):
     with pytest.raises(TypeError, match="needs a Dataset, got a DataLoader"):
         wb.partition(DataLoader(tiny_train), 2)
     with pytest.raises(ValueError, match="received no example"):
-        wb.partition(tiny_train.subset(torch.arange(3), "train"), 3, "dirichlet", alpha=0.01)
+        wb.partition(
+            tiny_train.subset(torch.arange(3), "train"), 3, "dirichlet", concentration=0.01
+        )
 
 
 # --- training on the parts ---------------------------------------------------------------
@@ -322,7 +376,7 @@ def test_partition_refuses_loaders_and_empty_parts(tiny_train):
 def test_train_models_on_disjoint_parts(mnist_train, small_test, tmp_path):
     data = mnist_train.subset(torch.arange(400), "train")
     runs = wb.training_runs(
-        "cnn", [0, 1], data, 2, model_kwargs=TINY, split="disjoint", split_seed=0, **FAST
+        "cnn", [0, 1], data, 2, model_kwargs=TINY, partition="disjoint", partition_seed=0, **FAST
     )
     parts = wb.partition(data, 2, "disjoint", seed=0)
     labels = small_test.targets
@@ -330,17 +384,17 @@ def test_train_models_on_disjoint_parts(mnist_train, small_test, tmp_path):
         classes = part.partition["classes"]
         assert run.metadata == {"split": part.partition}
         assert run.model.workbench_split == part.partition
-        assert run.metrics["train_accuracy"] == wb.evaluate(run.model, part).accuracy
+        assert run.metrics["train_accuracy"] == wb.evaluate(run.model, eval_data=part).accuracy
         seen = torch.isin(labels, torch.tensor(classes))
         unseen = small_test.subset((~seen).nonzero().reshape(-1), "test")
-        assert wb.evaluate(run.model, unseen).accuracy < 0.05  # never trained on them
+        assert wb.evaluate(run.model, eval_data=unseen).accuracy < 0.05  # never trained on them
         path = wb.save_checkpoint(run.model, tmp_path / f"m{index}.safetensors", **run.metadata)
         split = wb.read_metadata(path)["split"]
         assert (split["split"], split["part"], split["parts"]) == ("disjoint", index, 2)
         assert split["classes"] == classes
     # train_models trains the same models on the same parts
     models = wb.train_models(
-        "cnn", [0, 1], data, 2, model_kwargs=TINY, split="disjoint", split_seed=0, **FAST
+        "cnn", [0, 1], data, 2, model_kwargs=TINY, partition="disjoint", partition_seed=0, **FAST
     )
     for model, run in zip(models, runs, strict=True):
         assert_state_equal(model, run.model.state_dict())
@@ -349,12 +403,19 @@ def test_train_models_on_disjoint_parts(mnist_train, small_test, tmp_path):
 
 def test_train_models_refuses_bad_splits(tiny_train):
     with pytest.raises(ValueError, match="at least 2 seeds"):
-        wb.train_models("cnn", [0], tiny_train, 1, model_kwargs=TINY, split="disjoint", **FAST)
+        wb.train_models("cnn", [0], tiny_train, 1, model_kwargs=TINY, partition="disjoint", **FAST)
     with pytest.raises(ValueError, match="split must be one of"):
-        wb.train_models("cnn", [0, 1], tiny_train, 1, model_kwargs=TINY, split="iid", **FAST)
+        wb.train_models("cnn", [0, 1], tiny_train, 1, model_kwargs=TINY, partition="iid", **FAST)
     with pytest.raises(ValueError, match="alpha must be"):
         wb.training_runs(
-            "cnn", [0, 1], tiny_train, 1, model_kwargs=TINY, split="dirichlet", alpha=0, **FAST
+            "cnn",
+            [0, 1],
+            tiny_train,
+            1,
+            model_kwargs=TINY,
+            partition="dirichlet",
+            concentration=0,
+            **FAST,
         )
     unsplit = wb.training_runs("cnn", [0], tiny_train, 1, model_kwargs=TINY, **FAST)
     assert unsplit[0].metadata == {} and not hasattr(unsplit[0].model, "workbench_split")

@@ -36,14 +36,16 @@ def test_render_channels_excites_each_channel(shipped_pair, cache) -> None:
     before = state_copy(model)
     channels = [0, 3, 5, 9]
     images = fv.render_channels(
-        model, "features.conv3", channels, steps=48, cache=cache, progress=False
+        model, layer="features.conv3", channels=channels, steps=48, cache=cache, progress=False
     )
     assert images.shape == (4, 28, 28, 1)
     assert images.min() >= 0 and images.max() <= 1
     assert_state_equal(model, before)
     assert all(p.requires_grad for p in model.parameters())
     acts = _channel_means(model, "features.conv3", images)[:, channels]  # (image, channel)
-    start = fv.render_channels(model, "features.conv3", channels, steps=1, cache=False)
+    start = fv.render_channels(
+        model, layer="features.conv3", channels=channels, steps=1, cache=False
+    )
     baseline = _channel_means(model, "features.conv3", start)[:, channels]
     # the optimization drives each image's own channel up from where it started, and
     # above what the other images of the batch do to that channel
@@ -54,31 +56,37 @@ def test_render_channels_excites_each_channel(shipped_pair, cache) -> None:
 def test_render_is_seeded_and_independent_of_the_batch(shipped_pair, cache) -> None:
     model = shipped_pair[0]
     kwargs = {"steps": 8, "cache": False, "progress": False}
-    batch = fv.render_channels(model, "features.conv2", [1, 2, 6], **kwargs)
-    alone = fv.render_channels(model, "features.conv2", [6], **kwargs)
+    batch = fv.render_channels(model, layer="features.conv2", channels=[1, 2, 6], **kwargs)
+    alone = fv.render_channels(model, layer="features.conv2", channels=[6], **kwargs)
     torch.testing.assert_close(alone[0], batch[2], atol=1e-5, rtol=0)
-    again = fv.render_channels(model, "features.conv2", [1, 2, 6], **kwargs)
+    again = fv.render_channels(model, layer="features.conv2", channels=[1, 2, 6], **kwargs)
     torch.testing.assert_close(again, batch, atol=1e-6, rtol=0)
-    other_seed = fv.render_channels(model, "features.conv2", [6], seed=1, **kwargs)
+    other_seed = fv.render_channels(model, layer="features.conv2", channels=[6], seed=1, **kwargs)
     assert (other_seed[0] - alone[0]).abs().max() > 0.05
 
 
 def test_renders_are_cached_per_channel(shipped_pair, cache, monkeypatch) -> None:
     model = shipped_pair[0]
     first = fv.render_channels(
-        model, "features.conv1", [0, 1], steps=8, cache=cache, progress=False
+        model, layer="features.conv1", channels=[0, 1], steps=8, cache=cache, progress=False
     )
     calls = []
     original = fv.render._optimize
     monkeypatch.setattr(
         fv.render, "_optimize", lambda *a, **k: calls.append(a[2]) or original(*a, **k)
     )
-    hit = fv.render_channels(model, "features.conv1", [1, 0], steps=8, cache=cache, progress=False)
+    hit = fv.render_channels(
+        model, layer="features.conv1", channels=[1, 0], steps=8, cache=cache, progress=False
+    )
     assert calls == [] and torch.equal(hit[0], first[1])
-    fv.render_channels(model, "features.conv1", [0, 2], steps=8, cache=cache, progress=False)
+    fv.render_channels(
+        model, layer="features.conv1", channels=[0, 2], steps=8, cache=cache, progress=False
+    )
     assert calls == [[2]], "only the channel not rendered before is optimized"
-    changed = wb.interpolate(model, shipped_pair[1], 0.1)
-    fv.render_channels(changed, "features.conv1", [0], steps=8, cache=cache, progress=False)
+    changed = wb.interpolate(model, shipped_pair[1], alpha=0.1)
+    fv.render_channels(
+        changed, layer="features.conv1", channels=[0], steps=8, cache=cache, progress=False
+    )
     assert calls[-1] == [0], "a changed model misses the cache"
 
 
@@ -86,20 +94,26 @@ def test_layer_and_channel_errors(shipped_pair) -> None:
     model = shipped_pair[0]
     n = model.features.conv1.out_channels
     with pytest.raises(ValueError, match=r"no layer 'features\.conv4'.*features\.conv"):
-        fv.render_channels(model, "features.conv4", [0], steps=1)
+        fv.render_channels(model, layer="features.conv4", channels=[0], steps=1)
     with pytest.raises(ValueError, match=r"is a BatchNorm2d; .* conv and linear"):
-        fv.render_channels(model, "features.bn1", [0], steps=1)
+        fv.render_channels(model, layer="features.bn1", channels=[0], steps=1)
     with pytest.raises(
         ValueError,
         match=rf"channels of layer 'features\.conv1'\[1\] must be in \[0, {n - 1}\], got {n}",
     ):
-        fv.render_channels(model, "features.conv1", [3, n], steps=1)
+        fv.render_channels(model, layer="features.conv1", channels=[3, n], steps=1)
 
 
 def test_exemplars_equal_a_brute_force_top_k(shipped_pair, mnist_test, cache) -> None:
     model = shipped_pair[0]
     found = fv.top_exemplars(
-        model, "features.conv2", mnist_test, [0, 4, 9], k=5, cache=cache, progress=False
+        model,
+        layer="features.conv2",
+        data=mnist_test,
+        channels=[0, 4, 9],
+        k=5,
+        cache=cache,
+        progress=False,
     )
     captured = []
     handle = model.features.conv2.register_forward_hook(lambda m, i, o: captured.append(o))
@@ -113,7 +127,9 @@ def test_exemplars_equal_a_brute_force_top_k(shipped_pair, mnist_test, cache) ->
     assert found.maps.shape == (3, 5, 14, 14)
     torch.testing.assert_close(found.maps[1, 0], captured[0][found.indices[1, 0], 4])
     assert torch.equal(found.images[2, 1], mnist_test.images[found.indices[2, 1]])
-    linear = fv.top_exemplars(model, "classifier.fc1", mnist_test, k=2, cache=False, progress=False)
+    linear = fv.top_exemplars(
+        model, layer="classifier.fc1", data=mnist_test, k=2, cache=False, progress=False
+    )
     hidden = model.classifier.fc1.out_features
     assert linear.indices.shape == (hidden, 2) and linear.maps.shape == (hidden, 2, 1, 1)
 

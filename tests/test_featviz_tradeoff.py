@@ -101,7 +101,9 @@ def test_bad_input_names_the_problem(shipped_pair, tiny_train, kwargs, message) 
 
 def test_render_quality_checks_the_images(shipped_pair, tiny_train, cache) -> None:
     model = shipped_pair[0]
-    images = fv.render_channels(model, LAYER, [0, 1], steps=1, cache=cache, progress=False)
+    images = fv.render_channels(
+        model, layer=LAYER, channels=[0, 1], steps=1, cache=cache, progress=False
+    )
     with pytest.raises(ValueError, match="one image per channel"):
         fv.render_quality(model, LAYER, [0], images, tiny_train)
     empty = tiny_train.subset(torch.arange(0), "train")

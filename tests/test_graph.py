@@ -72,12 +72,12 @@ def test_random_permutation_preserves_function(name: str) -> None:
     build, shape = CASES[name]
     model = _randomize_statistics(build())
     x = torch.randn(*shape)
-    spec = permutation_spec(model, x)
+    spec = permutation_spec(model, example_input=x)
     # every hidden conv/linear channel can be aligned: a spec that froze layers would pass
     # the exactness check below, so coverage is asserted too
     assert spec.coverage() == 1.0, spec.summary()
     perm = random_permutation(spec, seed=1)
-    permuted = apply_permutation(model, spec, perm)
+    permuted = apply_permutation(model, spec=spec, perm=perm)
     with torch.no_grad():
         expected, got = model(x), permuted(x)
     assert (expected - got).abs().max().item() < 1e-4
@@ -93,7 +93,7 @@ def test_random_permutation_preserves_function(name: str) -> None:
 
 
 def test_residual_groups_are_united() -> None:
-    spec = permutation_spec(wb.create_model("resnet20"), torch.zeros(2, 3, 32, 32))
+    spec = permutation_spec(wb.create_model("resnet20"), example_input=torch.zeros(2, 3, 32, 32))
     # Three residual streams (one per stage) plus two convs inside each of the 9 blocks,
     # less the shared ones: the stem conv, the two projection shortcuts and 9 inner convs.
     stream = spec.groups["conv1"]
@@ -105,7 +105,7 @@ def test_residual_groups_are_united() -> None:
 
 
 def test_flatten_expands_channels_into_blocks() -> None:
-    spec = permutation_spec(_sequential(), torch.zeros(2, 3, 16, 16))
+    spec = permutation_spec(_sequential(), example_input=torch.zeros(2, 3, 16, 16))
     group = spec.groups["4"]  # the second conv's 16 channels, 7x7 positions each
     fc = [ax for ax in group.axes if ax.key == "7.weight"]
     assert fc == [("7.weight", 1)]
@@ -125,10 +125,10 @@ def test_cat_gives_sliced_consumer_axes() -> None:
 
     model = _randomize_statistics(Branches())
     x = torch.randn(2, 3, 8, 8)
-    spec = permutation_spec(model, x)
+    spec = permutation_spec(model, example_input=x)
     right = {ax.key: ax for ax in spec.groups["right"].axes}
     assert right["bn.weight"].offset == 4 and right["head.weight"].offset == 4
-    permuted = apply_permutation(model, spec, random_permutation(spec, 3))
+    permuted = apply_permutation(model, spec=spec, perm=random_permutation(spec, 3))
     with torch.no_grad():
         assert torch.allclose(model(x), permuted(x), atol=1e-5)
 
@@ -137,7 +137,7 @@ def test_depthwise_conv_ties_input_and_output() -> None:
     model = nn.Sequential(
         nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8), nn.ReLU(), nn.Conv2d(8, 4, 1)
     )
-    spec = permutation_spec(model, torch.zeros(1, 3, 8, 8))
+    spec = permutation_spec(model, example_input=torch.zeros(1, 3, 8, 8))
     assert ("2.weight", 0) in spec.groups["0"].axes
     assert "2" not in spec.groups  # no group of its own
 
@@ -147,10 +147,10 @@ def test_grouped_conv_moves_channels_within_its_blocks() -> None:
         nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Conv2d(8, 4, 1)
     )
     x = torch.randn(2, 3, 8, 8)
-    spec = permutation_spec(model, x)
+    spec = permutation_spec(model, example_input=x)
     assert spec.groups["0"].blocks == spec.groups["2"].blocks == 2
     assert spec.coverage() == 1.0
-    permuted = apply_permutation(model, spec, random_permutation(spec, seed=3))
+    permuted = apply_permutation(model, spec=spec, perm=random_permutation(spec, seed=3))
     with torch.no_grad():
         assert torch.allclose(model(x), permuted(x), atol=1e-6)
 
@@ -159,7 +159,7 @@ def test_a_grouped_conv_with_one_channel_per_block_is_reported() -> None:
     model = nn.Sequential(
         nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 3, groups=4), nn.ReLU(), nn.Conv2d(8, 2, 1)
     )
-    spec = permutation_spec(model, torch.randn(2, 3, 8, 8))
+    spec = permutation_spec(model, example_input=torch.randn(2, 3, 8, 8))
     assert "0" not in spec.groups and spec.groups["2"].blocks == 4
     assert "0: grouped convolution leaves one channel per block (4 channels)" in spec.report
     assert spec.coverage() == 8 / 12  # the first layer's 4 channels cannot move
@@ -174,7 +174,7 @@ def test_channel_slicing_with_a_step_is_left_unpermuted() -> None:
         def forward(self, x):
             return self.head(self.conv(x)[:, ::2])
 
-    spec = permutation_spec(Slicer(), torch.zeros(1, 3, 4, 4))
+    spec = permutation_spec(Slicer(), example_input=torch.zeros(1, 3, 4, 4))
     assert "conv" not in spec.groups
     assert any("conv: a slice with a step along the channel axis" in line for line in spec.report)
 
@@ -192,9 +192,11 @@ class _Branchy(nn.Module):
 
 def test_untraceable_model_names_the_problem() -> None:
     with pytest.raises(GraphTraceError, match=r"_Branchy.*leaf_modules"):
-        permutation_spec(_Branchy(), torch.zeros(1, 3, 4, 4))
+        permutation_spec(_Branchy(), example_input=torch.zeros(1, 3, 4, 4))
     wrapper = nn.Sequential(nn.Conv2d(3, 3, 1), _Branchy())
-    spec = permutation_spec(wrapper, torch.zeros(1, 3, 4, 4), leaf_modules=(_Branchy,))
+    spec = permutation_spec(
+        wrapper, example_input=torch.zeros(1, 3, 4, 4), leaf_modules=(_Branchy,)
+    )
     assert "0" not in spec.groups  # feeds an opaque module: frozen, reported
     assert any("_Branchy" in line for line in spec.report)
 
@@ -203,31 +205,37 @@ def test_example_input_that_does_not_fit() -> None:
     with pytest.raises(
         ValueError, match=r"cannot run on the example input of shape \(2, 3, 28, 28\)"
     ):
-        permutation_spec(wb.create_model("cnn", in_channels=1), torch.zeros(2, 3, 28, 28))
+        permutation_spec(
+            wb.create_model("cnn", in_channels=1), example_input=torch.zeros(2, 3, 28, 28)
+        )
 
 
 def test_spec_rejects_a_model_of_another_architecture() -> None:
-    spec = permutation_spec(wb.create_model("cnn", in_channels=1), torch.zeros(2, 1, 28, 28))
+    spec = permutation_spec(
+        wb.create_model("cnn", in_channels=1), example_input=torch.zeros(2, 1, 28, 28)
+    )
     wider = wb.create_model("cnn", in_channels=1, width=2)
     with pytest.raises(ValueError, match="built for another architecture"):
-        apply_permutation(wider, spec, random_permutation(spec))
+        apply_permutation(wider, spec=spec, perm=random_permutation(spec))
 
 
 def test_permutation_validation_and_algebra() -> None:
     model = wb.create_model("cnn", in_channels=1)
-    spec = permutation_spec(model, torch.zeros(2, 1, 28, 28))
+    spec = permutation_spec(model, example_input=torch.zeros(2, 1, 28, 28))
     bad = random_permutation(spec)
     bad["features.conv1"] = torch.zeros(16, dtype=torch.long)
     with pytest.raises(ValueError, match="not a permutation of range"):
-        apply_permutation(model, spec, bad)
+        apply_permutation(model, spec=spec, perm=bad)
     with pytest.raises(ValueError, match="missing groups"):
-        apply_permutation(model, spec, {})
+        apply_permutation(model, spec=spec, perm={})
     p, q = random_permutation(spec, 1), random_permutation(spec, 2)
-    twice = apply_permutation(apply_permutation(model, spec, p), spec, q)
-    once = apply_permutation(model, spec, compose(p, q))
+    twice = apply_permutation(apply_permutation(model, spec=spec, perm=p), spec=spec, perm=q)
+    once = apply_permutation(model, spec=spec, perm=compose(p, q))
     for key, value in twice.state_dict().items():
         assert torch.equal(value, once.state_dict()[key])
-    back = apply_permutation(apply_permutation(model, spec, p), spec, inverse(p))
+    back = apply_permutation(
+        apply_permutation(model, spec=spec, perm=p), spec=spec, perm=inverse(p)
+    )
     for key, value in model.state_dict().items():
         assert torch.equal(value, back.state_dict()[key])
 
@@ -242,7 +250,7 @@ def test_axis_behaves_as_a_pair() -> None:
 def test_spec_building_leaves_the_model_untouched() -> None:
     model = wb.create_model("cnn", in_channels=1).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    permutation_spec(model, torch.randn(4, 1, 28, 28))
+    permutation_spec(model, example_input=torch.randn(4, 1, 28, 28))
     assert model.training
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
@@ -251,7 +259,7 @@ def test_spec_building_leaves_the_model_untouched() -> None:
 def test_spec_is_pure_data_saved_and_loaded_as_json(tmp_path) -> None:
     model = _randomize_statistics(wb.create_model("resnet20"))
     x = torch.randn(2, 3, 32, 32)
-    spec = permutation_spec(model, x)
+    spec = permutation_spec(model, example_input=x)
     path = spec.save(tmp_path / "resnet20.json")
     loaded = wb.PermutationSpec.load(path)
     assert loaded == spec and loaded.to_dict() == spec.to_dict()
@@ -264,11 +272,11 @@ def test_spec_is_pure_data_saved_and_loaded_as_json(tmp_path) -> None:
     # the loaded spec permutes and observes exactly as the traced one
     perm = random_permutation(spec, seed=2)
     with torch.no_grad():
-        a = apply_permutation(model, spec, perm)(x)
-        b = apply_permutation(model, loaded, perm)(x)
+        a = apply_permutation(model, spec=spec, perm=perm)(x)
+        b = apply_permutation(model, spec=loaded, perm=perm)(x)
     assert torch.equal(a, b)
     data = torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32), torch.zeros(16).long())
-    stats = wb.alignment.collect_statistics([model, model], data, loaded, progress=False)
+    stats = wb.alignment.collect_statistics([model, model], data=data, spec=loaded, progress=False)
     assert set(stats) == set(spec.groups)
     with pytest.raises(FileExistsError):
         spec.save(path)  # never overwrites
@@ -278,10 +286,10 @@ def test_spec_is_pure_data_saved_and_loaded_as_json(tmp_path) -> None:
 
 def test_leaf_modules_are_recorded_by_name_and_retraced() -> None:
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU(), _Branchy())
-    spec = permutation_spec(model, torch.zeros(1, 3, 4, 4), leaf_modules=(_Branchy,))
+    spec = permutation_spec(model, example_input=torch.zeros(1, 3, 4, 4), leaf_modules=(_Branchy,))
     assert spec.leaf_modules == (f"{_Branchy.__module__}.{_Branchy.__qualname__}",)
     with pytest.raises(TypeError, match=r"nn\.Module subclasses"):
-        permutation_spec(model, torch.zeros(1, 3, 4, 4), leaf_modules=(3,))
+        permutation_spec(model, example_input=torch.zeros(1, 3, 4, 4), leaf_modules=(3,))
 
 
 class _Tied(nn.Module):
@@ -299,7 +307,7 @@ class _Tied(nn.Module):
 
 def test_verification_freezes_what_the_rules_got_wrong() -> None:
     model, x = _Tied(), torch.randn(4, 6)
-    unchecked = permutation_spec(model, x, verify=False)
+    unchecked = permutation_spec(model, example_input=x, verify=False)
     assert set(unchecked.groups) == {"a", "b"} and unchecked.verification == {}
     perm = random_permutation(unchecked, seed=3)
     broken = copy.deepcopy(model)
@@ -307,8 +315,8 @@ def test_verification_freezes_what_the_rules_got_wrong() -> None:
     with torch.no_grad():
         assert (broken(x) - model(x)).norm() > 0.1 * model(x).norm()  # the rules alone break it
     with pytest.raises(ValueError, match=r"a\.weight and b\.weight are one shared tensor"):
-        apply_permutation(model, unchecked, perm)  # refused, never silently wrong
-    spec = permutation_spec(model, x)
+        apply_permutation(model, spec=unchecked, perm=perm)  # refused, never silently wrong
+    spec = permutation_spec(model, example_input=x)
     assert spec.groups == {}
     assert spec.verification["failed_groups"] == ["a", "b"]
     assert spec.verification["relative_error"] == 0.0
@@ -318,7 +326,7 @@ def test_verification_freezes_what_the_rules_got_wrong() -> None:
 
 def test_verification_costs_two_forward_passes_when_the_spec_is_exact() -> None:
     model = wb.create_model("resnet20")
-    spec = permutation_spec(model, torch.zeros(2, 3, 32, 32))
+    spec = permutation_spec(model, example_input=torch.zeros(2, 3, 32, 32))
     v = spec.verification
     assert v["forward_passes"] == 2 and v["failed_groups"] == []
     assert v["relative_error"] < 1e-6 and v["dtype"] == "float32"
@@ -338,10 +346,10 @@ def test_ops_that_return_tuples_without_a_rule_freeze_their_inputs() -> None:
             return self.head(torch.cat([self.left(a), self.right(b)], 1)).mean((2, 3))
 
     model, x = _randomize_statistics(Split()), torch.randn(2, 3, 8, 8)
-    spec = permutation_spec(model, x, verify=False)  # the rules alone are safe here
+    spec = permutation_spec(model, example_input=x, verify=False)  # the rules alone are safe here
     assert "stem" not in spec.groups
     assert any("stem: tensor_split returns a tuple of tensors" in line for line in spec.report)
-    permuted = apply_permutation(model, spec, random_permutation(spec, seed=1))
+    permuted = apply_permutation(model, spec=spec, perm=random_permutation(spec, seed=1))
     with torch.no_grad():
         assert torch.allclose(model(x), permuted(x), atol=1e-6)
 
@@ -392,11 +400,11 @@ class _Hierarchical(nn.Module):
 @pytest.mark.parametrize("build", [_Split, _CrossStage, _Hierarchical])
 def test_equal_splits_give_each_piece_its_share_of_the_producer(build) -> None:
     model, x = _randomize_statistics(build()), torch.randn(2, 3, 8, 8)
-    spec = permutation_spec(model, x, verify=False)  # the rules alone are exact
+    spec = permutation_spec(model, example_input=x, verify=False)  # the rules alone are exact
     assert spec.coverage() == 1.0, spec.summary()
     assert "stem" not in spec.groups and "stem[0/" in " ".join(spec.groups)
     perm = random_permutation(spec, seed=1)
-    permuted = apply_permutation(model, spec, perm)
+    permuted = apply_permutation(model, spec=spec, perm=perm)
     with torch.no_grad():
         assert torch.allclose(model(x), permuted(x), atol=1e-5)
     # each piece owns one slice of the producer's rows
@@ -404,7 +412,7 @@ def test_equal_splits_give_each_piece_its_share_of_the_producer(build) -> None:
         ax.offset for g in spec.groups.values() for ax in g.axes if ax.key == "stem.weight"
     )
     assert slices == list(range(0, model.stem.out_channels, slices[1] - slices[0]))
-    assert permutation_spec(model, x).verification["failed_groups"] == []
+    assert permutation_spec(model, example_input=x).verification["failed_groups"] == []
 
 
 def test_splits_through_a_flattened_channel_are_opaque() -> None:
@@ -417,7 +425,7 @@ def test_splits_through_a_flattened_channel_are_opaque() -> None:
             a, b = torch.split(self.stem(x).flatten(1), [6, 26], dim=1)
             return self.a(a) + self.b(b)
 
-    spec = permutation_spec(Unaligned(), torch.randn(2, 3, 2, 2), verify=False)
+    spec = permutation_spec(Unaligned(), example_input=torch.randn(2, 3, 2, 2), verify=False)
     assert "stem" not in spec.groups
     assert any("stem: split through a flattened channel's block" in line for line in spec.report)
 
@@ -426,5 +434,5 @@ def test_verification_refuses_outputs_that_are_not_finite() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
     x = torch.full((2, 3, 4, 4), float("inf"))
     with pytest.raises(ValueError, match="outputs on the example input are not finite"):
-        permutation_spec(model, x)
-    assert permutation_spec(model, x, verify=False).groups  # the caller who knows
+        permutation_spec(model, example_input=x)
+    assert permutation_spec(model, example_input=x, verify=False).groups  # the caller who knows

@@ -20,7 +20,7 @@ def _relative_error(model: nn.Module, spec: wb.PermutationSpec, x: torch.Tensor)
     """How much one random permutation of every group changes the outputs of a copy of
     ``model`` whose per-channel quantities are randomized."""
     work = randomized_copy(model, seed=3)
-    permuted = wb.apply_permutation(work, spec, wb.random_permutation(spec, seed=1))
+    permuted = wb.apply_permutation(work, spec=spec, perm=wb.random_permutation(spec, seed=1))
     with torch.no_grad():
         expected, got = work(x), permuted(x)
     return float((got - expected).norm() / expected.norm())
@@ -28,10 +28,10 @@ def _relative_error(model: nn.Module, spec: wb.PermutationSpec, x: torch.Tensor)
 
 def _check(model: nn.Module, x: torch.Tensor, coverage: float) -> wb.PermutationSpec:
     """The rules alone are exact and cover ``coverage``; verification then fails nothing."""
-    spec = wb.permutation_spec(model, x, verify=False)
+    spec = wb.permutation_spec(model, example_input=x, verify=False)
     assert _relative_error(model, spec, x) < 1e-5, spec.summary()
     assert spec.coverage() == coverage, spec.summary()
-    verified = wb.permutation_spec(model, x)
+    verified = wb.permutation_spec(model, example_input=x)
     assert verified.verification["failed_groups"] == [], verified.summary()
     assert verified.coverage() == coverage
     return spec
@@ -39,8 +39,8 @@ def _check(model: nn.Module, x: torch.Tensor, coverage: float) -> wb.Permutation
 
 def _recovers_a_planted_permutation(model: nn.Module, spec: wb.PermutationSpec) -> None:
     planted = wb.random_permutation(spec, seed=5)
-    shuffled = wb.apply_permutation(model, spec, planted)
-    found = wb.weight_matching(model, shuffled, spec)
+    shuffled = wb.apply_permutation(model, spec=spec, perm=planted)
+    found = wb.weight_matching(model, shuffled, spec=spec)
     expected = inverse(planted)
     assert found.keys() == expected.keys()
     assert all(torch.equal(found[k], expected[k]) for k in found)
@@ -277,7 +277,7 @@ class _IntIndex(nn.Module):
 
 def test_indexing_other_axes_keeps_the_channels_and_an_int_index_on_them_freezes() -> None:
     _check(_Indexing().eval(), X, coverage=1.0)
-    spec = wb.permutation_spec(_IntIndex(), torch.randn(2, 3, 2, 6), verify=False)
+    spec = wb.permutation_spec(_IntIndex(), example_input=torch.randn(2, 3, 2, 6), verify=False)
     assert not spec.groups
     assert any("conv: an int index on the channel axis" in line for line in spec.report)
 

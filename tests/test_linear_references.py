@@ -117,7 +117,7 @@ def _map_b(model_b: nn.Module, maps: list[tuple[np.ndarray, np.ndarray]]) -> nn.
 def _own_statistics(model: nn.Module, data) -> nn.Module:
     """The mapped model's BatchNorm statistics measured on ``data`` (RESET, checked against
     a direct computation in test_merge_invariants), as a mapped model returns them."""
-    return wb.reset_bn(model, data) if wb.modules.has_batchnorm(model) else model
+    return wb.reset_bn(model, data=data) if wb.modules.has_batchnorm(model) else model
 
 
 def _pairs(shipped_pair, plain_pair, which: str):
@@ -138,7 +138,7 @@ def test_cca_merge_equals_the_papers_procedure(shipped_pair, plain_pair, data, m
     a, b = _pairs(shipped_pair, plain_pair, which)
     gamma = 1.0
     acts_a, acts_b = _activations(a, data.images), _activations(b, data.images)
-    found = wb.match(a, b, "cca", data, gamma=gamma, progress=False).transform
+    found = wb.match(a, b, method="cca", data=data, gamma=gamma, progress=False).transform
     maps, dead = [], []
     for name, xa, xb in zip(GROUPS, acts_a, acts_b, strict=True):
         if (xa.std(0) > 0).all() and (xb.std(0) > 0).all():
@@ -150,12 +150,14 @@ def test_cca_merge_equals_the_papers_procedure(shipped_pair, plain_pair, data, m
         maps.append((t, np.linalg.inv(t)))
     assert len(dead) <= 1, dead  # only the classifier's hidden layer has dead units
     expected = _own_statistics(_map_b(b, maps), data)
-    got = wb.align(a, b, "cca", data, gamma=gamma, progress=False)
+    got = wb.align(a, b, method="cca", data=data, gamma=gamma, progress=False)
     _assert_same_model(got, expected, atol=1e-3)
     bn = "reset" if which == "batchnorm" else None
-    merged = wb.merge_many([a, b], data, "cca", gamma=gamma, bn=bn, progress=False).model
+    merged = wb.merge_many(
+        [a, b], data=data, method="cca", gamma=gamma, bn=bn, progress=False
+    ).model
     reference = wb.average([a, expected])  # expected: B mapped, statistics measured
-    reference = wb.reset_bn(reference, data) if bn else reference
+    reference = wb.reset_bn(reference, data=data) if bn else reference
     x = mnist_test.images[:256]
     with torch.no_grad():
         assert (merged.eval()(x) - reference.eval()(x)).abs().max() < 1e-2
@@ -168,5 +170,5 @@ def test_ot_fusion_equals_the_papers_procedure(shipped_pair, plain_pair, data, m
     acts_a, acts_b = _activations(a, data.images), _activations(b, data.images)
     maps = [_ot_map(xa, xb, epsilon) for xa, xb in zip(acts_a, acts_b, strict=True)]
     expected = _own_statistics(_map_b(b, maps), data)
-    got = wb.align(a, b, "ot", data, epsilon=epsilon, progress=False)
+    got = wb.align(a, b, method="ot", data=data, epsilon=epsilon, progress=False)
     _assert_same_model(got, expected, atol=1e-3)

@@ -22,14 +22,20 @@ FRAME_COLUMNS = ["label", "bn", "split", "alpha", "loss", "accuracy"]
 @pytest.fixture(scope="module")
 def naive_test(shipped_pair, mnist_test):
     a, b = shipped_pair
-    return wb.lmc_curve(a, b, mnist_test, alphas=5, progress=False)
+    return wb.lmc_curve(a, b, eval_data=mnist_test, alphas=5, progress=False)
 
 
 @pytest.fixture(scope="module")
 def reset_test(shipped_pair, train_1k, mnist_test):
     a, b = shipped_pair
     return wb.lmc_curve(
-        a, b, mnist_test, alphas=[0.0, 0.5, 1.0], bn="reset", bn_data=train_1k, progress=False
+        a,
+        b,
+        eval_data=mnist_test,
+        alphas=[0.0, 0.5, 1.0],
+        bn="reset",
+        data=train_1k,
+        progress=False,
     )
 
 
@@ -54,7 +60,7 @@ def _curve(alphas, loss, accuracy=None, **kwargs):
 
 def test_endpoints_equal_evaluate_exactly(naive_test, shipped_pair, mnist_test):
     a, b = shipped_pair
-    ea, eb = wb.evaluate(a, mnist_test), wb.evaluate(b, mnist_test)
+    ea, eb = wb.evaluate(a, eval_data=mnist_test), wb.evaluate(b, eval_data=mnist_test)
     np.testing.assert_array_equal(naive_test.alphas, np.linspace(0, 1, 5))
     assert naive_test.loss[0] == ea.loss
     assert naive_test.accuracy[0] == ea.accuracy
@@ -64,7 +70,7 @@ def test_endpoints_equal_evaluate_exactly(naive_test, shipped_pair, mnist_test):
 
 def test_interior_points_equal_evaluate_of_interpolation(naive_test, shipped_pair, mnist_test):
     a, b = shipped_pair
-    mid = wb.evaluate(wb.interpolate(a, b, 0.25), mnist_test)
+    mid = wb.evaluate(wb.interpolate(a, b, alpha=0.25), eval_data=mnist_test)
     assert naive_test.loss[1] == pytest.approx(mid.loss, rel=1e-6)
     assert naive_test.accuracy[1] == mid.accuracy
 
@@ -98,7 +104,7 @@ def test_reset_beats_naive_at_midpoint(naive_test, reset_test):
 def test_lmc_curve_leaves_models_unmodified(shipped_pair, mnist_test):
     a, b = shipped_pair
     before_a, before_b = state_copy(a), state_copy(b)
-    wb.lmc_curve(a, b, mnist_test, alphas=[0.5], bn="reset", progress=False)
+    wb.lmc_curve(a, b, eval_data=mnist_test, alphas=[0.5], bn="reset", progress=False)
     assert_state_equal(a, before_a)
     assert_state_equal(b, before_b)
     assert not a.training and not b.training
@@ -107,7 +113,12 @@ def test_lmc_curve_leaves_models_unmodified(shipped_pair, mnist_test):
 def test_lmc_curves_match_single_calls(shipped_pair, train_500, mnist_test):
     a, b = shipped_pair
     curves = wb.lmc_curves(
-        a, b, {"train": train_500, "test": mnist_test}, alphas=[0, 0.5], bn="reset", progress=False
+        a,
+        b,
+        eval_data={"train": train_500, "test": mnist_test},
+        alphas=[0, 0.5],
+        bn="reset",
+        progress=False,
     )
     assert list(curves) == ["train", "test"]
     train_curve, test_curve = curves["train"], curves["test"]
@@ -117,22 +128,24 @@ def test_lmc_curves_match_single_calls(shipped_pair, train_500, mnist_test):
     assert (train_curve.split, test_curve.split) == ("train", "test")
     np.testing.assert_array_equal(train_curve.alphas, test_curve.alphas)
 
-    single_train = wb.lmc_curve(a, b, train_500, alphas=[0, 0.5], bn="reset", progress=False)
+    single_train = wb.lmc_curve(
+        a, b, eval_data=train_500, alphas=[0, 0.5], bn="reset", progress=False
+    )
     single_test = wb.lmc_curve(
-        a, b, mnist_test, alphas=[0, 0.5], bn="reset", bn_data=train_500, progress=False
+        a, b, eval_data=mnist_test, alphas=[0, 0.5], bn="reset", data=train_500, progress=False
     )
     for joint, single in ((train_curve, single_train), (test_curve, single_test)):
         np.testing.assert_array_equal(joint.loss, single.loss)
         np.testing.assert_array_equal(joint.accuracy, single.accuracy)
     # Resetting on the test data instead gives other numbers: bn_data is really used.
-    own = wb.lmc_curve(a, b, mnist_test, alphas=[0.5], bn="reset", progress=False)
+    own = wb.lmc_curve(a, b, eval_data=mnist_test, alphas=[0.5], bn="reset", progress=False)
     assert own.loss[0] != test_curve.loss[1]
 
 
 def test_lmc_curves_naive_splits(shipped_pair, train_500, mnist_test, naive_test):
     a, b = shipped_pair
     curves = wb.lmc_curves(
-        a, b, {"tr": train_500, "te": mnist_test}, alphas=3, label="mine", progress=False
+        a, b, eval_data={"tr": train_500, "te": mnist_test}, alphas=3, label="mine", progress=False
     )
     assert curves["te"].split == "te" and curves["te"].label == "mine"
     assert curves["tr"].split == "tr"
@@ -140,7 +153,7 @@ def test_lmc_curves_naive_splits(shipped_pair, train_500, mnist_test, naive_test
     np.testing.assert_array_equal(curves["te"].alphas, naive_test.alphas[::2])
     np.testing.assert_array_equal(curves["te"].loss, naive_test.loss[::2])
     np.testing.assert_array_equal(curves["te"].accuracy, naive_test.accuracy[::2])
-    train_mid = wb.evaluate(wb.interpolate(a, b, 0.5), train_500)
+    train_mid = wb.evaluate(wb.interpolate(a, b, alpha=0.5), eval_data=train_500)
     assert curves["tr"].accuracy[1] == train_mid.accuracy
 
 
@@ -150,9 +163,9 @@ def test_reset_without_batchnorm_errors(mnist_test):
     with pytest.raises(
         ValueError, match="bn='reset' needs BatchNorm layers and SimpleCNN has none"
     ):
-        wb.lmc_curve(a, b, mnist_test, alphas=3, bn="reset", progress=False)
+        wb.lmc_curve(a, b, eval_data=mnist_test, alphas=3, bn="reset", progress=False)
     # Without reset the same pair is fine.
-    curve = wb.lmc_curve(a, b, mnist_test, alphas=2, progress=False)
+    curve = wb.lmc_curve(a, b, eval_data=mnist_test, alphas=2, progress=False)
     assert curve.loss.shape == (2,)
 
 
@@ -170,7 +183,7 @@ def test_reset_without_batchnorm_errors(mnist_test):
 def test_bad_alphas(shipped_pair, mnist_test, alphas, match):
     a, b = shipped_pair
     with pytest.raises(ValueError, match=match):
-        wb.lmc_curve(a, b, mnist_test, alphas=alphas, progress=False)
+        wb.lmc_curve(a, b, eval_data=mnist_test, alphas=alphas, progress=False)
 
 
 def test_bad_arguments(shipped_pair, mnist_test):
@@ -179,12 +192,12 @@ def test_bad_arguments(shipped_pair, mnist_test):
         ValueError,
         match=r"bn must be one of \['none', 'reset', 'repair'\] \(None for 'none'\), got 'bogus'",
     ):
-        wb.lmc_curve(a, b, mnist_test, bn="bogus", progress=False)
+        wb.lmc_curve(a, b, eval_data=mnist_test, bn="bogus", progress=False)
     with pytest.raises(ValueError, match="data must name at least one split"):
-        wb.lmc_curves(a, b, {}, progress=False)
+        wb.lmc_curves(a, b, eval_data={}, progress=False)
     other = wb.create_model("cnn", width=0.5, in_channels=1)
     with pytest.raises(ValueError, match="differ in width"):
-        wb.lmc_curve(a, other, mnist_test, progress=False)
+        wb.lmc_curve(a, other, eval_data=mnist_test, progress=False)
 
 
 # --- barrier definitions on synthetic curves -----------------------------------------------
@@ -286,22 +299,26 @@ def test_barriers_against_b_itself_when_the_far_end_is_not_b():
 
 def test_original_b_is_measured_only_when_the_function_differs(shipped_pair, train_500):
     a, b = shipped_pair
-    spec = wb.permutation_spec(b, train_500.images[:2])
-    permuted = wb.apply_permutation(b, spec, wb.random_permutation(spec, seed=3))
-    same = wb.lmc_curve(a, permuted, train_500, 3, original_b=b, progress=False, cache=False)
+    spec = wb.permutation_spec(b, example_input=train_500.images[:2])
+    permuted = wb.apply_permutation(b, spec=spec, perm=wb.random_permutation(spec, seed=3))
+    same = wb.lmc_curve(
+        a, permuted, eval_data=train_500, alphas=3, original_b=b, progress=False, cache=False
+    )
     assert same.far_end_is_b and "original_b" not in same.settings
     broken = copy.deepcopy(b)
     with torch.no_grad():
         broken.classifier[-1].weight.mul_(-1)  # another function, same architecture
-    curve = wb.lmc_curve(a, broken, train_500, 3, original_b=b, progress=False, cache=False)
-    b_alone = wb.evaluate(b, train_500)
+    curve = wb.lmc_curve(
+        a, broken, eval_data=train_500, alphas=3, original_b=b, progress=False, cache=False
+    )
+    b_alone = wb.evaluate(b, eval_data=train_500)
     assert not curve.far_end_is_b
     assert curve.loss_b == pytest.approx(b_alone.loss, rel=1e-6)
     assert curve.accuracy_b == b_alone.accuracy
     assert curve.loss[-1] > b_alone.loss + 1  # the far end itself is broken
     assert curve.barrier >= curve.loss[-1] - b_alone.loss - 1e-9
     with pytest.raises(ValueError, match="bn must be one of"):
-        wb.lmc_curve(a, broken, train_500, 3, bn="bad", original_b=b)
+        wb.lmc_curve(a, broken, eval_data=train_500, alphas=3, bn="bad", original_b=b)
 
 
 def test_to_frame(naive_test):
@@ -434,20 +451,22 @@ def test_plot_rejects_bad_input(naive_test):
 def test_curves_are_cached_by_content(shipped_pair, mnist_test, tmp_path, monkeypatch):
     a, b = shipped_pair
     cache = wb.ResultCache(tmp_path)
-    first = wb.lmc_curve(a, b, mnist_test, alphas=3, cache=cache, progress=False)
+    first = wb.lmc_curve(a, b, eval_data=mnist_test, alphas=3, cache=cache, progress=False)
     assert len(list(tmp_path.glob("lmc/*.safetensors"))) == 1
     evaluations = []
     original = engine.evaluate
     monkeypatch.setattr(
         engine, "evaluate", lambda *x, **k: evaluations.append(1) or original(*x, **k)
     )
-    again = wb.lmc_curve(a, b, mnist_test, alphas=3, cache=cache, progress=False, label="other")
+    again = wb.lmc_curve(
+        a, b, eval_data=mnist_test, alphas=3, cache=cache, progress=False, label="other"
+    )
     assert evaluations == [] and again.label == "other"
     np.testing.assert_array_equal(again.loss, first.loss)
-    changed = wb.interpolate(a, b, 0.01)
-    wb.lmc_curve(changed, b, mnist_test, alphas=3, cache=cache, progress=False)
+    changed = wb.interpolate(a, b, alpha=0.01)
+    wb.lmc_curve(changed, b, eval_data=mnist_test, alphas=3, cache=cache, progress=False)
     assert len(evaluations) == 3, "a changed model is recomputed"
-    wb.lmc_curve(a, b, mnist_test, alphas=3, cache=False, progress=False)
+    wb.lmc_curve(a, b, eval_data=mnist_test, alphas=3, cache=False, progress=False)
     assert len(evaluations) == 6, "cache=False recomputes"
     assert cache.clear() == 2
 
@@ -455,12 +474,21 @@ def test_curves_are_cached_by_content(shipped_pair, mnist_test, tmp_path, monkey
 def test_pairwise_curves_and_bands(shipped_pair, train_500, mnist_test, tmp_path):
     models = [*shipped_pair, wb.load_quickstart_models((2,))[0]]
     curves = wb.pairwise_curves(
-        models, {"test": mnist_test}, alphas=3, method="weight", bn_data=train_500, progress=False
+        models,
+        eval_data={"test": mnist_test},
+        alphas=3,
+        method="weight",
+        data=train_500,
+        progress=False,
     )
     assert [c.settings["pair"] for c in curves] == [[0, 1], [0, 2], [1, 2]]
     assert all(c.label == "weight" and c.split == "test" for c in curves)
     direct = wb.lmc_curve(
-        models[1], wb.align(models[1], models[2], "weight"), mnist_test, alphas=3, progress=False
+        models[1],
+        wb.align(models[1], models[2], method="weight"),
+        eval_data=mnist_test,
+        alphas=3,
+        progress=False,
     )
     np.testing.assert_allclose(curves[2].loss, direct.loss, rtol=1e-5)
     fig = wb.plot_bands(curves, "loss", band="range")
@@ -472,4 +500,4 @@ def test_pairwise_curves_and_bands(shipped_pair, train_500, mnist_test, tmp_path
     with pytest.raises(ValueError, match="band must be"):
         wb.plot_bands(curves, band="iqr")
     with pytest.raises(ValueError, match="at least 2 models"):
-        wb.pairwise_curves(models[:1], {"test": mnist_test})
+        wb.pairwise_curves(models[:1], eval_data={"test": mnist_test})

@@ -32,10 +32,10 @@ def _logits(model, images):
 
 def test_interpolate_endpoints_exact(shipped_pair):
     a, b = shipped_pair
-    _assert_states_equal(wb.interpolate(a, b, 0.0), a)
-    _assert_states_equal(wb.interpolate(a, b, 1.0), b)
-    _assert_states_equal(wb.interpolate(a, b, 0), a)
-    _assert_states_equal(wb.interpolate(a, b, 1), b)
+    _assert_states_equal(wb.interpolate(a, b, alpha=0.0), a)
+    _assert_states_equal(wb.interpolate(a, b, alpha=1.0), b)
+    _assert_states_equal(wb.interpolate(a, b, alpha=0), a)
+    _assert_states_equal(wb.interpolate(a, b, alpha=1), b)
 
 
 def test_interpolate_alpha_zero_ignores_b_entirely():
@@ -43,12 +43,12 @@ def test_interpolate_alpha_zero_ignores_b_entirely():
     b = wb.create_model("cnn", **TINY)
     with torch.no_grad():
         b.features.conv1.weight[0, 0, 0, 0] = float("inf")
-    _assert_states_equal(wb.interpolate(a, b, 0.0), a)
+    _assert_states_equal(wb.interpolate(a, b, alpha=0.0), a)
 
 
 def test_interpolate_midpoint_is_the_average(shipped_pair):
     a, b = shipped_pair
-    mid = wb.interpolate(a, b, 0.5).state_dict()
+    mid = wb.interpolate(a, b, alpha=0.5).state_dict()
     sa, sb = a.state_dict(), b.state_dict()
     for key, tensor in mid.items():
         if tensor.is_floating_point():
@@ -64,7 +64,7 @@ def test_interpolate_general_alpha_and_extrapolation(shipped_pair):
     a, b = shipped_pair
     sa, sb = a.state_dict(), b.state_dict()
     for alpha in (0.3, 1.5, -0.5):
-        out = wb.interpolate(a, b, alpha).state_dict()
+        out = wb.interpolate(a, b, alpha=alpha).state_dict()
         for key, tensor in out.items():
             if tensor.is_floating_point():
                 expected = (1 - alpha) * sa[key] + alpha * sb[key]
@@ -74,13 +74,13 @@ def test_interpolate_general_alpha_and_extrapolation(shipped_pair):
 def test_interpolate_leaves_inputs_unmodified(shipped_pair):
     a, b = shipped_pair
     before_a, before_b = state_copy(a), state_copy(b)
-    out = wb.interpolate(a, b, 0.5)
+    out = wb.interpolate(a, b, alpha=0.5)
     assert out is not a and out is not b
     assert_state_equal(a, before_a)
     assert_state_equal(b, before_b)
     # The result shares no storage with its inputs.
     with torch.no_grad():
-        wb.interpolate(a, b, 0.0).features.conv1.weight.add_(1.0)
+        wb.interpolate(a, b, alpha=0.0).features.conv1.weight.add_(1.0)
     assert_state_equal(a, before_a)
 
 
@@ -91,7 +91,7 @@ def test_interpolate_mismatched_width():
         ValueError,
         match=r"features\.conv1\.weight of shape \(8, 1, 3, 3\).*\(4, 1, 3, 3\).*differ in width",
     ):
-        wb.interpolate(narrow, wide, 0.5)
+        wb.interpolate(narrow, wide, alpha=0.5)
 
 
 def test_interpolate_mismatched_architecture():
@@ -101,17 +101,17 @@ def test_interpolate_mismatched_architecture():
         ValueError,
         match=r"Model 1 \(ResNet20\) has a different architecture from model 0 \(SimpleCNN\)",
     ):
-        wb.interpolate(cnn, resnet, 0.5)
+        wb.interpolate(cnn, resnet, alpha=0.5)
     no_bn = wb.create_model("cnn", width=0.25, in_channels=1, batch_norm=False)
     with pytest.raises(ValueError, match=r"features\.bn1"):
-        wb.interpolate(cnn, no_bn, 0.5)
+        wb.interpolate(cnn, no_bn, alpha=0.5)
 
 
 def test_interpolate_mismatched_classes():
     a = wb.create_model("cnn", width=0.25, in_channels=1, num_classes=10)
     b = wb.create_model("cnn", width=0.25, in_channels=1, num_classes=5)
     with pytest.raises(ValueError, match=r"classifier\.fc2\.weight.*number of classes"):
-        wb.interpolate(a, b, 0.5)
+        wb.interpolate(a, b, alpha=0.5)
 
 
 # --- average ------------------------------------------------------------------------------
@@ -126,15 +126,15 @@ def test_average_of_identical_copies(shipped_pair, mnist_test):
 
 def test_average_of_two_is_the_midpoint(shipped_pair):
     a, b = shipped_pair
-    _assert_states_equal(wb.average([a, b]), wb.interpolate(a, b, 0.5))
-    _assert_states_equal(wb.average([a, b], weights=[0.25, 0.75]), wb.interpolate(a, b, 0.75))
+    _assert_states_equal(wb.average([a, b]), wb.interpolate(a, b, alpha=0.5))
+    _assert_states_equal(wb.average([a, b], weights=[0.25, 0.75]), wb.interpolate(a, b, alpha=0.75))
 
 
 def test_average_weighted_three():
     torch.manual_seed(0)
     models = [wb.create_model("cnn", **TINY) for _ in range(3)]
     weights = [0.5, 0.3, 0.2]
-    merged = wb.average(models, weights).state_dict()
+    merged = wb.average(models, weights=weights).state_dict()
     states = [m.state_dict() for m in models]
     for key, tensor in merged.items():
         if tensor.is_floating_point():
@@ -176,9 +176,9 @@ def _bn_layers(model):
 
 def test_reset_bn_changes_statistics_only(shipped_pair, mnist_test):
     a, b = shipped_pair
-    merged = wb.interpolate(a, b, 0.5)
+    merged = wb.interpolate(a, b, alpha=0.5)
     before = state_copy(merged)
-    reset = wb.reset_bn(merged, mnist_test)
+    reset = wb.reset_bn(merged, data=mnist_test)
     assert_state_equal(merged, before)  # input untouched
     params = dict(reset.named_parameters())
     for name, tensor in merged.named_parameters():
@@ -196,10 +196,10 @@ def test_reset_bn_returns_eval_mode_and_reset_bn__keeps_the_mode(mnist_test):
     ``reset_bn_`` leaves the model in the mode it was given."""
     model = wb.create_model("cnn", **TINY)
     model.train()
-    reset = wb.reset_bn(model, mnist_test)
+    reset = wb.reset_bn(model, data=mnist_test)
     assert not any(m.training for m in reset.modules())
     assert all(m.training for m in model.modules())
-    wb.merging.reset_bn_(model, mnist_test)
+    wb.merging.reset_bn_(model, data=mnist_test)
     assert all(m.training for m in model.modules())
 
 
@@ -211,8 +211,8 @@ def _first_conv_output(model, images):
 @pytest.mark.parametrize(("batch_size", "max_batches"), [(500, None), (250, None), (200, 2)])
 def test_reset_bn_first_layer_is_exact_data_mean(shipped_pair, mnist_test, batch_size, max_batches):
     a, b = shipped_pair
-    merged = wb.interpolate(a, b, 0.5)
-    reset = wb.reset_bn(merged, mnist_test, batch_size=batch_size, max_batches=max_batches)
+    merged = wb.interpolate(a, b, alpha=0.5)
+    reset = wb.reset_bn(merged, data=mnist_test, batch_size=batch_size, max_batches=max_batches)
     used = len(mnist_test) if max_batches is None else batch_size * max_batches
     out = _first_conv_output(merged, mnist_test.images[:used])
     mean = out.mean(dim=(0, 2, 3))
@@ -227,8 +227,8 @@ def test_reset_bn_first_layer_is_exact_data_mean(shipped_pair, mnist_test, batch
 
 def test_reset_bn_exact_with_uneven_last_batch(shipped_pair, mnist_test):
     a, b = shipped_pair
-    merged = wb.interpolate(a, b, 0.5)
-    reset = wb.reset_bn(merged, mnist_test, batch_size=300)  # batches of 300, 300, 300, 100
+    merged = wb.interpolate(a, b, alpha=0.5)
+    reset = wb.reset_bn(merged, data=mnist_test, batch_size=300)  # batches of 300, 300, 300, 100
     out = _first_conv_output(merged, mnist_test.images)
     bn = reset.features.bn1
     assert torch.allclose(bn.running_mean.double(), out.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
@@ -238,13 +238,13 @@ def test_reset_bn_exact_with_uneven_last_batch(shipped_pair, mnist_test):
 def test_reset_bn_without_batchnorm(mnist_test):
     model = wb.create_model("cnn", **TINY, batch_norm=False)
     with pytest.raises(ValueError, match="SimpleCNN has no BatchNorm layers"):
-        wb.reset_bn(model, mnist_test)
+        wb.reset_bn(model, data=mnist_test)
 
 
 def test_reset_bn_empty_data(mnist_test):
     empty = mnist_test.subset(torch.arange(0), "empty")
     with pytest.raises(ValueError, match="empty dataset"):
-        wb.reset_bn(wb.create_model("cnn", **TINY), empty)
+        wb.reset_bn(wb.create_model("cnn", **TINY), data=empty)
 
 
 def test_reset_bn_wrong_input_shape(mnist_test):
@@ -252,13 +252,13 @@ def test_reset_bn_wrong_input_shape(mnist_test):
     with pytest.raises(
         ValueError, match=r"SimpleCNN cannot take inputs of shape \(500, 1, 28, 28\)"
     ):
-        wb.reset_bn(model, mnist_test)
+        wb.reset_bn(model, data=mnist_test)
 
 
 def test_reset_bn_raises_midpoint_accuracy(shipped_pair, mnist_train, mnist_test):
     a, b = shipped_pair
-    midpoint = wb.interpolate(a, b, 0.5)
-    naive = wb.evaluate(midpoint, mnist_test)
-    reset = wb.evaluate(wb.reset_bn(midpoint, mnist_train), mnist_test)
+    midpoint = wb.interpolate(a, b, alpha=0.5)
+    naive = wb.evaluate(midpoint, eval_data=mnist_test)
+    reset = wb.evaluate(wb.reset_bn(midpoint, data=mnist_train), eval_data=mnist_test)
     assert reset.accuracy > naive.accuracy + 0.1
     assert reset.loss < naive.loss

@@ -29,7 +29,7 @@ from workbench.evaluation import evaluate
 
 ARCHITECTURES = ("bn_cnn", "bn_resnet", "plain_cnn")
 # Merges that train (STE, NP Merge) take few steps here: the invariants hold at any step.
-CHEAP = {"steps": 5, "learn_steps": 20, "learn_eval_every": 10}
+CHEAP = {"ste": {"steps": 5}, "np_merge": {"steps": 20, "eval_every": 10}}
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +72,10 @@ def _merge(models, data, method: str) -> nn.Module:
     """``merge_many`` at the method's defaults (no validation search); ``data``: the
     (training, validation) pair of :func:`merge_data`."""
     defaults = get_method(method).defaults
-    options = {k: v for k, v in CHEAP.items() if get_method(method).accepts(k)}
+    options = CHEAP.get(method, {})
     fit, val = data
     result = wb.merge_many(
-        models, fit, method, bn=_bn(models[0]), val_data=val, progress=False,
+        models, data=fit, method=method, bn=_bn(models[0]), val_data=val, progress=False,
         **{**defaults, **options},
     )  # fmt: skip
     return result.model
@@ -83,7 +83,7 @@ def _merge(models, data, method: str) -> nn.Module:
 
 def _same_function(model: nn.Module, data) -> nn.Module:
     """``model`` after the BatchNorm handling a merge applies (RESET where it has BatchNorm)."""
-    return wb.reset_bn(model, data) if _bn(model) else model
+    return wb.reset_bn(model, data=data) if _bn(model) else model
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -111,15 +111,17 @@ def test_merging_with_a_permuted_copy_gives_the_model_back(
     # fire on some of them, so a dead unit paired with another than its twin would show
     # (by 1.4e-3 before dead units were paired by their weights)
     x = mnist_test.images[:256]
-    spec = wb.permutation_spec(model, x[:2])
+    spec = wb.permutation_spec(model, example_input=x[:2])
     perm = wb.random_permutation(spec, seed=3)
-    permuted = wb.apply_permutation(model, spec, perm)
+    permuted = wb.apply_permutation(model, spec=spec, perm=perm)
     merged = _merge([model, permuted], merge_data, method)
     expected = _logits(_same_function(model, merge_data[0]), x)
     assert (_logits(merged, x) - expected).abs().max() < 1e-4
     found = get_method(method)
     if found.kind == "permutation" and found.merger is None:
-        result = wb.match(model, permuted, method, merge_data[0], spec, progress=False)
+        result = wb.match(
+            model, permuted, method=method, data=merge_data[0], spec=spec, progress=False
+        )
         undone = wb.alignment.compose(perm, result.permutation)
         for name, p in undone.items():  # the found permutation undoes the planted one,
             assert torch.equal(p, torch.arange(len(p))), name  # dead units included
@@ -129,7 +131,7 @@ def test_merging_with_a_permuted_copy_gives_the_model_back(
 def test_interpolation_endpoints_are_the_models(pairs, mnist_test, arch):
     a, b = pairs[arch]
     for alpha, end in ((0.0, a), (1.0, b)):
-        point = wb.interpolate(a, b, alpha)
+        point = wb.interpolate(a, b, alpha=alpha)
         for key, value in end.state_dict().items():
             assert torch.equal(point.state_dict()[key], value), (alpha, key)
 
@@ -155,9 +157,9 @@ def _direct_reset(model: nn.Module, images: torch.Tensor) -> dict[str, tuple]:
 @pytest.mark.parametrize("arch", ["bn_cnn", "bn_resnet"])
 def test_reset_equals_a_direct_recomputation(pairs, fit_data, arch):
     a, b = pairs[arch]
-    midpoint = wb.interpolate(a, b, 0.5)
+    midpoint = wb.interpolate(a, b, alpha=0.5)
     part = fit_data.subset(torch.arange(1000), "train")
-    reset = wb.reset_bn(midpoint, part)
+    reset = wb.reset_bn(midpoint, data=part)
     modules = dict(reset.named_modules())
     for name, (mean, var) in _direct_reset(midpoint, part.images).items():
         torch.testing.assert_close(modules[name].running_mean, mean.float(), rtol=1e-4, atol=1e-5)
@@ -180,7 +182,10 @@ def test_every_method_beats_averaging_and_nears_weight_matching(
     pairs, merge_data, mnist_test, arch
 ):
     pair = list(pairs[arch])
-    accuracy = {m: evaluate(_merge(pair, merge_data, m), mnist_test).accuracy for m in wb.methods()}
+    accuracy = {
+        m: evaluate(_merge(pair, merge_data, m), eval_data=mnist_test).accuracy
+        for m in wb.methods()
+    }
     for method, value in accuracy.items():
         if method in ("none", "weight"):
             continue

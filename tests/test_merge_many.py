@@ -16,8 +16,10 @@ from workbench.graph import permutation_spec
 def permuted_copies(shipped_pair, mnist_train):
     """Model A and two randomly permuted copies of it: same function, scrambled neurons."""
     model = shipped_pair[0]
-    spec = permutation_spec(model, mnist_train.images[:2])
-    copies = [wb.apply_permutation(model, spec, wb.random_permutation(spec, s)) for s in (1, 2)]
+    spec = permutation_spec(model, example_input=mnist_train.images[:2])
+    copies = [
+        wb.apply_permutation(model, spec=spec, perm=wb.random_permutation(spec, s)) for s in (1, 2)
+    ]
     return [model, *copies]
 
 
@@ -27,7 +29,9 @@ def test_merging_permuted_copies_gives_the_model_back(
 ) -> None:
     before = [state_copy(m) for m in permuted_copies]
     options = {"gamma": 1e-4} if method == "cca" else {}
-    merged = wb.merge_many(permuted_copies, mnist_train, method, bn=None, progress=False, **options)
+    merged = wb.merge_many(
+        permuted_copies, data=mnist_train, method=method, bn=None, progress=False, **options
+    )
     for model, state in zip(permuted_copies, before, strict=True):
         assert_state_equal(model, state)
     x = mnist_test.images[:300]
@@ -43,14 +47,19 @@ def test_merging_permuted_copies_gives_the_model_back(
 
 def test_plain_averaging_of_permuted_copies_breaks_the_model(permuted_copies, mnist_test) -> None:
     merged = wb.merge_many(permuted_copies, method="none", bn=None, progress=False)
-    assert wb.evaluate(merged.model, mnist_test).accuracy < 0.5
+    assert wb.evaluate(merged.model, eval_data=mnist_test).accuracy < 0.5
 
 
 def test_cca_chooses_gamma_on_a_validation_split(shipped_pair, mnist_train) -> None:
     gammas = (0.1, 1.0)
     merged = wb.cca_merge(
-        list(shipped_pair), mnist_train, gammas=gammas, val_fraction=0.2, progress=False
+        list(shipped_pair), data=mnist_train, gamma=gammas, val_fraction=0.2, progress=False
     )
+    with pytest.warns(FutureWarning, match="gammas= is now gamma="):
+        former = wb.cca_merge(
+            list(shipped_pair), data=mnist_train, gammas=gammas, val_fraction=0.2, progress=False
+        )
+    assert former.report.validation == merged.report.validation
     report = merged.report
     assert set(report.validation) == {"0.1", "1.0"}
     assert report.gamma == max(gammas, key=lambda g: report.validation[str(g)])
@@ -63,11 +72,11 @@ def test_cca_chooses_gamma_on_a_validation_split(shipped_pair, mnist_train) -> N
 
 def test_reference_best_picks_the_most_accurate_on_validation(shipped_pair, mnist_train) -> None:
     val = mnist_train.subset(torch.arange(0, 4000, 8), "val")
-    scores = [wb.evaluate(m, val).accuracy for m in shipped_pair]
+    scores = [wb.evaluate(m, eval_data=val).accuracy for m in shipped_pair]
     merged = wb.merge_many(
         list(shipped_pair),
-        mnist_train,
-        "activation",
+        data=mnist_train,
+        method="activation",
         reference="best",
         val_data=val,
         progress=False,
@@ -78,37 +87,39 @@ def test_reference_best_picks_the_most_accurate_on_validation(shipped_pair, mnis
 def test_bad_input_is_refused_before_work(shipped_pair, tiny_model, tiny_train) -> None:
     pair = list(shipped_pair)
     with pytest.raises(ValueError, match="method must be one of"):
-        wb.merge_many(pair, tiny_train, "zipper")
+        wb.merge_many(pair, data=tiny_train, method="zipper")
     with pytest.raises(ValueError, match="at least 2 models"):
-        wb.merge_many(pair[:1], tiny_train)
+        wb.merge_many(pair[:1], data=tiny_train)
     with pytest.raises(ValueError, match="needs data"):
-        wb.merge_many(pair, None, "activation")
+        wb.merge_many(pair, data=None, method="activation")
     with pytest.raises(ValueError):
-        wb.merge_many([pair[0], tiny_model], tiny_train)
+        wb.merge_many([pair[0], tiny_model], data=tiny_train)
     with pytest.raises(ValueError, match="reference must be"):
-        wb.merge_many(pair, tiny_train, "activation", reference=5)
+        wb.merge_many(pair, data=tiny_train, method="activation", reference=5)
     with pytest.raises(ValueError, match="cannot be split: pass val_data="):
-        wb.merge_many(pair, torch.utils.data.DataLoader(tiny_train), "cca")
+        wb.merge_many(pair, data=torch.utils.data.DataLoader(tiny_train), method="cca")
     no_bn = wb.create_model("cnn", width=0.25, in_channels=1, batch_norm=False)
     with pytest.raises(ValueError, match=r"use one of \['none', 'repair'\]"):
-        wb.merge_many([no_bn, no_bn], tiny_train, "weight", bn="reset")
+        wb.merge_many([no_bn, no_bn], data=tiny_train, method="weight", bn="reset")
 
 
 def test_repair_corrects_the_merged_statistics(shipped_pair, tiny_train) -> None:
     pair = list(shipped_pair)
-    plain = wb.merge_many(pair, tiny_train, "activation", bn=None, progress=False)
-    repaired = wb.merge_many(pair, tiny_train, "activation", bn="repair", progress=False)
+    plain = wb.merge_many(pair, data=tiny_train, method="activation", bn=None, progress=False)
+    repaired = wb.merge_many(
+        pair, data=tiny_train, method="activation", bn="repair", progress=False
+    )
     assert (
-        wb.evaluate(repaired.model, tiny_train).loss
-        < wb.evaluate(plain.model, tiny_train).loss - 0.05
+        wb.evaluate(repaired.model, eval_data=tiny_train).loss
+        < wb.evaluate(plain.model, eval_data=tiny_train).loss - 0.05
     )
 
 
 def test_compare_methods_table_csv_and_figure(shipped_pair, tiny_train, mnist_test, tmp_path):
     table = wb.compare_methods(
         list(shipped_pair),
-        tiny_train,
-        mnist_test,
+        data=tiny_train,
+        eval_data=mnist_test,
         methods=("none", "weight"),
         csv=tmp_path / "table.csv",
         progress=False,
@@ -120,7 +131,7 @@ def test_compare_methods_table_csv_and_figure(shipped_pair, tiny_train, mnist_te
     rows = table.set_index("method")
     assert rows.loc["weight", "accuracy"] > rows.loc["naive", "accuracy"] + 0.2
     assert rows.loc["endpoints", "accuracy"] == pytest.approx(
-        sum(wb.evaluate(m, mnist_test).accuracy for m in shipped_pair) / 2
+        sum(wb.evaluate(m, eval_data=mnist_test).accuracy for m in shipped_pair) / 2
     )
     columns = ["method", "n_models", "bn", "accuracy", "loss"]
     written = pd.read_csv(tmp_path / "table.csv")
@@ -129,9 +140,11 @@ def test_compare_methods_table_csv_and_figure(shipped_pair, tiny_train, mnist_te
     labels = [line.get_label() for line in fig.axes[0].lines]
     assert labels == ["naive + RESET", "weight + RESET", "endpoints (mean)", *references[1:]]
     with pytest.raises(ValueError, match=r"sizes must lie in 2\.\.2"):
-        wb.compare_methods(list(shipped_pair), tiny_train, mnist_test, sizes=(3,))
+        wb.compare_methods(list(shipped_pair), data=tiny_train, eval_data=mnist_test, sizes=(3,))
     with pytest.raises(ValueError, match="Unknown methods"):
-        wb.compare_methods(list(shipped_pair), tiny_train, mnist_test, methods=("zipper",))
+        wb.compare_methods(
+            list(shipped_pair), data=tiny_train, eval_data=mnist_test, methods=("zipper",)
+        )
 
 
 def test_compare_methods_reads_merges_back_from_the_cache(
@@ -142,7 +155,12 @@ def test_compare_methods_reads_merges_back_from_the_cache(
 
     cache = wb.ResultCache(tmp_path)
     first = wb.compare_methods(
-        list(shipped_pair), tiny_train, mnist_test, ("naive",), cache=cache, progress=False
+        list(shipped_pair),
+        data=tiny_train,
+        eval_data=mnist_test,
+        methods=("naive",),
+        cache=cache,
+        progress=False,
     )
     merges = []
     original = comparison.merge_many
@@ -150,11 +168,22 @@ def test_compare_methods_reads_merges_back_from_the_cache(
         comparison, "merge_many", lambda *a, **k: merges.append(1) or original(*a, **k)
     )
     again = wb.compare_methods(
-        list(shipped_pair), tiny_train, mnist_test, ("none", "weight"), cache=cache, progress=False
+        list(shipped_pair),
+        data=tiny_train,
+        eval_data=mnist_test,
+        methods=("none", "weight"),
+        cache=cache,
+        progress=False,
     )
     assert merges == [1], "only the weight merge is new"
     pd.testing.assert_frame_equal(again.iloc[[0]], first.iloc[[0]])
     wb.compare_methods(
-        list(shipped_pair), tiny_train, mnist_test, ("none",), bn=None, cache=cache, progress=False
+        list(shipped_pair),
+        data=tiny_train,
+        eval_data=mnist_test,
+        methods=("none",),
+        bn=None,
+        cache=cache,
+        progress=False,
     )
     assert merges == [1, 1], "another BN handling is another result"

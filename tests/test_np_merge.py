@@ -32,7 +32,7 @@ def _tiny(seed: int, data, width: float = 0.25, epochs: int = 1) -> torch.nn.Mod
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = wb.create_model("cnn", width=width, in_channels=1)
-    return wb.train_model(model, data, epochs, seed, progress=False)
+    return wb.train_model(model, data=data, epochs=epochs, seed=seed, progress=False)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -62,8 +62,8 @@ def fit(tiny_train):
 def test_no_steps_is_merge_many_with_reset_exactly(trained, tiny_train, count) -> None:
     models = trained[:count]
     before = [state_copy(m) for m in models]
-    found = wb.np_merge(models, tiny_train, steps=0, progress=False)
-    expected = wb.merge_many(models, tiny_train, "weight", bn="reset", progress=False)
+    found = wb.np_merge(models, data=tiny_train, steps=0, progress=False)
+    expected = wb.merge_many(models, data=tiny_train, method="weight", bn="reset", progress=False)
     assert states_equal(found.model.state_dict(), expected.model.state_dict())
     for model, state in zip(models, before, strict=True):
         assert_state_equal(model, state)
@@ -74,34 +74,40 @@ def test_no_steps_is_merge_many_with_reset_exactly(trained, tiny_train, count) -
 def test_zero_learning_rate_is_the_aligned_average_with_reset(
     trained, tiny_train, fit, combine
 ) -> None:
-    found = wb.np_merge(trained, tiny_train, combine=combine, **{**FAST, "lr": 0.0})
+    found = wb.np_merge(trained, data=tiny_train, combine=combine, **{**FAST, "lr": 0.0})
     # the aligned average, RESET on the training part (the validation split held out)
-    expected = wb.merge_many(trained, fit, "weight", bn="reset", progress=False)
+    expected = wb.merge_many(trained, data=fit, method="weight", bn="reset", progress=False)
     assert states_equal(found.model.state_dict(), expected.model.state_dict())
     assert set(found.report.hyperparameters["best_steps"].values()) == {0}
 
 
 def test_learning_lowers_the_training_loss(trained, tiny_train, fit) -> None:
-    found = wb.np_merge(trained[:2], tiny_train, **{**FAST, "steps": 30})
-    average = wb.merge_many(trained[:2], fit, "weight", bn="reset", progress=False)
-    assert wb.evaluate(found.model, fit).loss < wb.evaluate(average.model, fit).loss - 0.01
+    found = wb.np_merge(trained[:2], data=tiny_train, **{**FAST, "steps": 30})
+    average = wb.merge_many(trained[:2], data=fit, method="weight", bn="reset", progress=False)
+    assert (
+        wb.evaluate(found.model, eval_data=fit).loss
+        < wb.evaluate(average.model, eval_data=fit).loss - 0.01
+    )
     curve = found.report.curves["0+1"]
     assert curve[0]["step"] == 0 and curve[-1]["loss"] < curve[0]["loss"]
 
 
 def test_joint_coefficients_lower_the_training_loss(trained, tiny_train, fit) -> None:
-    found = wb.np_merge(trained, tiny_train, combine="joint", **{**FAST, "steps": 30})
-    average = wb.merge_many(trained, fit, "weight", bn="reset", progress=False)
-    assert wb.evaluate(found.model, fit).loss < wb.evaluate(average.model, fit).loss
+    found = wb.np_merge(trained, data=tiny_train, combine="joint", **{**FAST, "steps": 30})
+    average = wb.merge_many(trained, data=fit, method="weight", bn="reset", progress=False)
+    assert (
+        wb.evaluate(found.model, eval_data=fit).loss
+        < wb.evaluate(average.model, eval_data=fit).loss
+    )
     assert list(found.report.coefficients) == ["model 0", "model 1", "model 2"]
     assert list(found.report.curves) == ["joint"]
 
 
 def test_a_model_and_a_permuted_copy_give_the_model_back(trained, tiny_train, mnist_test) -> None:
     model = trained[0]
-    spec = permutation_spec(model, tiny_train.images[:2])
-    copy = wb.apply_permutation(model, spec, wb.random_permutation(spec, seed=3))
-    found = wb.np_merge([model, copy], tiny_train, bn=None, **FAST)
+    spec = permutation_spec(model, example_input=tiny_train.images[:2])
+    copy = wb.apply_permutation(model, spec=spec, perm=wb.random_permutation(spec, seed=3))
+    found = wb.np_merge([model, copy], data=tiny_train, bn=None, **FAST)
     x = mnist_test.images[:200]
     with torch.no_grad():
         assert torch.allclose(found.model.eval()(x), model.eval()(x), atol=1e-5)
@@ -109,8 +115,8 @@ def test_a_model_and_a_permuted_copy_give_the_model_back(trained, tiny_train, mn
     for summary in found.report.coefficients["0+1"].values():
         assert summary["q00"] == summary["q100"] == 0.5
     # with RESET: the model with its statistics measured again
-    reset = wb.np_merge([model, copy], tiny_train, **FAST).model
-    expected = wb.reset_bn(model, wb.train_val_split(tiny_train, 0.1)[0])
+    reset = wb.np_merge([model, copy], data=tiny_train, **FAST).model
+    expected = wb.reset_bn(model, data=wb.train_val_split(tiny_train, 0.1)[0])
     with torch.no_grad():
         assert torch.allclose(reset.eval()(x), expected.eval()(x), atol=1e-4)
 
@@ -119,7 +125,9 @@ def test_a_model_and_a_permuted_copy_give_the_model_back(trained, tiny_train, mn
 def test_coefficients_stay_between_the_endpoints(trained, tiny_train, combine) -> None:
     # without alignment the merged weights are mixes of the models' own weights
     models = trained[:2]
-    found = wb.np_merge(models, tiny_train, "none", combine=combine, **{**FAST, "lr": 0.5})
+    found = wb.np_merge(
+        models, data=tiny_train, align="none", combine=combine, **{**FAST, "lr": 0.5}
+    )
     for per_layer in found.report.coefficients.values():
         for summary in per_layer.values():
             assert 0.0 < summary["q00"] <= summary["q50"] <= summary["q100"] < 1.0
@@ -134,9 +142,9 @@ def test_coefficients_stay_between_the_endpoints(trained, tiny_train, combine) -
 
 
 def test_seeded_and_deterministic(trained, tiny_train) -> None:
-    first = wb.np_merge(trained[:2], tiny_train, seed=4, **FAST)
-    again = wb.np_merge(trained[:2], tiny_train, seed=4, **FAST)
-    other = wb.np_merge(trained[:2], tiny_train, seed=5, **FAST)
+    first = wb.np_merge(trained[:2], data=tiny_train, seed=4, **FAST)
+    again = wb.np_merge(trained[:2], data=tiny_train, seed=4, **FAST)
+    other = wb.np_merge(trained[:2], data=tiny_train, seed=5, **FAST)
     assert states_equal(first.model.state_dict(), again.model.state_dict())
     assert first.report.curves == again.report.curves
     assert first.report.coefficients == again.report.coefficients
@@ -144,7 +152,7 @@ def test_seeded_and_deterministic(trained, tiny_train) -> None:
 
 
 def test_the_report(trained, tiny_train) -> None:
-    found = wb.np_merge(trained, tiny_train, patience=2, **{**FAST, "steps": 15})
+    found = wb.np_merge(trained, data=tiny_train, patience=2, **{**FAST, "steps": 15})
     report = found.report
     assert isinstance(found, wb.MergeResult) and isinstance(report, wb.MergeReport)
     assert (report.method, report.num_models, report.bn, report.merge) == (
@@ -182,39 +190,68 @@ def test_the_report(trained, tiny_train) -> None:
 
 
 def test_merge_many_runs_it(trained, tiny_train) -> None:
-    options = {"steps": 10, "eval_every": 5, "lr": 0.1, "batch_size": 32}
-    direct = wb.np_merge(trained[:2], tiny_train, "weight", seed=2, progress=False, **options)
-    learn = {f"learn_{name}": value for name, value in options.items()}
-    through = wb.merge_many(
-        trained[:2], tiny_train, "weight", merge="learned", seed=2, progress=False, **learn
+    """One entry point: ``merge_many(..., "np_merge")`` with NP Merge's own options;
+    ``wb.np_merge`` is a thin wrapper over it, and the former spellings (``merge="learned"``,
+    ``learn_<name>=``) give the same merge with a FutureWarning."""
+    options = {"steps": 10, "eval_every": 5, "lr": 0.1}
+    direct = wb.np_merge(
+        trained[:2],
+        data=tiny_train,
+        align="weight",
+        batch_size=32,
+        seed=2,
+        progress=False,
+        **options,
     )
-    assert states_equal(through.model.state_dict(), direct.model.state_dict())
-    assert through.report.merge == "learned" and through.report.hyperparameters["batch_size"] == 32
-    # the registered method "np_merge" runs the same merge by name (compare_methods' rows)
-    named = wb.merge_many(trained[:2], tiny_train, "np_merge", seed=2, progress=False, **learn)
+    assert direct.report.merge == "learned" and direct.report.hyperparameters["batch_size"] == 32
+    named = wb.merge_many(
+        trained[:2], data=tiny_train, method="np_merge", align="weight", learn_batch_size=32, seed=2,
+        progress=False, **options,
+    )  # fmt: skip
     assert states_equal(named.model.state_dict(), direct.model.state_dict())
     assert named.report.method == "np_merge"
     # ... and its own report (curves, coefficients) is kept, not dropped
     assert named.report.details.curves == direct.report.curves
     assert named.report.details.coefficients == direct.report.coefficients
-    assert wb.merge_many(trained[:2], tiny_train, progress=False).report.merge == "average"
+    learn = {f"learn_{name}": value for name, value in {**options, "batch_size": 32}.items()}
+    with pytest.warns(FutureWarning, match="merge='learned'"):
+        through = wb.merge_many(
+            trained[:2],
+            data=tiny_train,
+            method="weight",
+            merge="learned",
+            seed=2,
+            progress=False,
+            **learn,
+        )
+    assert states_equal(through.model.state_dict(), direct.model.state_dict())
+    with pytest.warns(FutureWarning, match="learn_steps= is now steps="):
+        former = wb.merge_many(
+            trained[:2], data=tiny_train, method="np_merge", seed=2, progress=False, **learn
+        )
+    assert states_equal(former.model.state_dict(), direct.model.state_dict())
+    with pytest.raises(TypeError, match="learn_steps= is the former name of steps="):
+        wb.merge_many(
+            trained[:2], data=tiny_train, method="np_merge", steps=3, learn_steps=3, progress=False
+        )
+    assert wb.merge_many(trained[:2], data=tiny_train, progress=False).report.merge == "average"
     with pytest.raises(ValueError, match="merge must be one of"):
-        wb.merge_many(trained[:2], tiny_train, merge="mean", progress=False)
-    with pytest.raises(ValueError, match="learn_steps= and learn_lr="):
-        wb.merge_many(trained[:2], tiny_train, merge="learned", steps=10, progress=False)
+        wb.merge_many(trained[:2], data=tiny_train, merge="mean", progress=False)
     with pytest.raises(ValueError, match="merges them itself"):
-        wb.merge_many(trained[:2], tiny_train, "np_merge", merge="learned", progress=False)
+        wb.merge_many(
+            trained[:2], data=tiny_train, method="np_merge", merge="learned", progress=False
+        )
     with pytest.raises(
         ValueError,
         match=r"bn='repair' corrects towards the endpoints' own statistics, and method='np_merge' merges the models into a space of its own: use one of \['none', 'reset'\]",
     ):
-        wb.merge_many(trained[:2], tiny_train, "np_merge", bn="repair", progress=False)
+        wb.merge_many(trained[:2], data=tiny_train, method="np_merge", bn="repair", progress=False)
     with pytest.raises(ValueError, match="does not align one model to another"):
         wb.align(*trained[:2], "np_merge", tiny_train)
 
 
 def test_activation_alignment_and_less_data(trained, tiny_train) -> None:
-    found = wb.np_merge(trained[:2], tiny_train, "activation", data_fraction=0.5, **FAST)
+    found = wb.np_merge(trained[:2], data=tiny_train, align="activation", data_fraction=0.5, **FAST)
     assert found.report.method == "activation"
     assert found.report.hyperparameters["data_fraction"] == 0.5
 
@@ -225,12 +262,12 @@ def test_models_without_batchnorm(tiny_train) -> None:
         for seed in (0, 1):
             torch.manual_seed(seed)
             models.append(wb.create_model("cnn", width=0.25, in_channels=1, batch_norm=False))
-    found = wb.np_merge(models, tiny_train, bn=None, **FAST)
+    found = wb.np_merge(models, data=tiny_train, bn=None, **FAST)
     assert "features.conv1" in found.report.coefficients["0+1"]
     with pytest.raises(
         ValueError, match=r"needs BatchNorm layers .* use one of \['none', 'repair'\]\."
     ):
-        wb.np_merge(models, tiny_train, **FAST)
+        wb.np_merge(models, data=tiny_train, **FAST)
 
 
 @pytest.mark.parametrize(
@@ -249,7 +286,7 @@ def test_models_without_batchnorm(tiny_train) -> None:
         (
             {"bn": "repair"},
             ValueError,
-            r"learned per-entry coefficients have none: use one of \['none', 'reset'\]",
+            r"merges the models into a space of its own: use one of \['none', 'reset'\]",
         ),
         ({"bn": "recompute"}, ValueError, "bn must be one of"),
         ({"align": "magic"}, ValueError, "magic"),
@@ -258,26 +295,26 @@ def test_models_without_batchnorm(tiny_train) -> None:
 )
 def test_bad_arguments(trained, tiny_train, arguments, error, message) -> None:
     with pytest.raises(error, match=message):
-        wb.np_merge(trained[:2], tiny_train, **{"progress": False, **arguments})
+        wb.np_merge(trained[:2], data=tiny_train, **{"progress": False, **arguments})
 
 
 def test_bad_models_and_data(trained, tiny_train) -> None:
     with pytest.raises(ValueError, match="at least 2 models"):
-        wb.np_merge(trained[:1], tiny_train, progress=False)
+        wb.np_merge(trained[:1], data=tiny_train, progress=False)
     wider = wb.create_model("cnn", width=0.5, in_channels=1)
     with pytest.raises(ValueError, match="differ in width"):
-        wb.np_merge([trained[0], wider], tiny_train, progress=False)
+        wb.np_merge([trained[0], wider], data=tiny_train, progress=False)
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
-        wb.np_merge([trained[0], "model"], tiny_train, progress=False)
+        wb.np_merge([trained[0], "model"], data=tiny_train, progress=False)
     with pytest.raises(TypeError, match="Dataset or DataLoader"):
-        wb.np_merge(trained[:2], tiny_train.images, progress=False)
+        wb.np_merge(trained[:2], data=tiny_train.images, progress=False)
     loader = torch.utils.data.DataLoader(tiny_train, batch_size=64)
     with pytest.raises(ValueError, match="pass val_data="):
-        wb.np_merge(trained[:2], loader, progress=False)
+        wb.np_merge(trained[:2], data=loader, progress=False)
 
 
 def test_plot_coefficients(trained, tiny_train) -> None:
-    found = wb.np_merge(trained, tiny_train, **{**FAST, "steps": 5})
+    found = wb.np_merge(trained, data=tiny_train, **{**FAST, "steps": 5})
     fig = wb.plot_coefficients(found)
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == LAYERS
@@ -290,6 +327,6 @@ def test_plot_coefficients(trained, tiny_train) -> None:
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["0+1", "0..1+2"]
     assert wb.plot_coefficients(found.report).axes[0].get_xticklabels()[0].get_text() == LAYERS[0]
     with pytest.raises(ValueError, match="no learned coefficients"):
-        wb.plot_coefficients(wb.merge_many(trained[:2], tiny_train, progress=False))
+        wb.plot_coefficients(wb.merge_many(trained[:2], data=tiny_train, progress=False))
     with pytest.raises(TypeError, match="MergeResult"):
         wb.plot_coefficients({"0+1": {}})

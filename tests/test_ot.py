@@ -30,8 +30,8 @@ def trained(mnist_train) -> dict[str, torch.nn.Module]:
     """A quarter-width and a half-width CNN trained for three epochs on mnist-5k."""
     options = {"batch_size": 128, "lr": 0.2, "device": "cpu", "progress": False}
     return {
-        "narrow": wb.train_model(_cnn(0.25, 0), mnist_train, 3, 0, **options),
-        "wide": wb.train_model(_cnn(0.5, 1), mnist_train, 3, 1, **options),
+        "narrow": wb.train_model(_cnn(0.25, 0), data=mnist_train, epochs=3, seed=0, **options),
+        "wide": wb.train_model(_cnn(0.5, 1), data=mnist_train, epochs=3, seed=1, **options),
     }
 
 
@@ -88,11 +88,11 @@ def test_plans_equal_independent_solvers(shape) -> None:
 
 @pytest.mark.parametrize("epsilon", [0.0, 1e-4])
 def test_a_planted_permutation_is_recovered(tiny_model, tiny_train, epsilon) -> None:
-    spec = permutation_spec(tiny_model, tiny_train.images[:2])
+    spec = permutation_spec(tiny_model, example_input=tiny_train.images[:2])
     perm = random_permutation(spec, seed=3)
-    permuted = wb.apply_permutation(tiny_model, spec, perm)
-    maps = wb.ot_maps(tiny_model, permuted, tiny_train, spec, epsilon=epsilon, **QUIET)
-    stats = collect_statistics([tiny_model], tiny_train, spec, **QUIET)
+    permuted = wb.apply_permutation(tiny_model, spec=spec, perm=perm)
+    maps = wb.ot_maps(tiny_model, permuted, data=tiny_train, spec=spec, epsilon=epsilon, **QUIET)
+    stats = collect_statistics([tiny_model], data=tiny_train, spec=spec, **QUIET)
     for name, p in inverse(perm).items():
         # every unit that ever fires: dead ones (an untrained fc1 has some) are all alike
         live = stats[name].std(0) > 0
@@ -106,11 +106,11 @@ def test_a_planted_permutation_is_recovered(tiny_model, tiny_train, epsilon) -> 
             assert (out[live] - expected).abs().max() < 1e-4
             assert (into[:, live] - expected.T).abs().max() < 1e-4
     if epsilon == 0:  # a permutation: B's function, and activation matching's assignment
-        aligned = wb.align(tiny_model, permuted, "ot", tiny_train, spec, **QUIET)
+        aligned = wb.align(tiny_model, permuted, method="ot", data=tiny_train, spec=spec, **QUIET)
         x = tiny_train.images[:64]
         with torch.no_grad():
             assert (aligned(x) - tiny_model.eval()(x)).abs().max() < 1e-5
-        matched = wb.activation_matching(tiny_model, permuted, tiny_train, spec, **QUIET)
+        matched = wb.activation_matching(tiny_model, permuted, data=tiny_train, spec=spec, **QUIET)
         for name, p in inverse(perm).items():
             live = stats[name].std(0) > 0
             assert torch.equal(matched[name][live], p[live])
@@ -121,9 +121,9 @@ def test_models_of_other_widths_come_out_at_the_reference_width(
     tiny_train, width_a, width_b
 ) -> None:
     model_a, model_b = _cnn(width_a, 0), _cnn(width_b, 1)
-    spec_a = permutation_spec(model_a, tiny_train.images[:2])
-    spec_b = permutation_spec(model_b, tiny_train.images[:2])
-    result = wb.match(model_a, model_b, "ot", tiny_train, epsilon=0.03, **QUIET)
+    spec_a = permutation_spec(model_a, example_input=tiny_train.images[:2])
+    spec_b = permutation_spec(model_b, example_input=tiny_train.images[:2])
+    result = wb.match(model_a, model_b, method="ot", data=tiny_train, epsilon=0.03, **QUIET)
     assert result.kind == "linear" and result.spec_b is not None
     for name, group in spec_a.groups.items():
         n_a, n_b = group.size, spec_b.groups[name].size
@@ -131,29 +131,33 @@ def test_models_of_other_widths_come_out_at_the_reference_width(
         out, into = result.transform[name]
         assert out.shape == (n_a, n_b) and into.shape == (n_b, n_a)
         assert torch.allclose(out.sum(1), torch.ones(n_a, dtype=torch.float64))
-    aligned = wb.alignment.apply_alignment(model_b, result, tiny_train, model_a)
+    aligned = wb.alignment.apply_alignment(model_b, result=result, data=tiny_train, model_a=model_a)
     assert state_shapes(aligned) == state_shapes(model_a)
-    exact = wb.ot_fusion(model_a, model_b, tiny_train, **QUIET)
+    exact = wb.ot_fusion(model_a, model_b, data=tiny_train, **QUIET)
     assert state_shapes(exact) == state_shapes(model_a)
-    again = wb.ot_fusion(model_a, model_b, tiny_train, **QUIET)
+    again = wb.ot_fusion(model_a, model_b, data=tiny_train, **QUIET)
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in exact.state_dict().items())
 
 
 def test_a_wide_model_fused_into_a_narrow_one_merges_well_above_chance(trained, tiny_train) -> None:
     narrow, wide = trained["narrow"], trained["wide"]
     before = {name: state_copy(m) for name, m in trained.items()}
-    aligned = wb.align(narrow, wide, "ot", tiny_train, **QUIET)
+    aligned = wb.align(narrow, wide, method="ot", data=tiny_train, **QUIET)
     assert state_shapes(aligned) == state_shapes(narrow)
-    merged = wb.merge_many([narrow, aligned], tiny_train, "none", bn="reset", **QUIET).model
-    metrics = wb.evaluate(merged, tiny_train)
+    merged = wb.merge_many(
+        [narrow, aligned], data=tiny_train, method="none", bn="reset", **QUIET
+    ).model
+    metrics = wb.evaluate(merged, eval_data=tiny_train)
     assert math.isfinite(metrics.loss) and metrics.accuracy > 0.5  # chance: 0.1
     # merge_many does the same by itself: B at the reference's widths, averaged, RESET
-    direct = wb.merge_many([narrow, wide], tiny_train, "ot", epsilon=0.0, **QUIET)
+    direct = wb.merge_many([narrow, wide], data=tiny_train, method="ot", epsilon=0.0, **QUIET)
     assert state_shapes(direct.model) == state_shapes(narrow)
     assert direct.report.permuted_groups == {}
-    assert wb.evaluate(direct.model, tiny_train).accuracy == pytest.approx(metrics.accuracy)
+    assert wb.evaluate(direct.model, eval_data=tiny_train).accuracy == pytest.approx(
+        metrics.accuracy
+    )
     with pytest.raises(ValueError, match=r"architecture|width"):
-        wb.merge_many([narrow, wide], tiny_train, "weight", **QUIET)
+        wb.merge_many([narrow, wide], data=tiny_train, method="weight", **QUIET)
     for name, model in trained.items():
         assert_state_equal(model, before[name])
 
@@ -163,21 +167,25 @@ def test_merge_many_chooses_epsilon_on_validation(trained, tiny_train) -> None:
     assert method.kind == "linear" and method.any_width and method.uses_statistics
     assert method.search["epsilon"] == ot.EPSILON_GRID and ot.EPSILON_GRID[0] == 0.0
     narrow = trained["narrow"]
-    other = wb.train_model(_cnn(0.25, 5), tiny_train, 1, 5, device="cpu", progress=False)
-    result = wb.merge_many([narrow, other], tiny_train, "ot", bn="reset", **QUIET)
+    other = wb.train_model(
+        _cnn(0.25, 5), data=tiny_train, epochs=1, seed=5, device="cpu", progress=False
+    )
+    result = wb.merge_many([narrow, other], data=tiny_train, method="ot", bn="reset", **QUIET)
     assert result.report.hyperparameters["epsilon"] in ot.EPSILON_GRID
     assert len(result.report.validation) == len(ot.EPSILON_GRID)
 
 
 def test_collect_statistics_takes_one_spec_per_width(tiny_train) -> None:
     models = [_cnn(0.25, 0), _cnn(0.5, 1)]
-    specs = [permutation_spec(m, tiny_train.images[:2]) for m in models]
-    stats = collect_statistics(models, tiny_train, specs[0], specs=specs, max_batches=1, **QUIET)
+    specs = [permutation_spec(m, example_input=tiny_train.images[:2]) for m in models]
+    stats = collect_statistics(
+        models, data=tiny_train, spec=specs[0], specs=specs, max_batches=1, **QUIET
+    )
     group = stats["features.conv2"]
     assert group.sizes == (8, 16) and group.num_models == 2
     assert group.block(0, 1).shape == (8, 16) and group.correlation().shape == (8, 16)
     with pytest.raises(ValueError, match="spec was built for another architecture"):
-        collect_statistics(models, tiny_train, specs[0], max_batches=1, **QUIET)
+        collect_statistics(models, data=tiny_train, spec=specs[0], max_batches=1, **QUIET)
 
 
 @pytest.mark.parametrize(
@@ -194,9 +202,9 @@ def test_mismatched_architectures_are_refused(
 ) -> None:
     model_b = wb.create_model(name, width=0.5, **kwargs)
     with pytest.raises(ValueError, match=message):
-        wb.align(tiny_model, model_b, "ot", tiny_train, **QUIET)
+        wb.align(tiny_model, model_b, method="ot", data=tiny_train, **QUIET)
     with pytest.raises(ValueError, match=message):
-        wb.ot_fusion(tiny_model, model_b, tiny_train, **QUIET)
+        wb.ot_fusion(tiny_model, model_b, data=tiny_train, **QUIET)
 
 
 def test_bad_options_are_refused_before_any_data_pass(tiny_model, tiny_train, monkeypatch) -> None:
@@ -215,21 +223,21 @@ def test_bad_options_are_refused_before_any_data_pass(tiny_model, tiny_train, mo
     ]
     for options, error, message in cases:
         with pytest.raises(error, match=message):
-            wb.ot_fusion(tiny_model, model_b, tiny_train, **options, **QUIET)
+            wb.ot_fusion(tiny_model, model_b, data=tiny_train, **options, **QUIET)
         with pytest.raises(error, match=message):
-            wb.align(tiny_model, model_b, "ot", tiny_train, **options, **QUIET)
+            wb.align(tiny_model, model_b, method="ot", data=tiny_train, **options, **QUIET)
     with pytest.raises(ValueError, match="needs data"):
-        wb.align(tiny_model, model_b, "ot")
+        wb.align(tiny_model, model_b, method="ot")
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        wb.ot_fusion(tiny_model, model_b, tiny_train, batch_size=0)
+        wb.ot_fusion(tiny_model, model_b, data=tiny_train, batch_size=0)
     assert_state_equal(model_b, before)
     assert torch.equal(tiny_train.images, images)
 
 
 def test_statistics_of_other_models_are_refused(tiny_model, tiny_train) -> None:
-    spec = permutation_spec(tiny_model, tiny_train.images[:2])
+    spec = permutation_spec(tiny_model, example_input=tiny_train.images[:2])
     wide = _cnn(0.5, 2)
-    specs = [spec, permutation_spec(wide, tiny_train.images[:2])]
-    stats = collect_statistics([tiny_model, wide], tiny_train, spec, specs=specs, **QUIET)
+    specs = [spec, permutation_spec(wide, example_input=tiny_train.images[:2])]
+    stats = collect_statistics([tiny_model, wide], data=tiny_train, spec=spec, specs=specs, **QUIET)
     with pytest.raises(ValueError, match="statistics of group"):
-        wb.ot_maps(tiny_model, _cnn(0.25, 3), tiny_train, spec, statistics=stats)
+        wb.ot_maps(tiny_model, _cnn(0.25, 3), data=tiny_train, spec=spec, statistics=stats)

@@ -53,14 +53,14 @@ def test_basis_is_the_triangle_of_weight_distances(trio):
     with pytest.raises(ValueError, match="identical parameters"):
         plane_basis([trio[0], trio[0], trio[1]])
     with pytest.raises(ValueError, match="lie on one line"):
-        plane_basis([trio[0], trio[1], wb.interpolate(trio[0], trio[1], 0.5)])
+        plane_basis([trio[0], trio[1], wb.interpolate(trio[0], trio[1], alpha=0.5)])
 
 
 def test_grid_values_are_the_combined_models(trio, small_test, small_train):
     before = [state_copy(m) for m in trio]
     planes = loss_planes(
         trio,
-        {"train": small_train, "test": small_test},
+        eval_data={"train": small_train, "test": small_test},
         resolution=3,
         bn=None,
         margin=0.0,
@@ -76,10 +76,10 @@ def test_grid_values_are_the_combined_models(trio, small_test, small_train):
     assert plane.y[0] == 0.0 and plane.y[-1] == plane.points[2, 1]
     # model 1 sits at the corner (0, 0) when model 3 is not behind it: an exact copy.
     if plane.x[0] == 0.0:
-        assert plane.loss[0, 0] == wb.evaluate(trio[0], small_test).loss
+        assert plane.loss[0, 0] == wb.evaluate(trio[0], eval_data=small_test).loss
     weights = plane.weights
     for i, j in np.ndindex(3, 3):
-        combined = wb.average(trio, weights[i, j].tolist())
+        combined = wb.average(trio, weights=weights[i, j].tolist())
         negative_variance = any(
             (m.running_var < 0).any() for m in combined.modules() if hasattr(m, "running_var")
         )
@@ -87,11 +87,13 @@ def test_grid_values_are_the_combined_models(trio, small_test, small_train):
         # running variance: that point diverges (use bn="reset" there).
         assert np.isnan(plane.loss[i, j]) == negative_variance
         if not negative_variance:
-            expected = wb.evaluate(combined, small_test).loss
+            expected = wb.evaluate(combined, eval_data=small_test).loss
             assert plane.loss[i, j] == pytest.approx(expected, rel=1e-5)
     assert np.isfinite(plane.loss).sum() >= 3
     i, j = np.argwhere(np.isfinite(plane.loss))[-1]
-    train_value = wb.evaluate(wb.average(trio, weights[i, j].tolist()), small_train).accuracy
+    train_value = wb.evaluate(
+        wb.average(trio, weights=weights[i, j].tolist()), eval_data=small_train
+    ).accuracy
     assert planes["train"].accuracy[i, j] == pytest.approx(train_value, abs=1e-9)
     for model, state in zip(trio, before, strict=True):
         assert_state_equal(model, state)
@@ -99,37 +101,47 @@ def test_grid_values_are_the_combined_models(trio, small_test, small_train):
 
 def test_reset_plane_matches_reset_bn(trio, small_test, small_train):
     plane = wb.loss_plane(
-        trio, small_test, 2, "reset", bn_data=small_train, progress=False, cache=False
+        trio,
+        eval_data=small_test,
+        resolution=2,
+        bn="reset",
+        data=small_train,
+        progress=False,
+        cache=False,
     )
     i, j = 1, 0
-    reset = wb.reset_bn(wb.average(trio, plane.weights[i, j].tolist()), small_train)
-    assert plane.loss[i, j] == pytest.approx(wb.evaluate(reset, small_test).loss, rel=1e-4)
+    reset = wb.reset_bn(wb.average(trio, weights=plane.weights[i, j].tolist()), data=small_train)
+    assert plane.loss[i, j] == pytest.approx(
+        wb.evaluate(reset, eval_data=small_test).loss, rel=1e-4
+    )
 
 
 def test_plane_is_cached_by_content(trio, small_test, tmp_path, monkeypatch):
     cache = wb.ResultCache(tmp_path)
     kwargs = {"resolution": 2, "bn": None, "progress": False}
-    first = wb.loss_plane(trio, small_test, cache=cache, **kwargs)
+    first = wb.loss_plane(trio, eval_data=small_test, cache=cache, **kwargs)
     assert len(list(tmp_path.glob("plane/*.safetensors"))) == 1
     calls = []
     original = engine.evaluate
     monkeypatch.setattr(engine, "evaluate", lambda *a, **k: calls.append(1) or original(*a, **k))
-    again = wb.loss_plane(trio, small_test, cache=cache, labels=("a", "b", "c"), **kwargs)
+    again = wb.loss_plane(trio, eval_data=small_test, cache=cache, labels=("a", "b", "c"), **kwargs)
     assert calls == [] and again.labels == ("a", "b", "c")
     np.testing.assert_array_equal(again.loss, first.loss)
     np.testing.assert_array_equal(again.points, first.points)
     assert again.settings == first.settings
-    changed = [trio[0], trio[1], wb.interpolate(trio[2], trio[0], 0.01)]
-    wb.loss_plane(changed, small_test, cache=cache, **kwargs)
+    changed = [trio[0], trio[1], wb.interpolate(trio[2], trio[0], alpha=0.01)]
+    wb.loss_plane(changed, eval_data=small_test, cache=cache, **kwargs)
     assert len(calls) == 4, "a changed model is recomputed"
-    wb.loss_plane(trio, small_test, cache=False, **kwargs)
+    wb.loss_plane(trio, eval_data=small_test, cache=False, **kwargs)
     assert len(calls) == 8, "cache=False recomputes"
 
 
 def test_aligned_plane_with_reset_is_lower_and_plots(trio, small_test, small_train, tmp_path):
     kwargs = {"bn_data": small_train, "progress": False, "cache": False}
-    naive = wb.loss_plane(trio, small_test, 2, "reset", **kwargs)
-    aligned = wb.loss_plane(trio, small_test, 2, "reset", method="weight", **kwargs)
+    naive = wb.loss_plane(trio, eval_data=small_test, resolution=2, bn="reset", **kwargs)
+    aligned = wb.loss_plane(
+        trio, eval_data=small_test, resolution=2, bn="reset", method="weight", **kwargs
+    )
     assert aligned.settings["method"] == "weight" and aligned.label == "weight"
     assert aligned.settings["models"][0] == wb.fingerprint(trio[0])
     assert aligned.settings["models"][1] != wb.fingerprint(trio[1])  # aligned copy
@@ -193,21 +205,21 @@ def test_diverged_points_are_marked():
 
 def test_bad_input(trio, small_test):
     with pytest.raises(ValueError, match="exactly 3 models, got 2"):
-        wb.loss_plane(trio[:2], small_test)
+        wb.loss_plane(trio[:2], eval_data=small_test)
     with pytest.raises(
         ValueError,
         match="bn='repair' corrects towards the endpoints' own statistics, and a plane extends beyond",
     ):
-        wb.loss_plane(trio, small_test, bn="repair")
+        wb.loss_plane(trio, eval_data=small_test, bn="repair")
     with pytest.raises(ValueError, match="resolution must be >= 2, got 1"):
-        wb.loss_plane(trio, small_test, resolution=1)
+        wb.loss_plane(trio, eval_data=small_test, resolution=1)
     with pytest.raises(ValueError, match=r"margin must be in \[0, inf\], got -0.1"):
-        wb.loss_plane(trio, small_test, margin=-0.1)
+        wb.loss_plane(trio, eval_data=small_test, margin=-0.1)
     with pytest.raises(ValueError, match="labels must name the 3 models"):
-        wb.loss_plane(trio, small_test, labels=("a", "b"))
+        wb.loss_plane(trio, eval_data=small_test, labels=("a", "b"))
     empty = small_test.subset(torch.arange(0), "test")
     with pytest.raises(ValueError, match="The 'test' data is empty"):
-        wb.loss_plane(trio, empty, progress=False)
+        wb.loss_plane(trio, eval_data=empty, progress=False)
     colour = torch.utils.data.TensorDataset(torch.zeros(4, 3, 28, 28), torch.zeros(4).long())
     with pytest.raises(ValueError, match=r"cannot take inputs of shape \(2, 3, 28, 28\)"):
-        wb.loss_plane(trio, colour, progress=False)
+        wb.loss_plane(trio, eval_data=colour, progress=False)

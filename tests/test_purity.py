@@ -331,8 +331,8 @@ class Inputs:
 def specs(mnist_train: wb.TensorImageDataset) -> dict[str, wb.PermutationSpec]:
     example = mnist_train.images[:2]
     return {
-        "bn": wb.permutation_spec(_tiny(0), example),
-        "plain": wb.permutation_spec(_tiny(0, batch_norm=False), example),
+        "bn": wb.permutation_spec(_tiny(0), example_input=example),
+        "plain": wb.permutation_spec(_tiny(0, batch_norm=False), example_input=example),
     }
 
 
@@ -400,7 +400,9 @@ def _quiet(method: str) -> dict[str, bool]:
 
 @case("permutation_spec", "example_input_for", "resolve_spec")
 def graph_spec(inp: Inputs) -> None:
-    graph.permutation_spec(inp.a, inp.train.images[:2])  # a view of the dataset's images
+    graph.permutation_spec(
+        inp.a, example_input=inp.train.images[:2]
+    )  # a view of the dataset's images
     graph.example_input_for(inp.b, inp.train)
     graph.resolve_spec(inp.c, None, data=inp.train)
     graph.resolve_spec(inp.c, inp.spec)
@@ -417,18 +419,18 @@ def weight_matching(inp: Inputs) -> None:
     wb.weight_matching(inp.a, inp.b)
     init = wb.random_permutation(inp.spec, seed=2)
     with kept(init=init):
-        wb.weight_matching(inp.a, inp.b, inp.spec, init=init)
+        wb.weight_matching(inp.a, inp.b, spec=inp.spec, init=init)
 
 
 @case("activation_matching")
 def activation_matching(inp: Inputs) -> None:
-    wb.activation_matching(inp.a, inp.b, inp.train, progress=False)
+    wb.activation_matching(inp.a, inp.b, data=inp.train, progress=False)
 
 
 @case("ste_matching")
 def ste_matching(inp: Inputs) -> None:
     # a step large enough to move the projection, on batches smaller than the data
-    wb.ste_matching(inp.a, inp.b, inp.train, steps=3, lr=0.05, batch_size=64, progress=False)
+    wb.ste_matching(inp.a, inp.b, data=inp.train, steps=3, lr=0.05, batch_size=64, progress=False)
 
 
 # Per method, options that keep a case small where its defaults do a long run.
@@ -436,11 +438,25 @@ FAST_OPTIONS: dict[str, dict[str, Any]] = {"ste": {"steps": 2}}
 
 
 def _match(inp: Inputs, method: str) -> None:
-    wb.match(inp.a, inp.b, method, inp.train, **_quiet(method), **FAST_OPTIONS.get(method, {}))
+    wb.match(
+        inp.a,
+        inp.b,
+        method=method,
+        data=inp.train,
+        **_quiet(method),
+        **FAST_OPTIONS.get(method, {}),
+    )
 
 
 def _align(inp: Inputs, method: str) -> None:
-    wb.align(inp.a, inp.b, method, inp.train, **_quiet(method), **FAST_OPTIONS.get(method, {}))
+    wb.align(
+        inp.a,
+        inp.b,
+        method=method,
+        data=inp.train,
+        **_quiet(method),
+        **FAST_OPTIONS.get(method, {}),
+    )
 
 
 for _method in wb.alignment.pairwise_methods():  # merges (kind "merge") cannot align
@@ -450,63 +466,65 @@ for _method in wb.alignment.pairwise_methods():  # merges (kind "merge") cannot 
 
 @case("align", name="align-trained-weight")
 def align_trained(inp: Inputs) -> None:
-    wb.align(inp.trained_a, inp.trained_b, "weight")
+    wb.align(inp.trained_a, inp.trained_b, method="weight")
 
 
 @case("match", "apply_alignment", name="apply_alignment-permutation")
 def apply_alignment_permutation(inp: Inputs) -> None:
-    result = wb.match(inp.a, inp.b, "weight", spec=inp.spec)
+    result = wb.match(inp.a, inp.b, method="weight", spec=inp.spec)
     with kept(result=result):
-        alignment.apply_alignment(inp.b, result)
+        alignment.apply_alignment(inp.b, result=result)
 
 
 @case("match", "apply_alignment", name="apply_alignment-linear")
 def apply_alignment_linear(inp: Inputs) -> None:
-    result = wb.match(inp.a, inp.b, "cca", inp.train, inp.spec, progress=False)
+    result = wb.match(inp.a, inp.b, method="cca", data=inp.train, spec=inp.spec, progress=False)
     with kept(result=result):
-        alignment.apply_alignment(inp.b, result, inp.train, inp.a)
+        alignment.apply_alignment(inp.b, result=result, data=inp.train, model_a=inp.a)
 
 
 @case("apply_permutation")
 def apply_permutation(inp: Inputs) -> None:
     perm = wb.random_permutation(inp.spec, seed=1)
     with kept(perm=perm):
-        wb.apply_permutation(inp.b, inp.spec, perm)
+        wb.apply_permutation(inp.b, spec=inp.spec, perm=perm)
 
 
 @case("match", "apply_linear_maps")
 def apply_linear_maps(inp: Inputs) -> None:
     # without BatchNorm every group can take CCA's general matrices
-    result = wb.match(inp.plain_a, inp.plain_b, "cca", inp.train, inp.plain_spec, progress=False)
+    result = wb.match(
+        inp.plain_a, inp.plain_b, method="cca", data=inp.train, spec=inp.plain_spec, progress=False
+    )
     assert result.kind == "linear"
     with kept(maps=result.transform):
-        wb.apply_linear_maps(inp.plain_b, inp.plain_spec, result.transform)
+        wb.apply_linear_maps(inp.plain_b, spec=inp.plain_spec, maps=result.transform)
 
 
 @case("cca_align")
 def cca_align(inp: Inputs) -> None:
-    wb.cca_align(inp.a, inp.b, inp.train, progress=False)
+    wb.cca_align(inp.a, inp.b, data=inp.train, progress=False)
 
 
 @case("ot_maps", "ot_fusion")
 def ot_fusion(inp: Inputs) -> None:
     # entropic, then exact into a model of another width (a wider B's own spec is traced)
-    wb.ot_maps(inp.a, inp.b, inp.train, inp.spec, epsilon=0.03, progress=False)
+    wb.ot_maps(inp.a, inp.b, data=inp.train, spec=inp.spec, epsilon=0.03, progress=False)
     wide = _prepare(wb.create_model("cnn", width=0.5, in_channels=1), 7)
     before = snapshot(wide)
-    wb.ot_fusion(inp.a, wide, inp.train, progress=False)
+    wb.ot_fusion(inp.a, wide, data=inp.train, progress=False)
     assert_unchanged(before, wide, "wide")
 
 
 @case("collect_statistics")
 def collect_statistics(inp: Inputs) -> None:
-    alignment.collect_statistics([inp.a, inp.b], inp.train, inp.spec, progress=False)
+    alignment.collect_statistics([inp.a, inp.b], data=inp.train, spec=inp.spec, progress=False)
 
 
 @case("fold_batchnorm", "general_groups", "map_model")
 def folding(inp: Inputs) -> None:
-    alignment.fold_batchnorm(inp.b, inp.spec)
-    general = alignment.general_groups(inp.b, inp.spec)
+    alignment.fold_batchnorm(inp.b, spec=inp.spec)
+    general = alignment.general_groups(inp.b, spec=inp.spec)
     generator = torch.Generator().manual_seed(0)
     maps = {
         name: torch.eye(group.size, dtype=torch.float64)
@@ -515,7 +533,7 @@ def folding(inp: Inputs) -> None:
         if name in general
     }
     with kept(maps=maps):
-        alignment.map_model(inp.b, inp.spec, maps, inp.a, inp.train)
+        alignment.map_model(inp.b, spec=inp.spec, maps=maps, model_a=inp.a, data=inp.train)
 
 
 # -- merging
@@ -523,31 +541,31 @@ def folding(inp: Inputs) -> None:
 
 @case("interpolate")
 def interpolate(inp: Inputs) -> None:
-    wb.interpolate(inp.a, inp.b, 0.3)
+    wb.interpolate(inp.a, inp.b, alpha=0.3)
 
 
 @case("average")
 def average(inp: Inputs) -> None:
     models, weights = [inp.a, inp.b, inp.c], [0.5, 0.3, 0.2]
     with kept(models=models, weights=weights):
-        wb.average(models, weights)
+        wb.average(models, weights=weights)
 
 
 @case("reset_bn")
 def reset_bn(inp: Inputs) -> None:
-    wb.reset_bn(inp.a, inp.train)
+    wb.reset_bn(inp.a, data=inp.train)
 
 
 @case("repair", name="repair-batchnorm")
 def repair_batchnorm(inp: Inputs) -> None:
     endpoints, weights = [inp.b, inp.c], [0.4, 0.6]
     with kept(endpoints=endpoints, weights=weights):
-        wb.repair(inp.a, endpoints, weights, inp.train, inp.spec)
+        wb.repair(inp.a, endpoints, alpha=weights, data=inp.train, spec=inp.spec)
 
 
 @case("repair", name="repair-plain")
 def repair_plain(inp: Inputs) -> None:
-    wb.repair(inp.plain_a, [inp.plain_a, inp.plain_b], 0.5, inp.train)
+    wb.repair(inp.plain_a, [inp.plain_a, inp.plain_b], alpha=0.5, data=inp.train)
 
 
 # Per method, settings that reach different paths (BN handling, reference choice, search).
@@ -558,15 +576,20 @@ MERGE_OPTIONS: dict[str, dict[str, Any]] = {
     "cca": {"bn": "reset", "gamma": (0.1, 1.0)},
     "ot": {"bn": "reset", "epsilon": (0.0, 0.03)},
     "ste": {"bn": "reset", "batch_size": 64, "steps": 2},
-    "np_merge": {"learn_steps": 2, "learn_eval_every": 1},
-    "zipit": {"bn": "reset", "alpha": 1.0, "beta": (0.0, 0.5), "stop": "features.conv2"},
+    "np_merge": {"steps": 2, "eval_every": 1, "align_options": {"seed": 1}},
+    "zipit": {
+        "bn": "reset",
+        "within_weight": 1.0,
+        "within_budget": (0.0, 0.5),
+        "stop": "features.conv2",
+    },
 }
 
 
 def _merge_many(inp: Inputs, method: str) -> None:
     models, options = [inp.a, inp.b, inp.c], MERGE_OPTIONS.get(method, {})
     with kept(models=models, options=options):
-        wb.merge_many(models, inp.train, method, progress=False, **options)
+        wb.merge_many(models, data=inp.train, method=method, progress=False, **options)
 
 
 for _method in wb.methods():
@@ -575,44 +598,57 @@ for _method in wb.methods():
 
 @case("cca_merge")
 def cca_merge(inp: Inputs) -> None:
-    wb.cca_merge([inp.a, inp.b], inp.train, gamma=0.1, progress=False)
+    wb.cca_merge([inp.a, inp.b], data=inp.train, gamma=0.1, progress=False)
 
 
 @case("np_merge")
 def np_merge(inp: Inputs) -> None:
     models, learning = [inp.a, inp.b, inp.c], {"steps": 4, "eval_every": 2, "progress": False}
     with kept(models=models, learning=learning):
-        wb.np_merge(models, inp.train, **learning)
-        wb.np_merge(models[:2], inp.train, "activation", bn=None, combine="joint", **learning)
+        wb.np_merge(models, data=inp.train, **learning)
+        wb.np_merge(
+            models[:2], data=inp.train, align="activation", bn=None, combine="joint", **learning
+        )
 
 
 @case("np_merge_models")
 def np_merge_models(inp: Inputs) -> None:
     models = [inp.a, inp.b]
-    spec = wb.permutation_spec(inp.a, inp.train.images[:2])
+    spec = wb.permutation_spec(inp.a, example_input=inp.train.images[:2])
     with kept(models=models):
-        wb.merging.np_merge_models(models, spec, inp.train, learn_steps=2, progress=False)
+        wb.merging.np_merge_models(models, spec=spec, data=inp.train, steps=2, progress=False)
 
 
 @case("zipit")
 def zipit(inp: Inputs) -> None:
     models = [inp.a, inp.b, inp.c]
     with kept(models=models):
-        wb.zipit(models, inp.train, alpha=(0.5, 1.0), beta=0.5, progress=False)
+        wb.zipit(
+            models, data=inp.train, within_weight=(0.5, 1.0), within_budget=0.5, progress=False
+        )
 
 
 @case("zipit_merge")
 def zipit_merge(inp: Inputs) -> None:
     models = [inp.a, inp.b]
     with kept(models=models):
-        wb.zipit_merge(models, inp.spec, inp.train, beta=1.0, stop="features.conv3", progress=False)
+        wb.zipit_merge(
+            models,
+            spec=inp.spec,
+            data=inp.train,
+            within_budget=1.0,
+            stop="features.conv3",
+            progress=False,
+        )
 
 
 @case("merge_many", name="merge_many-learned")
 def merge_many_learned(inp: Inputs) -> None:
     models = [inp.a, inp.b]
-    with kept(models=models):
-        wb.merge_many(models, inp.train, "weight", merge="learned", learn_steps=2, progress=False)
+    with kept(models=models), pytest.warns(FutureWarning, match="merge='learned'"):
+        wb.merge_many(
+            models, data=inp.train, method="weight", merge="learned", steps=2, progress=False
+        )
 
 
 @case("ensemble")
@@ -621,7 +657,7 @@ def ensemble(inp: Inputs) -> None:
     models = [inp.a, inp.b, inp.plain_a]
     with kept(models=models):
         for combine in ("logits", "probabilities"):
-            wb.evaluate(wb.ensemble(models, combine), inp.test)
+            wb.evaluate(wb.ensemble(models, combine=combine), eval_data=inp.test)
 
 
 # -- analysis
@@ -631,25 +667,48 @@ def ensemble(inp: Inputs) -> None:
 def compare_methods(inp: Inputs) -> None:
     models, methods, sizes = [inp.a, inp.b, inp.c], ["none", "weight"], [3]
     with kept(models=models, methods=methods, sizes=sizes):
-        wb.compare_methods(models, inp.train, inp.test, methods, sizes, cache=False, progress=False)
+        wb.compare_methods(
+            models,
+            data=inp.train,
+            eval_data=inp.test,
+            methods=methods,
+            sizes=sizes,
+            cache=False,
+            progress=False,
+        )
 
 
 def _lmc_curve(inp: Inputs, bn: str | None) -> None:
     # original_b=c computes another function than b: B's own metrics are measured too
-    wb.lmc_curve(inp.a, inp.b, inp.train, 3, bn, original_b=inp.c, cache=False, progress=False)
+    wb.lmc_curve(
+        inp.a,
+        inp.b,
+        eval_data=inp.train,
+        alphas=3,
+        bn=bn,
+        original_b=inp.c,
+        cache=False,
+        progress=False,
+    )
 
 
 for _bn in (None, "reset", "repair"):
     case("lmc_curve", name=f"lmc_curve-{_bn}")(functools.partial(_lmc_curve, bn=_bn))
 
 
-@case("lmc_curves", "data_key")
+@case("lmc_curves")
 def lmc_curves(inp: Inputs) -> None:
     splits, alphas = {"train": inp.train, "test": inp.test}, [0.0, 0.5, 1.0]
     with kept(splits=splits, alphas=alphas):
-        lmc.data_key(splits)
         wb.lmc_curves(
-            inp.a, inp.b, splits, alphas, "reset", bn_data=inp.train, cache=False, progress=False
+            inp.a,
+            inp.b,
+            eval_data=splits,
+            alphas=alphas,
+            bn="reset",
+            data=inp.train,
+            cache=False,
+            progress=False,
         )
 
 
@@ -659,11 +718,11 @@ def pairwise_curves(inp: Inputs) -> None:
     with kept(models=models, splits=splits):
         wb.pairwise_curves(
             models,
-            splits,
-            3,
-            "repair",
-            "activation",
-            bn_data=inp.train,
+            eval_data=splits,
+            alphas=3,
+            bn="repair",
+            method="activation",
+            data=inp.train,
             cache=False,
             progress=False,
         )
@@ -672,7 +731,13 @@ def pairwise_curves(inp: Inputs) -> None:
 @case("loss_plane")
 def loss_plane(inp: Inputs) -> None:
     wb.loss_plane(
-        [inp.a, inp.b, inp.c], inp.train, 3, "reset", method="weight", cache=False, progress=False
+        [inp.a, inp.b, inp.c],
+        eval_data=inp.train,
+        resolution=3,
+        bn="reset",
+        method="weight",
+        cache=False,
+        progress=False,
     )
 
 
@@ -681,9 +746,9 @@ def loss_planes(inp: Inputs) -> None:
     planes.plane_basis([inp.a, inp.b, inp.c])
     planes.loss_planes(
         [inp.a, inp.b, inp.c],
-        {"train": inp.train, "test": inp.test},
-        2,
-        None,
+        eval_data={"train": inp.train, "test": inp.test},
+        resolution=2,
+        bn=None,
         cache=False,
         progress=False,
     )
@@ -691,14 +756,21 @@ def loss_planes(inp: Inputs) -> None:
 
 @case("matched_correlations")
 def matched_correlations(inp: Inputs) -> None:
-    diagnostics.matched_correlations(inp.a, inp.b, inp.train, cache=False, progress=False)
+    diagnostics.matched_correlations(inp.a, inp.b, data=inp.train, cache=False, progress=False)
 
 
 @case("partial_alignment")
 def partial_alignment(inp: Inputs) -> None:
     # one curve per number of aligned groups; lmc_curves' cases cover the BN corrections
     diagnostics.partial_alignment(
-        inp.a, inp.b, inp.train, inp.test, bn=None, alphas=3, cache=False, progress=False
+        inp.a,
+        inp.b,
+        data=inp.train,
+        eval_data=inp.test,
+        bn=None,
+        alphas=3,
+        cache=False,
+        progress=False,
     )
 
 
@@ -707,8 +779,8 @@ def sweep(inp: Inputs) -> None:
     wb.sweep(
         "width",
         [0.25],
-        inp.train,
-        inp.test,
+        data=inp.train,
+        eval_data=inp.test,
         epochs=1,
         methods=("weight",),
         bn=None,
@@ -720,7 +792,7 @@ def sweep(inp: Inputs) -> None:
 
 @case("evaluate")
 def evaluate(inp: Inputs) -> None:
-    wb.evaluate(inp.a, inp.test)
+    wb.evaluate(inp.a, eval_data=inp.test)
 
 
 # -- training, checkpoints, data
@@ -730,12 +802,12 @@ def evaluate(inp: Inputs) -> None:
 def train_model(inp: Inputs) -> None:
     augment = wb.random_translate(2)
     augment(inp.train.images[:8], torch.Generator().manual_seed(0))  # a view of the dataset
-    wb.train_model(inp.a, inp.train, 1, seed=0, augment=augment, progress=False)
+    wb.train_model(inp.a, data=inp.train, epochs=1, seed=0, augment=augment, progress=False)
 
 
 @case("training_run")
 def training_run(inp: Inputs) -> None:
-    wb.training_run(inp.a, inp.train, 1, seed=0, test_data=inp.test, progress=False)
+    wb.training_run(inp.a, data=inp.train, epochs=1, seed=0, eval_data=inp.test, progress=False)
 
 
 _TINY_CNN = {"width": 0.25, "in_channels": 1}
@@ -753,7 +825,13 @@ def train_models_split(inp: Inputs) -> None:
     seeds = [0, 1]
     with kept(seeds=seeds):
         wb.train_models(
-            "cnn", seeds, inp.train, 1, model_kwargs=_TINY_CNN, split="dirichlet", progress=False
+            "cnn",
+            seeds,
+            inp.train,
+            1,
+            model_kwargs=_TINY_CNN,
+            partition="dirichlet",
+            progress=False,
         )
 
 
@@ -793,7 +871,7 @@ def as_image_dataset(inp: Inputs) -> None:
 @case("partition")
 def partition(inp: Inputs) -> None:
     for how in ("disjoint", "dirichlet"):
-        wb.partition(inp.train, 3, how, alpha=0.5, seed=0)
+        wb.partition(inp.train, 3, how, concentration=0.5, seed=0)
 
 
 @case("per_part_accuracy")
@@ -801,7 +879,7 @@ def per_part_accuracy(inp: Inputs) -> None:
     parts = wb.partition(inp.train, 2, "disjoint")
     classes, weights = [0, 1, 2], {3: 1.0, 4: 2.0}
     with kept(classes=classes, weights=weights):
-        wb.per_part_accuracy(inp.a, inp.test, [*parts, classes, weights, inp.train])
+        wb.per_part_accuracy(inp.a, eval_data=inp.test, parts=[*parts, classes, weights, inp.train])
 
 
 # -- feature visualization
@@ -815,7 +893,7 @@ def render_channels(inp: Inputs) -> None:
     channels = [0, 3]
     with kept(channels=channels):
         images = featviz.render_channels(
-            inp.trained_a, _LAYER, channels, steps=4, cache=False, progress=False
+            inp.trained_a, layer=_LAYER, channels=channels, steps=4, cache=False, progress=False
         )
     with kept(channels=channels, images=images):
         featviz.render_quality(inp.trained_a, _LAYER, channels, images, inp.train)
@@ -829,7 +907,13 @@ def steps_tradeoff(inp: Inputs) -> None:
 @case("top_exemplars")
 def top_exemplars(inp: Inputs) -> None:
     featviz.top_exemplars(
-        inp.trained_a, _LAYER, inp.train, [0, 1], k=3, cache=False, progress=False
+        inp.trained_a,
+        layer=_LAYER,
+        data=inp.train,
+        channels=[0, 1],
+        k=3,
+        cache=False,
+        progress=False,
     )
 
 
@@ -1071,6 +1155,7 @@ EXCLUDED: dict[str, str] = {
             "PartialAlignment",
             "PermutationGroup",
             "PermutationSpec",
+            "Result",
             "ResultCache",
             "StepsTradeoff",
             "Sweep",
@@ -1098,10 +1183,10 @@ EXCLUDED: dict[str, str] = {
             "list_datasets",
             "list_models",
             "load_dataset",
+            "load_result",
             "load_quickstart_models",
             "log_ticks",
             "matching_methods",
-            "method_key",
             "methods",
             "pairwise_methods",
             "read_metadata",

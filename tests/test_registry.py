@@ -5,6 +5,7 @@ command line; bad registrations and bad results are refused with errors that say
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pandas as pd
@@ -15,6 +16,7 @@ from torch.utils.data import TensorDataset
 import workbench as wb
 from tests.conftest import states_equal
 from workbench.alignment import (
+    Merged,
     cca_maps,
     collect_statistics,
     general_groups,
@@ -49,19 +51,19 @@ def test_a_method_registered_here_works_everywhere(
     assert wb.methods()[-1] == "reverse"
     model_a, model_b = shipped_pair
 
-    aligned = wb.align(model_a, model_b, name)
+    aligned = wb.align(model_a, model_b, method=name)
     x = small_test.images[:200]
     with torch.no_grad():
         assert (aligned(x) - model_b(x)).abs().max() < 1e-4  # B's function, reordered
     conv1 = model_b.features.conv1.weight
     assert torch.equal(aligned.features.conv1.weight, conv1.flip(0))
 
-    merged = wb.merge_many([model_a, model_b], small_train, name, progress=False)
+    merged = wb.merge_many([model_a, model_b], data=small_train, method=name, progress=False)
     assert merged.report.method == name
-    assert 0.0 <= wb.evaluate(merged.model, small_test).accuracy <= 1.0
+    assert 0.0 <= wb.evaluate(merged.model, eval_data=small_test).accuracy <= 1.0
 
     table = wb.compare_methods(
-        [model_a, model_b], small_train, small_test, methods=(name,), progress=False
+        [model_a, model_b], data=small_train, eval_data=small_test, methods=(name,), progress=False
     )
     assert set(table["method"]) == {name, *wb.analysis.comparison.REFERENCES}
     accuracy = table.set_index("method").loc[name, "accuracy"]
@@ -97,15 +99,17 @@ def test_a_linear_method_is_searched_on_validation_by_its_declared_grid(
     def ridge(model_a, model_b, spec, data=None, *, gamma=0.5, statistics=None):
         """CCA under another name: the maps from the shared statistics."""
         given.append(statistics)
-        stats = statistics or collect_statistics([model_a, model_b], data, spec, progress=False)
-        return cca_maps(stats, gamma, spec, general_groups(model_b, spec)).maps
+        stats = statistics or collect_statistics(
+            [model_a, model_b], data=data, spec=spec, progress=False
+        )
+        return cca_maps(stats, gamma, spec, general_groups(model_b, spec=spec)).maps
 
     declared = {"needs_data": True, "preserves_function": False, "kind": "linear"}
     name = register("ridge", ridge, search={"gamma": (0.3, 1.0)}, uses_statistics=True, **declared)
     pair = list(shipped_pair)
     train = mnist_train.subset(torch.arange(0, 4000, 5), "train")  # 800 images
     val = mnist_train.subset(torch.arange(1, 4000, 10), "val")  # 400 others
-    merged = wb.merge_many(pair, train, name, val_data=val, progress=False)
+    merged = wb.merge_many(pair, data=train, method=name, val_data=val, progress=False)
     report = merged.report
     assert set(report.validation) == {"0.3", "1.0"}
     assert all(0.0 <= v <= 1.0 for v in report.validation.values())
@@ -115,16 +119,16 @@ def test_a_linear_method_is_searched_on_validation_by_its_declared_grid(
     # one statistics pass for the whole search, shared by both candidates
     assert len(given) == 2 and given[0] is given[1] is not None
     # the model returned is the one scored: the same as the chosen ridge fixed
-    fixed = wb.merge_many(pair, train, name, gamma=report.gamma, progress=False)
+    fixed = wb.merge_many(pair, data=train, method=name, gamma=report.gamma, progress=False)
     assert fixed.report.validation == {}
     assert states_equal(fixed.model.state_dict(), merged.model.state_dict())
-    assert wb.evaluate(fixed.model, val).accuracy == report.validation[str(report.gamma)]
+    assert wb.evaluate(fixed.model, eval_data=val).accuracy == report.validation[str(report.gamma)]
 
 
 def test_errors_say_what_is_registered_and_what_went_wrong(register, tiny_model) -> None:
-    spec = permutation_spec(tiny_model, torch.zeros(2, 1, 28, 28))
+    spec = permutation_spec(tiny_model, example_input=torch.zeros(2, 1, 28, 28))
     with pytest.raises(ValueError, match=r"one of \['none', .*'cca'.*\].*Did you mean 'weight'"):
-        wb.align(tiny_model, tiny_model, "wieght", spec=spec)
+        wb.align(tiny_model, tiny_model, method="wieght", spec=spec)
     with pytest.raises(
         ValueError,
         match=r"Options \['gama'\] are taken by none of the methods called \(\['weight'\]\): no method takes 'gama' \(did you mean 'gamma', an option of 'cca'",
@@ -142,14 +146,14 @@ def test_errors_say_what_is_registered_and_what_went_wrong(register, tiny_model)
 
     register("listing", listing, needs_data=False, preserves_function=True)
     with pytest.raises(TypeError, match=r"'listing' \(.*listing\) returned list"):
-        wb.align(tiny_model, tiny_model, "listing", spec=spec)
+        wb.align(tiny_model, tiny_model, method="listing", spec=spec)
 
     def zeros(model_a, model_b, spec, data=None):
         return {name: torch.zeros(g.size, dtype=torch.long) for name, g in spec.groups.items()}
 
     register("zeros", zeros, needs_data=False, preserves_function=True)
     with pytest.raises(ValueError, match=r"'zeros' .* invalid permutation: .* not a permutation"):
-        wb.align(tiny_model, tiny_model, "zeros", spec=spec)
+        wb.align(tiny_model, tiny_model, method="zeros", spec=spec)
 
     def too_small(model_a, model_b, spec, data=None):
         return {name: torch.eye(g.size - 1) for name, g in spec.groups.items()}
@@ -157,11 +161,19 @@ def test_errors_say_what_is_registered_and_what_went_wrong(register, tiny_model)
     register("small", too_small, needs_data=True, preserves_function=False, kind="linear")
     with pytest.raises(ValueError, match=r"'small' .* invalid linear: maps.* must be 4x4"):
         wb.align(
-            tiny_model, tiny_model, "small", TensorDataset(torch.zeros(2, 1, 28, 28)), spec=spec
+            tiny_model,
+            tiny_model,
+            method="small",
+            data=TensorDataset(torch.zeros(2, 1, 28, 28)),
+            spec=spec,
         )
     with pytest.raises(ValueError, match=r"'small' .* invalid linear"):  # match checks too
         wb.alignment.match(
-            tiny_model, tiny_model, "small", TensorDataset(torch.zeros(2, 1, 28, 28)), spec
+            tiny_model,
+            tiny_model,
+            method="small",
+            data=TensorDataset(torch.zeros(2, 1, 28, 28)),
+            spec=spec,
         )
 
 
@@ -186,21 +198,23 @@ def test_a_merge_method_serves_the_n_model_views_and_is_refused_by_the_pair_view
     )
     assert name in wb.methods() and name not in wb.alignment.pairwise_methods()
     small_test = mnist_test.subset(torch.arange(0, 1000, 4), "test")
-    found = wb.merge_many(list(shipped_pair), tiny_train, name, progress=False)
+    found = wb.merge_many(list(shipped_pair), data=tiny_train, method=name, progress=False)
     # the sign is chosen on the validation split, and RESET keeps the first model's function
     assert found.report.hyperparameters == {"scale": 1.0}
     assert set(found.report.validation) == {"-1.0", "1.0"}
     assert found.report.validation["-1.0"] < 0.1 < found.report.validation["1.0"]
-    accuracy = wb.evaluate(found.model, small_test).accuracy
-    assert accuracy == pytest.approx(wb.evaluate(shipped_pair[0], small_test).accuracy, abs=0.02)
+    accuracy = wb.evaluate(found.model, eval_data=small_test).accuracy
+    assert accuracy == pytest.approx(
+        wb.evaluate(shipped_pair[0], eval_data=small_test).accuracy, abs=0.02
+    )
     table = wb.compare_methods(
-        list(shipped_pair), tiny_train, small_test, methods=(name,), progress=False
+        list(shipped_pair), data=tiny_train, eval_data=small_test, methods=(name,), progress=False
     )
     assert table.set_index("method").loc[name, "accuracy"] == pytest.approx(accuracy)
     for refused in (
         lambda: wb.align(*shipped_pair, name, tiny_train),
-        lambda: wb.pairwise_curves(list(shipped_pair), {"test": small_test}, method=name),
-        lambda: wb.merge_many(list(shipped_pair), tiny_train, name, bn="repair"),
+        lambda: wb.pairwise_curves(list(shipped_pair), eval_data={"test": small_test}, method=name),
+        lambda: wb.merge_many(list(shipped_pair), data=tiny_train, method=name, bn="repair"),
     ):
         with pytest.raises(
             ValueError, match=r"does not align one model|a space of its own: use one of"
@@ -212,6 +226,66 @@ def test_a_merge_method_serves_the_n_model_views_and_is_refused_by_the_pair_view
         wb.register_method(
             "both", needs_data=False, preserves_function=False, kind="merge", merger=list
         )(first_model_scaled)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleReport:
+    """The own report of the merge below: what it did."""
+
+    scale: float
+    shift: float
+    norm: float
+
+
+def first_model_shifted(models, spec, data=None, *, scale=1.0, shift=0.0):
+    """A merge with options of its own (``shift``; ``scale`` searched) and a report of its
+    own: the first model, its last layer's bias plus ``shift``, weights times ``scale``."""
+    merged = copy.deepcopy(models[0])
+    last = [m for m in merged.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.mul_(scale)
+        last.bias.add_(shift)
+    return Merged(merged, ScaleReport(scale, shift, float(last.weight.norm())))
+
+
+def test_a_merge_method_with_its_own_options_and_report(
+    register, shipped_pair, tiny_train, mnist_test, tmp_path
+) -> None:
+    """Registered here alone, with options and a report of its own: merge_many puts the
+    report in ``result.report.details`` and refuses a misspelled option listing the
+    method's own; compare_methods gives it its own group; the command line takes
+    ``--option <method>.<name>=<value>``."""
+    name = register(
+        "shifted", first_model_shifted, needs_data=False, preserves_function=False,
+        kind="merge", search={"scale": (0.5, 1.0)},
+    )  # fmt: skip
+    pair = list(shipped_pair)
+    found = wb.merge_many(pair, data=tiny_train, method=name, shift=0.25, progress=False)
+    assert isinstance(found.report.details, ScaleReport)
+    assert found.report.details.shift == 0.25
+    assert found.report.details.scale == found.report.hyperparameters["scale"]
+    with pytest.raises(
+        ValueError, match=r"'shfit'.*did you mean 'shift'.*Their options: \['scale', 'shift'\]"
+    ):
+        wb.merge_many(pair, data=tiny_train, method=name, shfit=0.25, progress=False)
+    small_test = mnist_test.subset(torch.arange(0, 1000, 4), "test")
+    table = wb.compare_methods(
+        pair, data=tiny_train, eval_data=small_test, methods=(name, "none"), bn=None,
+        options={name: {"scale": 1.0, "shift": 0.0}, "ste": {"steps": 3}}, progress=False,
+    )  # fmt: skip
+    kept = wb.evaluate(pair[0], eval_data=small_test).accuracy
+    assert table.set_index("method").loc[name, "accuracy"] == pytest.approx(kept)
+    with pytest.raises(ValueError, match=r"Their options: \['scale', 'shift'\]"):
+        wb.compare_methods(
+            pair, data=tiny_train, eval_data=small_test, methods=(name,),
+            options={name: {"steps": 3}}, progress=False,
+        )  # fmt: skip
+    out = tmp_path / "cli"
+    argv = ["merge", "--limit", "60", "--bn", "none", "--no-cache", "--out", str(out)]
+    code = main([*argv, "--methods", name, "--option", f"{name}.scale=1.0", "--option",
+                 f"{name}.shift=0.0"])  # fmt: skip
+    assert code == 0
+    assert name in set(pd.read_csv(out / "merge.csv")["method"])
 
 
 def test_every_registered_method_has_a_colour_and_marker_of_its_own(register) -> None:

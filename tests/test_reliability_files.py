@@ -52,7 +52,7 @@ def _entries(cache: ResultCache, kind: str) -> list[Path]:
 
 
 def _curve(a: nn.Module, b: nn.Module, data, cache: ResultCache) -> wb.LMCCurve:
-    return wb.lmc_curve(a, b, data, alphas=3, cache=cache, progress=False)
+    return wb.lmc_curve(a, b, eval_data=data, alphas=3, cache=cache, progress=False)
 
 
 def _without_permission_override(code: str) -> subprocess.CompletedProcess:
@@ -129,7 +129,9 @@ def test_other_input_normalization_is_not_served_a_stale_rendering(tmp_path):
         loaded[dataset] = wb.load_checkpoint(path)
     cache = ResultCache(tmp_path / "cache")
     images = {
-        name: wb.render_channels(m, "features.conv1", [0], steps=2, cache=cache, progress=False)
+        name: wb.render_channels(
+            m, layer="features.conv1", channels=[0], steps=2, cache=cache, progress=False
+        )
         for name, m in loaded.items()
     }
     assert len(_entries(cache, "render")) == 2

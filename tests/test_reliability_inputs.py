@@ -69,15 +69,15 @@ def test_one_non_finite_image_is_refused_by_every_pass(pair, small, value) -> No
     model_a, model_b = pair
     message = r"1 examples with NaN or infinite values \(the first at position"
     with pytest.raises(ValueError, match=message):
-        wb.activation_matching(model_a, model_b, bad)
+        wb.activation_matching(model_a, model_b, data=bad)
     with pytest.raises(ValueError, match=message):
-        wb.reset_bn(model_a, bad)
+        wb.reset_bn(model_a, data=bad)
     with pytest.raises(ValueError, match=message):
-        wb.evaluate(model_a, bad)
+        wb.evaluate(model_a, eval_data=bad)
     with pytest.raises(ValueError, match=message):
-        wb.lmc_curve(model_a, model_b, bad, alphas=3, cache=False, progress=False)
+        wb.lmc_curve(model_a, model_b, eval_data=bad, alphas=3, cache=False, progress=False)
     with pytest.raises(ValueError, match=message):
-        wb.top_exemplars(model_a, "features.conv1", bad, channels=[0], k=2)
+        wb.top_exemplars(model_a, layer="features.conv1", data=bad, channels=[0], k=2)
 
 
 def test_non_finite_batch_of_a_loader_is_refused_while_streaming(model, small) -> None:
@@ -85,9 +85,9 @@ def test_non_finite_batch_of_a_loader_is_refused_while_streaming(model, small) -
     images[50] = math.nan
     loader = DataLoader(_Listed(images, small.targets[:64]), batch_size=16)
     with pytest.raises(ValueError, match="batch of the data holds 1 examples with NaN"):
-        wb.evaluate(model, loader)
+        wb.evaluate(model, eval_data=loader)
     with pytest.raises(ValueError, match="NaN or infinite"):
-        wb.reset_bn(model, loader)
+        wb.reset_bn(model, data=loader)
 
 
 @pytest.mark.parametrize(
@@ -97,19 +97,21 @@ def test_non_finite_batch_of_a_loader_is_refused_while_streaming(model, small) -
 def test_labels_outside_the_classes_are_refused(pair, small, label, fragment) -> None:
     bad = _with_label(small, len(small) - 1, label)  # the last example, not the first two
     with pytest.raises(ValueError, match=fragment):
-        wb.evaluate(pair[0], bad)
+        wb.evaluate(pair[0], eval_data=bad)
     with pytest.raises(ValueError, match=fragment):
-        wb.lmc_curve(pair[0], pair[1], bad, alphas=3, cache=False, progress=False)
+        wb.lmc_curve(pair[0], pair[1], eval_data=bad, alphas=3, cache=False, progress=False)
     with pytest.raises(ValueError, match=fragment):
-        wb.train_model(pair[0], bad, epochs=1, seed=0, progress=False)
+        wb.train_model(pair[0], data=bad, epochs=1, seed=0, progress=False)
 
 
 def test_float_one_hot_labels_are_refused(model, small) -> None:
     one_hot = torch.nn.functional.one_hot(small.targets[:32], 10).float()
     with pytest.raises(TypeError, match=r"labels are torch.float32 of shape \(32, 10\)"):
-        wb.evaluate(model, TensorDataset(small.images[:32], one_hot))
+        wb.evaluate(model, eval_data=TensorDataset(small.images[:32], one_hot))
     with pytest.raises(TypeError, match=r"labels\.argmax"):
-        wb.evaluate(model, DataLoader(TensorDataset(small.images[:32], one_hot), batch_size=8))
+        wb.evaluate(
+            model, eval_data=DataLoader(TensorDataset(small.images[:32], one_hot), batch_size=8)
+        )
 
 
 def test_labels_that_do_not_match_the_inputs_are_refused() -> None:
@@ -120,11 +122,11 @@ def test_labels_that_do_not_match_the_inputs_are_refused() -> None:
 def test_empty_data_is_refused(pair, small) -> None:
     empty = TensorDataset(small.images[:0], small.targets[:0])
     with pytest.raises(ValueError, match="empty"):
-        wb.evaluate(pair[0], empty)
+        wb.evaluate(pair[0], eval_data=empty)
     with pytest.raises(ValueError, match="empty"):
-        wb.align(pair[0], pair[1], "activation", empty)
+        wb.align(pair[0], pair[1], method="activation", data=empty)
     with pytest.raises(ValueError, match="empty"):
-        wb.lmc_curve(pair[0], pair[1], empty, alphas=3, cache=False, progress=False)
+        wb.lmc_curve(pair[0], pair[1], eval_data=empty, alphas=3, cache=False, progress=False)
 
 
 def test_data_without_labels_serves_passes_that_need_none(pair, small) -> None:
@@ -135,17 +137,17 @@ def test_data_without_labels_serves_passes_that_need_none(pair, small) -> None:
     expected = wb.activation_matching(*pair, labelled, progress=False)
     assert found.keys() == expected.keys()
     assert all(torch.equal(found[k], expected[k]) for k in found)
-    reset = wb.reset_bn(pair[0], DataLoader(images, batch_size=32))  # bare tensors
-    ref = wb.reset_bn(pair[0], labelled)
+    reset = wb.reset_bn(pair[0], data=DataLoader(images, batch_size=32))  # bare tensors
+    ref = wb.reset_bn(pair[0], data=labelled)
     for key, value in ref.state_dict().items():
         torch.testing.assert_close(reset.state_dict()[key], value)
     with pytest.raises(ValueError, match="has no labels, and they are needed here"):
-        wb.evaluate(pair[0], unlabelled)
+        wb.evaluate(pair[0], eval_data=unlabelled)
 
 
 def test_not_a_dataset_is_refused(model) -> None:
     with pytest.raises(TypeError, match="must be a torch Dataset or DataLoader, got Tensor"):
-        wb.evaluate(model, torch.zeros(4, 1, 28, 28))
+        wb.evaluate(model, eval_data=torch.zeros(4, 1, 28, 28))
 
 
 # -- models -------------------------------------------------------------------------------
@@ -167,9 +169,9 @@ def test_a_model_returning_a_tuple_or_dict_gets_the_way_to_pick_its_logits(
     wrapped = _TupleOutput(model, as_dict)
     kind = "dict" if as_dict else "tuple"
     with pytest.raises(TypeError, match=rf"returns a {kind}.*{re.escape(hint)}"):
-        wb.evaluate(wrapped, small)
+        wb.evaluate(wrapped, eval_data=small)
     picked = wb.modules.select_output(wrapped, "logits" if as_dict else 0)
-    assert wb.evaluate(picked, small) == wb.evaluate(model, small)
+    assert wb.evaluate(picked, eval_data=small) == wb.evaluate(model, eval_data=small)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
@@ -177,16 +179,16 @@ def test_models_of_another_dtype_are_refused_with_the_conversion(pair, small, dt
     other = wb.create_model("cnn", **TINY).to(dtype)
     name = str(dtype).replace("torch.", "")
     with pytest.raises(TypeError, match=rf"has {name} parameters.*model\.float\(\)"):
-        wb.evaluate(other, small)
+        wb.evaluate(other, eval_data=small)
     with pytest.raises(TypeError, match=rf"model 1 \(SimpleCNN\) has {name}"):
-        wb.interpolate(pair[0], other, 0.5)
+        wb.interpolate(pair[0], other, alpha=0.5)
     with pytest.raises(TypeError, match=name):
-        wb.align(pair[0], other, "weight")
+        wb.align(pair[0], other, method="weight")
 
 
 def test_not_a_model_is_refused(pair) -> None:
     with pytest.raises(TypeError, match=r"model 1 must be a torch\.nn\.Module, got OrderedDict"):
-        wb.interpolate(pair[0], pair[1].state_dict(), 0.5)
+        wb.interpolate(pair[0], pair[1].state_dict(), alpha=0.5)
 
 
 # -- arguments ----------------------------------------------------------------------------
@@ -194,7 +196,7 @@ def test_not_a_model_is_refused(pair) -> None:
 def test_interpolate_refuses_a_bad_alpha(pair, alpha) -> None:
     error = TypeError if isinstance(alpha, str) or alpha is None else ValueError
     with pytest.raises(error, match="alpha must be a"):
-        wb.interpolate(*pair, alpha)
+        wb.interpolate(*pair, alpha=alpha)
 
 
 @pytest.mark.parametrize(
@@ -204,7 +206,7 @@ def test_interpolate_refuses_a_bad_alpha(pair, alpha) -> None:
 )  # fmt: skip
 def test_average_refuses_bad_weights(pair, weights, fragment) -> None:
     with pytest.raises((ValueError, TypeError), match=fragment):
-        wb.average(pair, weights)
+        wb.average(pair, weights=weights)
 
 
 def test_lmc_refuses_bad_alphas_and_batch_sizes(pair, small) -> None:
@@ -225,37 +227,39 @@ def test_weight_matching_refuses_a_negative_max_iter(pair) -> None:
 
 def test_merge_many_refuses_a_bool_reference(pair, small) -> None:
     with pytest.raises(TypeError, match="reference must be an integer, got True"):
-        wb.merge_many(pair, small, reference=True)
+        wb.merge_many(pair, data=small, reference=True)
     with pytest.raises(ValueError, match=r"reference must be 'best' or a model index in \[0, 1\]"):
-        wb.merge_many(pair, small, reference="worst")
+        wb.merge_many(pair, data=small, reference="worst")
     with pytest.raises(ValueError, match=r"reference must be in \[0, 1\], got 2"):
-        wb.merge_many(pair, small, reference=2)
+        wb.merge_many(pair, data=small, reference=2)
 
 
 def test_render_channels_refuses_bad_steps_and_channels(model) -> None:
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
-        wb.render_channels(model, "features.conv1", [0], steps=0, cache=False)
+        wb.render_channels(model, layer="features.conv1", channels=[0], steps=0, cache=False)
     with pytest.raises(TypeError, match=r"channels of layer 'features.conv1'\[0\] must be an integer, got 1.5"):  # fmt: skip
-        wb.render_channels(model, "features.conv1", [1.5], steps=1, cache=False)
+        wb.render_channels(model, layer="features.conv1", channels=[1.5], steps=1, cache=False)
     with pytest.raises(ValueError, match=r"must be in \[0, 3\], got 4"):
-        wb.render_channels(model, "features.conv1", [4], steps=1, cache=False)
+        wb.render_channels(model, layer="features.conv1", channels=[4], steps=1, cache=False)
     with pytest.raises(ValueError, match="lr must be a finite number, got nan"):
-        wb.render_channels(model, "features.conv1", [0], steps=1, lr=math.nan, cache=False)
+        wb.render_channels(
+            model, layer="features.conv1", channels=[0], steps=1, lr=math.nan, cache=False
+        )
 
 
 def test_training_refuses_bad_hyperparameters(model, small) -> None:
     with pytest.raises(ValueError, match="lr must be a finite number, got nan"):
-        wb.train_model(model, small, epochs=1, seed=0, lr=math.nan, progress=False)
+        wb.train_model(model, data=small, epochs=1, seed=0, lr=math.nan, progress=False)
     with pytest.raises(TypeError, match=r"epochs must be an integer, got 1\.0"):
-        wb.train_model(model, small, epochs=1.0, seed=0, progress=False)
+        wb.train_model(model, data=small, epochs=1.0, seed=0, progress=False)
     with pytest.raises(TypeError, match="seed must be an integer, got None"):
-        wb.train_model(model, small, epochs=1, seed=None, progress=False)
+        wb.train_model(model, data=small, epochs=1, seed=None, progress=False)
 
 
 def test_plane_refuses_a_bool_resolution(small) -> None:
     models = [wb.create_model("cnn", **TINY) for _ in range(3)]
     with pytest.raises(TypeError, match="resolution must be an integer, got True"):
-        wb.loss_plane(models, small, resolution=True, cache=False)
+        wb.loss_plane(models, eval_data=small, resolution=True, cache=False)
 
 
 def test_bad_arguments_fail_before_the_expensive_work(pair, small, monkeypatch) -> None:
@@ -269,16 +273,16 @@ def test_bad_arguments_fail_before_the_expensive_work(pair, small, monkeypatch) 
         monkeypatch.setattr(f"{module}.batches", no_pass)
     monkeypatch.setattr(data_module, "train_val_split", no_pass)
     with pytest.raises(TypeError, match="reference must be an integer"):
-        wb.merge_many(pair, small, method="activation", reference=True)
+        wb.merge_many(pair, data=small, method="activation", reference=True)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         wb.activation_matching(*pair, small, batch_size=0)
 
 
 def test_an_example_input_that_does_not_fit_is_one_clear_error(model) -> None:
     with pytest.raises(ValueError, match=r"cannot run on the example input of shape \(2, 3, 28, 28\): Given groups=1"):  # fmt: skip
-        wb.permutation_spec(model, torch.zeros(2, 3, 28, 28))
+        wb.permutation_spec(model, example_input=torch.zeros(2, 3, 28, 28))
     with pytest.raises(TypeError, match=r"example_input must be a tensor .* got \['Tensor', 'int'\]"):  # fmt: skip
-        wb.permutation_spec(model, (torch.zeros(2, 1, 28, 28), 1))
+        wb.permutation_spec(model, example_input=(torch.zeros(2, 1, 28, 28), 1))
 
 
 def test_tied_weights_are_never_permuted_as_if_they_were_two() -> None:
@@ -292,17 +296,17 @@ def test_tied_weights_are_never_permuted_as_if_they_were_two() -> None:
             return self.head(torch.relu(self.b(torch.relu(self.a(x)))))
 
     model, x = Tied(), torch.randn(5, 6)
-    unchecked = wb.permutation_spec(model, x, verify=False)
+    unchecked = wb.permutation_spec(model, example_input=x, verify=False)
     with pytest.raises(ValueError, match="one shared tensor"):
-        wb.apply_permutation(model, unchecked, wb.random_permutation(unchecked, seed=0))
-    spec = wb.permutation_spec(model, x)  # verified: the tied groups are frozen
-    permuted = wb.apply_permutation(model, spec, wb.random_permutation(spec, seed=0))
+        wb.apply_permutation(model, spec=unchecked, perm=wb.random_permutation(unchecked, seed=0))
+    spec = wb.permutation_spec(model, example_input=x)  # verified: the tied groups are frozen
+    permuted = wb.apply_permutation(model, spec=spec, perm=wb.random_permutation(spec, seed=0))
     torch.testing.assert_close(permuted(x), model(x))
 
 
 def test_an_in_place_change_after_a_first_pass_is_checked_again(model, small) -> None:
     data = small.subset(torch.arange(64), "train")
-    wb.evaluate(model, data)  # checked once, remembered
+    wb.evaluate(model, eval_data=data)  # checked once, remembered
     data.images[10, 0, 0, 0] = math.nan  # an in-place edit bumps the version counter
     with pytest.raises(ValueError, match=r"NaN or infinite values \(the first at position 10\)"):
-        wb.evaluate(model, data)
+        wb.evaluate(model, eval_data=data)

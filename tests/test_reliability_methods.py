@@ -68,15 +68,27 @@ def test_a_method_fixed_and_registered_again_is_not_served_from_the_cache(
 ) -> None:
     """The bug is in a helper the method calls, not in the method's own body."""
     cell_method("torch.arange(n).flip(0)")  # a bug: reverses every layer
-    broken = wb.compare_methods(pair, small, small, ["cell"], bn=None, cache=cache)
-    broken_curves = wb.pairwise_curves(pair, {"test": small}, 3, None, "cell", cache=cache)
+    broken = wb.compare_methods(
+        pair, data=small, eval_data=small, methods=["cell"], bn=None, cache=cache
+    )
+    broken_curves = wb.pairwise_curves(
+        pair, eval_data={"test": small}, alphas=3, bn=None, method="cell", cache=cache
+    )
     cell_method("torch.arange(n)")  # fixed: plain averaging
-    fixed = wb.compare_methods(pair, small, small, ["cell"], bn=None, cache=cache)
-    fixed_curves = wb.pairwise_curves(pair, {"test": small}, 3, None, "cell", cache=cache)
-    fresh = wb.compare_methods(pair, small, small, ["none"], bn=None, cache=False)
+    fixed = wb.compare_methods(
+        pair, data=small, eval_data=small, methods=["cell"], bn=None, cache=cache
+    )
+    fixed_curves = wb.pairwise_curves(
+        pair, eval_data={"test": small}, alphas=3, bn=None, method="cell", cache=cache
+    )
+    fresh = wb.compare_methods(
+        pair, data=small, eval_data=small, methods=["none"], bn=None, cache=False
+    )
     assert fixed["accuracy"].iloc[0] == pytest.approx(fresh["accuracy"].iloc[0])
     assert fixed["accuracy"].iloc[0] != pytest.approx(broken["accuracy"].iloc[0])
-    naive = wb.pairwise_curves(pair, {"test": small}, 3, None, "none", cache=False)
+    naive = wb.pairwise_curves(
+        pair, eval_data={"test": small}, alphas=3, bn=None, method="none", cache=False
+    )
     assert fixed_curves[0].loss == pytest.approx(naive[0].loss)
     assert broken_curves[0].loss != pytest.approx(naive[0].loss)
 
@@ -131,10 +143,14 @@ def test_a_method_whose_code_cannot_be_fingerprinted_is_not_cached_and_says_so_o
     wb.register_method("locked", needs_data=False, preserves_function=True)(locked)
     try:
         with pytest.warns(UserWarning, match="'locked' are not cached"):
-            wb.compare_methods(pair, small, small, ["locked"], bn=None, cache=cache)
+            wb.compare_methods(
+                pair, data=small, eval_data=small, methods=["locked"], bn=None, cache=cache
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # said once only
-            wb.compare_methods(pair, small, small, ["locked"], bn=None, cache=cache)
+            wb.compare_methods(
+                pair, data=small, eval_data=small, methods=["locked"], bn=None, cache=cache
+            )
         assert len(calls) == 2  # computed both times
     finally:
         unregister_method("locked")
@@ -171,13 +187,13 @@ def _bad_last(data: wb.TensorImageDataset) -> wb.TensorImageDataset:
 @pytest.mark.parametrize(
     "run",
     [
-        lambda p, d: wb.merge_many(p, d, "np_merge", learn_steps=50, progress=False),
-        lambda p, d: wb.np_merge(p, d, steps=50, progress=False),
-        lambda p, d: wb.align(p[0], p[1], "ste", d, steps=50, progress=False),
-        lambda p, d: wb.merge_many(p, d, "cca", progress=False),  # its validation split
-        lambda p, d: wb.train_model(p[0], d, 3, 0, progress=False),
-        lambda p, d: wb.evaluate(p[0], d),
-        lambda p, d: wb.lmc_curves(p[0], p[1], {"val": d}, alphas=3),
+        lambda p, d: wb.merge_many(p, data=d, method="np_merge", steps=50, progress=False),
+        lambda p, d: wb.np_merge(p, data=d, steps=50, progress=False),
+        lambda p, d: wb.align(p[0], p[1], method="ste", data=d, steps=50, progress=False),
+        lambda p, d: wb.merge_many(p, data=d, method="cca", progress=False),  # its validation split
+        lambda p, d: wb.train_model(p[0], data=d, epochs=3, seed=0, progress=False),
+        lambda p, d: wb.evaluate(p[0], eval_data=d),
+        lambda p, d: wb.lmc_curves(p[0], p[1], eval_data={"val": d}, alphas=3),
     ],
     ids=[
         "merge_many-np_merge",
@@ -234,9 +250,11 @@ def test_a_bad_method_output_is_refused_naming_the_method(
     name = register("faulty", function, needs_data=True, preserves_function=False, **declared)
     where = r"Alignment method 'faulty' \(.*\)"
     with pytest.raises(ValueError, match=f"{where}.*{fragment}"):
-        wb.merge_many(pair, small, name, bn=None, progress=False)
+        wb.merge_many(pair, data=small, method=name, bn=None, progress=False)
     with pytest.raises(ValueError, match=f"{where}.*{fragment}"):
-        wb.compare_methods(pair, small, small, [name], bn=None, cache=False, progress=False)
+        wb.compare_methods(
+            pair, data=small, eval_data=small, methods=[name], bn=None, cache=False, progress=False
+        )
 
 
 def test_a_merge_that_builds_another_structure_must_score_the_same_classes(
@@ -247,7 +265,7 @@ def test_a_merge_that_builds_another_structure_must_score_the_same_classes(
 
     register("five", head_of_five, kind="merge", needs_data=True, preserves_function=False)
     with pytest.raises(ValueError, match=r"outputs have shape \(2, 5\) where the merged models"):
-        wb.merge_many(pair, small, "five", bn=None, progress=False)
+        wb.merge_many(pair, data=small, method="five", bn=None, progress=False)
 
 
 def test_a_merger_returning_the_wrong_models_is_refused(pair, small, register) -> None:
@@ -256,28 +274,38 @@ def test_a_merger_returning_the_wrong_models_is_refused(pair, small, register) -
 
     register(
         "short",
-        lambda model_a, model_b, spec, data=None: wb.weight_matching(model_a, model_b, spec),
+        lambda model_a, model_b, spec, data=None: wb.weight_matching(model_a, model_b, spec=spec),
         needs_data=False,
         preserves_function=True,
         merger=one_model,
     )
     with pytest.raises(TypeError, match="a merger must return the 2 models it was given"):
-        wb.merge_many(pair, small, "short", bn=None, progress=False)
+        wb.merge_many(pair, data=small, method="short", bn=None, progress=False)
 
 
 # -- 8. slow paths have a guard ------------------------------------------------------------
 def test_an_option_no_called_method_takes_is_refused_before_the_work(pair, small) -> None:
     with pytest.raises(ValueError, match=r"'alpha' is an option of \['zipit'\]"):
-        wb.merge_many(pair, small, "cca", alpha=0.5, progress=False)
-    with pytest.raises(ValueError, match=r"'steps' is an option of \['ste'\].*'learn_steps'"):
-        wb.merge_many(pair, small, "np_merge", steps=3, progress=False)
+        wb.merge_many(pair, data=small, method="cca", alpha=0.5, progress=False)
+    with pytest.raises(ValueError, match=r"'gamma' is an option of \['cca'\]"):
+        wb.merge_many(pair, data=small, method="np_merge", gamma=0.3, progress=False)
+    with pytest.raises(ValueError, match=r"'stpes'.*did you mean 'steps'.*Their options: \["):
+        wb.merge_many(pair, data=small, method="np_merge", stpes=3, progress=False)
     with pytest.raises(ValueError, match=r"taken by none of the methods called \(\['weight'"):
-        wb.compare_methods(pair, small, small, ["weight", "zipit"], bn=None, learn_steps=3)
+        wb.compare_methods(
+            pair, data=small, eval_data=small, methods=["weight", "zipit"], bn=None, learn_steps=3
+        )
 
 
 def test_compare_methods_gives_each_method_only_its_own_options(pair, small, cache) -> None:
     first = wb.compare_methods(
-        pair, small, small, ["weight", "cca"], bn=None, cache=cache, gamma=0.5
+        pair,
+        data=small,
+        eval_data=small,
+        methods=["weight", "cca"],
+        bn=None,
+        cache=cache,
+        options={"cca": {"gamma": 0.5}},
     )
     assert first.set_index("method").loc["cca", "gamma"] == 0.5
     calls = []
@@ -291,7 +319,15 @@ def test_compare_methods_gives_each_method_only_its_own_options(pair, small, cac
 
     original, comparison.merge_many = comparison.merge_many, counting
     try:  # another gamma: only CCA's row is computed again
-        wb.compare_methods(pair, small, small, ["weight", "cca"], bn=None, cache=cache, gamma=1.0)
+        wb.compare_methods(
+            pair,
+            data=small,
+            eval_data=small,
+            methods=["weight", "cca"],
+            bn=None,
+            cache=cache,
+            options={"cca": {"gamma": 1.0}},
+        )
     finally:
         comparison.merge_many = original
     assert calls == ["cca"]
@@ -299,7 +335,7 @@ def test_compare_methods_gives_each_method_only_its_own_options(pair, small, cac
 
 def test_an_entropic_regularization_too_small_to_converge_is_refused_at_once(pair, small) -> None:
     with pytest.raises(ValueError, match=r"epsilon=1e-07 is below 0.0001.*epsilon=0"):
-        wb.ot_fusion(pair[0], pair[1], small, epsilon=1e-7, progress=False)
+        wb.ot_fusion(pair[0], pair[1], data=small, epsilon=1e-7, progress=False)
     with pytest.raises(ValueError, match=r"is below 0\.0001"):
         wb.alignment.ot.transport_plan(torch.rand(4, 4), 1e-9)
 
@@ -313,8 +349,8 @@ def sparse_copies(mnist_train):
         torch.manual_seed(7)
         model = wb.create_model("cnn", width=0.5, in_channels=1, batch_norm=False).eval()
     few = mnist_train.subset(torch.arange(8), "train")
-    spec = wb.permutation_spec(model, few.images[:2])
-    permuted = wb.apply_permutation(model, spec, wb.random_permutation(spec, seed=5))
+    spec = wb.permutation_spec(model, example_input=few.images[:2])
+    permuted = wb.apply_permutation(model, spec=spec, perm=wb.random_permutation(spec, seed=5))
     return model, permuted, few, mnist_train.images[1000:1256]
 
 
@@ -323,13 +359,20 @@ def sparse_copies(mnist_train):
 def test_dead_units_pair_with_their_twins_off_the_data(sparse_copies, method, partner) -> None:
     model, permuted, few, held_out = sparse_copies
     stats = wb.alignment.collect_statistics(
-        [model], few, wb.permutation_spec(model, few.images[:2]), progress=False
+        [model],
+        data=few,
+        spec=wb.permutation_spec(model, example_input=few.images[:2]),
+        progress=False,
     )
     assert sum(int(s.dead(0).sum()) for s in stats.values()) >= 5  # the case under test
     other = model if partner == "itself" else permuted
-    options = {"cca": {"gamma": 1.0}, "ot": {"epsilon": 0.0}, "zipit": {"alpha": 0.5, "beta": 0.0}}
+    options = {
+        "cca": {"gamma": 1.0},
+        "ot": {"epsilon": 0.0},
+        "zipit": {"within_weight": 0.5, "within_budget": 0.0},
+    }
     merged = wb.merge_many(
-        [model, other], few, method, bn=None, progress=False, **options.get(method, {})
+        [model, other], data=few, method=method, bn=None, progress=False, **options.get(method, {})
     )
     with torch.no_grad():
         difference = (merged.model(held_out) - model(held_out)).abs().max()

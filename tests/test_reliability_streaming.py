@@ -94,9 +94,9 @@ def _bn_inputs(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
 
 
 def test_reset_statistics_do_not_depend_on_the_batch_size(midpoint, small) -> None:
-    reference = _bn_statistics(wb.reset_bn(midpoint, small, batch_size=len(small)))
+    reference = _bn_statistics(wb.reset_bn(midpoint, data=small, batch_size=len(small)))
     for name, batching in _batchings(small).items():
-        reset = _run(lambda d, bs: wb.reset_bn(midpoint, d, batch_size=bs), small, batching)
+        reset = _run(lambda d, bs: wb.reset_bn(midpoint, data=d, batch_size=bs), small, batching)
         for got, want in zip(_bn_statistics(reset), reference, strict=True):
             assert _relative(got, want) < RTOL, name
 
@@ -104,7 +104,7 @@ def test_reset_statistics_do_not_depend_on_the_batch_size(midpoint, small) -> No
 def test_reset_statistics_are_those_of_the_reset_network(midpoint, small) -> None:
     """Every layer's running statistics are the exact (unbiased) moments of its inputs
     when the reset network itself runs in eval mode: RESET's fixed point."""
-    reset = wb.reset_bn(midpoint, small, batch_size=7)
+    reset = wb.reset_bn(midpoint, data=small, batch_size=7)
     layers = [m for m in reset.modules() if isinstance(m, _BatchNorm)]
     for layer, inputs in zip(layers, _bn_inputs(reset, small.images), strict=True):
         dims = [0, 2, 3]
@@ -120,8 +120,8 @@ def test_reset_with_batches_of_one_on_1x1_maps(small) -> None:
     model = nn.Sequential(
         nn.Flatten(), nn.Linear(784, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10)
     )
-    one = wb.reset_bn(model, small, batch_size=1)
-    whole = wb.reset_bn(model, small, batch_size=len(small))
+    one = wb.reset_bn(model, data=small, batch_size=1)
+    whole = wb.reset_bn(model, data=small, batch_size=len(small))
     with torch.no_grad():
         hidden = model[1](small.images.flatten(1)).double()
     assert _relative(one[2].running_mean, hidden.mean(0)) < RTOL
@@ -143,7 +143,7 @@ def test_reset_refuses_a_batchnorm_layer_used_twice(small) -> None:
             return self.head(x.mean((2, 3)))
 
     with pytest.raises(ValueError, match=r"runs 'bn' 2 times in one forward pass"):
-        wb.reset_bn(Twice(), small)
+        wb.reset_bn(Twice(), data=small)
 
 
 # --- REPAIR -------------------------------------------------------------------------------
@@ -152,17 +152,17 @@ def test_reset_refuses_a_batchnorm_layer_used_twice(small) -> None:
 @pytest.fixture(scope="module")
 def aligned(shipped_pair) -> tuple[nn.Module, nn.Module, object]:
     a, b = shipped_pair
-    spec = permutation_spec(a, torch.zeros(2, 1, 28, 28))
-    return a, wb.align(a, b, "weight", spec=spec), spec
+    spec = permutation_spec(a, example_input=torch.zeros(2, 1, 28, 28))
+    return a, wb.align(a, b, method="weight", spec=spec), spec
 
 
 def test_repair_does_not_depend_on_the_batch_size(aligned, small, mnist_test) -> None:
     a, b, spec = aligned
-    merged = wb.interpolate(a, b, 0.5)
+    merged = wb.interpolate(a, b, alpha=0.5)
     images = mnist_test.images[:200]
 
     def repaired(data, batch_size):
-        return wb.repair(merged, [a, b], 0.5, data, spec, batch_size=batch_size)
+        return wb.repair(merged, [a, b], alpha=0.5, data=data, spec=spec, batch_size=batch_size)
 
     with torch.no_grad():
         reference = repaired(small, len(small)).eval()(images)
@@ -174,7 +174,9 @@ def test_repair_does_not_depend_on_the_batch_size(aligned, small, mnist_test) ->
 def test_repaired_statistics_equal_the_targets_exactly(aligned, small) -> None:
     a, b, spec = aligned
     alpha = 0.3
-    repaired = wb.repair(wb.interpolate(a, b, alpha), [a, b], alpha, small, spec, batch_size=1)
+    repaired = wb.repair(
+        wb.interpolate(a, b, alpha=alpha), [a, b], alpha=alpha, data=small, spec=spec, batch_size=1
+    )
     points = repair_points(spec)
     ends = [channel_moments(m, small, points) for m in (a, b)]
     got = channel_moments(repaired, small, points)
@@ -189,10 +191,10 @@ def test_repaired_statistics_equal_the_targets_exactly(aligned, small) -> None:
 def test_repair_without_batchnorm_with_batches_of_one(small) -> None:
     torch.manual_seed(0)
     a, b = (wb.create_model("cnn", width=0.5, in_channels=1, batch_norm=False) for _ in "ab")
-    spec = permutation_spec(a, torch.zeros(2, 1, 28, 28))
-    merged = wb.interpolate(a, b, 0.5)
-    one = wb.repair(merged, [a, b], 0.5, small, spec, batch_size=1)
-    whole = wb.repair(merged, [a, b], 0.5, small, spec, batch_size=len(small))
+    spec = permutation_spec(a, example_input=torch.zeros(2, 1, 28, 28))
+    merged = wb.interpolate(a, b, alpha=0.5)
+    one = wb.repair(merged, [a, b], alpha=0.5, data=small, spec=spec, batch_size=1)
+    whole = wb.repair(merged, [a, b], alpha=0.5, data=small, spec=spec, batch_size=len(small))
     with torch.no_grad():
         assert _relative(one(small.images), whole(small.images)) < RTOL
 
@@ -205,7 +207,15 @@ def test_lmc_curve_does_not_depend_on_the_batch_size(aligned, small, bn) -> None
     a, b, spec = aligned
     curves = [
         wb.lmc_curve(
-            a, b, small, alphas=3, bn=bn, spec=spec, batch_size=bs, cache=False, progress=False
+            a,
+            b,
+            eval_data=small,
+            alphas=3,
+            bn=bn,
+            spec=spec,
+            batch_size=bs,
+            cache=False,
+            progress=False,
         )
         for bs in (16, len(small))
     ]
@@ -216,7 +226,9 @@ def test_lmc_curve_does_not_depend_on_the_batch_size(aligned, small, bn) -> None
 def test_loss_plane_reset_does_not_depend_on_the_batch_size(small) -> None:
     trio = wb.load_quickstart_models(seeds=(0, 1, 2))
     planes = [
-        wb.loss_plane(trio, small, resolution=2, batch_size=bs, cache=False, progress=False)
+        wb.loss_plane(
+            trio, eval_data=small, resolution=2, batch_size=bs, cache=False, progress=False
+        )
         for bs in (16, len(small))
     ]
     assert _relative(torch.tensor(planes[0].loss), torch.tensor(planes[1].loss)) < RTOL
@@ -227,7 +239,13 @@ def test_loss_plane_reset_does_not_depend_on_the_batch_size(small) -> None:
 
 def _exemplars(model: nn.Module, data: object) -> fv.Exemplars:
     return fv.top_exemplars(
-        model, "features.conv3", data, [0, 5, 7], k=4, cache=False, progress=False
+        model,
+        layer="features.conv3",
+        data=data,
+        channels=[0, 5, 7],
+        k=4,
+        cache=False,
+        progress=False,
     )
 
 

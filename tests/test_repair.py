@@ -14,7 +14,7 @@ from workbench.merging import repair_points
 
 @pytest.fixture(scope="module")
 def spec(shipped_pair):
-    return permutation_spec(shipped_pair[0], torch.zeros(2, 1, 28, 28))
+    return permutation_spec(shipped_pair[0], example_input=torch.zeros(2, 1, 28, 28))
 
 
 @pytest.fixture(scope="module")
@@ -24,10 +24,10 @@ def subset(mnist_train):
 
 def test_repaired_statistics_equal_the_interpolated_targets(shipped_pair, spec, subset) -> None:
     a, b = shipped_pair
-    b = align(a, b, "weight", spec=spec)
+    b = align(a, b, method="weight", spec=spec)
     alpha = 0.3
-    merged = wb.interpolate(a, b, alpha)
-    repaired = wb.repair(merged, [a, b], alpha, subset, spec)
+    merged = wb.interpolate(a, b, alpha=alpha)
+    repaired = wb.repair(merged, [a, b], alpha=alpha, data=subset, spec=spec)
     points = repair_points(spec)
     assert [p.point for p in points] == [
         "features.bn1",
@@ -52,9 +52,9 @@ def test_repaired_statistics_equal_the_interpolated_targets(shipped_pair, spec, 
 
 def test_repair_leaves_inputs_and_other_layers_alone(shipped_pair, spec, subset) -> None:
     a, b = shipped_pair
-    merged = wb.interpolate(a, b, 0.5)
+    merged = wb.interpolate(a, b, alpha=0.5)
     saved = {k: v.clone() for k, v in merged.state_dict().items()}
-    repaired = wb.repair(merged, [a, b], 0.5, subset, spec)
+    repaired = wb.repair(merged, [a, b], alpha=0.5, data=subset, spec=spec)
     for key, value in merged.state_dict().items():
         assert torch.equal(value, saved[key])
     changed = {k for k, v in repaired.state_dict().items() if not torch.equal(v, saved[k])}
@@ -74,8 +74,8 @@ def test_repair_beats_reset_at_the_naive_midpoint(shipped_pair, mnist_train, mni
     """Measured: naive midpoint 15.7%, with RESET 44.3%, with REPAIR 68.7% (test set)."""
     a, b = shipped_pair
     kwargs = {"alphas": [0, 0.5, 1], "bn_data": mnist_train, "spec": spec, "progress": False}
-    reset = wb.lmc_curve(a, b, mnist_test, bn="reset", **kwargs)
-    repaired = wb.lmc_curve(a, b, mnist_test, bn="repair", **kwargs)
+    reset = wb.lmc_curve(a, b, eval_data=mnist_test, bn="reset", **kwargs)
+    repaired = wb.lmc_curve(a, b, eval_data=mnist_test, bn="repair", **kwargs)
     assert repaired.midpoint_accuracy > reset.midpoint_accuracy + 0.1
     assert repaired.barrier < reset.barrier
 
@@ -89,7 +89,7 @@ def test_repair_works_without_batchnorm(tiny_train) -> None:
         model_kwargs={"width": 0.5, "in_channels": 1, "batch_norm": False},
         progress=False,
     )
-    spec = permutation_spec(models[0], torch.zeros(2, 1, 28, 28))
+    spec = permutation_spec(models[0], example_input=torch.zeros(2, 1, 28, 28))
     points = repair_points(spec)
     assert [p.point for p in points] == [
         "features.conv1",
@@ -98,16 +98,18 @@ def test_repair_works_without_batchnorm(tiny_train) -> None:
         "classifier.fc1",
     ]
     merged = wb.average(models)
-    repaired = wb.repair(merged, models, [0.5, 0.5], tiny_train, spec)
+    repaired = wb.repair(merged, models, alpha=[0.5, 0.5], data=tiny_train, spec=spec)
     ends = [channel_moments(m, tiny_train, points) for m in models]
     got = channel_moments(repaired, tiny_train, points)
     for p in points:
         std_t = 0.5 * (ends[0][p.point][1] + ends[1][p.point][1])
         assert (got[p.point][1] - std_t).abs().max() < 0.1 * std_t.max(), p.point
     with pytest.raises(ValueError, match="needs BatchNorm layers"):
-        wb.lmc_curve(models[0], models[1], tiny_train, alphas=3, bn="reset", progress=False)
+        wb.lmc_curve(
+            models[0], models[1], eval_data=tiny_train, alphas=3, bn="reset", progress=False
+        )
     curve = wb.lmc_curve(
-        models[0], models[1], tiny_train, alphas=3, bn="repair", spec=spec, progress=False
+        models[0], models[1], eval_data=tiny_train, alphas=3, bn="repair", spec=spec, progress=False
     )
     assert curve.loss.shape == (3,)
 
@@ -115,4 +117,4 @@ def test_repair_works_without_batchnorm(tiny_train) -> None:
 def test_repair_rejects_mismatched_weights(shipped_pair, spec, subset) -> None:
     a, b = shipped_pair
     with pytest.raises(ValueError, match="2 endpoints and 3 weights"):
-        wb.repair(a, [a, b], [0.2, 0.3, 0.5], subset, spec)
+        wb.repair(a, [a, b], alpha=[0.2, 0.3, 0.5], data=subset, spec=spec)

@@ -55,42 +55,42 @@ def _models_in(value) -> list[nn.Module]:
 def training(shipped_pair, tiny_train):
     """The shipped pair and a third model, copied and put in train mode."""
     models = [copy.deepcopy(m).train() for m in wb.load_quickstart_models((0, 1, 2))]
-    spec = wb.permutation_spec(models[0], tiny_train.images[:2])
+    spec = wb.permutation_spec(models[0], example_input=tiny_train.images[:2])
     return models, spec, tiny_train
 
 
 def _calls(models, spec, data, tmp_path):
     a, b = models[:2]
-    perm = wb.weight_matching(a, b, spec)
+    perm = wb.weight_matching(a, b, spec=spec)
     maps = {group: torch.eye(len(order))[order] for group, order in perm.items()}
-    result = wb.match(a, b, "weight", spec=spec)
+    result = wb.match(a, b, method="weight", spec=spec)
     path = tmp_path / "model.safetensors"
     wb.save_checkpoint(a, path)
     quick = {"progress": False}
     return {
-        "align": lambda: wb.align(a, b, "weight", spec=spec),
-        "apply_alignment": lambda: alignment.apply_alignment(b, result, model_a=a),
-        "apply_linear_maps": lambda: wb.apply_linear_maps(b, spec, maps),
-        "apply_permutation": lambda: wb.apply_permutation(b, spec, perm),
-        "cca_align": lambda: wb.cca_align(a, b, data, spec, **quick),
-        "cca_merge": lambda: wb.cca_merge([a, b], data, 1.0, progress=False),
-        "map_model": lambda: alignment.map_model(b, spec, maps, a, data),
-        "ot_fusion": lambda: wb.ot_fusion(a, b, data, spec, **quick),
-        "fold_batchnorm": lambda: alignment.fold_batchnorm(a, spec),
-        "merge_many": lambda: wb.merge_many([a, b], data, "weight", **quick),
-        "np_merge": lambda: wb.np_merge([a, b], data, steps=2, eval_every=1, **quick),
+        "align": lambda: wb.align(a, b, method="weight", spec=spec),
+        "apply_alignment": lambda: alignment.apply_alignment(b, result=result, model_a=a),
+        "apply_linear_maps": lambda: wb.apply_linear_maps(b, spec=spec, maps=maps),
+        "apply_permutation": lambda: wb.apply_permutation(b, spec=spec, perm=perm),
+        "cca_align": lambda: wb.cca_align(a, b, data=data, spec=spec, **quick),
+        "cca_merge": lambda: wb.cca_merge([a, b], data=data, gamma=1.0, progress=False),
+        "map_model": lambda: alignment.map_model(b, spec=spec, maps=maps, model_a=a, data=data),
+        "ot_fusion": lambda: wb.ot_fusion(a, b, data=data, spec=spec, **quick),
+        "fold_batchnorm": lambda: alignment.fold_batchnorm(a, spec=spec),
+        "merge_many": lambda: wb.merge_many([a, b], data=data, method="weight", **quick),
+        "np_merge": lambda: wb.np_merge([a, b], data=data, steps=2, eval_every=1, **quick),
         "np_merge_models": lambda: merging.np_merge_models(
-            [a, b], spec, data, learn_steps=2, learn_eval_every=1, **quick
+            [a, b], spec=spec, data=data, steps=2, eval_every=1, **quick
         ),
-        "zipit": lambda: wb.zipit([a, b], data, alpha=0.5, beta=0.0, **quick),
-        "zipit_merge": lambda: wb.zipit_merge([a, b], spec, data, **quick),
-        "repair": lambda: wb.repair(wb.average([a, b]), [a, b], 0.5, data, spec),
-        "reset_bn": lambda: wb.reset_bn(a, data),
+        "zipit": lambda: wb.zipit([a, b], data=data, within_weight=0.5, within_budget=0.0, **quick),
+        "zipit_merge": lambda: wb.zipit_merge([a, b], spec=spec, data=data, **quick),
+        "repair": lambda: wb.repair(wb.average([a, b]), [a, b], alpha=0.5, data=data, spec=spec),
+        "reset_bn": lambda: wb.reset_bn(a, data=data),
         "average": lambda: wb.average([a, b]),
-        "interpolate": lambda: wb.interpolate(a, b, 0.3),
+        "interpolate": lambda: wb.interpolate(a, b, alpha=0.3),
         "ensemble": lambda: wb.ensemble([a, b]),
-        "train_model": lambda: wb.train_model(a, data, 1, 0, **quick),
-        "training_run": lambda: wb.training_run(a, data, 1, 0, progress=False),
+        "train_model": lambda: wb.train_model(a, data=data, epochs=1, seed=0, **quick),
+        "training_run": lambda: wb.training_run(a, data=data, epochs=1, seed=0, progress=False),
         "train_models": lambda: wb.train_models(
             "cnn", [0], data, 1, model_kwargs={"width": 0.25, "in_channels": 1}, progress=False
         ),
@@ -124,14 +124,14 @@ def test_every_registered_method_merges_into_eval_mode(training, method):
     models, _, data = training
     options = {
         "ste": {"steps": 2},
-        "np_merge": {"learn_steps": 2, "learn_eval_every": 1},
-        "zipit": {"alpha": 0.5, "beta": 0.0},
+        "np_merge": {"steps": 2, "eval_every": 1},
+        "zipit": {"within_weight": 0.5, "within_budget": 0.0},
         "cca": {"gamma": 1.0},
     }.get(method, {})
-    result = wb.merge_many(models[:3], data, method, progress=False, **options)
+    result = wb.merge_many(models[:3], data=data, method=method, progress=False, **options)
     assert not any(m.training for m in result.model.modules())
     # called as returned, the merged model gives the accuracy its report states
     images, labels = data.images, data.targets
     with torch.no_grad():
         accuracy = (result.model(images).argmax(1) == labels).float().mean().item()
-    assert accuracy == pytest.approx(wb.evaluate(result.model, data).accuracy, abs=1e-6)
+    assert accuracy == pytest.approx(wb.evaluate(result.model, eval_data=data).accuracy, abs=1e-6)

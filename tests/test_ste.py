@@ -33,14 +33,14 @@ def pair() -> tuple[torch.nn.Module, torch.nn.Module]:
 
 @pytest.fixture(scope="module")
 def spec(pair) -> wb.PermutationSpec:
-    return permutation_spec(pair[0], torch.zeros(2, 1, 28, 28))
+    return permutation_spec(pair[0], example_input=torch.zeros(2, 1, 28, 28))
 
 
 def test_a_planted_permutation_is_recovered_exactly(pair, spec, tiny_train) -> None:
     model = pair[0]
     planted = wb.random_permutation(spec, seed=5)
-    shuffled = wb.apply_permutation(model, spec, planted)
-    found = wb.ste_matching(model, shuffled, tiny_train, spec, steps=4, progress=False)
+    shuffled = wb.apply_permutation(model, spec=spec, perm=planted)
+    found = wb.ste_matching(model, shuffled, data=tiny_train, spec=spec, steps=4, progress=False)
     assert _equal_perms(found, inverse(planted))
 
 
@@ -71,9 +71,13 @@ def test_align_with_ste_computes_b_function(pair, spec, tiny_train) -> None:
     model_a, model_b = pair
     method = get_method("ste")
     assert method.needs_data and method.preserves_function and method.kind == "permutation"
-    result = wb.match(model_a, model_b, "ste", tiny_train, spec, steps=2, progress=False)
+    result = wb.match(
+        model_a, model_b, method="ste", data=tiny_train, spec=spec, steps=2, progress=False
+    )
     assert result.options["steps"] == 2 and result.options["lr"] == ste.LR
-    aligned = wb.align(model_a, model_b, "ste", tiny_train, spec, steps=2, progress=False)
+    aligned = wb.align(
+        model_a, model_b, method="ste", data=tiny_train, spec=spec, steps=2, progress=False
+    )
     x = tiny_train.images[:32]
     with torch.no_grad():
         expected, found = model_b.eval()(x), aligned.eval()(x)
@@ -92,28 +96,30 @@ def test_a_dataloader_means_its_dataset(pair, spec, tiny_train) -> None:
 def test_bad_input_fails_before_any_work(pair, spec, tiny_train) -> None:
     a, b = pair
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
-        wb.ste_matching(a, b, tiny_train, spec, steps=0)
+        wb.ste_matching(a, b, data=tiny_train, spec=spec, steps=0)
     with pytest.raises(TypeError, match="steps must be an integer"):
-        wb.ste_matching(a, b, tiny_train, spec, steps=2.0)
+        wb.ste_matching(a, b, data=tiny_train, spec=spec, steps=2.0)
     with pytest.raises(ValueError, match="lr must be a finite number, got nan"):
-        wb.ste_matching(a, b, tiny_train, spec, lr=float("nan"))
+        wb.ste_matching(a, b, data=tiny_train, spec=spec, lr=float("nan"))
     with pytest.raises(ValueError, match=r"lr must be in \(0, inf\], got 0"):
-        wb.ste_matching(a, b, tiny_train, spec, lr=0.0)
+        wb.ste_matching(a, b, data=tiny_train, spec=spec, lr=0.0)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        wb.ste_matching(a, b, tiny_train, spec, batch_size=0)
+        wb.ste_matching(a, b, data=tiny_train, spec=spec, batch_size=0)
     with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\)"):
-        wb.ste_matching(a, b, tiny_train, spec, val_fraction=1.0)
+        wb.ste_matching(a, b, data=tiny_train, spec=spec, val_fraction=1.0)
     with pytest.raises(ValueError, match="ste_matching needs data"):
-        wb.ste_matching(a, b, None, spec)
+        wb.ste_matching(a, b, data=None, spec=spec)
     with pytest.raises(ValueError, match="method='ste' needs data"):
-        wb.align(a, b, "ste")
+        wb.align(a, b, method="ste")
     with pytest.raises(ValueError, match="differ in width"):
-        wb.ste_matching(a, wb.create_model("cnn", width=0.5, in_channels=1), tiny_train, spec)
+        wb.ste_matching(
+            a, wb.create_model("cnn", width=0.5, in_channels=1), data=tiny_train, spec=spec
+        )
     with pytest.raises(ValueError, match="holds out 0 and leaves 20 to step on"):
-        wb.ste_matching(a, b, tiny_train.subset(torch.arange(20), "train"), spec)
+        wb.ste_matching(a, b, data=tiny_train.subset(torch.arange(20), "train"), spec=spec)
     unlabelled = TensorDataset(tiny_train.images[:40])
     with pytest.raises(ValueError, match="The data has no labels, and they are needed here"):
-        wb.ste_matching(a, b, unlabelled, spec, steps=1, progress=False)
+        wb.ste_matching(a, b, data=unlabelled, spec=spec, steps=1, progress=False)
 
 
 class _Stream(IterableDataset):

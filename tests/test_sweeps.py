@@ -21,8 +21,8 @@ def width_sweep(tiny_train, small_test, tmp_path_factory):
     result = sweeps.sweep(
         "width",
         [0.25, 0.5],
-        tiny_train,
-        small_test,
+        data=tiny_train,
+        eval_data=small_test,
         epochs=1,
         alphas=3,
         splits=("train", "test"),
@@ -52,9 +52,9 @@ def test_width_sweep_table(width_sweep, tiny_train, small_test):
     assert first.settings["trained"] == [wb.fingerprint(m) for m in models]
     assert first.settings["width"] == 0.25 and first.bn == "reset"
     test_row = table[(table.width == 0.25) & (table.method == "naive") & (table.split == "test")]
-    reset = wb.reset_bn(models[0], tiny_train)  # with RESET the endpoints are reset too
+    reset = wb.reset_bn(models[0], data=tiny_train)  # with RESET the endpoints are reset too
     assert test_row["accuracy_a"].item() == pytest.approx(
-        wb.evaluate(reset, small_test).accuracy, abs=1e-9
+        wb.evaluate(reset, eval_data=small_test).accuracy, abs=1e-9
     )
     frame = result.curves_frame()
     assert len(frame) == 8 * 3 and {"width", "pair", "alpha"} <= set(frame.columns)
@@ -68,10 +68,12 @@ def test_width_sweep_is_cached(width_sweep, tiny_train, small_test, monkeypatch)
         sweeps, "train_models", lambda *a, **k: trained.append(a[3]) or original(*a, **k)
     )
     kwargs = {"alphas": 3, "splits": ("train", "test"), "progress": False, "cache": cache}
-    again = sweeps.sweep("width", [0.25, 0.5], tiny_train, small_test, epochs=1, **kwargs)
+    again = sweeps.sweep(
+        "width", [0.25, 0.5], data=tiny_train, eval_data=small_test, epochs=1, **kwargs
+    )
     assert trained == []
     assert again.table.equals(result.table)
-    sweeps.sweep("width", [0.25], tiny_train, small_test, epochs=2, **kwargs)
+    sweeps.sweep("width", [0.25], data=tiny_train, eval_data=small_test, epochs=2, **kwargs)
     assert trained == [2], "another recipe trains again"
 
 
@@ -108,8 +110,8 @@ def test_epoch_sweep_with_three_seeds_has_bands(tiny_train, small_test):
     result = sweeps.sweep(
         "epochs",
         [1, 2],
-        tiny_train,
-        small_test,
+        data=tiny_train,
+        eval_data=small_test,
         model_kwargs={"width": 0.25},
         seeds=(0, 1, 2),
         methods=("weight",),

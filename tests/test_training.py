@@ -16,7 +16,7 @@ FAST = {"batch_size": 64, "device": "cpu", "progress": False}
 
 
 def _train(model, data, seed, epochs=2, **kwargs):
-    return wb.train_model(model, data, epochs, seed, **{**FAST, **kwargs})
+    return wb.train_model(model, data=data, epochs=epochs, seed=seed, **{**FAST, **kwargs})
 
 
 def test_same_seed_is_bit_identical(tiny_model, tiny_train):
@@ -67,7 +67,9 @@ def test_result_does_not_depend_on_global_rng(tiny_model, tiny_train):
 
 
 def test_training_run_metrics(tiny_model, tiny_train, mnist_test):
-    run = wb.training_run(tiny_model, tiny_train, 2, 0, test_data=mnist_test, **FAST)
+    run = wb.training_run(
+        tiny_model, data=tiny_train, epochs=2, seed=0, eval_data=mnist_test, **FAST
+    )
     model, metrics = run.model, run.metrics
     assert states_equal(model.state_dict(), _train(tiny_model, tiny_train, seed=0).state_dict())
     assert set(metrics) == {
@@ -83,8 +85,8 @@ def test_training_run_metrics(tiny_model, tiny_train, mnist_test):
     for split in ("train", "test"):
         assert 0.0 <= metrics[f"{split}_accuracy"] <= 1.0
         assert metrics[f"{split}_loss"] > 0
-    train_eval = wb.evaluate(model, tiny_train)
-    test_eval = wb.evaluate(model, mnist_test)
+    train_eval = wb.evaluate(model, eval_data=tiny_train)
+    test_eval = wb.evaluate(model, eval_data=mnist_test)
     assert metrics["train_accuracy"] == train_eval.accuracy
     assert metrics["train_loss"] == train_eval.loss
     assert metrics["test_accuracy"] == test_eval.accuracy
@@ -92,7 +94,7 @@ def test_training_run_metrics(tiny_model, tiny_train, mnist_test):
 
 
 def test_training_run_without_test_data(tiny_model, tiny_train):
-    metrics = wb.training_run(tiny_model, tiny_train, 2, 0, **FAST).metrics
+    metrics = wb.training_run(tiny_model, data=tiny_train, epochs=2, seed=0, **FAST).metrics
     assert "test_accuracy" not in metrics and "test_loss" not in metrics
     assert 0.0 <= metrics["train_accuracy"] <= 1.0
 
@@ -100,23 +102,23 @@ def test_training_run_without_test_data(tiny_model, tiny_train):
 @pytest.mark.parametrize("epochs", [0, -1])
 def test_epochs_must_be_positive(tiny_model, tiny_train, epochs):
     with pytest.raises(ValueError, match=f"epochs must be >= 1, got {epochs}"):
-        wb.train_model(tiny_model, tiny_train, epochs, 0, progress=False)
+        wb.train_model(tiny_model, data=tiny_train, epochs=epochs, seed=0, progress=False)
 
 
 def test_training_learns(tiny_train):
     torch.manual_seed(0)
     model = wb.create_model("cnn", width=0.5, in_channels=1)
-    before = wb.evaluate(model, tiny_train)
-    trained = wb.train_model(model, tiny_train, 6, 0, lr=0.1, **FAST)
-    after = wb.evaluate(trained, tiny_train)
+    before = wb.evaluate(model, eval_data=tiny_train)
+    trained = wb.train_model(model, data=tiny_train, epochs=6, seed=0, lr=0.1, **FAST)
+    after = wb.evaluate(trained, eval_data=tiny_train)
     assert after.loss < before.loss
     assert after.accuracy > before.accuracy
 
 
 def test_train_from_dataloader(tiny_model, tiny_train):
     loader = DataLoader(TensorDataset(tiny_train.images, tiny_train.targets), batch_size=64)
-    a = wb.train_model(tiny_model, loader, 2, 0, device="cpu", progress=False)
-    b = wb.train_model(tiny_model, loader, 2, 0, device="cpu", progress=False)
+    a = wb.train_model(tiny_model, data=loader, epochs=2, seed=0, device="cpu", progress=False)
+    b = wb.train_model(tiny_model, data=loader, epochs=2, seed=0, device="cpu", progress=False)
     assert states_equal(a.state_dict(), b.state_dict())
     assert not torch.equal(a.features.conv1.weight, tiny_model.features.conv1.weight)
 
@@ -125,7 +127,9 @@ def test_train_from_dataloader(tiny_model, tiny_train):
 def test_any_number_of_optimizer_steps(tiny_model, tiny_train, steps):
     """epochs * batches per epoch may be any positive number (here: 1 epoch of `steps`)."""
     data = tiny_train.subset(torch.arange(steps * 8), "train")
-    model = wb.train_model(tiny_model, data, 1, 0, batch_size=8, device="cpu", progress=False)
+    model = wb.train_model(
+        tiny_model, data=data, epochs=1, seed=0, batch_size=8, device="cpu", progress=False
+    )
     assert not torch.equal(model.features.conv1.weight, tiny_model.features.conv1.weight)
 
 
@@ -168,7 +172,7 @@ def test_train_models_seed_sets_init_and_training(tiny_train):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)
         init = wb.create_model("cnn", **TINY)
-    by_hand = wb.train_model(init, tiny_train, 2, 7, **FAST)
+    by_hand = wb.train_model(init, data=tiny_train, epochs=2, seed=7, **FAST)
     assert states_equal(from_models.state_dict(), by_hand.state_dict())
 
 
@@ -176,7 +180,7 @@ def test_training_runs_metrics(tiny_train, mnist_test):
     [run] = wb.training_runs(
         "cnn", [0], tiny_train, 2, model_kwargs=TINY, test_data=mnist_test, **FAST
     )
-    assert run.metrics["test_accuracy"] == wb.evaluate(run.model, mnist_test).accuracy
+    assert run.metrics["test_accuracy"] == wb.evaluate(run.model, eval_data=mnist_test).accuracy
     [model] = wb.train_models("cnn", [0], tiny_train, 2, model_kwargs=TINY, **FAST)
     assert states_equal(model.state_dict(), run.model.state_dict())
 
@@ -225,5 +229,5 @@ def test_retraining_reproduces_shipped_checkpoint(mnist_train, mnist_test, two_t
         for key, tensor in shipped.items():
             assert torch.equal(state[key], tensor), key
     else:
-        accuracy = wb.evaluate(model, mnist_test).accuracy
+        accuracy = wb.evaluate(model, eval_data=mnist_test).accuracy
         assert abs(accuracy - metadata["metrics"]["test_accuracy"]) < 0.01, accuracy

@@ -22,11 +22,11 @@ def test_slider_endpoints_and_midpoint(shipped_pair, mnist_test):
     assert slider.slider.value == 0.5
     assert slider.children == (slider.slider, slider.readout)
     mid = slider.metrics
-    assert mid == wb.evaluate(wb.interpolate(a, b, 0.5), mnist_test)
+    assert mid == wb.evaluate(wb.interpolate(a, b, alpha=0.5), eval_data=mnist_test)
     mid_text = slider.readout.value
 
     slider.slider.value = 0.0
-    assert slider.metrics == wb.evaluate(a, mnist_test)
+    assert slider.metrics == wb.evaluate(a, eval_data=mnist_test)
     start_text = slider.readout.value
     assert "alpha = 0.00" in start_text
     assert f"{100 * slider.metrics.accuracy:.1f}%" in start_text
@@ -37,11 +37,11 @@ def test_slider_endpoints_and_midpoint(shipped_pair, mnist_test):
     assert slider.readout.value != start_text
     assert slider.readout.value == mid_text
     assert "alpha = 0.50" in slider.readout.value
-    assert slider.metrics.accuracy != wb.evaluate(a, mnist_test).accuracy
+    assert slider.metrics.accuracy != wb.evaluate(a, eval_data=mnist_test).accuracy
     assert slider.metrics.accuracy < 0.5  # the naive midpoint of the shipped pair
 
     slider.slider.value = 1.0
-    assert slider.metrics == wb.evaluate(b, mnist_test)
+    assert slider.metrics == wb.evaluate(b, eval_data=mnist_test)
 
     assert_state_equal(a, before_a)
     assert_state_equal(b, before_b)
@@ -51,7 +51,9 @@ def test_slider_reset(shipped_pair, mnist_test, bn_data):
     a, b = shipped_pair
     naive = InterpolationSlider(a, b, mnist_test)
     reset = InterpolationSlider(a, b, mnist_test, bn="reset", bn_data=bn_data)
-    expected = wb.evaluate(wb.reset_bn(wb.interpolate(a, b, 0.5), bn_data), mnist_test)
+    expected = wb.evaluate(
+        wb.reset_bn(wb.interpolate(a, b, alpha=0.5), data=bn_data), eval_data=mnist_test
+    )
     assert reset.metrics.accuracy == expected.accuracy
     assert reset.metrics.loss == pytest.approx(expected.loss, rel=1e-6)
     assert reset.metrics.accuracy > naive.metrics.accuracy
@@ -59,7 +61,9 @@ def test_slider_reset(shipped_pair, mnist_test, bn_data):
     assert "after RESET" not in naive.readout.value
 
     reset.slider.value = 0.25
-    expected = wb.evaluate(wb.reset_bn(wb.interpolate(a, b, 0.25), bn_data), mnist_test)
+    expected = wb.evaluate(
+        wb.reset_bn(wb.interpolate(a, b, alpha=0.25), data=bn_data), eval_data=mnist_test
+    )
     assert reset.metrics.accuracy == expected.accuracy
     assert "alpha = 0.25" in reset.readout.value
 
@@ -67,7 +71,9 @@ def test_slider_reset(shipped_pair, mnist_test, bn_data):
 def test_slider_reset_defaults_to_data(shipped_pair, mnist_test):
     a, b = shipped_pair
     slider = InterpolationSlider(a, b, mnist_test, bn="reset")
-    expected = wb.evaluate(wb.reset_bn(wb.interpolate(a, b, 0.5), mnist_test), mnist_test)
+    expected = wb.evaluate(
+        wb.reset_bn(wb.interpolate(a, b, alpha=0.5), data=mnist_test), eval_data=mnist_test
+    )
     assert slider.metrics.accuracy == expected.accuracy
 
 

@@ -16,10 +16,10 @@ from tests.conftest import assert_state_equal, state_copy
 from workbench.alignment.statistics import collect_statistics
 from workbench.graph import permutation_spec
 from workbench.merging.zipping import (
-    ALPHA_GRID,
-    BETA_GRID,
-    DEFAULT_ALPHA,
-    DEFAULT_BETA,
+    DEFAULT_WITHIN_BUDGET,
+    DEFAULT_WITHIN_WEIGHT,
+    WITHIN_BUDGET_GRID,
+    WITHIN_WEIGHT_GRID,
     merge_matrices,
     zip_features,
 )
@@ -36,8 +36,10 @@ def tiny(seed: int) -> nn.Module:
 def planted(tiny_train):
     """A tiny model, its spec and two randomly permuted copies (same function)."""
     model = tiny(0)
-    spec = permutation_spec(model, tiny_train.images[:2])
-    copies = [wb.apply_permutation(model, spec, wb.random_permutation(spec, s)) for s in (1, 2)]
+    spec = permutation_spec(model, example_input=tiny_train.images[:2])
+    copies = [
+        wb.apply_permutation(model, spec=spec, perm=wb.random_permutation(spec, s)) for s in (1, 2)
+    ]
     return model, spec, copies
 
 
@@ -47,12 +49,16 @@ def outputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("count", [2, 3])
-@pytest.mark.parametrize("alpha, beta", [(DEFAULT_ALPHA, DEFAULT_BETA), (1.0, 1.0)])
+@pytest.mark.parametrize(
+    "alpha, beta", [(DEFAULT_WITHIN_WEIGHT, DEFAULT_WITHIN_BUDGET), (1.0, 1.0)]
+)
 def test_planted_permutations_merge_back_exactly(planted, tiny_train, count, alpha, beta) -> None:
     model, spec, copies = planted
     models = [model, *copies][:count]
     before = [state_copy(m) for m in models]
-    found = wb.zipit_merge(models, spec, tiny_train, alpha=alpha, beta=beta, progress=False)
+    found = wb.zipit_merge(
+        models, spec=spec, data=tiny_train, within_weight=alpha, within_budget=beta, progress=False
+    )
     merged = found.model
     for m, state in zip(models, before, strict=True):
         assert_state_equal(m, state)
@@ -68,7 +74,7 @@ def test_planted_permutations_merge_back_exactly(planted, tiny_train, count, alp
 def test_through_merge_many_without_bn_is_exact(planted, tiny_train) -> None:
     model, _, copies = planted
     result = wb.merge_many(
-        [model, *copies], tiny_train, "zipit", bn=None, alpha=DEFAULT_ALPHA, beta=DEFAULT_BETA,
+        [model, *copies], data=tiny_train, method="zipit", bn=None, within_weight=DEFAULT_WITHIN_WEIGHT, within_budget=DEFAULT_WITHIN_BUDGET,
         progress=False,
     )  # fmt: skip
     x = tiny_train.images
@@ -78,10 +84,10 @@ def test_through_merge_many_without_bn_is_exact(planted, tiny_train) -> None:
 
 def test_merge_and_unmerge_matrices(tiny_train) -> None:
     models = [tiny(s) for s in (3, 4, 5)]
-    spec = permutation_spec(models[0], tiny_train.images[:2])
-    stats = collect_statistics(models, tiny_train, spec, progress=False)["features.conv3"]
+    spec = permutation_spec(models[0], example_input=tiny_train.images[:2])
+    stats = collect_statistics(models, data=tiny_train, spec=spec, progress=False)["features.conv3"]
     corr = zipit_module.correlation_of(stats)
-    labels, within, overruns = zip_features(corr, 3, alpha=1.0, beta=0.5)
+    labels, within, overruns = zip_features(corr, 3, within_weight=1.0, within_budget=0.5)
     size = stats.size
     assert sorted(labels.unique().tolist()) == list(range(size))
     merges, unmerges = merge_matrices(labels, 3)
@@ -100,7 +106,7 @@ def test_merge_and_unmerge_matrices(tiny_train) -> None:
     assert overruns == 0 and all(0 <= w <= budget for w in within), (within, budget, overruns)
     # with no budget, three models block each other here: the forced merges are counted, and
     # they are the only within-model merges a model takes
-    _, forced_within, forced = zip_features(corr, 3, alpha=1.0, beta=0.0)
+    _, forced_within, forced = zip_features(corr, 3, within_weight=1.0, within_budget=0.0)
     assert forced > 0 and all(0 <= w <= forced for w in forced_within), (forced_within, forced)
 
 
@@ -112,52 +118,61 @@ def test_within_model_merges_need_a_budget(tiny_train) -> None:
     corr[0, c] = corr[c, 0] = 0.5  # A0 ~ B0, less
     for i in range(1, c):
         corr[i, c + i] = corr[c + i, i] = 0.6  # A_i ~ B_i
-    labels, within, _ = zip_features(corr, 2, alpha=1.0, beta=1.0)
+    labels, within, _ = zip_features(corr, 2, within_weight=1.0, within_budget=1.0)
     assert within[0] >= 1 and labels[0] == labels[1]
-    labels, within, overruns = zip_features(corr, 2, alpha=1.0, beta=0.0)
+    labels, within, overruns = zip_features(corr, 2, within_weight=1.0, within_budget=0.0)
     assert within == [0, 0] and overruns == 0 and labels[0] != labels[1]
-    labels, within, _ = zip_features(corr, 2, alpha=0.5, beta=1.0)  # 0.475 < 0.6
+    labels, within, _ = zip_features(corr, 2, within_weight=0.5, within_budget=1.0)  # 0.475 < 0.6
     assert labels[0] != labels[1]
     models = [tiny(6), tiny(7)]
-    spec = permutation_spec(models[0], tiny_train.images[:2])
-    allowed = wb.zipit_merge(models, spec, tiny_train, alpha=1.0, beta=1.0, progress=False)
+    spec = permutation_spec(models[0], example_input=tiny_train.images[:2])
+    allowed = wb.zipit_merge(
+        models, spec=spec, data=tiny_train, within_weight=1.0, within_budget=1.0, progress=False
+    )
     assert sum(sum(w) for w in allowed.report.within.values()) > 0
-    refused = wb.zipit_merge(models, spec, tiny_train, alpha=1.0, beta=0.0, progress=False)
+    refused = wb.zipit_merge(
+        models, spec=spec, data=tiny_train, within_weight=1.0, within_budget=0.0, progress=False
+    )
     assert all(w == [0, 0] for w in refused.report.within.values())
     assert set(refused.report.overruns.values()) == {0}
 
 
 def test_partial_zipping(shipped_pair, tiny_train, mnist_test) -> None:
     models, test = list(shipped_pair), mnist_test.subset(torch.arange(0, 1000, 4), "test")
-    spec = permutation_spec(models[0], tiny_train.images[:2])
+    spec = permutation_spec(models[0], example_input=tiny_train.images[:2])
     names = list(spec.groups)
     assert valid_stops(models[0], spec) == names
-    options = {"alpha": DEFAULT_ALPHA, "beta": DEFAULT_BETA, "progress": False}
-    full = wb.zipit(models, tiny_train, **options).model
-    last = wb.zipit(models, tiny_train, stop=names[-1], **options).model
-    first = wb.zipit(models, tiny_train, stop=names[0], **options)
+    options = {
+        "within_weight": DEFAULT_WITHIN_WEIGHT,
+        "within_budget": DEFAULT_WITHIN_BUDGET,
+        "progress": False,
+    }
+    full = wb.zipit(models, data=tiny_train, **options).model
+    last = wb.zipit(models, data=tiny_train, stop=names[-1], **options).model
+    first = wb.zipit(models, data=tiny_train, stop=names[0], **options)
     x = test.images
     assert outputs(first.model, x).shape == outputs(models[0], x).shape
     assert (outputs(last, x) - outputs(full, x)).abs().max() < 1e-4
     ensemble = outputs(wb.ensemble(models), x)
     assert (outputs(first.model, x) - ensemble).norm() < (outputs(full, x) - ensemble).norm()
     accuracy = {
-        k: wb.evaluate(m, test).accuracy for k, m in [("first", first.model), ("full", full)]
+        k: wb.evaluate(m, eval_data=test).accuracy
+        for k, m in [("first", first.model), ("full", full)]
     }
     assert accuracy["first"] >= accuracy["full"] - 0.02
     assert first.report.details.stop == names[0] and first.report.details.zipped == names[:1]
     assert not hasattr(first.model, "zipit")  # the report is in the result, not on the model
     # the trunk is shared: one BatchNorm for both heads, reset once; RESET works on it
-    reset = wb.reset_bn(first.model, tiny_train)
+    reset = wb.reset_bn(first.model, data=tiny_train)
     assert (outputs(reset, x) - outputs(first.model, x)).abs().max() < 1e-4
 
 
 def test_search_over_the_declared_grid(tiny_train) -> None:
-    result = wb.zipit([tiny(10), tiny(11)], tiny_train, val_fraction=0.25, progress=False)
+    result = wb.zipit([tiny(10), tiny(11)], data=tiny_train, val_fraction=0.25, progress=False)
     report = result.report
-    assert len(report.validation) == len(ALPHA_GRID) * len(BETA_GRID)
-    assert report.hyperparameters["alpha"] in ALPHA_GRID
-    assert report.hyperparameters["beta"] in BETA_GRID
+    assert len(report.validation) == len(WITHIN_WEIGHT_GRID) * len(WITHIN_BUDGET_GRID)
+    assert report.hyperparameters["within_weight"] in WITHIN_WEIGHT_GRID
+    assert report.hyperparameters["within_budget"] in WITHIN_BUDGET_GRID
     assert report.bn == "reset"
 
 
@@ -181,10 +196,10 @@ class Grouped(nn.Module):
 def test_groups_that_take_only_permutations_are_permuted_and_reported(tiny_train) -> None:
     torch.manual_seed(0)
     model = Grouped()
-    spec = permutation_spec(model, tiny_train.images[:2])
-    copy = wb.apply_permutation(model, spec, wb.random_permutation(spec, 1))
+    spec = permutation_spec(model, example_input=tiny_train.images[:2])
+    copy = wb.apply_permutation(model, spec=spec, perm=wb.random_permutation(spec, 1))
     with pytest.warns(UserWarning, match="could not zip"):
-        found = wb.zipit_merge([model, copy], spec, tiny_train, progress=False)
+        found = wb.zipit_merge([model, copy], spec=spec, data=tiny_train, progress=False)
     assert set(found.report.permuted) == set(spec.groups) and not found.report.zipped
     merged = found.model
     x = tiny_train.images
@@ -198,33 +213,36 @@ def test_bad_input_is_refused_before_any_data_pass(shipped_pair, tiny_train, mon
     monkeypatch.setattr(zipit_module, "collect_statistics", no_pass)
     monkeypatch.setattr(wb.merging.many, "collect_statistics", no_pass)  # merge_many's pass
     pair = list(shipped_pair)
-    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
-        wb.zipit(pair, tiny_train, alpha=1.5)
-    with pytest.raises(ValueError, match="beta must be"):
-        wb.zipit(pair, tiny_train, beta=(0.0, -0.1))
-    with pytest.raises(TypeError, match="alpha must be a number"):
-        wb.zipit_merge(pair, None, tiny_train, alpha="high")
+    with pytest.raises(ValueError, match=r"within_weight must be in \[0, 1\]"):
+        wb.zipit(pair, data=tiny_train, within_weight=1.5)
+    with pytest.raises(ValueError, match="within_budget must be"):
+        wb.zipit(pair, data=tiny_train, within_budget=(0.0, -0.1))
+    with pytest.raises(TypeError, match="within_weight must be a number"):
+        wb.zipit_merge(pair, spec=None, data=tiny_train, within_weight="high")
     with pytest.raises(ValueError, match=r"Did you mean 'features\.conv3'"):
-        wb.zipit(pair, tiny_train, stop="features.conv33")
+        wb.zipit(pair, data=tiny_train, stop="features.conv33")
     with pytest.raises(ValueError, match="at least 2 models"):
-        wb.zipit(pair[:1], tiny_train)
+        wb.zipit(pair[:1], data=tiny_train)
     with pytest.raises(ValueError, match="at least 2 models"):
-        wb.zipit_merge(pair[:1], None, tiny_train)
+        wb.zipit_merge(pair[:1], spec=None, data=tiny_train)
     other = wb.create_model("cnn", width=0.5, in_channels=1)
     with pytest.raises(ValueError):
-        wb.zipit([pair[0], other], tiny_train)
+        wb.zipit([pair[0], other], data=tiny_train)
     with pytest.raises(ValueError):
-        wb.zipit_merge([pair[0], other], None, tiny_train)
+        wb.zipit_merge([pair[0], other], spec=None, data=tiny_train)
     with pytest.raises(ValueError, match="bn='repair' corrects towards the endpoints"):
-        wb.zipit(pair, tiny_train, bn="repair")
+        wb.zipit(pair, data=tiny_train, bn="repair")
 
 
 def test_registered_as_a_merge_method() -> None:
     method = wb.alignment.get_method("zipit")
     assert method.kind == "merge" and method.needs_data and not method.preserves_function
-    assert method.search == {"alpha": ALPHA_GRID, "beta": BETA_GRID}
+    assert method.search == {
+        "within_weight": WITHIN_WEIGHT_GRID,
+        "within_budget": WITHIN_BUDGET_GRID,
+    }
     assert "zipit" not in wb.alignment.pairwise_methods()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with pytest.raises(ValueError, match="merges models"):
-            wb.align(tiny(0), tiny(1), "zipit")
+            wb.align(tiny(0), tiny(1), method="zipit")

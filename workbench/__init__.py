@@ -4,8 +4,9 @@ The public API, re-exported from the rooms that implement it::
 
     import workbench as wb
     train = wb.load_dataset("mnist-5k", "train")  # wb.datasets() lists the names
+    test = wb.load_dataset("mnist-5k", "test")
     model_a, model_b = wb.load_quickstart_models(seeds=(0, 1))
-    curve = wb.lmc_curve(model_a, model_b, train, alphas=11, bn="reset")
+    curve = wb.lmc_curve(model_a, model_b, eval_data=test, data=train, bn="reset")
     curve.barrier, curve.accuracy_barrier
 
 Feature visualization (:mod:`workbench.featviz`, on lucent) and the dashboards
@@ -96,6 +97,7 @@ from workbench.merging import (
     zipit_merge,
 )
 from workbench.modules import default_device
+from workbench.results import Result, load_result
 from workbench.splits import partition
 from workbench.training import (
     TrainingRun,
@@ -149,6 +151,7 @@ __all__ = [
     "MergeResult",
     "Metrics",
     "PermutationSpec",
+    "Result",
     "ResultCache",
     "TensorImageDataset",
     "TrainingRun",
@@ -191,6 +194,7 @@ __all__ = [
     "load_checkpoint",
     "load_dataset",
     "load_quickstart_models",
+    "load_result",
     "loss_plane",
     "match",
     "merge_many",

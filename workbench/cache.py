@@ -24,15 +24,20 @@ from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from workbench.files import CACHE_KINDS, cache_dir, check_writable_dir, write_safetensors
+from workbench.files import CACHE_SECTIONS, cache_dir, check_writable_dir, write_safetensors
+from workbench.fingerprints import data_fingerprint, fingerprint
 
-__all__ = ["CACHE_KINDS", "ResultCache", "cache_dir", "default_cache"]
+__all__ = ["CACHE_SECTIONS", "ResultCache", "cache_dir", "default_cache", "input_key"]
 
 _META_KEY = "workbench-result"
+_UNHASHABLE = "<cannot be fingerprinted>"
 _DISABLED = ("0", "off", "false", "no")
 _KEY_VERSIONS = {name: importlib.metadata.version(name) for name in ("torch", "torchvision")}
 _KEY_VERSIONS["merge-workbench"] = importlib.metadata.version("merge-workbench")
@@ -61,6 +66,35 @@ def _plain_name(value: str, what: str) -> str:
     return value
 
 
+def input_key(value: Any) -> Any:
+    """What an input of an analysis counts as in a cache key: a model by its
+    :func:`~workbench.fingerprints.fingerprint`, a dataset by its content
+    (:func:`~workbench.fingerprints.data_fingerprint`), a registered method or BatchNorm
+    handling by its ``cache_key`` (registration and code), containers element by element,
+    arrays as lists and plain values as themselves. What cannot be fingerprinted (a
+    DataLoader, a lazy dataset, an arbitrary object) keeps the whole result out of the
+    cache."""
+    if isinstance(value, nn.Module):
+        found = fingerprint(value)
+    elif isinstance(value, (Dataset, DataLoader)):
+        found = data_fingerprint(value)
+    elif hasattr(value, "cache_key") and not isinstance(value, type):
+        found = value.cache_key
+    elif isinstance(value, Mapping):
+        return {str(k): input_key(v) for k, v in value.items()}
+    elif isinstance(value, (list, tuple)):
+        return [input_key(v) for v in value]
+    elif isinstance(value, np.ndarray):
+        return value.tolist()
+    elif isinstance(value, np.generic):
+        return value.item()
+    elif value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    else:
+        found = None
+    return _UNHASHABLE if found is None else found
+
+
 class ResultCache:
     """A directory of cached results, one subdirectory per kind of result; by default
     ``cache_dir("results")`` (see :func:`cache_dir`).
@@ -82,19 +116,25 @@ class ResultCache:
     def __repr__(self) -> str:
         return f"ResultCache(root={str(self.root)!r}, enabled={self.enabled})"
 
-    @staticmethod
-    def key(**parts: Any) -> str | None:
-        """The key of a result from everything that determines it (fingerprints, settings)
-        and the workbench, torch and torchvision versions; ``None`` if any part is
-        ``None`` (an unhashable input: do not cache)."""
-        if any(value is None for value in parts.values()):
+    def key(self, **inputs: Any) -> str | None:
+        """The key of a result from the inputs of the call that computes it and the
+        workbench, torch and torchvision versions: the one place where inputs become a
+        key (:func:`input_key` says how each kind of input counts). ``None`` when an input
+        cannot be fingerprinted, or the cache is disabled (nothing is fingerprinted then):
+        the result is computed, never cached."""
+        if not self.enabled:
+            return None
+        parts = {name: input_key(value) for name, value in inputs.items()}
+        if _UNHASHABLE in json.dumps(parts, sort_keys=True, default=str):
             return None
         text = json.dumps({"parts": parts, "versions": _KEY_VERSIONS}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def path(self, kind: str, key: str) -> Path:
-        """Where the entry ``key`` of ``kind`` lives (both must be plain names)."""
-        return self.root / _plain_name(kind, "kind") / f"{_plain_name(key, 'key')}.safetensors"
+    def path(self, section: str, key: str) -> Path:
+        """Where the entry ``key`` of ``section`` lives (both must be plain names)."""
+        return (
+            self.root / _plain_name(section, "section") / f"{_plain_name(key, 'key')}.safetensors"
+        )
 
     def check_writable(self) -> None:
         """Raise a clear ``NotADirectoryError``/``PermissionError`` now if results could not
@@ -104,7 +144,7 @@ class ResultCache:
 
     def load(
         self,
-        kind: str,
+        section: str,
         key: str | None,
         *,
         expect: Collection[str] = (),
@@ -119,7 +159,7 @@ class ResultCache:
         """
         if not self.enabled or key is None:
             return None
-        path = self.path(kind, key)
+        path = self.path(section, key)
         if not path.is_file():
             return None
         try:
@@ -135,7 +175,7 @@ class ResultCache:
         return tensors, meta
 
     def store(
-        self, kind: str, key: str | None, tensors: Mapping[str, torch.Tensor], meta: Mapping
+        self, section: str, key: str | None, tensors: Mapping[str, torch.Tensor], meta: Mapping
     ) -> Path | None:
         """Write a result atomically (a reader never sees half a file; of two processes
         storing one key, the later replaces the earlier's equal result); no-op when
@@ -144,11 +184,13 @@ class ResultCache:
             return None
         state = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         header = {_META_KEY: json.dumps(dict(meta), sort_keys=True, default=str)}
-        return write_safetensors(self.path(kind, key), state, header, what="result cache", fix=_FIX)
+        return write_safetensors(
+            self.path(section, key), state, header, what="result cache", fix=_FIX
+        )
 
     def get_or_compute(
         self,
-        kind: str,
+        section: str,
         key: str | None,
         compute: Callable[[], tuple[Mapping[str, torch.Tensor], Mapping]],
         *,
@@ -158,26 +200,26 @@ class ResultCache:
         """The cached result under ``key`` (``expect`` and ``valid`` as in :meth:`load`),
         or ``compute()``'s, stored for next time. The cache is checked writable before
         ``compute`` runs, so a read-only cache fails at once, not after the work."""
-        hit = self.load(kind, key, expect=expect, valid=valid)
+        hit = self.load(section, key, expect=expect, valid=valid)
         if hit is not None:
             return hit
         if key is not None:
             self.check_writable()
         tensors, meta = compute()
-        self.store(kind, key, tensors, meta)
+        self.store(section, key, tensors, meta)
         return dict(tensors), dict(meta)
 
-    def clear(self, kind: str | None = None) -> int:
-        """Delete cached results (of one kind, or all); returns how many files were removed.
+    def clear(self, section: str | None = None) -> int:
+        """Delete cached results (of one section, or all); returns how many files were removed.
         Only this cache's own ``*.safetensors`` entries are deleted, and only inside the
-        root: ``kind`` must be a plain name (``ValueError`` otherwise), and a kind folder
+        root: ``section`` must be a plain name (``ValueError`` otherwise), and a section folder
         that is a link to elsewhere is refused (or skipped, when clearing all kinds)."""
         root = self.root.resolve()
-        if kind is not None:
-            directories = [self.root / _plain_name(kind, "kind")]
+        if section is not None:
+            directories = [self.root / _plain_name(section, "section")]
             if directories[0].resolve().parent != root:
                 raise ValueError(
-                    f"The cache kind {kind!r} is a link to {directories[0].resolve()}, outside "
+                    f"The cache section {section!r} is a link to {directories[0].resolve()}, outside "
                     f"the cache {self.root}; nothing was deleted."
                 )
         else:

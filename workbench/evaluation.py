@@ -23,6 +23,7 @@ from workbench.validation import (
     check_models,
     check_number,
 )
+from workbench.vocabulary import MEASURED, keyword_only
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,15 @@ class Metrics:
         return not math.isfinite(self.loss)
 
 
+@keyword_only(("eval_data", "batch_size", "max_batches"), moved=MEASURED)
 def evaluate(
     model: nn.Module,
-    data: DataLike,
+    *,
+    eval_data: DataLike,
     batch_size: int = 500,
     max_batches: int | None = None,
 ) -> Metrics:
-    """Cross-entropy loss and accuracy of ``model`` in eval mode over ``data``.
+    """Cross-entropy loss and accuracy of ``model`` in eval mode over ``eval_data``.
 
     Runs on the model's device; the model is left as it was (same mode, same device).
     Labels must be class indices the model scores (:func:`~workbench.validation.check_labels`:
@@ -55,11 +58,11 @@ def evaluate(
     check_int("batch_size", batch_size, minimum=1)
     if max_batches is not None:
         check_int("max_batches", max_batches, minimum=1)
-    check_fits(model, data)
+    check_fits(model, eval_data)
     device = model_device(model)
     loss_sum, correct, count = 0.0, 0, 0
     with eval_mode(model), torch.inference_mode():
-        for inputs, labels in batches(data, batch_size, max_batches=max_batches):
+        for inputs, labels in batches(eval_data, batch_size, max_batches=max_batches):
             logits = forward_checked(model, inputs.to(device))
             labels = check_labels(labels, logits.shape[1], count=len(logits)).to(device)
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
@@ -175,30 +178,32 @@ def part_class_weights(parts: Sequence[Any]) -> list[dict[int, float | None]]:
     return found
 
 
+@keyword_only(("eval_data", "parts", "batch_size"), moved=MEASURED)
 def per_part_accuracy(
-    model: nn.Module, data: DataLike, parts: Sequence[Any], batch_size: int = 500
+    model: nn.Module, *, eval_data: DataLike, parts: Sequence[Any], batch_size: int = 500
 ) -> list[float]:
-    """The accuracy of ``model`` on ``data`` as each part of a split sees it, one number per
-    part: the per-class accuracies on ``data`` averaged with the part's weight of each class.
+    """The accuracy of ``model`` on ``eval_data`` as each part of a split sees it, one number
+    per part: the per-class accuracies on ``eval_data`` averaged with the part's weight of
+    each class.
 
     A part given as a collection of class indices weights its classes by their counts in
-    ``data``: the result is exactly the accuracy on ``data``'s examples of those classes. A
+    ``eval_data``: the result is exactly the accuracy on its examples of those classes. A
     part given as a dataset (a part from :func:`workbench.partition`, e.g. of the training
     set) weights each class by its number of examples in the part: for a disjoint split that
     is the accuracy on the part's classes, for a Dirichlet split the accuracy under the
     part's label distribution. A ``{class: weight}`` mapping gives the weights directly.
-    Classes that ``data`` lacks are left out; a part sharing no class with ``data`` is an
-    error. One pass over ``data``; the model is left as it was.
+    Classes that ``eval_data`` lacks are left out; a part sharing no class with it is an
+    error. One pass over ``eval_data``; the model is left as it was.
     """
     check_models(model)
     check_int("batch_size", batch_size, minimum=1)
-    check_data(data)
+    check_data(eval_data)
     weights = part_class_weights(parts)
     device = model_device(model)
     correct: torch.Tensor | None = None
     count: torch.Tensor | None = None
     with eval_mode(model), torch.inference_mode():
-        for inputs, labels in batches(data, batch_size):
+        for inputs, labels in batches(eval_data, batch_size):
             logits = forward_checked(model, inputs.to(device))
             labels = check_labels(labels, logits.shape[1], count=len(logits)).to(device)
             hits = torch.bincount(labels[logits.argmax(1) == labels], minlength=logits.shape[1])

@@ -40,7 +40,7 @@ import torch
 from safetensors.torch import save_file
 
 __all__ = [
-    "CACHE_KINDS",
+    "CACHE_SECTIONS",
     "atomic_write",
     "cache_dir",
     "check_writable_dir",
@@ -50,31 +50,31 @@ __all__ = [
 ]
 
 _FIX = "choose a folder you can write to"
-CACHE_KINDS = ("results", "datasets")
+CACHE_SECTIONS = ("results", "datasets")
 """What the workbench caches, each in its own folder under :func:`cache_dir`."""
-_KIND_OVERRIDES = {"datasets": "WORKBENCH_DATA_DIR"}
+_SECTION_OVERRIDES = {"datasets": "WORKBENCH_DATA_DIR"}
 _DENIED = (errno.EACCES, errno.EPERM, errno.EROFS)
 # os.link fails with these on filesystems without hard links (FAT, exFAT, some shares)
 _NO_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK)
 
 
-def cache_dir(kind: str | None = None) -> Path:
-    """Where the workbench caches ``kind`` (one of :data:`CACHE_KINDS`), or the folder
-    that holds them all (``kind=None``). The one place that decides where caches go.
+def cache_dir(section: str | None = None) -> Path:
+    """Where the workbench caches ``section`` (one of :data:`CACHE_SECTIONS`), or the folder
+    that holds them all (``section=None``). The one place that decides where caches go.
 
     The folder is ``$WORKBENCH_CACHE_DIR`` if set, else the platform's user cache folder,
     ``platformdirs.user_cache_dir("merge-workbench")`` (``~/.cache/merge-workbench`` on
-    Linux, ``~/Library/Caches/merge-workbench`` on macOS); a kind is the subfolder of its
+    Linux, ``~/Library/Caches/merge-workbench`` on macOS); a section is the subfolder of its
     name, and ``$WORKBENCH_DATA_DIR`` overrides where datasets go. Nothing is created here.
     """
-    if kind is not None and kind not in CACHE_KINDS:
-        raise ValueError(f"Unknown cache kind {kind!r}; expected one of {CACHE_KINDS}.")
-    override = os.environ.get(_KIND_OVERRIDES.get(kind, ""), "") if kind else ""
+    if section is not None and section not in CACHE_SECTIONS:
+        raise ValueError(f"Unknown cache section {section!r}; expected one of {CACHE_SECTIONS}.")
+    override = os.environ.get(_SECTION_OVERRIDES.get(section, ""), "") if section else ""
     if override:
         return Path(override)
     env = os.environ.get("WORKBENCH_CACHE_DIR")
     root = Path(env) if env else platformdirs.user_cache_path("merge-workbench", appauthor=False)
-    return root if kind is None else root / kind
+    return root if section is None else root / section
 
 
 def _refuse_blocker(path: Path, what: str, fix: str) -> None:

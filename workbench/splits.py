@@ -27,30 +27,32 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from workbench.data import TensorImageDataset
 from workbench.data.images import class_labels
 from workbench.validation import check_choice, check_data, check_int, check_number
+from workbench.vocabulary import keyword_only
 
 __all__ = ["SPLITS", "partition"]
 
 SPLITS = ("disjoint", "dirichlet")
 
 
+@keyword_only(renamed={"alpha": "concentration"})
 def partition(
-    dataset: Dataset, parts: int, how: str = "disjoint", alpha: float = 0.5, seed: int = 0
+    dataset: Dataset, parts: int, how: str = "disjoint", concentration: float = 0.5, seed: int = 0
 ) -> list[Dataset]:
     """Divide ``dataset`` into ``parts`` datasets, every example in exactly one of them.
 
     ``how="disjoint"``: the classes present, in a random order drawn from ``seed``, are
     dealt round-robin to the parts, and each part holds every example of its classes (so
     ``parts`` may not exceed the number of classes). ``how="dirichlet"``: for each class,
-    proportions ``p ~ Dirichlet(alpha, ..., alpha)`` are drawn (a ``numpy`` Generator seeded
+    proportions ``p ~ Dirichlet(concentration, ..., concentration)`` are drawn (a ``numpy`` Generator seeded
     with ``seed``) and the class's examples, in a random order, are cut into the parts by
-    them; ``alpha`` must be a finite number > 0 (ignored by ``"disjoint"``). A part left
-    with no example at all is an error (a smaller number of parts, a larger ``alpha`` or
+    them; ``concentration`` must be a finite number > 0 (ignored by ``"disjoint"``). A part left
+    with no example at all is an error (a smaller number of parts, a larger ``concentration`` or
     another seed avoids it).
 
     A :class:`~workbench.data.TensorImageDataset` gives TensorImageDatasets (its ``.info``
     and split name kept; the examples in the dataset's order); another dataset gives
     ``torch.utils.data.Subset``\\ s (its ``.info`` copied when it has one). Each part carries
-    ``.partition``: ``{"split": how, "alpha": alpha (None for "disjoint"), "seed": seed,
+    ``.partition``: ``{"split": how, "alpha": concentration (None for "disjoint"), "seed": seed,
     "part": i, "parts": parts, "classes": [the classes it holds], "counts": [its number of
     examples of each class 0..num_classes-1]}``. The same ``seed`` gives the same parts;
     ``dataset`` is not modified.
@@ -63,7 +65,7 @@ def partition(
     check_data(dataset, name="dataset")
     parts = check_int("parts", parts, minimum=2)
     check_choice("how", how, SPLITS)
-    alpha = check_number("alpha", alpha, low=0.0, low_inclusive=False)
+    concentration = check_number("concentration", concentration, low=0.0, low_inclusive=False)
     seed = check_int("seed", seed)
     labels = class_labels(dataset)
     classes = np.unique(labels)
@@ -86,7 +88,7 @@ def partition(
         shares: list[list[np.ndarray]] = [[] for _ in range(parts)]
         for cls in classes:
             members = rng.permutation(np.flatnonzero(labels == cls))
-            proportions = rng.dirichlet(np.full(parts, alpha))
+            proportions = rng.dirichlet(np.full(parts, concentration))
             cuts = np.round(np.cumsum(proportions)[:-1] * len(members)).astype(int)
             for share, piece in zip(shares, np.split(members, cuts), strict=True):
                 share.append(piece)
@@ -94,11 +96,11 @@ def partition(
     empty = [i for i, idx in enumerate(indices) if len(idx) == 0]
     if empty:
         raise ValueError(
-            f"Parts {empty} of the Dirichlet(alpha={alpha:g}) split (seed={seed}) received no "
-            "example; pass a larger alpha, fewer parts or another seed."
+            f"Parts {empty} of the Dirichlet(concentration={concentration:g}) split (seed={seed}) received no "
+            "example; pass a larger concentration, fewer parts or another seed."
         )
     return [
-        _part(dataset, idx, labels, num_classes, how, alpha, seed, i, parts)
+        _part(dataset, idx, labels, num_classes, how, concentration, seed, i, parts)
         for i, idx in enumerate(indices)
     ]
 

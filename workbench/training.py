@@ -27,6 +27,7 @@ from workbench.validation import (
     check_models,
     check_number,
 )
+from workbench.vocabulary import keyword_only
 from workbench.zoo import create_model
 
 __all__ = [
@@ -77,12 +78,13 @@ def _steps_per_epoch(data: DataLike, batch_size: int) -> int:
     return loader_len or math.ceil(len(data) / batch_size)
 
 
+@keyword_only(("data", "epochs", "seed"))
 def train_model(
     model: nn.Module,
+    *,
     data: DataLike,
     epochs: int,
     seed: int,
-    *,
     batch_size: int = 128,
     lr: float = 0.05,
     momentum: float = 0.9,
@@ -142,29 +144,33 @@ def train_model(
     return model.eval()
 
 
+@keyword_only(("data", "epochs", "seed"), renamed={"test_data": "eval_data"})
 def training_run(
     model: nn.Module,
+    *,
     data: DataLike,
     epochs: int,
     seed: int,
-    *,
-    test_data: DataLike | None = None,
+    eval_data: DataLike | None = None,
     **train_kwargs: Any,
 ) -> TrainingRun:
     """:func:`train_model` (same arguments), then the trained model measured: the final
     train (and test, when ``test_data`` is given) loss and accuracy, the number of epochs
     and the wall time of training."""
     started = time.perf_counter()
-    trained = train_model(model, data, epochs, seed, **train_kwargs)
+    trained = train_model(model, data=data, epochs=epochs, seed=seed, **train_kwargs)
     metrics: dict[str, float] = {"epochs": epochs, "train_seconds": time.perf_counter() - started}
-    for split, split_data in (("train", data), ("test", test_data)):
+    for split, split_data in (("train", data), ("test", eval_data)):
         if split_data is not None:
-            result = evaluate(trained, split_data)
+            result = evaluate(trained, eval_data=split_data)
             metrics[f"{split}_loss"] = result.loss
             metrics[f"{split}_accuracy"] = result.accuracy
     return TrainingRun(trained, metrics)
 
 
+@keyword_only(
+    renamed={"split": "partition", "alpha": "concentration", "split_seed": "partition_seed"}
+)
 def training_runs(
     name: str,
     seeds: Sequence[int],
@@ -172,32 +178,35 @@ def training_runs(
     epochs: int,
     *,
     model_kwargs: dict[str, Any] | None = None,
-    split: str | None = None,
-    alpha: float = 0.5,
-    split_seed: int = 0,
+    partition: str | None = None,
+    concentration: float = 0.5,
+    partition_seed: int = 0,
     **train_kwargs: Any,
 ) -> list[TrainingRun]:
     """One :func:`training_run` of ``create_model(name, **model_kwargs)`` per seed; the seed
     sets both the initialization and the training randomness, so the models differ only by
     seed.
 
-    With ``split="disjoint"`` or ``"dirichlet"``, ``data`` (a Dataset) is first divided into
-    one part per seed, ``workbench.partition(data, len(seeds), split, alpha, split_seed)``,
+    With ``partition="disjoint"`` or ``"dirichlet"``, ``data`` (a Dataset) is first divided into
+    one part per seed, ``workbench.partition(data, len(seeds), partition, concentration, partition_seed)``,
     and model ``i`` is trained on part ``i`` (its ``train_*`` metrics measured there, the
-    ``test_*`` ones on all of ``test_data``). Each run's ``metadata`` is then
-    ``{"split": part.partition}`` (how, ``alpha``, seed, part ``i`` of ``n``, its classes and
+    ``test_*`` ones on all of ``eval_data``). Each run's ``metadata`` is then
+    ``{"split": part.partition}`` (how, ``concentration``, seed, part ``i`` of ``n``, its classes and
     per-class counts), and the model carries the same record as ``model.workbench_split``:
     ``save_checkpoint(run.model, path, metrics=run.metrics, **run.metadata)`` writes it.
     """
-    parts = _parts(data, seeds, split, alpha, split_seed)
+    parts = _parts(data, seeds, partition, concentration, partition_seed)
     runs = []
     models = _seeded_models(name, seeds, model_kwargs, train_kwargs)
     for (seed, model), part in zip(models, parts, strict=True):
-        run = training_run(model, part, epochs, seed, **train_kwargs)
+        run = training_run(model, data=part, epochs=epochs, seed=seed, **train_kwargs)
         runs.append(TrainingRun(run.model, run.metrics, _record_split(run.model, part)))
     return runs
 
 
+@keyword_only(
+    renamed={"split": "partition", "alpha": "concentration", "split_seed": "partition_seed"}
+)
 def train_models(
     name: str,
     seeds: Sequence[int],
@@ -205,38 +214,38 @@ def train_models(
     epochs: int,
     *,
     model_kwargs: dict[str, Any] | None = None,
-    split: str | None = None,
-    alpha: float = 0.5,
-    split_seed: int = 0,
+    partition: str | None = None,
+    concentration: float = 0.5,
+    partition_seed: int = 0,
     **train_kwargs: Any,
 ) -> list[nn.Module]:
     """The trained models of :func:`training_runs` alone (no final evaluation); with
-    ``split``, model ``i`` trained on part ``i`` and carrying it as ``model.workbench_split``
+    ``partition``, model ``i`` trained on part ``i`` and carrying it as ``model.workbench_split``
     (save it with ``save_checkpoint(model, path, split=model.workbench_split)``)."""
-    parts = _parts(data, seeds, split, alpha, split_seed)
+    parts = _parts(data, seeds, partition, concentration, partition_seed)
     trained = []
     models = _seeded_models(name, seeds, model_kwargs, train_kwargs)
     for (seed, model), part in zip(models, parts, strict=True):
-        result = train_model(model, part, epochs, seed, **train_kwargs)
+        result = train_model(model, data=part, epochs=epochs, seed=seed, **train_kwargs)
         _record_split(result, part)
         trained.append(result)
     return trained
 
 
 def _parts(
-    data: DataLike, seeds: Sequence[int], split: str | None, alpha: float, split_seed: int
+    data: DataLike, seeds: Sequence[int], how: str | None, concentration: float, seed: int
 ) -> list[DataLike]:
-    """The data each seed's model trains on: all of ``data``, or its part of the split
+    """The data each seed's model trains on: all of ``data``, or its part of the partition
     (checked before any model is built or trained)."""
-    if split is None:
+    if how is None:
         return [data] * len(seeds)
-    check_choice("split", split, SPLITS)
+    check_choice("partition", how, SPLITS)
     if len(seeds) < 2:
         raise ValueError(
-            f"split={split!r} divides the data among the models, one part per seed; got "
-            f"{len(seeds)} seed(s). Pass at least 2 seeds, or split=None."
+            f"partition={how!r} divides the data among the models, one part per seed; got "
+            f"{len(seeds)} seed(s). Pass at least 2 seeds, or partition=None."
         )
-    return partition(data, len(seeds), split, alpha=alpha, seed=split_seed)
+    return partition(data, len(seeds), how, concentration=concentration, seed=seed)
 
 
 def _record_split(model: nn.Module, part: DataLike) -> dict[str, Any]:

@@ -68,7 +68,9 @@ def validation_search(
     scores: dict[str, float] = {}
     for point in tqdm(points, desc=desc, disable=not progress, leave=False):
         model = build(dict(point))
-        scores[point_label(point)] = evaluate(model, val_data, batch_size).accuracy
+        scores[point_label(point)] = evaluate(
+            model, eval_data=val_data, batch_size=batch_size
+        ).accuracy
         if best is None or scores[point_label(point)] > scores[point_label(best.point)]:
             best = SearchResult(dict(point), model)
     best.scores = scores

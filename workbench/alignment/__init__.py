@@ -9,7 +9,6 @@ from workbench.alignment.activation import activation_matching, permutation_from
 from workbench.alignment.api import AlignmentResult, align, apply_alignment, map_model, match
 from workbench.alignment.cca import CCAAlignment, canonical_correlation, cca_align, cca_maps
 from workbench.alignment.folding import fold_batchnorm
-from workbench.alignment.method_keys import method_key
 from workbench.alignment.ot import ot_fusion, ot_maps
 from workbench.alignment.registry import (
     AlignmentMethod,
@@ -67,7 +66,6 @@ __all__ = [
     "map_model",
     "match",
     "matching_methods",
-    "method_key",
     "methods",
     "observation_points",
     "ot_fusion",

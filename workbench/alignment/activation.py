@@ -14,6 +14,7 @@ from workbench.figures import PALETTE
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import Permutation
 from workbench.validation import check_models, check_pass
+from workbench.vocabulary import keyword_only
 
 __all__ = ["activation_matching", "permutation_from_statistics"]
 
@@ -37,12 +38,13 @@ def permutation_from_statistics(
     color=PALETTE["green"],
     marker="^",
 )
+@keyword_only(("data", "spec"))
 def activation_matching(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     data: DataLike,
     spec: PermutationSpec | None = None,
-    *,
     statistics: dict[str, GroupStatistics] | None = None,
     batch_size: int = 500,
     max_batches: int | None = None,
@@ -62,8 +64,8 @@ def activation_matching(
     if statistics is None:
         statistics = collect_statistics(
             [model_a, model_b],
-            data,
-            spec,
+            data=data,
+            spec=spec,
             batch_size=batch_size,
             max_batches=max_batches,
             progress=progress,

@@ -26,6 +26,7 @@ from workbench.graph.transforms import (
 )
 from workbench.modules import has_batchnorm, state_diff, state_shapes
 from workbench.validation import check_data, check_models
+from workbench.vocabulary import keyword_only
 
 __all__ = [
     "AlignmentResult",
@@ -138,9 +139,11 @@ def other_width_spec(
     return spec_b
 
 
+@keyword_only(("method", "data", "spec"))
 def match(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     method: str = "weight",
     data: DataLike | None = None,
     spec: PermutationSpec | None = None,
@@ -174,8 +177,10 @@ def match(
 _PERMUTATION_NOISE = 1e-3
 
 
+@keyword_only(("spec", "maps", "model_a", "data", "batch_size", "max_batches"))
 def map_model(
     model_b: nn.Module,
+    *,
     spec: PermutationSpec,
     maps: Mapping[str, torch.Tensor | GroupMap],
     model_a: nn.Module,
@@ -198,7 +203,7 @@ def map_model(
         name: m if isinstance(m, GroupMap) else GroupMap(m, torch.linalg.inv(m.double()))
         for name, m in maps.items()
     }
-    mapped = apply_linear_maps(model_b, spec, pairs, like=model_a)
+    mapped = apply_linear_maps(model_b, spec=spec, maps=pairs, like=model_a)
     near = [is_permutation_map(m, _PERMUTATION_NOISE) for m in pairs.values()]
     if not has_batchnorm(mapped) or all(near):
         return mapped
@@ -207,11 +212,13 @@ def map_model(
             "The linear maps mix channels, so the BatchNorm statistics carried along with "
             "them are only an estimate: pass data= (training data) to measure them."
         )
-    return reset_bn_(mapped, data, batch_size, max_batches)
+    return reset_bn_(mapped, data=data, batch_size=batch_size, max_batches=max_batches)
 
 
+@keyword_only(("result", "data", "model_a"))
 def apply_alignment(
     model_b: nn.Module,
+    *,
     result: AlignmentResult,
     data: DataLike | None = None,
     model_a: nn.Module | None = None,
@@ -221,7 +228,7 @@ def apply_alignment(
     and its statistics measured on ``data`` where the maps mix channels
     (:func:`map_model`)."""
     if result.kind == "permutation":
-        return apply_permutation(model_b, result.spec, result.transform)
+        return apply_permutation(model_b, spec=result.spec, perm=result.transform)
     if model_a is None:
         raise ValueError(
             f"Applying the linear maps of method={result.method!r} builds the result in a "
@@ -229,12 +236,16 @@ def apply_alignment(
         )
     spec_b = result.spec if result.spec_b is None else result.spec_b
     passes = {k: result.options[k] for k in ("batch_size", "max_batches") if k in result.options}
-    return map_model(model_b, spec_b, result.transform, model_a, data, **passes)
+    return map_model(
+        model_b, spec=spec_b, maps=result.transform, model_a=model_a, data=data, **passes
+    )
 
 
+@keyword_only(("method", "data", "spec"))
 def align(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     method: str = "weight",
     data: DataLike | None = None,
     spec: PermutationSpec | None = None,
@@ -251,5 +262,5 @@ def align(
     along and its statistics measured on ``data`` (:func:`map_model`), which does not
     preserve B's function (a ReLU does not commute with a rotation).
     """
-    result = match(model_a, model_b, method, data, spec, **options)
-    return apply_alignment(model_b, result, data, model_a)
+    result = match(model_a, model_b, method=method, data=data, spec=spec, **options)
+    return apply_alignment(model_b, result=result, data=data, model_a=model_a)

@@ -29,6 +29,7 @@ from workbench.batching import batches
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.modules import clone, eval_mode, model_device
+from workbench.vocabulary import keyword_only
 
 __all__ = ["calibrate_in_order", "reset_bn", "reset_bn_"]
 
@@ -135,8 +136,10 @@ def calibrate_in_order(
                 calibrate(name, moments)
 
 
+@keyword_only(("data", "batch_size", "max_batches", "progress"))
 def reset_bn_(
     model: nn.Module,
+    *,
     data: DataLike,
     batch_size: int = 500,
     max_batches: int | None = None,
@@ -184,12 +187,17 @@ def reset_bn_(
     return model
 
 
+@keyword_only(("data", "batch_size", "max_batches"))
 def reset_bn(
-    model: nn.Module, data: DataLike, batch_size: int = 500, max_batches: int | None = None
+    model: nn.Module,
+    *,
+    data: DataLike,
+    batch_size: int = 500,
+    max_batches: int | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with BatchNorm statistics recomputed on ``data`` (RESET): the
     exact, batch-size independent statistics of :func:`reset_bn_`.
 
     Weights are unchanged; only running means and variances change.
     """
-    return reset_bn_(clone(model), data, batch_size, max_batches)
+    return reset_bn_(clone(model), data=data, batch_size=batch_size, max_batches=max_batches)

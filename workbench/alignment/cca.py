@@ -51,6 +51,7 @@ from workbench.figures import PALETTE
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import LinearMaps, general_groups
 from workbench.validation import check_models, check_number, check_pass
+from workbench.vocabulary import keyword_only
 
 __all__ = [
     "DEFAULT_GAMMA",
@@ -212,8 +213,8 @@ def _cca(
     gamma = check_number("gamma", gamma, low=0.0)
     if statistics is None:
         check_pass(data, options["batch_size"], options["max_batches"])
-        statistics = collect_statistics([model_a, model_b], data, spec, **options)
-    return cca_maps(statistics, gamma, spec, general_groups(model_b, spec))
+        statistics = collect_statistics([model_a, model_b], data=data, spec=spec, **options)
+    return cca_maps(statistics, gamma, spec, general_groups(model_b, spec=spec))
 
 
 @register_method(
@@ -222,17 +223,19 @@ def _cca(
     preserves_function=False,
     kind="linear",
     search={"gamma": GAMMA_GRID},
+    renamed={"gammas": "gamma"},
     defaults={"gamma": DEFAULT_GAMMA},
     uses_statistics=True,
     color=PALETTE["purple"],
     marker="D",
 )
+@keyword_only(("spec", "data"))
 def cca_linear_maps(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     spec: PermutationSpec,
     data: DataLike,
-    *,
     gamma: float = DEFAULT_GAMMA,
     statistics: dict[str, GroupStatistics] | None = None,
     batch_size: int = 500,
@@ -246,12 +249,13 @@ def cca_linear_maps(
     return _cca(model_a, model_b, spec, data, gamma, statistics, options).maps
 
 
+@keyword_only(("data", "spec"))
 def cca_align(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     data: DataLike,
     spec: PermutationSpec | None = None,
-    *,
     gamma: float = DEFAULT_GAMMA,
     statistics: dict[str, GroupStatistics] | None = None,
     batch_size: int = 500,
@@ -272,4 +276,12 @@ def cca_align(
     spec = resolve_spec(model_a, spec, data=data)
     options = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
     maps = _cca(model_a, model_b, spec, data, gamma, statistics, options).maps
-    return map_model(model_b, spec, maps, model_a, data, batch_size, max_batches)
+    return map_model(
+        model_b,
+        spec=spec,
+        maps=maps,
+        model_a=model_a,
+        data=data,
+        batch_size=batch_size,
+        max_batches=max_batches,
+    )

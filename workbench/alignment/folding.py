@@ -27,6 +27,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.graph import LayerPoint, PermutationSpec
 from workbench.modules import clone
+from workbench.vocabulary import keyword_only
 
 __all__ = ["fold_batchnorm", "foldable_points"]
 
@@ -51,7 +52,12 @@ def foldable_points(model: nn.Module, spec: PermutationSpec) -> list[LayerPoint]
     return points
 
 
-def fold_batchnorm(model: nn.Module, spec: PermutationSpec) -> tuple[nn.Module, PermutationSpec]:
+@keyword_only(("spec",))
+def fold_batchnorm(
+    model: nn.Module,
+    *,
+    spec: PermutationSpec,
+) -> tuple[nn.Module, PermutationSpec]:
     """A copy of ``model`` with every foldable BatchNorm folded into its layer, and the spec
     of the folded model, in which those BatchNorms' biases transform like the layer's
     outputs and their constant weight and statistics are left out of the groups.

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from workbench.alignment.registry import AlignmentMethod, get_method, methods
 
-__all__ = ["check_options", "option_names", "quick_options"]
+__all__ = ["check_options", "option_names", "quick_options", "renamed_options", "split_options"]
 
 _GIVEN = {"model_a", "model_b", "models", "spec", "data"}  # passed by the caller, not options
 
@@ -42,6 +43,40 @@ def quick_options(method: AlignmentMethod) -> dict[str, Any]:
     return {**fixed, **method.quick}
 
 
+def renamed_options(method: AlignmentMethod, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with ``method``'s former option names (its registered ``renamed``)
+    replaced by the current ones, with one ``FutureWarning``; both names of one option at
+    once is an error (a current name left at ``None``, a wrapper's default, is absent)."""
+    options = dict(options)
+    former = [(old, new) for old, new in method.renamed.items() if old in options]
+    for old, new in former:
+        if options.get(new) is not None:
+            raise TypeError(
+                f"{old}= is the former name of {new}= (method {method.name!r}); pass {new}= only."
+            )
+        options[new] = options.pop(old)
+    if former:
+        warnings.warn(
+            f"{', '.join(f'{old}= is now {new}=' for old, new in former)} (method "
+            f"{method.name!r}); the former names will stop working in the next release.",
+            FutureWarning,
+            stacklevel=3,
+        )
+    return options
+
+
+def split_options(
+    method: str, options: Mapping[str, Any], caller: Callable | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``options`` in two: those ``method`` (or the ``caller`` that runs it, e.g.
+    ``merge_many``) takes, and the rest, which a method that aligns first (NP Merge's
+    ``align``) passes on to its alignment."""
+    found = get_method(method)
+    given = set(inspect.signature(caller).parameters) if caller is not None else set()
+    mine = {k: v for k, v in options.items() if k in given or found.accepts(k)}
+    return mine, {k: v for k, v in options.items() if k not in mine}
+
+
 def check_options(
     called: Sequence[str], options: Mapping[str, Any], own: Sequence[str] = ()
 ) -> None:
@@ -56,7 +91,9 @@ def check_options(
     everywhere = {n: m for m in reversed(methods()) for n in option_names(get_method(m))}
     hints = []
     for option in unknown:
-        takers = [m for m in methods() if get_method(m).accepts(option)]
+        takers = [
+            m for m in methods() if get_method(m).accepts(option) or option in get_method(m).renamed
+        ]
         hint = f"{option!r} is an option of {takers}" if takers else f"no method takes {option!r}"
         candidates = [n for n in [*names, *everywhere] if n != option]
         close = difflib.get_close_matches(option, candidates, n=1, cutoff=0.6)

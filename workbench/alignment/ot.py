@@ -64,6 +64,7 @@ from workbench.figures import PALETTE
 from workbench.graph import PermutationGroup, PermutationSpec, resolve_spec
 from workbench.graph.transforms import GroupMap, LinearMaps
 from workbench.validation import check_choice, check_int, check_models, check_number, check_pass
+from workbench.vocabulary import keyword_only
 
 __all__ = [
     "DEFAULT_EPSILON",
@@ -273,7 +274,7 @@ def _ot(
     if statistics is None:
         check_pass(data, passes["batch_size"], passes["max_batches"])
         statistics = collect_statistics(
-            [model_a, model_b], data, spec, specs=[spec, spec_b], **passes
+            [model_a, model_b], data=data, spec=spec, specs=[spec, spec_b], **passes
         )
     return {
         name: _group_map(name, group, spec_b.groups[name].size, statistics.get(name), epsilon)
@@ -293,12 +294,13 @@ def _ot(
     color=PALETTE["orange"],
     marker="v",
 )
+@keyword_only(("data", "spec"))
 def ot_maps(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     data: DataLike,
     spec: PermutationSpec | None = None,
-    *,
     spec_b: PermutationSpec | None = None,
     transport: str | None = None,
     epsilon: float = DEFAULT_EPSILON,
@@ -329,12 +331,13 @@ def ot_maps(
     return _ot(model_a, model_b, data, spec, spec_b, epsilon, statistics, passes)
 
 
+@keyword_only(("data", "spec"))
 def ot_fusion(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     data: DataLike,
     spec: PermutationSpec | None = None,
-    *,
     transport: str | None = None,
     epsilon: float = DEFAULT_EPSILON,
     statistics: dict[str, GroupStatistics] | None = None,
@@ -354,5 +357,5 @@ def ot_fusion(
     check_pass(data, batch_size, max_batches)
     options = {"transport": transport, "epsilon": epsilon, "statistics": statistics}
     passes = {"batch_size": batch_size, "max_batches": max_batches, "progress": progress}
-    result = match(model_a, model_b, "ot", data, spec, **options, **passes)
-    return apply_alignment(model_b, result, data, model_a)
+    result = match(model_a, model_b, method="ot", data=data, spec=spec, **options, **passes)
+    return apply_alignment(model_b, result=result, data=data, model_a=model_a)

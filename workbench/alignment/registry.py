@@ -29,7 +29,6 @@ split, never on test data.
 from __future__ import annotations
 
 import difflib
-import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -38,9 +37,11 @@ from typing import Any, Literal, TypeVar
 import torch
 from torch import nn
 
-from workbench.alignment.returned import check_aligned_models, check_merged_model
+from workbench.alignment.keywords import accepted_options, takes
+from workbench.alignment.returned import Merged, check_aligned_models, check_merged_model
 from workbench.data import DataLike
 from workbench.figures import PALETTE, forget_method_style, set_method_style
+from workbench.fingerprints import registered_fingerprint
 from workbench.graph import PermutationSpec
 from workbench.graph.transforms import (
     GroupMap,
@@ -54,7 +55,6 @@ from workbench.graph.transforms import (
 __all__ = [
     "AlignmentMethod",
     "Merged",
-    "accepted_options",
     "canonical_method",
     "get_method",
     "matching_methods",
@@ -79,31 +79,6 @@ _EXPECTED = {
 }
 
 
-def takes(function: Callable, option: str) -> bool:
-    """Whether ``function`` can be called with the keyword argument ``option``."""
-    parameters = inspect.signature(function).parameters.values()
-    return any(
-        p.kind is p.VAR_KEYWORD or (p.name == option and p.kind is not p.POSITIONAL_ONLY)
-        for p in parameters
-    )
-
-
-def accepted_options(function: Callable, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The entries of ``options`` that ``function`` takes as keyword arguments (all of
-    them if it takes ``**kwargs``): one call can then configure several methods."""
-    return {name: value for name, value in options.items() if takes(function, name)}
-
-
-@dataclass(frozen=True)
-class Merged:
-    """What a ``kind="merge"`` method returns: the merged ``model`` (before BatchNorm
-    handling) and the method's own ``report`` (ZipIt!'s :class:`ZipReport`, NP Merge's
-    validation curves and coefficients; ``None`` if it has none)."""
-
-    model: nn.Module
-    report: Any = None
-
-
 @dataclass(frozen=True)
 class AlignmentMethod:
     """A registered alignment method and what its consumers need to know about it.
@@ -126,6 +101,8 @@ class AlignmentMethod:
     its function takes ``spec_b=`` (B's spec) and returns GroupMaps ``A x B`` (OT fusion).
     ``quick``: options for a quick look (fewer learning steps), used with the searched
     hyperparameters fixed at their defaults (:func:`~workbench.alignment.options.quick_options`).
+    ``renamed``: former option name -> current name; a former name still works for one
+    release, with a ``FutureWarning`` (:func:`~workbench.alignment.options.renamed_options`).
     """
 
     name: str
@@ -139,6 +116,7 @@ class AlignmentMethod:
     uses_statistics: bool = False
     any_width: bool = False
     quick: Mapping[str, Any] = field(default_factory=dict)
+    renamed: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"Alignment method {self.name!r}"
@@ -172,9 +150,10 @@ class AlignmentMethod:
         object.__setattr__(self, "search", MappingProxyType(grids))
         object.__setattr__(self, "defaults", MappingProxyType(dict(self.defaults)))
         object.__setattr__(self, "quick", MappingProxyType(dict(self.quick)))
-        wrong = [name for name in self.quick if not self.accepts(name)]
+        object.__setattr__(self, "renamed", MappingProxyType(dict(self.renamed)))
+        wrong = [name for name in [*self.quick, *self.renamed.values()] if not self.accepts(name)]
         if wrong:
-            raise ValueError(f"{where}: quick= names options it does not take: {wrong}.")
+            raise ValueError(f"{where}: quick= or renamed= name options it does not take: {wrong}.")
 
     def accepts(self, option: str) -> bool:
         """Whether ``option`` means something to this method (a searched hyperparameter,
@@ -184,6 +163,19 @@ class AlignmentMethod:
             or takes(self.function, option)
             or (self.merger is not None and takes(self.merger, option))
         )
+
+    @property
+    def cache_key(self) -> str | None:
+        """What this method's results depend on, for the result cache: a hash of its
+        registration (kind, flags, grids, defaults, quick preset) and of its code (its
+        function and merger, the user's helpers they call, the globals they read), so that
+        a method fixed in a notebook and registered again gets new results. ``None``,
+        with a warning once per method, when its code cannot be fingerprinted: its
+        results are then not cached."""
+        functions = [self.function] + ([self.merger] if self.merger is not None else [])
+        settings = [self.kind, self.needs_data, self.preserves_function, self.uses_statistics]
+        settings += [self.any_width, dict(self.search), dict(self.defaults), dict(self.quick)]
+        return registered_fingerprint("method", self.name, functions, settings)
 
     def search_space(self, options: Mapping[str, Any]) -> dict[str, tuple]:
         """The values to try for each searched hyperparameter: the declared grid when
@@ -291,6 +283,7 @@ def register_method(
     uses_statistics: bool = False,
     any_width: bool = False,
     quick: Mapping[str, Any] | None = None,
+    renamed: Mapping[str, str] | None = None,
     label: str | None = None,
     color: str | None = None,
     marker: str | None = None,
@@ -320,6 +313,7 @@ def register_method(
             uses_statistics,
             any_width,
             quick or {},
+            renamed or {},
         )
         existing = _REGISTRY.get(name)
         if existing is not None and _qualified_name(existing.function) != _qualified_name(function):

@@ -12,6 +12,7 @@ registry runs these checks on every merge-kind method's model and every merger's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,7 +23,17 @@ from workbench.data import DataLike
 from workbench.modules import check_compatible, eval_mode, model_device
 from workbench.validation import check_logits
 
-__all__ = ["check_aligned_models", "check_merged_model", "check_model"]
+__all__ = ["Merged", "check_aligned_models", "check_merged_model", "check_model"]
+
+
+@dataclass(frozen=True)
+class Merged:
+    """What a ``kind="merge"`` method returns: the merged ``model`` (before BatchNorm
+    handling) and the method's own ``report`` (ZipIt!'s :class:`ZipReport`, NP Merge's
+    validation curves and coefficients; ``None`` if it has none)."""
+
+    model: nn.Module
+    report: Any = None
 
 
 def check_model(where: str, like: nn.Module, model: Any, same_structure: bool = True) -> None:

@@ -34,6 +34,7 @@ from workbench.evaluation import check_fits, forward_checked
 from workbench.graph import LayerPoint, PermutationGroup, PermutationSpec
 from workbench.graph.trace import trace_module
 from workbench.modules import eval_mode, model_device
+from workbench.vocabulary import keyword_only
 
 __all__ = [
     "ChannelMoments",
@@ -292,12 +293,13 @@ class _Accumulator:
         )
 
 
+@keyword_only(("data", "spec", "groups"))
 def collect_statistics(
     models: Sequence[nn.Module],
+    *,
     data: DataLike,
     spec: PermutationSpec,
     groups: Sequence[str] | None = None,
-    *,
     specs: Sequence[PermutationSpec] | None = None,
     batch_size: int = 500,
     max_batches: int | None = None,

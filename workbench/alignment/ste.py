@@ -62,6 +62,7 @@ from workbench.validation import (
     check_models,
     check_number,
 )
+from workbench.vocabulary import keyword_only
 
 __all__ = ["ste_matching"]
 
@@ -170,7 +171,7 @@ def _trajectory(
     optimizer = torch.optim.Adam(work.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
 
-    perm = weight_matching(work, model_b, spec, seed=seed)
+    perm = weight_matching(work, model_b, spec=spec, seed=seed)
     midpoint.project(perm)
     best, best_loss = perm, midpoint.held_out_loss(held_out, batch_size)
     yield 0, best, best_loss
@@ -194,7 +195,7 @@ def _trajectory(
             loss.backward()
             optimizer.step()
             step += 1
-            new = weight_matching(work, model_b, spec, init=perm, seed=seed)
+            new = weight_matching(work, model_b, spec=spec, init=perm, seed=seed)
             if any(not torch.equal(new[g], perm[g]) for g in perm):
                 perm = new
                 midpoint.project(perm)
@@ -216,12 +217,13 @@ def _trajectory(
     color=PALETTE["sky"],
     marker="P",
 )
+@keyword_only(("data", "spec"))
 def ste_matching(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     data: DataLike,
     spec: PermutationSpec | None = None,
-    *,
     steps: int = STEPS,
     lr: float = LR,
     batch_size: int = BATCH_SIZE,

@@ -34,6 +34,7 @@ from workbench.graph.transforms import (
 )
 from workbench.modules import clone, load_weighted_average_
 from workbench.validation import check_int, check_models
+from workbench.vocabulary import keyword_only
 
 __all__ = ["merge_weight_matching", "weight_matching"]
 
@@ -76,10 +77,10 @@ def merge_weight_matching(
         for i in torch.randperm(len(models), generator=generator).tolist():
             rest = [m.state_dict() for j, m in enumerate(aligned) if j != i]
             others = load_weighted_average_(clone(models[i]), rest, [1.0 / len(rest)] * len(rest))
-            perm = weight_matching(others, models[i], spec, init=perms[i], seed=seed)
+            perm = weight_matching(others, models[i], spec=spec, init=perms[i], seed=seed)
             if any(not torch.equal(perm[g], perms[i][g]) for g in perm):
                 perms[i], changed = perm, True
-                aligned[i] = apply_permutation(models[i], spec, perm)
+                aligned[i] = apply_permutation(models[i], spec=spec, perm=perm)
         if not changed:
             break
     return aligned
@@ -106,12 +107,13 @@ def _similarity(w_a: torch.Tensor, w_b: torch.Tensor, ax: Axis, size: int) -> to
     color=PALETTE["blue"],
     marker="o",
 )
+@keyword_only(("spec", "data"))
 def weight_matching(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     spec: PermutationSpec | None = None,
     data: DataLike | None = None,
-    *,
     example_input: torch.Tensor | None = None,
     max_iter: int = 100,
     seed: int = 0,

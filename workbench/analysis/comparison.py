@@ -12,8 +12,10 @@ accuracy per part (:func:`workbench.evaluation.per_part_accuracy`).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,8 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.alignment import registry
-from workbench.alignment.method_keys import method_key
-from workbench.alignment.options import check_options
+from workbench.alignment.options import check_options, renamed_options
 from workbench.analysis.engine import resolve_cache
 from workbench.cache import ResultCache
 from workbench.data import DataLike
@@ -40,10 +41,9 @@ from workbench.figures import (
     save_table,
     series_label,
 )
-from workbench.fingerprints import data_fingerprint, fingerprints
 from workbench.merging import check_bn, ensemble, get_bn, merge_many
 from workbench.merging.ensemble import COMBINE
-from workbench.merging.pipeline import renamed_options
+from workbench.vocabulary import keyword_only
 
 __all__ = ["COLUMNS", "ENSEMBLES", "REFERENCES", "compare_methods", "plot_comparison"]
 
@@ -54,19 +54,21 @@ REFERENCES = ("endpoints", *ENSEMBLES)
 """The rows that are no merge: the models themselves and their output ensembles."""
 
 
+@keyword_only(("data", "eval_data", "methods", "sizes", "bn"))
 def compare_methods(
     models: Sequence[nn.Module],
+    *,
     data: DataLike,
     eval_data: DataLike,
     methods: Sequence[str] | None = None,
     sizes: Sequence[int] | None = None,
     bn: str | None = "reset",
-    *,
     csv: str | Path | None = None,
     progress: bool = True,
     cache: ResultCache | bool = True,
     parts: Sequence | None = None,
-    **merge_options,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    **merge_options: Any,
 ) -> pd.DataFrame:
     """Merge the first N of ``models`` for each N in ``sizes`` (default 2..len(models))
     with each method in ``methods`` (default: every registered one,
@@ -74,11 +76,17 @@ def compare_methods(
 
     Returns a tidy table with the columns in :data:`COLUMNS`: ``method`` by its display
     name (``"naive"`` for plain averaging, as in every figure), ``bn`` as text
-    (``"none"`` for no handling); written to ``csv`` too when given. ``merge_options``
-    go to :func:`workbench.merging.merge_many` (e.g. ``gamma=``, ``reference=``): each
-    method gets merge_many's own options and those it takes (``gamma`` goes to CCA only,
-    and enters only CCA's cache key); an option none of ``methods`` takes is an error
-    before any work.
+    (``"none"`` for no handling); written to ``csv`` too when given.
+
+    ``options``: each method's own options, by method name, e.g. ``options={"cca":
+    {"gamma": 0.1}, "ste": {"steps": 50}, "np_merge": {"steps": 20}}`` (a group of a
+    registered method not compared is not used, so that one dict can configure every
+    comparison); an unknown method name, or an option its method does not take, is an
+    error before any work, which lists the method's options. ``merge_options``: the options of
+    :func:`workbench.merging.merge_many` itself, for every method (``reference=``,
+    ``seed=``, ``val_fraction=``, ``batch_size=``, ...). A method's option given there
+    instead (the former way) still goes to the methods that take it, with a
+    ``FutureWarning``.
 
     After the merges come, for each N, the reference rows (:data:`REFERENCES`; ``bn``
     ``"-"``, ``seconds`` 0, no ``gamma`` or ``reference``): ``"endpoints"``, the mean
@@ -112,41 +120,39 @@ def compare_methods(
     if bad:
         raise ValueError(f"sizes must lie in 2..{len(models)} (the models given), got {bad}.")
     bn = check_bn(bn, models[0])
-    taken_here = ("models", "data", "method", "bn", "progress")
-    own = [p for p in inspect.signature(merge_many).parameters if p not in taken_here]
-    merge_options = renamed_options(merge_options)
-    check_options(methods, merge_options, own=own)
+    groups = _option_groups(methods, options, merge_options)
     weights = None if parts is None else part_class_weights(parts)
     # the parts enter the keys only when given, so that rows without them stay cached
     with_parts = {} if weights is None else {"parts": [sorted(w.items()) for w in weights]}
 
     def measure(model: nn.Module) -> list[float]:
         """Accuracy and loss on eval_data, then the per-part accuracies (if any)."""
-        metrics = evaluate(model, eval_data)
-        extra = [] if weights is None else per_part_accuracy(model, eval_data, weights)
+        metrics = evaluate(model, eval_data=eval_data)
+        extra = (
+            [] if weights is None else per_part_accuracy(model, eval_data=eval_data, parts=weights)
+        )
         return [metrics.accuracy, metrics.loss, *extra]
 
     endpoint = [measure(m) for m in models]
     store = resolve_cache(cache)
-    model_keys = fingerprints(models)
     rows = []
     jobs = [(n, method) for n in sizes for method in methods]
     for n, method in tqdm(jobs, desc="compare methods", disable=not progress):
-        taken = registry.get_method(method).accepts
-        options = {k: v for k, v in merge_options.items() if k in own or taken(k)}
-        plain = all(_is_plain(value) for value in options.values())
+        given = groups[method]
         key = store.key(
-            models=model_keys and model_keys[:n],
-            data=data_fingerprint(data),
-            eval_data=data_fingerprint(eval_data),
-            method=method_key(method),
-            bn=get_bn(bn).key,
-            options=options if plain else None,
+            models=models[:n],
+            data=data,
+            eval_data=eval_data,
+            method=registry.get_method(method),
+            bn=get_bn(bn),
+            options=given,
             **with_parts,
         )
 
-        def merge(n: int = n, method: str = method, options: dict = options) -> tuple[dict, dict]:
-            result = merge_many(models[:n], data, method, bn=bn, progress=False, **options)
+        def merge(n: int = n, method: str = method, given: dict = given) -> tuple[dict, dict]:
+            result = merge_many(
+                models[:n], data=data, method=method, bn=bn, progress=False, **given
+            )
             accuracy, loss, *extra = measure(result.model)
             report = result.report
             row = [accuracy, loss, report.seconds, report.gamma, report.reference, *extra]
@@ -159,14 +165,14 @@ def compare_methods(
         rows.append(["endpoints", n, "-", accuracy, loss, 0.0, None, None, *extra])
         for name, combine in ENSEMBLES.items():
             key = store.key(
-                models=model_keys and model_keys[:n],
-                eval_data=data_fingerprint(eval_data),
+                models=models[:n],
+                eval_data=eval_data,
                 ensemble=combine,
                 **with_parts,
             )
 
             def evaluate_ensemble(n: int = n, combine: str = combine) -> tuple[dict, dict]:
-                return {}, {"row": measure(ensemble(models[:n], combine))}
+                return {}, {"row": measure(ensemble(models[:n], combine=combine))}
 
             _, found = store.get_or_compute("compare-ensembles", key, evaluate_ensemble)
             accuracy, loss, *extra = found["row"]
@@ -178,13 +184,49 @@ def compare_methods(
     return table
 
 
-def _is_plain(value: object) -> bool:
-    """Whether ``value`` is JSON data whose text determines it (safe in a cache key)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
-    return False
+def _option_groups(
+    methods: Sequence[str],
+    options: Mapping[str, Mapping[str, Any]] | None,
+    merge_options: Mapping[str, Any],
+) -> dict[str, dict[str, Any]]:
+    """Each method's options for ``merge_many``: ``merge_many``'s own, then the method's
+    group of ``options`` (former option names renamed), checked before any work; a
+    method option given among ``merge_options`` (the former way) goes to the methods that
+    take it, with one ``FutureWarning``."""
+    taken_here = ("models", "data", "method", "bn", "progress", "options")
+    own = [p for p in inspect.signature(merge_many).parameters if p not in taken_here]
+    options = {} if options is None else options
+    if not isinstance(options, Mapping) or not all(
+        isinstance(g, Mapping) for g in options.values()
+    ):
+        raise TypeError(
+            "options must map method names to their options, e.g. options={'cca': {'gamma': "
+            f"0.1}}, got {options!r}."
+        )
+    named = {registry.get_method(name).name: group for name, group in options.items()}
+    shared = {k: v for k, v in merge_options.items() if k in own}
+    loose = {k: v for k, v in merge_options.items() if k not in own}
+    found = {method: registry.get_method(method) for method in methods}
+    unused = [k for k in loose if not any(m.accepts(k) or k in m.renamed for m in found.values())]
+    check_options(methods, {k: loose[k] for k in unused}, own=own)
+    if loose:
+        warnings.warn(
+            f"compare_methods(..., {', '.join(f'{k}=' for k in loose)}): a method's options "
+            "now go in its own group, options={'<method>': {...}}; given among merge_many's "
+            "options they reach the methods that take them until the next release.",
+            FutureWarning,
+            stacklevel=3,
+        )
+    groups = {}
+    for method, m in found.items():
+        with warnings.catch_warnings():  # the one warning above covers the former way
+            warnings.simplefilter("ignore", FutureWarning)
+            taken = renamed_options(m, {k: v for k, v in loose.items() if k in m.renamed})
+        taken |= {k: v for k, v in loose.items() if m.accepts(k)}
+        group = renamed_options(m, named.get(method, {}))
+        check_options([method], group)
+        groups[method] = {**shared, **taken, **group}
+    return groups
 
 
 def plot_comparison(

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -32,17 +31,18 @@ from workbench.alignment import (
     get_method,
     match,
     matching_methods,
-    method_key,
 )
 from workbench.analysis.engine import check_data, resolve_cache
-from workbench.analysis.lmc import LMCCurve, barrier_table, cached_curves, data_key, lmc_curves
+from workbench.analysis.lmc import LMCCurve, barrier_table, cached_curves, lmc_curves
 from workbench.cache import ResultCache
 from workbench.data import DataLike
-from workbench.figures import color_for, figure_for, paper_style, save_table
-from workbench.fingerprints import data_fingerprint, fingerprints
+from workbench.figures import color_for, figure_for, paper_style
+from workbench.fingerprints import fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merging import check_bn, get_bn
+from workbench.results import Result
 from workbench.validation import check_models
+from workbench.vocabulary import keyword_only
 
 __all__ = [
     "MatchedCorrelations",
@@ -72,7 +72,7 @@ def graph_order(spec: PermutationSpec) -> list[str]:
 
 
 @dataclass(frozen=True)
-class MatchedCorrelations:
+class MatchedCorrelations(Result):
     """Per group (graph order), the correlation of each of A's units with B's unit of the
     same index (``before``) and with B's unit that ``method`` matched to it (``after``)."""
 
@@ -119,22 +119,19 @@ class MatchedCorrelations:
             ]
         )
 
-    def write_csv(self, path: str | Path) -> Path:
-        """Write the tidy table to ``path`` (folders created)."""
-        return save_table(self.table, path)
-
     def plot(self, ax: Axes | None = None) -> Figure:
         """Box plots per group; see :func:`plot_matched_correlations`."""
         return plot_matched_correlations(self, ax=ax)
 
 
+@keyword_only(("data", "method", "spec"))
 def matched_correlations(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     data: DataLike,
     method: str = "activation",
     spec: PermutationSpec | None = None,
-    *,
     batch_size: int = 500,
     progress: bool = True,
     cache: ResultCache | bool = True,
@@ -154,19 +151,18 @@ def matched_correlations(
     check_data(model_a, {getattr(data, "split", "data"): data})
     store = resolve_cache(cache)
     key = store.key(
-        models=fingerprints([model_a, model_b]),
-        method=method_key(method),
-        data=data_fingerprint(data),
-        batch_size=batch_size,
+        models=[model_a, model_b], method=get_method(method), data=data, batch_size=batch_size
     )
 
     def compute() -> tuple[dict[str, torch.Tensor], dict]:
         found_spec = resolve_spec(model_a, spec, data=data)
         stats = collect_statistics(
-            [model_a, model_b], data, found_spec, batch_size=batch_size, progress=progress
+            [model_a, model_b], data=data, spec=found_spec, batch_size=batch_size, progress=progress
         )
         reuse = {"statistics": stats} if get_method(method).uses_statistics else {}
-        perm = match(model_a, model_b, method, data, found_spec, **reuse).permutation
+        perm = match(
+            model_a, model_b, method=method, data=data, spec=found_spec, **reuse
+        ).permutation
         tensors = {}
         for group in graph_order(found_spec):
             if group in stats:
@@ -235,7 +231,7 @@ def plot_matched_correlations(result: MatchedCorrelations, ax: Axes | None = Non
 
 
 @dataclass(frozen=True)
-class PartialAlignment:
+class PartialAlignment(Result):
     """The curves with the first k groups aligned, k = 0 .. len(groups) (graph order);
     each curve's ``settings["groups_aligned"]`` is its k."""
 
@@ -256,18 +252,16 @@ class PartialAlignment:
         """The table (see :attr:`table`)."""
         return self.table
 
-    def write_csv(self, path: str | Path) -> Path:
-        """Write the table to ``path`` (folders created)."""
-        return save_table(self.table, path)
-
     def plot(self, metric: str = "barrier", ax: Axes | None = None) -> Figure:
         """The barrier against k; see :func:`plot_partial_alignment`."""
         return plot_partial_alignment(self, metric, ax=ax)
 
 
+@keyword_only(("data", "eval_data", "method", "bn", "alphas", "spec", "progress"))
 def partial_alignment(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     data: DataLike,
     eval_data: DataLike | Mapping[str, DataLike],
     method: str = "weight",
@@ -275,7 +269,6 @@ def partial_alignment(
     alphas: int | Sequence[float] = 5,
     spec: PermutationSpec | None = None,
     progress: bool = True,
-    *,
     batch_size: int = 500,
     cache: ResultCache | bool = True,
 ) -> PartialAlignment:
@@ -292,19 +285,19 @@ def partial_alignment(
     )
     store = resolve_cache(cache)
     key = store.key(
-        models=fingerprints([model_a, model_b]),
-        method=method_key(method),
-        data=data_fingerprint(data),
-        eval_data=data_key(splits),
-        bn=get_bn(bn).key,
-        alphas=alphas if isinstance(alphas, int) else list(alphas),
+        models=[model_a, model_b],
+        method=get_method(method),
+        data=data,
+        eval_data=splits,
+        bn=get_bn(bn),
+        alphas=alphas,
         batch_size=batch_size,
     )
     spec = resolve_spec(model_a, spec, data=data)
     names = graph_order(spec)
 
     def compute() -> list[LMCCurve]:
-        perm = match(model_a, model_b, method, data, spec).permutation
+        perm = match(model_a, model_b, method=method, data=data, spec=spec).permutation
         curves = []
         for k in tqdm(range(len(names) + 1), desc="partial alignment", disable=not progress):
             partial = {
@@ -313,11 +306,11 @@ def partial_alignment(
             }
             found = lmc_curves(
                 model_a,
-                apply_permutation(model_b, spec, partial),
-                splits,
-                alphas,
-                bn,
-                bn_data=data,
+                apply_permutation(model_b, spec=spec, perm=partial),
+                eval_data=splits,
+                data=data,
+                alphas=alphas,
+                bn=bn,
                 label=method,
                 spec=spec,
                 batch_size=batch_size,

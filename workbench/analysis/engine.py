@@ -50,16 +50,21 @@ def resolve_cache(cache: ResultCache | bool) -> ResultCache:
     return cache
 
 
-def check_data(model: nn.Module, data: Mapping[str, DataLike]) -> None:
-    """Fail before any work if a split cannot give correct numbers for ``model``: it is
-    empty, does not fit the model, or (checked whole for in-memory data, batch by batch
-    otherwise: :func:`workbench.validation.check_data`) holds non-finite inputs or labels
-    the model does not score."""
-    if not data:
-        raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
+def check_data(
+    model: nn.Module, eval_data: Mapping[str, DataLike], data: DataLike | None = None
+) -> None:
+    """Fail before any work if a split of ``eval_data``, or the training ``data`` that the
+    BatchNorm handling fits on, cannot give correct numbers for ``model``: it is empty,
+    does not fit the model, or (checked whole for in-memory data, batch by batch
+    otherwise: :func:`workbench.validation.check_data`) holds non-finite inputs or (for
+    ``eval_data``) labels the model does not score."""
+    if not eval_data:
+        raise ValueError("eval_data must name at least one split, e.g. {'test': test_set}.")
     check_models(model)
-    for split, split_data in data.items():  # BatchNorm statistics need inputs only
-        check_fits(model, split_data, f"{split!r} data", labels=split != "bn_data")
+    for split, split_data in eval_data.items():
+        check_fits(model, split_data, f"{split!r} data", labels=True)
+    if data is not None:  # BatchNorm statistics need inputs only
+        check_fits(model, data, "data", labels=False)
 
 
 def evaluate_points(
@@ -93,7 +98,7 @@ def evaluate_points(
         if correct is not None:
             correct(work, weights)
         for split, split_data in splits.items():
-            metrics = evaluate(work, split_data, batch_size)
+            metrics = evaluate(work, eval_data=split_data, batch_size=batch_size)
             losses[split].append(metrics.loss)
             accuracies[split].append(metrics.accuracy)
     return {split: (np.array(losses[split]), np.array(accuracies[split])) for split in splits}

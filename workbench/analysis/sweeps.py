@@ -18,7 +18,6 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,14 +26,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from workbench.alignment.method_keys import method_key
+from workbench.alignment import get_method
 from workbench.analysis.engine import resolve_cache
 from workbench.analysis.lmc import (
     LMCCurve,
     barrier_table,
     cached_curves,
     curves_frame,
-    data_key,
     pairwise_curves,
 )
 from workbench.cache import ResultCache
@@ -45,12 +43,13 @@ from workbench.figures import (
     figure_for,
     marker_for,
     paper_style,
-    save_table,
     series_label,
 )
-from workbench.fingerprints import data_fingerprint, fingerprint
+from workbench.fingerprints import fingerprint
 from workbench.merging import check_bn, get_bn
+from workbench.results import Result
 from workbench.training import train_models
+from workbench.vocabulary import keyword_only
 from workbench.zoo import create_model
 
 __all__ = ["Sweep", "plot_sweep", "sweep"]
@@ -66,7 +65,7 @@ _METRICS = {
 
 
 @dataclass(frozen=True)
-class Sweep:
+class Sweep(Result):
     """The curves of a sweep over ``parameter`` (``"width"`` or ``"epochs"``).
 
     Each curve's settings hold the swept value (under the parameter's name), its pair of
@@ -93,10 +92,6 @@ class Sweep:
     def curves_frame(self) -> pd.DataFrame:
         """Every curve point as a tidy table, with the swept value and the pair."""
         return curves_frame(self.curves, settings=(self.parameter, "pair"))
-
-    def write_csv(self, path: str | Path) -> Path:
-        """Write the table to ``path`` (folders created)."""
-        return save_table(self.table, path)
 
     def plot(self, metric: str = "barrier", ax: Axes | None = None) -> Figure:
         """``metric`` against the swept setting; see :func:`plot_sweep`."""
@@ -176,12 +171,13 @@ def _check_values(parameter: str, values: Sequence[float]) -> list[float]:
     return [int(v) if parameter == "epochs" else float(v) for v in values]
 
 
+@keyword_only(("data", "eval_data"), renamed={"train": "data", "test": "eval_data"})
 def sweep(
     parameter: str,
     values: Sequence[float],
-    train: DataLike,
-    test: DataLike,
     *,
+    data: DataLike,
+    eval_data: DataLike,
     epochs: int = 4,
     architecture: str = "cnn",
     model_kwargs: Mapping | None = None,
@@ -199,10 +195,10 @@ def sweep(
     trained for ``epochs``) or ``"epochs"`` (training time; width from ``model_kwargs``,
     default 1).
 
-    For each value, one model per seed in ``seeds`` is trained on ``train`` (models that
-    differ only by seed), every pair is aligned by each of ``methods`` (on ``train``) and
-    its curve measured on ``splits`` (``"train"`` and/or ``"test"``) with ``bn`` handling
-    on ``train``. ``model_kwargs`` go to :func:`workbench.create_model` (classes and input
+    For each value, one model per seed in ``seeds`` is trained on ``data`` (models that
+    differ only by seed), every pair is aligned by each of ``methods`` (on ``data``) and
+    its curve measured on ``splits`` (``"train"``: ``data``, and/or ``"test"``:
+    ``eval_data``) with ``bn`` handling on ``data``. ``model_kwargs`` go to :func:`workbench.create_model` (classes and input
     channels default to the dataset's), ``train_kwargs`` to :func:`workbench.train_model`.
     Each value is cached (``cache=False`` bypasses; custom augmentations are never cached).
     """
@@ -216,8 +212,8 @@ def sweep(
         raise ValueError(f"splits must be 'train' and/or 'test', got {list(splits)}.")
     if not methods:
         raise ValueError("Give at least one method, e.g. methods=('none', 'weight').")
-    data = {split: {"train": train, "test": test}[split] for split in splits}
-    kwargs = _model_kwargs(train, model_kwargs)
+    splits_data = {split: {"train": data, "test": eval_data}[split] for split in splits}
+    kwargs = _model_kwargs(data, model_kwargs)
     bn = check_bn(bn, create_model(architecture, **kwargs))  # before any training
     store = resolve_cache(cache)
     recipe = {
@@ -228,20 +224,19 @@ def sweep(
         "train_kwargs": _json_or_none(train_kwargs),
     }
     settings = {**recipe, "methods": list(methods), "bn": bn, "alphas": alphas}
-    method_keys = [method_key(m) for m in methods]
     curves = []
     for value in tqdm(values, desc=f"{parameter} sweep", disable=not progress):
         point_kwargs = {**kwargs, "width": value} if parameter == "width" else kwargs
         point_epochs = value if parameter == "epochs" else epochs
         key = store.key(
-            **recipe,
+            **{**recipe, "train_kwargs": train_kwargs},
             parameter=parameter,
             value=value,
-            train=data_fingerprint(train),
-            data=data_key(data),
-            methods=None if None in method_keys else method_keys,
-            bn=get_bn(bn).key,
-            alphas=alphas if isinstance(alphas, int) else list(alphas),
+            data=data,
+            eval_data=splits_data,
+            methods=[get_method(m) for m in methods],
+            bn=get_bn(bn),
+            alphas=alphas,
             batch_size=batch_size,
         )
 
@@ -249,7 +244,7 @@ def sweep(
             models = train_models(
                 architecture,
                 list(seeds),
-                train,
+                data,
                 int(point_epochs),
                 model_kwargs=point_kwargs,
                 progress=progress,
@@ -259,11 +254,11 @@ def sweep(
             for method in methods:
                 found += pairwise_curves(
                     models,
-                    data,
-                    alphas,
-                    bn,
-                    method,
-                    bn_data=train,
+                    eval_data=splits_data,
+                    data=data,
+                    alphas=alphas,
+                    bn=bn,
+                    method=method,
                     batch_size=batch_size,
                     progress=False,
                     cache=False,

@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--option",
         action="append",
         metavar="NAME=VALUE",
-        help="an option of the methods, e.g. gamma=0.3, learn_steps=50, alpha=0.5 "
+        help="an option of the methods: NAME=VALUE for every method that takes it, or "
+        "METHOD.NAME=VALUE for one, e.g. gamma=0.3, np_merge.steps=50, ste.steps=20 "
         "(repeatable; an option no method given takes is an error)",
     )
     merge.set_defaults(run=run_merge)

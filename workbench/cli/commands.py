@@ -9,13 +9,14 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 
 from workbench import figures
 from workbench.alignment import registry
-from workbench.alignment.options import quick_options
+from workbench.alignment.options import check_options, quick_options
 from workbench.analysis.comparison import compare_methods, plot_comparison
 from workbench.analysis.lmc import (
     barrier_table,
@@ -122,8 +123,8 @@ def run_demo(args: argparse.Namespace) -> int:
     curves = []
     for method, handling in series:
         curves += pairwise_curves(
-            [model_a, model_b], {"test": test}, args.alphas, handling, method,
-            bn_data=reset_data, progress=True, cache=not args.no_cache,
+            [model_a, model_b], eval_data={"test": test}, data=reset_data, alphas=args.alphas,
+            bn=handling, method=method, progress=True, cache=not args.no_cache,
         )  # fmt: skip
     fig, axes = figures.new_figure(columns=2, aspect=0.4, ncols=2)
     plot_curves(curves, "loss", ax=axes[0], legend=False)
@@ -184,10 +185,10 @@ def run_lmc(args: argparse.Namespace) -> int:
     for method in args.methods:
         curves += pairwise_curves(
             models,
-            {"train": train, "test": test},
-            args.alphas,
-            args.bn,
-            method,
+            eval_data={"train": train, "test": test},
+            alphas=args.alphas,
+            bn=args.bn,
+            method=method,
             cache=not args.no_cache,
         )
     fig, axes = figures.new_figure(columns=2, aspect=0.4, ncols=2)
@@ -205,24 +206,44 @@ def run_lmc(args: argparse.Namespace) -> int:
     return 0
 
 
-def merge_options(methods: Sequence[str], quick: bool, given: Sequence[str] | None) -> dict:
-    """The methods' options: with ``quick``, each method's quick preset (searched
-    hyperparameters at their defaults, fewer learning steps); then every ``NAME=VALUE``
-    of ``--option`` (the value read as a Python literal: ``0.1``, ``(0.1, 1.0)``,
-    ``None``, else as text)."""
-    options = {}
-    if quick:
-        for method in methods:
-            options.update(quick_options(registry.get_method(method)))
+def merge_options(
+    methods: Sequence[str], quick: bool, given: Sequence[str] | None
+) -> dict[str, dict[str, Any]]:
+    """Each method's own options (method name -> options, as ``compare_methods`` takes
+    them): with ``quick``, its quick preset (searched hyperparameters at their defaults,
+    fewer learning steps); then every ``--option``: ``METHOD.NAME=VALUE`` for one method,
+    or ``NAME=VALUE`` for every method given that takes it (an option none takes is an
+    error). Values are read as Python literals (``0.1``, ``(0.1, 1.0)``, ``None``), else
+    as text."""
+    found = {m: registry.get_method(m) for m in map(registry.canonical_method, methods)}
+    groups = {m: dict(quick_options(found[m])) if quick else {} for m in found}
     for item in given or ():
-        name, sep, text = item.partition("=")
+        target, sep, text = item.partition("=")
+        scope, _, name = target.rpartition(".")
         if not sep or not name.isidentifier():
-            raise ValueError(f"--option takes NAME=VALUE (e.g. gamma=0.1), got {item!r}.")
+            raise ValueError(
+                f"--option takes NAME=VALUE or METHOD.NAME=VALUE (e.g. gamma=0.1, "
+                f"np_merge.steps=50), got {item!r}."
+            )
         try:
-            options[name] = ast.literal_eval(text)
+            value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            options[name] = text
-    return options
+            value = text
+        if scope:
+            scope = registry.canonical_method(scope)
+            if scope not in groups:
+                raise ValueError(
+                    f"--option {item!r} names the method {scope!r}, which is not among "
+                    f"--methods {list(groups)}."
+                )
+            groups[scope][name] = value
+            continue
+        takers = [m for m in groups if found[m].accepts(name) or name in found[m].renamed]
+        if not takers:
+            check_options(list(groups), {name: value})  # raises, naming who takes it
+        for method in takers:
+            groups[method][name] = value
+    return {method: group for method, group in groups.items() if group}
 
 
 def run_merge(args: argparse.Namespace) -> int:
@@ -231,7 +252,15 @@ def run_merge(args: argparse.Namespace) -> int:
     train, test = read_splits(args.dataset, args.limit)
     bn, cache = args.bn, not args.no_cache
     options = merge_options(args.methods, args.quick, args.option)
-    table = compare_methods(models, train, test, args.methods, bn=bn, cache=cache, **options)
+    table = compare_methods(
+        models,
+        data=train,
+        eval_data=test,
+        methods=args.methods,
+        bn=bn,
+        cache=cache,
+        options=options,
+    )
     written = write(plot_comparison(table), {"": table}, STEMS["merge"](args))
     print(f"Merging the first N of {', '.join(names)} ({args.dataset}, bn={args.bn}):")
     report(table, written, started)
@@ -244,12 +273,12 @@ def run_plane(args: argparse.Namespace) -> int:
     train, test = read_splits(args.dataset, args.limit)
     plane = loss_plane(
         models,
-        {"train": train, "test": test}[args.split],
-        args.resolution,
-        args.bn,
+        eval_data={"train": train, "test": test}[args.split],
+        data=train,
+        resolution=args.resolution,
+        bn=args.bn,
         method=args.method,
         margin=args.margin,
-        bn_data=train,
         labels=names,
         cache=not args.no_cache,
     )
@@ -268,8 +297,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     result = sweep(
         args.parameter,
         args.values,
-        train,
-        test,
+        data=train,
+        eval_data=test,
         epochs=args.epochs,
         architecture=args.arch,
         model_kwargs={} if args.parameter == "width" else {"width": args.width},

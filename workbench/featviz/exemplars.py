@@ -18,7 +18,11 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import pandas as pd
 import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
@@ -27,15 +31,18 @@ from workbench.batching import batches
 from workbench.cache import ResultCache, default_cache
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
+from workbench.featviz.display import montage, show_image
 from workbench.featviz.render import check_channels, resolve_layer
-from workbench.fingerprints import data_fingerprint, fingerprint
+from workbench.figures import figure_for, paper_style
 from workbench.modules import eval_mode, model_device
+from workbench.results import Result
+from workbench.vocabulary import keyword_only
 
 __all__ = ["Exemplars", "top_exemplars"]
 
 
-@dataclass
-class Exemplars:
+@dataclass(frozen=True)
+class Exemplars(Result):
     """Per requested channel (rows), the ``k`` most exciting images, best first:
     ``indices`` into the dataset (C, k; -1 where the data has no indices: a DataLoader
     over an iterable-style dataset), ``scores`` (C, k), ``maps`` the activation maps
@@ -48,6 +55,30 @@ class Exemplars:
     scores: torch.Tensor
     maps: torch.Tensor
     images: torch.Tensor
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (channel, rank): the image's index in the dataset and its score."""
+        k = self.scores.shape[1]
+        return pd.DataFrame(
+            {
+                "layer": self.layer,
+                "channel": np.repeat(self.channels, k),
+                "rank": np.tile(np.arange(k), len(self.channels)),
+                "index": self.indices.reshape(-1).numpy(),
+                "score": self.scores.reshape(-1).float().numpy(),
+            }
+        )
+
+    def plot(self, ax: Axes | None = None, columns: int | None = None) -> Figure:
+        """The top images, one row per channel (best first, each scaled to its own range),
+        tiled into one picture on ``ax``."""
+        fig, ax = figure_for(ax)
+        k = self.images.shape[1]
+        columns = columns or k
+        with paper_style():
+            show_image(ax, montage(self.images.flatten(0, 1), columns=columns))
+            ax.set_title(f"{self.layer}: top {k} images of units {list(self.channels)}", fontsize=7)
+        return fig
 
 
 class _RecordingSampler:
@@ -176,13 +207,14 @@ def _complete(found: dict[str, torch.Tensor], channels: int, size: int) -> bool:
     )
 
 
+@keyword_only(("layer", "data", "channels", "k"))
 def top_exemplars(
     model: nn.Module,
+    *,
     layer: str,
     data: DataLike,
     channels: int | Sequence[int] | None = None,
     k: int = 9,
-    *,
     cache: ResultCache | bool = True,
     progress: bool = True,
 ) -> Exemplars:
@@ -201,8 +233,8 @@ def top_exemplars(
         raise ValueError(f"k must be at least 1, got {k}.")
     store = default_cache() if cache is True else (cache or ResultCache(enabled=False))
     key = store.key(
-        model=fingerprint(model) if store.enabled else None,
-        data=data_fingerprint(data) if store.enabled else None,
+        model=model,
+        data=data,
         layer=layer,
         channels=channels,
         k=k,

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 from workbench import validation
 from workbench.cache import ResultCache, default_cache
 from workbench.checkpoints import recorded_dataset_info
-from workbench.fingerprints import fingerprint
 from workbench.modules import eval_mode, model_device
+from workbench.vocabulary import keyword_only
 
 __all__ = [
     "channel_count",
@@ -193,13 +193,14 @@ def _one_image(size: int) -> Callable[[dict[str, torch.Tensor], dict], bool]:
     return valid
 
 
+@keyword_only(("layer", "channels", "steps", "seed"))
 def render_channels(
     model: nn.Module,
+    *,
     layer: str,
     channels: int | Sequence[int],
     steps: int = 128,
     seed: int = 0,
-    *,
     size: int | None = None,
     lr: float = 0.2,
     cache: ResultCache | bool = True,
@@ -226,8 +227,8 @@ def render_channels(
     # the input normalization (from the checkpoint's dataset) shapes the images too
     settings = {"layer": layer, "steps": steps, "seed": seed, "size": size, "lr": lr}
     settings.update(mean=list(mean), std=list(std))
-    model_key = fingerprint(model) if store.enabled else None
-    keys = {c: store.key(model=model_key, channel=c, version=1, **settings) for c in channels}
+    model_key = store.key(model=model, version=1, **settings)
+    keys = {c: model_key and store.key(render=model_key, channel=c) for c in channels}
     images: dict[int, torch.Tensor] = {}
     for channel in channels:
         hit = store.load("render", keys[channel], expect=("image",), valid=_one_image(size))

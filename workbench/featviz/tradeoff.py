@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from torch import nn
@@ -40,10 +41,11 @@ from torch import nn
 from workbench.batching import batches
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
+from workbench.featviz.display import show_image
 from workbench.featviz.render import check_channels, input_format, render_channels, resolve_layer
-from workbench.featviz.views import _show_image
-from workbench.figures import color_for, new_figure, paper_style
+from workbench.figures import color_for, figure_for, new_figure, paper_style
 from workbench.modules import eval_mode, model_device
+from workbench.results import Result
 
 __all__ = ["StepsTradeoff", "render_quality", "steps_tradeoff"]
 
@@ -124,7 +126,7 @@ def render_quality(
 
 
 @dataclass(frozen=True)
-class StepsTradeoff:
+class StepsTradeoff(Result):
     """Feature visualizations of ``channels`` of ``layer`` after each number of ``steps``:
     ``images[s]`` (N, H, W, C); ``seconds[s]``, the wall-clock time of rendering all N
     channels (uncached), and ``cpu_seconds[s]``, the CPU time the process spent on it (all
@@ -165,10 +167,15 @@ class StepsTradeoff:
             }
         )
 
-    def plot(self, shown: int = 4) -> Figure:
+    def plot(self, ax: Axes | None = None, shown: int = 4) -> Figure:
         """Left, the first ``shown`` channels' pictures, one row per step count (quality
         under each); right, mean and worst quality (top) and seconds (bottom) against
-        steps."""
+        steps. Given ``ax``, only the quality against steps, on it."""
+        if ax is not None:
+            fig, ax = figure_for(ax)
+            with paper_style():
+                self._plot_quality(ax)
+            return fig
         shown = min(shown, len(self.channels))
         side = 3  # grid columns taken by the two line plots
         rows = len(self.steps)
@@ -183,29 +190,16 @@ class StepsTradeoff:
         for ax in axes[:, shown:].flat:
             ax.remove()
         steps = np.array(self.steps)
-        color = color_for("quality", 0)
         with paper_style():
             for r, count in enumerate(self.steps):
                 for c in range(shown):
                     ax = axes[r, c]
                     title = f"unit {self.channels[c]}" if r == 0 else None
-                    _show_image(ax, self.images[count][c], title)
+                    show_image(ax, self.images[count][c], title)
                     ax.set_xlabel(f"{float(self.quality[r, c]):.2f}", fontsize=6, labelpad=1)
                 axes[r, 0].set_ylabel(f"{count} steps", fontsize=7)
             ax_q = fig.add_subplot(right[0])
-            ax_q.plot(steps, self.mean_quality().numpy(), "o-", color=color, label="mean")
-            ax_q.plot(
-                steps,
-                np.nanmin(self.quality.numpy(), axis=1),
-                "o--",
-                color=color,
-                label="worst channel",
-            )
-            ax_q.axhline(1.0, color="0.3", linestyle=":", linewidth=0.8)
-            ax_q.axhline(0.0, color="0.6", linestyle=":", linewidth=0.8)
-            ax_q.set_ylabel("Quality\n(1 = best training image)")
-            ax_q.set_xscale("log", base=2)
-            ax_q.legend(loc="lower right")
+            self._plot_quality(ax_q)
             ax_t = fig.add_subplot(right[1], sharex=ax_q)
             time_color = color_for("", 1)
             ax_t.plot(
@@ -226,6 +220,18 @@ class StepsTradeoff:
             ax_t.set_ylabel(f"Seconds ({len(self.channels)} channels)")
             fig.suptitle(f"{self.layer}: feature visualization against steps", fontsize=8)
         return fig
+
+    def _plot_quality(self, ax: Axes) -> None:
+        """Mean and worst channel's quality against steps (log scale) on ``ax``."""
+        steps, color = np.array(self.steps), color_for("quality", 0)
+        ax.plot(steps, self.mean_quality().numpy(), "o-", color=color, label="mean")
+        worst = np.nanmin(self.quality.numpy(), axis=1)
+        ax.plot(steps, worst, "o--", color=color, label="worst channel")
+        ax.axhline(1.0, color="0.3", linestyle=":", linewidth=0.8)
+        ax.axhline(0.0, color="0.6", linestyle=":", linewidth=0.8)
+        ax.set_ylabel("Quality\n(1 = best training image)")
+        ax.set_xscale("log", base=2)
+        ax.legend(loc="lower right")
 
 
 def _check_steps(steps: Sequence[int]) -> tuple[int, ...]:
@@ -268,7 +274,13 @@ def steps_tradeoff(
     for count in steps:
         started, cpu_started = time.perf_counter(), time.process_time()
         images[count] = render_channels(
-            model, layer, channels, count, seed, cache=False, **render_options
+            model,
+            layer=layer,
+            channels=channels,
+            steps=count,
+            seed=seed,
+            cache=False,
+            **render_options,
         )
         seconds[count] = time.perf_counter() - started
         cpu_seconds[count] = time.process_time() - cpu_started

@@ -21,12 +21,14 @@ from torch import nn
 
 from workbench.alignment import apply_permutation, collect_statistics, match
 from workbench.data import DataLike
+from workbench.featviz.display import montage, show_image
 from workbench.featviz.exemplars import Exemplars, top_exemplars
 from workbench.featviz.render import check_channels, render_channels, resolve_layer
 from workbench.figures import color_for, figure_for, new_figure, paper_style
 from workbench.graph import PermutationSpec
 from workbench.merging import average, reset_bn
 from workbench.modules import has_batchnorm
+from workbench.results import Result
 
 __all__ = [
     "LayerComparison",
@@ -41,8 +43,8 @@ __all__ = [
 ]
 
 
-@dataclass
-class UnitMatch:
+@dataclass(frozen=True)
+class UnitMatch(Result):
     """For each unit ``i`` of model A's ``layer``: the unit of B matched to it
     (``matched[i]``) and the correlation of their activations (``correlation[i]``, after
     the nonlinearity, on the data the match used)."""
@@ -54,6 +56,7 @@ class UnitMatch:
     correlation: torch.Tensor
 
     def to_frame(self) -> pd.DataFrame:
+        """One row per unit of A: its matched unit of B and their correlation."""
         return pd.DataFrame(
             {
                 "unit": np.arange(len(self.matched)),
@@ -65,6 +68,10 @@ class UnitMatch:
     def order(self) -> list[int]:
         """A's units from the best matched to the worst."""
         return torch.argsort(self.correlation, descending=True).tolist()
+
+    def plot(self, ax: Axes | None = None) -> Figure:
+        """Every matched pair's correlation, best to worst (:func:`plot_layer_matches`)."""
+        return plot_layer_matches(self, ax=ax)
 
 
 def _group_of(spec: PermutationSpec, layer: str) -> str:
@@ -80,10 +87,12 @@ def _group_of(spec: PermutationSpec, layer: str) -> str:
 
 def _match_layer(model_a, model_b, layer, data, method, spec):
     resolve_layer(model_a, layer)
-    result = match(model_a, model_b, method, data, spec)
+    result = match(model_a, model_b, method=method, data=data, spec=spec)
     perm, spec = result.permutation, result.spec
     group = _group_of(spec, layer)
-    stats = collect_statistics([model_a, model_b], data, spec, groups=[group], progress=False)
+    stats = collect_statistics(
+        [model_a, model_b], data=data, spec=spec, groups=[group], progress=False
+    )
     correlation = stats[group].correlation(0, 1)
     units = torch.arange(len(perm[group]))
     found = UnitMatch(layer, group, method, perm[group], correlation[units, perm[group]].float())
@@ -124,11 +133,11 @@ def compare_layer(
 ) -> LayerComparison:
     """Match B to A, merge them, and collect the four models for side-by-side views."""
     found, perm, spec = _match_layer(model_a, model_b, layer, data, method, spec)
-    aligned = apply_permutation(model_b, spec, perm)
+    aligned = apply_permutation(model_b, spec=spec, perm=perm)
     merged = average([model_a, aligned])
     models = {"A": model_a, "B (matched)": aligned, "merged": merged}
     if has_batchnorm(merged):
-        models["merged + RESET"] = reset_bn(merged, data)
+        models["merged + RESET"] = reset_bn(merged, data=data)
     return LayerComparison(layer, found, models)
 
 
@@ -143,7 +152,9 @@ def render_layer(
     run per model; cached per channel)."""
     units = check_channels(comparison.models["A"], comparison.layer, units)
     return {
-        name: render_channels(model, comparison.layer, units, steps, seed, **options)
+        name: render_channels(
+            model, layer=comparison.layer, channels=units, steps=steps, seed=seed, **options
+        )
         for name, model in comparison.models.items()
     }
 
@@ -153,40 +164,11 @@ def layer_exemplars(
 ) -> dict[str, Exemplars]:
     """The top-``k`` images of ``data`` for ``units`` in each of the comparison's models."""
     return {
-        name: top_exemplars(model, comparison.layer, data, units, k, **options)
+        name: top_exemplars(
+            model, layer=comparison.layer, data=data, channels=units, k=k, **options
+        )
         for name, model in comparison.models.items()
     }
-
-
-def _show_image(ax: Axes, image: torch.Tensor, title: str | None = None) -> None:
-    image = image.detach().cpu().float()
-    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
-        image = image.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0].numpy(), cmap="gray", interpolation="nearest")
-    else:
-        ax.imshow(image.clamp(0, 1).numpy(), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.grid(False)
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    if title:
-        ax.set_title(title, fontsize=7)
-
-
-def _montage(images: torch.Tensor, columns: int = 3) -> torch.Tensor:
-    """``images`` (k, C, H, W), normalized per image to [0, 1], tiled into one (H', W', C)."""
-    k, c, h, w = images.shape
-    rows = -(-k // columns)
-    low = images.flatten(1).amin(1).view(-1, 1, 1, 1)
-    high = images.flatten(1).amax(1).view(-1, 1, 1, 1)
-    scaled = (images - low) / (high - low).clamp_min(1e-8)
-    canvas = torch.ones(c, rows * (h + 1) - 1, columns * (w + 1) - 1)
-    for i in range(k):
-        r, col = divmod(i, columns)
-        canvas[:, r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = scaled[i]
-    return canvas.permute(1, 2, 0)
 
 
 def plot_unit_comparison(
@@ -215,9 +197,9 @@ def plot_unit_comparison(
     with paper_style():
         for col, name in enumerate(names):
             label = f"{name}: unit {matched if name.startswith('B') else unit}"
-            _show_image(axes[0, col], images[name][row], label)
+            show_image(axes[0, col], images[name][row], label)
             if exemplars:
-                _show_image(axes[1, col], _montage(exemplars[name].images[row]))
+                show_image(axes[1, col], montage(exemplars[name].images[row]))
         if exemplars:
             axes[1, 0].set_ylabel("top images", fontsize=7)
         fig.suptitle(
@@ -263,7 +245,7 @@ def plot_gallery(
     with paper_style():
         for i, ax in enumerate(axes):
             if i < n:
-                _show_image(ax, images[i], titles[i] if titles else None)
+                show_image(ax, images[i], titles[i] if titles else None)
             else:
                 ax.axis("off")
     return fig

@@ -27,6 +27,7 @@ from workbench.graph.spec import LayerPoint, PermutationGroup, PermutationSpec
 from workbench.graph.trace import leaf_names, shape_of, traced_with_shapes
 from workbench.graph.verify import DEFAULT_RTOL, verify_spec
 from workbench.modules import model_device
+from workbench.vocabulary import keyword_only
 
 __all__ = ["Builder", "example_input_for", "permutation_spec", "resolve_spec"]
 
@@ -193,11 +194,12 @@ class Builder(GraphLabels):
         return points
 
 
+@keyword_only(("example_input", "leaf_modules"))
 def permutation_spec(
     model: nn.Module,
+    *,
     example_input: torch.Tensor | tuple[torch.Tensor, ...],
     leaf_modules: Iterable[type] = (),
-    *,
     verify: bool = True,
     rtol: float = DEFAULT_RTOL,
 ) -> PermutationSpec:
@@ -251,4 +253,4 @@ def resolve_spec(
         return spec
     if example_input is None:
         example_input = example_input_for(model, data)
-    return permutation_spec(model, example_input)
+    return permutation_spec(model, example_input=example_input)

@@ -14,6 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.graph.spec import Axis, PermutationSpec
 from workbench.modules import clone
+from workbench.vocabulary import keyword_only
 
 __all__ = [
     "GroupMap",
@@ -157,8 +158,12 @@ def compose(first: Mapping[str, torch.Tensor], then: Mapping[str, torch.Tensor])
     return {name: torch.as_tensor(first[name])[torch.as_tensor(p)] for name, p in then.items()}
 
 
+@keyword_only(("spec", "perm"))
 def apply_permutation(
-    model: nn.Module, spec: PermutationSpec, perm: Mapping[str, torch.Tensor]
+    model: nn.Module,
+    *,
+    spec: PermutationSpec,
+    perm: Mapping[str, torch.Tensor],
 ) -> nn.Module:
     """A new model whose channels are reordered by ``perm``; it computes the same function.
 
@@ -358,8 +363,10 @@ def transform_state(
     return out
 
 
+@keyword_only(("spec", "maps", "like"))
 def apply_linear_maps(
     model: nn.Module,
+    *,
     spec: PermutationSpec,
     maps: Mapping[str, torch.Tensor | GroupMap],
     like: nn.Module | None = None,
@@ -381,7 +388,12 @@ def apply_linear_maps(
     return transformed
 
 
-def general_groups(model: nn.Module, spec: PermutationSpec) -> list[str]:
+@keyword_only(("spec",))
+def general_groups(
+    model: nn.Module,
+    *,
+    spec: PermutationSpec,
+) -> list[str]:
     """The groups of ``model`` that a general linear map (a :class:`GroupMap`) can
     transform: one block, no grouped convolution, and no per-channel tensors but
     BatchNorm's (which the map carries along); a linear method must give the other

@@ -8,8 +8,7 @@ of the same models, the ceiling a merge is measured against
 (:mod:`~workbench.merging.ensemble`)."""
 
 from workbench.merging.ensemble import Ensemble, ensemble
-from workbench.merging.learned import np_merge
-from workbench.merging.learned_method import np_merge_models
+from workbench.merging.learned_method import np_merge, np_merge_models
 from workbench.merging.many import GAMMA_GRID, cca_merge, merge_many
 from workbench.merging.pipeline import MergeReport, MergeResult
 from workbench.merging.renorm import (

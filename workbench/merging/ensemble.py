@@ -19,6 +19,7 @@ from torch import nn
 
 from workbench.modules import clone, model_device
 from workbench.validation import check_choice, check_logits, check_models
+from workbench.vocabulary import keyword_only
 from workbench.zoo import ARCHITECTURE_ATTR
 
 __all__ = ["COMBINE", "Ensemble", "ensemble"]
@@ -62,7 +63,12 @@ def _num_classes(model: nn.Module) -> int | None:
     return architecture.get("num_classes") if isinstance(architecture, dict) else None
 
 
-def ensemble(models: Sequence[nn.Module], combine: str = "logits") -> Ensemble:
+@keyword_only(("combine",))
+def ensemble(
+    models: Sequence[nn.Module],
+    *,
+    combine: str = "logits",
+) -> Ensemble:
     """An ``nn.Module`` whose forward runs every one of ``models`` and averages them:
     the mean logits (``combine="logits"``), or the log of the mean softmax probabilities
     (``"probabilities"``; cross-entropy on it is the loss of the averaged probabilities).

@@ -7,9 +7,9 @@ merged as ``a * W_A + (1 - a) * W_B'``, ``a = sigmoid(p)``, one ``p`` per entry 
 parameter (weights, biases, BatchNorm's affine parameters), learned by Adam on the
 merged network's cross-entropy on training data with the models frozen (one working copy
 run by ``torch.func.functional_call``), from the plain average. N models are merged
-successively as in the paper (``combine="successive"``: 0 with 1, that merge with 2, ...);
+successively as in the paper (``scheme="successive"``: 0 with 1, that merge with 2, ...);
 at step k the merge of k models meets model k at ``a = k / (k + 1)`` (``p = log k``), so
-every model starts with the share 1 / N. ``combine="joint"`` learns softmax weights over
+every model starts with the share 1 / N. ``scheme="joint"`` learns softmax weights over
 the N models per entry instead.
 
 BatchNorm statistics are not learned. With ``bn="reset"`` (``batch_statistics`` set)
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,9 +64,9 @@ from workbench.modules import model_device
 from workbench.tuning import grid_points, validation_search
 from workbench.validation import check_choice, check_int, check_labels, check_number
 
-__all__ = ["COMBINE", "QUANTILES", "np_merge"]
+__all__ = ["QUANTILES", "SCHEMES", "learn_merge"]
 
-COMBINE = ("successive", "joint")
+SCHEMES = ("successive", "joint")
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
 """The quantiles of the learned coefficients that the report keeps, per layer."""
 
@@ -216,11 +216,11 @@ def _per_layer(coefficients: dict[str, torch.Tensor], init: float, index: int | 
     return {layer: _summary(torch.cat(parts), init) for layer, parts in layers.items()}
 
 
-def _problems(aligned: Sequence[nn.Module], combine: str):
+def _problems(aligned: Sequence[nn.Module], scheme: str):
     """The learning problems: ``(label, k, first, sources(current))``, ``current`` being
     the merge so far, ``k`` the last model the problem reaches, ``first`` the first
     source's starting share."""
-    if combine == "joint":
+    if scheme == "joint":
         every = [_parameters(m) for m in aligned]
         return [("joint", len(aligned) - 1, 1.0 / len(aligned), lambda _current: every)]
     return [
@@ -234,20 +234,20 @@ def _problems(aligned: Sequence[nn.Module], combine: str):
     ]
 
 
-def _learn_all_(merged: nn.Module, aligned, combine: str, learn, val, s: _Settings):
+def _learn_all_(merged: nn.Module, aligned, scheme: str, learn, val, s: _Settings):
     """Every learning problem in turn; the learned parameters written into ``merged`` (the
     plain average, left as it is when every problem kept its start). Returns the curves,
     coefficient summaries and best steps."""
     curves, coefficients, best_steps = {}, {}, {}
     current = _parameters(aligned[0])
-    for label, k, first, sources in _problems(aligned, combine):
+    for label, k, first, sources in _problems(aligned, scheme):
         working = average(aligned[: k + 1])  # BatchNorm statistics: the plain average
         _set_mode(working, s.batch_statistics)
-        mixture = _Mixture(sources(current), first, combine == "joint")
+        mixture = _Mixture(sources(current), first, scheme == "joint")
         curves[label], best_steps[label] = _learn(
             working, mixture, learn, val, s, f"NP Merge {label}"
         )
-        if combine == "joint":
+        if scheme == "joint":
             for i in range(len(aligned)):
                 coefficients[f"model {i}"] = _per_layer(mixture.coefficients(), first, i)
         else:
@@ -261,13 +261,14 @@ def _learn_all_(merged: nn.Module, aligned, combine: str, learn, val, s: _Settin
     return curves, coefficients, best_steps
 
 
-def np_merge(
+def learn_merge(
     models: Sequence[nn.Module],
     data: DataLike,
     align: str = "weight",
     *,
+    align_options: Mapping[str, Any] | None = None,
     bn: str | None = "reset",
-    combine: str = "successive",
+    scheme: str = "successive",
     steps: int = 100,
     lr: float = 0.03,
     batch_size: int = 64,
@@ -282,16 +283,17 @@ def np_merge(
     max_batches: int | None = None,
     seed: int = 0,
     progress: bool = True,
-    **options: Any,
 ) -> MergeResult:
-    """NP Merge of ``models`` (N >= 2; see the module docstring): ``result.model`` and
+    """NP Merge of ``models`` (N >= 2; see the module docstring), the work behind the
+    registered ``"np_merge"`` (:func:`~workbench.merging.learned_method.np_merge` and
+    ``merge_many(models, data, "np_merge")`` run it): ``result.model`` and
     ``result.report`` (the chosen hyperparameters, the validation curve of every learning
     problem in ``report.curves``, per-layer quantiles of the learned coefficients in
     ``report.coefficients``, seconds).
 
-    ``align``: any registered alignment method, with its ``options`` (a hyperparameter
+    ``align``: any registered alignment method, with its ``align_options`` (a hyperparameter
     it searches, CCA's ``gamma``, is chosen on the validation split by the plain
-    average's accuracy, as :func:`merge_many` does). ``combine``: ``"successive"``
+    average's accuracy, as :func:`merge_many` does). ``scheme``: ``"successive"``
     pairwise merges (``steps`` Adam steps each) or one ``"joint"`` softmax over the N
     models (``steps`` steps). ``lr``: Adam's learning rate on the logits; ``batch_size``:
     examples per step; ``data_fraction``: the stratified share of the training part that
@@ -304,10 +306,11 @@ def np_merge(
     """
     started = time.perf_counter()
     models = list(models)
+    options = dict(align_options or {})
     handling = get_bn(check_bn(bn, no_endpoints="learned per-entry coefficients have none"))
     found = get_method(align)
     bn = check_inputs(models, bn, options, found.name)
-    check_choice("combine", combine, COMBINE)
+    check_choice("scheme", scheme, SCHEMES)
     s = _Settings(
         steps=check_int("steps", steps, minimum=0),
         lr=check_number("lr", lr, low=0.0),
@@ -332,7 +335,9 @@ def np_merge(
             )
         fit, val_data = validation_split(data, val_data, val_fraction)
     if reference == "best":
-        accuracies = [evaluate(m, val_data, eval_batch_size).accuracy for m in models]
+        accuracies = [
+            evaluate(m, eval_data=val_data, batch_size=eval_batch_size).accuracy for m in models
+        ]
         reference = max(range(len(models)), key=accuracies.__getitem__)
     reference = check_int("reference", reference, 0, len(models) - 1)
     spec = resolve_spec(models[reference], spec, data=fit)
@@ -371,13 +376,15 @@ def np_merge(
         learn, _ = train_val_split(fit, 1.0 - data_fraction, seed)
     curves, coefficients, best_steps = {}, {}, {}
     if s.steps > 0:
-        curves, coefficients, best_steps = _learn_all_(merged, aligned, combine, learn, val_data, s)
+        curves, coefficients, best_steps = _learn_all_(merged, aligned, scheme, learn, val_data, s)
     merged = fixed(merged)
     if s.steps > 0:
-        scores["np_merge"] = evaluate(merged, val_data, eval_batch_size).accuracy
+        scores["np_merge"] = evaluate(
+            merged, eval_data=val_data, batch_size=eval_batch_size
+        ).accuracy
     hyperparameters = {
         "merge": "learned",
-        "combine": combine,
+        "scheme": scheme,
         **{k: getattr(s, k) for k in ("steps", "lr", "batch_size", "eval_every", "patience")},
         "data_fraction": float(data_fraction),
         "best_steps": best_steps,

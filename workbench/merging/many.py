@@ -21,24 +21,21 @@ search (:func:`workbench.tuning.validation_search`). :func:`merge_many` returns 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
 from workbench.alignment.cca import GAMMA_GRID
-from workbench.alignment.registry import (
-    AlignmentMethod,
-    accepted_options,
-    get_method,
-    pairwise_methods,
-)
+from workbench.alignment.keywords import accepted_options
+from workbench.alignment.options import renamed_options, split_options
+from workbench.alignment.registry import AlignmentMethod, get_method, pairwise_methods
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.data import DataLike
 from workbench.evaluation import evaluate
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.graph.transforms import general_groups
-from workbench.merging.learned import np_merge
 from workbench.merging.pipeline import (
     MergeReport,
     MergeResult,
@@ -46,35 +43,25 @@ from workbench.merging.pipeline import (
     check_data_arguments,
     check_inputs,
     fix_statistics,
-    renamed_options,
     validation_split,
 )
 from workbench.merging.renorm import check_bn, get_bn
 from workbench.merging.weights import average
 from workbench.tuning import grid_points, validation_search
 from workbench.validation import check_choice, check_int
+from workbench.vocabulary import keyword_only
 
 __all__ = ["GAMMA_GRID", "MERGES", "cca_merge", "merge_many"]
 
 MERGES = ("average", "learned")
-# NP Merge's learning options, which merge_many takes as ``learn_<name>`` (its own
-# ``batch_size`` is that of the passes; ``steps`` and ``lr`` are STE's).
-_LEARNED_OPTIONS = (
-    "combine",
-    "steps",
-    "lr",
-    "batch_size",
-    "data_fraction",
-    "eval_every",
-    "patience",
-)
 
 
+@keyword_only(("data", "method"))
 def merge_many(
     models: Sequence[nn.Module],
+    *,
     data: DataLike | None = None,
     method: str = "weight",
-    *,
     reference: int | str = 0,
     bn: str | None = "reset",
     val_data: DataLike | None = None,
@@ -103,7 +90,8 @@ def merge_many(
     in one call and gives each its own). A hyperparameter the method declares a grid for
     is fixed by a value (``gamma=0.1``), searched over given values (``gamma=(0.1, 1.0)``)
     or, when left out or ``None``, over the declared grid, by the merged model's
-    validation accuracy. ``gammas=`` is the former name of ``gamma=<values>``. The
+    validation accuracy. A method's former option names (CCA's ``gammas=``) still work,
+    with a ``FutureWarning``. The
     validation split is ``val_data`` or a stratified ``val_fraction`` of ``data``, held
     out of everything else. Inputs are not modified.
 
@@ -112,27 +100,21 @@ def merge_many(
     returns the merged model; ``bn`` then applies to it (a handling that needs aligned
     endpoints, REPAIR, cannot).
 
-    ``merge="learned"`` runs NP Merge on the models aligned by ``method``
-    (:func:`~workbench.merging.learned.np_merge`; not with REPAIR), with
-    its options prefixed: ``learn_combine``, ``learn_steps``, ``learn_lr``,
-    ``learn_batch_size``, ``learn_data_fraction``, ``learn_eval_every`` and
-    ``learn_patience`` (``steps`` and ``lr`` are STE's).
+    ``merge="learned"`` is the former spelling of ``method="np_merge", align=method``
+    (NP Merge, :mod:`~workbench.merging.learned_method`); it works for one more release,
+    with a ``FutureWarning``.
     """
     check_choice("merge", merge, MERGES)
     found = get_method(method)
+    options = renamed_options(found, options)
     if merge == "learned":
-        return _learned(
-            models, data, found, bn=bn, reference=reference, val_data=val_data,
-            val_fraction=val_fraction, spec=spec, seed=seed, eval_batch_size=batch_size,
-            max_batches=max_batches, progress=progress, **options,
-        )  # fmt: skip
+        method, found, options = _learned(found, options)
     if found.kind == "merge":
         check_bn(
             bn, no_endpoints=f"method={found.name!r} merges the models into a space of its own"
         )
     started = time.perf_counter()
     models = list(models)
-    options = renamed_options(options)
     bn = check_inputs(models, bn, options, found.name, any_width=found.any_width)
     if isinstance(reference, str) and reference != "best":
         raise ValueError(
@@ -151,7 +133,7 @@ def merge_many(
     if needs_val:
         data, val_data = validation_split(data, val_data, val_fraction)
     if reference == "best":
-        scores = [evaluate(m, val_data, batch_size).accuracy for m in models]
+        scores = [evaluate(m, eval_data=val_data, batch_size=batch_size).accuracy for m in models]
         reference = max(range(len(models)), key=scores.__getitem__)
     spec = resolve_spec(models[reference], spec, data=data)
     common = {
@@ -169,9 +151,10 @@ def merge_many(
         if found.kind == "merge":  # one that takes bn= handles BatchNorm itself
             if found.uses_statistics and not joint:  # one pass for all points of the search
                 passes = {k: common[k] for k in ("batch_size", "max_batches", "progress")}
-                joint.update(collect_statistics(models, data, spec, **passes))
+                joint.update(collect_statistics(models, data=data, spec=spec, **passes))
             extra = {"statistics": joint} if found.uses_statistics else {}
-            given = {**common, "bn": bn, "val_data": val_data, **point, **extra}
+            given = {**common, "bn": bn, "reference": reference, **point, **extra}
+            given.update(val_data=val_data, val_fraction=val_fraction)
             given = accepted_options(found.function, given)
             merged = found.merge(models, spec, data, **given)
             details[repr(point)] = merged.report
@@ -201,23 +184,31 @@ def merge_many(
     return MergeResult(search.model, report)
 
 
-def _learned(models, data, method: AlignmentMethod, **options) -> MergeResult:
-    if method.kind == "merge":
+def _learned(
+    aligner: AlignmentMethod, options: dict[str, Any]
+) -> tuple[str, AlignmentMethod, dict[str, Any]]:
+    """``merge="learned"`` with ``aligner``, in the current spelling: the method
+    ``"np_merge"``, ``align=`` the aligner, the aligner's own options in ``align_options``
+    (a ``FutureWarning`` says so)."""
+    if aligner.kind == "merge":
         raise ValueError(
             f"merge='learned' learns how to combine aligned models, and method="
-            f"{method.name!r} merges them itself: align with one of {pairwise_methods()}."
+            f"{aligner.name!r} merges them itself: align with one of {pairwise_methods()}."
         )
-    clash = sorted({"steps", "lr"} & set(options))
-    if clash:
-        raise ValueError(
-            f"With merge='learned', {', '.join(f'{k}=' for k in clash)} would be ambiguous: "
-            "NP Merge's learning options are learn_steps= and learn_lr=, and the alignment "
-            "runs with its defaults."
-        )
-    for name in _LEARNED_OPTIONS:
-        if f"learn_{name}" in options:
-            options[name] = options.pop(f"learn_{name}")
-    return np_merge(models, data, method.name, **options)
+    warnings.warn(
+        f"merge_many(..., {aligner.name!r}, merge='learned') is now merge_many(..., "
+        f"'np_merge', align={aligner.name!r}) with NP Merge's options unprefixed (steps=, "
+        "lr=, ...) and the alignment's in align_options=; the former spelling will stop "
+        "working in the next release.",
+        FutureWarning,
+        stacklevel=3,
+    )
+    learner = get_method("np_merge")
+    with warnings.catch_warnings():  # one warning for the whole former spelling
+        warnings.simplefilter("ignore", FutureWarning)
+        options = renamed_options(learner, options)
+    own, theirs = split_options(learner.name, options)
+    return learner.name, learner, {**own, "align": aligner.name, "align_options": theirs}
 
 
 def _permuted_groups(
@@ -226,16 +217,17 @@ def _permuted_groups(
     """The groups a linear method can only permute, with why (none for permutations)."""
     if method.kind != "linear" or method.any_width:  # GroupMaps carry per-channel parameters
         return {}
-    general = general_groups(model, spec)
+    general = general_groups(model, spec=spec)
     reason = "holds per-channel parameters a general linear map cannot pass"
     return {name: reason for name in spec.groups if name not in general}
 
 
+@keyword_only(("data", "gamma"))
 def cca_merge(
     models: Sequence[nn.Module],
+    *,
     data: DataLike,
     gamma: float | None = None,
-    *,
     bn: str | None = "reset",
     **kwargs,
 ) -> MergeResult:
@@ -243,4 +235,4 @@ def cca_merge(
     space by CCA on ``data``, weights averaged, BatchNorm reset (``bn``). ``gamma=None``
     picks the ridge on a validation split carved from ``data`` (the choice and the scores
     are in ``result.report``). Other options as in :func:`merge_many`."""
-    return merge_many(models, data, "cca", gamma=gamma, bn=bn, **kwargs)
+    return merge_many(models, data=data, method="cca", gamma=gamma, bn=bn, **kwargs)

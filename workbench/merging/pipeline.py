@@ -15,8 +15,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from workbench.alignment.api import align, other_width_spec
+from workbench.alignment.keywords import accepted_options
 from workbench.alignment.options import check_options
-from workbench.alignment.registry import AlignmentMethod, accepted_options
+from workbench.alignment.registry import AlignmentMethod
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import check_fits
@@ -31,7 +32,6 @@ __all__ = [
     "check_data_arguments",
     "check_inputs",
     "fix_statistics",
-    "renamed_options",
     "validation_split",
 ]
 
@@ -74,15 +74,6 @@ class MergeResult:
 
     model: nn.Module
     report: MergeReport
-
-
-def renamed_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with former names replaced: ``gammas=<values>`` is ``gamma=<values>``."""
-    options = dict(options)
-    gammas = options.pop("gammas", None)
-    if gammas is not None and options.get("gamma") is None:
-        options["gamma"] = tuple(gammas)
-    return options
 
 
 def check_inputs(
@@ -149,10 +140,12 @@ def align_all(
             if i not in statistics:
                 passes = {k: options[k] for k in ("batch_size", "max_batches", "progress")}
                 specs = [spec, other_width_spec(model, spec, data) or spec]
-                statistics[i] = collect_statistics([ref, model], data, spec, specs=specs, **passes)
+                statistics[i] = collect_statistics(
+                    [ref, model], data=data, spec=spec, specs=specs, **passes
+                )
             extra["statistics"] = statistics[i]
         found = accepted_options(method.function, {**options, **extra})
-        aligned.append(align(ref, model, method.name, data, spec, **found))
+        aligned.append(align(ref, model, method=method.name, data=data, spec=spec, **found))
     return aligned
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from workbench.modules import clone, load_weighted_average_
 from workbench.validation import check_models, check_number, check_weights
+from workbench.vocabulary import keyword_only
 
 __all__ = ["average", "interpolate", "load_interpolation_"]
 
@@ -33,7 +34,13 @@ def load_interpolation_(
     return load_weighted_average_(target, [state_a, state_b], [1.0 - alpha, alpha])
 
 
-def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Module:
+@keyword_only(("alpha",))
+def interpolate(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    *,
+    alpha: float,
+) -> nn.Module:
     """The model ``(1 - alpha) * a + alpha * b`` in weight space (buffers included).
 
     ``alpha`` = 0 gives a copy of ``a`` and 1 a copy of ``b``, exactly; values outside
@@ -44,7 +51,12 @@ def interpolate(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Modu
     return load_interpolation_(clone(model_a), model_a.state_dict(), model_b.state_dict(), alpha)
 
 
-def average(models: Sequence[nn.Module], weights: Sequence[float] | None = None) -> nn.Module:
+@keyword_only(("weights",))
+def average(
+    models: Sequence[nn.Module],
+    *,
+    weights: Sequence[float] | None = None,
+) -> nn.Module:
     """The weighted average of N models' weights (uniform by default; weights sum to 1)."""
     models = list(models)
     check_models(models)

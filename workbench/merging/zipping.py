@@ -11,30 +11,31 @@ methods) or *within* one model (two redundant features of one model share a merg
 feature, which frees a merged feature for something the other models lack):
 
 * a merge is *within-model* for model m when both sides already hold a feature of m; its
-  score is ``alpha`` times the correlation (never above the correlation itself, so a
+  score is ``within_weight`` (the paper's alpha) times the correlation (never above the correlation itself, so a
   negative one is not made more attractive), a between-model merge's is the correlation;
-* each model may take part in ``floor(beta * (N - 1) * C / N)`` within-model merges (an
-  equal share of a fraction ``beta`` of all ``(N - 1) * C`` merges): ``beta=0`` allows
+* each model may take part in ``floor(within_budget * (N - 1) * C / N)`` (the paper's beta)
+  within-model merges (an
+  equal share of a fraction ``within_budget`` of all ``(N - 1) * C`` merges): ``within_budget=0`` allows
   none, and the merge is then a matching between models only;
 * a merged feature's correlation with another is the minimum over their constituents
   (complete linkage, the paper's rule).
 
 For two models this is the paper's algorithm but for one difference: the paper weights by
-``alpha`` only merges of an already merged feature (its "repeated matching", which for two
+``within_weight`` only merges of an already merged feature (its "repeated matching", which for two
 models is always within-model, since the merged feature holds both models) and leaves a
 same-model pair of single features unweighted; here every within-model merge is weighted,
 and a merge of a merged feature with a model it does not hold yet is not: for N models
 that is the N-way match that builds one merged feature from one feature of each model.
-When ``beta`` leaves no budget and no between-model merge is left (possible for N >= 3:
+When ``within_budget`` leaves no budget and no between-model merge is left (possible for N >= 3:
 {A1, B1}, {B2, C2}, {A2, C1} share a model pairwise), the best within-model merge is
 taken anyway and counted in :attr:`ZipReport.overruns`.
 
 Exactness: when B is A with its channels permuted, every channel and its copy correlate
 exactly 1, every other pair less (unless a model holds two identical channels), so the
-greedy takes the copies first, at every ``alpha`` in [0, 1] and every ``beta``, for any
+greedy takes the copies first, at every ``within_weight`` in [0, 1] and every ``within_budget``, for any
 N, and the merged model is A's function exactly (:mod:`tests.test_zipit` checks it at
 the defaults, N = 2 and 3). Within-model merges win only where a model's own channels
-correlate more than ``alpha`` times the best between-model pair.
+correlate more than ``within_weight`` times the best between-model pair.
 
 From the matching, model i's merge matrix ``M_i`` (C x C_i, rows carrying the 1/k of a
 merged feature of k constituents, so that ``sum_i M_i`` has rows summing to 1) and unmerge
@@ -62,7 +63,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workbench.alignment.registry import Merged, register_method
+from workbench.alignment.registry import register_method
+from workbench.alignment.returned import Merged
 from workbench.alignment.statistics import GroupStatistics, collect_statistics
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
@@ -74,29 +76,30 @@ from workbench.merging.zipping_match import correlation_of, merge_matrices, zip_
 from workbench.merging.zipping_partial import check_stop, split_models
 from workbench.modules import clone
 from workbench.validation import check_int, check_models, check_number, check_pass
+from workbench.vocabulary import keyword_only
 
 __all__ = [
-    "ALPHA_GRID",
-    "BETA_GRID",
-    "DEFAULT_ALPHA",
-    "DEFAULT_BETA",
+    "DEFAULT_WITHIN_BUDGET",
+    "DEFAULT_WITHIN_WEIGHT",
+    "WITHIN_BUDGET_GRID",
+    "WITHIN_WEIGHT_GRID",
     "ZipReport",
     "zip_features",
     "zipit",
     "zipit_merge",
 ]
 
-# The grids merge_many searches on validation. A preliminary 5 x 5 search (alpha 0, 0.25,
-# ..., 1; beta 0, 0.125, 0.25, 0.5, 1) on 10% of mnist-5k train: the shipped pair (same
-# task) scored best at beta = 0 (98.75%, every alpha alike; beta > 0 96.2-98.75%), a pair
-# trained on disjoint class halves at alpha = 0.5 with beta = 0.5 (59.3%) or 0.125
-# (58.8%; beta = 0: 54.8%, alpha = 0 below). alpha = 0 is left out (never best), and so is
-# beta = 1 (never above 0.5). With beta = 0 alpha changes nothing for two models.
+# The grids merge_many searches on validation. A preliminary 5 x 5 search (within_weight 0, 0.25,
+# ..., 1; within_budget 0, 0.125, 0.25, 0.5, 1) on 10% of mnist-5k train: the shipped pair (same
+# task) scored best at within_budget = 0 (98.75%, every within_weight alike; within_budget > 0 96.2-98.75%), a pair
+# trained on disjoint class halves at within_weight = 0.5 with within_budget = 0.5 (59.3%) or 0.125
+# (58.8%; within_budget = 0: 54.8%, within_weight = 0 below). within_weight = 0 is left out (never best), and so is
+# within_budget = 1 (never above 0.5). With within_budget = 0 within_weight changes nothing for two models.
 # The defaults (zipit_merge called directly) are the shipped pair's choice.
-DEFAULT_ALPHA = 0.5
-DEFAULT_BETA = 0.0
-ALPHA_GRID = (0.5, 1.0)
-BETA_GRID = (0.0, 0.125, 0.5)
+DEFAULT_WITHIN_WEIGHT = 0.5
+DEFAULT_WITHIN_BUDGET = 0.0
+WITHIN_WEIGHT_GRID = (0.5, 1.0)
+WITHIN_BUDGET_GRID = (0.0, 0.125, 0.5)
 
 
 @dataclass
@@ -127,8 +130,8 @@ def _maps(
     names: Sequence[str],
     statistics: dict[str, GroupStatistics],
     num_models: int,
-    alpha: float,
-    beta: float,
+    within_weight: float,
+    within_budget: float,
 ) -> tuple[list[dict[str, GroupMap]], ZipReport]:
     """Every model's GroupMaps of the groups ``names``, and the report."""
     maps: list[dict[str, GroupMap]] = [{} for _ in range(num_models)]
@@ -140,7 +143,9 @@ def _maps(
             reason = "never observed (no activation to correlate): left in its order"
         if reason is None:
             corr = correlation_of(stats)
-            labels, within, overruns = zip_features(corr, num_models, alpha=alpha, beta=beta)
+            labels, within, overruns = zip_features(
+                corr, num_models, within_weight=within_weight, within_budget=within_budget
+            )
             merges, unmerges = merge_matrices(labels, num_models)
             for i in range(num_models):
                 maps[i][name] = GroupMap(merges[i], unmerges[i])
@@ -202,10 +207,12 @@ def _check_statistics(
             )
 
 
-def check_zip_options(alpha: Any, beta: Any, stop: Any, spec: PermutationSpec | None) -> None:
-    """Refuse bad ``alpha``/``beta`` (a number or a sequence of numbers in [0, 1]) and an
+def check_zip_options(
+    within_weight: Any, within_budget: Any, stop: Any, spec: PermutationSpec | None
+) -> None:
+    """Refuse bad ``within_weight``/``within_budget`` (a number or a sequence of numbers in [0, 1]) and an
     unknown ``stop`` group (with the closest name), before any data pass."""
-    for name, value in (("alpha", alpha), ("beta", beta)):
+    for name, value in (("within_weight", within_weight), ("within_budget", within_budget)):
         values = value if isinstance(value, (list, tuple)) else [value]
         if isinstance(value, (list, tuple)) and not value:
             raise ValueError(f"{name} is an empty sequence; pass a value in [0, 1] or None.")
@@ -224,24 +231,29 @@ def check_zip_options(alpha: Any, beta: Any, stop: Any, spec: PermutationSpec | 
         )
 
 
+_RENAMED = {"alpha": "within_weight", "beta": "within_budget"}  # the paper's letters
+
+
 @register_method(
     "zipit",
     kind="merge",
     needs_data=True,
     preserves_function=False,
-    search={"alpha": ALPHA_GRID, "beta": BETA_GRID},
-    defaults={"alpha": DEFAULT_ALPHA, "beta": DEFAULT_BETA},
+    search={"within_weight": WITHIN_WEIGHT_GRID, "within_budget": WITHIN_BUDGET_GRID},
+    renamed=_RENAMED,
+    defaults={"within_weight": DEFAULT_WITHIN_WEIGHT, "within_budget": DEFAULT_WITHIN_BUDGET},
     uses_statistics=True,
     color="#44AA99",
     marker="h",
 )
+@keyword_only(("spec", "data"), renamed=_RENAMED)
 def zipit_merge(
     models: Sequence[nn.Module],
+    *,
     spec: PermutationSpec | None,
     data: DataLike,
-    *,
-    alpha: float = DEFAULT_ALPHA,
-    beta: float = DEFAULT_BETA,
+    within_weight: float = DEFAULT_WITHIN_WEIGHT,
+    within_budget: float = DEFAULT_WITHIN_BUDGET,
     stop: str | None = None,
     statistics: dict[str, GroupStatistics] | None = None,
     batch_size: int = 500,
@@ -251,8 +263,8 @@ def zipit_merge(
 ) -> Merged:
     """The ZipIt! merge of ``models`` (N >= 2, one architecture) on ``data`` (module
     docstring), before BatchNorm handling: reset its statistics (RESET, as
-    :func:`~workbench.merge_many` does) before use. ``alpha`` in [0, 1] weights
-    within-model merges, ``beta`` in [0, 1] is their budget; ``stop`` the last group to
+    :func:`~workbench.merge_many` does) before use. ``within_weight`` in [0, 1] weights
+    within-model merges, ``within_budget`` in [0, 1] is their budget; ``stop`` the last group to
     zip (None: all), after which every model keeps its own layers
     (:func:`~workbench.merging.zipping_partial.split_models`). Returns the merged model and
     its :class:`ZipReport` (``.model``, ``.report``); groups only permuted are also warned
@@ -265,23 +277,23 @@ def zipit_merge(
     if len(models) < 2:
         raise ValueError(f"Need at least 2 models to zip, got {len(models)}.")
     check_models(models)
-    check_zip_options(alpha, beta, None, None)
+    check_zip_options(within_weight, within_budget, None, None)
     check_int("seed", seed)
     check_pass(data, batch_size, max_batches)
     spec = resolve_spec(models[0], spec, data=data)
-    check_zip_options(alpha, beta, stop, spec)
+    check_zip_options(within_weight, within_budget, stop, spec)
     names = list(spec.groups)
     if stop is not None:
         names = names[: names.index(stop) + 1]
         check_stop(models[0], spec, names)
     if statistics is None:
         statistics = collect_statistics(
-            models, data, spec, names, batch_size=batch_size, max_batches=max_batches,
+            models, data=data, spec=spec, groups=names, batch_size=batch_size, max_batches=max_batches,
             progress=progress,
         )  # fmt: skip
     else:
         _check_statistics(statistics, spec, len(models))
-    maps, report = _maps(spec, names, statistics, len(models), alpha, beta)
+    maps, report = _maps(spec, names, statistics, len(models), within_weight, within_budget)
     report.stop = stop
     if report.permuted:
         listed = "; ".join(f"{k}: {v}" for k, v in report.permuted.items())
@@ -299,12 +311,13 @@ def zipit_merge(
     return Merged(merged.eval(), report)
 
 
+@keyword_only(("data",), renamed=_RENAMED)
 def zipit(
     models: Sequence[nn.Module],
-    data: DataLike,
     *,
-    alpha: float | Sequence[float] | None = None,
-    beta: float | Sequence[float] | None = None,
+    data: DataLike,
+    within_weight: float | Sequence[float] | None = None,
+    within_budget: float | Sequence[float] | None = None,
     stop: str | None = None,
     bn: str | None = "reset",
     val_data: DataLike | None = None,
@@ -313,20 +326,20 @@ def zipit(
     **kwargs: Any,
 ) -> MergeResult:
     """ZipIt! of ``models`` on ``data`` (training data), BatchNorm reset (``bn``), through
-    :func:`~workbench.merge_many`: ``alpha`` and ``beta`` left out (``None``) or given as
+    :func:`~workbench.merge_many`: ``within_weight`` and ``within_budget`` left out (``None``) or given as
     several values are chosen on a validation split (``val_data``, or a ``val_fraction``
     of ``data``; never test data), and ``result.report.hyperparameters`` says which;
     ``result.report.details`` is the :class:`ZipReport`. ``stop``: the last group to zip (a
     multi-head model after it). Other options as in ``merge_many``."""
-    check_zip_options(alpha, beta, None, None)
+    check_zip_options(within_weight, within_budget, None, None)
     if len(list(models)) < 2:
         raise ValueError(f"Need at least 2 models to zip, got {len(list(models))}.")
     check_models(models)
     if stop is not None:
         check_pass(data, 2)
         spec = resolve_spec(next(iter(models)), spec, data=data)
-        check_zip_options(alpha, beta, stop, spec)
+        check_zip_options(within_weight, within_budget, stop, spec)
     return merge_many(
-        models, data, "zipit", alpha=alpha, beta=beta, stop=stop, bn=bn, val_data=val_data,
+        models, data=data, method="zipit", within_weight=within_weight, within_budget=within_budget, stop=stop, bn=bn, val_data=val_data,
         val_fraction=val_fraction, spec=spec, **kwargs,
     )  # fmt: skip

@@ -14,7 +14,7 @@ __all__ = ["correlation_of", "merge_matrices", "zip_features"]
 
 
 def zip_features(
-    correlation: torch.Tensor, num_models: int, *, alpha: float, beta: float
+    correlation: torch.Tensor, num_models: int, *, within_weight: float, within_budget: float
 ) -> tuple[torch.Tensor, list[int], int]:
     """The greedy ZipIt! matching of ``num_models`` models' features (module docstring).
 
@@ -31,7 +31,7 @@ def zip_features(
     present[torch.arange(total), model_of] = True
     active = torch.ones(total, dtype=torch.bool)
     label = torch.arange(total)
-    budget = math.floor(beta * (num_models - 1) * size / num_models + 1e-9)
+    budget = math.floor(within_budget * (num_models - 1) * size / num_models + 1e-9)
     within = torch.zeros(num_models, dtype=torch.long)
     exhausted = within >= budget
     overruns = 0
@@ -41,7 +41,7 @@ def zip_features(
         p = present.double()
         overlap = (p[rows] @ p.T) > 0
         s = link[rows]
-        s = torch.where(overlap, torch.minimum(alpha * s, s), s)
+        s = torch.where(overlap, torch.minimum(within_weight * s, s), s)
         invalid = ~active[None, :] | ~active[rows, None]
         invalid |= rows[:, None] == torch.arange(total)[None, :]
         if blocked:

@@ -60,7 +60,7 @@ class InterpolationSlider(widgets.VBox):
         load_interpolation_(self._work, *self._states, alpha)
         if self._correct is not None:
             self._correct(self._work, [1.0 - alpha, alpha])
-        self.metrics = evaluate(self._work, self._data)
+        self.metrics = evaluate(self._work, eval_data=self._data)
         bn = f" after {self._bn.label}" if self._bn.label else ""
         self.readout.value = (
             f"<b>alpha = {alpha:.2f}</b>{bn}: accuracy <b>{100 * self.metrics.accuracy:.1f}%</b>, "

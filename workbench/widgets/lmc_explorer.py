@@ -129,14 +129,14 @@ class LMCExplorer(widgets.VBox):
         self.compute.disabled = True
         self.progress.clear_output()
         with self.progress:
-            aligned = align(model_a, model_b, method, data=self._train, spec=self._spec)
+            aligned = align(model_a, model_b, method=method, data=self._train, spec=self._spec)
             self._curves[(pair, method, bn)] = lmc_curve(
                 model_a,
                 aligned,
-                self._data,
-                self._alphas,
-                bn,
-                bn_data=self._train,
+                eval_data=self._data,
+                data=self._train,
+                alphas=self._alphas,
+                bn=bn,
                 label=method,
                 spec=self._spec,
                 original_b=model_b,

@@ -93,7 +93,12 @@ class MethodComparison(widgets.VBox):
         try:
             with self.progress:
                 self.table = compare_methods(
-                    self._models, self._train, self._data, chosen, bn=bn, **self._options
+                    self._models,
+                    data=self._train,
+                    eval_data=self._data,
+                    methods=chosen,
+                    bn=bn,
+                    **self._options,
                 )
         finally:
             self.run.disabled = False

@@ -7,7 +7,6 @@
 
 from workbench.analysis.lmc.compute import (
     cached_curves,
-    data_key,
     lmc_curve,
     lmc_curves,
     pairwise_curves,
@@ -27,7 +26,6 @@ __all__ = [
     "barrier_table",
     "cached_curves",
     "curves_frame",
-    "data_key",
     "lmc_curve",
     "lmc_curves",
     "pairwise_curves",

@@ -17,21 +17,21 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.alignment import align, get_method, method_key
+from workbench.alignment import align, get_method
 from workbench.analysis.engine import check_data, evaluate_points, resolve_cache
 from workbench.analysis.lmc.result import LMCCurve, alpha_grid
 from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.evaluation import same_function
 from workbench.figures import method_label, series_label
-from workbench.fingerprints import data_fingerprint, fingerprint, fingerprints
+from workbench.fingerprints import fingerprint, fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merging import check_bn, get_bn
 from workbench.validation import check_int, check_models
+from workbench.vocabulary import MEASURED, keyword_only
 
 __all__ = [
     "cached_curves",
-    "data_key",
     "lmc_curve",
     "lmc_curves",
     "pairwise_curves",
@@ -41,7 +41,9 @@ __all__ = [
 # Cached sets of curves
 
 
-def _store_curves(store: ResultCache, kind: str, key: str | None, curves: list[LMCCurve]) -> None:
+def _store_curves(
+    store: ResultCache, section: str, key: str | None, curves: list[LMCCurve]
+) -> None:
     tensors = {}
     for i, curve in enumerate(curves):
         for name in ("alphas", "loss", "accuracy"):
@@ -52,7 +54,7 @@ def _store_curves(store: ResultCache, kind: str, key: str | None, curves: list[L
             for c in curves
         ]
     }
-    store.store(kind, key, tensors, meta)
+    store.store(section, key, tensors, meta)
 
 
 def _complete_curves(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> bool:
@@ -70,8 +72,8 @@ def _complete_curves(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> bool
     return True
 
 
-def _load_curves(store: ResultCache, kind: str, key: str | None) -> list[LMCCurve] | None:
-    hit = store.load(kind, key, valid=_complete_curves)
+def _load_curves(store: ResultCache, section: str, key: str | None) -> list[LMCCurve] | None:
+    hit = store.load(section, key, valid=_complete_curves)
     if hit is None:
         return None
     tensors, meta = hit
@@ -83,39 +85,34 @@ def _load_curves(store: ResultCache, kind: str, key: str | None) -> list[LMCCurv
 
 def cached_curves(
     store: ResultCache,
-    kind: str,
+    section: str,
     key: str | None,
     compute: Callable[[], list[LMCCurve]],
 ) -> list[LMCCurve]:
     """The curves stored under ``key``, else ``compute()``'s, stored for next time. Settings
     must be JSON values (lists, not tuples) so that a hit equals the computed result."""
-    curves = _load_curves(store, kind, key)
+    curves = _load_curves(store, section, key)
     if curves is None:
         if key is not None:
             store.check_writable()  # before the work, not when storing its result
         curves = compute()
-        _store_curves(store, kind, key, curves)
+        _store_curves(store, section, key, curves)
     return curves
-
-
-def data_key(data: Mapping[str, DataLike]) -> dict[str, str | None] | None:
-    """The content fingerprints of named splits for a cache key (``None``: not cacheable)."""
-    fingerprints = {split: data_fingerprint(d) for split, d in data.items()}
-    return None if None in fingerprints.values() else fingerprints
 
 
 # ---------------------------------------------------------------------------------------
 # Computing curves
 
 
+@keyword_only(("eval_data", "alphas", "bn"), renamed={"bn_data": "data"}, moved=MEASURED)
 def lmc_curves(
     model_a: nn.Module,
     model_b: nn.Module,
-    data: Mapping[str, DataLike],
+    *,
+    eval_data: Mapping[str, DataLike],
+    data: DataLike | None = None,
     alphas: int | Sequence[float] = 11,
     bn: str | None = None,
-    *,
-    bn_data: DataLike | None = None,
     label: str = "naive",
     spec: PermutationSpec | None = None,
     original_b: nn.Module | None = None,
@@ -127,8 +124,8 @@ def lmc_curves(
 
     Each interpolated model is loaded into a single working copy and corrected by the
     BatchNorm handling ``bn`` (a registered name, :func:`~workbench.bn_modes`: ``"reset"``,
-    ``"repair"``, ``"none"``; ``None`` is ``"none"``) on ``bn_data`` (default: the first
-    split, which should be training data), then evaluated on every split. RESET measures
+    ``"repair"``, ``"none"``; ``None`` is ``"none"``) on ``data`` (training data; default:
+    the first split of ``eval_data``), then evaluated on every split of ``eval_data``. RESET measures
     every point; REPAIR measures the endpoints' statistics once for the whole curve, and
     its targets exist only for alphas in [0, 1]; ``spec`` saves re-tracing.
 
@@ -139,12 +136,12 @@ def lmc_curves(
     them (see :class:`LMCCurve`), instead of against the mapped end.
 
     Results are cached on disk, keyed by the content of both models, of every dataset and
-    of ``bn_data`` and by all settings (``cache``: ``True`` for the default cache, a
+    of ``data`` and by all settings (``cache``: ``True`` for the default cache, a
     :class:`~workbench.cache.ResultCache`, or ``False`` to bypass it). Data given as
     DataLoaders cannot be fingerprinted and is never cached.
     """
-    if not data:
-        raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
+    if not eval_data:
+        raise ValueError("eval_data must name at least one split, e.g. {'test': test_set}.")
     check_models([model_a, model_b])
     check_int("batch_size", batch_size, minimum=1)
     handling = get_bn(check_bn(bn, model_a))
@@ -156,28 +153,28 @@ def lmc_curves(
             f"only for alphas in [0, 1], got {points.tolist()}: drop the alphas outside, or "
             "use another handling."
         )
-    reset_data = bn_data if bn_data is not None else next(iter(data.values()))
-    check_data(model_a, {**data, "bn_data": reset_data} if handling.needs_data else data)
+    reset_data = data if data is not None else next(iter(eval_data.values()))
+    check_data(model_a, eval_data, reset_data if handling.needs_data else None)
     if original_b is not None:
         check_models([model_b, original_b])
     mapped = original_b is not None and not same_function(
-        original_b, model_b, next(iter(data.values()))
+        original_b, model_b, next(iter(eval_data.values()))
     )
     store = resolve_cache(cache)
     settings = {
         "batch_size": batch_size,
-        "bn_data": "given" if bn_data is not None else "first split",
+        "data": "given" if data is not None else "first split",
         "models": fingerprints([model_a, model_b]),
     }
     if mapped:
         settings["original_b"] = fingerprint(original_b)
     key = store.key(
-        models=settings["models"],
-        original_b=settings.get("original_b", "-"),
-        data=data_key(data),
-        bn_data=data_fingerprint(reset_data) if handling.needs_data else "-",
-        alphas=points.tolist(),
-        bn=handling.key,
+        models=[model_a, model_b],
+        original_b=original_b if mapped else "-",
+        eval_data=eval_data,
+        data=reset_data if handling.needs_data else "-",
+        alphas=points,
+        bn=handling,
         batch_size=batch_size,
     )
 
@@ -189,13 +186,13 @@ def lmc_curves(
             model_a,
             [model_a.state_dict(), model_b.state_dict()],
             [[1.0 - alpha, alpha] for alpha in points.tolist()],
-            data,
+            eval_data,
             correct=correct,
             batch_size=batch_size,
             progress=progress,
             desc=f"LMC {series_label(label, bn)}",
         )
-        own = _own_metrics(original_b, data, bn, reset_data, batch_size) if mapped else {}
+        own = _own_metrics(original_b, eval_data, bn, reset_data, batch_size) if mapped else {}
         return [
             LMCCurve(points, loss, acc, split, bn, label, settings, *own.get(split, (None, None)))
             for split, (loss, acc) in results.items()
@@ -231,14 +228,15 @@ def _own_metrics(
     return {split: (float(loss[0]), float(acc[0])) for split, (loss, acc) in found.items()}
 
 
+@keyword_only(("eval_data", "alphas", "bn"), renamed={"bn_data": "data"}, moved=MEASURED)
 def lmc_curve(
     model_a: nn.Module,
     model_b: nn.Module,
-    data: DataLike,
+    *,
+    eval_data: DataLike,
+    data: DataLike | None = None,
     alphas: int | Sequence[float] = 11,
     bn: str | None = None,
-    *,
-    bn_data: DataLike | None = None,
     label: str = "naive",
     spec: PermutationSpec | None = None,
     original_b: nn.Module | None = None,
@@ -246,11 +244,11 @@ def lmc_curve(
     progress: bool = True,
     cache: ResultCache | bool = True,
 ) -> LMCCurve:
-    """Loss and accuracy of ``(1 - alpha) A + alpha B`` on ``data`` for each alpha.
+    """Loss and accuracy of ``(1 - alpha) A + alpha B`` on ``eval_data`` for each alpha.
 
     ``alphas`` is a number of evenly spaced points in [0, 1] or explicit values (outside
     [0, 1] extrapolates; barriers use the points inside). ``bn`` corrects every
-    interpolated model on ``bn_data`` (default ``data``): ``"reset"`` recomputes BatchNorm
+    interpolated model on ``data`` (training data; default ``eval_data``): ``"reset"`` recomputes BatchNorm
     statistics, ``"repair"`` applies REPAIR (also for networks without BatchNorm), any
     registered handling works (:func:`~workbench.register_bn`).
     A NaN or infinite loss is kept and reported by :attr:`LMCCurve.diverged`. The models
@@ -258,14 +256,14 @@ def lmc_curve(
     aligned or mapped from, so that the barrier is measured against B itself when
     ``model_b`` computes another function (see :func:`lmc_curves`).
     """
-    split = getattr(data, "split", "data")
+    split = getattr(eval_data, "split", "data")
     return lmc_curves(
         model_a,
         model_b,
-        {split: data},
-        alphas,
-        bn,
-        bn_data=bn_data,
+        eval_data={split: eval_data},
+        data=data,
+        alphas=alphas,
+        bn=bn,
         label=label,
         spec=spec,
         original_b=original_b,
@@ -275,21 +273,22 @@ def lmc_curve(
     )[split]
 
 
+@keyword_only(("eval_data", "alphas", "bn", "method"), renamed={"bn_data": "data"}, moved=MEASURED)
 def pairwise_curves(
     models: Sequence[nn.Module],
-    data: Mapping[str, DataLike],
+    *,
+    eval_data: Mapping[str, DataLike],
+    data: DataLike | None = None,
     alphas: int | Sequence[float] = 11,
     bn: str | None = None,
     method: str = "none",
-    *,
-    bn_data: DataLike | None = None,
     batch_size: int = 500,
     progress: bool = True,
     cache: ResultCache | bool = True,
 ) -> list[LMCCurve]:
-    """Curves between every pair ``i < j`` of ``models`` on every split of ``data``, model
-    ``j`` aligned to model ``i`` by ``method`` (any of :func:`workbench.methods`; data for
-    matching and for BN correction: ``bn_data``, else the first split).
+    """Curves between every pair ``i < j`` of ``models`` on every split of ``eval_data``,
+    model ``j`` aligned to model ``i`` by ``method`` (any of :func:`workbench.methods`) on
+    ``data`` (training data, also for the BN correction; default the first split).
 
     Each curve's ``settings["pair"]`` is ``[i, j]``. Each pair is cached as a whole, keyed
     by the two original models, so a re-run skips the alignment too. Summarize the result
@@ -303,25 +302,22 @@ def pairwise_curves(
     if len(models) < 2:
         raise ValueError(f"Need at least 2 models for pairs, got {len(models)}.")
     check_models(models)
-    if not data:
-        raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
+    if not eval_data:
+        raise ValueError("eval_data must name at least one split, e.g. {'test': test_set}.")
     bn = check_bn(bn, models[0])
-    match_data = bn_data if bn_data is not None else next(iter(data.values()))
+    match_data = data if data is not None else next(iter(eval_data.values()))
     store = resolve_cache(cache)
-    model_keys = [fingerprint(m) for m in models]
     spec = None
     curves = []
     pairs = list(itertools.combinations(range(len(models)), 2))
     for i, j in tqdm(pairs, desc=f"pairs ({method})", disable=not progress):
         key = store.key(
-            models=None
-            if None in (model_keys[i], model_keys[j])
-            else [model_keys[i], model_keys[j]],
-            method=method_key(method),
-            match_data=data_fingerprint(match_data),
-            data=data_key(data),
-            alphas=alpha_grid(alphas).tolist(),
-            bn=get_bn(bn).key,
+            models=[models[i], models[j]],
+            method=found,
+            match_data=match_data,
+            eval_data=eval_data,
+            alphas=alpha_grid(alphas),
+            bn=get_bn(bn),
             far_end="measured against model j itself",
             batch_size=batch_size,
         )
@@ -329,14 +325,14 @@ def pairwise_curves(
         def compute(i: int = i, j: int = j) -> list[LMCCurve]:
             nonlocal spec
             spec = spec or resolve_spec(models[0], None, data=match_data)
-            aligned = align(models[i], models[j], method, data=match_data, spec=spec)
+            aligned = align(models[i], models[j], method=method, data=match_data, spec=spec)
             found = lmc_curves(
                 models[i],
                 aligned,
-                data,
-                alphas,
-                bn,
-                bn_data=bn_data,
+                eval_data=eval_data,
+                data=data,
+                alphas=alphas,
+                bn=bn,
                 label=method_label(method),
                 spec=spec,
                 original_b=models[j],

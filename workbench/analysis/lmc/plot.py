@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from workbench.analysis.lmc.result import LMCCurve
 from workbench.figures import (
     METRIC_LABELS,
     color_for,
@@ -19,6 +19,9 @@ from workbench.figures import (
     paper_style,
     series_label,
 )
+
+if TYPE_CHECKING:  # the result draws itself with these functions
+    from workbench.analysis.lmc.result import LMCCurve
 
 __all__ = ["plot_bands", "plot_curves"]
 

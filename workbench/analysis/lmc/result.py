@@ -19,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
+from workbench.analysis.lmc.plot import plot_curves
 from workbench.figures import save_table
+from workbench.results import Result
 
 __all__ = [
     "LMCCurve",
@@ -65,7 +69,7 @@ def _chord_excess(alphas: np.ndarray, values: np.ndarray, end: float | None = No
 
 
 @dataclass(frozen=True)
-class LMCCurve:
+class LMCCurve(Result):
     """Loss and accuracy at each ``alpha`` on the path from model A (0) to model B (1).
 
     ``split`` names the data it was evaluated on, ``bn`` the registered BatchNorm handling
@@ -154,6 +158,11 @@ class LMCCurve:
                 "accuracy": self.accuracy,
             }
         )
+
+    def plot(self, metric: str = "loss", ax: Axes | None = None) -> Figure:
+        """This curve's ``metric`` (``"loss"`` or ``"accuracy"``) against alpha
+        (:func:`~workbench.plot_curves` of this one curve)."""
+        return plot_curves([self], metric, ax=ax)
 
     def summary(self) -> dict[str, float | str]:
         """The barriers and endpoint/midpoint accuracies as one flat record; when the far

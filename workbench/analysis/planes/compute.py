@@ -17,22 +17,22 @@ the statistics of the combined network).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from workbench.alignment import align, get_method
-from workbench.alignment.method_keys import method_fingerprint
 from workbench.analysis.engine import check_data, evaluate_points, resolve_cache
-from workbench.analysis.lmc import data_key
 from workbench.analysis.planes.result import LossPlane, plane_weights
 from workbench.cache import ResultCache
 from workbench.data import DataLike
-from workbench.fingerprints import data_fingerprint, fingerprints
+from workbench.fingerprints import fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merging import check_bn, get_bn
 from workbench.validation import check_int, check_models, check_number
+from workbench.vocabulary import MEASURED, keyword_only
 
 __all__ = ["loss_plane", "loss_planes", "plane_basis"]
 
@@ -91,15 +91,16 @@ def _check_arguments(
     check_number("margin", margin, low=0.0)
 
 
+@keyword_only(("eval_data", "resolution", "bn"), renamed={"bn_data": "data"}, moved=MEASURED)
 def loss_planes(
     models: Sequence[nn.Module],
-    data: Mapping[str, DataLike],
+    *,
+    eval_data: Mapping[str, DataLike],
+    data: DataLike | None = None,
     resolution: int = 21,
     bn: str | None = "reset",
-    *,
     method: str = "none",
     margin: float = 0.2,
-    bn_data: DataLike | None = None,
     labels: Sequence[str] = ("model 1", "model 2", "model 3"),
     spec: PermutationSpec | None = None,
     batch_size: int = 500,
@@ -107,11 +108,11 @@ def loss_planes(
     cache: ResultCache | bool = True,
 ) -> dict[str, LossPlane]:
     """Loss and accuracy on a ``resolution x resolution`` grid over the plane through
-    three models, on every split of ``data`` (e.g. ``{"train": ..., "test": ...}``).
+    three models, on every split of ``eval_data`` (e.g. ``{"train": ..., "test": ...}``).
 
     Models 2 and 3 are first aligned to model 1 by ``method`` (any of
-    :func:`workbench.methods`; data for matching and for RESET: ``bn_data``, else the
-    first split). The grid covers the triangle of the three models plus ``margin`` times
+    :func:`workbench.methods`) on ``data`` (training data, also for RESET; default the
+    first split of ``eval_data``). The grid covers the triangle of the three models plus ``margin`` times
     its larger side around it. ``bn="reset"`` recomputes BatchNorm statistics at every
     point (see the module notes). One working model serves all points; results are cached
     by the content of the models and data and by all settings (``cache=False`` bypasses).
@@ -124,31 +125,31 @@ def loss_planes(
     bn = handling.name
     if len(labels) != 3:
         raise ValueError(f"labels must name the 3 models, got {list(labels)}.")
-    if not data:
-        raise ValueError("data must name at least one split, e.g. {'train': train_set}.")
-    reset_data = bn_data if bn_data is not None else next(iter(data.values()))
-    check_data(models[0], {**data, "bn_data": reset_data} if handling.needs_data else data)
+    if not eval_data:
+        raise ValueError("eval_data must name at least one split, e.g. {'test': test_set}.")
+    reset_data = data if data is not None else next(iter(eval_data.values()))
+    check_data(models[0], eval_data, reset_data if handling.needs_data else None)
     store = resolve_cache(cache)
     key = store.key(
-        models=fingerprints(models),
-        method=method_fingerprint(aligner),
-        match_data=data_fingerprint(reset_data) if aligner.needs_data else "-",
-        data=data_key(data),
-        bn=handling.key,
-        bn_data=data_fingerprint(reset_data) if handling.needs_data else "-",
+        models=models,
+        method=aligner,
+        match_data=reset_data if aligner.needs_data else "-",
+        eval_data=eval_data,
+        bn=handling,
+        data=reset_data if handling.needs_data else "-",
         resolution=resolution,
         margin=margin,
         batch_size=batch_size,
     )
     shapes = {"x": (resolution,), "y": (resolution,), "points": (3, 2)}
-    for split in data:
+    for split in eval_data:
         shapes[f"{split}/loss"] = shapes[f"{split}/accuracy"] = (resolution, resolution)
     tensors, settings = store.get_or_compute(
         "plane",
         key,
         lambda: _compute_planes(
             models,
-            data,
+            eval_data,
             resolution,
             bn,
             aligner.name,
@@ -173,7 +174,7 @@ def loss_planes(
             settings=settings,
             **grid,
         )
-        for split in data
+        for split in eval_data
     }
 
 
@@ -192,7 +193,7 @@ def _compute_planes(
     """Align, build the basis and the grid, and evaluate every point."""
     spec = resolve_spec(models[0], spec, data=reset_data)
     models = [models[0]] + [
-        align(models[0], m, method, data=reset_data, spec=spec) for m in models[1:]
+        align(models[0], m, method=method, data=reset_data, spec=spec) for m in models[1:]
     ]
     points = plane_basis(models)
     x, y = _grid(points, resolution, margin)
@@ -227,16 +228,22 @@ def _compute_planes(
     return tensors, settings
 
 
+@keyword_only(("eval_data", "resolution", "bn"), renamed={"bn_data": "data"}, moved=MEASURED)
 def loss_plane(
     models: Sequence[nn.Module],
-    data: DataLike,
+    *,
+    eval_data: DataLike,
+    data: DataLike | None = None,
     resolution: int = 21,
     bn: str | None = "reset",
-    *,
     method: str = "none",
-    **kwargs,
+    **kwargs: Any,
 ) -> LossPlane:
-    """The loss and accuracy plane through three models on one dataset; see
-    :func:`loss_planes` for the arguments (``margin``, ``bn_data``, ``labels``, ``cache``, ...)."""
-    split = getattr(data, "split", "data")
-    return loss_planes(models, {split: data}, resolution, bn, method=method, **kwargs)[split]
+    """The loss and accuracy plane through three models on one dataset, ``eval_data``;
+    see :func:`loss_planes` for the arguments (``data``, ``margin``, ``labels``,
+    ``cache``, ...)."""
+    split = getattr(eval_data, "split", "data")
+    return loss_planes(
+        models, eval_data={split: eval_data}, data=data, resolution=resolution, bn=bn,
+        method=method, **kwargs,
+    )[split]  # fmt: skip

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import matplotlib.colors as mcolors
 import matplotlib.ticker as mticker
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from workbench.analysis.planes.result import LossPlane
 from workbench.figures import METRIC_LABELS, bn_label, new_figure, paper_style
+
+if TYPE_CHECKING:  # the plane draws itself with plot_plane
+    from workbench.analysis.planes.result import LossPlane
 
 __all__ = ["log_ticks", "plot_plane"]
 

@@ -4,12 +4,14 @@ through three models, with the models' coordinates, a summary and a tidy table."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from workbench.figures import save_table
+from workbench.analysis.planes.plot import plot_plane
+from workbench.results import Result
 
 __all__ = ["LossPlane", "plane_weights"]
 
@@ -23,7 +25,7 @@ def plane_weights(points: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarra
 
 
 @dataclass(frozen=True)
-class LossPlane:
+class LossPlane(Result):
     """Loss and accuracy on a grid over the plane through three models.
 
     ``loss[i, j]`` and ``accuracy[i, j]`` are at plane coordinates ``(x[j], y[i])``;
@@ -78,6 +80,10 @@ class LossPlane:
         frame["accuracy"] = self.accuracy.ravel()
         return frame
 
+    def plot(self, metric: str = "loss", ax: Axes | None = None) -> Figure:
+        """Filled contours of ``metric`` over the plane (:func:`plot_plane`)."""
+        return plot_plane(self, metric, ax=ax)
+
     def summary(self) -> dict[str, float | str | int]:
         """The grid's lowest loss and highest accuracy, where they are, and how many points
         diverged."""
@@ -93,7 +99,3 @@ class LossPlane:
             "max_accuracy": float(np.nanmax(self.accuracy)),
             "diverged_points": len(self.diverged),
         }
-
-    def write_csv(self, path: str | Path) -> Path:
-        """Write :meth:`to_frame` to ``path`` (folders created)."""
-        return save_table(self.to_frame(), path)

@@ -83,7 +83,7 @@ class BatchNormHandling:
     description: str = ""
 
     @property
-    def key(self) -> str | None:
+    def cache_key(self) -> str | None:
         """The part of a cache key that stands for this handling: its name, flags and
         code (a handling registered again with other code gets new results); ``None``
         when its code cannot be fingerprinted (not cached)."""

@@ -36,6 +36,7 @@ from workbench.data import DataLike
 from workbench.graph import LayerPoint, PermutationSpec, resolve_spec
 from workbench.merging.renorm.registry import Correction, register_bn
 from workbench.modules import check_compatible, clone, model_device
+from workbench.vocabulary import keyword_only
 
 __all__ = ["repair", "repair_", "repair_points"]
 
@@ -46,16 +47,21 @@ def repair_points(spec: PermutationSpec) -> list[LayerPoint]:
     return [p for p in spec.layers if not p.final]
 
 
+@keyword_only(
+    ("targets", "weights", "data", "layer_points", "batch_size", "max_batches"),
+    renamed={"points": "layer_points"},
+)
 def repair_(
     model: nn.Module,
+    *,
     targets: Sequence[Moments],
     weights: Sequence[float],
     data: DataLike,
-    points: Sequence[LayerPoint],
+    layer_points: Sequence[LayerPoint],
     batch_size: int = 500,
     max_batches: int | None = None,
 ) -> nn.Module:
-    """REPAIR in place: rescale every point's channels so that their mean and standard
+    """REPAIR in place: rescale the channels of every one of ``layer_points`` so that their mean and standard
     deviation over ``data`` are the ``weights``-average of the endpoints' (``targets``).
 
     Point by point in forward order, an eval-mode pass measures the point's statistics
@@ -65,7 +71,7 @@ def repair_(
     size (dead channels, which never vary, are only shifted).
     """
     modules = dict(model.named_modules())
-    foldable = {p.point: p.dim for p in points if _affine_of(modules[p.point]) is not None}
+    foldable = {p.point: p.dim for p in layer_points if _affine_of(modules[p.point]) is not None}
     target = {
         name: (
             sum(w * t[name][0] for w, t in zip(weights, targets, strict=True)),
@@ -106,13 +112,14 @@ def _affine_of(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
     return weight, bias
 
 
+@keyword_only(("alpha", "data", "spec"))
 def repair(
     merged: nn.Module,
     endpoints: Sequence[nn.Module],
+    *,
     alpha: float | Sequence[float],
     data: DataLike,
     spec: PermutationSpec | None = None,
-    *,
     batch_size: int = 500,
     max_batches: int | None = None,
 ) -> nn.Module:
@@ -155,6 +162,14 @@ def repair_correction(endpoints, data, *, spec, batch_size, max_batches) -> Corr
                 "REPAIR's targets interpolate the endpoints' statistics and exist only for "
                 f"weights >= 0, got {list(weights)}: use alpha in [0, 1], or bn='reset'."
             )
-        repair_(work, targets, weights, data, points, batch_size, max_batches)
+        repair_(
+            work,
+            targets=targets,
+            weights=weights,
+            data=data,
+            layer_points=points,
+            batch_size=batch_size,
+            max_batches=max_batches,
+        )
 
     return correct

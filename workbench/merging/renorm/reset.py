@@ -23,6 +23,6 @@ def reset(endpoints, data, *, spec, batch_size, max_batches) -> Correction:
     on = on_device(data, model_device(endpoints[0]))
 
     def correct(work: nn.Module, _weights: Sequence[float]) -> None:
-        reset_bn_(work, on, batch_size, max_batches)
+        reset_bn_(work, data=on, batch_size=batch_size, max_batches=max_batches)
 
     return correct
