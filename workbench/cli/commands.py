@@ -69,8 +69,8 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         batch_size=args.batch_size,
         augment=random_translate(args.translate) if args.translate else None,
-        split=args.split,
-        alpha=args.alpha,
+        partition=args.split,
+        concentration=args.alpha,
     )
     for seed, path, run in zip(args.seeds, paths, runs, strict=True):
         metrics = run.metrics
