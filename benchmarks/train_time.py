@@ -60,7 +60,7 @@ def main() -> None:
         train,
         args.epochs,
         model_kwargs={"width": args.width, "in_channels": 1},
-        test_data=test,
+        eval_data=test,
         lr=args.lr,
         augment=wb.random_translate(2),
         progress=False,

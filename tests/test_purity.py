@@ -838,7 +838,7 @@ def train_models_split(inp: Inputs) -> None:
 @case("training_runs")
 def training_runs(inp: Inputs) -> None:
     wb.training_runs(
-        "cnn", [0], inp.train, 1, model_kwargs=_TINY_CNN, test_data=inp.test, progress=False
+        "cnn", [0], inp.train, 1, model_kwargs=_TINY_CNN, eval_data=inp.test, progress=False
     )
 
 

@@ -178,7 +178,7 @@ def test_train_models_seed_sets_init_and_training(tiny_train):
 
 def test_training_runs_metrics(tiny_train, mnist_test):
     [run] = wb.training_runs(
-        "cnn", [0], tiny_train, 2, model_kwargs=TINY, test_data=mnist_test, **FAST
+        "cnn", [0], tiny_train, 2, model_kwargs=TINY, eval_data=mnist_test, **FAST
     )
     assert run.metrics["test_accuracy"] == wb.evaluate(run.model, eval_data=mnist_test).accuracy
     [model] = wb.train_models("cnn", [0], tiny_train, 2, model_kwargs=TINY, **FAST)

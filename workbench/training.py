@@ -155,7 +155,7 @@ def training_run(
     **train_kwargs: Any,
 ) -> TrainingRun:
     """:func:`train_model` (same arguments), then the trained model measured: the final
-    train (and test, when ``test_data`` is given) loss and accuracy, the number of epochs
+    train (and test, when ``eval_data`` is given) loss and accuracy, the number of epochs
     and the wall time of training."""
     started = time.perf_counter()
     trained = train_model(model, data=data, epochs=epochs, seed=seed, **train_kwargs)

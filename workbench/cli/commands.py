@@ -65,7 +65,7 @@ def run_train(args: argparse.Namespace) -> int:
         train,
         args.epochs,
         model_kwargs=model_kwargs,
-        test_data=test,
+        eval_data=test,
         lr=args.lr,
         batch_size=args.batch_size,
         augment=random_translate(args.translate) if args.translate else None,
