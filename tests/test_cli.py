@@ -402,11 +402,11 @@ def test_after_an_interrupt_the_rerun_computes_only_what_is_missing(tmp_path, mo
     merged = []
     real = comparison.merge_many
 
-    def interrupt_second(models, data, method, **kwargs):
+    def interrupt_second(models, **kwargs):
         if len(merged) == 1:
             raise KeyboardInterrupt
-        merged.append(method)
-        return real(models, data, method, **kwargs)
+        merged.append(kwargs["method"])
+        return real(models, **kwargs)
 
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(comparison, "merge_many", interrupt_second)
@@ -415,7 +415,7 @@ def test_after_an_interrupt_the_rerun_computes_only_what_is_missing(tmp_path, mo
     code, _, err = _run(argv)
     assert code == 130 and "interrupted" in err and merged == ["none"]
     monkeypatch.setattr(
-        comparison, "merge_many", lambda *a, **k: merged.append(a[2]) or real(*a, **k)
+        comparison, "merge_many", lambda *a, **k: merged.append(k["method"]) or real(*a, **k)
     )
     code, _, err = _run(argv)
     assert code == 0, err
