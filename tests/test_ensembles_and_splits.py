@@ -404,9 +404,9 @@ def test_train_models_on_disjoint_parts(mnist_train, small_test, tmp_path):
 def test_train_models_refuses_bad_splits(tiny_train):
     with pytest.raises(ValueError, match="at least 2 seeds"):
         wb.train_models("cnn", [0], tiny_train, 1, model_kwargs=TINY, partition="disjoint", **FAST)
-    with pytest.raises(ValueError, match="split must be one of"):
+    with pytest.raises(ValueError, match="partition must be one of"):
         wb.train_models("cnn", [0, 1], tiny_train, 1, model_kwargs=TINY, partition="iid", **FAST)
-    with pytest.raises(ValueError, match="alpha must be"):
+    with pytest.raises(ValueError, match="concentration must be"):
         wb.training_runs(
             "cnn",
             [0, 1],
@@ -443,4 +443,4 @@ def test_cli_train_with_a_split(mnist_train, small_test, tmp_path, monkeypatch):
     assert [s["counts"] for s in splits] == [p.partition["counts"] for p in expected]
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         assert main([*argv[:-2], "--alpha", "nan", "--out", str(tmp_path / "o")]) == 2
-    assert "alpha must be a finite number" in err.getvalue()
+    assert "concentration must be a finite number" in err.getvalue()

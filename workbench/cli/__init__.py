@@ -52,13 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="random shift augmentation in pixels (0 to turn off)",
     )
     train.add_argument(
+        "--partition",
         "--split",
+        dest="split",
         choices=["disjoint", "dirichlet"],
         help="train model i on part i of the training set: disjoint classes, or each "
-        "class shared in Dirichlet(alpha) proportions (files get a _<split>-part<i> suffix)",
+        "class shared in Dirichlet proportions (files get a _<partition>-part<i> suffix; "
+        "--split is its former name)",
     )
     train.add_argument(
-        "--alpha", type=float, default=0.5, help="Dirichlet concentration (--split dirichlet)"
+        "--concentration",
+        "--alpha",
+        dest="alpha",
+        type=float,
+        default=0.5,
+        help="Dirichlet concentration (--partition dirichlet; --alpha is its former name)",
     )
     train.add_argument("--out", default=str(shipped_models_dir()))
     train.add_argument("--overwrite", action="store_true")
