@@ -136,7 +136,7 @@ def test_the_dashboards_offer_and_use_it(reset_head, shipped_pair, small):
     expected = _midpoint_by_hand(*shipped_pair, fit, test)
     assert explorer.curve.loss[1] == pytest.approx(expected.loss, rel=1e-5)
 
-    slider = InterpolationSlider(*shipped_pair, test, bn="reset-head", bn_data=fit)
+    slider = InterpolationSlider(*shipped_pair, test, bn="reset-head", bn_data=fit, step=0.5)
     assert slider.metrics.accuracy == expected.accuracy  # the slider starts at alpha 0.5
     assert "after RESET-64" in slider.readout.value
 

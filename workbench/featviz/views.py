@@ -19,14 +19,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
-from workbench.alignment import apply_permutation, collect_statistics, match
+from workbench.alignment import apply_permutation, collect_statistics, match, method_key
+from workbench.analysis.engine import resolve_cache
+from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.featviz.exemplars import Exemplars, top_exemplars
 from workbench.featviz.render import check_channels, render_channels, resolve_layer
 from workbench.figures import color_for, figure_for, new_figure, paper_style
+from workbench.fingerprints import data_fingerprint, fingerprints
 from workbench.graph import PermutationSpec
 from workbench.merging import average, reset_bn
-from workbench.modules import has_batchnorm
+from workbench.modules import clone, has_batchnorm
 
 __all__ = [
     "LayerComparison",
@@ -114,6 +117,12 @@ class LayerComparison:
     models: dict[str, nn.Module]
 
 
+def _spec_key(spec: PermutationSpec) -> dict:
+    """What of a given spec a cache key needs: all of it but its verification report
+    (which records, among others, how long the verification took)."""
+    return {k: v for k, v in spec.to_dict().items() if k != "verification"}
+
+
 def compare_layer(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -121,14 +130,51 @@ def compare_layer(
     data: DataLike,
     method: str = "weight",
     spec: PermutationSpec | None = None,
+    *,
+    cache: ResultCache | bool = True,
 ) -> LayerComparison:
-    """Match B to A, merge them, and collect the four models for side-by-side views."""
-    found, perm, spec = _match_layer(model_a, model_b, layer, data, method, spec)
-    aligned = apply_permutation(model_b, spec, perm)
+    """Match B to A, merge them, and collect the four models for side-by-side views.
+
+    What costs passes over ``data`` (the matching, the units' correlations and the merged
+    model's RESET statistics) is cached on disk (``cache`` as in
+    :func:`~workbench.lmc_curve`), keyed by both models, the data, the method, the layer
+    and ``spec``; a second call rebuilds the four models from it without a pass."""
+    resolve_layer(model_a, layer)
+    store = resolve_cache(cache)
+    key = store.key(
+        models=fingerprints([model_a, model_b]),
+        data=data_fingerprint(data),
+        method=method_key(method),
+        layer=layer,
+        spec="traced" if spec is None else _spec_key(spec),
+    )
+
+    def compute() -> tuple[dict[str, torch.Tensor], dict]:
+        found, perm, used = _match_layer(model_a, model_b, layer, data, method, spec)
+        tensors = {"matched": found.matched, "correlation": found.correlation}
+        tensors |= {f"perm/{group}": p.clone() for group, p in perm.items()}
+        merged = average([model_a, apply_permutation(model_b, used, perm)])
+        if has_batchnorm(merged):
+            reset = reset_bn(merged, data)
+            tensors |= {f"reset/{name}": b for name, b in reset.named_buffers()}
+        return tensors, {"group": found.group, "spec": used.to_dict()}
+
+    tensors, meta = store.get_or_compute(
+        "featviz-compare", key, compute, expect=("matched", "correlation")
+    )
+    used = PermutationSpec.from_dict(meta["spec"])
+    perm = {name[5:]: t for name, t in tensors.items() if name.startswith("perm/")}
+    found = UnitMatch(layer, meta["group"], method, tensors["matched"], tensors["correlation"])
+    aligned = apply_permutation(model_b, used, perm)
     merged = average([model_a, aligned])
     models = {"A": model_a, "B (matched)": aligned, "merged": merged}
     if has_batchnorm(merged):
-        models["merged + RESET"] = reset_bn(merged, data)
+        reset = clone(merged)
+        buffers = dict(reset.named_buffers())
+        for name, value in tensors.items():
+            if name.startswith("reset/"):
+                buffers[name[6:]].copy_(value)
+        models["merged + RESET"] = reset
     return LayerComparison(layer, found, models)
 
 
@@ -158,14 +204,18 @@ def layer_exemplars(
     }
 
 
-def _show_image(ax: Axes, image: torch.Tensor, title: str | None = None) -> None:
+def _pixels(image: torch.Tensor) -> np.ndarray:
+    """``image`` ((C, H, W) or (H, W, C)) as imshow takes it: (H, W) grey or (H, W, 3)."""
     image = image.detach().cpu().float()
     if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
         image = image.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0].numpy(), cmap="gray", interpolation="nearest")
-    else:
-        ax.imshow(image.clamp(0, 1).numpy(), interpolation="nearest")
+    return image[..., 0].numpy() if image.shape[-1] == 1 else image.clamp(0, 1).numpy()
+
+
+def _show_image(ax: Axes, image: torch.Tensor, title: str | None = None) -> None:
+    pixels = _pixels(image)
+    grey = {"cmap": "gray"} if pixels.ndim == 2 else {}
+    ax.imshow(pixels, interpolation="nearest", **grey)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)
@@ -195,29 +245,44 @@ def plot_unit_comparison(
     images: Mapping[str, torch.Tensor],
     exemplars: Mapping[str, Exemplars] | None = None,
     units: Sequence[int] | None = None,
+    *,
+    into: Figure | None = None,
 ) -> Figure:
     """Unit ``unit`` of A beside its match in B and the merged unit: feature
     visualizations (top row) and dataset exemplars (bottom row). ``images`` and
     ``exemplars`` come from :func:`render_layer` / :func:`layer_exemplars` for ``units``
-    (default: just ``[unit]``)."""
+    (default: just ``[unit]``). ``into``: a figure this function drew for the same
+    comparison, whose images and titles are replaced in place (a dashboard stepping
+    through units redraws them only) and which is returned."""
     units = list(units) if units is not None else [unit]
     if unit not in units:
         raise ValueError(f"Unit {unit} was not rendered; rendered units: {units[:10]}.")
     row = units.index(unit)
     names = list(comparison.models)
     rows = 2 if exemplars else 1
-    fig, axes = new_figure(
-        columns=2, aspect=0.48 if exemplars else 0.28, nrows=rows, ncols=len(names)
-    )
-    axes = np.atleast_2d(axes)
+    if into is None:
+        fig, axes = new_figure(
+            columns=2, aspect=0.48 if exemplars else 0.28, nrows=rows, ncols=len(names)
+        )
+    else:
+        fig, axes = into, np.array(into.axes)
+    axes = axes.reshape(rows, len(names))
     matched = int(comparison.match.matched[unit])
     correlation = float(comparison.match.correlation[unit])
+    panels = [(0, name, images[name][row]) for name in names]
+    if exemplars:
+        panels += [(1, name, _montage(exemplars[name].images[row])) for name in names]
     with paper_style():
-        for col, name in enumerate(names):
-            label = f"{name}: unit {matched if name.startswith('B') else unit}"
-            _show_image(axes[0, col], images[name][row], label)
-            if exemplars:
-                _show_image(axes[1, col], _montage(exemplars[name].images[row]))
+        for r, name, image in panels:
+            ax = axes[r, names.index(name)]
+            title = f"{name}: unit {matched if name.startswith('B') else unit}" if r == 0 else None
+            if into is None:
+                _show_image(ax, image, title)
+                continue
+            ax.images[0].set_data(_pixels(image))
+            ax.images[0].autoscale()
+            if title:
+                ax.set_title(title, fontsize=7)
         if exemplars:
             axes[1, 0].set_ylabel("top images", fontsize=7)
         fig.suptitle(
