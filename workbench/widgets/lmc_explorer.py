@@ -101,8 +101,8 @@ class LMCExplorer(widgets.VBox):
             [
                 widgets.HBox([self.pair, self.method]),
                 widgets.HBox([self.bn, self.compute]),
-                self.progress,
                 self.barrier,
+                self.progress,
                 self.view,
                 self.alpha,
                 self.readout,

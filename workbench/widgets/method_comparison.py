@@ -85,7 +85,7 @@ class MethodComparison(widgets.VBox):
             self.run,
             [*self.methods.values(), self.bn],
             key=lambda: (tuple(m for m, box in self.methods.items() if box.value), self.bn.value),
-            compute=self._compare,
+            compute=self._merge_and_evaluate,
             show=self._show,
             clear=self._clear,
             status=self.status,
@@ -102,7 +102,7 @@ class MethodComparison(widgets.VBox):
     def _write_csv(self, stem: Path) -> list[Path]:
         return [save_table(self.table, stem.with_name(f"{stem.name}.csv"))]
 
-    def _compare(self, key: tuple) -> tuple[pd.DataFrame, float]:
+    def _merge_and_evaluate(self, key: tuple) -> tuple[pd.DataFrame, float]:
         chosen, bn = key
         if not chosen:
             raise ValueError("Tick at least one method.")

@@ -63,9 +63,9 @@ class NeuronExplorer(widgets.VBox):
         super().__init__(
             [
                 widgets.HBox([self.layer, self.method, self.render]),
+                self.info,
                 self.progress,
                 self.unit,
-                self.info,
                 self.view,
                 self.export,
             ]
