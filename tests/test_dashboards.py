@@ -46,7 +46,7 @@ def test_lmc_explorer_controls(shipped_pair, small_test, small_train, tmp_path):
     statuses = _values_seen(explorer.barrier)
     explorer.compute.click()  # weight matching, no BN handling
     assert "wb-busy" in statuses[0], "while it computes, the dashboard says so"
-    weight_curve = explorer.curve
+    weight_curve, weight_figure = explorer.curve, explorer.figure
     expected = wb.lmc_curve(
         shipped_pair[0], wb.align(*shipped_pair, "weight"), small_test, 5, progress=False
     )
@@ -83,6 +83,7 @@ def test_lmc_explorer_controls(shipped_pair, small_test, small_train, tmp_path):
     explorer.method.value = "weight"
     explorer.bn.value = "none"
     assert explorer.curve is weight_curve, "a computed curve is shown again without recomputing"
+    assert explorer.figure is weight_figure, "and its figure without drawing it again"
 
     explorer.export.button.click()
     assert sorted(p.suffix for p in explorer.export.written) == [".pdf", ".png", ".svg"]
@@ -157,7 +158,7 @@ def test_lmc_explorer_needs_two_models(shipped_pair, small_test):
 
 def test_method_comparison_runs_and_exports(shipped_pair, small_test, small_train, tmp_path):
     dashboard = MethodComparison(
-        list(shipped_pair), small_test, small_train, export_stem=str(tmp_path / "cmp")
+        list(shipped_pair), small_test, small_train, export_dir=str(tmp_path)
     )
     assert next(iter(dashboard.methods.values())).description == "naive"
     for name, box in dashboard.methods.items():
@@ -184,6 +185,7 @@ def test_method_comparison_runs_and_exports(shipped_pair, small_test, small_trai
     dashboard.export.button.click()
     suffixes = sorted(p.suffix for p in dashboard.export.written)
     assert suffixes == [".csv", ".pdf", ".png", ".svg"]
+    assert {p.stem for p in dashboard.export.written} == {"method_comparison_reset"}
     shown_table = dashboard.table
 
     dashboard.bn.value = "repair"  # the table and figure no longer match: they go
@@ -235,6 +237,7 @@ def test_neuron_explorer_controls(shipped_pair, small_train, tmp_path, monkeypat
     assert (explorer.unit.min, explorer.unit.max) == (1, last) and not explorer.unit.disabled
     best = match.order()[0]
     assert f"A's unit <b>{best}</b>" in explorer.info.value
+    assert explorer.export.path.value == f"figures/neurons_features-conv1_weight_unit{best}"
     assert f"rank 1 of {last}" in explorer.info.value
     assert "<b>weight matching</b>, features.conv1" in explorer.info.value
     assert "on 500 train images" in explorer.info.value

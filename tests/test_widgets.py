@@ -242,3 +242,17 @@ def test_figure_view_redraws_only_the_marker():
     assert bytes(view.value) == first, "the same marker position gives the same image"
     view.clear()
     assert view.figure is None and bytes(view.value) == b"" and view.layout.display == "none"
+
+
+def test_figure_view_shows_a_kept_figure_again_without_drawing_it(monkeypatch):
+    view, figures = FigureView(), []
+    for y in (0, 1):
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [y, 1 - y])
+        figures.append(fig)
+        view.show(fig, keep=True)
+    first = figures[0]
+    drawn = []
+    monkeypatch.setattr(type(first.canvas), "draw", lambda canvas: drawn.append(canvas))
+    view.show(first, keep=True)
+    assert view.figure is first and view.layout.display is None and drawn == []

@@ -58,29 +58,40 @@ class FigureView(widgets.Image):
     :meth:`show` draws a figure once (layout included) and keeps the pixels of everything
     but its ``dynamic`` artists (a marker, the images of a panel); :meth:`update` draws
     only those over the kept pixels (blitting on the Agg canvas) and sends the new image,
-    a few milliseconds instead of a new figure and a tight-bbox render per step. The
+    a few milliseconds instead of a new figure and a tight-bbox render per step. A figure
+    shown with ``keep=True`` keeps its pixels after another is shown (up to
+    :attr:`KEPT` of them), so that showing it again draws only its dynamic artists. The
     image widget is replaced in the page, never cleared and displayed again, so it does
     not flicker. ``.figure`` is the figure shown (``None`` after :meth:`clear`).
     """
+
+    KEPT = 32
 
     def __init__(self) -> None:
         super().__init__(format="png", layout=widgets.Layout(display="none"))
         self.figure: Figure | None = None
         self._dynamic: list[Artist] = []
         self._background = None
+        self._kept: dict[int, tuple[Figure, list[Artist], Any]] = {}
 
-    def show(self, fig: Figure, dynamic: Iterable[Artist] = ()) -> None:
-        """Draw ``fig`` and show it; ``dynamic`` artists are redrawn by :meth:`update`."""
-        if self.figure is not None and self.figure is not fig:
-            plt.close(self.figure)
-        plt.close(fig)  # shown through this widget only, never by the inline backend
-        self.figure, self._dynamic = fig, list(dynamic)
-        canvas = FigureCanvasAgg(fig)
-        for artist in self._dynamic:
-            artist.set_animated(True)
-        canvas.draw()
-        self._background = canvas.copy_from_bbox(fig.bbox)
-        fig.set_layout_engine("none")  # the layout is done: updates keep it
+    def show(self, fig: Figure, dynamic: Iterable[Artist] = (), keep: bool = False) -> None:
+        """Show ``fig``; its ``dynamic`` artists are redrawn by :meth:`update`. A kept
+        figure shown again is not drawn again (its first ``dynamic`` artists stay)."""
+        kept = self._kept.get(id(fig))
+        if kept is None:
+            plt.close(fig)  # shown through this widget only, never by the inline backend
+            canvas = FigureCanvasAgg(fig)
+            kept = (fig, list(dynamic), None)
+            for artist in kept[1]:
+                artist.set_animated(True)
+            canvas.draw()
+            kept = (fig, kept[1], canvas.copy_from_bbox(fig.bbox))
+            fig.set_layout_engine("none")  # the layout is done: updates keep it
+            if keep:
+                while len(self._kept) >= self.KEPT:
+                    self._kept.pop(next(iter(self._kept)))
+                self._kept[id(fig)] = kept
+        self.figure, self._dynamic, self._background = kept
         self.update()
 
     def update(self) -> None:
@@ -100,11 +111,28 @@ class FigureView(widgets.Image):
 
     def clear(self) -> None:
         """Take the figure off the screen (what it showed no longer holds)."""
-        if self.figure is not None:
-            plt.close(self.figure)
         self.figure, self._dynamic, self._background = None, [], None
         self.layout.display = "none"
         self.value = b""
+
+
+def compute_showing_progress(
+    status: widgets.HTML, progress: widgets.Output, what: str, compute: Callable[[], Any]
+) -> Any:
+    """``compute()``'s result, computed with a busy sign (``what``...) in ``status`` and its
+    progress bars in ``progress`` (cleared after); an error is shown in ``status`` and
+    raised. The core of every button that computes (:class:`ComputeOnButton`, the
+    interpolation slider's finer grid)."""
+    status.value = busy(f"{what}... (progress below)")
+    progress.clear_output()
+    try:
+        with progress:
+            return compute()
+    except Exception as error:
+        status.value = failure(error)
+        raise
+    finally:
+        progress.clear_output()
 
 
 class ComputeOnButton:
@@ -161,19 +189,15 @@ class ComputeOnButton:
         key = self._key()
         self.button.disabled = True
         self._clear()
-        self.status.value = busy(f"{self._what}... (progress below)")
-        self.progress.clear_output()
         started = time.perf_counter()
         try:
-            with self.progress:
-                result = self._compute(key)
-        except Exception as error:
-            self.progress.clear_output()
+            result = compute_showing_progress(
+                self.status, self.progress, self._what, lambda: self._compute(key)
+            )
+        except Exception:
             self.button.disabled = False
-            self.status.value = failure(error)
             raise
         self.seconds = time.perf_counter() - started
-        self.progress.clear_output()
         self.results[key] = result
         self.refresh()
 

@@ -15,7 +15,13 @@ from workbench.data import DataLike
 from workbench.evaluation import Metrics
 from workbench.merging import check_bn, get_bn
 from workbench.modules import check_compatible
-from workbench.widgets.common import busy, count_label, failure, prompt
+from workbench.widgets.common import (
+    busy,
+    compute_showing_progress,
+    count_label,
+    failure,
+    prompt,
+)
 
 FINEST_STEP = 1 / 80
 """The finest grid the refine button offers (81 points on the path)."""
@@ -142,16 +148,16 @@ class InterpolationSlider(widgets.VBox):
         grid = alpha_grid(_grid_points(self._step))
         middles = np.round((grid[:-1] + grid[1:]) / 2, 12)
         self.refine.disabled = True
-        self.status.value = busy(f"computing {len(middles)} more points (progress below)...")
         try:
-            with self.progress:
-                self._add(middles, progress=True)
-        except Exception as error:
-            self.status.value = failure(error)
+            compute_showing_progress(
+                self.status,
+                self.progress,
+                f"computing {len(middles)} more points",
+                lambda: self._add(middles, progress=True),
+            )
+        except Exception:
             self.refine.disabled = False
             raise
-        finally:
-            self.progress.clear_output()
         self._step /= 2
         self.slider.step = self._step
         self.slider.readout_format = f".{_decimals(self._step)}f"

@@ -96,6 +96,7 @@ class LMCExplorer(widgets.VBox):
         self.view = FigureView()
         self.curve: LMCCurve | None = None
         self._marker = None
+        self._figures: dict[tuple, tuple] = {}  # selection -> (figure, marker), drawn once
         self.export = ExportRow(self._paper_figure, self._stem(), fresh=True)
         super().__init__(
             [
@@ -180,12 +181,15 @@ class LMCExplorer(widgets.VBox):
                 f"The barriers are measured against {name_b}'s own loss and accuracy.</span>"
             )
         self.barrier.value = text
-        fig = self._paper_figure()
-        ax = fig.axes[0]
-        low, high = ax.get_ylim()  # headroom: the marker stays inside at the highest point
-        ax.set_ylim(low, max(high, np.nanmax(self._values(curve)) + 0.06 * (high - low)))
-        (self._marker,) = ax.plot([], [], "o", color="black", markersize=6, zorder=5)
-        self.view.show(fig, [self._marker])
+        if key not in self._figures:
+            fig = self._paper_figure()
+            ax = fig.axes[0]
+            low, high = ax.get_ylim()  # headroom: the marker stays inside at the highest point
+            ax.set_ylim(low, max(high, np.nanmax(self._values(curve)) + 0.06 * (high - low)))
+            (marker,) = ax.plot([], [], "o", color="black", markersize=6, zorder=5)
+            self._figures[key] = (fig, marker)
+        fig, self._marker = self._figures[key]
+        self.view.show(fig, [self._marker], keep=True)
         self._alpha_changed()
 
     def _paper_figure(self) -> Figure | None:

@@ -30,7 +30,8 @@ class MethodComparison(widgets.VBox):
     same models and data is read back at once. Changing a method or the BatchNorm handling
     takes the table and figure off the screen until **Run** (or shows at once what was run
     for that selection before). **Export** saves the figure and the table as CSV to
-    ``figures/`` in the working directory.
+    ``figures/method_comparison_<bn>.*`` in the working directory (replaced when exported
+    again, as :func:`~workbench.figures.save` does).
 
     Controls: ``.methods`` (checkboxes, wrapping to the window's width), ``.bn``, ``.run``;
     outputs: ``.status`` (HTML: what is shown and this run's seconds), ``.table`` (the
@@ -42,13 +43,13 @@ class MethodComparison(widgets.VBox):
         models: Sequence[nn.Module],
         data: DataLike,
         train_data: DataLike,
-        export_stem: str = f"{EXPORT_DIR}/method_comparison",
+        export_dir: str = EXPORT_DIR,
         **merge_options,
     ) -> None:
         self._models, self._data, self._train = list(models), data, train_data
         if len(self._models) < 2:
             raise ValueError(f"MethodComparison needs at least 2 models, got {len(models)}.")
-        self._options = merge_options
+        self._options, self._export_dir = merge_options, export_dir
         self.methods = {
             m: widgets.Checkbox(
                 value=m in ("none", "weight", "activation"),
@@ -69,7 +70,8 @@ class MethodComparison(widgets.VBox):
         self.table_view = widgets.HTML()
         self.view = FigureView()
         self.table: pd.DataFrame | None = None
-        self.export = ExportRow(lambda: self.figure, export_stem, extra=self._write_csv)
+        self._figures: dict[tuple, Figure] = {}  # selection -> its figure, drawn once
+        self.export = ExportRow(lambda: self.figure, self._stem(), extra=self._write_csv)
         row = widgets.Layout(flex_flow="row wrap", width="100%")
         super().__init__(
             [
@@ -112,14 +114,18 @@ class MethodComparison(widgets.VBox):
         )
         return table, time.perf_counter() - started
 
+    def _stem(self) -> str:
+        """The export stem named after the BatchNorm handling (the methods are in the CSV)."""
+        return f"{self._export_dir}/method_comparison_{self.bn.value}"
+
     def _clear(self) -> None:
-        self.export.reset()
+        self.export.reset(self._stem())
         self.table = None
         self.table_view.value = ""
         self.view.clear()
 
     def _show(self, key: tuple, result: tuple[pd.DataFrame, float]) -> None:
-        self.export.reset()
+        self.export.reset(self._stem())
         (chosen, bn), (self.table, seconds) = key, result
         sizes = sorted(self.table["n_models"].unique())
         handling = bn_label(bn) or "no BatchNorm handling"
@@ -137,9 +143,10 @@ class MethodComparison(widgets.VBox):
         self.table_view.value = shown.to_html(
             index=False, na_rep="-", formatters={c: f.format for c, f in formats.items()}
         )
-        fig = plot_comparison(self.table)
-        _zoom_to_data(fig.axes[0], 100 * self.table["accuracy"].to_numpy())
-        self.view.show(fig)
+        if key not in self._figures:
+            self._figures[key] = plot_comparison(self.table)
+            _zoom_to_data(self._figures[key].axes[0], 100 * self.table["accuracy"].to_numpy())
+        self.view.show(self._figures[key], keep=True)
 
 
 def _zoom_to_data(ax, values: np.ndarray) -> None:

@@ -26,6 +26,10 @@ class NeuronExplorer(widgets.VBox):
     shows at once what was rendered for it before). ``layer`` is the layer shown first
     (default: the first conv/linear layer).
 
+    **Export** saves the unit's figure to ``figures/neurons_<layer>_<method>_unit<i>.*``
+    (replaced when the same unit is exported again, as :func:`~workbench.figures.save`
+    does).
+
     Controls: ``.layer``, ``.method``, ``.render``, ``.unit``; outputs: ``.info`` (HTML),
     ``.view`` (the image), ``.figure``, ``.comparison``; ``.export`` saves the figure.
     """
@@ -38,12 +42,12 @@ class NeuronExplorer(widgets.VBox):
         steps: int = 128,
         k: int = 6,
         layer: str | None = None,
-        export_stem: str = f"{EXPORT_DIR}/neurons",
+        export_dir: str = EXPORT_DIR,
     ) -> None:
         self._a, self._b, self._data, self._steps, self._k = model_a, model_b, data, steps, k
+        self._export_dir = export_dir
         spec = resolve_spec(model_a, None, data=data)
         layers = [p for g in spec.groups.values() for p in g.producers]
-        self._spec = spec
         if layer is not None and layer not in layers:
             raise ValueError(f"layer must be one of the model's layers {layers}, got {layer!r}.")
         self.layer = widgets.Dropdown(options=layers, value=layer or layers[0], description="layer")
@@ -59,7 +63,9 @@ class NeuronExplorer(widgets.VBox):
         self.progress = widgets.Output()
         self.view = FigureView()
         self.comparison: LayerComparison | None = None
-        self.export = ExportRow(self._paper_figure, export_stem, fresh=True)
+        self._unit_figure: Figure | None = None  # one figure, its images replaced per unit
+        self._changing: list = []
+        self.export = ExportRow(self._paper_figure, f"{export_dir}/neurons", fresh=True)
         super().__init__(
             [
                 widgets.HBox([self.layer, self.method, self.render]),
@@ -91,7 +97,8 @@ class NeuronExplorer(widgets.VBox):
 
     def _render(self, key: tuple) -> tuple:
         layer, method = key
-        comparison = compare_layer(self._a, self._b, layer, self._data, method, self._spec)
+        # no spec: the cache key of a cell's compare_layer(a, b, layer, data, method)
+        comparison = compare_layer(self._a, self._b, layer, self._data, method)
         units = list(range(len(comparison.match.matched)))
         images = render_layer(comparison, units, self._steps)
         exemplars = layer_exemplars(comparison, self._data, units, self._k)
@@ -105,7 +112,6 @@ class NeuronExplorer(widgets.VBox):
 
     def _show_layer(self, _key: tuple, rendered: tuple) -> None:
         self.comparison = rendered[0]
-        self.view.clear()  # another layer: a new figure
         self.unit.max = len(self.comparison.match.matched)
         self.unit.disabled = False
         self._show_unit()
@@ -126,18 +132,22 @@ class NeuronExplorer(widgets.VBox):
     def _show_unit(self, _change: dict | None = None) -> None:
         if self.comparison is None:
             return
-        self.export.reset()
         match, unit = self.comparison.match, self._selected()
+        layer = match.layer.replace(".", "-")
+        self.export.reset(f"{self._export_dir}/neurons_{layer}_{match.method}_unit{unit}")
         self.info.value = (
             f"<b>{method_label(match.method)} matching</b>, {match.layer}: rank "
             f"{self.unit.value} of {len(match.matched)}: A's unit <b>{unit}</b> matched to "
             f"B's unit <b>{int(match.matched[unit])}</b>, correlation "
             f"<b>{float(match.correlation[unit]):.2f}</b> on {count_label(self._data)}"
         )
-        if self.view.figure is None:
-            fig = self._paper_figure()
-            changing = [ax.images[0] for ax in fig.axes] + [ax.title for ax in fig.axes]
-            self.view.show(fig, [*changing, *fig.texts])
+        if self._unit_figure is None:
+            fig = self._unit_figure = self._paper_figure()
+            self._changing = [ax.images[0] for ax in fig.axes] + [ax.title for ax in fig.axes]
+            self._changing += fig.texts
         else:
-            self._paper_figure(into=self.view.figure)
+            self._paper_figure(into=self._unit_figure)
+        if self.view.figure is self._unit_figure:
             self.view.update()
+        else:
+            self.view.show(self._unit_figure, self._changing, keep=True)
