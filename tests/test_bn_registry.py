@@ -135,7 +135,7 @@ def test_a_sweep_with_the_registered_handling(reset_head, small):
 
 def test_the_dashboards_offer_and_use_it(reset_head, shipped_pair, small):
     fit, test = small
-    explorer = LMCExplorer(list(shipped_pair), test, fit, alphas=3)
+    explorer = LMCExplorer(list(shipped_pair), eval_data=test, data=fit, alphas=3)
     assert ("RESET-64", "reset-head") in [tuple(o) for o in explorer.bn.options]
     explorer.method.value = "none"
     explorer.bn.value = "reset-head"
@@ -145,7 +145,7 @@ def test_the_dashboards_offer_and_use_it(reset_head, shipped_pair, small):
     expected = _midpoint_by_hand(*shipped_pair, fit, test)
     assert explorer.curve.loss[1] == pytest.approx(expected.loss, rel=1e-5)
 
-    slider = InterpolationSlider(*shipped_pair, test, bn="reset-head", bn_data=fit)
+    slider = InterpolationSlider(*shipped_pair, test, bn="reset-head", bn_data=fit, step=0.5)
     assert slider.metrics.accuracy == expected.accuracy  # the slider starts at alpha 0.5
     assert "after RESET-64" in slider.readout.value
 

@@ -19,32 +19,16 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
 
+from tests.jupyter_lab import chromium_page, jupyter_lab, open_and_run
 from tests.notebook_checks import CHROMIUM, NOTEBOOKS, builds_figure
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "workbench-browser-test"
-BROWSER_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-RUN_LIMIT = 420  # seconds for one notebook's Run All (each takes under 2 minutes here)
 STDERR = '[data-mime-type="application/vnd.jupyter.stderr"]'
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -59,16 +43,10 @@ DASHBOARDS = [
     "train = wb.load_dataset('mnist-5k', 'train').subset(torch.arange(0, 4000, 8), 'train')\n"
     "test = wb.load_dataset('mnist-5k', 'test').subset(torch.arange(0, 1000, 2), 'test')\n"
     "models = wb.load_quickstart_models(seeds=(0, 1, 2))",
-    "wb.widgets.LMCExplorer(models, test, train, alphas=5)",
-    "wb.widgets.NeuronExplorer(models[0], models[1], train, steps=8, layer='features.conv1')",
-    "wb.widgets.MethodComparison(models, test, train, sizes=(2,))",
+    "wb.widgets.LMCExplorer(models, eval_data=test, data=train, alphas=5)",
+    "wb.widgets.NeuronExplorer(models[0], models[1], data=train, steps=8, layer='features.conv1')",
+    "wb.widgets.MethodComparison(models, eval_data=test, data=train, sizes=(2,))",
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -86,63 +64,14 @@ def lab(tmp_path_factory):
     dashboards = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in DASHBOARDS])
     dashboards.metadata["kernelspec"] = kernel
     nbformat.write(dashboards, work / "dashboards.ipynb")
-    # every cell in the DOM (no virtual scrolling), so that the test sees all of them
-    tracker = home / "settings" / "@jupyterlab" / "notebook-extension"
-    tracker.mkdir(parents=True)
-    (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
-    notifications = home / "settings" / "@jupyterlab" / "apputils-extension"
-    notifications.mkdir(parents=True)
-    (notifications / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    port = _free_port()
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "JUPYTER_CONFIG_DIR": str(home / "config"),
-        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
-        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "jupyterlab",
-        "--no-browser",
-        f"--port={port}",
-        "--ip=127.0.0.1",
-        f"--IdentityProvider.token={TOKEN}",
-        f"--ServerApp.root_dir={work}",
-        "--ServerApp.open_browser=False",
-        "--allow-root",  # CI containers run as root
-        "--LabApp.news_url=",
-        "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-    ]
-    log = (home / "server.log").open("w")
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None:
-                raise RuntimeError(f"JupyterLab exited; log: {home / 'server.log'}") from None
-            time.sleep(0.5)
-    else:
-        server.terminate()
-        raise RuntimeError(f"JupyterLab did not start in 120 s; log: {home / 'server.log'}")
-    yield url, work
-    server.terminate()
-    server.wait(timeout=30)
-    log.close()
+    with jupyter_lab(home, work) as url:
+        yield url, work
 
 
 @contextlib.contextmanager
 def browser_page(tmp_path: Path) -> Iterator:
     """A Chromium page; on failure, a screenshot and the page's text go to ``tmp_path``."""
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    with playwright.sync_playwright() as driver, chromium_page(driver, CHROMIUM) as page:
         try:
             yield page
         except Exception as error:
@@ -151,8 +80,6 @@ def browser_page(tmp_path: Path) -> Iterator:
             raise AssertionError(
                 f"{error}\n(screenshot and page text of the failure in {tmp_path})"
             ) from error
-        finally:
-            browser.close()
 
 
 def _shots(tmp_path: Path) -> Path:
@@ -162,45 +89,8 @@ def _shots(tmp_path: Path) -> Path:
     return shots
 
 
-def _run_all(page) -> None:
-    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
-
-
-def _prompts(page) -> list[str]:
-    return page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
-
-
 def _open_and_run(page, url: str, name: str, cells: int) -> None:
-    """Open notebook ``name``, run all its cells and wait until every one has run. "Run All"
-    is repeated while nothing has started (a click before the kernel is connected is lost),
-    and a kernel chooser, if JupyterLab shows one, is answered with its proposal."""
-    # a workspace of its own (reset): only this notebook open, whatever ran before
-    page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?token={TOKEN}&reset")
-    page.locator(".jp-Notebook .jp-CodeCell").first.wait_for(timeout=120_000)
-    page.wait_for_function(
-        f"document.querySelectorAll('.jp-CodeCell').length === {cells}", timeout=60_000
-    )
-    deadline = time.time() + RUN_LIMIT
-    last_try = 0.0
-    while time.time() < deadline:
-        prompts = _prompts(page)
-        if len(prompts) == cells and all(re.search(r"\[\d+\]", p) for p in prompts):
-            return
-        dialog = page.locator(".jp-Dialog")
-        if dialog.count():
-            dialog.locator(".jp-mod-accept").click()
-            # on a loaded machine the kernel chooser can outlast 30 s after the click (seen
-            # once, with a benchmark beside the suite): the next round answers it again
-            with contextlib.suppress(playwright.TimeoutError):
-                dialog.wait_for(state="detached", timeout=30_000)
-            last_try = 0.0
-        started = any(re.search(r"\[(\d+|\*)\]", p) for p in prompts)
-        if not started and time.time() - last_try > 15:
-            _run_all(page)
-            last_try = time.time()
-        page.wait_for_timeout(1000)
-    raise AssertionError(f"cells did not all run in {RUN_LIMIT} s: {_prompts(page)}")
+    open_and_run(page, url, name, cells, playwright.TimeoutError)
 
 
 def _check_no_errors(page) -> None:
@@ -247,17 +137,27 @@ def _move_the_quickstart_slider(page, shots: Path) -> None:
     page.screenshot(path=str(shots / "quickstart.png"))
 
 
+FIGURE = "img.widget-image"  # a dashboard's figure (common.FigureView)
+PROMPT = "Not computed yet for this selection: press {}."  # common.ComputeOnButton
+
+
 def _image(output) -> str:
-    """The data URI of the first image in a dashboard's output (its current figure)."""
-    image = output.locator(".widget-output img").first
-    image.wait_for(timeout=120_000)
+    """The source of a dashboard's figure, once it is shown (a blob URL per image)."""
+    image = output.locator(FIGURE).first
+    image.wait_for(state="visible", timeout=120_000)
     return image.get_attribute("src")
 
 
+def _figure_gone(output) -> None:
+    """The dashboard's figure is off the screen (it no longer matched the controls)."""
+    output.locator(FIGURE).first.wait_for(state="hidden", timeout=10_000)
+
+
 def _wait_changed(page, locator, old: str, timeout: int = 180_000) -> str:
-    """Wait until ``locator``'s inner text differs from ``old``; return the new text."""
+    """Wait until ``locator``'s inner text differs from ``old`` and shows no busy sign
+    (the computation it announces has ended); return the new text."""
     page.wait_for_function(
-        "([el, old]) => el.innerText !== old",
+        "([el, old]) => el.innerText !== old && el.querySelector('.wb-busy') === null",
         arg=[locator.element_handle(), old],
         timeout=timeout,
     )
@@ -266,7 +166,7 @@ def _wait_changed(page, locator, old: str, timeout: int = 180_000) -> str:
 
 def _wait_image_changed(page, output, old: str) -> str:
     page.wait_for_function(
-        "([el, old]) => { const i = el.querySelector('.widget-output img');"
+        "([el, old]) => { const i = el.querySelector('img.widget-image');"
         " return i !== null && i.getAttribute('src') !== old; }",
         arg=[output.element_handle(), old],
         timeout=180_000,
@@ -303,23 +203,27 @@ def _use_dashboards(page, url: str, work: Path, shots: Path) -> None:
     barrier = lmc.locator(".widget-html").first
     assert "press Compute" in barrier.inner_text()
     lmc.get_by_role("button", name="Compute").click()
-    weight = _wait_changed(page, barrier, "Not computed yet: press Compute.")
+    weight = _wait_changed(page, barrier, PROMPT.format("Compute"))
     # the default method's curve, as LMCExplorer._show words it: the method, then its barrier
     assert re.match(r"weight: loss barrier -?\d+\.\d{3}, accuracy barrier -?\d", weight), weight
+    assert "A (alpha = 0) is model 0, B (alpha = 1) is model 1" in weight
     first = _image(lmc)
     lmc.locator(".widget-dropdown select").nth(1).select_option(label="naive")
     barrier.filter(has_text="press Compute").wait_for(timeout=30_000)
+    _figure_gone(lmc)  # the weight curve no longer matches the controls
+    assert lmc.locator(".widget-html", has_text=re.compile(r"^alpha =")).count() == 0
     lmc.get_by_role("button", name="Compute").click()
-    naive = _wait_changed(page, barrier, "Not computed yet: press Compute.")
+    naive = _wait_changed(page, barrier, PROMPT.format("Compute"))
     assert "naive" in naive and "Not computed" not in naive
     naive_image = _wait_image_changed(page, lmc, first)
     lmc.locator(".widget-toggle-button", has_text="RESET").click()
     barrier.filter(has_text="press Compute").wait_for(timeout=30_000)
+    _figure_gone(lmc)
     lmc.get_by_role("button", name="Compute").click()
-    reset = _wait_changed(page, barrier, "Not computed yet: press Compute.")
+    reset = _wait_changed(page, barrier, PROMPT.format("Compute"))
     assert "RESET" in reset and reset != naive
     _wait_image_changed(page, lmc, naive_image)
-    readout = lmc.locator(".widget-html", has_text="alpha =")
+    readout = lmc.locator(".widget-html", has_text=re.compile(r"^alpha ="))
     before = readout.inner_text()
     handle = lmc.locator(".widget-slider .noUi-handle").first
     handle.focus()
@@ -330,8 +234,10 @@ def _use_dashboards(page, url: str, work: Path, shots: Path) -> None:
     assert accuracy > 95.0, "alpha = 0 is model 0 itself"
     lmc.locator(".widget-dropdown select").first.select_option(label="model 1 | model 2")
     barrier.filter(has_text="press Compute").wait_for(timeout=30_000)
+    _figure_gone(lmc)
     lmc.locator(".widget-dropdown select").first.select_option(label="model 0 | model 1")
-    _wait_changed(page, barrier, "Not computed yet: press Compute.")
+    _wait_changed(page, barrier, PROMPT.format("Compute"))
+    _image(lmc)  # computed before: shown again at once
     _export(page, lmc, work, "browser_lmc", [".pdf", ".svg", ".png"])
     lmc.scroll_into_view_if_needed()
     lmc.screenshot(path=str(shots / "lmc_explorer.png"))
@@ -349,19 +255,35 @@ def _use_dashboards(page, url: str, work: Path, shots: Path) -> None:
     second = _wait_changed(page, info, rank_1)
     assert "rank 2 of 32" in second
     _wait_image_changed(page, neurons, unit_image)
+    neurons.locator(".widget-dropdown select").nth(1).select_option(label="activation")
+    info.filter(has_text="press Render layer").wait_for(timeout=30_000)
+    _figure_gone(neurons)
+    neurons.locator(".widget-dropdown select").nth(1).select_option(label="weight")
+    _image(neurons)  # rendered before: shown again at once
     _export(page, neurons, work, "browser_neurons", [".pdf", ".svg", ".png"])
     neurons.scroll_into_view_if_needed()
     neurons.screenshot(path=str(shots / "neuron_explorer.png"))
 
     # MethodComparison: tick a method, run, export figure and table
     comparison = outputs.nth(3)
+    boxes = comparison.locator(".widget-checkbox")
+    right = max(box.bounding_box()["x"] + box.bounding_box()["width"] for box in boxes.all())
+    assert right <= 1280, "every method's checkbox is inside the window"
     comparison.locator(".widget-checkbox", has_text="activation").locator("input").uncheck()
     comparison.get_by_role("button", name="Run").click()
-    comparison.locator(".widget-html", has_text="done").wait_for(timeout=300_000)
+    comparison.locator(".wb-busy").wait_for(timeout=30_000)  # it says that it computes
+    done = comparison.locator(".widget-html", has_text="this run took")
+    done.wait_for(timeout=300_000)
     table = comparison.locator("table").inner_text()
     assert "naive" in table and "weight" in table and "endpoints" in table
-    assert "activation" not in table
+    assert "activation" not in table and "accuracy (%)" in table
     _image(comparison)
+    comparison.locator(".widget-dropdown select").first.select_option(label="REPAIR")
+    comparison.locator(".widget-html", has_text="press Run").wait_for(timeout=30_000)
+    _figure_gone(comparison)  # the RESET results no longer match the controls
+    assert comparison.locator("table").count() == 0 and done.count() == 0
+    comparison.locator(".widget-dropdown select").first.select_option(label="RESET")
+    done.wait_for(timeout=30_000)  # run before: shown again at once
     _export(page, comparison, work, "browser_methods", [".pdf", ".svg", ".png", ".csv"])
     comparison.scroll_into_view_if_needed()
     comparison.screenshot(path=str(shots / "method_comparison.png"))

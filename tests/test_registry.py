@@ -69,7 +69,7 @@ def test_a_method_registered_here_works_everywhere(
     accuracy = table.set_index("method").loc[name, "accuracy"]
     assert 0.0 <= accuracy <= 1.0
 
-    explorer = LMCExplorer(list(shipped_pair), small_test, small_train, alphas=3)
+    explorer = LMCExplorer(list(shipped_pair), eval_data=small_test, data=small_train, alphas=3)
     assert name in [value for _, value in explorer.method.options]
     explorer.method.value = name
     explorer.compute.click()
@@ -220,7 +220,7 @@ def test_a_merge_method_serves_the_n_model_views_and_is_refused_by_the_pair_view
             ValueError, match=r"does not align one model|a space of its own: use one of"
         ):
             refused()
-    explorer = LMCExplorer(list(shipped_pair), small_test, tiny_train, alphas=3)
+    explorer = LMCExplorer(list(shipped_pair), eval_data=small_test, data=tiny_train, alphas=3)
     assert name not in [value for _, value in explorer.method.options]
     with pytest.raises(ValueError, match="without merger="):
         wb.register_method(

@@ -17,6 +17,7 @@ statistics measured (:func:`~workbench.alignment.map_model`), as much as a merge
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 
 import torch
@@ -32,6 +33,10 @@ from workbench.modules import clone, eval_mode, model_device
 from workbench.vocabulary import keyword_only
 
 __all__ = ["calibrate_in_order", "reset_bn", "reset_bn_"]
+
+
+_ORDERS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, list[str]]] = weakref.WeakKeyDictionary()
+"""model -> (what is hooked, the hooked modules) -> the order a forward pass reaches them."""
 
 
 class _Reached(Exception):
@@ -72,6 +77,20 @@ def _execution_order(
     return list(calls)
 
 
+def _known_order(
+    model: nn.Module, layers: Mapping[str, nn.Module], of: str, first: torch.Tensor
+) -> list[str]:
+    """:func:`_execution_order`, found once per model and set of layers (the same modules)
+    and remembered while the model lives: a working model that is calibrated at every point
+    of a path pays for the forward pass that finds the order once. A model that later runs
+    its layers in another order is still refused by the checks of every pass."""
+    key = (of, tuple((name, id(module)) for name, module in layers.items()))
+    known = _ORDERS.setdefault(model, {})
+    if key not in known:
+        known[key] = _execution_order(model, layers, of, first)
+    return known[key]
+
+
 def calibrate_in_order(
     model: nn.Module,
     layers: Mapping[str, int],
@@ -88,7 +107,8 @@ def calibrate_in_order(
     the forward pass reaches them: one eval-mode pass over ``data`` per layer, stopped
     there, gives the exact moments of the layer's input (``of="input"``) or output, with
     every earlier layer already corrected; ``calibrate(name, moments)`` corrects it in
-    place before the next layer is measured. One batch first finds the order. Layers that
+    place before the next layer is measured. One batch first finds the order, once per
+    model (a working model corrected at every point of a path finds it once). Layers that
     the eval-mode forward pass never runs (an auxiliary head used only in training) are
     left as they are.
     """
@@ -101,7 +121,7 @@ def calibrate_in_order(
             "at least one example."
         )
     with eval_mode(model):
-        order = _execution_order(model, {n: modules[n] for n in layers}, of, first[0].to(device))
+        order = _known_order(model, {n: modules[n] for n in layers}, of, first[0].to(device))
         for step, name in enumerate(tqdm(order, desc=desc, disable=not progress, leave=False)):
             moments = ChannelMoments(layers[name])
 

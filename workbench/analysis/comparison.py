@@ -107,7 +107,8 @@ def compare_methods(
     column is the time the merge took when it was computed. Options that are not plain
     values (numbers, strings, lists) and data given as DataLoaders are never cached. The
     ensemble rows are cached too, keyed by the N models and ``eval_data`` alone (and the
-    parts' class weights, when given).
+    parts' class weights, when given), and so is each model's own evaluation (the
+    endpoints' rows), keyed by the model and ``eval_data``.
     """
     models = list(models)
     sizes = list(sizes) if sizes is not None else list(range(2, len(models) + 1))
@@ -133,8 +134,19 @@ def compare_methods(
         )
         return [metrics.accuracy, metrics.loss, *extra]
 
-    endpoint = [measure(m) for m in models]
     store = resolve_cache(cache)
+
+    def measure_endpoint(i: int) -> list[float]:
+        """``measure`` of model ``i`` alone, cached by the model and ``eval_data``."""
+        key = store.key(
+            model=models[i], eval_data=eval_data, endpoint="the model itself", **with_parts
+        )
+        found = store.get_or_compute(
+            "compare-endpoints", key, lambda: ({}, {"row": measure(models[i])})
+        )
+        return found[1]["row"]
+
+    endpoint = [measure_endpoint(i) for i in range(max(sizes))]
     rows = []
     jobs = [(n, method) for n in sizes for method in methods]
     for n, method in tqdm(jobs, desc="compare methods", disable=not progress):
@@ -260,6 +272,9 @@ def plot_comparison(
                     linestyle="-",
                     linewidth=2.2,
                     alpha=0.5,
+                    marker="_",  # visible with a single N too
+                    markersize=14,
+                    markeredgewidth=2.2,
                     label="endpoints (mean)",
                     zorder=1,
                 )

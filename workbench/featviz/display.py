@@ -3,22 +3,28 @@ as the feature-visualization figures and results show them."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from matplotlib.axes import Axes
 
-__all__ = ["montage", "show_image"]
+__all__ = ["montage", "pixels", "show_image"]
+
+
+def pixels(image: torch.Tensor) -> np.ndarray:
+    """``image`` ((C, H, W) or (H, W, C)) as imshow takes it: (H, W) grey or (H, W, 3)."""
+    image = image.detach().cpu().float()
+    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
+        image = image.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
+    return image[..., 0].numpy() if image.shape[-1] == 1 else image.clamp(0, 1).numpy()
 
 
 def show_image(ax: Axes, image: torch.Tensor, title: str | None = None) -> None:
     """Draw ``image`` ((H, W, C) or (C, H, W); gray for one channel) on ``ax`` without
-    ticks, grid or frame, with an optional small title."""
-    image = image.detach().cpu().float()
-    if image.ndim == 3 and image.shape[0] in (1, 3) and image.shape[-1] not in (1, 3):
-        image = image.permute(1, 2, 0)  # (C, H, W) -> (H, W, C)
-    if image.shape[-1] == 1:
-        ax.imshow(image[..., 0].numpy(), cmap="gray", interpolation="nearest")
-    else:
-        ax.imshow(image.clamp(0, 1).numpy(), interpolation="nearest")
+    ticks, grid or frame, with an optional small title (a dashboard replaces it in place
+    with ``ax.images[0].set_data(pixels(new))``)."""
+    values = pixels(image)
+    grey = {"cmap": "gray"} if values.ndim == 2 else {}
+    ax.imshow(values, interpolation="nearest", **grey)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.grid(False)

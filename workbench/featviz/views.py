@@ -19,15 +19,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
 
-from workbench.alignment import apply_permutation, collect_statistics, match
+from workbench.alignment import apply_permutation, collect_statistics, get_method, match
+from workbench.analysis.engine import resolve_cache
+from workbench.cache import ResultCache
 from workbench.data import DataLike
-from workbench.featviz.display import montage, show_image
+from workbench.featviz.display import montage, pixels, show_image
 from workbench.featviz.exemplars import Exemplars, top_exemplars
 from workbench.featviz.render import check_channels, render_channels, resolve_layer
 from workbench.figures import color_for, figure_for, new_figure, paper_style
 from workbench.graph import PermutationSpec
 from workbench.merging import average, reset_bn
-from workbench.modules import has_batchnorm
+from workbench.modules import clone, has_batchnorm
 from workbench.results import Result
 
 __all__ = [
@@ -123,6 +125,12 @@ class LayerComparison:
     models: dict[str, nn.Module]
 
 
+def _spec_key(spec: PermutationSpec) -> dict:
+    """What of a given spec a cache key needs: all of it but its verification report
+    (which records, among others, how long the verification took)."""
+    return {k: v for k, v in spec.to_dict().items() if k != "verification"}
+
+
 def compare_layer(
     model_a: nn.Module,
     model_b: nn.Module,
@@ -130,14 +138,51 @@ def compare_layer(
     data: DataLike,
     method: str = "weight",
     spec: PermutationSpec | None = None,
+    *,
+    cache: ResultCache | bool = True,
 ) -> LayerComparison:
-    """Match B to A, merge them, and collect the four models for side-by-side views."""
-    found, perm, spec = _match_layer(model_a, model_b, layer, data, method, spec)
-    aligned = apply_permutation(model_b, spec=spec, perm=perm)
+    """Match B to A, merge them, and collect the four models for side-by-side views.
+
+    What costs passes over ``data`` (the matching, the units' correlations and the merged
+    model's RESET statistics) is cached on disk (``cache`` as in
+    :func:`~workbench.lmc_curve`), keyed by both models, the data, the method, the layer
+    and ``spec``; a second call rebuilds the four models from it without a pass."""
+    resolve_layer(model_a, layer)
+    store = resolve_cache(cache)
+    key = store.key(
+        models=[model_a, model_b],
+        data=data,
+        method=get_method(method),
+        layer=layer,
+        spec="traced" if spec is None else _spec_key(spec),
+    )
+
+    def compute() -> tuple[dict[str, torch.Tensor], dict]:
+        found, perm, used = _match_layer(model_a, model_b, layer, data, method, spec)
+        tensors = {"matched": found.matched, "correlation": found.correlation}
+        tensors |= {f"perm/{group}": p.clone() for group, p in perm.items()}
+        merged = average([model_a, apply_permutation(model_b, spec=used, perm=perm)])
+        if has_batchnorm(merged):
+            reset = reset_bn(merged, data=data)
+            tensors |= {f"reset/{name}": b for name, b in reset.named_buffers()}
+        return tensors, {"group": found.group, "spec": used.to_dict()}
+
+    tensors, meta = store.get_or_compute(
+        "featviz-compare", key, compute, expect=("matched", "correlation")
+    )
+    used = PermutationSpec.from_dict(meta["spec"])
+    perm = {name[5:]: t for name, t in tensors.items() if name.startswith("perm/")}
+    found = UnitMatch(layer, meta["group"], method, tensors["matched"], tensors["correlation"])
+    aligned = apply_permutation(model_b, spec=used, perm=perm)
     merged = average([model_a, aligned])
     models = {"A": model_a, "B (matched)": aligned, "merged": merged}
     if has_batchnorm(merged):
-        models["merged + RESET"] = reset_bn(merged, data=data)
+        reset = clone(merged)
+        buffers = dict(reset.named_buffers())
+        for name, value in tensors.items():
+            if name.startswith("reset/"):
+                buffers[name[6:]].copy_(value)
+        models["merged + RESET"] = reset
     return LayerComparison(layer, found, models)
 
 
@@ -177,29 +222,44 @@ def plot_unit_comparison(
     images: Mapping[str, torch.Tensor],
     exemplars: Mapping[str, Exemplars] | None = None,
     units: Sequence[int] | None = None,
+    *,
+    into: Figure | None = None,
 ) -> Figure:
     """Unit ``unit`` of A beside its match in B and the merged unit: feature
     visualizations (top row) and dataset exemplars (bottom row). ``images`` and
     ``exemplars`` come from :func:`render_layer` / :func:`layer_exemplars` for ``units``
-    (default: just ``[unit]``)."""
+    (default: just ``[unit]``). ``into``: a figure this function drew for the same
+    comparison, whose images and titles are replaced in place (a dashboard stepping
+    through units redraws them only) and which is returned."""
     units = list(units) if units is not None else [unit]
     if unit not in units:
         raise ValueError(f"Unit {unit} was not rendered; rendered units: {units[:10]}.")
     row = units.index(unit)
     names = list(comparison.models)
     rows = 2 if exemplars else 1
-    fig, axes = new_figure(
-        columns=2, aspect=0.48 if exemplars else 0.28, nrows=rows, ncols=len(names)
-    )
-    axes = np.atleast_2d(axes)
+    if into is None:
+        fig, axes = new_figure(
+            columns=2, aspect=0.48 if exemplars else 0.28, nrows=rows, ncols=len(names)
+        )
+    else:
+        fig, axes = into, np.array(into.axes)
+    axes = axes.reshape(rows, len(names))
     matched = int(comparison.match.matched[unit])
     correlation = float(comparison.match.correlation[unit])
+    panels = [(0, name, images[name][row]) for name in names]
+    if exemplars:
+        panels += [(1, name, montage(exemplars[name].images[row])) for name in names]
     with paper_style():
-        for col, name in enumerate(names):
-            label = f"{name}: unit {matched if name.startswith('B') else unit}"
-            show_image(axes[0, col], images[name][row], label)
-            if exemplars:
-                show_image(axes[1, col], montage(exemplars[name].images[row]))
+        for r, name, image in panels:
+            ax = axes[r, names.index(name)]
+            title = f"{name}: unit {matched if name.startswith('B') else unit}" if r == 0 else None
+            if into is None:
+                show_image(ax, image, title)
+                continue
+            ax.images[0].set_data(pixels(image))
+            ax.images[0].autoscale()
+            if title:
+                ax.set_title(title, fontsize=7)
         if exemplars:
             axes[1, 0].set_ylabel("top images", fontsize=7)
         fig.suptitle(

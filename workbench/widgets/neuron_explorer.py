@@ -4,7 +4,6 @@ feature visualizations, dataset exemplars and the correlation of the matched pai
 from __future__ import annotations
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -14,34 +13,44 @@ from workbench.featviz import compare_layer, layer_exemplars, plot_unit_comparis
 from workbench.featviz.views import LayerComparison
 from workbench.figures import EXPORT_DIR, method_label
 from workbench.graph import resolve_spec
-from workbench.widgets.common import ExportRow, show_figure
+from workbench.vocabulary import keyword_only
+from workbench.widgets.common import ComputeOnButton, ExportRow, FigureView, count_label
 
 
 class NeuronExplorer(widgets.VBox):
-    """Choose a layer and a matching method, press **Render layer** (feature
-    visualizations of every unit in the four models, batched, with a progress bar, cached
-    on disk), then move the **rank** slider, which walks A's units from the best matched
-    (rank 1) to the worst and shows each one instantly. ``layer`` is the layer shown first
+    """Choose a layer and a matching method, press **Render layer** (the matching, feature
+    visualizations of every unit in the four models, batched, and dataset exemplars, with
+    a progress bar, all cached on disk: a layer rendered before comes back in well under a
+    second), then move the **rank** slider, which walks A's units from the best matched
+    (rank 1) to the worst; each step replaces the figure's images and titles in place.
+    Changing the layer or method takes the figure off the screen until it is rendered (or
+    shows at once what was rendered for it before). ``layer`` is the layer shown first
     (default: the first conv/linear layer).
 
+    **Export** saves the unit's figure to ``figures/neurons_<layer>_<method>_unit<i>.*``
+    (replaced when the same unit is exported again, as :func:`~workbench.figures.save`
+    does).
+
     Controls: ``.layer``, ``.method``, ``.render``, ``.unit``; outputs: ``.info`` (HTML),
-    ``.figure``, ``.comparison``; ``.export`` saves the figure.
+    ``.view`` (the image), ``.figure``, ``.comparison``; ``.export`` saves the figure.
     """
 
+    @keyword_only(("data", "steps", "k", "layer", "export_dir"))
     def __init__(
         self,
         model_a: nn.Module,
         model_b: nn.Module,
+        *,
         data: DataLike,
         steps: int = 128,
         k: int = 6,
         layer: str | None = None,
-        export_stem: str = f"{EXPORT_DIR}/neurons",
+        export_dir: str = EXPORT_DIR,
     ) -> None:
         self._a, self._b, self._data, self._steps, self._k = model_a, model_b, data, steps, k
+        self._export_dir = export_dir
         spec = resolve_spec(model_a, None, data=data)
         layers = [p for g in spec.groups.values() for p in g.producers]
-        self._spec = spec
         if layer is not None and layer not in layers:
             raise ValueError(f"layer must be one of the model's layers {layers}, got {layer!r}.")
         self.layer = widgets.Dropdown(options=layers, value=layer or layers[0], description="layer")
@@ -55,71 +64,93 @@ class NeuronExplorer(widgets.VBox):
         self.unit = widgets.IntSlider(min=1, max=1, description="rank", disabled=True)
         self.info = widgets.HTML()
         self.progress = widgets.Output()
-        self.plot = widgets.Output()
-        self.figure: Figure | None = None
+        self.view = FigureView()
         self.comparison: LayerComparison | None = None
-        self._rendered: dict[tuple, tuple] = {}
-        self.export = ExportRow(lambda: self.figure, export_stem)
+        self._unit_figure: Figure | None = None  # one figure, its images replaced per unit
+        self._changing: list = []
+        self.export = ExportRow(self._paper_figure, f"{export_dir}/neurons", fresh=True)
         super().__init__(
             [
                 widgets.HBox([self.layer, self.method, self.render]),
+                self.info,
                 self.progress,
                 self.unit,
-                self.info,
-                self.plot,
+                self.view,
                 self.export,
             ]
         )
-        self.layer.observe(self._selection_changed, names="value")
-        self.method.observe(self._selection_changed, names="value")
-        self.render.on_click(self._render)
-        self.unit.observe(self._show, names="value")
-        self._selection_changed()
-
-    def _key(self) -> tuple:
-        return (self.layer.value, self.method.value)
-
-    def _selection_changed(self, _change: dict | None = None) -> None:
-        self.export.reset()
-        found = self._rendered.get(self._key())
-        if found is None:
-            self.comparison = None
-            self.unit.disabled, self.render.disabled = True, False
-            self.info.value = "<i>Press Render layer to visualize this layer's units.</i>"
-            self.plot.clear_output()
-            self.figure = None
-            return
-        self.comparison = found[0]
-        self.unit.max = len(self.comparison.match.matched)
-        self.unit.disabled, self.render.disabled = False, True
-        self._show()
-
-    def _render(self, _button: widgets.Button | None = None) -> None:
-        layer, method = self._key()
-        self.render.disabled = True
-        self.progress.clear_output()
-        with self.progress:
-            comparison = compare_layer(self._a, self._b, layer, self._data, method, self._spec)
-            units = list(range(len(comparison.match.matched)))
-            images = render_layer(comparison, units, self._steps)
-            exemplars = layer_exemplars(comparison, self._data, units, self._k)
-        self.progress.clear_output()
-        self._rendered[(layer, method)] = (comparison, images, exemplars)
-        self._selection_changed()
-
-    def _show(self, _change: dict | None = None) -> None:
-        self.export.reset()
-        comparison, images, exemplars = self._rendered[self._key()]
-        match = comparison.match
-        unit = match.order()[self.unit.value - 1]
-        self.info.value = (
-            f"rank {self.unit.value} of {len(match.matched)}: A's unit <b>{unit}</b> "
-            f"matched to B's unit <b>{int(match.matched[unit])}</b>, correlation "
-            f"<b>{float(match.correlation[unit]):.2f}</b>"
+        self.runner = ComputeOnButton(
+            self.render,
+            [self.layer, self.method],
+            key=lambda: (self.layer.value, self.method.value),
+            compute=self._render,
+            show=self._show_layer,
+            clear=self._clear,
+            status=self.info,
+            progress=self.progress,
+            what="matching and rendering the layer",
         )
-        if self.figure is not None:
-            plt.close(self.figure)
-        units = list(range(len(match.matched)))
-        self.figure = plot_unit_comparison(comparison, unit, images, exemplars, units)
-        plt.close(self.figure)
-        show_figure(self.plot, self.figure)
+        self.unit.observe(self._show_unit, names="value")
+        self.runner.refresh()
+
+    @property
+    def figure(self) -> Figure | None:
+        """The figure on screen, or None."""
+        return self.view.figure
+
+    def _render(self, key: tuple) -> tuple:
+        layer, method = key
+        # no spec: the cache key of a cell's compare_layer(a, b, layer, data, method)
+        comparison = compare_layer(self._a, self._b, layer, self._data, method)
+        units = list(range(len(comparison.match.matched)))
+        images = render_layer(comparison, units, self._steps)
+        exemplars = layer_exemplars(comparison, self._data, units, self._k)
+        return comparison, images, exemplars
+
+    def _clear(self) -> None:
+        self.export.reset()
+        self.comparison = None
+        self.unit.disabled = True
+        self.view.clear()
+
+    def _show_layer(self, _key: tuple, rendered: tuple) -> None:
+        self.comparison = rendered[0]
+        self.unit.max = len(self.comparison.match.matched)
+        self.unit.disabled = False
+        self._show_unit()
+
+    def _selected(self) -> int:
+        """A's unit at the slider's rank."""
+        return self.comparison.match.order()[self.unit.value - 1]
+
+    def _paper_figure(self, into: Figure | None = None) -> Figure | None:
+        if self.comparison is None:
+            return None
+        comparison, images, exemplars = self.runner.current
+        units = list(range(len(comparison.match.matched)))
+        return plot_unit_comparison(
+            comparison, self._selected(), images, exemplars, units, into=into
+        )
+
+    def _show_unit(self, _change: dict | None = None) -> None:
+        if self.comparison is None:
+            return
+        match, unit = self.comparison.match, self._selected()
+        layer = match.layer.replace(".", "-")
+        self.export.reset(f"{self._export_dir}/neurons_{layer}_{match.method}_unit{unit}")
+        self.info.value = (
+            f"<b>{method_label(match.method)} matching</b>, {match.layer}: rank "
+            f"{self.unit.value} of {len(match.matched)}: A's unit <b>{unit}</b> matched to "
+            f"B's unit <b>{int(match.matched[unit])}</b>, correlation "
+            f"<b>{float(match.correlation[unit]):.2f}</b> on {count_label(self._data)}"
+        )
+        if self._unit_figure is None:
+            fig = self._unit_figure = self._paper_figure()
+            self._changing = [ax.images[0] for ax in fig.axes] + [ax.title for ax in fig.axes]
+            self._changing += fig.texts
+        else:
+            self._paper_figure(into=self._unit_figure)
+        if self.view.figure is self._unit_figure:
+            self.view.update()
+        else:
+            self.view.show(self._unit_figure, self._changing, keep=True)
