@@ -96,6 +96,12 @@ from workbench.merging import (
     zipit_merge,
 )
 from workbench.modules import default_device
+from workbench.populations import (
+    Population,
+    population_methods,
+    train_population,
+    train_populations,
+)
 from workbench.splits import partition
 from workbench.training import (
     TrainingRun,
@@ -149,6 +155,7 @@ __all__ = [
     "MergeResult",
     "Metrics",
     "PermutationSpec",
+    "Population",
     "ResultCache",
     "TensorImageDataset",
     "TrainingRun",
@@ -207,6 +214,7 @@ __all__ = [
     "plot_coefficients",
     "plot_comparison",
     "plot_curves",
+    "population_methods",
     "random_permutation",
     "random_translate",
     "read_metadata",
@@ -224,6 +232,8 @@ __all__ = [
     "top_exemplars",
     "train_model",
     "train_models",
+    "train_population",
+    "train_populations",
     "train_val_split",
     "training_run",
     "training_runs",
