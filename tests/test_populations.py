@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -19,11 +20,6 @@ FAST = {"model_kwargs": TINY, "batch_size": 64, "progress": False, "device": "cp
 
 
 @pytest.fixture(scope="module")
-def small(mnist_train):
-    return mnist_train.subset(torch.arange(320), "train")
-
-
-@pytest.fixture(scope="module")
 def small_test(mnist_test):
     return mnist_test.subset(torch.arange(200), "test")
 
@@ -35,21 +31,21 @@ def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     )
 
 
-def test_independent_members_are_train_models_models(small):
-    pop = wb.train_population("cnn", 2, data=small, epochs=1, seed=5, **FAST)
+def test_independent_members_are_train_models_models(tiny_train):
+    pop = wb.train_population("cnn", 2, data=tiny_train, epochs=1, seed=5, **FAST)
     kwargs = {**TINY, "in_channels": 1, "num_classes": 10}
     ref = wb.train_models(
-        "cnn", [5, 6], small, 1, model_kwargs=kwargs, batch_size=64, progress=False
+        "cnn", [5, 6], tiny_train, 1, model_kwargs=kwargs, batch_size=64, progress=False
     )
     assert pop.seeds == [5, 6]
     assert all(_same(m, r) for m, r in zip(pop.members, ref, strict=True))
     assert len(pop.spread) == 1 and pop.spread[0] > 0.5  # two inits: far apart
 
 
-def test_same_seed_same_population_and_seed_matters(small):
-    first = wb.train_population("cnn", 2, data=small, epochs=1, method="wash", **FAST)
-    again = wb.train_population("cnn", 2, data=small, epochs=1, method="wash", **FAST)
-    other = wb.train_population("cnn", 2, data=small, epochs=1, method="wash", seed=1, **FAST)
+def test_same_seed_same_population_and_seed_matters(tiny_train):
+    first = wb.train_population("cnn", 2, data=tiny_train, epochs=1, method="wash", **FAST)
+    again = wb.train_population("cnn", 2, data=tiny_train, epochs=1, method="wash", **FAST)
+    other = wb.train_population("cnn", 2, data=tiny_train, epochs=1, method="wash", seed=1, **FAST)
     assert all(_same(a, b) for a, b in zip(first.members, again.members, strict=True))
     assert not _same(first.members[0], other.members[0])
 
@@ -96,50 +92,54 @@ def test_papa_pulls_toward_the_average_every_period():
         torch.testing.assert_close(new, 0.75 * old + 0.25 * mean)
 
 
-def test_papa_at_full_strength_keeps_one_model(small):
+def test_papa_at_full_strength_keeps_one_model(tiny_train):
     pop = wb.train_population(
-        "cnn", 3, data=small, epochs=1, method="papa", strength=1.0, period=1, **FAST
+        "cnn", 3, data=tiny_train, epochs=1, method="papa", strength=1.0, period=1, **FAST
     )
     assert pop.spread[-1] < 1e-6  # averaged after every step: one model (BN stats aside)
     params = [torch.cat([p.reshape(-1) for p in m.parameters()]) for m in pop.members]
     torch.testing.assert_close(params[0], params[2])
 
 
-def test_spawn_forks_one_trunk(small):
-    steps = 5  # 320 images in batches of 64: 5 steps per epoch
+def test_spawn_forks_one_trunk(tiny_train):
+    steps = 4  # 256 images in batches of 64: 4 steps per epoch
     at_end = wb.train_population(
-        "cnn", 3, data=small, epochs=1, method="spawn", spawn_step=steps, **FAST
+        "cnn", 3, data=tiny_train, epochs=1, method="spawn", spawn_step=steps, **FAST
     )
     trunk = wb.train_model(wb.training.seeded_model("cnn", 0, {**TINY, "in_channels": 1}),
-                           small, 1, 0, batch_size=64, progress=False)  # fmt: skip
+                           tiny_train, 1, 0, batch_size=64, progress=False)  # fmt: skip
     assert all(_same(m, trunk) for m in at_end.members)
     early = wb.train_population(
-        "cnn", 3, data=small, epochs=1, method="spawn", spawn_step=2, **FAST
+        "cnn", 3, data=tiny_train, epochs=1, method="spawn", spawn_step=2, **FAST
     )
     assert 0 < early.spread[-1] < 0.2  # one start, different data orders: close, not equal
     assert not _same(early.members[0], early.members[1])
 
 
-def test_bad_recipes_fail_before_training(small):
+def test_bad_recipes_fail_before_training(tiny_train):
     with pytest.raises(ValueError, match="method must be one of"):
-        wb.train_population("cnn", 2, data=small, epochs=1, method="wahs", **FAST)
+        wb.train_population("cnn", 2, data=tiny_train, epochs=1, method="wahs", **FAST)
     with pytest.raises(TypeError, match=r"takes no option 'strength'.*shuffle_probability"):
-        wb.train_population("cnn", 2, data=small, epochs=1, method="wash", strength=0.1, **FAST)
+        wb.train_population(
+            "cnn", 2, data=tiny_train, epochs=1, method="wash", strength=0.1, **FAST
+        )
     with pytest.raises(ValueError, match="shuffle_probability"):
         wb.train_population(
-            "cnn", 2, data=small, epochs=1, method="wash", shuffle_probability=2.0, **FAST
+            "cnn", 2, data=tiny_train, epochs=1, method="wash", shuffle_probability=2.0, **FAST
         )
     with pytest.raises(ValueError, match="past the end of training"):
-        wb.train_population("cnn", 2, data=small, epochs=1, method="spawn", spawn_step=6, **FAST)
+        wb.train_population(
+            "cnn", 2, data=tiny_train, epochs=1, method="spawn", spawn_step=5, **FAST
+        )
     with pytest.raises(ValueError, match="n"):
-        wb.train_population("cnn", 0, data=small, epochs=1, **FAST)
+        wb.train_population("cnn", 0, data=tiny_train, epochs=1, **FAST)
     assert set(wb.population_methods()) >= {"independent", "wash", "papa", "spawn"}
     assert get_population_method("papa").options == {"strength": 0.01, "period": 10}
 
 
-def test_members_are_checkpoints_and_models_for_the_lmc_tools(small, small_test, tmp_path):
+def test_members_are_checkpoints_and_models_for_the_lmc_tools(tiny_train, small_test, tmp_path):
     pop = wb.train_population(
-        "cnn", 3, data=small, epochs=1, method="wash", augment=wb.random_translate(1), **FAST
+        "cnn", 3, data=tiny_train, epochs=1, method="wash", augment=wb.random_translate(1), **FAST
     )
     paths = pop.write_checkpoints(tmp_path)
     assert [p.name for p in paths] == [f"cnn_wash_seed0_member{i}.safetensors" for i in range(3)]
@@ -151,12 +151,12 @@ def test_members_are_checkpoints_and_models_for_the_lmc_tools(small, small_test,
     assert record["augment"]["max_shift"] == 1
     loaded = [wb.load_checkpoint(p) for p in paths]
     assert all(_same(a, b) for a, b in zip(loaded, pop.members, strict=True))
-    curves = wb.pairwise_curves(loaded, {"test": small_test}, 3, "reset", bn_data=small,
+    curves = wb.pairwise_curves(loaded, {"test": small_test}, 3, "reset", bn_data=tiny_train,
                                 progress=False, cache=False)  # fmt: skip
     assert sorted(c.settings["pair"] for c in curves) == [
         list(p) for p in itertools.combinations(range(3), 2)
     ]
-    merged = wb.merge_many(pop.members, small, "none", bn="reset", progress=False)
+    merged = wb.merge_many(pop.members, tiny_train, "none", bn="reset", progress=False)
     assert 0 <= wb.evaluate(merged.model, small_test).accuracy <= 1
     images = small_test.images[:16]
     with torch.no_grad():
@@ -167,11 +167,11 @@ def test_members_are_checkpoints_and_models_for_the_lmc_tools(small, small_test,
     assert isinstance(pop.plot(), Figure)
 
 
-def test_train_populations_caches_each_population(small, tmp_path, monkeypatch):
+def test_train_populations_caches_each_population(tiny_train, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
-    found = wb.train_populations("cnn", 2, seeds=[0, 3], data=small, epochs=1, method="papa",
+    found = wb.train_populations("cnn", 2, seeds=[0, 3], data=tiny_train, epochs=1, method="papa",
                                  progress=False, model_kwargs=TINY, batch_size=64)  # fmt: skip
-    direct = wb.train_population("cnn", 2, data=small, epochs=1, method="papa", seed=3, **FAST)
+    direct = wb.train_population("cnn", 2, data=tiny_train, epochs=1, method="papa", seed=3, **FAST)
     assert [p.seeds for p in found] == [[0, 1], [3, 4]]
     assert all(_same(a, b) for a, b in zip(found[1].members, direct.members, strict=True))
     assert found[1].spread == direct.spread and found[1].recipe == direct.recipe
@@ -180,7 +180,24 @@ def test_train_populations_caches_each_population(small, tmp_path, monkeypatch):
     monkeypatch.setattr(
         wb.populations, "train_population", lambda *a, **k: calls.append(1) or original(*a, **k)
     )
-    again = wb.train_populations("cnn", 2, seeds=[0, 3, 4], data=small, epochs=1, method="papa",
+    again = wb.train_populations("cnn", 2, seeds=[0, 3, 4], data=tiny_train, epochs=1, method="papa",
                                  progress=False, model_kwargs=TINY, batch_size=64)  # fmt: skip
     assert len(calls) == 1  # only seed 4 was missing
     assert all(_same(a, b) for a, b in zip(again[0].members, found[0].members, strict=True))
+
+
+def test_spawn_sweep_draws_the_barrier_against_the_spawn_step(tiny_train, small_test):
+    found = wb.spawn_sweep("cnn", [0, 4], data=tiny_train, eval_data=small_test, epochs=1, n=3,
+                           model_kwargs=TINY, batch_size=64, alphas=3, cache=False,
+                           progress=False)  # fmt: skip
+    table = found.table
+    assert sorted(set(table["spawn_step"])) == [0, 4] and len(table) == 6  # 3 pairs per step
+    assert (table.loc[table["spawn_step"] == 4, "barrier"].abs() < 1e-5).all()  # forked at the end
+    spread = {
+        k: [np.ptp(c.loss) for c in found.curves if c.settings["spawn_step"] == k] for k in (0, 4)
+    }
+    assert min(spread[0]) > 0 and max(spread[4]) == 0  # forked at 0: different members
+    figure = found.plot()
+    assert figure.axes[0].get_xlabel().startswith("Spawn step")
+    with pytest.raises(ValueError, match="at least one spawn step"):
+        wb.spawn_sweep("cnn", [], data=tiny_train, eval_data=small_test, epochs=1)

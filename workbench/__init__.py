@@ -36,6 +36,7 @@ from workbench.alignment import (
 )
 from workbench.analysis.coefficients import plot_coefficients
 from workbench.analysis.comparison import compare_methods, plot_comparison
+from workbench.analysis.instability import spawn_sweep
 from workbench.analysis.lmc import (
     LMCCurve,
     barrier_table,
@@ -227,6 +228,7 @@ __all__ = [
     "reset_bn",
     "save_checkpoint",
     "shipped_models_dir",
+    "spawn_sweep",
     "ste_matching",
     "sweep",
     "top_exemplars",

@@ -23,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Executor, Future, as_completed
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,12 +71,13 @@ def check_executor(executor: object) -> None:
 
 def worker_threads(executor: Executor | None) -> int | None:
     """The torch threads each job of ``executor`` runs with: the machine's cores divided
-    among a local pool's workers (``max_workers``), at least one; ``None`` (left as it is)
-    for no executor and for executors whose jobs run elsewhere (a cluster job gets the
-    cores it asked for)."""
+    among a local process pool's workers (``max_workers``), at least one; ``None`` (left
+    as it is) for no executor, a thread pool (its threads share this process's torch
+    threads) and executors whose jobs run elsewhere (a cluster job gets the cores it
+    asked for)."""
     workers = getattr(executor, "_max_workers", None)
-    if not isinstance(workers, int) or workers < 1:
-        return None
+    if isinstance(executor, ThreadPoolExecutor) or not isinstance(workers, int) or workers < 1:
+        return None  # threads share this process's torch threads: leave them as they are
     return max(1, (os.cpu_count() or 1) // workers)
 
 
@@ -154,7 +156,7 @@ def run_jobs(
                 bar.update()
         else:
             threads = worker_threads(executor)
-            futures: dict[Future, int] = {
+            futures: dict[Any, int] = {
                 executor.submit(_run, jobs[i], cache, threads): i for i in missing
             }
             _collect(futures, results, bar)
@@ -163,14 +165,30 @@ def run_jobs(
     return results  # type: ignore[return-value]
 
 
-def _collect(futures: dict[Future, int], results: list, bar: tqdm) -> None:
-    """Fill ``results`` as the futures finish; on the first failure cancel what has not
-    started and raise."""
-    for future in as_completed(futures):
-        error = future.exception()
-        if error is not None:
+def _collect(futures: dict[Any, int], results: list, bar: tqdm) -> None:
+    """Fill ``results`` as the jobs finish; on the first failure cancel what has not
+    started and raise. ``concurrent.futures`` futures are waited on; other job handles
+    with ``done()`` and ``result()`` (submitit's) are polled."""
+    if all(isinstance(future, Future) for future in futures):
+        finished = as_completed(futures)
+    else:
+        finished = _poll(futures)
+    for future in finished:
+        try:
+            results[futures[future]] = future.result()
+        except BaseException:
             for other in futures:
                 other.cancel()
-            raise error
-        results[futures[future]] = future.result()
+            raise
         bar.update()
+
+
+def _poll(handles: dict[Any, int], interval: float = 1.0) -> Iterator[Any]:
+    """Each handle once it is ``done()``, checking every ``interval`` seconds."""
+    pending = list(handles)
+    while pending:
+        done = [handle for handle in pending if handle.done()]
+        pending = [handle for handle in pending if handle not in done]
+        yield from done
+        if pending and not done:
+            time.sleep(interval)

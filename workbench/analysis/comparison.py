@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,6 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm.auto import tqdm
 
 from workbench.alignment import registry
 from workbench.alignment.method_keys import method_key
@@ -41,6 +41,7 @@ from workbench.figures import (
     series_label,
 )
 from workbench.fingerprints import data_fingerprint, fingerprints
+from workbench.jobs import Entry, Job, check_executor, run_jobs
 from workbench.merging import check_bn, ensemble, get_bn, merge_many
 from workbench.merging.ensemble import COMBINE
 from workbench.merging.pipeline import renamed_options
@@ -66,6 +67,7 @@ def compare_methods(
     progress: bool = True,
     cache: ResultCache | bool = True,
     parts: Sequence | None = None,
+    executor: Executor | None = None,
     **merge_options,
 ) -> pd.DataFrame:
     """Merge the first N of ``models`` for each N in ``sizes`` (default 2..len(models))
@@ -99,8 +101,11 @@ def compare_methods(
     column is the time the merge took when it was computed. Options that are not plain
     values (numbers, strings, lists) and data given as DataLoaders are never cached. The
     ensemble rows are cached too, keyed by the N models and ``eval_data`` alone (and the
-    parts' class weights, when given).
+    parts' class weights, when given). ``executor``: any ``concurrent.futures.Executor``
+    runs one merge per job there (:mod:`workbench.jobs`); a rerun computes only the
+    merges not cached yet.
     """
+    check_executor(executor)
     models = list(models)
     sizes = list(sizes) if sizes is not None else list(range(2, len(models) + 1))
     known = registry.methods()
@@ -121,17 +126,15 @@ def compare_methods(
     with_parts = {} if weights is None else {"parts": [sorted(w.items()) for w in weights]}
 
     def measure(model: nn.Module) -> list[float]:
-        """Accuracy and loss on eval_data, then the per-part accuracies (if any)."""
-        metrics = evaluate(model, eval_data)
-        extra = [] if weights is None else per_part_accuracy(model, eval_data, weights)
-        return [metrics.accuracy, metrics.loss, *extra]
+        return _measure(model, eval_data, weights)
 
     endpoint = [measure(m) for m in models]
     store = resolve_cache(cache)
     model_keys = fingerprints(models)
     rows = []
     jobs = [(n, method) for n in sizes for method in methods]
-    for n, method in tqdm(jobs, desc="compare methods", disable=not progress):
+    merges = []
+    for n, method in jobs:
         taken = registry.get_method(method).accepts
         options = {k: v for k, v in merge_options.items() if k in own or taken(k)}
         plain = all(_is_plain(value) for value in options.values())
@@ -145,14 +148,13 @@ def compare_methods(
             **with_parts,
         )
 
-        def merge(n: int = n, method: str = method, options: dict = options) -> tuple[dict, dict]:
-            result = merge_many(models[:n], data, method, bn=bn, progress=False, **options)
-            accuracy, loss, *extra = measure(result.model)
-            report = result.report
-            row = [accuracy, loss, report.seconds, report.gamma, report.reference, *extra]
-            return {}, {"row": row}
-
-        _, found = store.get_or_compute("compare-methods", key, merge)
+        arguments = {"models": models[:n], "data": data, "method": method, "bn": bn}
+        arguments.update(options=options, eval_data=eval_data, weights=weights)
+        merges.append(Job("compare-methods", key, _merge_job, arguments))
+    entries = run_jobs(
+        merges, executor=executor, cache=store, progress=progress, desc="compare methods"
+    )
+    for (n, method), (_, found) in zip(jobs, entries, strict=True):
         rows.append([method_label(method), n, bn, *found["row"]])
     for n in sizes:
         accuracy, loss, *extra = np.mean(endpoint[:n], axis=0).tolist()
@@ -176,6 +178,29 @@ def compare_methods(
     if csv is not None:
         save_table(table, csv)
     return table
+
+
+def _measure(model: nn.Module, eval_data: DataLike, weights: list | None) -> list[float]:
+    """Accuracy and loss on eval_data, then the per-part accuracies (if any)."""
+    metrics = evaluate(model, eval_data)
+    extra = [] if weights is None else per_part_accuracy(model, eval_data, weights)
+    return [metrics.accuracy, metrics.loss, *extra]
+
+
+def _merge_job(
+    models: list[nn.Module],
+    data: DataLike,
+    method: str,
+    bn: str,
+    options: dict,
+    eval_data: DataLike,
+    weights: list | None,
+) -> Entry:
+    """One merge of :func:`compare_methods` as a job: its row of numbers."""
+    result = merge_many(models, data, method, bn=bn, progress=False, **options)
+    accuracy, loss, *extra = _measure(result.model, eval_data, weights)
+    report = result.report
+    return {}, {"row": [accuracy, loss, report.seconds, report.gamma, report.reference, *extra]}
 
 
 def _is_plain(value: object) -> bool:
