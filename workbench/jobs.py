@@ -144,10 +144,10 @@ def run_jobs(
     finish in their workers and store their results). One progress bar over the jobs."""
     check_executor(executor)
     jobs = list(jobs)
-    if any(job.key is not None for job in jobs):
-        cache.check_writable()  # before any work, not when the first result is stored
     results: list[Entry | None] = [cache.load(j.kind, j.key, valid=j.valid) for j in jobs]
     missing = [i for i, found in enumerate(results) if found is None]
+    if any(jobs[i].key is not None for i in missing):
+        cache.check_writable()  # before any work, not when the first result is stored
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(missing), desc=desc, disable=not progress)
     try:
         if executor is None:
