@@ -17,6 +17,14 @@ time of training the N models independently).
 
     python benchmarks/populations.py [--epochs 15] [--variants wash:shuffle_probability=0.01] \
         > benchmarks/results/populations.json
+
+The training times of the main run are wall-clock on a CPU shared with other work, one
+population after another, so their ratios carry the load of the moment. ``--timing``
+measures the ratios instead: one epoch of each population, the recipes interleaved, the
+median of ``--repeats`` rounds (``populations_timing.json``).
+
+    python benchmarks/populations.py --timing [--repeats 3] \
+        > benchmarks/results/populations_timing.json
 """
 
 from __future__ import annotations
@@ -82,16 +90,51 @@ def measure(population, train, test, reset_data, aligned: bool) -> dict:
     return row
 
 
+def timing(train, n: int, repeats: int) -> dict:
+    """Median seconds of one epoch per recipe, the recipes interleaved in each round."""
+    seconds: dict[str, list[float]] = {"independent": [], "wash": [], "papa": []}
+    for _ in range(repeats):
+        for method in seconds:
+            population = wb.train_population(
+                "cnn", n, data=train, method=method, epochs=1, seed=0,
+                model_kwargs={"width": RECIPE["width"]}, lr=RECIPE["lr"],
+                batch_size=RECIPE["batch_size"],
+                augment=wb.random_translate(RECIPE["translate"]), progress=False,
+            )  # fmt: skip
+            seconds[method].append(population.seconds)
+            log(f"{method}: {population.seconds:.1f} s")
+    median = {method: float(np.median(times)) for method, times in seconds.items()}
+    return {
+        "benchmark": "populations timing",
+        "epochs": 1,
+        "n": n,
+        "repeats": repeats,
+        "seconds": {method: [round(t, 1) for t in times] for method, times in seconds.items()},
+        "time_vs_independent": {
+            method: round(median[method] / median["independent"], 3) for method in median
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=RECIPE["epochs"])
     parser.add_argument("--variants", nargs="*", default=[])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--timing", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     train, test = wb.load_dataset("mnist-5k", "train"), wb.load_dataset("mnist-5k", "test")
+    if args.timing:
+        text = json.dumps(
+            {**timing(train, args.n, args.repeats), "arguments": sys.argv[1:]}, indent=2
+        )
+        RESULTS.with_name("populations_timing.json").write_text(text + "\n")
+        print(text)
+        return
     index = torch.linspace(0, len(train) - 1, RESET_IMAGES).long()
     reset_data = train.subset(index, "train")
     runs = [("independent", {}), ("wash", {}), ("papa", {})]
