@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import json
 import subprocess
@@ -306,9 +307,34 @@ def test_sweep_command(tmp_path):
     assert (tmp_path / "sweep_width.pdf").stat().st_size > 0
 
 
+def test_sweep_command_on_local_workers(tmp_path):
+    argv = ["sweep", "width", "0.25", "0.5", "--epochs", "1", "--limit", "200", "--alphas", "3"]
+    argv += ["--methods", "weight", "--no-cache"]
+    code, _, stderr = _run([*argv, "--executor", "local:2", "--out", str(tmp_path / "pool")])
+    assert code == 0, stderr
+    pooled = pd.read_csv(tmp_path / "pool" / "sweep_width.csv")
+    assert list(pooled["width"]) == [0.25, 0.5] and list(pooled["method"]) == ["weight"] * 2
+    code, _, _ = _run([*argv, "--out", str(tmp_path / "here")])
+    here = pd.read_csv(tmp_path / "here" / "sweep_width.csv")
+    # the same models to rounding (the workers run with one torch thread each)
+    assert pooled["endpoint_accuracy"].tolist() == pytest.approx(
+        here["endpoint_accuracy"].tolist(), abs=0.02
+    )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("submitit") is not None, reason="submitit installed")
+def test_sweep_on_slurm_without_submitit_says_how_to_install_it(tmp_path):
+    code, _, stderr = _run(["sweep", "width", "0.25", "--executor", "slurm", "--partition", "gpu",
+                            "--out", str(tmp_path)])  # fmt: skip
+    assert code == 2 and "pip install 'merge-workbench[cluster]'" in stderr
+    assert "Traceback" not in stderr
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
+        (["sweep", "width", "1", "--executor", "pool"], "--executor must be local:N or slurm"),
+        (["sweep", "width", "1", "--executor", "local:0"], "a positive number of workers"),
         (["lmc", "--models", "a.safetensors"], "Expected at least 2 checkpoints"),
         (["merge", "--models", "a.safetensors"], "Expected at least 2 checkpoints"),
         (["plane", "--models", "a", "b"], "Expected 3 checkpoints after --models, got 2"),

@@ -835,6 +835,30 @@ def train_models_split(inp: Inputs) -> None:
         )
 
 
+@case("train_population")
+def train_population(inp: Inputs) -> None:
+    options = {"shuffle_probability": 0.5}
+    with kept(model_kwargs=_TINY_CNN, options=options):
+        wb.train_population("cnn", 2, data=inp.train, method="wash", epochs=1,
+                            model_kwargs=_TINY_CNN, progress=False, **options)  # fmt: skip
+
+
+@case("train_populations")
+def train_populations(inp: Inputs) -> None:
+    seeds = [0]
+    with kept(seeds=seeds):
+        wb.train_populations("cnn", 2, seeds=seeds, data=inp.train, method="papa", epochs=1,
+                             model_kwargs=_TINY_CNN, progress=False)  # fmt: skip
+
+
+@case("spawn_sweep")
+def spawn_sweep(inp: Inputs) -> None:
+    steps = [0, 2]
+    with kept(steps=steps):
+        wb.spawn_sweep("cnn", steps, data=inp.train, eval_data=inp.test, epochs=1,
+                       model_kwargs=_TINY_CNN, alphas=3, cache=False, progress=False)  # fmt: skip
+
+
 @case("training_runs")
 def training_runs(inp: Inputs) -> None:
     wb.training_runs(
@@ -1158,6 +1182,7 @@ EXCLUDED: dict[str, str] = {
             "Result",
             "ResultCache",
             "StepsTradeoff",
+            "Population",
             "Sweep",
             "TensorImageDataset",
             "TrainingRun",
@@ -1189,6 +1214,7 @@ EXCLUDED: dict[str, str] = {
             "matching_methods",
             "methods",
             "pairwise_methods",
+            "population_methods",
             "read_metadata",
             "register_architecture",
             "register_bn",

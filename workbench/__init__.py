@@ -37,6 +37,7 @@ from workbench.alignment import (
 )
 from workbench.analysis.coefficients import plot_coefficients
 from workbench.analysis.comparison import compare_methods, plot_comparison
+from workbench.analysis.instability import spawn_sweep
 from workbench.analysis.lmc import (
     LMCCurve,
     barrier_table,
@@ -97,6 +98,12 @@ from workbench.merging import (
     zipit_merge,
 )
 from workbench.modules import default_device
+from workbench.populations import (
+    Population,
+    population_methods,
+    train_population,
+    train_populations,
+)
 from workbench.results import Result, load_result
 from workbench.splits import partition
 from workbench.training import (
@@ -151,6 +158,7 @@ __all__ = [
     "MergeResult",
     "Metrics",
     "PermutationSpec",
+    "Population",
     "Result",
     "ResultCache",
     "TensorImageDataset",
@@ -211,6 +219,7 @@ __all__ = [
     "plot_coefficients",
     "plot_comparison",
     "plot_curves",
+    "population_methods",
     "random_permutation",
     "random_translate",
     "read_metadata",
@@ -223,11 +232,14 @@ __all__ = [
     "reset_bn",
     "save_checkpoint",
     "shipped_models_dir",
+    "spawn_sweep",
     "ste_matching",
     "sweep",
     "top_exemplars",
     "train_model",
     "train_models",
+    "train_population",
+    "train_populations",
     "train_val_split",
     "training_run",
     "training_runs",

@@ -16,6 +16,7 @@ if set, else the platform's user cache folder, never the source checkout.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -32,9 +33,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from workbench.files import CACHE_SECTIONS, cache_dir, check_writable_dir, write_safetensors
-from workbench.fingerprints import data_fingerprint, fingerprint
+from workbench.fingerprints import code_fingerprint, data_fingerprint, fingerprint
 
-__all__ = ["CACHE_SECTIONS", "ResultCache", "cache_dir", "default_cache", "input_key"]
+__all__ = ["CACHE_SECTIONS", "ResultCache", "cache_dir", "default_cache", "describe", "input_key"]
 
 _META_KEY = "workbench-result"
 _UNHASHABLE = "<cannot be fingerprinted>"
@@ -66,14 +67,22 @@ def _plain_name(value: str, what: str) -> str:
     return value
 
 
+def describe(value: Any) -> Any:
+    """``value`` as JSON data that determines it (:func:`input_key`), or ``None`` when a
+    part of it cannot be fingerprinted: a recipe a job or a checkpoint records."""
+    part = input_key(value)
+    return None if _UNHASHABLE in json.dumps(part, sort_keys=True, default=str) else part
+
+
 def input_key(value: Any) -> Any:
     """What an input of an analysis counts as in a cache key: a model by its
     :func:`~workbench.fingerprints.fingerprint`, a dataset by its content
     (:func:`~workbench.fingerprints.data_fingerprint`), a registered method or BatchNorm
-    handling by its ``cache_key`` (registration and code), containers element by element,
-    arrays as lists and plain values as themselves. What cannot be fingerprinted (a
-    DataLoader, a lazy dataset, an arbitrary object) keeps the whole result out of the
-    cache."""
+    handling by its ``cache_key`` (registration and code), a function (an augmentation)
+    by its code (:func:`~workbench.fingerprints.code_fingerprint`), a dataclass by its
+    class and fields, containers element by element, arrays as lists and plain values as
+    themselves. What cannot be fingerprinted (a DataLoader, a lazy dataset, an arbitrary
+    object) keeps the whole result out of the cache."""
     if isinstance(value, nn.Module):
         found = fingerprint(value)
     elif isinstance(value, (Dataset, DataLoader)):
@@ -90,6 +99,11 @@ def input_key(value: Any) -> Any:
         return value.item()
     elif value is None or isinstance(value, (str, int, float, bool)):
         return value
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: input_key(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"class": f"{type(value).__module__}.{type(value).__qualname__}", **fields}
+    elif callable(value):
+        found = code_fingerprint(value)
     else:
         found = None
     return _UNHASHABLE if found is None else found
@@ -124,8 +138,8 @@ class ResultCache:
         the result is computed, never cached."""
         if not self.enabled:
             return None
-        parts = {name: input_key(value) for name, value in inputs.items()}
-        if _UNHASHABLE in json.dumps(parts, sort_keys=True, default=str):
+        parts = describe(inputs)
+        if parts is None:
             return None
         text = json.dumps({"parts": parts, "versions": _KEY_VERSIONS}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:32]

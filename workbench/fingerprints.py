@@ -66,6 +66,10 @@ _VERSION = importlib.metadata.version("merge-workbench")
 _LIBRARIES = ("torch", "torchvision", "builtins")  # classes identified by name and version
 _SOURCES: weakref.WeakKeyDictionary[type, str] = weakref.WeakKeyDictionary()  # class -> source
 _SCALARS = (bool, int, float, complex, str, bytes, type(None), torch.dtype, enum.Enum)
+# Class attributes Python adds by itself, later, and that compute nothing: type hints
+# (added lazily), and the slot names copyreg caches on a class the first time one of its
+# objects is pickled or deep-copied (which would change every fingerprint of that class).
+_ADDED_LATER = ("__annotations__", "__slotnames__")
 
 
 def _hash_tensor(digest: Any, name: str, tensor: torch.Tensor) -> None:
@@ -217,7 +221,7 @@ def _class_text(cls: type) -> str | None:
                 _SOURCES[klass] = "<no source>"
         body = []
         for name, value in sorted(vars(klass).items()):
-            if name == "__annotations__":  # type hints compute nothing; Python adds them lazily
+            if name in _ADDED_LATER:
                 continue
             value = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
             if isinstance(value, property):

@@ -6,6 +6,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.batching import batches
+from workbench.cache import ResultCache, default_cache
 from workbench.data import DataLike
 from workbench.evaluation import check_fits, evaluate
+from workbench.jobs import Entry, Job, check_executor, run_jobs
 from workbench.modules import default_device
 from workbench.splits import SPLITS, partition
 from workbench.validation import (
@@ -33,8 +36,11 @@ from workbench.zoo import create_model
 __all__ = [
     "TrainingRun",
     "random_translate",
+    "seeded_model",
+    "sgd_one_cycle",
     "train_model",
     "train_models",
+    "train_step",
     "training_run",
     "training_runs",
 ]
@@ -59,18 +65,26 @@ class TrainingRun:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def random_translate(max_shift: int = 2) -> Augment:
-    """An augmentation that shifts each image by up to ``max_shift`` pixels (zero fill)."""
+@dataclass(frozen=True)
+class _Translate:
+    """Shift each image by up to ``max_shift`` pixels (zero fill); a plain object rather
+    than a closure, so that a training recipe pickles to another process (executors)."""
 
-    def augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    max_shift: int
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         n, _, h, w = images.shape
+        max_shift = self.max_shift
         padded = F.pad(images, [max_shift] * 4)
         shifts = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).tolist()
         return torch.stack(
             [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(shifts)]
         )
 
-    return augment
+
+def random_translate(max_shift: int = 2) -> Augment:
+    """An augmentation that shifts each image by up to ``max_shift`` pixels (zero fill)."""
+    return _Translate(max_shift)
 
 
 def _steps_per_epoch(data: DataLike, batch_size: int) -> int:
@@ -113,6 +127,26 @@ def train_model(
     model = copy.deepcopy(model).to(device)
     generator = torch.Generator().manual_seed(seed)
     total_steps = epochs * _steps_per_epoch(data, batch_size)
+    optimizer, scheduler = sgd_one_cycle(model, total_steps, lr, momentum, weight_decay)
+    rng_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)
+        model.train()
+        bar = tqdm(total=total_steps, desc=f"train seed={seed}", disable=not progress, leave=False)
+        for epoch in range(epochs):
+            for inputs, labels in batches(data, batch_size, shuffle=True, generator=generator):
+                loss = train_step(model, optimizer, scheduler, inputs, labels, augment, generator)
+                bar.update()
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}")
+        bar.close()
+    return model.eval()
+
+
+def sgd_one_cycle(
+    model: nn.Module, total_steps: int, lr: float, momentum: float, weight_decay: float
+) -> tuple[torch.optim.SGD, torch.optim.lr_scheduler.OneCycleLR]:
+    """The optimizer and schedule of every workbench training: SGD with Nesterov momentum
+    and a one-cycle learning rate (a quarter of the steps up to ``lr``, then linearly down)."""
     optimizer = torch.optim.SGD(
         model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True
     )
@@ -121,27 +155,33 @@ def train_model(
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=total_steps, pct_start=pct_start, anneal_strategy="linear"
     )
-    rng_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=rng_devices):
-        torch.manual_seed(seed)
-        model.train()
-        bar = tqdm(total=total_steps, desc=f"train seed={seed}", disable=not progress, leave=False)
-        for epoch in range(epochs):
-            for inputs, labels in batches(data, batch_size, shuffle=True, generator=generator):
-                if augment is not None:
-                    inputs = augment(inputs, generator)
-                logits = check_logits(model(inputs.to(device)), model)
-                labels = check_labels(labels, logits.shape[1], count=len(logits))
-                loss = F.cross_entropy(logits, labels.to(device))
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if scheduler.last_epoch < total_steps:
-                    scheduler.step()
-                bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-        bar.close()
-    return model.eval()
+    return optimizer, scheduler
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.OneCycleLR,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    augment: Augment | None,
+    generator: torch.Generator,
+) -> float:
+    """One SGD step of ``model`` (in place, in train mode) on a batch, augmented with
+    ``generator``'s draws; returns the batch loss. The one step shared by :func:`train_model`
+    and the population recipes (:mod:`workbench.populations`)."""
+    device = next(model.parameters()).device
+    if augment is not None:
+        inputs = augment(inputs, generator)
+    logits = check_logits(model(inputs.to(device)), model)
+    labels = check_labels(labels, logits.shape[1], count=len(logits))
+    loss = F.cross_entropy(logits, labels.to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if scheduler.last_epoch < scheduler.total_steps:
+        scheduler.step()
+    return loss.item()
 
 
 @keyword_only(("data", "epochs", "seed"), renamed={"test_data": "eval_data"})
@@ -217,12 +257,21 @@ def train_models(
     partition: str | None = None,
     concentration: float = 0.5,
     partition_seed: int = 0,
+    executor: Executor | None = None,
     **train_kwargs: Any,
 ) -> list[nn.Module]:
     """The trained models of :func:`training_runs` alone (no final evaluation); with
     ``partition``, model ``i`` trained on part ``i`` and carrying it as ``model.workbench_split``
-    (save it with ``save_checkpoint(model, path, split=model.workbench_split)``)."""
+    (save it with ``save_checkpoint(model, path, split=model.workbench_split)``).
+
+    ``executor``: any ``concurrent.futures.Executor`` (a ``ProcessPoolExecutor``, a
+    submitit executor) trains one model per job there (:mod:`workbench.jobs`); each
+    trained model is stored in the result cache, keyed by its recipe and the data's
+    content, so a rerun trains only the models that are missing."""
+    check_executor(executor)
     parts = _parts(data, seeds, partition, concentration, partition_seed)
+    if executor is not None:
+        return _train_as_jobs(name, seeds, parts, epochs, model_kwargs, train_kwargs, executor)
     trained = []
     models = _seeded_models(name, seeds, model_kwargs, train_kwargs)
     for (seed, model), part in zip(models, parts, strict=True):
@@ -266,7 +315,67 @@ def _seeded_models(
     for seed in tqdm(
         seeds, desc=f"{name} x{len(seeds)} seeds", disable=not train_kwargs.get("progress", True)
     ):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = create_model(name, **(model_kwargs or {}))
-        yield seed, model
+        yield seed, seeded_model(name, seed, model_kwargs)
+
+
+def seeded_model(name: str, seed: int, model_kwargs: dict | None = None) -> nn.Module:
+    """``create_model(name, **model_kwargs)`` initialized from ``seed`` (torch's global
+    random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(name, **(model_kwargs or {}))
+
+
+def _train_job(
+    name: str, seed: int, model_kwargs: dict | None, data: DataLike, epochs: int, kwargs: dict
+) -> Entry:
+    """One model of :func:`train_models` as a job: its trained state."""
+    model = train_model(seeded_model(name, seed, model_kwargs), data, epochs, seed, **kwargs)
+    return dict(model.state_dict()), {"seed": seed}
+
+
+def _train_as_jobs(
+    name: str,
+    seeds: Sequence[int],
+    parts: list[DataLike],
+    epochs: int,
+    model_kwargs: dict | None,
+    train_kwargs: dict,
+    executor: Executor,
+) -> list[nn.Module]:
+    """:func:`train_models` with one job per seed on ``executor``, cached by recipe."""
+    kwargs = {**train_kwargs, "progress": False}
+    recipe = {k: v for k, v in kwargs.items() if k not in ("progress", "device")}
+    store: ResultCache = default_cache()
+    jobs = [
+        Job(
+            "trained-models",
+            store.key(
+                architecture=name,
+                model_kwargs=model_kwargs or {},
+                seed=seed,
+                epochs=epochs,
+                data=part,
+                training=recipe,
+            ),
+            _train_job,
+            {
+                "name": name,
+                "seed": seed,
+                "model_kwargs": model_kwargs,
+                "data": part,
+                "epochs": epochs,
+                "kwargs": kwargs,
+            },
+        )
+        for seed, part in zip(seeds, parts, strict=True)
+    ]
+    progress = train_kwargs.get("progress", True)
+    entries = run_jobs(jobs, executor=executor, cache=store, progress=progress, desc=name)
+    models = []
+    for seed, part, (state, _) in zip(seeds, parts, entries, strict=True):
+        model = seeded_model(name, seed, model_kwargs)
+        model.load_state_dict(state)
+        _record_split(model, part)
+        models.append(model.eval())
+    return models

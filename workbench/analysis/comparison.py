@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,6 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm.auto import tqdm
 
 from workbench.alignment import registry
 from workbench.alignment.options import check_options, renamed_options
@@ -41,6 +41,7 @@ from workbench.figures import (
     save_table,
     series_label,
 )
+from workbench.jobs import Entry, Job, check_executor, run_jobs
 from workbench.merging import check_bn, ensemble, get_bn, merge_many
 from workbench.merging.ensemble import COMBINE
 from workbench.vocabulary import keyword_only
@@ -68,6 +69,7 @@ def compare_methods(
     cache: ResultCache | bool = True,
     parts: Sequence | None = None,
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    executor: Executor | None = None,
     **merge_options: Any,
 ) -> pd.DataFrame:
     """Merge the first N of ``models`` for each N in ``sizes`` (default 2..len(models))
@@ -108,8 +110,11 @@ def compare_methods(
     values (numbers, strings, lists) and data given as DataLoaders are never cached. The
     ensemble rows are cached too, keyed by the N models and ``eval_data`` alone (and the
     parts' class weights, when given), and so is each model's own evaluation (the
-    endpoints' rows), keyed by the model and ``eval_data``.
+    endpoints' rows), keyed by the model and ``eval_data``. ``executor``: any
+    ``concurrent.futures.Executor`` runs one merge per job there (:mod:`workbench.jobs`);
+    a rerun computes only the merges not cached yet.
     """
+    check_executor(executor)
     models = list(models)
     sizes = list(sizes) if sizes is not None else list(range(2, len(models) + 1))
     known = registry.methods()
@@ -127,12 +132,7 @@ def compare_methods(
     with_parts = {} if weights is None else {"parts": [sorted(w.items()) for w in weights]}
 
     def measure(model: nn.Module) -> list[float]:
-        """Accuracy and loss on eval_data, then the per-part accuracies (if any)."""
-        metrics = evaluate(model, eval_data=eval_data)
-        extra = (
-            [] if weights is None else per_part_accuracy(model, eval_data=eval_data, parts=weights)
-        )
-        return [metrics.accuracy, metrics.loss, *extra]
+        return _measure(model, eval_data, weights)
 
     store = resolve_cache(cache)
 
@@ -149,7 +149,8 @@ def compare_methods(
     endpoint = [measure_endpoint(i) for i in range(max(sizes))]
     rows = []
     jobs = [(n, method) for n in sizes for method in methods]
-    for n, method in tqdm(jobs, desc="compare methods", disable=not progress):
+    merges = []
+    for n, method in jobs:
         given = groups[method]
         key = store.key(
             models=models[:n],
@@ -161,16 +162,13 @@ def compare_methods(
             **with_parts,
         )
 
-        def merge(n: int = n, method: str = method, given: dict = given) -> tuple[dict, dict]:
-            result = merge_many(
-                models[:n], data=data, method=method, bn=bn, progress=False, **given
-            )
-            accuracy, loss, *extra = measure(result.model)
-            report = result.report
-            row = [accuracy, loss, report.seconds, report.gamma, report.reference, *extra]
-            return {}, {"row": row}
-
-        _, found = store.get_or_compute("compare-methods", key, merge)
+        arguments = {"models": models[:n], "data": data, "method": method, "bn": bn}
+        arguments.update(options=given, eval_data=eval_data, weights=weights)
+        merges.append(Job("compare-methods", key, _merge_job, arguments))
+    entries = run_jobs(
+        merges, executor=executor, cache=store, progress=progress, desc="compare methods"
+    )
+    for (n, method), (_, found) in zip(jobs, entries, strict=True):
         rows.append([method_label(method), n, bn, *found["row"]])
     for n in sizes:
         accuracy, loss, *extra = np.mean(endpoint[:n], axis=0).tolist()
@@ -239,6 +237,29 @@ def _option_groups(
         check_options([method], group)
         groups[method] = {**shared, **taken, **group}
     return groups
+
+
+def _measure(model: nn.Module, eval_data: DataLike, weights: list | None) -> list[float]:
+    """Accuracy and loss on eval_data, then the per-part accuracies (if any)."""
+    metrics = evaluate(model, eval_data=eval_data)
+    extra = [] if weights is None else per_part_accuracy(model, eval_data=eval_data, parts=weights)
+    return [metrics.accuracy, metrics.loss, *extra]
+
+
+def _merge_job(
+    models: list[nn.Module],
+    data: DataLike,
+    method: str,
+    bn: str,
+    options: dict,
+    eval_data: DataLike,
+    weights: list | None,
+) -> Entry:
+    """One merge of :func:`compare_methods` as a job: its row of numbers."""
+    result = merge_many(models, data=data, method=method, bn=bn, progress=False, **options)
+    accuracy, loss, *extra = _measure(result.model, eval_data, weights)
+    report = result.report
+    return {}, {"row": [accuracy, loss, report.seconds, report.gamma, report.reference, *extra]}
 
 
 def plot_comparison(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from workbench.analysis.lmc import (
     curves_frame,
     pairwise_curves,
 )
+from workbench.analysis.lmc.compute import _complete_curves, curves_entry, entry_curves
 from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.figures import (
@@ -46,6 +48,7 @@ from workbench.figures import (
     series_label,
 )
 from workbench.fingerprints import fingerprint
+from workbench.jobs import Entry, Job, check_executor, run_jobs
 from workbench.merging import check_bn, get_bn
 from workbench.results import Result
 from workbench.training import train_models
@@ -55,6 +58,7 @@ from workbench.zoo import create_model
 __all__ = ["Sweep", "plot_sweep", "sweep"]
 
 PARAMETERS = {"width": "Width multiplier", "epochs": "Training epochs"}
+LABELS = {**PARAMETERS, "spawn_step": "Spawn step k (trunk steps before the fork)"}
 _METRICS = {
     "barrier": ("Loss barrier", 1.0),
     "rebasin_barrier": ("Loss barrier (Git Re-Basin)", 1.0),
@@ -132,7 +136,7 @@ def plot_sweep(
             ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(table[result.parameter].unique()))
         ax.get_xaxis().set_major_formatter("{x:g}")
-        ax.set_xlabel(PARAMETERS.get(result.parameter, result.parameter))
+        ax.set_xlabel(LABELS.get(result.parameter, result.parameter))
         handling = bn_label(result.settings.get("bn"))
         ax.set_ylabel(f"{label} ({handling})" if handling else label)
         if title:
@@ -189,6 +193,7 @@ def sweep(
     batch_size: int = 500,
     progress: bool = True,
     cache: ResultCache | bool = True,
+    executor: Executor | None = None,
     **train_kwargs: Any,
 ) -> Sweep:
     """Barrier against ``parameter``: ``"width"`` (the width multiplier; every model
@@ -201,7 +206,11 @@ def sweep(
     ``eval_data``) with ``bn`` handling on ``data``. ``model_kwargs`` go to :func:`workbench.create_model` (classes and input
     channels default to the dataset's), ``train_kwargs`` to :func:`workbench.train_model`.
     Each value is cached (``cache=False`` bypasses; custom augmentations are never cached).
+    ``executor``: any ``concurrent.futures.Executor`` (a process pool, a submitit
+    executor) trains and measures one value per job there (:mod:`workbench.jobs`); a
+    rerun of a sweep that stopped half-way computes only the values not cached yet.
     """
+    check_executor(executor)
     values = _check_values(parameter, values)
     if "progress" in train_kwargs:
         raise TypeError("Pass progress= to sweep itself, not as a training argument.")
@@ -224,8 +233,9 @@ def sweep(
         "train_kwargs": _json_or_none(train_kwargs),
     }
     settings = {**recipe, "methods": list(methods), "bn": bn, "alphas": alphas}
-    curves = []
-    for value in tqdm(values, desc=f"{parameter} sweep", disable=not progress):
+    found = []
+    jobs = []
+    for value in tqdm(values, desc=f"{parameter} sweep", disable=not progress or bool(executor)):
         point_kwargs = {**kwargs, "width": value} if parameter == "width" else kwargs
         point_epochs = value if parameter == "epochs" else epochs
         key = store.key(
@@ -239,35 +249,57 @@ def sweep(
             alphas=alphas,
             batch_size=batch_size,
         )
+        arguments = {"architecture": architecture, "seeds": list(seeds), "data": data}
+        arguments.update(epochs=int(point_epochs), model_kwargs=point_kwargs)
+        arguments.update(eval_data=splits_data)
+        arguments.update(methods=list(methods), alphas=alphas, bn=bn, batch_size=batch_size)
+        arguments.update(train_kwargs=train_kwargs)
+        if executor is not None:
+            jobs.append(Job("sweep", key, _point_job, arguments, valid=_complete_curves))
+            found.append((value, None))
+            continue
 
-        def compute(point_kwargs: dict = point_kwargs, point_epochs: int = point_epochs):
-            models = train_models(
-                architecture,
-                list(seeds),
-                data,
-                int(point_epochs),
-                model_kwargs=point_kwargs,
-                progress=progress,
-                **train_kwargs,
-            )
-            found = []
-            for method in methods:
-                found += pairwise_curves(
-                    models,
-                    eval_data=splits_data,
-                    data=data,
-                    alphas=alphas,
-                    bn=bn,
-                    method=method,
-                    batch_size=batch_size,
-                    progress=False,
-                    cache=False,
-                )
-            trained = [fingerprint(m) for m in models]
-            return [
-                dataclasses.replace(c, settings={**c.settings, "trained": trained}) for c in found
-            ]
+        def compute(arguments: dict = arguments) -> list[LMCCurve]:
+            return _point_curves(**arguments, progress=progress)
 
-        for curve in cached_curves(store, "sweep", key, compute):
+        found.append((value, cached_curves(store, "sweep", key, compute)))
+    entries = iter(run_jobs(jobs, executor=executor, cache=store, progress=progress, desc="sweep"))
+    curves = []
+    for value, point in found:
+        for curve in point if point is not None else entry_curves(*next(entries)):
             curves.append(dataclasses.replace(curve, settings={**curve.settings, parameter: value}))
     return Sweep(parameter, curves, settings)
+
+
+def _point_curves(
+    architecture: str,
+    seeds: list[int],
+    data: DataLike,
+    epochs: int,
+    model_kwargs: dict,
+    eval_data: Mapping[str, DataLike],
+    methods: list[str],
+    alphas: int | Sequence[float],
+    bn: str,
+    batch_size: int,
+    train_kwargs: dict,
+    progress: bool = False,
+) -> list[LMCCurve]:
+    """One value of a sweep: its models trained, every pair's curves by every method."""
+    models = train_models(
+        architecture, seeds, data, epochs, model_kwargs=model_kwargs, progress=progress,
+        **train_kwargs,
+    )  # fmt: skip
+    found = []
+    for method in methods:
+        found += pairwise_curves(
+            models, eval_data=eval_data, data=data, alphas=alphas, bn=bn, method=method,
+            batch_size=batch_size, progress=False, cache=False,
+        )  # fmt: skip
+    trained = [fingerprint(m) for m in models]
+    return [dataclasses.replace(c, settings={**c.settings, "trained": trained}) for c in found]
+
+
+def _point_job(**arguments: Any) -> Entry:
+    """One value of :func:`sweep` as a job (see :mod:`workbench.jobs`)."""
+    return curves_entry(_point_curves(**arguments))

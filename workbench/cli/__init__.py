@@ -20,6 +20,7 @@ from workbench.cli.commands import (
     run_sweep,
     run_train,
 )
+from workbench.cli.executors import add_executor_arguments
 from workbench.cli.outputs import check_outputs
 from workbench.data import DatasetUnavailableError, datasets
 from workbench.files import check_writable_dir
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweeper.add_argument("--bn", choices=bn_modes(), default="reset")
     sweeper.add_argument("--alphas", type=int, default=5)
     sweeper.add_argument("--splits", nargs="+", default=["test"], choices=["train", "test"])
+    add_executor_arguments(sweeper)
     sweeper.set_defaults(run=run_sweep)
 
     info = sub.add_parser("info", help="print a checkpoint's metadata")

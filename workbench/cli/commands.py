@@ -34,6 +34,7 @@ from workbench.checkpoints import (
     save_checkpoint,
     shipped_models_dir,
 )
+from workbench.cli.executors import executor_from_args
 from workbench.cli.outputs import DEMO_FORMATS, STEMS, checkpoints, report, write
 from workbench.data import (
     TensorImageDataset,
@@ -294,6 +295,7 @@ def run_plane(args: argparse.Namespace) -> int:
 def run_sweep(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     train, test = read_splits(args.dataset, args.limit)
+    executor = executor_from_args(args)
     result = sweep(
         args.parameter,
         args.values,
@@ -308,6 +310,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         alphas=args.alphas,
         splits=args.splits,
         cache=not args.no_cache,
+        executor=executor,
     )
     fig, axes = figures.new_figure(columns=2, aspect=0.4, ncols=2)
     result.plot("barrier", ax=axes[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 
 import numpy as np
 import torch
@@ -26,12 +27,15 @@ from workbench.evaluation import same_function
 from workbench.figures import method_label, series_label
 from workbench.fingerprints import fingerprint, fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
+from workbench.jobs import Entry, Job, check_executor, run_jobs
 from workbench.merging import check_bn, get_bn
 from workbench.validation import check_int, check_models
 from workbench.vocabulary import MEASURED, keyword_only
 
 __all__ = [
     "cached_curves",
+    "curves_entry",
+    "entry_curves",
     "lmc_curve",
     "lmc_curves",
     "pairwise_curves",
@@ -44,6 +48,11 @@ __all__ = [
 def _store_curves(
     store: ResultCache, section: str, key: str | None, curves: list[LMCCurve]
 ) -> None:
+    store.store(section, key, *curves_entry(curves))
+
+
+def curves_entry(curves: list[LMCCurve]) -> Entry:
+    """Curves as a cache entry (tensors and settings), what a job returns."""
     tensors = {}
     for i, curve in enumerate(curves):
         for name in ("alphas", "loss", "accuracy"):
@@ -54,7 +63,7 @@ def _store_curves(
             for c in curves
         ]
     }
-    store.store(section, key, tensors, meta)
+    return tensors, meta
 
 
 def _complete_curves(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> bool:
@@ -76,7 +85,11 @@ def _load_curves(store: ResultCache, section: str, key: str | None) -> list[LMCC
     hit = store.load(section, key, valid=_complete_curves)
     if hit is None:
         return None
-    tensors, meta = hit
+    return entry_curves(*hit)
+
+
+def entry_curves(tensors: Mapping[str, torch.Tensor], meta: Mapping) -> list[LMCCurve]:
+    """The curves of a cache entry (:func:`curves_entry`)."""
     return [
         LMCCurve(*(tensors[f"{i}/{n}"].numpy() for n in ("alphas", "loss", "accuracy")), *rest)
         for i, rest in enumerate(meta["curves"])
@@ -285,6 +298,7 @@ def pairwise_curves(
     batch_size: int = 500,
     progress: bool = True,
     cache: ResultCache | bool = True,
+    executor: Executor | None = None,
 ) -> list[LMCCurve]:
     """Curves between every pair ``i < j`` of ``models`` on every split of ``eval_data``,
     model ``j`` aligned to model ``i`` by ``method`` (any of :func:`workbench.methods`) on
@@ -293,8 +307,11 @@ def pairwise_curves(
     Each curve's ``settings["pair"]`` is ``[i, j]``. Each pair is cached as a whole, keyed
     by the two original models, so a re-run skips the alignment too. Summarize the result
     with :func:`plot_bands`, :func:`barrier_table` or :func:`curves_frame`
-    (``settings=("pair",)`` adds the pair column).
+    (``settings=("pair",)`` adds the pair column). ``executor``: any
+    ``concurrent.futures.Executor`` computes one pair per job there
+    (:mod:`workbench.jobs`); a rerun computes only the pairs not cached yet.
     """
+    check_executor(executor)
     models = list(models)
     found = get_method(method)
     found.check_pairwise()
@@ -309,8 +326,9 @@ def pairwise_curves(
     store = resolve_cache(cache)
     spec = None
     curves = []
+    jobs = []
     pairs = list(itertools.combinations(range(len(models)), 2))
-    for i, j in tqdm(pairs, desc=f"pairs ({method})", disable=not progress):
+    for i, j in tqdm(pairs, desc=f"pairs ({method})", disable=not progress or executor is not None):
         key = store.key(
             models=[models[i], models[j]],
             method=found,
@@ -322,28 +340,57 @@ def pairwise_curves(
             batch_size=batch_size,
         )
 
-        def compute(i: int = i, j: int = j) -> list[LMCCurve]:
+        arguments = {"models": [models[i], models[j]], "pair": [i, j], "method": method}
+        arguments.update(eval_data=eval_data, data=data, match_data=match_data, alphas=alphas)
+        arguments.update(bn=bn, batch_size=batch_size)
+        if executor is not None:
+            jobs.append(Job("lmc-pairs", key, _pair_job, arguments, valid=_complete_curves))
+            continue
+
+        def compute(arguments: dict = arguments) -> list[LMCCurve]:
             nonlocal spec
             spec = spec or resolve_spec(models[0], None, data=match_data)
-            aligned = align(models[i], models[j], method=method, data=match_data, spec=spec)
-            found = lmc_curves(
-                models[i],
-                aligned,
-                eval_data=eval_data,
-                data=data,
-                alphas=alphas,
-                bn=bn,
-                label=method_label(method),
-                spec=spec,
-                original_b=models[j],
-                batch_size=batch_size,
-                progress=False,
-                cache=False,
-            )
-            return [
-                dataclasses.replace(c, settings={**c.settings, "pair": [i, j]})
-                for c in found.values()
-            ]
+            return _pair_curves(**arguments, spec=spec)
 
         curves += cached_curves(store, "lmc-pairs", key, compute)
+    for entry in run_jobs(jobs, executor=executor, cache=store, progress=progress, desc="pairs"):
+        curves += entry_curves(*entry)
     return curves
+
+
+def _pair_curves(
+    models: list[nn.Module],
+    pair: list[int],
+    method: str,
+    eval_data: Mapping[str, DataLike],
+    data: DataLike | None,
+    match_data: DataLike,
+    alphas: int | Sequence[float],
+    bn: str,
+    batch_size: int,
+    spec: PermutationSpec | None = None,
+) -> list[LMCCurve]:
+    """The curves of one pair of :func:`pairwise_curves`: the second model aligned to
+    the first by ``method``, then the path between them on every split."""
+    spec = spec or resolve_spec(models[0], None, data=match_data)
+    aligned = align(models[0], models[1], method=method, data=match_data, spec=spec)
+    found = lmc_curves(
+        models[0],
+        aligned,
+        eval_data=eval_data,
+        data=data,
+        alphas=alphas,
+        bn=bn,
+        label=method_label(method),
+        spec=spec,
+        original_b=models[1],
+        batch_size=batch_size,
+        progress=False,
+        cache=False,
+    )
+    return [dataclasses.replace(c, settings={**c.settings, "pair": pair}) for c in found.values()]
+
+
+def _pair_job(**arguments: object) -> Entry:
+    """One pair of :func:`pairwise_curves` as a job (see :mod:`workbench.jobs`)."""
+    return curves_entry(_pair_curves(**arguments))
