@@ -28,6 +28,7 @@ __all__ = [
     "select_output",
     "state_diff",
     "state_shapes",
+    "tied_keys",
 ]
 
 
@@ -178,3 +179,14 @@ def load_weighted_average_(
             else:
                 out.copy_(states[0][key])
     return target
+
+
+def tied_keys(model: nn.Module) -> list[list[str]]:
+    """The state-dict names that share one tensor (tied weights), as lists of two or more."""
+    names: dict[int, list[str]] = {}
+    for key, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        names.setdefault(id(tensor), []).append(key)
+    return [keys for keys in names.values() if len(keys) > 1]

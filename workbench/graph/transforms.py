@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from workbench.graph.spec import Axis, PermutationSpec
-from workbench.modules import clone
+from workbench.modules import clone, tied_keys
 from workbench.vocabulary import keyword_only
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "permute_axis",
     "permute_state",
     "random_permutation",
-    "tied_keys",
     "transform_state",
 ]
 
@@ -186,17 +185,6 @@ def apply_permutation(
     permuted = clone(model)
     permuted.load_state_dict(state)
     return permuted
-
-
-def tied_keys(model: nn.Module) -> list[list[str]]:
-    """The state-dict names that share one tensor (tied weights), as lists of two or more."""
-    names: dict[int, list[str]] = {}
-    for key, tensor in [
-        *model.named_parameters(remove_duplicate=False),
-        *model.named_buffers(remove_duplicate=False),
-    ]:
-        names.setdefault(id(tensor), []).append(key)
-    return [keys for keys in names.values() if len(keys) > 1]
 
 
 # ---------------------------------------------------------------------------------------

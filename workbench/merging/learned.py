@@ -36,7 +36,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +49,7 @@ from workbench.batching import batches
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import check_fits, evaluate
 from workbench.graph import PermutationSpec, resolve_spec
+from workbench.merging.learned_summary import per_layer
 from workbench.merging.pipeline import (
     MergeReport,
     MergeResult,
@@ -64,11 +64,9 @@ from workbench.modules import model_device
 from workbench.tuning import grid_points, validation_search
 from workbench.validation import check_choice, check_int, check_labels, check_number
 
-__all__ = ["QUANTILES", "SCHEMES", "learn_merge"]
+__all__ = ["SCHEMES", "learn_merge"]
 
 SCHEMES = ("successive", "joint")
-QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0)
-"""The quantiles of the learned coefficients that the report keeps, per layer."""
 
 
 @dataclass(frozen=True)
@@ -193,29 +191,6 @@ def _learn(working, mixture: _Mixture, learn, val, s: _Settings, desc: str):
     return curve, best_step
 
 
-def _summary(coefficients: torch.Tensor, init: float) -> dict[str, float]:
-    values = coefficients.detach().reshape(-1).double().cpu().numpy()
-    quantiles = np.quantile(values, QUANTILES)
-    return {
-        "init": init,
-        "mean": float(values.mean()),
-        "std": float(values.std()),
-        "mean_abs_shift": float(np.abs(values - init).mean()),
-        "count": float(values.size),
-        **{f"q{round(100 * q):02d}": float(v) for q, v in zip(QUANTILES, quantiles, strict=True)},
-    }
-
-
-def _per_layer(coefficients: dict[str, torch.Tensor], init: float, index: int | None = None):
-    """The summary of the coefficients of each layer (the module owning the parameters),
-    in the model's order; ``index`` picks one model's weights of a joint mixture."""
-    layers: dict[str, list[torch.Tensor]] = {}
-    for name, values in coefficients.items():
-        picked = values if index is None else values[index]
-        layers.setdefault(name.rpartition(".")[0] or name, []).append(picked.reshape(-1))
-    return {layer: _summary(torch.cat(parts), init) for layer, parts in layers.items()}
-
-
 def _problems(aligned: Sequence[nn.Module], scheme: str):
     """The learning problems: ``(label, k, first, sources(current))``, ``current`` being
     the merge so far, ``k`` the last model the problem reaches, ``first`` the first
@@ -249,9 +224,9 @@ def _learn_all_(merged: nn.Module, aligned, scheme: str, learn, val, s: _Setting
         )
         if scheme == "joint":
             for i in range(len(aligned)):
-                coefficients[f"model {i}"] = _per_layer(mixture.coefficients(), first, i)
+                coefficients[f"model {i}"] = per_layer(mixture.coefficients(), first, i)
         else:
-            coefficients[label] = _per_layer(mixture.coefficients(), first)
+            coefficients[label] = per_layer(mixture.coefficients(), first)
         with torch.no_grad():
             current = {n: p.detach() for n, p in mixture.parameters().items()}
     if any(best_steps.values()):
