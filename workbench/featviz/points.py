@@ -31,7 +31,15 @@ from torch import fx, nn
 
 from workbench.graph.trace import trace_module
 
-__all__ = ["POINTS", "ObservationPoint", "observation_point", "observing", "resolve_layer"]
+__all__ = [
+    "POINTS",
+    "ObservationPoint",
+    "describe_point",
+    "observation_point",
+    "observing",
+    "resolve_layer",
+    "run_to",
+]
 
 POINTS = ("output", "norm", "relu")
 """The observation points, from the layer's output to after its nonlinearity."""
@@ -73,19 +81,25 @@ def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
 class ObservationPoint:
     """Layer ``layer`` observed at ``point`` (one of :data:`POINTS`): the output of the
     module named ``module``, passed through ``function`` where the nonlinearity is a
-    function call rather than a module (else ``None``)."""
+    function call rather than a module (else ``None``). ``relu_input``: at a ReLU, the
+    module whose output it takes (rendering routes its gradient past the ReLU's zero
+    region from there)."""
 
     layer: str
     point: str
     module: str
     function: Callable[[torch.Tensor], torch.Tensor] | None = None
+    relu_input: str | None = None
 
     def label(self) -> str:
-        """How figures name the point: ``"features.conv1 after ReLU"``."""
-        return f"{self.layer} {_WORDS[self.point]}"
+        """How figures name the point: ``"features.conv1 after nonlinearity"``."""
+        return f"{self.layer} {describe_point(self.point)}"
 
 
-_WORDS = {"output": "output", "norm": "after normalization", "relu": "after nonlinearity"}
+def describe_point(point: str) -> str:
+    """How figures say where units are observed: ``"after nonlinearity"``."""
+    words = {"output": "at the layer output", "norm": "after normalization"}
+    return words.get(check_point(point), "after nonlinearity")
 
 
 def check_point(point: str) -> str:
@@ -152,20 +166,30 @@ def observation_point(model: nn.Module, layer: str, point: str = "output") -> Ob
             f"comes {', '.join(n.name for n in last.users) or 'nothing'}), so point='relu' "
             "is not defined there; observe it at point='norm' or 'output'."
         )
+    before = _module_before(chain)
+    relu = before if _is_relu(last, modules) else None
     if last.op == "call_module":
         if calls == 1:
-            return ObservationPoint(layer, point, last.target)
+            return ObservationPoint(layer, point, last.target, relu_input=relu)
         # a module called in several places (a ResNet block's one ReLU): a hook on it would
         # see every call, so the module before it is hooked and the nonlinearity applied
-        return ObservationPoint(layer, point, _module_before(chain), modules[last.target])
+        return ObservationPoint(layer, point, before, modules[last.target], relu)
     if last.op == "call_method":
         function = getattr(torch.Tensor, str(last.target).rstrip("_"))
     else:
         function = last.target
     kwargs = {k: v for k, v in last.kwargs.items() if k != "inplace"}
     return ObservationPoint(
-        layer, point, _module_before(chain), lambda x: function(x, *last.args[1:], **kwargs)
+        layer, point, before, lambda x: function(x, *last.args[1:], **kwargs), relu
     )
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return type(modules[node.target]) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in (torch.relu, torch.nn.functional.relu)
+    return node.target in ("relu", "relu_")
 
 
 @contextlib.contextmanager
@@ -193,3 +217,28 @@ def observing(
         yield
     finally:
         handle.remove()
+
+
+class _Reached(Exception):
+    """Raised by :func:`run_to`'s hook once the point's tensor is captured."""
+
+
+def run_to(model: nn.Module, where: ObservationPoint, inputs: torch.Tensor) -> torch.Tensor:
+    """The tensor observed at ``where`` for ``inputs``. The forward pass stops there: the
+    layers after the point cannot change it, so their cost (and, when optimizing an image,
+    their backward pass) is saved. The model's mode is the caller's."""
+    found: list[torch.Tensor] = []
+
+    def record(out: torch.Tensor) -> None:
+        found.append(out)
+        raise _Reached
+
+    with observing(model, where, record, copy=False):
+        try:
+            model(inputs)
+        except _Reached:
+            return found[0]
+    raise ValueError(
+        f"A forward pass of {type(model).__name__} never reached {where.module!r}: the "
+        f"point of layer {where.layer!r} is not on its path."
+    )

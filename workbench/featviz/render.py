@@ -39,13 +39,12 @@ from tqdm.auto import tqdm
 from workbench import validation
 from workbench.cache import ResultCache, default_cache
 from workbench.checkpoints import recorded_dataset_info
-from workbench.evaluation import forward_checked
 from workbench.featviz.points import (
     ObservationPoint,
     check_point,
     observation_point,
-    observing,
     resolve_layer,
+    run_to,
 )
 from workbench.fingerprints import fingerprint
 from workbench.modules import eval_mode, model_device
@@ -147,24 +146,49 @@ def _optimize(
         shift = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         scale = torch.tensor(std, device=device).view(1, -1, 1, 1)
         optimizer = torch.optim.Adam([spectrum], lr=lr)
-        # lucent objectives read a layer's output through a function of its name; one hook
-        # at the observation point (removed afterwards) serves it
-        captured: dict[str, torch.Tensor] = {}
-        desc = f"render {where.layer}"
-        with observing(model, where, lambda out: captured.update(out=out)):
-            for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
-                optimizer.zero_grad()
-                image = image_f()
-                for t in transforms:
-                    image = t(image)
-                image = F.interpolate(
-                    image, size=(size, size), mode="bilinear", align_corners=False
-                )
-                model((image - shift) / scale)
-                objective(lambda name: captured["out"]).backward()
-                optimizer.step()
+        # lucent objectives read a layer's output through a function of its name; the
+        # forward pass stops at the observation point, where the objective is read
+        desc, target = f"render {where.layer}", _gradient_point(where)
+        for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+            optimizer.zero_grad()
+            image = image_f()
+            for t in transforms:
+                image = t(image)
+            image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+            out = run_to(model, target, (image - shift) / scale)
+            objective(lambda name, out=out: out).backward()
+            optimizer.step()
         with torch.no_grad():
             return image_f().detach().permute(0, 2, 3, 1).cpu()
+
+
+class _RedirectedReLU(torch.autograd.Function):
+    """ReLU whose gradient, for an image that gets none through the ReLU (every unit below
+    zero: a render stuck where it started), is passed to the inputs below zero where it
+    would raise them (Lucid's redirected ReLU gradient, Olah et al., 2017). Values are a
+    plain ReLU's, so the objective is unchanged; only a dead start can move."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        plain = torch.where(x > 0, grad, 0.0)
+        # the loss is minimized: a negative gradient raises the input
+        redirected = torch.where((x <= 0) & (grad > 0), 0.0, grad)
+        dead = plain.flatten(1).abs().amax(1) == 0
+        return torch.where(dead.view(-1, *[1] * (x.ndim - 1)), redirected, plain)
+
+
+def _gradient_point(where: ObservationPoint) -> ObservationPoint:
+    """Where a render reads its objective: at a ReLU, its input through the redirected
+    ReLU (same values, a gradient out of dead starts)."""
+    if where.relu_input is None:
+        return where
+    return ObservationPoint(where.layer, where.point, where.relu_input, _RedirectedReLU.apply)
 
 
 def _one_image(size: int) -> Callable[[dict[str, torch.Tensor], dict], bool]:
@@ -219,6 +243,7 @@ def render_channels(
     settings.update(mean=list(mean), std=list(std))
     if point != "output":  # the keys of renders at the layer's output stay as they were
         settings["point"] = point
+        settings["relu_gradient"] = "redirected"
     model_key = fingerprint(model) if store.enabled else None
     keys = {c: store.key(model=model_key, channel=c, version=1, **settings) for c in channels}
     images: dict[int, torch.Tensor] = {}
@@ -269,14 +294,11 @@ def unit_objective(
     shift, scale = (torch.tensor(v).view(1, -1, 1, 1) for v in (mean, std))
     device = model_device(model)
     found: list[torch.Tensor] = []
-
-    def record(out: torch.Tensor) -> None:
-        rows = torch.arange(len(out), device=out.device)
-        found.append(out[rows, index[: len(out)]].float().reshape(len(out), -1).mean(1).cpu())
-
-    with eval_mode(model), torch.inference_mode(), observing(model, where, record, copy=False):
+    with eval_mode(model), torch.inference_mode():
         for start in range(0, len(images), batch_size):
             part = images[start : start + batch_size].permute(0, 3, 1, 2)
+            out = run_to(model, where, ((part - shift) / scale).to(device))
+            rows = torch.arange(len(out), device=device)
             index = torch.tensor(channels[start : start + batch_size], device=device)
-            forward_checked(model, ((part - shift) / scale).to(device))
+            found.append(out[rows, index].float().reshape(len(out), -1).mean(1).cpu())
     return torch.cat(found)
