@@ -81,7 +81,13 @@ def measure(population, train, test, reset_data, aligned: bool) -> dict:
         merged = wb.merge_many(members, data=train, method=method, bn="reset", progress=False).model
         row[f"average_{method}_reset"] = accuracy(merged, test)
     curves = wb.pairwise_curves(
-        members, eval_data={"test": test}, alphas=11, bn="reset", method="none", data=reset_data, progress=False
+        members,
+        eval_data={"test": test},
+        alphas=11,
+        bn="reset",
+        method="none",
+        data=reset_data,
+        progress=False,
     )
     row["barrier_unaligned"] = float(np.mean([c.barrier for c in curves]))
     row["accuracy_barrier_unaligned"] = float(np.mean([c.accuracy_barrier for c in curves]))

@@ -49,6 +49,7 @@ import workbench.analysis.planes as planes
 import workbench.analysis.sweeps as sweeps_module
 from tests.conftest import state_copy
 from workbench import alignment, featviz, graph, merging
+from workbench.featviz import study_plots
 
 # ---------------------------------------------------------------------------------------
 # Snapshots of inputs
@@ -958,6 +959,31 @@ def compare_layer(inp: Inputs) -> None:
         featviz.plot_unit_comparison(found, 1, images, exemplars, units)
 
 
+@case("observation_point", "unit_objective")
+def observation_point(inp: Inputs) -> None:
+    for point in featviz.POINTS:
+        featviz.observation_point(inp.trained_a, _LAYER, point)
+    images = torch.rand(2, 28, 28, 1)
+    with kept(images=images):
+        featviz.unit_objective(inp.trained_a, _LAYER, images, [0, 1], point="relu")
+
+
+_STUDY = {"render": True, "steps": 2, "units": 2, "cache": False, "progress": False}
+
+
+@case("unit_study", "layer_study", "path_study")
+def unit_study(inp: Inputs) -> None:
+    featviz.unit_study(inp.a, inp.b, _LAYER, data=inp.train, eval_data=inp.test, **_STUDY)
+    featviz.path_study(inp.a, inp.b, _LAYER, data=inp.train, alphas=(0.0, 1.0), **_STUDY)
+
+
+@case("study_many", "pairs_study")
+def study_many(inp: Inputs) -> None:
+    featviz.study_many([inp.a, inp.b, inp.c], [_LAYER], data=inp.train, **_STUDY)
+    settings = {**_STUDY, "render": False}
+    featviz.pairs_study([(inp.a, inp.b), (inp.b, inp.c)], [_LAYER], data=inp.train, **settings)
+
+
 # ---------------------------------------------------------------------------------------
 # The purity test
 
@@ -1187,6 +1213,11 @@ EXCLUDED: dict[str, str] = {
             "TensorImageDataset",
             "TrainingRun",
             "UnitMatch",
+            "UnitStudy",
+            "LayerStudy",
+            "PathStudy",
+            "PairsStudy",
+            "ObservationPoint",
         ],
         _CLASS,
     ),
@@ -1200,6 +1231,7 @@ EXCLUDED: dict[str, str] = {
             "canonical_method",
             "create_model",
             "dataset_info",
+            "describe_point",
             "datasets",
             "default_cache",
             "default_device",
@@ -1256,6 +1288,7 @@ EXCLUDED: dict[str, str] = {
             "plot_bands",
             "plot_coefficients",
             "plot_comparison",
+            *(name for name in study_plots.__all__ if name.startswith("plot_")),
             "plot_curves",
             "plot_gallery",
             "plot_layer_matches",

@@ -39,6 +39,7 @@ from workbench.vocabulary import keyword_only
 __all__ = [
     "ChannelMoments",
     "GroupStatistics",
+    "JointMoments",
     "Moments",
     "StreamingMoments",
     "channel_moments",
@@ -253,8 +254,9 @@ def _channel_major(activation: torch.Tensor, dim: int) -> torch.Tensor:
     return rows.T.unsqueeze(0).float()
 
 
-class _Accumulator:
-    """Mean and co-moments of M models' channels at one group.
+class JointMoments:
+    """Mean and co-moments of M models' channels at one group (or any M tensors observed
+    side by side: the feature-visualization study's units).
 
     Each batch's cross-products are formed in float32 straight from the activations (a
     batched matmul, no copy) and centered within the batch; batches are combined by
@@ -328,7 +330,7 @@ def collect_statistics(
     nodes = list(dict.fromkeys(node for n in names for node in points[n]))
     device = model_device(models[0])
     observers = [_observer(own, model, nodes) for model, own in zip(models, specs, strict=True)]
-    accumulators = {n: _Accumulator([s.groups[n].size for s in specs]) for n in names}
+    accumulators = {n: JointMoments([s.groups[n].size for s in specs]) for n in names}
     position = {node: i for i, node in enumerate(nodes)}
     with contextlib.ExitStack() as stack, torch.inference_mode():
         for model in models:

@@ -32,13 +32,20 @@ from workbench.cache import ResultCache, default_cache
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.featviz.display import montage, show_image
-from workbench.featviz.render import check_channels, resolve_layer
+from workbench.featviz.points import (
+    ObservationPoint,
+    check_point,
+    observation_point,
+    observing,
+    resolve_layer,
+)
+from workbench.featviz.render import check_channels
 from workbench.figures import figure_for, paper_style
 from workbench.modules import eval_mode, model_device
 from workbench.results import Result
 from workbench.vocabulary import keyword_only
 
-__all__ = ["Exemplars", "top_exemplars"]
+__all__ = ["Exemplars", "top_exemplars", "unit_maps", "unit_scores"]
 
 
 @dataclass(frozen=True)
@@ -145,51 +152,64 @@ def _indexed_batches(data: DataLike) -> Iterator[tuple[torch.Tensor, torch.Tenso
         yield inputs, indices
 
 
+def unit_maps(out: torch.Tensor) -> torch.Tensor:
+    """A layer's observed output (B, C, ...) as activation maps (B, C, H, W): 1x1 for a
+    linear layer, one row of positions for a 1-d conv."""
+    out = out if out.ndim > 2 else out[:, :, None, None]
+    return out if out.ndim == 4 else out.flatten(2).unsqueeze(-1)
+
+
+def unit_scores(maps: torch.Tensor) -> torch.Tensor:
+    """Each image's score for each channel (B, C): the maximum of its activation map
+    (B, C, H, W) over positions, the strongest local match (a mean would favour large,
+    diffuse patterns). How every exemplar ranking scores images."""
+    return maps.flatten(2).amax(2)
+
+
 def _scan(
-    model: nn.Module, layer: str, data: DataLike, channels: list[int], k: int, progress: bool
+    model: nn.Module,
+    where: ObservationPoint,
+    data: DataLike,
+    channels: list[int],
+    k: int,
+    progress: bool,
 ) -> dict[str, torch.Tensor]:
-    module = resolve_layer(model, layer)
+    layer = where.layer
     captured: list[torch.Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
     index = torch.tensor(channels)
     column = torch.arange(len(channels))
     best: dict[str, torch.Tensor] | None = None
     device = model_device(model)
-    try:
-        with eval_mode(model), torch.inference_mode():
-            for inputs, ids in tqdm(
-                _indexed_batches(data), desc=f"exemplars {layer}", disable=not progress, leave=False
-            ):
-                captured.clear()
-                forward_checked(model, inputs.to(device))
-                out = captured[0].float().cpu()
-                out = out[:, index] if out.ndim > 2 else out[:, index, None, None]
-                maps = out if out.ndim == 4 else out.flatten(2).unsqueeze(-1)
-                inputs = inputs.cpu()
-                if best is None:  # nothing kept yet: empty tensors of the right shapes
-                    best = {
-                        "scores": maps.new_empty((0, len(channels))),
-                        "indices": ids.new_empty((0, len(channels))),
-                        "maps": maps[:0],
-                        "images": inputs.new_empty((0, len(channels), *inputs.shape[1:])),
-                    }
-                kept = len(best["scores"])
-                scores = torch.cat([best["scores"], maps.flatten(2).amax(2)])  # (kept + B, C)
-                top = scores.topk(min(k, len(scores)), dim=0).indices  # (k, C)
-                # The batch's images are shared by all channels: pick from one flat pool of
-                # the kept images (row rank * C + channel), then the batch's.
-                pool = torch.cat([best["images"].flatten(0, 1), inputs])
-                width = len(column)
-                pick = torch.where(top < kept, top * width + column, kept * width + top - kept)
-                ids = torch.cat([best["indices"], ids[:, None].expand(-1, width)])
+    with eval_mode(model), torch.inference_mode(), observing(model, where, captured.append):
+        for inputs, ids in tqdm(
+            _indexed_batches(data), desc=f"exemplars {layer}", disable=not progress, leave=False
+        ):
+            captured.clear()
+            forward_checked(model, inputs.to(device))
+            maps = unit_maps(captured[0].float().cpu())[:, index]
+            inputs = inputs.cpu()
+            if best is None:  # nothing kept yet: empty tensors of the right shapes
                 best = {
-                    "scores": scores[top, column],
-                    "indices": ids[top, column],
-                    "maps": torch.cat([best["maps"], maps])[top, column[None, :]],
-                    "images": pool[pick],
+                    "scores": maps.new_empty((0, len(channels))),
+                    "indices": ids.new_empty((0, len(channels))),
+                    "maps": maps[:0],
+                    "images": inputs.new_empty((0, len(channels), *inputs.shape[1:])),
                 }
-    finally:
-        handle.remove()
+            kept = len(best["scores"])
+            scores = torch.cat([best["scores"], unit_scores(maps)])  # (kept + B, C)
+            top = scores.topk(min(k, len(scores)), dim=0).indices  # (k, C)
+            # The batch's images are shared by all channels: pick from one flat pool of
+            # the kept images (row rank * C + channel), then the batch's.
+            pool = torch.cat([best["images"].flatten(0, 1), inputs])
+            width = len(column)
+            pick = torch.where(top < kept, top * width + column, kept * width + top - kept)
+            ids = torch.cat([best["indices"], ids[:, None].expand(-1, width)])
+            best = {
+                "scores": scores[top, column],
+                "indices": ids[top, column],
+                "maps": torch.cat([best["maps"], maps])[top, column[None, :]],
+                "images": pool[pick],
+            }
     if best is None:
         raise ValueError("Cannot find exemplars in an empty dataset.")
     return {name: tensor.transpose(0, 1) for name, tensor in best.items()}
@@ -215,6 +235,7 @@ def top_exemplars(
     data: DataLike,
     channels: int | Sequence[int] | None = None,
     k: int = 9,
+    point: str = "output",
     cache: ResultCache | bool = True,
     progress: bool = True,
 ) -> Exemplars:
@@ -224,9 +245,12 @@ def top_exemplars(
 
     The images are the very inputs that got the scores and the indices those of the
     dataset, whatever a DataLoader's order (shuffled, custom sampler); a DataLoader over an
-    iterable-style dataset has no indices, so they are -1 there.
+    iterable-style dataset has no indices, so they are -1 there. ``point``: where the
+    channels are read (:func:`~workbench.featviz.points.observation_point`: the layer's
+    ``"output"``, after its normalization, ``"norm"``, or its nonlinearity, ``"relu"``).
     """
     module = resolve_layer(model, layer)
+    where = observation_point(model, layer, check_point(point))
     count = module.out_features if isinstance(module, nn.Linear) else module.out_channels
     channels = check_channels(model, layer, list(range(count)) if channels is None else channels)
     if k < 1:
@@ -239,11 +263,12 @@ def top_exemplars(
         channels=channels,
         k=k,
         version=2,  # the images are part of the result
+        **({} if point == "output" else {"point": point}),
     )
     found, _ = store.get_or_compute(
         "exemplars",
         key,
-        lambda: (_scan(model, layer, data, channels, k, progress), {"layer": layer}),
+        lambda: (_scan(model, where, data, channels, k, progress), {"layer": layer}),
         expect=("indices", "scores", "maps", "images"),
         valid=lambda t, _: _complete(t, len(channels), len(data)),
     )

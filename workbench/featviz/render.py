@@ -23,7 +23,6 @@ steps; 64 steps give about 90% of it, for interactive use (benchmarks/featviz_qu
 from __future__ import annotations
 
 import contextlib
-import difflib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 
@@ -40,6 +39,13 @@ from tqdm.auto import tqdm
 from workbench import validation
 from workbench.cache import ResultCache, default_cache
 from workbench.checkpoints import recorded_dataset_info
+from workbench.featviz.points import (
+    ObservationPoint,
+    check_point,
+    observation_point,
+    resolve_layer,
+    run_to,
+)
 from workbench.modules import eval_mode, model_device
 from workbench.vocabulary import keyword_only
 
@@ -50,9 +56,8 @@ __all__ = [
     "render_channels",
     "resolve_layer",
     "small_image_transforms",
+    "unit_objective",
 ]
-
-_LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def small_image_transforms() -> list:
@@ -64,25 +69,6 @@ def small_image_transforms() -> list:
         transform.random_rotate(list(range(-5, 6))),
         transform.jitter(2),
     ]
-
-
-def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
-    """The conv or linear module named ``layer`` (as in ``named_modules()``), or a
-    ``ValueError`` that lists the nearest valid names."""
-    modules = dict(model.named_modules())
-    valid = [name for name, m in modules.items() if isinstance(m, _LAYER_TYPES)]
-    if layer not in modules:
-        near = difflib.get_close_matches(layer, valid, n=5, cutoff=0.3) or valid[:5]
-        raise ValueError(
-            f"{type(model).__name__} has no layer {layer!r}. Nearest conv/linear layers: "
-            f"{near}. All names: model.named_modules()."
-        )
-    if not isinstance(modules[layer], _LAYER_TYPES):
-        raise ValueError(
-            f"Layer {layer!r} is a {type(modules[layer]).__name__}; feature visualization "
-            f"works on conv and linear layers, e.g. {valid[:5]}."
-        )
-    return modules[layer]
 
 
 def channel_count(module: nn.Module) -> int:
@@ -129,7 +115,7 @@ def _seeded(seed: int) -> Iterator[None]:
 
 def _optimize(
     model: nn.Module,
-    layer: str,
+    where: ObservationPoint,
     channels: list[int],
     steps: int,
     seed: int,
@@ -154,33 +140,55 @@ def _optimize(
                 noise = torch.randn(spectrum.shape[1:], generator=generator) * 0.01
                 spectrum[i].copy_(noise.to(spectrum.device))
         spectrum.data = spectrum.data.to(device)
-        lucent_name = layer.replace(".", "_")
+        lucent_name = where.layer.replace(".", "_")
         objective = sum(objectives.channel(lucent_name, c, batch=i) for i, c in enumerate(channels))
         transforms = small_image_transforms()
         shift = torch.tensor(mean, device=device).view(1, -1, 1, 1)
         scale = torch.tensor(std, device=device).view(1, -1, 1, 1)
         optimizer = torch.optim.Adam([spectrum], lr=lr)
-        # lucent objectives read a layer's output through a function of its name; one hook
-        # on the target layer (removed afterwards) serves it
-        captured: dict[str, torch.Tensor] = {}
-        module = resolve_layer(model, layer)
-        handle = module.register_forward_hook(lambda _m, _i, out: captured.update(out=out))
-        try:
-            for _ in tqdm(range(steps), desc=f"render {layer}", disable=not progress, leave=False):
-                optimizer.zero_grad()
-                image = image_f()
-                for t in transforms:
-                    image = t(image)
-                image = F.interpolate(
-                    image, size=(size, size), mode="bilinear", align_corners=False
-                )
-                model((image - shift) / scale)
-                objective(lambda name: captured["out"]).backward()
-                optimizer.step()
-        finally:
-            handle.remove()
+        # lucent objectives read a layer's output through a function of its name; the
+        # forward pass stops at the observation point, where the objective is read
+        desc, target = f"render {where.layer}", _gradient_point(where)
+        for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
+            optimizer.zero_grad()
+            image = image_f()
+            for t in transforms:
+                image = t(image)
+            image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
+            out = run_to(model, target, (image - shift) / scale)
+            objective(lambda name, out=out: out).backward()
+            optimizer.step()
         with torch.no_grad():
             return image_f().detach().permute(0, 2, 3, 1).cpu()
+
+
+class _RedirectedReLU(torch.autograd.Function):
+    """ReLU whose gradient, for an image that gets none through the ReLU (every unit below
+    zero: a render stuck where it started), is passed to the inputs below zero where it
+    would raise them (Lucid's redirected ReLU gradient, Olah et al., 2017). Values are a
+    plain ReLU's, so the objective is unchanged; only a dead start can move."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        plain = torch.where(x > 0, grad, 0.0)
+        # the loss is minimized: a negative gradient raises the input
+        redirected = torch.where((x <= 0) & (grad > 0), 0.0, grad)
+        dead = plain.flatten(1).abs().amax(1) == 0
+        return torch.where(dead.view(-1, *[1] * (x.ndim - 1)), redirected, plain)
+
+
+def _gradient_point(where: ObservationPoint) -> ObservationPoint:
+    """Where a render reads its objective: at a ReLU, its input through the redirected
+    ReLU (same values, a gradient out of dead starts)."""
+    if where.relu_input is None:
+        return where
+    return ObservationPoint(where.layer, where.point, where.relu_input, _RedirectedReLU.apply)
 
 
 def _one_image(size: int) -> Callable[[dict[str, torch.Tensor], dict], bool]:
@@ -203,6 +211,7 @@ def render_channels(
     seed: int = 0,
     size: int | None = None,
     lr: float = 0.2,
+    point: str = "output",
     cache: ResultCache | bool = True,
     progress: bool = True,
 ) -> torch.Tensor:
@@ -214,9 +223,15 @@ def render_channels(
     reproducible. Results are cached on disk per channel, keyed by the model's content
     and every setting (``cache=False`` to bypass, or a :class:`ResultCache`). The model is
     not modified (eval mode during the run; its mode and gradients flags are restored).
+
+    ``point``: where the channel's activation is maximized (:data:`~workbench.featviz.
+    points.POINTS`): the layer's ``"output"``, after its normalization (``"norm"``) or
+    after its nonlinearity (``"relu"``), as :func:`~workbench.featviz.points.
+    observation_point` finds them.
     """
     validation.check_models(model)
     channels = check_channels(model, layer, channels)
+    where = observation_point(model, layer, check_point(point))
     validation.check_int("steps", steps, minimum=1)
     validation.check_int("seed", seed)
     validation.check_number("lr", lr, low=0.0, low_inclusive=False)
@@ -227,6 +242,9 @@ def render_channels(
     # the input normalization (from the checkpoint's dataset) shapes the images too
     settings = {"layer": layer, "steps": steps, "seed": seed, "size": size, "lr": lr}
     settings.update(mean=list(mean), std=list(std))
+    if point != "output":  # the keys of renders at the layer's output stay as they were
+        settings["point"] = point
+        settings["relu_gradient"] = "redirected"
     model_key = store.key(model=model, version=1, **settings)
     keys = {c: model_key and store.key(render=model_key, channel=c) for c in channels}
     images: dict[int, torch.Tensor] = {}
@@ -243,7 +261,7 @@ def render_channels(
             for p in model.parameters():
                 p.requires_grad_(False)
             with eval_mode(model):
-                rendered = _optimize(model, layer, missing, steps, seed, size, lr, progress)
+                rendered = _optimize(model, where, missing, steps, seed, size, lr, progress)
         finally:
             for p, flag in zip(model.parameters(), flags, strict=True):
                 p.requires_grad_(flag)
@@ -251,3 +269,37 @@ def render_channels(
             images[channel] = image
             store.store("render", keys[channel], {"image": image}, {"channel": channel, **settings})
     return torch.stack([images[c] for c in channels])
+
+
+def unit_objective(
+    model: nn.Module,
+    layer: str,
+    images: torch.Tensor,
+    channels: Sequence[int],
+    *,
+    point: str = "output",
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The objective a render maximizes, of image ``i`` (N, H, W, C in [0, 1], as
+    :func:`render_channels` returns them) for channel ``channels[i]``: the channel's mean
+    activation over positions at ``point``, with the images normalized as
+    :func:`render_channels` normalizes them (no random transforms; eval mode)."""
+    channels = check_channels(model, layer, list(channels))
+    if images.ndim != 4 or len(images) != len(channels):
+        raise ValueError(
+            f"images must be (N, H, W, C) with one image per channel: got shape "
+            f"{tuple(images.shape)} for {len(channels)} channels."
+        )
+    where = observation_point(model, layer, check_point(point))
+    _, _, mean, std = input_format(model)
+    shift, scale = (torch.tensor(v).view(1, -1, 1, 1) for v in (mean, std))
+    device = model_device(model)
+    found: list[torch.Tensor] = []
+    with eval_mode(model), torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            part = images[start : start + batch_size].permute(0, 3, 1, 2)
+            out = run_to(model, where, ((part - shift) / scale).to(device))
+            rows = torch.arange(len(out), device=device)
+            index = torch.tensor(channels[start : start + batch_size], device=device)
+            found.append(out[rows, index].float().reshape(len(out), -1).mean(1).cpu())
+    return torch.cat(found)

@@ -42,7 +42,12 @@ from workbench.batching import batches
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.featviz.display import show_image
-from workbench.featviz.render import check_channels, input_format, render_channels, resolve_layer
+from workbench.featviz.render import (
+    check_channels,
+    render_channels,
+    resolve_layer,
+    unit_objective,
+)
 from workbench.figures import color_for, figure_for, new_figure, paper_style
 from workbench.modules import eval_mode, model_device
 from workbench.results import Result
@@ -82,20 +87,6 @@ def _data_reference(
     return total / count, best
 
 
-def _render_objective(
-    model: nn.Module, layer: str, images: torch.Tensor, channels: list[int]
-) -> torch.Tensor:
-    """The objective of image ``i`` (N, H, W, C in [0, 1]) for its own channel
-    ``channels[i]``, normalized as render_channels normalizes before the model."""
-    _, _, mean, std = input_format(model)
-    shift, scale = (torch.tensor(v).view(1, -1, 1, 1) for v in (mean, std))
-    inputs = (images.permute(0, 3, 1, 2) - shift) / scale
-    with eval_mode(model), torch.inference_mode():
-        out = _layer_output(model, resolve_layer(model, layer), inputs)
-        own = out[torch.arange(len(channels)), channels].float().cpu()
-    return own.reshape(len(channels), -1).mean(1)
-
-
 def _quality(
     objective: torch.Tensor, data_mean: torch.Tensor, data_best: torch.Tensor
 ) -> torch.Tensor:
@@ -122,7 +113,7 @@ def render_quality(
             f"{tuple(images.shape)} for {len(channels)} channels."
         )
     data_mean, data_best = _data_reference(model, layer, data, channels)
-    return _quality(_render_objective(model, layer, images, channels), data_mean, data_best)
+    return _quality(unit_objective(model, layer, images, channels), data_mean, data_best)
 
 
 @dataclass(frozen=True)
@@ -284,7 +275,7 @@ def steps_tradeoff(
         )
         seconds[count] = time.perf_counter() - started
         cpu_seconds[count] = time.process_time() - cpu_started
-    objective = torch.stack([_render_objective(model, layer, images[s], channels) for s in steps])
+    objective = torch.stack([unit_objective(model, layer, images[s], channels) for s in steps])
     return StepsTradeoff(
         layer=layer,
         channels=tuple(channels),
