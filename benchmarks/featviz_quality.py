@@ -45,7 +45,9 @@ def smallest(quality: dict[str, float], floor: float) -> int | None:
 
 
 def tradeoff(model, layer: str, train, channels, steps, lr: float) -> dict:
-    found = steps_tradeoff(model, layer, train, channels, steps, lr=lr, progress=False)
+    found = steps_tradeoff(
+        model, layer=layer, data=train, channels=channels, steps=steps, lr=lr, progress=False
+    )
     quality = found.mean_quality()
     return {
         str(s): {
@@ -65,7 +67,9 @@ def layer_study(model, layer: str, train, channels, steps, lrs) -> dict:
     start = wb.render_channels(
         model, layer=layer, channels=channels, steps=0, cache=False, progress=False
     )
-    noise = float(render_quality(model, layer, channels, start, train).mean())
+    noise = float(
+        render_quality(model, layer=layer, channels=channels, images=start, data=train).mean()
+    )
     by_lr = {str(lr): {"steps": tradeoff(model, layer, train, channels, steps, lr)} for lr in lrs}
     final = str(max(steps))
     best = max(run["steps"][final]["mean_quality"] for run in by_lr.values())
@@ -87,7 +91,7 @@ def dashboard_cost(models, layer: str, steps, lr: float, threads: int) -> dict:
         for count in steps:
             wall = cpu = 0.0
             for model in models:
-                channels = range(channel_count(resolve_layer(model, layer)))
+                channels = range(channel_count(resolve_layer(model, layer=layer)))
                 started, cpu_started = time.perf_counter(), time.process_time()
                 wb.render_channels(
                     model,

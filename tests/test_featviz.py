@@ -136,7 +136,9 @@ def test_exemplars_equal_a_brute_force_top_k(shipped_pair, mnist_test, cache) ->
 
 def test_unit_views(shipped_pair, tiny_train, cache, tmp_path) -> None:
     model_a, model_b = shipped_pair
-    comparison = fv.compare_layer(model_a, model_b, "features.conv2", tiny_train, "activation")
+    comparison = fv.compare_layer(
+        model_a, model_b, layer="features.conv2", data=tiny_train, method="activation"
+    )
     match = comparison.match
     assert list(comparison.models) == ["A", "B (matched)", "merged", "merged + RESET"]
     channels = model_a.features.conv2.out_channels
@@ -165,4 +167,4 @@ def test_unit_views(shipped_pair, tiny_train, cache, tmp_path) -> None:
     with pytest.raises(ValueError, match="was not rendered"):
         fv.plot_unit_comparison(comparison, order[5], images, exemplars, units)
     with pytest.raises(ValueError, match="produces no permutation group"):
-        fv.matched_units(model_a, model_b, "classifier.fc2", tiny_train)
+        fv.matched_units(model_a, model_b, layer="classifier.fc2", data=tiny_train)

@@ -35,17 +35,21 @@ def correlations(shipped_pair, mnist_train, mnist_test):
 
 def test_observation_points_follow_the_graph(shipped_pair) -> None:
     model = shipped_pair[0]
-    found = {p: fv.observation_point(model, "features.conv2", p).module for p in fv.POINTS}
+    found = {
+        p: fv.observation_point(model, layer="features.conv2", point=p).module for p in fv.POINTS
+    }
     assert found == {"output": "features.conv2", "norm": "features.bn2", "relu": "features.relu2"}
-    assert fv.observation_point(model, "classifier.fc1", "norm").module == "classifier.fc1"
+    assert (
+        fv.observation_point(model, layer="classifier.fc1", point="norm").module == "classifier.fc1"
+    )
     with pytest.raises(ValueError, match=r"No nonlinearity directly follows 'classifier\.fc2'"):
-        fv.observation_point(model, "classifier.fc2", "relu")
+        fv.observation_point(model, layer="classifier.fc2", point="relu")
     with pytest.raises(ValueError, match="point must be one of"):
-        fv.observation_point(model, "features.conv2", "after")
+        fv.observation_point(model, layer="features.conv2", point="after")
     # a ResNet block's one ReLU module is called twice: the point is its BatchNorm, then
     # the ReLU applied; the block's second conv is joined to the shortcut before its ReLU
     resnet = wb.create_model("resnet20").eval()
-    where = fv.observation_point(resnet, "layer1.0.conv1", "relu")
+    where = fv.observation_point(resnet, layer="layer1.0.conv1", point="relu")
     assert where.module == "layer1.0.bn1" and where.function is not None
     x = torch.randn(2, 3, 32, 32)
     seen = {}
@@ -55,7 +59,7 @@ def test_observation_points_follow_the_graph(shipped_pair) -> None:
         handle.remove()
         torch.testing.assert_close(run_to(resnet, where, x), torch.relu(seen["o"]))
     with pytest.raises(ValueError, match="point='norm'"):
-        fv.observation_point(resnet, "layer1.0.conv2", "relu")
+        fv.observation_point(resnet, layer="layer1.0.conv2", point="relu")
 
 
 def test_renders_and_exemplars_use_the_point(shipped_pair, mnist_test) -> None:
@@ -102,7 +106,7 @@ def test_measures_equal_an_independent_computation(shipped_pair, mnist_train, mn
     a, b = shipped_pair
     layer = "features.conv2"
     study = fv.unit_study(
-        a, b, layer, data=mnist_train, eval_data=mnist_test, method="weight", bn="none",
+        a, b, layer=layer, data=mnist_train, eval_data=mnist_test, method="weight", bn="none",
         render=False, progress=False, k=5,
     )  # fmt: skip
     aligned = wb.align(a, b, method="weight")
@@ -153,7 +157,7 @@ def test_study_many_matches_each_parent_by_correlation(tiny_train, mnist_test) -
     models = wb.load_quickstart_models((0, 1, 2))
     layer, mnist_test = "features.conv3", mnist_test.subset(torch.arange(300), "test")
     study = fv.study_many(
-        models, [layer], data=tiny_train, eval_data=mnist_test, method="weight",
+        models, layers=[layer], data=tiny_train, eval_data=mnist_test, method="weight",
         bn="reset", render=False, progress=False,
     ).studies[layer]  # fmt: skip
     assert study.parents == ("model 0", "model 1", "model 2")
@@ -170,7 +174,7 @@ def test_study_many_matches_each_parent_by_correlation(tiny_train, mnist_test) -
                                    atol=1e-4, rtol=0)  # fmt: skip
     assert set(study.labels) <= {"model 0", "model 1", "model 2", "several", "all", "neither"}
     with pytest.raises(ValueError, match=r"Options \['alpha'\] are taken by none"):
-        fv.study_many(models, [layer], data=tiny_train, alpha=0.5)
+        fv.study_many(models, layers=[layer], data=tiny_train, alpha=0.5)
 
 
 def test_path_ends_are_the_parents(shipped_pair, tiny_train) -> None:
@@ -221,15 +225,15 @@ def test_pairs_study_reports_mean_and_spread_over_pairs(tiny_train) -> None:
 def test_bad_input_is_refused_before_work(shipped_pair, tiny_train) -> None:
     a, b = shipped_pair
     with pytest.raises(ValueError, match=r"has no layer 'features\.conv9'"):
-        fv.unit_study(a, b, "features.conv9", data=tiny_train)
+        fv.unit_study(a, b, layer="features.conv9", data=tiny_train)
     with pytest.raises(ValueError, match="point must be one of"):
-        fv.unit_study(a, b, "features.conv1", data=tiny_train, point="pre")
+        fv.unit_study(a, b, layer="features.conv1", data=tiny_train, point="pre")
     with pytest.raises(ValueError, match="channels of layer"):
-        fv.unit_study(a, b, "features.conv1", data=tiny_train, units=[40])
+        fv.unit_study(a, b, layer="features.conv1", data=tiny_train, units=[40])
     with pytest.raises(ValueError, match="bn must be one of"):
-        fv.unit_study(a, b, "features.conv1", data=tiny_train, bn="rest")
+        fv.unit_study(a, b, layer="features.conv1", data=tiny_train, bn="rest")
     with pytest.raises(TypeError, match="layer must be a layer's name"):
-        fv.unit_study(a, b, ["features.conv1"], data=tiny_train)
+        fv.unit_study(a, b, layer=["features.conv1"], data=tiny_train)
 
 
 @pytest.fixture(scope="module")

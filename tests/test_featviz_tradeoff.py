@@ -21,7 +21,12 @@ def cache(tmp_path) -> ResultCache:
 @pytest.fixture(scope="module")
 def tradeoff(shipped_pair, tiny_train) -> fv.StepsTradeoff:
     return fv.steps_tradeoff(
-        shipped_pair[0], LAYER, tiny_train, [0, 1], steps=(64, 2), progress=False
+        shipped_pair[0],
+        layer=LAYER,
+        data=tiny_train,
+        channels=[0, 1],
+        steps=(64, 2),
+        progress=False,
     )
 
 
@@ -37,11 +42,15 @@ def test_quality_is_on_the_data_scale(shipped_pair, tiny_train, tradeoff) -> Non
     """quality = (objective - data mean) / (data max - data mean): the data's own images
     score 0 on average and 1 at best; render_quality agrees with the trade-off."""
     model = shipped_pair[0]
-    again = fv.render_quality(model, LAYER, [0, 1], tradeoff.images[64], tiny_train)
+    again = fv.render_quality(
+        model, layer=LAYER, channels=[0, 1], images=tradeoff.images[64], data=tiny_train
+    )
     torch.testing.assert_close(again, tradeoff.quality[1])
     info = wb.dataset_info("mnist-5k")
     pictures = (tiny_train.images * info.std[0] + info.mean[0]).permute(0, 2, 3, 1)
-    own = fv.render_quality(model, LAYER, [5] * len(pictures), pictures, tiny_train)
+    own = fv.render_quality(
+        model, layer=LAYER, channels=[5] * len(pictures), images=pictures, data=tiny_train
+    )
     assert abs(float(own.mean())) < 1e-4
     assert abs(float(own.max()) - 1.0) < 1e-4
 
@@ -96,7 +105,7 @@ def test_bad_input_names_the_problem(shipped_pair, tiny_train, kwargs, message) 
     args = {"layer": LAYER, "channels": [0], "steps": (2,), **kwargs}
     layer, channels = args.pop("layer"), args.pop("channels")
     with pytest.raises(ValueError, match=message):
-        fv.steps_tradeoff(shipped_pair[0], layer, tiny_train, channels, **args)
+        fv.steps_tradeoff(shipped_pair[0], layer=layer, data=tiny_train, channels=channels, **args)
 
 
 def test_render_quality_checks_the_images(shipped_pair, tiny_train, cache) -> None:
@@ -105,7 +114,7 @@ def test_render_quality_checks_the_images(shipped_pair, tiny_train, cache) -> No
         model, layer=LAYER, channels=[0, 1], steps=1, cache=cache, progress=False
     )
     with pytest.raises(ValueError, match="one image per channel"):
-        fv.render_quality(model, LAYER, [0], images, tiny_train)
+        fv.render_quality(model, layer=LAYER, channels=[0], images=images, data=tiny_train)
     empty = tiny_train.subset(torch.arange(0), "train")
     with pytest.raises(ValueError, match="data is empty"):
-        fv.render_quality(model, LAYER, [0, 1], images, empty)
+        fv.render_quality(model, layer=LAYER, channels=[0, 1], images=images, data=empty)

@@ -914,19 +914,23 @@ _LAYER = "features.conv2"
 
 @case("render_channels", "render_quality", "resolve_layer")
 def render_channels(inp: Inputs) -> None:
-    featviz.resolve_layer(inp.trained_a, _LAYER)
+    featviz.resolve_layer(inp.trained_a, layer=_LAYER)
     channels = [0, 3]
     with kept(channels=channels):
         images = featviz.render_channels(
             inp.trained_a, layer=_LAYER, channels=channels, steps=4, cache=False, progress=False
         )
     with kept(channels=channels, images=images):
-        featviz.render_quality(inp.trained_a, _LAYER, channels, images, inp.train)
+        featviz.render_quality(
+            inp.trained_a, layer=_LAYER, channels=channels, images=images, data=inp.train
+        )
 
 
 @case("steps_tradeoff")
 def steps_tradeoff(inp: Inputs) -> None:
-    featviz.steps_tradeoff(inp.trained_a, _LAYER, inp.train, [1, 2], steps=(2, 4), progress=False)
+    featviz.steps_tradeoff(
+        inp.trained_a, layer=_LAYER, data=inp.train, channels=[1, 2], steps=(2, 4), progress=False
+    )
 
 
 @case("top_exemplars")
@@ -944,13 +948,13 @@ def top_exemplars(inp: Inputs) -> None:
 
 @case("matched_units")
 def matched_units(inp: Inputs) -> None:
-    featviz.matched_units(inp.a, inp.b, _LAYER, inp.train, method="activation")
+    featviz.matched_units(inp.a, inp.b, layer=_LAYER, data=inp.train, method="activation")
 
 
 @case("compare_layer", "render_layer", "layer_exemplars", "plot_unit_comparison")
 def compare_layer(inp: Inputs) -> None:
     # the comparison holds model A itself: rendering it must leave A as it was
-    found = featviz.compare_layer(inp.a, inp.b, _LAYER, inp.train)
+    found = featviz.compare_layer(inp.a, inp.b, layer=_LAYER, data=inp.train)
     units = [0, 1]
     with kept(comparison=found, units=units):
         images = featviz.render_layer(found, units, steps=4, cache=False, progress=False)
@@ -962,10 +966,12 @@ def compare_layer(inp: Inputs) -> None:
 @case("observation_point", "unit_objective")
 def observation_point(inp: Inputs) -> None:
     for point in featviz.POINTS:
-        featviz.observation_point(inp.trained_a, _LAYER, point)
+        featviz.observation_point(inp.trained_a, layer=_LAYER, point=point)
     images = torch.rand(2, 28, 28, 1)
     with kept(images=images):
-        featviz.unit_objective(inp.trained_a, _LAYER, images, [0, 1], point="relu")
+        featviz.unit_objective(
+            inp.trained_a, layer=_LAYER, images=images, channels=[0, 1], point="relu"
+        )
 
 
 _STUDY = {"render": True, "steps": 2, "units": 2, "cache": False, "progress": False}
@@ -973,13 +979,13 @@ _STUDY = {"render": True, "steps": 2, "units": 2, "cache": False, "progress": Fa
 
 @case("unit_study", "layer_study", "path_study")
 def unit_study(inp: Inputs) -> None:
-    featviz.unit_study(inp.a, inp.b, _LAYER, data=inp.train, eval_data=inp.test, **_STUDY)
-    featviz.path_study(inp.a, inp.b, _LAYER, data=inp.train, alphas=(0.0, 1.0), **_STUDY)
+    featviz.unit_study(inp.a, inp.b, layer=_LAYER, data=inp.train, eval_data=inp.test, **_STUDY)
+    featviz.path_study(inp.a, inp.b, layer=_LAYER, data=inp.train, alphas=(0.0, 1.0), **_STUDY)
 
 
 @case("study_many", "pairs_study")
 def study_many(inp: Inputs) -> None:
-    featviz.study_many([inp.a, inp.b, inp.c], [_LAYER], data=inp.train, **_STUDY)
+    featviz.study_many([inp.a, inp.b, inp.c], layers=[_LAYER], data=inp.train, **_STUDY)
     settings = {**_STUDY, "render": False}
     featviz.pairs_study([(inp.a, inp.b), (inp.b, inp.c)], [_LAYER], data=inp.train, **settings)
 

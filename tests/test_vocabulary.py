@@ -25,13 +25,14 @@ MODULES = (
     "workbench.training",
     "workbench.evaluation",
     "workbench.splits",
+    "workbench.featviz",
 )
 MODEL_NAMES = {"model", "models", "model_a", "model_b", "merged", "endpoints", "target"}
 # names that say nothing about their meaning, or say it in an older word
 FORMER = {"bn_data", "train", "test", "test_data", "train_data", "gammas", "split_seed"}
 # the only functions in which these words appear, each with the one meaning of the word
 ONE_MEANING = {
-    "alpha": {"interpolate", "repair", "load_interpolation_"},  # the interpolation coefficient
+    "alpha": {"interpolate", "repair", "load_interpolation_", "layer_study"},  # interpolation
     "points": {"plane_weights", "evaluate_points"},  # positions in weight space / its plane
     "split": {"load_dataset", "as_image_dataset"},  # the name of a data split
     "combine": {"ensemble"},  # how an ensemble combines its members' outputs

@@ -37,10 +37,8 @@ __all__ = [
     "TrainingRun",
     "random_translate",
     "seeded_model",
-    "sgd_one_cycle",
     "train_model",
     "train_models",
-    "train_step",
     "training_run",
     "training_runs",
 ]

@@ -249,8 +249,8 @@ def top_exemplars(
     channels are read (:func:`~workbench.featviz.points.observation_point`: the layer's
     ``"output"``, after its normalization, ``"norm"``, or its nonlinearity, ``"relu"``).
     """
-    module = resolve_layer(model, layer)
-    where = observation_point(model, layer, check_point(point))
+    module = resolve_layer(model, layer=layer)
+    where = observation_point(model, layer=layer, point=check_point(point))
     count = module.out_features if isinstance(module, nn.Linear) else module.out_channels
     channels = check_channels(model, layer, list(range(count)) if channels is None else channels)
     if k < 1:

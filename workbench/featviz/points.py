@@ -30,6 +30,7 @@ import torch
 from torch import fx, nn
 
 from workbench.graph.trace import trace_module
+from workbench.vocabulary import keyword_only
 
 __all__ = [
     "POINTS",
@@ -58,7 +59,12 @@ _NONLINEAR_METHODS = {"relu", "relu_", "tanh", "sigmoid"}
 _PASS_THROUGH = (nn.Dropout, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
 
-def resolve_layer(model: nn.Module, layer: str) -> nn.Module:
+@keyword_only(("layer",))
+def resolve_layer(
+    model: nn.Module,
+    *,
+    layer: str,
+) -> nn.Module:
     """The conv or linear module named ``layer`` (as in ``named_modules()``), or a
     ``ValueError`` that lists the nearest valid names."""
     modules = dict(model.named_modules())
@@ -147,7 +153,12 @@ def _module_before(chain: list[fx.Node]) -> str:
     return next(n.target for n in reversed(chain[:-1]) if n.op == "call_module")
 
 
-def observation_point(model: nn.Module, layer: str, point: str = "output") -> ObservationPoint:
+def observation_point(
+    model: nn.Module,
+    *,
+    layer: str,
+    point: str = "output",
+) -> ObservationPoint:
     """Where ``layer`` of ``model`` is observed at ``point`` (see the module docstring);
     a ``ValueError`` when the layer has no such point (no nonlinearity directly after it,
     e.g. a residual branch joined before its ReLU: observe it at ``"norm"``)."""

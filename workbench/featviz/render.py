@@ -77,7 +77,7 @@ def channel_count(module: nn.Module) -> int:
 
 def check_channels(model: nn.Module, layer: str, channels: int | Sequence[int]) -> list[int]:
     """``channels`` as a list, each checked against the layer's channel count."""
-    count = channel_count(resolve_layer(model, layer))
+    count = channel_count(resolve_layer(model, layer=layer))
     return validation.check_channels(channels, count, f"channels of layer {layer!r}")
 
 
@@ -231,7 +231,7 @@ def render_channels(
     """
     validation.check_models(model)
     channels = check_channels(model, layer, channels)
-    where = observation_point(model, layer, check_point(point))
+    where = observation_point(model, layer=layer, point=check_point(point))
     validation.check_int("steps", steps, minimum=1)
     validation.check_int("seed", seed)
     validation.check_number("lr", lr, low=0.0, low_inclusive=False)
@@ -273,10 +273,10 @@ def render_channels(
 
 def unit_objective(
     model: nn.Module,
+    *,
     layer: str,
     images: torch.Tensor,
     channels: Sequence[int],
-    *,
     point: str = "output",
     batch_size: int = 256,
 ) -> torch.Tensor:
@@ -290,7 +290,7 @@ def unit_objective(
             f"images must be (N, H, W, C) with one image per channel: got shape "
             f"{tuple(images.shape)} for {len(channels)} channels."
         )
-    where = observation_point(model, layer, check_point(point))
+    where = observation_point(model, layer=layer, point=check_point(point))
     _, _, mean, std = input_format(model)
     shift, scale = (torch.tensor(v).view(1, -1, 1, 1) for v in (mean, std))
     device = model_device(model)

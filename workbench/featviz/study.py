@@ -75,7 +75,7 @@ def _layers(model: nn.Module, layers: Sequence[str] | None, spec: PermutationSpe
         found = []
         for name in names:
             try:
-                observation_point(model, name, point)
+                observation_point(model, layer=name, point=point)
             except ValueError:
                 continue
             found.append(name)
@@ -84,7 +84,7 @@ def _layers(model: nn.Module, layers: Sequence[str] | None, spec: PermutationSpe
     if not layers:
         raise ValueError("layers is empty: name at least one layer, or pass None for all.")
     for name in layers:
-        observation_point(model, name, point)  # a clear error for a bad name or point
+        observation_point(model, layer=name, point=point)  # a clear error for a bad name or point
     return layers
 
 
@@ -236,8 +236,8 @@ def _study(
 def layer_study(
     model_a: nn.Module,
     model_b: nn.Module,
-    layers: Sequence[str] | None = None,
     *,
+    layers: Sequence[str] | None = None,
     data: DataLike,
     eval_data: DataLike | None = None,
     method: str = "weight",
@@ -277,7 +277,13 @@ def layer_study(
     return LayerStudy(found)
 
 
-def unit_study(model_a: nn.Module, model_b: nn.Module, layer: str, **kwargs: Any) -> UnitStudy:
+def unit_study(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    *,
+    layer: str,
+    **kwargs: Any,
+) -> UnitStudy:
     """The per-unit measures of one ``layer`` of the merge of ``model_a`` and ``model_b``:
     :func:`layer_study` (same keyword arguments) for that layer only."""
     if not isinstance(layer, str):
@@ -295,8 +301,8 @@ def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def study_many(
     models: Sequence[nn.Module],
-    layers: Sequence[str] | None = None,
     *,
+    layers: Sequence[str] | None = None,
     data: DataLike,
     eval_data: DataLike | None = None,
     method: str = "weight",
@@ -321,8 +327,8 @@ def study_many(
 def path_study(
     model_a: nn.Module,
     model_b: nn.Module,
-    layer: str,
     *,
+    layer: str,
     data: DataLike,
     eval_data: DataLike | None = None,
     alphas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0),

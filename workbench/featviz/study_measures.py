@@ -91,7 +91,9 @@ def observe_layers(
 ) -> dict[str, LayerObservations]:
     """One pass over ``data``: every model observed at ``point`` of every layer (all the
     models share one architecture and device; eval mode, no gradients)."""
-    where = {layer: [observation_point(m, layer, point) for m in models] for layer in layers}
+    where = {
+        layer: [observation_point(m, layer=layer, point=point) for m in models] for layer in layers
+    }
     sizes = {layer: _channels(models[0], layer) for layer in layers}
     state = {layer: _Layer(len(models), sizes[layer], k) for layer in layers}
     device = model_device(models[0])
@@ -141,7 +143,13 @@ def cross_activation(
         [
             torch.stack(
                 [
-                    unit_objective(models[x], layer, images[y], units[x].tolist(), point=point)
+                    unit_objective(
+                        models[x],
+                        layer=layer,
+                        images=images[y],
+                        channels=units[x].tolist(),
+                        point=point,
+                    )
                     for y in range(count)
                 ]
             )

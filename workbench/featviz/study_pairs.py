@@ -112,4 +112,6 @@ def pairs_study(
             f"pairs must hold at least 2 pairs (model_a, model_b) of independently trained "
             f"models, to measure a spread over pairs; got {len(pairs)} entries."
         )
-    return PairsStudy(tuple(layer_study(a, b, layers, data=data, **kwargs) for a, b in pairs))
+    return PairsStudy(
+        tuple(layer_study(a, b, layers=layers, data=data, **kwargs) for a, b in pairs)
+    )

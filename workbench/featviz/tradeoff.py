@@ -51,6 +51,7 @@ from workbench.featviz.render import (
 from workbench.figures import color_for, figure_for, new_figure, paper_style
 from workbench.modules import eval_mode, model_device
 from workbench.results import Result
+from workbench.vocabulary import keyword_only
 
 __all__ = ["StepsTradeoff", "render_quality", "steps_tradeoff"]
 
@@ -72,7 +73,7 @@ def _data_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per channel, the mean and the maximum of the objective over the images of ``data``
     (one streaming pass)."""
-    module = resolve_layer(model, layer)
+    module = resolve_layer(model, layer=layer)
     total, count, best = torch.zeros(len(channels)), 0, None
     with eval_mode(model), torch.inference_mode():
         for inputs, _ in batches(data, 500):
@@ -95,8 +96,10 @@ def _quality(
     return torch.where(spread > 0, scaled, torch.nan)  # a channel constant on the data
 
 
+@keyword_only(("layer", "channels", "images", "data"))
 def render_quality(
     model: nn.Module,
+    *,
     layer: str,
     channels: int | Sequence[int],
     images: torch.Tensor,
@@ -113,7 +116,9 @@ def render_quality(
             f"{tuple(images.shape)} for {len(channels)} channels."
         )
     data_mean, data_best = _data_reference(model, layer, data, channels)
-    return _quality(unit_objective(model, layer, images, channels), data_mean, data_best)
+    return _quality(
+        unit_objective(model, layer=layer, images=images, channels=channels), data_mean, data_best
+    )
 
 
 @dataclass(frozen=True)
@@ -235,8 +240,10 @@ def _check_steps(steps: Sequence[int]) -> tuple[int, ...]:
     return tuple(sorted({int(s) for s in steps}))
 
 
+@keyword_only(("layer", "data", "channels", "steps", "seed"))
 def steps_tradeoff(
     model: nn.Module,
+    *,
     layer: str,
     data: DataLike,
     channels: int | Sequence[int],
@@ -275,7 +282,9 @@ def steps_tradeoff(
         )
         seconds[count] = time.perf_counter() - started
         cpu_seconds[count] = time.process_time() - cpu_started
-    objective = torch.stack([unit_objective(model, layer, images[s], channels) for s in steps])
+    objective = torch.stack(
+        [unit_objective(model, layer=layer, images=images[s], channels=channels) for s in steps]
+    )
     return StepsTradeoff(
         layer=layer,
         channels=tuple(channels),

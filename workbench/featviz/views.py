@@ -31,6 +31,7 @@ from workbench.graph import PermutationSpec
 from workbench.merging import average, reset_bn
 from workbench.modules import clone, has_batchnorm
 from workbench.results import Result
+from workbench.vocabulary import keyword_only
 
 __all__ = [
     "LayerComparison",
@@ -88,7 +89,7 @@ def _group_of(spec: PermutationSpec, layer: str) -> str:
 
 
 def _match_layer(model_a, model_b, layer, data, method, spec):
-    resolve_layer(model_a, layer)
+    resolve_layer(model_a, layer=layer)
     result = match(model_a, model_b, method=method, data=data, spec=spec)
     perm, spec = result.permutation, result.spec
     group = _group_of(spec, layer)
@@ -101,9 +102,11 @@ def _match_layer(model_a, model_b, layer, data, method, spec):
     return found, perm, spec
 
 
+@keyword_only(("layer", "data", "method", "spec"))
 def matched_units(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     layer: str,
     data: DataLike,
     method: str = "weight",
@@ -131,14 +134,15 @@ def _spec_key(spec: PermutationSpec) -> dict:
     return {k: v for k, v in spec.to_dict().items() if k != "verification"}
 
 
+@keyword_only(("layer", "data", "method", "spec"))
 def compare_layer(
     model_a: nn.Module,
     model_b: nn.Module,
+    *,
     layer: str,
     data: DataLike,
     method: str = "weight",
     spec: PermutationSpec | None = None,
-    *,
     cache: ResultCache | bool = True,
 ) -> LayerComparison:
     """Match B to A, merge them, and collect the four models for side-by-side views.
@@ -147,7 +151,7 @@ def compare_layer(
     model's RESET statistics) is cached on disk (``cache`` as in
     :func:`~workbench.lmc_curve`), keyed by both models, the data, the method, the layer
     and ``spec``; a second call rebuilds the four models from it without a pass."""
-    resolve_layer(model_a, layer)
+    resolve_layer(model_a, layer=layer)
     store = resolve_cache(cache)
     key = store.key(
         models=[model_a, model_b],

@@ -101,7 +101,7 @@ class NeuronExplorer(widgets.VBox):
     def _render(self, key: tuple) -> tuple:
         layer, method = key
         # no spec: the cache key of a cell's compare_layer(a, b, layer, data, method)
-        comparison = compare_layer(self._a, self._b, layer, self._data, method)
+        comparison = compare_layer(self._a, self._b, layer=layer, data=self._data, method=method)
         units = list(range(len(comparison.match.matched)))
         images = render_layer(comparison, units, self._steps)
         exemplars = layer_exemplars(comparison, self._data, units, self._k)
