@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.vocabulary import STRICT
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -28,6 +29,13 @@ def _private_result_cache(tmp_path_factory) -> None:
     datasets included once a user's ``$WORKBENCH_DATA_DIR`` is out of the way."""
     os.environ["WORKBENCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("workbench-cache"))
     os.environ.pop("WORKBENCH_DATA_DIR", None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _strict_vocabulary() -> None:
+    """The package never calls a function in a former spelling itself (a FutureWarning it
+    raised would reach users who never wrote that call): such a call is an error here."""
+    os.environ[STRICT] = "1"
 
 
 @pytest.fixture(scope="session")

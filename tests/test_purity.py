@@ -608,7 +608,7 @@ def np_merge(inp: Inputs) -> None:
     with kept(models=models, learning=learning):
         wb.np_merge(models, data=inp.train, **learning)
         wb.np_merge(
-            models[:2], data=inp.train, align="activation", bn=None, combine="joint", **learning
+            models[:2], data=inp.train, align="activation", bn=None, scheme="joint", **learning
         )
 
 

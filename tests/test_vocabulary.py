@@ -136,3 +136,15 @@ def test_both_spellings_at_once_are_an_error(pair, tiny_train) -> None:
         wb.evaluate(a, tiny_train, eval_data=tiny_train)
     with pytest.raises(TypeError, match="takes 1 positional arguments"):
         wb.evaluate(a, tiny_train, 10, None, "extra")
+
+
+def test_the_warning_points_at_the_users_line_and_the_package_never_warns_itself(
+    pair, tiny_train
+) -> None:
+    a, _ = pair
+    with pytest.warns(FutureWarning) as caught:
+        wb.evaluate(a, tiny_train)
+    assert caught[0].filename == __file__  # not a line inside workbench
+    inside = {"__name__": "workbench.somewhere", "wb": wb, "a": a, "data": tiny_train}
+    with pytest.raises(TypeError, match=r"workbench.somewhere calls evaluate\(\) in a former"):
+        exec("wb.evaluate(a, data)", inside)

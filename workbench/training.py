@@ -328,7 +328,9 @@ def _train_job(
     name: str, seed: int, model_kwargs: dict | None, data: DataLike, epochs: int, kwargs: dict
 ) -> Entry:
     """One model of :func:`train_models` as a job: its trained state."""
-    model = train_model(seeded_model(name, seed, model_kwargs), data, epochs, seed, **kwargs)
+    model = train_model(
+        seeded_model(name, seed, model_kwargs), data=data, epochs=epochs, seed=seed, **kwargs
+    )
     return dict(model.state_dict()), {"seed": seed}
 
 

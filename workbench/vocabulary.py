@@ -23,13 +23,19 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-__all__ = ["MEASURED", "keyword_only"]
+__all__ = ["MEASURED", "STRICT", "keyword_only", "warn_former"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+STRICT = "WORKBENCH_STRICT_VOCABULARY"
+"""Set (the test suite sets it) to make the package's own call of a former spelling an
+error: the warning would otherwise reach users who never wrote that call."""
 
 MEASURED = {"data": "eval_data"}
 """``moved=`` of the functions that used to measure on ``data``."""
@@ -85,17 +91,27 @@ def keyword_only(
                     _put(kwargs, new, kwargs.pop(old), name, old)
                     notes.append(f"{old}= is now {new}=")
             if notes:
-                warnings.warn(
+                caller = sys._getframe(1).f_globals.get("__name__", "")
+                if os.environ.get(STRICT) and caller.split(".")[0] == "workbench":
+                    raise TypeError(f"{caller} calls {name}() in a former spelling: {notes}.")
+                warn_former(
                     f"{name}(): {'; '.join(notes)} (workbench.vocabulary); the former call "
-                    "will stop working in the next release.",
-                    FutureWarning,
-                    stacklevel=2,
+                    "will stop working in the next release."
                 )
             return function(*args, **kwargs)
 
         return wrapper  # type: ignore[return-value]
 
     return decorator
+
+
+def warn_former(message: str) -> None:
+    """A ``FutureWarning`` about a former spelling, pointed at the first caller outside
+    the package: the line the user wrote, however many workbench frames lie between."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "workbench":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, FutureWarning, stacklevel=level)
 
 
 def _put(kwargs: dict[str, Any], key: str, value: Any, name: str, old: str | None = None) -> None:

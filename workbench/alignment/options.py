@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from workbench.alignment.registry import AlignmentMethod, get_method, methods
+from workbench.vocabulary import warn_former
 
 __all__ = ["check_options", "option_names", "quick_options", "renamed_options", "split_options"]
 
@@ -56,11 +56,9 @@ def renamed_options(method: AlignmentMethod, options: Mapping[str, Any]) -> dict
             )
         options[new] = options.pop(old)
     if former:
-        warnings.warn(
+        warn_former(
             f"{', '.join(f'{old}= is now {new}=' for old, new in former)} (method "
-            f"{method.name!r}); the former names will stop working in the next release.",
-            FutureWarning,
-            stacklevel=3,
+            f"{method.name!r}); the former names will stop working in the next release."
         )
     return options
 

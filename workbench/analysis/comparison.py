@@ -44,7 +44,7 @@ from workbench.figures import (
 from workbench.jobs import Entry, Job, check_executor, run_jobs
 from workbench.merging import check_bn, ensemble, get_bn, merge_many
 from workbench.merging.ensemble import COMBINE
-from workbench.vocabulary import keyword_only
+from workbench.vocabulary import keyword_only, warn_former
 
 __all__ = ["COLUMNS", "ENSEMBLES", "REFERENCES", "compare_methods", "plot_comparison"]
 
@@ -220,12 +220,10 @@ def _option_groups(
     unused = [k for k in loose if not any(m.accepts(k) or k in m.renamed for m in found.values())]
     check_options(methods, {k: loose[k] for k in unused}, own=own)
     if loose:
-        warnings.warn(
+        warn_former(
             f"compare_methods(..., {', '.join(f'{k}=' for k in loose)}): a method's options "
             "now go in its own group, options={'<method>': {...}}; given among merge_many's "
-            "options they reach the methods that take them until the next release.",
-            FutureWarning,
-            stacklevel=3,
+            "options they reach the methods that take them until the next release."
         )
     groups = {}
     for method, m in found.items():

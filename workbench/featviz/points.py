@@ -162,7 +162,7 @@ def observation_point(
     """Where ``layer`` of ``model`` is observed at ``point`` (see the module docstring);
     a ``ValueError`` when the layer has no such point (no nonlinearity directly after it,
     e.g. a residual branch joined before its ReLU: observe it at ``"norm"``)."""
-    resolve_layer(model, layer)
+    resolve_layer(model, layer=layer)
     check_point(point)
     if point == "output":
         return ObservationPoint(layer, point, layer)

@@ -49,7 +49,7 @@ from workbench.merging.renorm import check_bn, get_bn
 from workbench.merging.weights import average
 from workbench.tuning import grid_points, validation_search
 from workbench.validation import check_choice, check_int
-from workbench.vocabulary import keyword_only
+from workbench.vocabulary import keyword_only, warn_former
 
 __all__ = ["GAMMA_GRID", "MERGES", "cca_merge", "merge_many"]
 
@@ -195,13 +195,11 @@ def _learned(
             f"merge='learned' learns how to combine aligned models, and method="
             f"{aligner.name!r} merges them itself: align with one of {pairwise_methods()}."
         )
-    warnings.warn(
+    warn_former(
         f"merge_many(..., {aligner.name!r}, merge='learned') is now merge_many(..., "
         f"'np_merge', align={aligner.name!r}) with NP Merge's options unprefixed (steps=, "
         "lr=, ...) and the alignment's in align_options=; the former spelling will stop "
-        "working in the next release.",
-        FutureWarning,
-        stacklevel=3,
+        "working in the next release."
     )
     learner = get_method("np_merge")
     with warnings.catch_warnings():  # one warning for the whole former spelling
