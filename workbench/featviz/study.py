@@ -290,7 +290,7 @@ def unit_study(
         raise TypeError(
             f"layer must be a layer's name, got {layer!r}; for several use layer_study."
         )
-    return layer_study(model_a, model_b, [layer], **kwargs).studies[layer]
+    return layer_study(model_a, model_b, layers=[layer], **kwargs).studies[layer]
 
 
 def _split(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
