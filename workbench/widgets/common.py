@@ -68,7 +68,10 @@ class FigureView(widgets.Image):
     KEPT = 32
 
     def __init__(self) -> None:
-        super().__init__(format="png", layout=widgets.Layout(display="none"))
+        # at its own size: a column of widgets would stretch it to the output's width
+        super().__init__(
+            format="png", layout=widgets.Layout(display="none", align_self="flex-start")
+        )
         self.figure: Figure | None = None
         self._dynamic: list[Artist] = []
         self._background = None
