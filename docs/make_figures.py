@@ -70,7 +70,7 @@ def main() -> None:
         "lmc_methods": lambda: lmc_methods(train, test, *models[:2]),
         "many_models": lambda: many_models(train, test, models),
         "matched_unit": lambda: matched_unit(train, *models[:2]),
-        "loss_plane": lambda: loss_plane(train, eval_data=test, resolution=models),
+        "loss_plane": lambda: loss_plane(train, test, models),
     }
     for name, make in figures.items():
         for path in wb.figures.save(make(), args.out / name, formats=args.formats):
