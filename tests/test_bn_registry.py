@@ -145,7 +145,7 @@ def test_the_dashboards_offer_and_use_it(reset_head, shipped_pair, small):
     expected = _midpoint_by_hand(*shipped_pair, fit, test)
     assert explorer.curve.loss[1] == pytest.approx(expected.loss, rel=1e-5)
 
-    slider = InterpolationSlider(*shipped_pair, test, bn="reset-head", bn_data=fit, step=0.5)
+    slider = InterpolationSlider(*shipped_pair, eval_data=test, bn="reset-head", data=fit, step=0.5)
     assert slider.metrics.accuracy == expected.accuracy  # the slider starts at alpha 0.5
     assert "after RESET-64" in slider.readout.value
 
@@ -174,10 +174,17 @@ def test_a_handling_registered_again_with_other_code_gets_a_new_cache_key(reset_
 def test_repair_refuses_weights_its_targets_do_not_cover(shipped_pair, small):
     fit, test = small
     with pytest.raises(ValueError, match=r"only for alphas in \[0, 1\], got \[-0.5, 0.0, 1.0\]"):
-        wb.lmc_curve(*shipped_pair, test, [-0.5, 0.0, 1.0], "repair", bn_data=fit, progress=False)
+        wb.lmc_curve(
+            *shipped_pair,
+            eval_data=test,
+            alphas=[-0.5, 0.0, 1.0],
+            bn="repair",
+            data=fit,
+            progress=False,
+        )
     extrapolated = wb.lmc_curve(
-        *shipped_pair, test, [-0.5, 0.0, 1.0], "reset", bn_data=fit, progress=False
+        *shipped_pair, eval_data=test, alphas=[-0.5, 0.0, 1.0], bn="reset", data=fit, progress=False
     )
     assert extrapolated.bn == "reset"
     with pytest.raises(ValueError, match=r"weights >= 0, got \[-0.5, 1.5\]"):
-        wb.repair(wb.interpolate(*shipped_pair, 1.5), shipped_pair, alpha=1.5, data=fit)
+        wb.repair(wb.interpolate(*shipped_pair, alpha=1.5), shipped_pair, alpha=1.5, data=fit)

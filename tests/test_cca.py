@@ -127,9 +127,9 @@ def test_too_few_samples_say_how_many_are_needed(shipped_pair, tiny_train) -> No
     hidden = shipped_pair[0].classifier.fc1.out_features
     expected = rf"'classifier\.fc1' has {hidden} channels .* only 40 .* {10 * hidden}"
     with pytest.raises(ValueError, match=expected):
-        cca_align(*shipped_pair, few, gamma=0.0, progress=False)
+        cca_align(*shipped_pair, data=few, gamma=0.0, progress=False)
     with pytest.warns(UserWarning, match="ridge keeps the result finite"):
-        image = cca_align(*shipped_pair, few, gamma=0.1, progress=False)
+        image = cca_align(*shipped_pair, data=few, gamma=0.1, progress=False)
     assert all(torch.isfinite(t).all() for t in image.state_dict().values())
 
 

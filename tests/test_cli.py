@@ -245,7 +245,9 @@ def test_lmc_command(tmp_path, shipped_pair, mnist_train, mnist_test):
     assert weight < none
     # The same numbers as the library call on the same evenly spaced subsets.
     train, test = _subset(mnist_train, 300), _subset(mnist_test, 300)
-    expected = wb.lmc_curve(*shipped_pair, test, 3, "reset", bn_data=train, progress=False)
+    expected = wb.lmc_curve(
+        *shipped_pair, eval_data=test, alphas=3, bn="reset", data=train, progress=False
+    )
     curves = pd.read_csv(tmp_path / "lmc_curves.csv")
     naive = curves[(curves.label == "naive") & (curves.split == "test")]
     np.testing.assert_allclose(naive["loss"], expected.loss, rtol=1e-12)

@@ -53,7 +53,7 @@ def test_lmc_explorer_controls(shipped_pair, small_test, small_train, tmp_path):
     weight_curve, weight_figure = explorer.curve, explorer.figure
     expected = wb.lmc_curve(
         shipped_pair[0],
-        wb.align(*shipped_pair, "weight"),
+        wb.align(*shipped_pair, method="weight"),
         eval_data=small_test,
         alphas=5,
         progress=False,
@@ -233,7 +233,7 @@ def test_method_comparison_reads_everything_back_from_the_cache(
 
 def test_neuron_explorer_controls(shipped_pair, small_train, tmp_path, monkeypatch):
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
-    explorer = NeuronExplorer(*shipped_pair, small_train, steps=4, k=3)
+    explorer = NeuronExplorer(*shipped_pair, data=small_train, steps=4, k=3)
     assert explorer.layer.options[:2] == ("features.conv1", "features.conv2")
     assert explorer.unit.disabled and "Render layer" in explorer.info.value
     statuses = _values_seen(explorer.info)
@@ -274,7 +274,7 @@ def test_neuron_explorer_controls(shipped_pair, small_train, tmp_path, monkeypat
 
     monkeypatch.setattr(views, "_match_layer", no_pass)
     monkeypatch.setattr(views, "reset_bn", no_pass)
-    again = NeuronExplorer(*shipped_pair, small_train, steps=4, k=3)
+    again = NeuronExplorer(*shipped_pair, data=small_train, steps=4, k=3)
     again.render.click()
     assert torch.equal(again.comparison.match.matched, match.matched)
     assert torch.equal(again.comparison.match.correlation, match.correlation)
@@ -284,7 +284,7 @@ def test_neuron_explorer_controls(shipped_pair, small_train, tmp_path, monkeypat
 
 
 def test_neuron_explorer_opens_on_the_requested_layer(shipped_pair, small_train):
-    explorer = NeuronExplorer(*shipped_pair, small_train, steps=4, layer="features.conv2")
+    explorer = NeuronExplorer(*shipped_pair, data=small_train, steps=4, layer="features.conv2")
     assert explorer.layer.value == "features.conv2"
     with pytest.raises(ValueError, match="layer must be one of"):
-        NeuronExplorer(*shipped_pair, small_train, layer="features.conv9")
+        NeuronExplorer(*shipped_pair, data=small_train, layer="features.conv9")

@@ -28,7 +28,9 @@ def spec(shipped_pair):
 
 @pytest.fixture(scope="module")
 def correlations(shipped_pair, train_500):
-    return diagnostics.matched_correlations(*shipped_pair, train_500, "activation", cache=False)
+    return diagnostics.matched_correlations(
+        *shipped_pair, data=train_500, method="activation", cache=False
+    )
 
 
 GROUPS = ["features.conv1", "features.conv2", "features.conv3", "classifier.fc1"]
@@ -92,7 +94,13 @@ def test_correlation_plot(correlations, tmp_path):
 @pytest.fixture(scope="module")
 def partial(shipped_pair, train_500, small_test):
     return diagnostics.partial_alignment(
-        *shipped_pair, train_500, small_test, "weight", alphas=3, progress=False, cache=False
+        *shipped_pair,
+        data=train_500,
+        eval_data=small_test,
+        method="weight",
+        alphas=3,
+        progress=False,
+        cache=False,
     )
 
 
@@ -124,7 +132,11 @@ def test_partial_alignment_plot_and_cache(shipped_pair, train_500, small_test, p
         partial.plot("loss")
     cache = wb.ResultCache(tmp_path)
     kwargs = {"alphas": 3, "bn": None, "progress": False, "cache": cache}
-    first = diagnostics.partial_alignment(*shipped_pair, train_500, {"test": small_test}, **kwargs)
-    again = diagnostics.partial_alignment(*shipped_pair, train_500, {"test": small_test}, **kwargs)
+    first = diagnostics.partial_alignment(
+        *shipped_pair, data=train_500, eval_data={"test": small_test}, **kwargs
+    )
+    again = diagnostics.partial_alignment(
+        *shipped_pair, data=train_500, eval_data={"test": small_test}, **kwargs
+    )
     assert again.table.equals(first.table)
     assert len(list(tmp_path.glob("partial-alignment/*.safetensors"))) == 1

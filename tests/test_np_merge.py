@@ -247,7 +247,7 @@ def test_merge_many_runs_it(trained, tiny_train) -> None:
     ):
         wb.merge_many(trained[:2], data=tiny_train, method="np_merge", bn="repair", progress=False)
     with pytest.raises(ValueError, match="does not align one model to another"):
-        wb.align(*trained[:2], "np_merge", tiny_train)
+        wb.align(*trained[:2], method="np_merge", data=tiny_train)
 
 
 def test_activation_alignment_and_less_data(trained, tiny_train) -> None:

@@ -212,7 +212,7 @@ def test_a_merge_method_serves_the_n_model_views_and_is_refused_by_the_pair_view
     )
     assert table.set_index("method").loc[name, "accuracy"] == pytest.approx(accuracy)
     for refused in (
-        lambda: wb.align(*shipped_pair, name, tiny_train),
+        lambda: wb.align(*shipped_pair, method=name, data=tiny_train),
         lambda: wb.pairwise_curves(list(shipped_pair), eval_data={"test": small_test}, method=name),
         lambda: wb.merge_many(list(shipped_pair), data=tiny_train, method=name, bn="repair"),
     ):

@@ -133,8 +133,8 @@ def test_data_without_labels_serves_passes_that_need_none(pair, small) -> None:
     images = small.images[:128]
     unlabelled = DataLoader(TensorDataset(images), batch_size=32)
     labelled = DataLoader(TensorDataset(images, small.targets[:128]), batch_size=32)
-    found = wb.activation_matching(*pair, unlabelled, progress=False)
-    expected = wb.activation_matching(*pair, labelled, progress=False)
+    found = wb.activation_matching(*pair, data=unlabelled, progress=False)
+    expected = wb.activation_matching(*pair, data=labelled, progress=False)
     assert found.keys() == expected.keys()
     assert all(torch.equal(found[k], expected[k]) for k in found)
     reset = wb.reset_bn(pair[0], data=DataLoader(images, batch_size=32))  # bare tensors
@@ -211,11 +211,11 @@ def test_average_refuses_bad_weights(pair, weights, fragment) -> None:
 
 def test_lmc_refuses_bad_alphas_and_batch_sizes(pair, small) -> None:
     with pytest.raises(ValueError, match="finite"):
-        wb.lmc_curve(*pair, small, alphas=[0.0, math.nan, 1.0], cache=False)
+        wb.lmc_curve(*pair, eval_data=small, alphas=[0.0, math.nan, 1.0], cache=False)
     with pytest.raises(ValueError, match="at least 2 points"):
-        wb.lmc_curve(*pair, small, alphas=1, cache=False)
+        wb.lmc_curve(*pair, eval_data=small, alphas=1, cache=False)
     with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
-        wb.lmc_curve(*pair, small, alphas=3, batch_size=0, cache=False)
+        wb.lmc_curve(*pair, eval_data=small, alphas=3, batch_size=0, cache=False)
 
 
 def test_weight_matching_refuses_a_negative_max_iter(pair) -> None:
@@ -275,7 +275,7 @@ def test_bad_arguments_fail_before_the_expensive_work(pair, small, monkeypatch) 
     with pytest.raises(TypeError, match="reference must be an integer"):
         wb.merge_many(pair, data=small, method="activation", reference=True)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        wb.activation_matching(*pair, small, batch_size=0)
+        wb.activation_matching(*pair, data=small, batch_size=0)
 
 
 def test_an_example_input_that_does_not_fit_is_one_clear_error(model) -> None:

@@ -42,7 +42,7 @@ def small(mnist_train) -> wb.TensorImageDataset:
 
 @pytest.fixture(scope="module")
 def midpoint(shipped_pair) -> nn.Module:
-    return wb.interpolate(*shipped_pair, 0.5)
+    return wb.interpolate(*shipped_pair, alpha=0.5)
 
 
 def _batchings(data: wb.TensorImageDataset) -> dict[str, object]:
@@ -314,7 +314,9 @@ def test_exemplars_refuse_an_unbatched_loader(shipped_pair, small) -> None:
 
 
 def test_layer_exemplars_view_uses_the_dataset_images(shipped_pair, small) -> None:
-    comparison = fv.compare_layer(*shipped_pair, "features.conv2", small, "weight")
+    comparison = fv.compare_layer(
+        *shipped_pair, layer="features.conv2", data=small, method="weight"
+    )
     found = fv.layer_exemplars(comparison, small, [0, 1], k=2, cache=False, progress=False)
     for exemplars in found.values():
         for c in range(2):

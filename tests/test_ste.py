@@ -47,10 +47,10 @@ def test_a_planted_permutation_is_recovered_exactly(pair, spec, tiny_train) -> N
 def test_the_same_seed_gives_the_same_permutation(pair, spec, tiny_train) -> None:
     # a large step, so that the projection moves and the seeded batch order matters
     options = {"steps": 4, "lr": 0.05, "batch_size": 64, "progress": False}
-    first = wb.ste_matching(*pair, tiny_train, spec, seed=3, **options)
-    again = wb.ste_matching(*pair, tiny_train, spec, seed=3, **options)
+    first = wb.ste_matching(*pair, data=tiny_train, spec=spec, seed=3, **options)
+    again = wb.ste_matching(*pair, data=tiny_train, spec=spec, seed=3, **options)
     assert _equal_perms(first, again)
-    assert not _equal_perms(first, wb.weight_matching(*pair, spec))  # it did move
+    assert not _equal_perms(first, wb.weight_matching(*pair, spec=spec))  # it did move
 
 
 def test_it_never_returns_worse_than_weight_matching_on_its_held_out_batches(
@@ -62,7 +62,7 @@ def test_it_never_returns_worse_than_weight_matching_on_its_held_out_batches(
     )
     points = list(run)
     assert [step for step, _, _ in points] == [0, 1, 2, 3, 4]
-    assert _equal_perms(points[0][1], wb.weight_matching(*pair, spec))  # theta starts at A
+    assert _equal_perms(points[0][1], wb.weight_matching(*pair, spec=spec))  # theta starts at A
     losses = [loss for _, _, loss in points]
     assert all(later <= earlier for earlier, later in itertools.pairwise(losses))
 
@@ -88,8 +88,8 @@ def test_a_dataloader_means_its_dataset(pair, spec, tiny_train) -> None:
     options = {"steps": 2, "lr": 0.05, "batch_size": 64, "progress": False}
     loader = DataLoader(tiny_train, batch_size=7)
     assert _equal_perms(
-        wb.ste_matching(*pair, loader, spec, **options),
-        wb.ste_matching(*pair, tiny_train, spec, **options),
+        wb.ste_matching(*pair, data=loader, spec=spec, **options),
+        wb.ste_matching(*pair, data=tiny_train, spec=spec, **options),
     )
 
 
@@ -132,4 +132,4 @@ class _Stream(IterableDataset):
 
 def test_a_stream_is_refused_with_what_to_pass(pair, spec, tiny_train) -> None:
     with pytest.raises(TypeError, match="pass a map-style Dataset"):
-        wb.ste_matching(*pair, _Stream(tiny_train), spec, steps=1, progress=False)
+        wb.ste_matching(*pair, data=_Stream(tiny_train), spec=spec, steps=1, progress=False)

@@ -146,4 +146,4 @@ def test_epoch_sweep_with_three_seeds_has_bands(tiny_train, small_test):
 )
 def test_bad_arguments(tiny_train, small_test, args, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        sweeps.sweep(*args, tiny_train, small_test, **kwargs)
+        sweeps.sweep(*args, data=tiny_train, eval_data=small_test, **kwargs)

@@ -137,10 +137,10 @@ def test_reset_finds_the_batchnorm_order_once_per_model(shipped_pair, tiny_train
         return execution_order(*args)
 
     monkeypatch.setattr(calibration, "_execution_order", counted)
-    merged = wb.interpolate(*shipped_pair, 0.5)
+    merged = wb.interpolate(*shipped_pair, alpha=0.5)
     expected = wb.reset_bn(merged, data=tiny_train)
     assert len(found) == 1
-    work = wb.interpolate(*shipped_pair, 0.5)
+    work = wb.interpolate(*shipped_pair, alpha=0.5)
     for _ in range(3):
         wb.merging.reset_bn_(work, data=tiny_train)
     assert len(found) == 2, "the working model's order is found once, not per call"

@@ -130,7 +130,7 @@ def merged_at(
     label = bn_label(found.name)
     if aligned.pairwise:
         alpha = check_number("alpha", 0.5 if alpha is None else alpha)
-        raw = interpolate(*aligned.endpoints, alpha)
+        raw = interpolate(*aligned.endpoints, alpha=alpha)
         variants = {"merged": raw}
         if found.name != "none":
             variants[f"merged + {label}"] = found.apply(
