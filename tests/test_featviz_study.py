@@ -179,7 +179,7 @@ def test_study_many_matches_each_parent_by_correlation(tiny_train, mnist_test) -
 
 def test_path_ends_are_the_parents(shipped_pair, tiny_train) -> None:
     path = fv.path_study(
-        *shipped_pair, "features.conv2", data=tiny_train, alphas=(1.0, 0.0, 0.5),
+        *shipped_pair, layer="features.conv2", data=tiny_train, alphas=(1.0, 0.0, 0.5),
         method="weight", units=8, steps=4, progress=False,
     )  # fmt: skip
     assert path.alphas == [0.0, 0.5, 1.0]
@@ -207,7 +207,7 @@ def test_pairs_study_reports_mean_and_spread_over_pairs(tiny_train) -> None:
     models = wb.load_quickstart_models((0, 1, 2, 3))
     pairs = [(models[0], models[1]), (models[2], models[3])]
     found = fv.pairs_study(
-        pairs, ["features.conv1"], data=tiny_train, method="weight", render=False,
+        pairs, layers=["features.conv1"], data=tiny_train, method="weight", render=False,
         progress=False,
     )  # fmt: skip
     summary = found.summary()

@@ -27,7 +27,7 @@ MODULES = (
     "workbench.splits",
     "workbench.featviz",
 )
-MODEL_NAMES = {"model", "models", "model_a", "model_b", "merged", "endpoints", "target"}
+MODEL_NAMES = {"model", "models", "model_a", "model_b", "merged", "endpoints", "target", "pairs"}
 # names that say nothing about their meaning, or say it in an older word
 FORMER = {"bn_data", "train", "test", "test_data", "train_data", "gammas", "split_seed"}
 # the only functions in which these words appear, each with the one meaning of the word

@@ -99,8 +99,8 @@ class PairsStudy:
 
 def pairs_study(
     pairs: Sequence[tuple[nn.Module, nn.Module]],
-    layers: Sequence[str] | None = None,
     *,
+    layers: Sequence[str] | None = None,
     data: DataLike,
     **kwargs: Any,
 ) -> PairsStudy:
