@@ -158,12 +158,12 @@ def test_study_many_matches_each_parent_by_correlation(tiny_train, mnist_test) -
     layer, mnist_test = "features.conv3", mnist_test.subset(torch.arange(300), "test")
     study = fv.study_many(
         models, layers=[layer], data=tiny_train, eval_data=mnist_test, method="weight",
-        bn="reset", render=False, progress=False,
+        bn="none", render=False, progress=False,
     ).studies[layer]  # fmt: skip
     assert study.parents == ("model 0", "model 1", "model 2")
     assert study.exact == (False, False, False) and study.alpha is None
     merged = wb.merge_many(
-        models, data=tiny_train, method="weight", bn="reset", progress=False
+        models, data=tiny_train, method="weight", bn="none", progress=False
     ).model
     acts = [_activations(m, layer, mnist_test) for m in [*models, merged]]
     for p in range(3):

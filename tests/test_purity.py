@@ -981,6 +981,7 @@ _STUDY = {"render": True, "steps": 2, "units": 2, "cache": False, "progress": Fa
 def unit_study(inp: Inputs) -> None:
     featviz.unit_study(inp.a, inp.b, layer=_LAYER, data=inp.train, eval_data=inp.test, **_STUDY)
     featviz.path_study(inp.a, inp.b, layer=_LAYER, data=inp.train, alphas=(0.0, 1.0), **_STUDY)
+    featviz.layer_study(inp.a, inp.b, data=inp.train, **{**_STUDY, "render": False})
 
 
 @case("study_many", "pairs_study")

@@ -13,6 +13,7 @@ Memory: O((models x channels)^2 + k x models x channels) per layer, whatever the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,9 +76,9 @@ class _Layer:
             self.top[m] = index.gather(0, keep)
 
     def result(self) -> LayerObservations:
-        return LayerObservations(
-            self.moments.result(), torch.stack(self.best), torch.stack(self.top)
-        )
+        found = self.moments.result()  # on the models' device: the results live on the CPU
+        found = dataclasses.replace(found, mean=found.mean.cpu(), covariance=found.covariance.cpu())
+        return LayerObservations(found, torch.stack(self.best), torch.stack(self.top))
 
 
 def observe_layers(
