@@ -108,10 +108,10 @@ def main() -> None:
     model_a, model_b = wb.load_quickstart_models((0, 1))
     settings = {"data": train, "eval_data": test, "method": args.method, "bn": "reset"}
     settings.update(point="relu", steps=args.steps, units=args.units, progress=False)
-    correlations = {}  # the correlation measures (no renders) of three methods, for the README
+    correlations = {}  # the correlation measures (no renders, every unit) of three methods
     for method in ("none", "weight", "activation"):
         found = wb.featviz.layer_study(
-            model_a, model_b, render=False, **{**settings, "method": method}
+            model_a, model_b, render=False, **{**settings, "method": method, "units": None}
         ).summary()
         columns = ["corr_parents", "corr_A", "corr_B", "corr_A_before_bn", "corr_B_before_bn"]
         columns += ["std_ratio", "std_ratio_before_bn", "frac_both", "frac_neither"]
