@@ -44,7 +44,9 @@ def many_models(train, test, models):
 
 def matched_unit(train, model_a, model_b):
     """The best-matched unit of the second conv layer in A, B, merged and merged + RESET."""
-    comparison = wb.featviz.compare_layer(model_a, model_b, layer="features.conv2", data=train, method="activation")
+    comparison = wb.featviz.compare_layer(
+        model_a, model_b, layer="features.conv2", data=train, method="activation"
+    )
     unit = comparison.match.order()[0]
     images = wb.featviz.render_layer(comparison, [unit], steps=256)
     exemplars = wb.featviz.layer_exemplars(comparison, train, [unit], k=6)
