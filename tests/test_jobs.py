@@ -55,7 +55,7 @@ def test_part(mnist_test):
 @pytest.mark.parametrize("parallel", [False, True])
 def test_an_interrupted_run_resumes_without_recomputing(tmp_path, parallel):
     cache = wb.ResultCache(tmp_path / "cache")
-    key = wb.ResultCache.key
+    key = cache.key
     jobs = [Job("flaky", key(v=v), _flaky, {"value": v, "folder": str(tmp_path)}) for v in range(4)]
     (tmp_path / "fail-1").touch()
     executor = ThreadPoolExecutor(2) if parallel else contextlib.nullcontext()
