@@ -81,7 +81,7 @@ def test_curve_metadata(naive_test, shipped_pair):
     assert naive_test.label == "naive"
     assert naive_test.settings == {
         "batch_size": 500,
-        "bn_data": "first split",
+        "data": "first split",
         "models": [wb.fingerprint(m) for m in shipped_pair],
     }
     assert naive_test.loss.shape == naive_test.accuracy.shape == (5,)
@@ -96,7 +96,7 @@ def test_naive_barrier_of_shipped_pair_is_large(naive_test):
 
 def test_reset_beats_naive_at_midpoint(naive_test, reset_test):
     assert reset_test.bn == "reset"
-    assert reset_test.settings["bn_data"] == "given"
+    assert reset_test.settings["data"] == "given"
     assert reset_test.midpoint_accuracy > naive_test.midpoint_accuracy
     assert reset_test.barrier < naive_test.barrier
 
@@ -123,7 +123,7 @@ def test_lmc_curves_match_single_calls(shipped_pair, train_500, mnist_test):
     assert list(curves) == ["train", "test"]
     train_curve, test_curve = curves["train"], curves["test"]
     assert train_curve.settings == test_curve.settings
-    assert train_curve.settings["bn_data"] == "first split"
+    assert train_curve.settings["data"] == "first split"
     assert (train_curve.bn, test_curve.bn) == ("reset", "reset")
     assert (train_curve.split, test_curve.split) == ("train", "test")
     np.testing.assert_array_equal(train_curve.alphas, test_curve.alphas)
@@ -137,7 +137,7 @@ def test_lmc_curves_match_single_calls(shipped_pair, train_500, mnist_test):
     for joint, single in ((train_curve, single_train), (test_curve, single_test)):
         np.testing.assert_array_equal(joint.loss, single.loss)
         np.testing.assert_array_equal(joint.accuracy, single.accuracy)
-    # Resetting on the test data instead gives other numbers: bn_data is really used.
+    # Resetting on the test data instead gives other numbers: data is really used.
     own = wb.lmc_curve(a, b, eval_data=mnist_test, alphas=[0.5], bn="reset", progress=False)
     assert own.loss[0] != test_curve.loss[1]
 
