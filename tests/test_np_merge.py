@@ -74,7 +74,7 @@ def test_no_steps_is_merge_many_with_reset_exactly(trained, tiny_train, count) -
 def test_zero_learning_rate_is_the_aligned_average_with_reset(
     trained, tiny_train, fit, combine
 ) -> None:
-    found = wb.np_merge(trained, data=tiny_train, combine=combine, **{**FAST, "lr": 0.0})
+    found = wb.np_merge(trained, data=tiny_train, scheme=combine, **{**FAST, "lr": 0.0})
     # the aligned average, RESET on the training part (the validation split held out)
     expected = wb.merge_many(trained, data=fit, method="weight", bn="reset", progress=False)
     assert states_equal(found.model.state_dict(), expected.model.state_dict())
@@ -93,7 +93,7 @@ def test_learning_lowers_the_training_loss(trained, tiny_train, fit) -> None:
 
 
 def test_joint_coefficients_lower_the_training_loss(trained, tiny_train, fit) -> None:
-    found = wb.np_merge(trained, data=tiny_train, combine="joint", **{**FAST, "steps": 30})
+    found = wb.np_merge(trained, data=tiny_train, scheme="joint", **{**FAST, "steps": 30})
     average = wb.merge_many(trained, data=fit, method="weight", bn="reset", progress=False)
     assert (
         wb.evaluate(found.model, eval_data=fit).loss
@@ -126,7 +126,7 @@ def test_coefficients_stay_between_the_endpoints(trained, tiny_train, combine) -
     # without alignment the merged weights are mixes of the models' own weights
     models = trained[:2]
     found = wb.np_merge(
-        models, data=tiny_train, align="none", combine=combine, **{**FAST, "lr": 0.5}
+        models, data=tiny_train, align="none", scheme=combine, **{**FAST, "lr": 0.5}
     )
     for per_layer in found.report.coefficients.values():
         for summary in per_layer.values():
@@ -169,7 +169,7 @@ def test_the_report(trained, tiny_train) -> None:
         "eval_every": 5,
         "patience": 2,
     }
-    assert settings["combine"] == "successive" and settings["data_fraction"] == 1.0
+    assert settings["scheme"] == "successive" and settings["data_fraction"] == 1.0
     assert list(report.curves) == list(report.coefficients) == ["0+1", "0..1+2"]
     for label, curve in report.curves.items():
         assert [p["step"] for p in curve][:2] == [0, 5]
@@ -282,7 +282,7 @@ def test_models_without_batchnorm(tiny_train) -> None:
         ({"eval_every": 0}, ValueError, "eval_every must be >= 1"),
         ({"patience": 0}, ValueError, "patience must be >= 1"),
         ({"data_fraction": 0.0}, ValueError, "data_fraction must be in"),
-        ({"combine": "chain"}, ValueError, "combine must be one of"),
+        ({"scheme": "chain"}, ValueError, "scheme must be one of"),
         (
             {"bn": "repair"},
             ValueError,
