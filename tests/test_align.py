@@ -111,7 +111,7 @@ def test_alignment_removes_most_of_the_barrier(shipped_pair, spec, mnist_train, 
     0.05 (96.6%). Issue 3's target is a gap of 1.5 points over all six pairs; one pair gets
     half a point of slack (a few test images) for other machines' float rounding."""
     a, b = shipped_pair
-    kwargs = {"alphas": [0, 0.5, 1], "bn": "reset", "bn_data": mnist_train, "progress": False}
+    kwargs = {"alphas": [0, 0.5, 1], "bn": "reset", "data": mnist_train, "progress": False}
     naive = wb.lmc_curve(a, b, eval_data=mnist_test, **kwargs)
     for method in ("weight", "activation"):
         aligned = align(a, b, method=method, data=mnist_train, spec=spec)

@@ -109,7 +109,7 @@ def test_partial_alignment_goes_from_naive_to_full(shipped_pair, train_500, smal
     table = partial.table
     assert list(table["groups_aligned"]) == [0, 1, 2, 3, 4]
     assert list(table["last_group"]) == ["-", *GROUPS]
-    kwargs = {"bn_data": train_500, "progress": False, "cache": False}
+    kwargs = {"data": train_500, "progress": False, "cache": False}
     naive = wb.lmc_curve(a, b, eval_data=small_test, alphas=3, bn="reset", **kwargs)
     full = wb.lmc_curve(
         a, wb.align(a, b, method="weight"), eval_data=small_test, alphas=3, bn="reset", **kwargs

@@ -107,7 +107,7 @@ def test_sweep_compare_and_pairs_on_a_pool_equal_the_serial_run(tiny_train, test
     torch.set_num_threads(worker_threads(pool))
     try:
         models = wb.train_models("cnn", [0, 1, 2], tiny_train, 1, model_kwargs=TINY, progress=False)
-        kwargs = {"alphas": 3, "bn": "reset", "method": "weight", "bn_data": tiny_train}
+        kwargs = {"alphas": 3, "bn": "reset", "method": "weight", "data": tiny_train}
         serial = wb.pairwise_curves(
             models, eval_data={"test": test_part}, progress=False, cache=False, **kwargs
         )

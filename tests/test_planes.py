@@ -137,7 +137,7 @@ def test_plane_is_cached_by_content(trio, small_test, tmp_path, monkeypatch):
 
 
 def test_aligned_plane_with_reset_is_lower_and_plots(trio, small_test, small_train, tmp_path):
-    kwargs = {"bn_data": small_train, "progress": False, "cache": False}
+    kwargs = {"data": small_train, "progress": False, "cache": False}
     naive = wb.loss_plane(trio, eval_data=small_test, resolution=2, bn="reset", **kwargs)
     aligned = wb.loss_plane(
         trio, eval_data=small_test, resolution=2, bn="reset", method="weight", **kwargs

@@ -988,7 +988,9 @@ def unit_study(inp: Inputs) -> None:
 def study_many(inp: Inputs) -> None:
     featviz.study_many([inp.a, inp.b, inp.c], layers=[_LAYER], data=inp.train, **_STUDY)
     settings = {**_STUDY, "render": False}
-    featviz.pairs_study([(inp.a, inp.b), (inp.b, inp.c)], [_LAYER], data=inp.train, **settings)
+    featviz.pairs_study(
+        [(inp.a, inp.b), (inp.b, inp.c)], layers=[_LAYER], data=inp.train, **settings
+    )
 
 
 # ---------------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ def test_repair_leaves_inputs_and_other_layers_alone(shipped_pair, spec, subset)
 def test_repair_beats_reset_at_the_naive_midpoint(shipped_pair, mnist_train, mnist_test, spec):
     """Measured: naive midpoint 15.7%, with RESET 44.3%, with REPAIR 68.7% (test set)."""
     a, b = shipped_pair
-    kwargs = {"alphas": [0, 0.5, 1], "bn_data": mnist_train, "spec": spec, "progress": False}
+    kwargs = {"alphas": [0, 0.5, 1], "data": mnist_train, "spec": spec, "progress": False}
     reset = wb.lmc_curve(a, b, eval_data=mnist_test, bn="reset", **kwargs)
     repaired = wb.lmc_curve(a, b, eval_data=mnist_test, bn="repair", **kwargs)
     assert repaired.midpoint_accuracy > reset.midpoint_accuracy + 0.1
