@@ -216,8 +216,10 @@ def test_pairs_study_reports_mean_and_spread_over_pairs(tiny_train) -> None:
     values = per_pair["corr_A"].to_numpy()
     assert summary["corr_A"].item() == pytest.approx(values.mean())
     assert summary["corr_A_sd"].item() == pytest.approx(values.std(ddof=1))
-    fig = found.plot(["corr_parents", "corr_A", "corr_B", "frac_both"])
+    fig = found.plot()  # without renders, the default leaves the cross-activations out
     assert "n = 2 independently trained pairs" in fig.axes[0].get_title()
+    shown = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert shown == ["corr_parents", "corr_A", "corr_B", "frac_both"]
     with pytest.raises(ValueError, match="at least 2 pairs"):
         fv.pairs_study(pairs[:1], data=tiny_train)
 

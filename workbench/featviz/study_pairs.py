@@ -65,10 +65,15 @@ class PairsStudy:
         found["pairs"] = self.pairs
         return found
 
-    def plot(self, measures: Sequence[str] = DEFAULT_MEASURES) -> Figure:
+    def plot(self, measures: Sequence[str] | None = None) -> Figure:
         """Per layer, one bar per measure: the mean over pairs with the standard deviation
-        over pairs as an error bar; the caption gives the number of pairs."""
+        over pairs as an error bar; the caption gives the number of pairs. ``measures``
+        default: :data:`DEFAULT_MEASURES`, without the cross-activations when the studies
+        were not rendered."""
         frame = self.summary()
+        if measures is None:
+            rendered = self.studies[0].first.rendered
+            measures = [m for m in DEFAULT_MEASURES if rendered or not m.startswith("cross_")]
         missing = [m for m in measures if m not in frame]
         if missing:
             raise ValueError(
