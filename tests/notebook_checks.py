@@ -22,3 +22,28 @@ _FIGURE_CALL = re.compile(r"\b(plot_\w+|new_figure)\(|\.plot\(")
 def builds_figure(source: str) -> bool:
     """Whether a code cell's ``source`` builds a figure (and must therefore show one)."""
     return bool(_FIGURE_CALL.search(source))
+
+
+# A number the prose quotes from a measurement: written in bold, e.g. **0.87** or **96.5%**.
+_QUOTED = re.compile(r"\*\*(-?\d+(?:\.\d+)?)%?\*\*")
+
+
+def quoted_numbers(markdown: str) -> list[str]:
+    """The numbers a markdown cell quotes (in bold), as written."""
+    return _QUOTED.findall(markdown)
+
+
+def check_quotes(cells: list[tuple[str, str]]) -> None:
+    """Every number a markdown cell quotes appears in the printed output of a code cell
+    above it. ``cells``: ``(cell_type, text)`` in notebook order, where a code cell's text
+    is what its outputs show (as the page or the executed notebook has it)."""
+    shown = ""
+    for number, (kind, text) in enumerate(cells, start=1):
+        if kind == "code":
+            shown += "\n" + text
+            continue
+        for quoted in quoted_numbers(text):
+            assert re.search(rf"(?<![\d.]){re.escape(quoted)}(?![\d])", shown), (
+                f"cell {number} quotes {quoted}, which no output above it shows: the prose "
+                "must quote the computed numbers (rerun the notebook and update the text)"
+            )

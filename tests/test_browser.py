@@ -3,7 +3,8 @@
 Starts a JupyterLab server on localhost (private HOME, config and runtime folders, copies of
 the notebooks) and opens each notebook in Debian's Chromium through Playwright, as a user
 would: "Run All", then it checks what is on the page. Every cell that builds a figure shows
-an image; no cell shows an error or a stderr box. The dashboards are then used with the
+an image; no cell shows an error or a stderr box; every number the prose quotes (in bold)
+is shown by an output above it. The dashboards are then used with the
 mouse and keyboard: choosing a method, a BatchNorm treatment and a pair, pressing Compute,
 Run and Render, moving sliders, and exporting. After each action the figure and the numbers
 on the page must change, and exported files must exist. Screenshots go to the test's tmp
@@ -26,7 +27,7 @@ import nbformat
 import pytest
 
 from tests.jupyter_lab import chromium_page, jupyter_lab, open_and_run
-from tests.notebook_checks import CHROMIUM, NOTEBOOKS, builds_figure
+from tests.notebook_checks import CHROMIUM, NOTEBOOKS, builds_figure, check_quotes
 
 ROOT = Path(__file__).resolve().parents[1]
 STDERR = '[data-mime-type="application/vnd.jupyter.stderr"]'
@@ -118,6 +119,13 @@ def test_notebook_shows_every_figure(lab, path, tmp_path):
                 box = shown.first.bounding_box()
                 assert box and box["width"] > 100 and box["height"] > 50, f"cell {index + 1}"
         page.screenshot(path=str(tmp_path / f"{path.stem}.png"), full_page=True)
+        shown = iter(cells.nth(i).locator(".jp-OutputArea").inner_text() for i in range(len(code)))
+        check_quotes(
+            [
+                (c.cell_type, next(shown) if c.cell_type == "code" else c.source)
+                for c in notebook.cells
+            ]
+        )
         if path.stem == "01_quickstart":
             _move_the_quickstart_slider(page, _shots(tmp_path))
 

@@ -283,8 +283,52 @@ def test_neuron_explorer_controls(shipped_pair, small_train, tmp_path, monkeypat
         assert all(torch.equal(t, rebuilt[k]) for k, t in model.state_dict().items()), name
 
 
+def test_neuron_explorer_sorts_by_the_study_and_shows_the_morph_strip(
+    shipped_pair, mnist_train, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    data = mnist_train.subset(torch.arange(0, 4000, 50), "train")  # 80 images
+    explorer = NeuronExplorer(*shipped_pair, data=data, steps=2, k=2, layer="features.conv1")
+    assert explorer.morph.disabled, "no morph strip before the layer is rendered"
+    explorer.render.click()
+    study = explorer.study
+    frame = study.to_frame().set_index("unit")
+    assert study.point == "relu" and "(units observed after nonlinearity)" in explorer.info.value
+    # the four columns are the study's renders: B's column is B's matched unit
+    images = explorer.runner.current[1]
+    assert torch.equal(images["B (matched)"], study.images["B"])
+    assert torch.equal(images["merged + RESET"], study.images["merged + RESET"])
+    unit = explorer._selected()
+    assert f"label <b>{frame.loc[unit, 'label']}</b>" in explorer.info.value
+    assert f"corr_A {frame.loc[unit, 'corr_A']:.2f}" in explorer.info.value
+    image = bytes(explorer.view.value)
+
+    explorer.unit.value = 5
+    explorer.sort.value = "corr_A"  # back to rank 1, now the highest correlation with A
+    assert explorer.unit.value == 1
+    best = int(frame["corr_A"].idxmax())
+    assert explorer._selected() == best and f"A's unit <b>{best}</b>" in explorer.info.value
+    assert "by merged unit's correlation with A's" in explorer.info.value
+    explorer.unit.value = explorer.unit.max
+    worst = int(frame["corr_A"].idxmin())
+    assert f"A's unit <b>{worst}</b>" in explorer.info.value and bytes(explorer.view.value) != image
+
+    assert not explorer.morph.disabled and "press Morph strip" in explorer.morph_info.value
+    explorer.morph.click()
+    strip = explorer.morph_view.figure
+    assert len(strip.axes) == 2 * 5 and f"unit {worst} along the path" in strip.texts[0].get_text()
+    explorer.unit.value = 1  # another unit: its strip is not computed, the old one goes
+    assert explorer.morph_view.figure is None and "press Morph strip" in explorer.morph_info.value
+    explorer.unit.value = explorer.unit.max  # back: the kept strip, not recomputed
+    assert explorer.morph_view.figure is strip and explorer.morph.disabled
+    explorer.method.value = "activation"
+    assert explorer.morph.disabled and explorer.morph_view.figure is None
+
+
 def test_neuron_explorer_opens_on_the_requested_layer(shipped_pair, small_train):
     explorer = NeuronExplorer(*shipped_pair, data=small_train, steps=4, layer="features.conv2")
     assert explorer.layer.value == "features.conv2"
     with pytest.raises(ValueError, match="layer must be one of"):
         NeuronExplorer(*shipped_pair, data=small_train, layer="features.conv9")
+    with pytest.raises(ValueError, match="observable at point='relu'"):
+        NeuronExplorer(*shipped_pair, data=small_train, layer="classifier.fc2")

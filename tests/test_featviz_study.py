@@ -5,6 +5,9 @@ does not), N parents, the path, statistics over pairs, figures and errors."""
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -279,6 +282,14 @@ def test_study_figures_name_the_point(rendered, tmp_path) -> None:
     assert image.shape == (4, 3)
     expected = np.nanmean(weight.studies["features.conv2"].cross[-1].numpy())
     assert image[1, 1] == pytest.approx(expected)
+    # a layer where no render excites its unit: "n/a", not a warning and an empty cell
+    conv2 = weight.studies["features.conv2"]
+    blank = dataclasses.replace(conv2, cross=torch.full_like(conv2.cross, float("nan")))
+    unconverged = fv.LayerStudy({**weight.studies, "features.conv2": blank})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        heat = fv.plot_cross_heatmap([unconverged])
+    assert "n/a" in [t.get_text() for t in heat.axes[0].texts]
     scatter = weight.studies["features.conv1"].plot()
     assert "features.conv1 after nonlinearity" in scatter.axes[0].get_title()
     paths = wb.figures.save(grid, tmp_path / "grid", ("png",))

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.notebook_checks import IN_BROWSER, NOTEBOOKS, builds_figure
+from tests.notebook_checks import IN_BROWSER, NOTEBOOKS, builds_figure, check_quotes, quoted_numbers
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_TIMES = ROOT / "benchmarks" / "results" / "notebook_times.json"
@@ -41,6 +41,16 @@ def test_notebook_runs_and_shows_its_figures(path: Path, tmp_path: Path) -> None
         if builds_figure(cell.source):
             images = [o for o in outputs if "image/png" in o.get("data", {})]
             assert images, f"code cell {number} builds a figure but shows no image"
+    check_quotes([(c.cell_type, _shown_text(c)) for c in notebook.cells])
+
+
+def _shown_text(cell) -> str:
+    """A markdown cell's source, or the text a code cell's outputs show."""
+    if cell.cell_type != "code":
+        return cell.source
+    texts = [o.get("text", "") for o in cell.get("outputs", []) if o.output_type == "stream"]
+    texts += [o.get("data", {}).get("text/plain", "") for o in cell.get("outputs", [])]
+    return "\n".join(texts)
 
 
 def test_every_notebook_states_its_measured_run_time_and_uses_the_project_kernel() -> None:
@@ -56,6 +66,17 @@ def test_every_notebook_states_its_measured_run_time_and_uses_the_project_kernel
         seconds = measured[path.stem]["seconds"]
         assert int(stated.group(1)) == 5 * round(seconds / 5), (path.name, seconds)
         assert seconds < 120, f"{path.name} takes {seconds:.0f} s with FULL = False"
+
+
+def test_quoted_numbers_are_checked_against_the_outputs_above() -> None:
+    assert quoted_numbers("falls to **0.31** (from **0.87**), **96.5%** of it; **not** one") == [
+        "0.31", "0.87", "96.5"
+    ]  # fmt: skip
+    check_quotes([("code", "corr 0.87\nacc 96.5"), ("markdown", "**0.87** and **96.5%**")])
+    with pytest.raises(AssertionError, match=r"cell 2 quotes 0\.8,"):
+        check_quotes([("code", "corr 0.87"), ("markdown", "**0.8**")])
+    with pytest.raises(AssertionError, match=r"cell 1 quotes 0\.87"):  # below is too late
+        check_quotes([("markdown", "**0.87**"), ("code", "corr 0.87")])
 
 
 def test_figure_cells_are_recognized() -> None:

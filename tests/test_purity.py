@@ -963,10 +963,13 @@ def compare_layer(inp: Inputs) -> None:
         featviz.plot_unit_comparison(found, 1, images, exemplars, units)
 
 
-@case("observation_point", "unit_objective")
+@case("observation_point", "observable_layers", "unit_objective")
 def observation_point(inp: Inputs) -> None:
     for point in featviz.POINTS:
         featviz.observation_point(inp.trained_a, layer=_LAYER, point=point)
+    layers = [_LAYER]
+    with kept(layers=layers):
+        featviz.observable_layers(inp.trained_a, layers=layers, point="relu")
     images = torch.rand(2, 28, 28, 1)
     with kept(images=images):
         featviz.unit_objective(

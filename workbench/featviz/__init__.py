@@ -1,7 +1,13 @@
 """Feature visualization of single, matched and merged neurons (on lucent)."""
 
 from workbench.featviz.exemplars import Exemplars, top_exemplars
-from workbench.featviz.points import POINTS, ObservationPoint, describe_point, observation_point
+from workbench.featviz.points import (
+    POINTS,
+    ObservationPoint,
+    describe_point,
+    observable_layers,
+    observation_point,
+)
 from workbench.featviz.render import (
     render_channels,
     resolve_layer,
@@ -48,6 +54,7 @@ __all__ = [
     "layer_exemplars",
     "layer_study",
     "matched_units",
+    "observable_layers",
     "observation_point",
     "pairs_study",
     "path_study",

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +36,7 @@ __all__ = [
     "POINTS",
     "ObservationPoint",
     "describe_point",
+    "observable_layers",
     "observation_point",
     "observing",
     "resolve_layer",
@@ -193,6 +194,19 @@ def observation_point(
     return ObservationPoint(
         layer, point, before, lambda x: function(x, *last.args[1:], **kwargs), relu
     )
+
+
+def observable_layers(model: nn.Module, *, layers: Sequence[str], point: str) -> list[str]:
+    """Those of ``layers`` that ``model`` can be observed at ``point`` in (``"relu"``: a
+    nonlinearity follows the layer), in their order."""
+    found = []
+    for name in layers:
+        try:
+            observation_point(model, layer=name, point=point)
+        except ValueError:
+            continue
+        found.append(name)
+    return found
 
 
 def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:

@@ -28,7 +28,7 @@ from workbench import validation
 from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.evaluation import check_fits
-from workbench.featviz.points import check_point, observation_point
+from workbench.featviz.points import check_point, observable_layers, observation_point
 from workbench.featviz.render import check_channels, render_channels
 from workbench.featviz.study_measures import cross_activation, observe_layers
 from workbench.featviz.study_merge import Aligned, MergedModels, align_parents, merged_at
@@ -71,15 +71,9 @@ def _layers(model: nn.Module, layers: Sequence[str] | None, spec: PermutationSpe
     """The studied layers: those named, else every layer whose channels are permuted
     (not the logits) and have the point (``"relu"``: a nonlinearity right after)."""
     if layers is None:
-        names = [p.layer for p in spec.layers if not p.final]
-        found = []
-        for name in names:
-            try:
-                observation_point(model, layer=name, point=point)
-            except ValueError:
-                continue
-            found.append(name)
-        return found
+        return observable_layers(
+            model, layers=[p.layer for p in spec.layers if not p.final], point=point
+        )
     layers = [layers] if isinstance(layers, str) else list(layers)
     if not layers:
         raise ValueError("layers is empty: name at least one layer, or pass None for all.")

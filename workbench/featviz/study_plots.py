@@ -170,20 +170,22 @@ def plot_inheritance(study: UnitStudy, ax: Axes | None = None) -> Figure:
 
 def plot_cross_heatmap(studies: Sequence[LayerStudy]) -> Figure:
     """Layers (rows) by methods (columns): the mean cross-activation of the merged units
-    with their parents' units (mean over parents and units), annotated."""
+    with their parents' units (mean over parents and the units where it is defined),
+    annotated; "n/a" where it is defined for none (no render excites its unit above the
+    unit's mean: too few steps)."""
     studies = [s for s in studies if s.first.rendered]
     if not studies:
         raise ValueError("No study with renders: the cross-activation needs render=True.")
     layers = studies[0].layers
     values = np.array(
-        [[float(np.nanmean(s.studies[name].cross[-1].numpy())) for s in studies] for name in layers]
+        [[_defined_mean(s.studies[name].cross[-1].numpy()) for s in studies] for name in layers]
     )
     fig, ax = new_figure(aspect=0.25 + 0.12 * len(layers))
     with paper_style():
         image = ax.imshow(values, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         for (i, j), value in np.ndenumerate(values):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                    color="white" if value < 0.6 else "black")  # fmt: skip
+            ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center",
+                    va="center", fontsize=6, color="black" if value >= 0.6 else "white")  # fmt: skip
         ax.set_xticks(range(len(studies)),
                       [series_label(s.first.method, s.first.bn) for s in studies],
                       rotation=30, ha="right")  # fmt: skip
@@ -192,6 +194,12 @@ def plot_cross_heatmap(studies: Sequence[LayerStudy]) -> Figure:
         fig.colorbar(image, ax=ax, label="Cross-activation")
         ax.set_title(f"Mean cross-activation; units observed {_point_words(studies[0].first)}")
     return fig
+
+
+def _defined_mean(values: np.ndarray) -> float:
+    """The mean of the values that are not NaN, NaN if there is none."""
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if defined.size else float("nan")
 
 
 def plot_morph_strip(paths: Sequence[PathStudy], unit: int) -> Figure:
