@@ -1,10 +1,16 @@
 """Batched feature visualization against lucent's render_vis called once per channel.
 
-Both render 16 channels of a quickstart model's layer for the same number of steps on the
-CPU, with the same parameterization (FFT, grayscale), learning rate and transforms; the
-lucent run uses its own hooks and objective per channel. Measured in one run.
+On three models of different shapes, neither tuned on here (randomly initialized, seeded):
+a one-channel 28 px CNN of the zoo at width 2 (the shipped quickstart models are width 1),
+the zoo's three-channel 32 px ResNet-20, and torchvision's ResNet-18 at 224 px. Both sides
+render the same channels of the same layer for the same number of steps on the CPU, with
+the same parameterization (lucent's ``param.image``: FFT, grayscale for one channel,
+decorrelated color for three), Adam at the same learning rate, the same transforms
+(``small_image_transforms``) and a bilinear resize back to the model's input size, no
+preprocessing. lucent runs its own hooks and channel objective, one ``render_vis`` per
+channel. Ours is also run twice, to check that it is reproducible (the same images).
 
-    python benchmarks/featviz_speed.py [--steps 64] [--channels 16]
+    python benchmarks/featviz_speed.py [--steps 64] [--channels 16] [--quick]
 """
 
 from __future__ import annotations
@@ -12,65 +18,114 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
+import torchvision
 from lucent.optvis import objectives, param, render
 
 import workbench as wb
 from workbench.featviz.render import small_image_transforms
 
+# name -> (builder, layer, image size, input channels, channels rendered at most)
+SHAPES = {
+    "cnn x2, 1 channel, 28 px": (
+        lambda: wb.create_model("cnn", width=2, in_channels=1),
+        "features.conv3",
+        28,
+        1,
+        16,
+    ),
+    "resnet20, 3 channels, 32 px": (
+        lambda: wb.create_model("resnet20"),
+        "layer2.1.conv2",
+        32,
+        3,
+        16,
+    ),
+    "tv:resnet18, 3 channels, 224 px": (torchvision.models.resnet18, "layer2.1.conv2", 224, 3, 4),
+}
 
-def lucent_per_channel(model, layer: str, channels, steps: int, lr: float) -> float:
+
+def lucent_per_channel(
+    model, layer: str, channels, steps: int, lr: float, size: int, gray: bool
+) -> float:
     started = time.perf_counter()
     for channel in channels:
         render.render_vis(
             model,
             objectives.channel(layer.replace(".", "_"), channel),
-            lambda: param.image(28, channels=1, fft=True),
+            lambda: param.image(size, channels=1 if gray else None, fft=True, decorrelate=not gray),
             optimizer=lambda params: torch.optim.Adam(params, lr=lr),
             transforms=small_image_transforms(),
             thresholds=(steps,),
             preprocess=False,
             progress=False,
             show_image=False,
-            fixed_image_size=28,
+            fixed_image_size=size,
         )
     return time.perf_counter() - started
 
 
-def ours(model, layer: str, channels, steps: int, lr: float) -> float:
+def ours(
+    model, layer: str, channels, steps: int, lr: float, size: int
+) -> tuple[float, torch.Tensor]:
     started = time.perf_counter()
-    wb.render_channels(
-        model, layer=layer, channels=channels, steps=steps, lr=lr, cache=False, progress=False
+    images = wb.render_channels(
+        model,
+        layer=layer,
+        channels=channels,
+        steps=steps,
+        lr=lr,
+        size=size,
+        cache=False,
+        progress=False,
     )
-    return time.perf_counter() - started
+    return time.perf_counter() - started, images
+
+
+def measure(name: str, steps: int, channels: int, lr: float) -> dict:
+    build, layer, size, in_channels, most = SHAPES[name]
+    torch.manual_seed(3)
+    model = build().eval()
+    chosen = list(range(min(channels, most)))
+    batched, images = ours(model, layer, chosen, steps, lr, size)
+    _, again = ours(model, layer, chosen, steps, lr, size)
+    lucent = lucent_per_channel(model, layer, chosen, steps, lr, size, in_channels == 1)
+    return {
+        "model": name,
+        "layer": layer,
+        "channels": len(chosen),
+        "steps": steps,
+        "ours_batched_seconds": batched,
+        "lucent_render_vis_per_channel_seconds": lucent,
+        "ours_ms_per_channel": 1000 * batched / len(chosen),
+        "lucent_ms_per_channel": 1000 * lucent / len(chosen),
+        "speedup_per_channel": lucent / batched,
+        "reproducible": bool(torch.equal(images, again)),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--channels", type=int, default=16)
-    parser.add_argument("--layer", default="features.conv3")
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--quick", action="store_true", help="4 steps, 2 channels (smoke run)")
     args = parser.parse_args()
-    model = wb.load_quickstart_models((0,))[0].eval()
-    channels = list(range(args.channels))
-    batched = ours(model, args.layer, channels, args.steps, 0.05)
-    lucent = lucent_per_channel(model, args.layer, channels, args.steps, 0.05)
+    steps, channels = (4, 2) if args.quick else (args.steps, args.channels)
+    rows = [measure(name, steps, channels, args.lr) for name in SHAPES]
     result = {
         "benchmark": "featviz_speed",
-        "model": "quickstart cnn (seed 0)",
-        "layer": args.layer,
-        "channels": args.channels,
-        "steps": args.steps,
-        "ours_batched_seconds": batched,
-        "lucent_render_vis_per_channel_seconds": lucent,
-        "ours_ms_per_channel": 1000 * batched / args.channels,
-        "lucent_ms_per_channel": 1000 * lucent / args.channels,
-        "speedup_per_channel": lucent / batched,
+        "rows": rows,
+        "min_speedup_per_channel": min(r["speedup_per_channel"] for r in rows),
         "target_speedup": 4.0,
         "threads": torch.get_num_threads(),
     }
     print(json.dumps(result, indent=2))
+    if not args.quick:
+        out = Path(__file__).parent / "results" / "featviz_speed.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,14 @@ import torch
 
 import workbench as wb
 from workbench.alignment import collect_statistics
+from workbench.batching import batches
 from workbench.graph import permutation_spec
 
 
 def plain_forward(models, data) -> float:
     started = time.perf_counter()
     with torch.inference_mode():
-        for inputs, _ in wb.data.batches(data, 500):
+        for inputs, _ in batches(data, 500):
             for model in models:
                 model(inputs)
     return time.perf_counter() - started
@@ -33,7 +34,7 @@ def plain_forward(models, data) -> float:
 
 def statistics_pass(models, data, spec) -> float:
     started = time.perf_counter()
-    collect_statistics(models, data=data, spec=spec, progress=False)
+    collect_statistics(models, data=data, spec=spec, batch_size=500, progress=False)
     return time.perf_counter() - started
 
 

@@ -520,6 +520,9 @@ def ot_fusion(inp: Inputs) -> None:
 @case("collect_statistics")
 def collect_statistics(inp: Inputs) -> None:
     alignment.collect_statistics([inp.a, inp.b], data=inp.train, spec=inp.spec, progress=False)
+    alignment.collect_statistics(
+        [inp.a, inp.b], data=inp.train, spec=inp.spec, within=False, progress=False
+    )
 
 
 @case("fold_batchnorm", "general_groups", "map_model")

@@ -2,23 +2,43 @@
 
 Every analysis reads its data through :func:`batches`, so this is where inputs are checked
 as they stream (:func:`check_inputs`: floating point and finite; a whole in-memory dataset
-once per content, any other data batch by batch), and where data without labels is
-accepted for the passes that need none.
+once per content, any other data batch by batch), where data without labels is
+accepted for the passes that need none, and where a pass's default batch size is chosen
+from the input size, the models and a memory budget (:func:`choose_batch_size`).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import os
+import re
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from workbench.data import DataLike, TensorImageDataset
+from workbench.modules import eval_mode, model_device
 
-__all__ = ["Batches", "as_loader", "batches", "check_inputs", "on_device"]
+__all__ = [
+    "BUDGET_VARIABLE",
+    "DEFAULT_BUDGET",
+    "MAX_BATCH",
+    "Batches",
+    "as_loader",
+    "batches",
+    "check_inputs",
+    "choose_batch_size",
+    "on_device",
+]
+
+DEFAULT_BUDGET = 2 * 1024**3  # bytes of activations a pass may hold by default
+BUDGET_VARIABLE = "WORKBENCH_BATCH_MEMORY"  # overrides it: bytes, or e.g. "8GB", "512MB"
+MAX_BATCH = 500  # larger batches no longer pay off on a CPU (and were the old default)
+LIVE_FACTOR = 4  # tensors of the largest activation's size alive at once in a forward
 
 
 def on_device(data: DataLike, device: torch.device) -> DataLike:
@@ -165,3 +185,92 @@ def _tensor_batches(
         else:
             idx = order[start : start + batch_size]
             yield data.images[idx], data.targets[idx]
+
+
+def _parse_bytes(text: str) -> int:
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?i?b?)\s*", text.lower())
+    if match is None:
+        raise ValueError(
+            f"{BUDGET_VARIABLE}={text!r} is not a memory size; set it to bytes or a size such "
+            "as '8GB' or '512MB'."
+        )
+    unit = match.group(2)[:1]
+    return int(float(match.group(1)) * 1024 ** " kmgt".index(unit or " "))
+
+
+def _available(device: torch.device) -> int | None:
+    """Memory free for a pass on ``device`` now (bytes), where it can be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as meminfo:
+            fields = dict(line.split(":", 1) for line in meminfo)
+        return int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _first_example(data: DataLike) -> torch.Tensor:
+    if isinstance(data, TensorImageDataset):
+        return data.images[:1]
+    item = data[0]
+    inputs = item[0] if isinstance(item, (tuple, list)) else item
+    return torch.as_tensor(inputs)[None]
+
+
+def _largest_activation(model: nn.Module, example: torch.Tensor) -> int:
+    """Bytes of the largest output of any of ``model``'s modules on one example."""
+    largest = example.numel() * example.element_size()
+
+    def hook(_module, _inputs, output) -> None:
+        nonlocal largest
+        if isinstance(output, torch.Tensor):
+            largest = max(largest, output.numel() * output.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with eval_mode(model), torch.no_grad():
+            model(example.to(model_device(model)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return largest
+
+
+def choose_batch_size(
+    models: Sequence[nn.Module],
+    data: DataLike,
+    *,
+    batch_size: int | None = None,
+    budget: int | None = None,
+) -> int:
+    """The batch size of a pass of ``models`` side by side over ``data``: ``batch_size``
+    when given; otherwise as many examples as fit a memory budget, at most
+    :data:`MAX_BATCH` (the batching of a DataLoader is its own and is kept).
+
+    Estimate: one eval-mode forward of each model on the first example finds its
+    largest activation (any module's output); a forward pass holds about
+    :data:`LIVE_FACTOR` tensors of that size at once per example (a block's input kept for
+    its residual, a layer's input and output, one more). Budget: ``budget`` bytes, else
+    the environment variable ``WORKBENCH_BATCH_MEMORY`` (bytes, or "8GB", "512MB"), else
+    :data:`DEFAULT_BUDGET` (2 GiB); never more than half the memory free on the models'
+    device. Data whose first example cannot be read ahead (empty, iterable-style) gets
+    :data:`MAX_BATCH`. At 224 px that is about 80 images for two ResNet-50s; a shipped MNIST CNN
+    gets :data:`MAX_BATCH`.
+    """
+    if batch_size is not None:
+        return batch_size
+    if isinstance(data, DataLoader):
+        return MAX_BATCH  # not used: the loader batches as its owner configured it
+    try:
+        example = _first_example(data)
+    except (IndexError, KeyError, NotImplementedError):  # empty, or iterable-style data
+        return MAX_BATCH
+    if budget is None:
+        override = os.environ.get(BUDGET_VARIABLE)
+        budget = _parse_bytes(override) if override else DEFAULT_BUDGET
+    free = _available(model_device(models[0]))
+    if free is not None:
+        budget = min(budget, free // 2)
+    per_example = LIVE_FACTOR * sum(_largest_activation(m, example) for m in models)
+    return max(1, min(MAX_BATCH, budget // per_example))

@@ -356,9 +356,10 @@ def check_data(
 
 def check_pass(data: Any, batch_size: Any, max_batches: Any = None, name: str = "data") -> None:
     """The arguments of one pass over ``data`` that needs inputs only (statistics,
-    RESET, exemplars): the data (:func:`check_data`), ``batch_size >= 1`` and
-    ``max_batches`` ``None`` or ``>= 1``."""
+    RESET, exemplars): the data (:func:`check_data`), ``batch_size`` ``None`` (chosen
+    for the pass) or ``>= 1`` and ``max_batches`` ``None`` or ``>= 1``."""
     check_data(data, name=name)
-    check_int("batch_size", batch_size, minimum=1)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, minimum=1)
     if max_batches is not None:
         check_int("max_batches", max_batches, minimum=1)

@@ -46,7 +46,7 @@ def activation_matching(
     data: DataLike,
     spec: PermutationSpec | None = None,
     statistics: dict[str, GroupStatistics] | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     progress: bool = True,
 ) -> Permutation:
@@ -66,6 +66,7 @@ def activation_matching(
             [model_a, model_b],
             data=data,
             spec=spec,
+            within=False,  # correlations between the models need no more
             batch_size=batch_size,
             max_batches=max_batches,
             progress=progress,

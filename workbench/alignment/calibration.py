@@ -26,7 +26,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
 from workbench.alignment.statistics import ChannelMoments
-from workbench.batching import batches
+from workbench.batching import batches, choose_batch_size
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.modules import clone, eval_mode, model_device
@@ -98,7 +98,7 @@ def calibrate_in_order(
     calibrate: Callable[[str, ChannelMoments], None],
     *,
     of: str,
-    batch_size: int,
+    batch_size: int | None,
     max_batches: int | None,
     desc: str,
     progress: bool = False,
@@ -114,6 +114,7 @@ def calibrate_in_order(
     """
     modules = dict(model.named_modules())
     device = model_device(model)
+    batch_size = choose_batch_size([model], data, batch_size=batch_size)
     first = next(iter(batches(data, batch_size, max_batches=1)), None)
     if first is None:
         raise ValueError(
@@ -161,7 +162,7 @@ def reset_bn_(
     model: nn.Module,
     *,
     data: DataLike,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     progress: bool = False,
 ) -> nn.Module:
@@ -212,7 +213,7 @@ def reset_bn(
     model: nn.Module,
     *,
     data: DataLike,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
 ) -> nn.Module:
     """A copy of ``model`` with BatchNorm statistics recomputed on ``data`` (RESET): the

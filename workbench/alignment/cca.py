@@ -159,6 +159,12 @@ class CCAAlignment:
 
 
 def _check_samples(name: str, stats: GroupStatistics, gamma: float) -> None:
+    if not stats.within:
+        raise ValueError(
+            f"The statistics of group {name!r} hold each model's variances only "
+            "(collect_statistics(..., within=False)); CCA needs each model's covariance: "
+            "collect them with within=True (the default)."
+        )
     if stats.count > stats.size:
         return
     message = (
@@ -238,7 +244,7 @@ def cca_linear_maps(
     data: DataLike,
     gamma: float = DEFAULT_GAMMA,
     statistics: dict[str, GroupStatistics] | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     progress: bool = True,
 ) -> LinearMaps:
@@ -258,7 +264,7 @@ def cca_align(
     spec: PermutationSpec | None = None,
     gamma: float = DEFAULT_GAMMA,
     statistics: dict[str, GroupStatistics] | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     progress: bool = True,
 ) -> nn.Module:

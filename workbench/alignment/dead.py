@@ -45,18 +45,24 @@ def dead_units(std: torch.Tensor, largest: torch.Tensor | float) -> torch.Tensor
     return std <= floor
 
 
-def unit_signatures(model: nn.Module, group: PermutationGroup) -> torch.Tensor:
+def unit_signatures(
+    model: nn.Module, group: PermutationGroup, units: torch.Tensor | None = None
+) -> torch.Tensor:
     """Each unit's signature ``(size, length)`` in float64: the entries the group gives
-    it along every axis (grouped-convolution inputs aside), each axis sorted on its own."""
+    it along every axis (grouped-convolution inputs aside), each axis sorted on its own.
+    ``units`` (a boolean mask): the signatures of those units only, ``(units.sum(),
+    length)`` (only dead units are ever compared; sorting every row of a wide network's
+    weights costs more than its statistics pass)."""
     state = model.state_dict()
+    keep = torch.ones(group.size, dtype=torch.bool) if units is None else units.cpu()
     parts = []
     for ax in group.axes:
         if ax.grouped != 1 or ax.key not in state:
             continue
-        rows = channel_block(state[ax.key].detach().double().cpu(), ax, group.size)[0]
-        parts.append(rows.flatten(1).sort(dim=1).values)
+        rows = channel_block(state[ax.key].detach().cpu(), ax, group.size)[0][keep]
+        parts.append(rows.flatten(1).sort(dim=1).values.double())  # exact in any dtype
     if not parts:
-        return torch.zeros(group.size, 0, dtype=torch.float64)
+        return torch.zeros(int(keep.sum()), 0, dtype=torch.float64)
     return torch.cat(parts, 1)
 
 

@@ -274,7 +274,12 @@ def _ot(
     if statistics is None:
         check_pass(data, passes["batch_size"], passes["max_batches"])
         statistics = collect_statistics(
-            [model_a, model_b], data=data, spec=spec, specs=[spec, spec_b], **passes
+            [model_a, model_b],
+            data=data,
+            spec=spec,
+            specs=[spec, spec_b],
+            within=False,  # the cost is a correlation between the models
+            **passes,
         )
     return {
         name: _group_map(name, group, spec_b.groups[name].size, statistics.get(name), epsilon)
@@ -305,7 +310,7 @@ def ot_maps(
     transport: str | None = None,
     epsilon: float = DEFAULT_EPSILON,
     statistics: dict[str, GroupStatistics] | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     progress: bool = True,
 ) -> LinearMaps:
@@ -341,7 +346,7 @@ def ot_fusion(
     transport: str | None = None,
     epsilon: float = DEFAULT_EPSILON,
     statistics: dict[str, GroupStatistics] | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     progress: bool = True,
 ) -> nn.Module:

@@ -3,8 +3,9 @@
 One pass over the data runs every model and, at each permutation group's observation
 points (the outputs of its nonlinearities), accumulates per-channel sums and the full
 second-moment matrix of the models' activations side by side. Memory is O(channels^2)
-per group: activations are never stored. Products are formed per batch in float32,
-centered within the batch, and combined across batches in float64.
+per group: activations are never stored (the models run side by side, each observed
+activation folded in as soon as every model has it). Products are formed per batch in
+float32, centered within the batch, and combined across batches in float64.
 
 Activation matching uses the cross-correlations of a pair; CCA Merge the full covariance.
 
@@ -24,15 +25,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import fx, nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.alignment.dead import TIE_BREAK, dead_units, signature_similarity, unit_signatures
-from workbench.batching import batches
+from workbench.alignment.lockstep import lockstep
+from workbench.batching import batches, choose_batch_size
 from workbench.data import DataLike
 from workbench.evaluation import check_fits, forward_checked
 from workbench.graph import LayerPoint, PermutationGroup, PermutationSpec
-from workbench.graph.trace import trace_module
 from workbench.modules import eval_mode, model_device
 from workbench.vocabulary import keyword_only
 
@@ -65,13 +66,21 @@ class StreamingMoments:
         self.m2: torch.Tensor | float = 0.0
 
     def update(self, n: int, mean: torch.Tensor, m2: torch.Tensor) -> None:
-        """Add a batch of ``n`` observations with its own ``mean`` and ``m2``."""
-        mean, m2 = mean.double(), m2.double()
+        """Add a batch of ``n`` observations with its own ``mean`` and ``m2`` (any floating
+        dtype; accumulated in place, in float64)."""
+        if self.count == 0:
+            self.mean = mean.to(torch.float64, copy=True)
+            self.m2 = m2.to(torch.float64, copy=True)
+            self.count = n
+            return
         total = self.count + n
-        delta = mean - self.mean
-        spread = torch.outer(delta, delta) if self.full else delta.square()
-        self.m2 = self.m2 + m2 + spread * (self.count * n / total)
-        self.mean = self.mean + delta * (n / total)
+        delta = mean.double() - self.mean
+        self.m2 += m2
+        if self.full:
+            self.m2.addr_(delta, delta, alpha=self.count * n / total)
+        else:
+            self.m2.add_(delta.square(), alpha=self.count * n / total)
+        self.mean += delta * (n / total)
         self.count = total
 
     def variance(self, unbiased: bool = False) -> torch.Tensor:
@@ -105,18 +114,20 @@ class ChannelMoments(StreamingMoments):
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, standard deviation) over everything added."""
         std = self.variance().clamp_min(0).sqrt()  # raises on an empty dataset
-        return self.mean, std
+        return self.mean.clone(), std
 
 
 def run_with_hooks(
     model: nn.Module,
     hooks: dict[str, Callable],
     data: DataLike,
-    batch_size: int,
+    batch_size: int | None,
     max_batches: int | None,
 ) -> None:
-    """One eval-mode pass over ``data`` with forward hooks on the named modules."""
+    """One eval-mode pass over ``data`` with forward hooks on the named modules (batch
+    size by default from :func:`~workbench.batching.choose_batch_size`)."""
     modules = dict(model.named_modules())
+    batch_size = choose_batch_size([model], data, batch_size=batch_size)
     handles = [modules[name].register_forward_hook(fn) for name, fn in hooks.items()]
     device = model_device(model)
     try:
@@ -132,7 +143,7 @@ def channel_moments(
     model: nn.Module,
     data: DataLike,
     points: Sequence[LayerPoint],
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
 ) -> Moments:
     """Per-channel mean and standard deviation of each point's output, in eval mode."""
@@ -159,9 +170,12 @@ class GroupStatistics:
     mean: torch.Tensor  # (M * size,) float64
     covariance: torch.Tensor  # (M * size, M * size) float64
     sizes: tuple[int, ...] = ()
-    # each model's unit signatures (workbench.alignment.dead), where the group has dead
-    # units and the models' signatures compare; empty otherwise
+    # each model's dead units' signatures (workbench.alignment.dead), in unit order, where
+    # the group has dead units and the models' signatures compare; empty otherwise
     signatures: tuple[torch.Tensor, ...] = ()
+    # False: each model's own block holds only its variances (a diagonal matrix), as
+    # collected with within=False for matchers that need only cross-correlations
+    within: bool = True
 
     @property
     def num_models(self) -> int:
@@ -191,9 +205,13 @@ class GroupStatistics:
         similarity of their weights in [0, 1] (1: the same weights up to the order of the
         neighbouring groups); 0 where either unit is live. Without signatures, 1 on the
         diagonal (dead units keep their order)."""
-        both = torch.outer(self.dead(i), self.dead(j))
+        dead_i, dead_j = self.dead(i), self.dead(j)
+        both = torch.outer(dead_i, dead_j)
         if self.signatures:
-            similar = signature_similarity(self.signatures[i], self.signatures[j])
+            similar = torch.zeros(both.shape, dtype=torch.float64)
+            rows, columns = dead_i.cpu().nonzero()[:, 0], dead_j.cpu().nonzero()[:, 0]
+            found = signature_similarity(self.signatures[i], self.signatures[j])
+            similar[rows[:, None], columns[None, :]] = found
         else:
             similar = torch.eye(*both.shape, dtype=torch.float64)
         return torch.where(both, similar.to(both.device), 0.0)
@@ -224,27 +242,6 @@ def observation_points(group: PermutationGroup) -> dict[str, int]:
     return {last: group.nodes[last]}
 
 
-def _observer(spec: PermutationSpec, model: nn.Module, nodes: Sequence[str]) -> fx.GraphModule:
-    """A module that runs ``model``'s graph (traced as the spec was) and returns the
-    outputs of ``nodes``."""
-    observer = trace_module(model, spec.leaf_modules)
-    graph = observer.graph
-    by_name = {n.name: n for n in graph.nodes}
-    missing = [n for n in nodes if n not in by_name]
-    if missing:
-        raise ValueError(
-            f"{type(model).__name__}'s traced graph has no nodes {missing[:3]}: the spec was "
-            "built from another model class. Build it from this model with permutation_spec."
-        )
-    output = next(n for n in graph.nodes if n.op == "output")
-    with graph.inserting_before(output):
-        graph.output(tuple(by_name[n] for n in nodes))
-    graph.erase_node(output)
-    graph.eliminate_dead_code()  # stop at the last observed node
-    observer.recompile()
-    return observer
-
-
 def _channel_major(activation: torch.Tensor, dim: int) -> torch.Tensor:
     """A (B, C, K) view of an activation whose channels lie on ``dim``: every (b, k) is one
     observation. NCHW maps need no copy; other layouts are made channels-first."""
@@ -254,44 +251,72 @@ def _channel_major(activation: torch.Tensor, dim: int) -> torch.Tensor:
     return rows.T.unsqueeze(0).float()
 
 
+# elements of one centered chunk of activations (per model): bounds the pass's temporaries
+_CHUNK = 1 << 23
+
+
+def _centered(view: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """A (C, b * K) float32 copy of a (b, C, K) chunk minus its channels' ``mean``."""
+    rows = torch.empty(view.shape[1], view.shape[0], view.shape[2], device=view.device)
+    torch.sub(view.transpose(0, 1), mean.to(rows.dtype)[:, None, None], out=rows)
+    return rows.view(view.shape[1], -1)
+
+
 class JointMoments:
     """Mean and co-moments of M models' channels at one group (or any M tensors observed
     side by side: the feature-visualization study's units).
 
-    Each batch's cross-products are formed in float32 straight from the activations (a
-    batched matmul, no copy) and centered within the batch; batches are combined by
-    :class:`StreamingMoments` in float64.
+    Each batch is centered on its own mean (a float32 product of raw activations loses
+    the (co)variance of channels whose mean is large to cancellation) a chunk of images
+    at a time, so the temporaries stay small whatever the batch; its cross-products are
+    float32 matrix products accumulated straight into the batch's co-moment matrix, and
+    batches are combined by :class:`StreamingMoments` in float64.
+
+    ``within=False`` keeps only each model's variances, not the covariance among its own
+    channels: what a matcher that correlates one model's units with another's needs
+    (activation matching, OT), at a fraction of the products (1 of 3 blocks for a pair).
     """
 
-    def __init__(self, sizes: Sequence[int]) -> None:
-        self.sizes = tuple(sizes)
-        self.starts = [sum(self.sizes[:i]) for i in range(len(self.sizes) + 1)]
+    def __init__(self, sizes: Sequence[int], within: bool = True) -> None:
+        self.sizes, self.within = tuple(sizes), within
+        starts = [sum(self.sizes[:i]) for i in range(len(self.sizes) + 1)]
+        self.spans = [slice(*p) for p in itertools.pairwise(starts)]
         self.moments = StreamingMoments(full=True)
 
     def add(self, activations: Sequence[torch.Tensor], dim: int) -> None:
         """Add one batch: ``activations[m]`` is model m's output, channels on ``dim``."""
         views = [_channel_major(a, dim) for a in activations]
         n = views[0].shape[0] * views[0].shape[2]
-        means = [v.sum((0, 2), dtype=torch.float64) / n for v in views]
-        # centered before the products: a float32 product of raw activations loses the
-        # (co)variance of channels whose mean is large to cancellation
-        views = [v - m.to(v.dtype)[None, :, None] for v, m in zip(views, means, strict=True)]
-        batch_mean = torch.cat(means)
-        width, span = self.starts[-1], [slice(*p) for p in itertools.pairwise(self.starts)]
-        batch = torch.empty(width, width, dtype=torch.float64, device=batch_mean.device)
-        for i, vi in enumerate(views):
-            for j in range(i, len(views)):
-                block = torch.matmul(vi, views[j].transpose(1, 2)).sum(0).double()
-                batch[span[i], span[j]] = block
-                batch[span[j], span[i]] = block.T
-        self.moments.update(n, batch_mean, batch)
+        means = [v.mean((0, 2)).double() for v in views]  # torch sums pairwise
+        width = self.spans[-1].stop
+        batch = torch.zeros(width, width, device=views[0].device)
+        step = max(1, _CHUNK // (max(self.sizes) * views[0].shape[2]))
+        squares = torch.zeros(width, device=batch.device)
+        for start in range(0, views[0].shape[0], step):
+            rows = [
+                _centered(v[start : start + step], m) for v, m in zip(views, means, strict=True)
+            ]
+            for i, span in enumerate(self.spans):
+                squares[span] += torch.linalg.vector_norm(rows[i], dim=1).square()
+                for j in range(i if self.within else i + 1, len(rows)):
+                    batch[span, self.spans[j]].addmm_(rows[i], rows[j].T)
+        # the variances the same way with or without `within`: same correlations either way
+        batch.diagonal().copy_(squares)
+        self.moments.update(n, torch.cat(means), batch)  # upper blocks (i <= j) only
 
     def result(self) -> GroupStatistics:
         if self.moments.count < 2:
             raise ValueError("Need at least 2 observations to estimate statistics.")
         m, sizes = self.moments, self.sizes if len(set(self.sizes)) > 1 else ()
+        covariance = m.variance(unbiased=True)
+        for i, span in enumerate(self.spans):
+            if not self.within:
+                diagonal = covariance[span, span].diagonal().clone()
+                covariance[span, span] = torch.diag(diagonal)
+            for other in self.spans[i + 1 :]:
+                covariance[other, span] = covariance[span, other].T
         return GroupStatistics(
-            self.sizes[0], m.count, m.mean.clone(), m.variance(unbiased=True), sizes
+            self.sizes[0], m.count, m.mean.clone(), covariance, sizes, within=self.within
         )
 
 
@@ -303,7 +328,8 @@ def collect_statistics(
     spec: PermutationSpec,
     groups: Sequence[str] | None = None,
     specs: Sequence[PermutationSpec] | None = None,
-    batch_size: int = 500,
+    within: bool = True,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     progress: bool = True,
 ) -> dict[str, GroupStatistics]:
@@ -314,6 +340,14 @@ def collect_statistics(
     of them: each position is one more observation of the same channels. ``specs``: one
     spec per model, for models of one architecture in different widths (same groups,
     other sizes; the statistics then hold each model's ``sizes``); default ``spec`` for all.
+    ``within=False``: each model's variances only, not its channels' covariance among
+    themselves (enough for correlations between models; see :class:`JointMoments`).
+    ``batch_size``: default from the input size and a memory budget
+    (:func:`~workbench.batching.choose_batch_size`).
+
+    The models run side by side (:func:`~workbench.alignment.lockstep.lockstep`), each
+    observed activation folded into the statistics as soon as every model has it, so
+    the pass holds little more than the forward passes themselves.
     """
     specs = [spec] * len(models) if specs is None else list(specs)
     if len(specs) != len(models):
@@ -327,11 +361,19 @@ def collect_statistics(
     check_fits(models[0], data, labels=False)  # before the pass: it fits the model
     points = {name: observation_points(spec.groups[name]) for name in names}
     names = [n for n in names if points[n]]
-    nodes = list(dict.fromkeys(node for n in names for node in points[n]))
+    observed: dict[str, list[tuple[str, int]]] = {}
+    for name in names:
+        for node, dim in points[name].items():
+            observed.setdefault(node, []).append((name, dim))
+    accumulators = {n: JointMoments([s.groups[n].size for s in specs], within) for n in names}
+
+    def record(node: str, outputs: list[torch.Tensor]) -> None:
+        for name, dim in observed[node]:
+            accumulators[name].add(outputs, dim)
+
+    runner = lockstep(models, specs, list(observed), record)
     device = model_device(models[0])
-    observers = [_observer(own, model, nodes) for model, own in zip(models, specs, strict=True)]
-    accumulators = {n: JointMoments([s.groups[n].size for s in specs]) for n in names}
-    position = {node: i for i, node in enumerate(nodes)}
+    batch_size = choose_batch_size(models, data, batch_size=batch_size)
     with contextlib.ExitStack() as stack, torch.inference_mode():
         for model in models:
             stack.enter_context(eval_mode(model))
@@ -341,17 +383,13 @@ def collect_statistics(
             disable=not progress,
             leave=False,
         ):
-            inputs = inputs.to(device)
-            outputs = [observer(inputs) for observer in observers]
-            for name in names:
-                for node, dim in points[name].items():
-                    accumulators[name].add([out[position[node]] for out in outputs], dim)
+            runner(inputs.to(device))
     found = {n: accumulators[n].result() for n in names}
     for name, stats in found.items():  # dead units are paired by their weights
         if any(stats.dead(i).any() for i in range(len(models))):
             signatures = [
-                unit_signatures(model, own.groups[name])
-                for model, own in zip(models, specs, strict=True)
+                unit_signatures(model, own.groups[name], stats.dead(i))
+                for i, (model, own) in enumerate(zip(models, specs, strict=True))
             ]
             if len({s.shape[1] for s in signatures}) == 1:
                 found[name] = dataclasses.replace(stats, signatures=tuple(signatures))

@@ -101,7 +101,7 @@ class BatchNormHandling:
         data: DataLike | None,
         *,
         spec: PermutationSpec | None = None,
-        batch_size: int = 500,
+        batch_size: int | None = None,
         max_batches: int | None = None,
     ) -> Correction | None:
         """The correction of points between ``endpoints`` (``None``: nothing to do)."""
@@ -119,7 +119,7 @@ class BatchNormHandling:
         data: DataLike | None,
         *,
         spec: PermutationSpec | None = None,
-        batch_size: int = 500,
+        batch_size: int | None = None,
         max_batches: int | None = None,
     ) -> nn.Module:
         """A corrected copy of ``merged``, the ``weights``-combination of ``endpoints``."""

@@ -58,7 +58,7 @@ def repair_(
     weights: Sequence[float],
     data: DataLike,
     layer_points: Sequence[LayerPoint],
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
 ) -> nn.Module:
     """REPAIR in place: rescale the channels of every one of ``layer_points`` so that their mean and standard
@@ -120,7 +120,7 @@ def repair(
     alpha: float | Sequence[float],
     data: DataLike,
     spec: PermutationSpec | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
 ) -> nn.Module:
     """REPAIR (Jordan et al., 2023): a copy of ``merged`` whose every channel has the
