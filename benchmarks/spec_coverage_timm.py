@@ -178,24 +178,32 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(FAMILY), choices=list(FAMILY))
     parser.add_argument("--column", choices=("before", "after"), default="after")
     args = parser.parse_args()
+    for name in args.models:
+        found = measure(name)
+        print(f"{name}: {found['status']} {found.get('coverage', '')}", file=sys.stderr, flush=True)
+        text = write({name: found}, args.column)  # after every model: a long run keeps what it did
+    print(text)
+
+
+def write(found: dict[str, dict], column: str) -> str:
+    """Store ``found`` (model -> row) as ``column`` in the results, with what earlier runs
+    measured and the summary of both columns, and return the JSON written."""
     old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     rows = {m: r for m, r in old.get("models", {}).items() if m in FAMILY}
-    for name in args.models:
-        rows.setdefault(name, {})[args.column] = measure(name)
-        found = rows[name][args.column]
-        print(f"{name}: {found['status']} {found.get('coverage', '')}", file=sys.stderr, flush=True)
+    for name, row in found.items():
+        rows.setdefault(name, {})[column] = row
     result = {
         "benchmark": "spec_coverage_timm",
         "timm": timm.__version__,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "max_parameters": MAX_PARAMETERS,
-        "summary": {column: summary(rows, column) for column in ("before", "after")},
+        "summary": {c: summary(rows, c) for c in ("before", "after")},
         "models": {m: rows[m] for m in FAMILY if m in rows},
     }
     text = json.dumps(result, indent=1)
     RESULTS.write_text(text + "\n")
-    print(text)
+    return text
 
 
 if __name__ == "__main__":
