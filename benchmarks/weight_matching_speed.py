@@ -78,13 +78,14 @@ def rebasin_peer(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> dic
 
 # Wall seconds of weight matching before the change (issue 30, idle 2-core machine).
 TIMM_BEFORE = {
+    "mobilenetv4_conv_small": 47.0,
+    "hrnet_w18_small_v2": 243.0,
+    "seresnext26d_32x4d": 82.0,
     "resnet50": 8.0,
     "dpn48b": 23.0,
-    "mobilenetv4_conv_small": 47.0,
-    "seresnext26d_32x4d": 82.0,
-    "hrnet_w18_small_v2": 243.0,
     "res2net50_26w_4s": 300.0,  # "over 300 s"
 }
+TIMM_RESULTS = RESULTS.parent / "weight_matching_speed_timm.json"
 
 
 def timm_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -98,8 +99,10 @@ def timm_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def timm_rows() -> dict:
+    """Each model's row, the results file written again after each (a long run cut short
+    keeps what it measured)."""
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-    rows = []
+    rows: list[dict] = []
     for name, before in TIMM_BEFORE.items():
         a, b = timm_pair(name)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -118,15 +121,17 @@ def timm_rows() -> dict:
             "match_cpu_seconds": time.process_time() - cpu,
             "before_match_seconds_idle": before,
         }
+        row["load_average"] = os.getloadavg()[0]
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
-    return {
-        "benchmark": "weight_matching_speed timm",
-        "device": "cpu",
-        "threads": torch.get_num_threads(),
-        "load_average": os.getloadavg()[0],
-        "rows": rows,
-    }
+        result = {
+            "benchmark": "weight_matching_speed timm",
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "rows": rows,
+        }
+        TIMM_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def main() -> None:
@@ -135,9 +140,7 @@ def main() -> None:
     parser.add_argument("--timm", action="store_true", help="the timm section (see above)")
     args = parser.parse_args()
     if args.timm:
-        result = json.dumps(timm_rows(), indent=2)
-        (RESULTS.parent / "weight_matching_speed_timm.json").write_text(result + "\n")
-        print(result)
+        print(json.dumps(timm_rows(), indent=2))
         return
     torch.manual_seed(0)
     x = torch.randn(8, 3, 32, 32)
