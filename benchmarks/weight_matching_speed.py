@@ -7,6 +7,13 @@ permutation that changes the function is a broken alignment, whatever its speed.
 
     pip install rebasin   # optional peer; without it only our numbers are printed
     python benchmarks/weight_matching_speed.py [--widths 1 4 16]
+
+With ``--timm``: weight matching between two random initializations of timm CNNs with
+large graphs (hundreds of groups, concatenations, grouped convolutions; 64 px input for
+the spec), wall and CPU seconds of the spec and of the matching, the number of groups,
+and the wall seconds issue 30 measured before the matching solved each group again only
+when a permutation it depends on had changed (idle 2-core machine). Writes
+``benchmarks/results/weight_matching_speed_timm.json``.
 """
 
 from __future__ import annotations
@@ -14,14 +21,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 import workbench as wb
 from workbench.alignment import apply_permutation, weight_matching
 from workbench.graph import permutation_spec
+
+RESULTS = Path(__file__).resolve().parent / "results" / "weight_matching_speed.json"
 
 
 def resnet20(width: float, seed: int) -> torch.nn.Module:
@@ -65,10 +76,72 @@ def rebasin_peer(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> dic
     return {"seconds": seconds, "function_preserved_max_abs_diff": max_diff(b, b_copy, x)}
 
 
+# Wall seconds of weight matching before the change (issue 30, idle 2-core machine).
+TIMM_BEFORE = {
+    "mobilenetv4_conv_small": 47.0,
+    "hrnet_w18_small_v2": 243.0,
+    "seresnext26d_32x4d": 82.0,
+    "resnet50": 8.0,
+    "dpn48b": 23.0,
+    "res2net50_26w_4s": 300.0,  # "over 300 s"
+}
+TIMM_RESULTS = RESULTS.parent / "weight_matching_speed_timm.json"
+
+
+def timm_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    import timm
+
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(timm.create_model(name, pretrained=False, num_classes=10).eval())
+    return models[0], models[1]
+
+
+def timm_rows() -> dict:
+    """Each model's row, the results file written again after each (a long run cut short
+    keeps what it measured)."""
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    rows: list[dict] = []
+    for name, before in TIMM_BEFORE.items():
+        a, b = timm_pair(name)
+        wall, cpu = time.perf_counter(), time.process_time()
+        spec = permutation_spec(a, example_input=x)
+        spec_wall, spec_cpu = time.perf_counter() - wall, time.process_time() - cpu
+        wall, cpu = time.perf_counter(), time.process_time()
+        weight_matching(a, b, spec=spec)
+        row = {
+            "model": name,
+            "parameters": sum(p.numel() for p in a.parameters()),
+            "groups": len(spec.groups),
+            "coverage": spec.coverage(),
+            "spec_seconds": spec_wall,
+            "spec_cpu_seconds": spec_cpu,
+            "match_seconds": time.perf_counter() - wall,
+            "match_cpu_seconds": time.process_time() - cpu,
+            "before_match_seconds_idle": before,
+        }
+        row["load_average"] = os.getloadavg()[0]
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        result = {
+            "benchmark": "weight_matching_speed timm",
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "rows": rows,
+        }
+        TIMM_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--widths", type=float, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--timm", action="store_true", help="the timm section (see above)")
     args = parser.parse_args()
+    if args.timm:
+        print(json.dumps(timm_rows(), indent=2))
+        return
     torch.manual_seed(0)
     x = torch.randn(8, 3, 32, 32)
     rows = []

@@ -21,6 +21,7 @@ from workbench.graph.rules import (
     MODULE_RULES,
     TUPLE_RULES,
     is_nonlinearity,
+    parameter_view,
 )
 from workbench.graph.slicing import divide_slices
 from workbench.graph.spec import LayerPoint, PermutationGroup, PermutationSpec
@@ -54,7 +55,7 @@ class Builder(GraphLabels):
     def visit(self, node: fx.Node) -> Label | None:
         if node.op == "placeholder":
             return self.fixed(node)
-        if node.op == "get_attr":
+        if parameter_view(self, node):
             return None
         if node.op == "output":
             for label in self.input_labels(node):

@@ -122,6 +122,8 @@ class GraphLabels:
         self.blocks: dict[int, int] = {}
         self.slices: list[Slice] = []  # groups that are channel ranges of other groups
         self.pieces: dict[fx.Node, list[Label]] = {}  # a split's node -> its pieces' labels
+        # a parameter, or a reshape of all of one -> (its key, the parameter's shape)
+        self.parameter_views: dict[fx.Node, tuple[str, tuple[int, ...]]] = {}
 
     # -- what rules call -----------------------------------------------------------------
     def new_group(self, size: int, producer: str) -> int:

@@ -15,6 +15,7 @@ Adding support for an op is one rule and one table entry here.
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Callable
 from typing import Any
@@ -25,21 +26,33 @@ from torch import fx, nn
 from torchvision.ops import stochastic_depth
 
 from workbench.graph.labels import GraphLabels, Label, Segment
+from workbench.graph.norm_rules import (
+    batchnorm,
+    group_norm_call,
+    groupnorm,
+    layer_norm_call,
+    layer_norm_module,
+)
 from workbench.graph.shape_rules import (
     cat,
+    expand,
     flatten_call,
     flatten_module,
     getitem,
     narrow,
+    norm,
+    pad,
     permute,
     reduce,
     reshape,
     split,
+    squeeze,
     stack,
     transpose,
+    unsqueeze,
 )
 from workbench.graph.spec import Axis
-from workbench.graph.trace import call_argument, shape_of
+from workbench.graph.trace import shape_of
 
 __all__ = [
     "FUNCTION_RULES",
@@ -96,24 +109,18 @@ def layer(b: GraphLabels, node: fx.Node, module: nn.Module) -> Label | None:
         else:
             b.add_axes(inp, key + "weight", 1, name, role="in")
         out_channels = module.out_features if is_linear else module.out_channels
-        g = b.new_group(out_channels, name)
-        b.axes[g] += [Axis(key + "weight", 0, role="out")]
-        if module.bias is not None:
-            b.axes[g].append(Axis(key + "bias", 0, role="out"))
+        g = _output_group(b, module, name, out_channels)
         return Label(out_dim, (Segment(g, out_channels),))
     if inp is not None and module.in_channels == module.out_channels == groups:
-        b.add_axes(inp, key + "weight", 0, name)
-        if module.bias is not None:
-            b.add_axes(inp, key + "bias", 0, name)
+        for param in ("weight", "bias", *_channel_parameters(module, groups)):
+            if getattr(module, param) is not None:
+                b.add_axes(inp, key + param, 0, name)
         return Label(out_dim, inp.segments)
     if inp is not None and len(inp.segments) == 1 and inp.segments[0].block == 1:
         # output block j reads input block j only: both move within their blocks
         b.add_axes(inp, key + "weight", 1, name, role="in", grouped=groups)
         b.require_blocks(inp.segments[0].group, groups)
-        g = b.new_group(module.out_channels, name)
-        b.axes[g] += [Axis(key + "weight", 0, role="out")]
-        if module.bias is not None:
-            b.axes[g].append(Axis(key + "bias", 0, role="out"))
+        g = _output_group(b, module, name, module.out_channels)
         b.require_blocks(g, groups)
         return Label(out_dim, (Segment(g, module.out_channels),))
     b.freeze(inp, f"{name}: grouped convolution ({groups} groups) on concatenated channels")
@@ -121,71 +128,29 @@ def layer(b: GraphLabels, node: fx.Node, module: nn.Module) -> Label | None:
     return b.fixed(node)
 
 
-def batchnorm(b: GraphLabels, node: fx.Node, module: nn.Module) -> Label | None:
-    """BatchNorm: per-channel affine parameters and running statistics follow the input's
-    group along axis 0; the output carries the input's groups."""
-    name = str(node.target)
-    inp = b.input_label(node)
-    if inp is None or inp.dim != 1:
-        return b.opaque(node, f"{name}: BatchNorm on an unlabelled input")
-    for p in ("weight", "bias", "running_mean", "running_var"):
-        if getattr(module, p, None) is not None:
-            b.add_axes(inp, f"{name}.{p}", 0, name)
-    return inp
+def _output_group(b: GraphLabels, module: nn.Module, name: str, channels: int) -> int:
+    """A new group for a layer's ``channels`` output channels: its weight's rows and its
+    bias, and any other per-output-channel parameter (:func:`_channel_parameters`)."""
+    g = b.new_group(channels, name)
+    b.axes[g] += [Axis(f"{name}.weight", 0, role="out")]
+    if module.bias is not None:
+        b.axes[g].append(Axis(f"{name}.bias", 0, role="out"))
+    b.axes[g] += [Axis(f"{name}.{p}", 0) for p in _channel_parameters(module, channels)]
+    return g
 
 
-def groupnorm(b: GraphLabels, node: fx.Node, module: nn.GroupNorm) -> Label | None:
-    """GroupNorm with one group (normalizes over all channels: permutation invariant) or one
-    group per channel (InstanceNorm-like): channelwise, affine parameters follow the group.
-    Other group counts normalize blocks of channels together and are opaque."""
-    name = str(node.target)
-    inp = b.input_label(node)
-    if inp is None or inp.dim != 1 or module.num_groups not in (1, module.num_channels):
-        return b.opaque(node, f"{name}: GroupNorm with {module.num_groups} groups")
-    if module.affine:
-        b.add_axes(inp, f"{name}.weight", 0, name)
-        b.add_axes(inp, f"{name}.bias", 0, name)
-    return inp
-
-
-def _layer_norm(
-    b: GraphLabels, node: fx.Node, shape: tuple[int, ...], params: list[str]
-) -> Label | None:
-    """Layer normalization over the last ``len(shape)`` axes: a mean and variance over the
-    channel axis are invariant to permuting it, and the elementwise weight and bias
-    (``params``: their state-dict keys, shaped like ``shape``) follow the group along the
-    channel axis."""
-    inp = b.input_label(node)
-    if inp is None:
-        return b.fixed(node)
-    first = len(shape_of(node)) - len(shape)
-    if inp.dim >= first:
-        for key in params:
-            b.add_axes(inp, key, inp.dim - first, key)
-    return inp
-
-
-def layer_norm_module(b: GraphLabels, node: fx.Node, module: nn.LayerNorm) -> Label | None:
-    """``nn.LayerNorm``: see :func:`_layer_norm`."""
-    params = {
-        f"{node.target}.{p}": 0 for p in ("weight", "bias") if getattr(module, p, None) is not None
-    }
-    return _layer_norm(b, node, tuple(module.normalized_shape), params)
-
-
-def layer_norm_call(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``F.layer_norm(x, shape, weight, bias)`` with weight and bias parameters of the
-    model (``get_attr`` nodes): see :func:`_layer_norm`; other weights are opaque."""
-    shape = call_argument(node, 1, "normalized_shape", None)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    params = []
-    for index, name in ((2, "weight"), (3, "bias")):
-        value = call_argument(node, index, name, None)
-        if isinstance(value, fx.Node):
-            if value.op != "get_attr" or value.target not in b.params:
-                return b.opaque(node, "layer norm with a computed weight")
-            params.append(str(value.target))
-    return _layer_norm(b, node, shape, params)
+def _channel_parameters(module: nn.Module, channels: int) -> list[str]:
+    """A layer's parameters and buffers besides ``weight`` and ``bias`` with one entry per
+    output channel: the gain of a scaled weight-standardized convolution (timm's
+    ``ScaledStdConv2d``: ``W' = gain * (W - mean) / std`` per output row, over its fan-in,
+    so it commutes with permuting the rows and with permuting the input columns). They
+    follow the output channels; no general linear map passes them (role ``"channel"``)."""
+    tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+    return [
+        name
+        for name, t in tensors
+        if name not in ("weight", "bias") and t.ndim >= 1 and t.shape[0] == t.numel() == channels
+    ]
 
 
 def prelu(b: GraphLabels, node: fx.Node, module: nn.PReLU) -> Label | None:
@@ -196,31 +161,59 @@ def prelu(b: GraphLabels, node: fx.Node, module: nn.PReLU) -> Label | None:
     return inp
 
 
-def binary(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``a + b``, ``a * b``, ...: two labelled tensors must be permuted alike, so their
-    groups are united (a residual add); a scalar or a tensor broadcast along the channels
-    leaves the label as it is; a per-channel parameter (``get_attr``) follows the group;
-    any other per-channel operand is opaque."""
-    a, c = node.args[0], node.args[1]
-    la, lc = b.label_of(a), b.label_of(c)
+def elementwise(b: GraphLabels, node: fx.Node, operands: list[Any]) -> Label | None:
+    """An elementwise op of ``operands`` (broadcast): labelled tensors must be permuted
+    alike, so their groups are united (a residual add); a scalar, a value without channels
+    or a tensor broadcast along the channels leaves the label as it is; a per-channel
+    parameter (:func:`_follow_parameter`) follows the group; any other per-channel
+    operand is opaque."""
     shape = shape_of(node)
-    if la is not None and lc is not None:
-        if b.unite(la, lc, "residual joined with fixed channels"):
-            return la
+    labels = [b.label_of(x) for x in operands]
+    labelled = [lab for lab in labels if lab is not None]
+    if not labelled:
+        return None  # parameters, scalars, values invariant to any permutation
+    first = labelled[0]
+    if not all(b.unite(first, lab, "residual joined with fixed channels") for lab in labelled[1:]):
         return b.opaque(node, "elementwise op between differently sliced channels")
-    labelled, other = (la, c) if la is not None else (lc, a)
-    if labelled is None:
-        return b.fixed(node) if shape is not None else None
-    other_shape = shape_of(other)
-    if other_shape is None:
-        return labelled  # scalar operand
-    channel_dim_in_other = labelled.dim - (len(shape) - len(other_shape))
-    if channel_dim_in_other < 0 or other_shape[channel_dim_in_other] == 1:
-        return labelled  # broadcast along the channels
+    for other, label in zip(operands, labels, strict=True):
+        other_shape = shape_of(other)
+        if label is not None or other_shape is None:
+            continue  # labelled (united above), or a scalar
+        dim = first.dim - (len(shape) - len(other_shape))
+        if dim < 0 or other_shape[dim] == 1:
+            continue  # broadcast along the channels
+        if not _follow_parameter(b, first, other, dim):
+            return b.opaque(node, "elementwise op with an unlabelled per-channel tensor")
+    return first
+
+
+def _follow_parameter(b: GraphLabels, label: Label, other: fx.Node, dim: int) -> bool:
+    """Let a parameter of the model that runs along the channels (axis ``dim`` of
+    ``other``) follow ``label``'s groups: the parameter itself (``get_attr``), or a view of
+    a parameter with one axis longer than 1 (``self.gamma.view(1, -1, 1, 1)``,
+    ``self.weight[:, None, None]``: :attr:`GraphLabels.parameter_views`)."""
     if other.op == "get_attr" and other.target in b.params:
-        b.add_axes(labelled, str(other.target), channel_dim_in_other, str(other.target))
-        return labelled
-    return b.opaque(node, "elementwise op with an unlabelled per-channel tensor")
+        b.add_axes(label, str(other.target), dim, str(other.target))
+        return True
+    if other not in b.parameter_views:
+        return False
+    key, param_shape = b.parameter_views[other]
+    long_axes = [i for i, n in enumerate(param_shape) if n != 1]
+    if len(long_axes) != 1 or [i for i, n in enumerate(shape_of(other)) if n != 1] != [dim]:
+        return False
+    b.add_axes(label, key, long_axes[0], key)
+    return True
+
+
+def binary(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``a + b``, ``a * b``, ``x ** 2``, ...: see :func:`elementwise`."""
+    return elementwise(b, node, list(node.args[:2]))
+
+
+def ternary(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``torch.addcmul(x, t1, t2)`` / ``addcdiv``: ``x + value * t1 * t2`` (or ``/``), see
+    :func:`elementwise` (ConvNeXt-V2's global response normalization)."""
+    return elementwise(b, node, list(node.args[:3]))
 
 
 def binary_call(b: GraphLabels, node: fx.Node, target: Any) -> Label | None:
@@ -228,6 +221,29 @@ def binary_call(b: GraphLabels, node: fx.Node, target: Any) -> Label | None:
     if len(node.args) < 2:
         return b.opaque(node, f"{getattr(target, '__name__', target)} with one operand")
     return binary(b, node, target)
+
+
+def parameter_view(b: GraphLabels, node: fx.Node) -> bool:
+    """Whether ``node`` is a parameter of the model or all of one, reshaped (``view``,
+    ``reshape``, ``unsqueeze``, ``x[:, None, None]``, a cast, ...): recorded in
+    :attr:`GraphLabels.parameter_views` with the parameter's key and shape, so that an
+    elementwise op can let it follow a group (:func:`_follow_parameter`). Such a node has
+    no label: a parameter does not depend on the input."""
+    if node.op == "get_attr":
+        if node.target in b.params and shape_of(node) is not None:
+            b.parameter_views[node] = (str(node.target), shape_of(node))
+        return True
+    source = node.args[0] if node.args else None
+    if not isinstance(source, fx.Node) or source not in b.parameter_views or shape_of(node) is None:
+        return False
+    reshaping = (node.op == "call_method" and node.target in _VIEW_METHODS) or (
+        node.op == "call_function" and node.target in _VIEW_FUNCTIONS
+    )
+    key, shape = b.parameter_views[source]
+    if not reshaping or math.prod(shape_of(node)) != math.prod(shape):
+        return False
+    b.parameter_views[node] = (key, shape)
+    return True
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -265,7 +281,8 @@ _CHANNELWISE_FUNCTIONS = (
 )  # fmt: skip
 _BINARY_FUNCTIONS = (
     operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
-    operator.truediv, torch.add, torch.sub, torch.mul, torch.div,
+    operator.truediv, operator.pow, torch.add, torch.sub, torch.mul, torch.div, torch.pow,
+    torch.maximum, torch.minimum,
 )  # fmt: skip
 
 FUNCTION_RULES: dict[Callable, Rule] = {
@@ -282,7 +299,13 @@ FUNCTION_RULES: dict[Callable, Rule] = {
         (F.softmax, F.log_softmax, F.softmin, torch.softmax, torch.log_softmax), softmax
     ),
     F.layer_norm: layer_norm_call,
-    **dict.fromkeys((torch.mean, torch.sum, torch.amax, torch.amin), reduce),
+    F.group_norm: group_norm_call,
+    F.pad: pad,
+    torch.unsqueeze: unsqueeze,
+    torch.squeeze: squeeze,
+    **dict.fromkeys((torch.addcmul, torch.addcdiv), ternary),
+    **dict.fromkeys((torch.norm, torch.linalg.vector_norm), norm),
+    **dict.fromkeys((torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std), reduce),
 }
 
 _CHANNELWISE_METHODS = (
@@ -293,15 +316,33 @@ _CHANNELWISE_METHODS = (
 
 METHOD_RULES: dict[str, Rule] = {
     **dict.fromkeys(_CHANNELWISE_METHODS, channelwise),
-    **dict.fromkeys(("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"), binary_call),
+    **dict.fromkeys(
+        ("add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow", "maximum", "minimum"),
+        binary_call,
+    ),
     "flatten": flatten_call,
     **dict.fromkeys(("view", "reshape"), reshape),
+    **dict.fromkeys(("expand", "expand_as"), expand),
+    "unsqueeze": unsqueeze,
+    "squeeze": squeeze,
     "permute": permute,
     **dict.fromkeys(("transpose", "swapaxes", "swapdims"), transpose),
     "narrow": narrow,
     **dict.fromkeys(("softmax", "log_softmax"), softmax),
-    **dict.fromkeys(("mean", "sum", "amax", "amin"), reduce),
+    **dict.fromkeys(("mean", "sum", "amax", "amin", "var", "std"), reduce),
+    **dict.fromkeys(("addcmul", "addcdiv"), ternary),
+    "norm": norm,
 }
+
+# Reshapes and casts that keep a parameter whole (see parameter_view).
+_VIEW_METHODS = frozenset(
+    ("view", "reshape", "unsqueeze", "squeeze", "flatten", "permute", "transpose", "to",
+     "float", "double", "half", "contiguous")
+)  # fmt: skip
+_VIEW_FUNCTIONS = frozenset(
+    (torch.reshape, torch.unsqueeze, torch.squeeze, torch.flatten, torch.permute,
+     torch.transpose, operator.getitem)
+)  # fmt: skip
 
 # Ops that return a tuple of tensors: keyed by function, or by method name.
 TUPLE_RULES: dict[Callable | str, Callable[[GraphLabels, fx.Node, Any], None]] = {

@@ -18,18 +18,24 @@ from workbench.graph.trace import call_argument, shape_of
 
 __all__ = [
     "cat",
+    "expand",
     "flatten",
     "flatten_call",
     "flatten_module",
     "getitem",
     "index_tensor",
     "narrow",
+    "norm",
+    "pad",
     "permute",
     "reduce",
+    "reduce_over",
     "reshape",
     "split",
+    "squeeze",
     "stack",
     "transpose",
+    "unsqueeze",
 ]
 
 
@@ -239,6 +245,58 @@ def stack(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     return b.opaque(node, "stack of differently labelled tensors")
 
 
+def expand(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``x.expand(...)`` / ``x.expand_as(y)``: broadcasting repeats axes of size one and
+    may add leading axes; an axis longer than one keeps its entries, so the channels stay
+    on their axis, shifted by the axes added in front."""
+    inp = b.input_label(node)
+    if inp is None:
+        return None
+    return Label(inp.dim + len(shape_of(node)) - len(shape_of(node.args[0])), inp.segments)
+
+
+def unsqueeze(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``x.unsqueeze(d)`` / ``torch.unsqueeze``: a new axis of size one at ``d``; the
+    channel axis moves one on when the new axis comes at or before it."""
+    inp = b.input_label(node)
+    if inp is None:
+        return None
+    d = call_argument(node, 1, "dim", 0) % len(shape_of(node))
+    return Label(inp.dim + (d <= inp.dim), inp.segments)
+
+
+def squeeze(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``x.squeeze(d)`` / ``torch.squeeze`` (``d`` an int, a tuple, or every axis): axes of
+    size one go; the channel axis moves back by those before it. Squeezing the channel
+    axis itself (one channel) is opaque."""
+    inp = b.input_label(node)
+    if inp is None:
+        return None
+    in_shape = shape_of(node.args[0])
+    dims = call_argument(node, 1, "dim", None)
+    if dims is None:
+        dims = range(len(in_shape))
+    dims = {
+        d % len(in_shape) for d in (dims if isinstance(dims, (tuple, list, range)) else (dims,))
+    }
+    gone = {d for d in dims if in_shape[d] == 1}
+    if inp.dim in gone:
+        return b.opaque(node, "squeeze of the channel axis")
+    return Label(inp.dim - sum(d < inp.dim for d in gone), inp.segments)
+
+
+def pad(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``F.pad(x, pad)`` pads the last ``len(pad) / 2`` axes: channelwise unless the
+    channel axis is one of them (then opaque)."""
+    inp = b.input_label(node)
+    if inp is None:
+        return None
+    padded = len(call_argument(node, 1, "pad", ())) // 2
+    if inp.dim >= len(shape_of(node)) - padded:
+        return b.opaque(node, "padding along the channel axis")
+    return inp
+
+
 def transpose(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     """``x.transpose(d0, d1)`` / ``torch.transpose`` / ``swapaxes``: the channels move with
     their axis."""
@@ -252,19 +310,28 @@ def transpose(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
 
 
 def reduce(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``mean``/``sum``/``amax``/``amin``: reducing over other axes keeps the channels
-    (their axis index shifts when dims are dropped); reducing over the channel axis or
-    everything gives a permutation-invariant value."""
+    """``mean``/``sum``/``amax``/``amin``/``var``/``std`` over ``dim`` (argument 1): see
+    :func:`reduce_over`."""
+    return reduce_over(b, node, call_argument(node, 1, "dim", None))
+
+
+def norm(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
+    """``x.norm(p, dim)``, ``torch.norm``, ``torch.linalg.vector_norm`` over ``dim``
+    (argument 2): see :func:`reduce_over`."""
+    return reduce_over(b, node, call_argument(node, 2, "dim", None))
+
+
+def reduce_over(b: GraphLabels, node: fx.Node, dims: Any) -> Label | None:
+    """A reduction over ``dims``: reducing over other axes keeps the channels (their axis
+    index shifts when dims are dropped); reducing over the channel axis or everything
+    gives a value without channels, invariant to any permutation of them (no label)."""
     inp = b.input_label(node)
-    if inp is None:
-        return b.fixed(node)
-    dims = call_argument(node, 1, "dim", None)
     in_shape, out_shape = shape_of(node.args[0]), shape_of(node)
-    if dims is None:
-        return None  # full reduction: a scalar, invariant to any permutation
+    if inp is None or dims is None:
+        return None  # a reduction of a value without channels, or of everything
     dims = {d % len(in_shape) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
     if inp.dim in dims:
-        return b.fixed(node)
+        return None
     if any(s.block != 1 for s in inp.segments):
         return b.opaque(node, "reduction over a flattened channel block")
     kept = len(out_shape) == len(in_shape)

@@ -30,7 +30,12 @@ __all__ = [
     "traced_with_shapes",
 ]
 
-CHANNEL_LEAVES = (nn.modules.batchnorm._BatchNorm, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# Traced as single nodes, subclasses too: a weight-standardized convolution (timm's
+# StdConv2d) is a conv whose parameters the conv rule permutes, a GroupNorm subclass
+# (timm's GroupNorm1) a GroupNorm; verification checks that the subclass agrees.
+CHANNEL_LEAVES = (
+    nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear
+)  # fmt: skip
 
 
 def qualified_name(cls: type) -> str:

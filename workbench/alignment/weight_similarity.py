@@ -1,0 +1,136 @@
+"""The similarity matrices of weight matching, kept up to date at the least cost.
+
+Weight matching (:mod:`workbench.alignment.weight`) solves one group at a time: its
+similarity is a sum over every tensor axis the group permutes of A's entries along that
+axis times B's, B's other axes permuted by the other groups' current permutations. On a
+large graph (hundreds of groups, tensors read by many slices of a concatenation) most of
+that work repeats what an earlier visit computed. :class:`Similarities` keeps each axis's
+term and recomputes it only when a permutation it depends on changed since; it permutes B
+along all other axes of a tensor with one gather per tensor axis rather than one per
+group. Every term is computed and summed exactly as before (same operands, same order),
+so the matching finds the same permutations, only faster.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from workbench.graph import Axis, PermutationSpec
+from workbench.graph.transforms import Permutation, axis_index, channel_block, permute_axis
+
+__all__ = ["Similarities"]
+
+CACHE_BYTES = 2 * 1024**3  # the most memory the cached terms may take
+
+
+def _similarity(w_a: torch.Tensor, w_b: torch.Tensor, ax: Axis, size: int) -> torch.Tensor:
+    """``similarity[i, j]``: the inner product of A's entries of channel ``i`` along ``ax``
+    with B's entries of channel ``j`` (for a grouped axis, only within a block)."""
+    if ax.grouped == 1:
+        # channels as rows, block entries kept together with their channel
+        rows_a = channel_block(w_a, ax, size)[0].flatten(1)
+        rows_b = channel_block(w_b, ax, size)[0].flatten(1)
+        return rows_a @ rows_b.T
+    parts_a = w_a.unflatten(0, (ax.grouped, -1)).transpose(1, 2).flatten(2)
+    parts_b = w_b.unflatten(0, (ax.grouped, -1)).transpose(1, 2).flatten(2)
+    return torch.block_diag(*(parts_a @ parts_b.transpose(1, 2)))
+
+
+def _permuted(w_b: torch.Tensor, others: list[tuple[str, Axis]], perm: Permutation) -> torch.Tensor:
+    """``w_b`` permuted along every axis in ``others`` by its group's permutation: the
+    index maps of one tensor axis composed first (slices of a concatenation touch
+    disjoint entries), then one ``index_select`` per tensor axis; a grouped axis (its
+    parts reordered one by one) on its own. Pure data movement, so the result is
+    exactly that of permuting one axis after the other."""
+    index: dict[int, torch.Tensor] = {}
+    grouped = []
+    for name, ax in others:
+        if ax.grouped != 1:
+            grouped.append((name, ax))
+            continue
+        step = axis_index(ax, perm[name].to(w_b.device), w_b.shape[ax.axis])
+        index[ax.axis] = step if ax.axis not in index else index[ax.axis][step]
+    for dim, idx in index.items():
+        w_b = w_b.index_select(dim, idx)
+    for name, ax in grouped:
+        w_b = permute_axis(w_b, ax, perm[name])
+    return w_b
+
+
+class Similarities:
+    """Each group's similarity matrix for weight matching between ``state_a`` and
+    ``state_b`` (parameters only), from terms cached per axis (see the module docstring).
+
+    ``of(name, perm, changed_at, visit)`` gives group ``name``'s similarity under the
+    current ``perm``, where ``changed_at`` maps each group to the visit at which its
+    permutation last changed; ``depends(name)`` names the groups it depends on.
+    """
+
+    def __init__(
+        self,
+        spec: PermutationSpec,
+        state_a: dict[str, torch.Tensor],
+        state_b: dict[str, torch.Tensor],
+        cache_bytes: int = CACHE_BYTES,
+    ) -> None:
+        self.spec, self.state_a, self.state_b = spec, state_a, state_b
+        axes_of_key: dict[str, list[tuple[str, Axis]]] = {}
+        for name, group in spec.groups.items():
+            for ax in group.axes:
+                if ax.key in state_a:
+                    axes_of_key.setdefault(ax.key, []).append((name, ax))
+        # per group: its axes, each with the (group, axis) pairs that permute the others
+        self.terms = {
+            name: [
+                (
+                    ax,
+                    [
+                        (o, other)
+                        for o, other in axes_of_key[ax.key]
+                        if other.identity() != ax.identity()
+                    ],
+                )
+                for ax in group.axes
+                if ax.key in state_a
+            ]
+            for name, group in spec.groups.items()
+        }
+        self.cache: dict[tuple[str, int], tuple[torch.Tensor, int]] = {}
+        self.room = cache_bytes
+
+    def _fresh(self, name: str, k: int, changed_at: dict[str, int]) -> torch.Tensor | None:
+        """The cached term ``k`` of group ``name``, if no group it depends on changed since
+        it was computed (a change at the same visit came after it)."""
+        found = self.cache.get((name, k))
+        if found is None:
+            return None
+        term, computed_at = found
+        if any(changed_at.get(o, 0) >= computed_at for o, _ in self.terms[name][k][1]):
+            return None
+        return term
+
+    def depends(self, name: str) -> set[str]:
+        """The groups whose permutations enter group ``name``'s similarity (the group
+        itself, where it permutes two axes of one tensor)."""
+        return {o for _, others in self.terms[name] for o, _ in others}
+
+    def of(
+        self, name: str, perm: Permutation, changed_at: dict[str, int], visit: int
+    ) -> torch.Tensor:
+        """Group ``name``'s similarity under ``perm``; new terms are cached while the
+        cache has room."""
+        size = self.spec.groups[name].size
+        device = next(iter(self.state_a.values())).device
+        similarity = torch.zeros(size, size, device=device)
+        for k, (ax, others) in enumerate(self.terms[name]):
+            term = self._fresh(name, k, changed_at)
+            if term is None:
+                w_b = _permuted(self.state_b[ax.key], others, perm)
+                term = _similarity(self.state_a[ax.key], w_b, ax, size)
+                old = self.cache.pop((name, k), None)
+                self.room += 0 if old is None else old[0].numel() * old[0].element_size()
+                if term.numel() * term.element_size() <= self.room:
+                    self.cache[name, k] = (term, visit)
+                    self.room -= term.numel() * term.element_size()
+            similarity += term
+        return similarity
