@@ -119,7 +119,9 @@ def test_notebook_shows_every_figure(lab, path, tmp_path):
                 box = shown.first.bounding_box()
                 assert box and box["width"] > 100 and box["height"] > 50, f"cell {index + 1}"
         page.screenshot(path=str(tmp_path / f"{path.stem}.png"), full_page=True)
-        shown = iter(cells.nth(i).locator(".jp-OutputArea").inner_text() for i in range(len(code)))
+        shown = iter(
+            cells.nth(i).locator(".jp-Cell-outputArea").inner_text() for i in range(len(code))
+        )
         check_quotes(
             [
                 (c.cell_type, next(shown) if c.cell_type == "code" else c.source)
