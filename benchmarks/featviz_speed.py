@@ -1,7 +1,7 @@
 """Batched feature visualization against lucent's render_vis called once per channel.
 
 On three models of different shapes, neither tuned on here (randomly initialized, seeded):
-a one-channel 28 px CNN of the zoo at width 2 (the shipped quickstart models are width 1),
+a one-channel 28 px CNN of the zoo at width 2 (the shipped architecture, randomly initialized),
 the zoo's three-channel 32 px ResNet-20, and torchvision's ResNet-18 at 224 px. Both sides
 render the same channels of the same layer for the same number of steps on the CPU, with
 the same parameterization (lucent's ``param.image``: FFT, grayscale for one channel,
