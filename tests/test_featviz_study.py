@@ -188,9 +188,12 @@ def test_path_ends_are_the_parents(shipped_pair, tiny_train) -> None:
     assert path.alphas == [0.0, 0.5, 1.0]
     start, end = path.studies[0], path.studies[-1]
     # before BatchNorm handling the ends are A and aligned B themselves: the same
-    # activations, top images and renders (a unit's render is seeded by its index)
-    torch.testing.assert_close(start.correlation[0, 0], torch.ones(8), atol=1e-5, rtol=0)
-    torch.testing.assert_close(end.correlation[0, 1], torch.ones(8), atol=1e-5, rtol=0)
+    # activations, top images and renders (a unit's render is seeded by its index); the
+    # variances and the cross-products are float32 sums over tens of thousands of
+    # observations taken in
+    # different orders, so a unit's correlation with itself is 1 to about 1e-4
+    torch.testing.assert_close(start.correlation[0, 0], torch.ones(8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(end.correlation[0, 1], torch.ones(8), atol=1e-4, rtol=0)
     torch.testing.assert_close(start.overlap[0, 0], torch.ones(8))
     assert torch.equal(start.images["merged"], start.images["A"])
     # so A's unit crossed with the merged one is its own image crossed with itself: 1, or

@@ -254,8 +254,8 @@ def choose_batch_size(
     its residual, a layer's input and output, one more). Budget: ``budget`` bytes, else
     the environment variable ``WORKBENCH_BATCH_MEMORY`` (bytes, or "8GB", "512MB"), else
     :data:`DEFAULT_BUDGET` (2 GiB); never more than half the memory free on the models'
-    device. Data whose first example cannot be read ahead (empty, iterable-style) gets
-    :data:`MAX_BATCH`. At 224 px that is about 80 images for two ResNet-50s; a shipped MNIST CNN
+    device. Data whose first example cannot be read ahead (empty, iterable-style) or does
+    not fit the models gets :data:`MAX_BATCH` (the pass then reports the problem). At 224 px that is about 80 images for two ResNet-50s; a shipped MNIST CNN
     gets :data:`MAX_BATCH`.
     """
     if batch_size is not None:
@@ -269,8 +269,13 @@ def choose_batch_size(
     if budget is None:
         override = os.environ.get(BUDGET_VARIABLE)
         budget = _parse_bytes(override) if override else DEFAULT_BUDGET
+    if len(example) == 0:
+        return MAX_BATCH  # empty data: the pass itself says so, clearly
     free = _available(model_device(models[0]))
     if free is not None:
         budget = min(budget, free // 2)
-    per_example = LIVE_FACTOR * sum(_largest_activation(m, example) for m in models)
-    return max(1, min(MAX_BATCH, budget // per_example))
+    try:
+        per_example = LIVE_FACTOR * sum(_largest_activation(m, example) for m in models)
+    except (RuntimeError, ValueError, TypeError):
+        return MAX_BATCH  # data that does not fit the model: the pass's own check says how
+    return max(1, min(MAX_BATCH, budget // max(per_example, 1)))
