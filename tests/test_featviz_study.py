@@ -190,8 +190,8 @@ def test_path_ends_are_the_parents(shipped_pair, tiny_train) -> None:
     # before BatchNorm handling the ends are A and aligned B themselves: the same
     # activations, top images and renders (a unit's render is seeded by its index); the
     # variances and the cross-products are float32 sums over tens of thousands of
-    # observations taken in
-    # different orders, so a unit's correlation with itself is 1 to about 1e-4
+    # observations taken in different orders, so a unit's correlation with itself is 1 to
+    # about 1e-4
     torch.testing.assert_close(start.correlation[0, 0], torch.ones(8), atol=1e-4, rtol=0)
     torch.testing.assert_close(end.correlation[0, 1], torch.ones(8), atol=1e-4, rtol=0)
     torch.testing.assert_close(start.overlap[0, 0], torch.ones(8))
