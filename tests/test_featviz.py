@@ -9,6 +9,7 @@ import torch
 import workbench as wb
 from tests.conftest import assert_state_equal, state_copy
 from workbench import featviz as fv
+from workbench.alignment.statistics import observation_points
 from workbench.cache import ResultCache
 
 
@@ -168,3 +169,18 @@ def test_unit_views(shipped_pair, tiny_train, cache, tmp_path) -> None:
         fv.plot_unit_comparison(comparison, order[5], images, exemplars, units)
     with pytest.raises(ValueError, match="produces no permutation group"):
         fv.matched_units(model_a, model_b, layer="classifier.fc2", data=tiny_train)
+
+
+def test_feature_visualization_and_alignment_agree_on_what_a_nonlinearity_is() -> None:
+    """One table of nonlinearities (workbench.graph.rules): a SELU after a conv is where the
+    study observes "relu" and where alignment observes the group."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.SELU(), torch.nn.Conv2d(4, 2, 3),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+    ).eval()  # fmt: skip
+    found = fv.observation_point(model, layer="0", point="relu")
+    assert found.module == "1"
+    spec = wb.permutation_spec(model, example_input=torch.zeros(2, 1, 8, 8))
+    (group,) = spec.groups.values()
+    assert observation_points(group) == {"_1": 1}  # the SELU's output node, channels on dim 1

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
+from workbench.graph.rules import is_nonlinearity
 from workbench.graph.trace import trace_module
 from workbench.vocabulary import keyword_only
 
@@ -47,16 +48,6 @@ POINTS = ("output", "norm", "relu")
 """The observation points, from the layer's output to after its nonlinearity."""
 
 _LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-_NONLINEAR_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Mish,
-    nn.Hardswish, nn.Hardtanh, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.PReLU,
-)  # fmt: skip
-_NONLINEAR_FUNCTIONS = {
-    torch.relu, torch.nn.functional.relu, torch.nn.functional.relu6, torch.nn.functional.gelu,
-    torch.nn.functional.silu, torch.nn.functional.elu, torch.nn.functional.leaky_relu,
-    torch.nn.functional.mish, torch.nn.functional.hardswish, torch.tanh, torch.sigmoid,
-}  # fmt: skip
-_NONLINEAR_METHODS = {"relu", "relu_", "tanh", "sigmoid"}
 _PASS_THROUGH = (nn.Dropout, nn.Identity, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d)
 
 
@@ -120,14 +111,6 @@ def check_point(point: str) -> str:
     return point
 
 
-def _is_nonlinear(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
-    if node.op == "call_module":
-        return isinstance(modules[node.target], _NONLINEAR_MODULES)
-    if node.op == "call_function":
-        return node.target in _NONLINEAR_FUNCTIONS
-    return node.op == "call_method" and node.target in _NONLINEAR_METHODS
-
-
 def _chain(model: nn.Module, layer: str) -> tuple[list[fx.Node], dict[str, nn.Module], int]:
     """The nodes after ``layer``'s, along single users, up to its nonlinearity, and how
     often the graph calls the last one's module."""
@@ -141,7 +124,7 @@ def _chain(model: nn.Module, layer: str) -> tuple[list[fx.Node], dict[str, nn.Mo
             modules[node.target], (nn.modules.batchnorm._BatchNorm, *_PASS_THROUGH)
         ):
             chain.append(node)
-        elif _is_nonlinear(node, modules):
+        elif is_nonlinearity(node, modules):
             chain.append(node)
             break
         else:
@@ -172,7 +155,7 @@ def observation_point(
     if point == "norm":
         return ObservationPoint(layer, point, norms[0].target if norms else layer)
     last = chain[-1]
-    if len(chain) == 1 or not _is_nonlinear(last, modules):
+    if len(chain) == 1 or not is_nonlinearity(last, modules):
         raise ValueError(
             f"No nonlinearity directly follows {layer!r} in {type(model).__name__} (after it "
             f"comes {', '.join(n.name for n in last.users) or 'nothing'}), so point='relu' "
