@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 import pytest
 import torch
+from sklearn.model_selection import StratifiedShuffleSplit
 from torch.utils.data import DataLoader, Subset, TensorDataset
 
 import workbench as wb
@@ -219,10 +221,34 @@ def test_train_val_split_stratified_disjoint_sizes():
 
 def test_train_val_split_on_mnist_is_stratified(mnist_train):
     train, val = wb.train_val_split(mnist_train, val_fraction=0.1, seed=0)
-    counts = mnist_train.targets.bincount(minlength=10)
-    assert val.targets.bincount(minlength=10).tolist() == [round(0.1 * int(c)) for c in counts]
+    counts = mnist_train.targets.bincount(minlength=10).double()
+    held = val.targets.bincount(minlength=10).double()
+    assert len(val) == math.ceil(0.1 * len(mnist_train))
+    assert ((held - 0.1 * counts).abs() < 1).all()  # each class's share, to one example
     assert len(train) + len(val) == len(mnist_train)
     assert not _rows(train.images) & _rows(val.images)
+    # a random order, not sorted by class
+    assert (val.targets[1:] != val.targets[:-1]).sum() > len(val) / 2
+
+
+def test_train_val_split_is_scikit_learns_stratified_shuffle_split():
+    ds = _indexed_dataset(n_per_class=13, classes=4)
+    splitter = StratifiedShuffleSplit(n_splits=1, test_size=0.3, random_state=5)
+    keep, held = next(splitter.split(np.zeros(len(ds)), ds.targets.numpy()))
+    train, val = wb.train_val_split(ds, 0.3, seed=5)
+    assert _indices(train) == keep.tolist()
+    assert _indices(val) == held.tolist()
+
+
+def test_train_val_split_refuses_a_split_it_cannot_stratify():
+    ds = _indexed_dataset(n_per_class=30, classes=5)
+    with pytest.raises(ValueError, match=r"150 examples with val_fraction=0\.02 is not possible"):
+        wb.train_val_split(ds, 0.02)  # 3 held out, 5 classes
+    single = wb.TensorImageDataset(
+        ds.images[:31], torch.tensor([0] * 30 + [1]), wb.dataset_info("mnist-5k"), "train"
+    )
+    with pytest.raises(ValueError, match=r"only 1 member"):
+        wb.train_val_split(single, 0.2)
 
 
 def test_train_val_split_deterministic_and_seeded():
@@ -240,10 +266,11 @@ def test_train_val_split_generic_dataset_gives_subsets():
     y = torch.arange(40) % 4
     train, val = wb.train_val_split(TensorDataset(x, y), val_fraction=0.25, seed=0)
     assert isinstance(train, Subset) and isinstance(val, Subset)
-    assert len(val) == 4 * round(10 * 0.25)
+    assert len(val) == 10  # a quarter of 40
     assert not set(train.indices) & set(val.indices)
     assert set(train.indices) | set(val.indices) == set(range(40))
-    assert sorted(int(y[i]) for i in val.indices) == sorted([0, 1, 2, 3] * round(10 * 0.25))
+    # 2.5 of each class: two classes give 2, two give 3
+    assert sorted(torch.bincount(y[val.indices], minlength=4).tolist()) == [2, 2, 3, 3]
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])

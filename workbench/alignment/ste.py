@@ -86,14 +86,8 @@ def _split(data: DataLike, val_fraction: float, seed: int) -> tuple[Dataset, Dat
             "ste_matching minimizes the midpoint's cross-entropy, so the data needs labels: "
             "yield (inputs, labels) pairs, e.g. TensorDataset(images, labels)."
         )
-    fit, held_out = train_val_split(dataset, val_fraction, seed)
-    if len(fit) == 0 or len(held_out) == 0:
-        raise ValueError(
-            f"val_fraction={val_fraction:g} of the {len(dataset)} examples holds out "
-            f"{len(held_out)} and leaves {len(fit)} to step on (it is taken from every "
-            "class); both need at least one: pass more data or change val_fraction."
-        )
-    return fit, held_out
+    # train_val_split refuses a class of one example or a part smaller than the classes
+    return train_val_split(dataset, val_fraction, seed)
 
 
 def _midpoint_mode(module: nn.Module) -> nn.Module:

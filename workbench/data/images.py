@@ -16,9 +16,9 @@ __all__ = [
     "DatasetUnavailableError",
     "TensorImageDataset",
     "class_labels",
+    "embedded_split",
     "fixed_split",
     "normalize",
-    "stratified_split",
     "train_val_split",
 ]
 
@@ -110,13 +110,15 @@ def normalize(images: np.ndarray | torch.Tensor, info: DatasetInfo) -> torch.Ten
     return (x - mean) / std
 
 
-def stratified_split(
-    labels: np.ndarray, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (keep, held_out): ``fraction`` of every class held out.
+def embedded_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test) of an embedded dataset: ``round(fraction * count)`` of every
+    class in the test split.
 
     Both parts come in a fixed random order, never sorted by class (the source files
-    are), so that the first batches of a split are a fair sample of all of it.
+    are), so that the first batches of a split are a fair sample of all of it. These
+    indices define the embedded datasets' splits, which the shipped models were trained
+    on and every published number was measured on, so they are drawn as they always were
+    (scikit-learn's stratified split, which :func:`train_val_split` uses, draws others).
     """
     rng = np.random.default_rng(seed)
     keep, held = [], []
@@ -134,7 +136,7 @@ def fixed_split(
     """Part ``split`` of an embedded dataset: raw ``images`` in [0, 1] (N, C, H, W) and
     their ``labels``, normalized, with ``test_fraction`` of every class held out for
     ``"test"`` by a fixed seed, so that every machine sees the same images."""
-    train_idx, test_idx = stratified_split(labels, test_fraction, seed=0)
+    train_idx, test_idx = embedded_split(labels, test_fraction, seed=0)
     idx = train_idx if split == "train" else test_idx
     return TensorImageDataset(
         normalize(images[idx], info), torch.from_numpy(labels[idx]), info, split
@@ -146,12 +148,30 @@ def train_val_split(
 ) -> tuple[Dataset, Dataset]:
     """Carve a validation split out of a training set: ``(train, val)``, stratified by class.
 
-    Use the validation part to choose hyperparameters, never the test set.
+    scikit-learn's stratified shuffle split (:func:`sklearn.model_selection.train_test_split`
+    with ``stratify``, ``random_state=seed``): ``ceil(val_fraction * len(dataset))``
+    examples held out, each class in proportion to its size (rounded up or down to whole
+    examples), both parts in a random order; the same ``seed`` gives the same split.
+    Refused (``ValueError``) when a class has a single example, or when either part would
+    hold fewer examples than there are classes. Use the validation part to choose
+    hyperparameters, never the test set.
     """
+    from sklearn.model_selection import train_test_split
+
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}.")
     labels = class_labels(dataset)
-    keep, held = stratified_split(labels, val_fraction, seed)
+    try:
+        keep, held = train_test_split(
+            np.arange(len(labels)), test_size=val_fraction, random_state=seed, stratify=labels
+        )
+    except ValueError as error:  # a class too small, or a part smaller than the classes
+        raise ValueError(
+            f"A stratified split of {len(labels)} examples with val_fraction={val_fraction:g} "
+            f"is not possible: {str(error).rstrip('.')}. Pass more data, another "
+            "val_fraction, or a validation set of your own where the function takes one "
+            "(val_data=)."
+        ) from None
     if isinstance(dataset, TensorImageDataset):
         return dataset.subset(keep, "train"), dataset.subset(held, "val")
     return Subset(dataset, keep.tolist()), Subset(dataset, held.tolist())
