@@ -12,6 +12,7 @@ import workbench as wb
 from workbench.alignment import apply_permutation, compose, inverse, random_permutation
 from workbench.graph import Axis, GraphTraceError, permutation_spec
 from workbench.graph.transforms import permute_state
+from workbench.graph.verify import randomized_copy
 
 
 def _randomize_statistics(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -324,12 +325,53 @@ def test_verification_freezes_what_the_rules_got_wrong() -> None:
     assert "verified in float32" in spec.summary()
 
 
+class _Cancelling(nn.Module):
+    """Two equal hidden layers whose heads nearly cancel: the outputs are 1e-3 of the sums
+    that make them, so float32 rounding alone moves them by about 2e-4."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a, self.b = nn.Linear(8, 64), nn.Linear(8, 64)
+        self.head_a, self.head_b = nn.Linear(64, 4), nn.Linear(64, 4)
+        with torch.no_grad():
+            self.b.load_state_dict(self.a.state_dict())
+            self.head_a.weight.copy_(100 * torch.randn(4, 64, generator=g))
+            near = 1 + 1e-3 * torch.randn(4, 64, generator=g)
+            self.head_b.weight.copy_(-self.head_a.weight * near)
+            self.head_b.bias.copy_(-self.head_a.bias)
+
+    def forward(self, x):
+        return self.head_a(torch.relu(self.a(x))) + self.head_b(torch.relu(self.b(x)))
+
+
+def test_verification_moves_to_float64_where_float32_rounding_exceeds_the_tolerance() -> None:
+    model = _Cancelling()
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    unchecked = permutation_spec(model, example_input=x, verify=False)
+    work = randomized_copy(model, seed=0, dtype=torch.float32)
+    moved = copy.deepcopy(work)
+    moved.load_state_dict(
+        permute_state(work.state_dict(), unchecked, random_permutation(unchecked))
+    )
+    with torch.no_grad():
+        rounding = float((moved(x) - work(x)).norm() / work(x).norm())
+    assert 1e-4 < rounding < 1e-2  # a right permutation fails a float32 check at 1e-4
+    spec = permutation_spec(model, example_input=x)
+    v = spec.verification
+    assert v["dtype"] == "float64" and v["failed_groups"] == [], spec.summary()
+    assert v["float32_noise"] > 1e-5 and v["relative_error"] < 1e-10
+    assert set(spec.groups) == set(unchecked.groups) and spec.coverage() == 1.0
+    assert "verified in float64" in spec.summary()
+
+
 def test_verification_costs_two_forward_passes_when_the_spec_is_exact() -> None:
     model = wb.create_model("resnet20")
     spec = permutation_spec(model, example_input=torch.zeros(2, 3, 32, 32))
     v = spec.verification
     assert v["forward_passes"] == 2 and v["failed_groups"] == []
     assert v["relative_error"] < 1e-6 and v["dtype"] == "float32"
+    assert v["float32_noise"] is None  # measured only where the float32 check fails
     assert len(spec.groups) == 12
 
 
