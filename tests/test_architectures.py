@@ -25,7 +25,7 @@ FAMILIES = {
 }  # fmt: skip
 FLOORS = {
     # repeated channel shuffles: each block passes half its channels on and shuffles them
-    # again, which a slice of an axis cannot express (graph.shape_rules.reshape)
+    # again, which a slice of an axis cannot express (graph.reshape_rules.reshape)
     "shufflenet_v2_x0_5": 0.74,
 }
 

@@ -168,6 +168,33 @@ class SelectiveKernel(nn.Module):
         return self.fc(y.mean((2, 3)))
 
 
+class SplitAttention(nn.Module):
+    """ResNeSt's split attention, radix 2: a grouped conv (one group per radix branch)
+    whose 2C outputs are viewed as (2, C) and summed, an attention from the sum whose 2C
+    logits get a softmax over the radix axis (viewed as (1, 2, C), transposed, flattened
+    back to 2C), and the weighted sum of the branches."""
+
+    def __init__(self, c: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU())
+        self.conv = nn.Conv2d(c, 2 * c, 3, padding=1, groups=2)
+        self.bn0 = nn.BatchNorm2d(2 * c)
+        self.fc1, self.fc2 = nn.Conv2d(c, 4, 1), nn.Conv2d(4, 2 * c, 1)
+        self.fc = nn.Linear(c, 10)
+
+    def forward(self, x):
+        n = x.shape[0]
+        s = self.stem(x)
+        y = torch.relu(self.bn0(self.conv(s)))
+        c = y.shape[1] // 2
+        y = y.reshape(n, 2, c, y.shape[2], y.shape[3])
+        gap = y.sum(dim=1).mean((2, 3), keepdim=True)
+        logits = self.fc2(torch.relu(self.fc1(gap)))
+        attn = torch.softmax(logits.view(n, 1, 2, -1).transpose(1, 2), dim=1).reshape(n, -1)
+        out = (y * attn.view(n, -1, 1, 1).reshape(n, 2, c, 1, 1)).sum(dim=1)
+        return self.fc(out.mean((2, 3)))
+
+
 X = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0))
 
 
@@ -231,6 +258,18 @@ def test_selective_kernel_stack_softmax_and_unflattened_attention() -> None:
     # reduce is a group of 8: 16 * 3 + 8 + 32 hidden channels, all moving
     spec = _check(model, X, coverage=1.0)
     assert sorted(g.size for g in spec.groups.values()) == [8, 16]
+    _recovers_a_planted_permutation(model, spec)
+
+
+def test_split_attention_cuts_the_grouped_conv_between_its_blocks() -> None:
+    torch.manual_seed(0)
+    model = SplitAttention().eval()
+    # the grouped conv's two blocks are its two radix branches: each a group of 8, united
+    # with the other (both are summed), and with both halves of fc2's logits; the stem's
+    # 8 channels feed the grouped conv in two blocks of 4
+    spec = _check(model, X, coverage=1.0)
+    sizes = sorted((g.size, g.blocks) for g in spec.groups.values())
+    assert sizes == [(4, 1), (8, 1), (8, 2)], spec.summary()
     _recovers_a_planted_permutation(model, spec)
 
 

@@ -33,6 +33,8 @@ from workbench.graph.norm_rules import (
     layer_norm_call,
     layer_norm_module,
 )
+from workbench.graph.product_rules import conv_call, matmul
+from workbench.graph.reshape_rules import reshape
 from workbench.graph.shape_rules import (
     cat,
     expand,
@@ -44,7 +46,6 @@ from workbench.graph.shape_rules import (
     pad,
     permute,
     reduce,
-    reshape,
     split,
     squeeze,
     stack,
@@ -305,6 +306,8 @@ FUNCTION_RULES: dict[Callable, Rule] = {
     torch.squeeze: squeeze,
     **dict.fromkeys((torch.addcmul, torch.addcdiv), ternary),
     **dict.fromkeys((torch.norm, torch.linalg.vector_norm), norm),
+    **dict.fromkeys((F.conv1d, F.conv2d, F.conv3d), conv_call),
+    **dict.fromkeys((torch.matmul, operator.matmul, torch.bmm), matmul),
     **dict.fromkeys((torch.mean, torch.sum, torch.amax, torch.amin, torch.var, torch.std), reduce),
 }
 
@@ -332,6 +335,7 @@ METHOD_RULES: dict[str, Rule] = {
     **dict.fromkeys(("mean", "sum", "amax", "amin", "var", "std"), reduce),
     **dict.fromkeys(("addcmul", "addcdiv"), ternary),
     "norm": norm,
+    **dict.fromkeys(("matmul", "bmm"), matmul),
 }
 
 # Reshapes and casts that keep a parameter whole (see parameter_view).

@@ -1,14 +1,13 @@
 """Rules for the ops that move, divide or join the channel axis: ``permute``,
-``transpose``, ``flatten``, ``view``/``reshape``, reductions, ``cat``, ``stack``,
+``transpose``, ``flatten``, reductions, ``cat``, ``stack``,
 ``split``/``chunk`` with the ``getitem`` nodes that take a split apart, and slicing
 (``x[:, a:b]``, ``narrow``). A slice or a split's piece becomes a group of its own, that
 slice of its parent's group, divided when the spec is built
 (:mod:`workbench.graph.slicing`). Same contract as :mod:`workbench.graph.rules`, whose
-tables list them."""
+tables list them; ``view``/``reshape`` are :mod:`workbench.graph.reshape_rules`'."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from torch import fx, nn
@@ -30,7 +29,6 @@ __all__ = [
     "permute",
     "reduce",
     "reduce_over",
-    "reshape",
     "split",
     "squeeze",
     "stack",
@@ -337,53 +335,3 @@ def reduce_over(b: GraphLabels, node: fx.Node, dims: Any) -> Label | None:
     kept = len(out_shape) == len(in_shape)
     new_dim = inp.dim if kept else inp.dim - sum(d < inp.dim for d in dims)
     return Label(new_dim, inp.segments)
-
-
-def reshape(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
-    """``view``/``reshape`` that keeps the axes before the channel axis. Entries are laid
-    out row-major, so with ``C`` entries on the channel axis and ``rest`` after it, the
-    output axes from the channel axis's position on may be
-
-    * ``C``, then axes of ``rest`` entries: the label stays (axes after it regrouped);
-    * ``C * inner``, then axes of ``rest / inner``: each channel becomes a block of
-      ``inner`` consecutive entries, as in :func:`flatten`;
-    * ``(k, C / k)``, then axes of ``rest``: the channels unflatten into ``k`` pieces of
-      ``C / k`` along the last of the two (a selective-kernel attention's ``(N, 2C)``
-      viewed as ``(N, 2, C)``). Piece ``j`` is the slice ``[j C / k, (j + 1) C / k)``,
-      and all pieces are united: the same output channel indexes each.
-
-    Anything else is opaque, among it ``(C / k, k)``, which would tie consecutive channels
-    into fixed tuples. A channel shuffle (``(N, g, C / g, H, W)``, transpose, back to
-    ``(N, C, H, W)``) passes these rules exactly, each channel of the result a block of
-    ``g`` entries, one per piece. ShuffleNet still freezes each block's branch output: the
-    next block passes half of the shuffled tensor through and shuffles it again with that
-    output, which would need its channels to move in tuples of ``g`` as well; followed
-    further, a channel's entries end up strided across the tensor, which no axis slice
-    (consecutive channels, each a block of consecutive entries) can express."""
-    inp = b.input_label(node)
-    in_shape, out_shape = shape_of(node.args[0]), shape_of(node)
-    if inp is None:
-        return b.fixed(node)
-    c, width = inp.dim, in_shape[inp.dim]
-    rest, after = math.prod(in_shape[c + 1 :]), out_shape[c + 1 :]
-    if out_shape[:c] != in_shape[:c] or len(out_shape) <= c:
-        return b.opaque(node, f"reshape {in_shape} -> {out_shape}")
-    if out_shape[c] == width and math.prod(after) == rest:
-        return Label(c, inp.segments)
-    inner = out_shape[c] // width
-    if out_shape[c] == width * inner and math.prod(after) * inner == rest:
-        return Label(c, tuple(Segment(s.group, s.size, s.block * inner) for s in inp.segments))
-    if after and out_shape[c] * after[0] == width and math.prod(after[1:]) == rest:
-        return _unflatten(b, node, inp, out_shape[c], after[0])
-    return b.opaque(node, f"reshape {in_shape} -> {out_shape}")
-
-
-def _unflatten(b: GraphLabels, node: fx.Node, inp: Label, k: int, size: int) -> Label | None:
-    """The channel axis viewed as ``(k, size)``: ``k`` slices of ``size`` entries, united
-    (see :func:`reshape`); the channels lie on the second of the two axes."""
-    if any(b.cut(inp, j * size, (j + 1) * size) is None for j in range(k)):
-        return b.opaque(node, "unflatten through a flattened channel's block")
-    pieces = [b.sliced(inp, j * size, (j + 1) * size) for j in range(k)]
-    if all(b.unite(pieces[0], p, "unflattened with fixed channels") for p in pieces[1:]):
-        return Label(inp.dim + 1, pieces[0].segments)
-    return b.opaque(node, f"unflatten into {k} pieces whose channels differ in their blocks")

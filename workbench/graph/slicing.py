@@ -20,12 +20,16 @@ meanwhile), so the division happens here, when the spec is built:
 4. Each slice's atoms are united with the parent's atoms covering the same channels; a
    frozen slice freezes them.
 
+A root whose channels move within blocks (a grouped convolution's output) may be cut
+between its blocks only; each interval keeps its whole blocks.
+
 The result permutes every channel of a divided group within its interval, and all slices
 taken of the same channels alike, which is exactly what the slices require.
 """
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 from workbench.graph.labels import FIXED, GraphLabels
@@ -63,6 +67,10 @@ def divide_slices(b: GraphLabels) -> set[int]:
             else (lo, hi, b.new_group(hi - lo, f"{name}[{lo}:{hi}]"))
             for lo, hi in pairwise(bounds)
         ]
+        block = _block_size(b, root, members[root])
+        if block != b.sizes[root]:  # cut between blocks: each atom keeps its own blocks
+            for lo, hi, atom in atoms[root]:
+                b.require_blocks(atom, (hi - lo) // block)
         for g in members[root]:
             for ax in b.axes[g]:
                 for lo, _, atom in atoms[root]:
@@ -111,7 +119,7 @@ def _settle(b: GraphLabels) -> dict[int, set[int]]:
             continue
         cuts = _cuts(b)
         for root, points in cuts.items():
-            reason = _undividable(b, members[root]) if points else None
+            reason = _undividable(b, root, members[root], points) if points else None
             if reason:
                 b.uf.freeze(root, reason)
                 changed = True
@@ -146,9 +154,18 @@ def _cuts(b: GraphLabels) -> dict[int, set[int]]:
     return cuts
 
 
-def _undividable(b: GraphLabels, members: list[int]) -> str | None:
-    """Why a root of these member groups cannot be cut into intervals (None if it can)."""
-    if any(b.blocks.get(g, 1) != 1 for g in members):
+def _block_size(b: GraphLabels, root: int, members: list[int]) -> int:
+    """The channels in each block of a root whose channels move within blocks (its size
+    when they do not)."""
+    blocks = math.lcm(*(b.blocks.get(g, 1) for g in members))
+    return b.sizes[root] // blocks
+
+
+def _undividable(b: GraphLabels, root: int, members: list[int], points: set[int]) -> str | None:
+    """Why a root of these member groups cannot be cut at ``points`` into intervals (None
+    if it can): a cut inside a block, or the input of a grouped convolution."""
+    size = _block_size(b, root, members)
+    if size != b.sizes[root] and any(p % size for p in points):
         return "a slice of channels in blocks"
     if any(ax.grouped != 1 for g in members for ax in b.axes[g]):
         return "a slice of channels a grouped convolution reads"
