@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 import workbench as wb
+from workbench.merging.learned_method import np_merge_models
 
 
 def ensemble_metrics(models, data) -> dict:
@@ -109,15 +110,15 @@ def main() -> None:
     models = wb.load_quickstart_models((0, 1, 2, 3))
     defaults = {
         name: p.default
-        for name, p in inspect.signature(wb.np_merge).parameters.items()
-        if name in ("steps", "lr", "batch_size", "eval_every", "patience", "val_fraction")
+        for name, p in inspect.signature(np_merge_models).parameters.items()
+        if name in ("steps", "lr", "learn_batch_size", "eval_every", "patience", "val_fraction")
     }
     quiet = {"progress": False}
 
     # the learning-rate grid, N = 2, on the validation split
     grid, learned = {}, {}
     for lr in sorted(set(args.lrs) | {defaults["lr"]}):
-        result, seconds = timed(wb.np_merge, models[:2], train, lr=lr, **quiet)
+        result, seconds = timed(wb.np_merge, models[:2], data=train, lr=lr, **quiet)
         curve = result.report.curves["0+1"]
         grid[str(lr)] = {
             "best_validation_loss": min(p["loss"] for p in curve),
@@ -132,11 +133,13 @@ def main() -> None:
     rows = {}
     for n in args.sizes:
         subset = models[:n]
-        baseline, base_seconds = timed(wb.merge_many, subset, train, "weight", bn="reset", **quiet)
+        baseline, base_seconds = timed(
+            wb.merge_many, subset, data=train, method="weight", bn="reset", **quiet
+        )
         if n == 2:
             result, seconds = learned[float(chosen)]
         else:
-            result, seconds = timed(wb.np_merge, subset, train, lr=float(chosen), **quiet)
+            result, seconds = timed(wb.np_merge, subset, data=train, lr=float(chosen), **quiet)
         ceiling = ensemble_metrics(subset, test)
         row = {
             "endpoints_mean_accuracy": sum(wb.evaluate(m, eval_data=test).accuracy for m in subset)
@@ -149,7 +152,13 @@ def main() -> None:
             # the same step budget as the chain of N - 1 successive merges
             steps = (n - 1) * defaults["steps"]
             joint, joint_seconds = timed(
-                wb.np_merge, subset, train, scheme="joint", lr=float(chosen), steps=steps, **quiet
+                wb.np_merge,
+                subset,
+                data=train,
+                scheme="joint",
+                lr=float(chosen),
+                steps=steps,
+                **quiet,
             )
             row["np_merge_joint"] = np_row(joint, test, joint_seconds)
         base_accuracy = row["merge_many_weight_reset"]["accuracy"]

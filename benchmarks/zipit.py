@@ -5,7 +5,8 @@ class splits (where within-model merges are supposed to pay).
 On the shipped mnist-5k models (seeds 0..3, the first N); statistics, RESET and the
 hyperparameter search on the training split, whose stratified 10% is held out as the
 validation split of the search (``merge_many``'s default), never the test split. The full
-zip searches ``alpha`` x ``beta`` over the registered grid; the partial zips reuse the
+zip searches ``within_weight`` x ``within_budget`` (the paper's alpha and beta) over the
+registered grid; the partial zips reuse the
 chosen point (one build each). The disjoint pair: two quickstart CNNs (width 1) trained
 ``--epochs`` epochs on the two halves of the classes of mnist-5k train
 (``wb.train_models(..., split="disjoint")``), merged with statistics on the whole
@@ -88,8 +89,8 @@ def main() -> None:
         "benchmark": "zipit",
         "arguments": sys.argv[1:],
         "dataset": f"mnist-5k ({len(train)} train, 10% of it validation / {len(test)} test)",
-        "alpha_grid": list(wb.alignment.get_method("zipit").search["alpha"]),
-        "beta_grid": list(wb.alignment.get_method("zipit").search["beta"]),
+        "within_weight_grid": list(wb.alignment.get_method("zipit").search["within_weight"]),
+        "within_budget_grid": list(wb.alignment.get_method("zipit").search["within_budget"]),
         "threads": torch.get_num_threads(),
         "same_task": {str(n): compare(shipped[:n], train, test, log) for n in args.sizes},
     }

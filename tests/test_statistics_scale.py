@@ -5,6 +5,7 @@ budget (``workbench.batching.choose_batch_size``)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -102,3 +103,45 @@ def test_statistics_do_not_depend_on_the_chosen_batch_size(pair, monkeypatch) ->
     small = collect_statistics(models, data=data, spec=spec, progress=False)
     for name, stats in chosen.items():
         assert torch.allclose(stats.covariance, small[name].covariance, rtol=1e-4, atol=1e-6)
+
+
+def test_evaluation_curves_and_exemplars_fit_their_batches_to_the_budget(monkeypatch) -> None:
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(wb.create_model("cnn", width=0.5, in_channels=1).eval())
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(60, 1, 28, 28, generator=g), torch.arange(60) % 10)
+    batch_sizes: list[int] = []
+    hook = models[0].register_forward_pre_hook(lambda _m, args: batch_sizes.append(len(args[0])))
+    whole = wb.evaluate(models[0], eval_data=data)
+    curve = wb.lmc_curve(
+        models[0], models[1], eval_data=data, alphas=3, cache=False, progress=False
+    )
+    # after the probes (the fit check, the budget) one batch: the old default
+    assert {n for n in batch_sizes if n > 2} == {60}
+    batch_sizes.clear()
+    # one model's largest activation (conv1: 8 x 28 x 28 floats), 4 alive: 10 images fit
+    monkeypatch.setenv(BUDGET_VARIABLE, str(4 * 8 * 28 * 28 * 4 * 10))
+    found = wb.evaluate(models[0], eval_data=data)
+    assert found.accuracy == whole.accuracy and found.loss == pytest.approx(whole.loss, rel=1e-6)
+    assert {n for n in batch_sizes if n > 2} == {10}
+    small = wb.lmc_curve(
+        models[0], models[1], eval_data=data, alphas=3, cache=False, progress=False
+    )
+    expected, got = curve.to_frame(), small.to_frame()
+    assert list(got.columns) == list(expected.columns)
+    numbers = expected.select_dtypes("number").columns
+    assert np.allclose(got[numbers], expected[numbers], rtol=1e-6)
+    exemplars = wb.featviz.top_exemplars(
+        models[0], layer="features.conv1", data=data, k=3, cache=False, progress=False
+    )
+    assert {n for n in batch_sizes if n > 2} == {10}  # the curve and the exemplars too
+    monkeypatch.delenv(BUDGET_VARIABLE)
+    assert torch.equal(
+        exemplars.indices,
+        wb.featviz.top_exemplars(
+            models[0], layer="features.conv1", data=data, k=3, cache=False, progress=False
+        ).indices,
+    )
+    hook.remove()

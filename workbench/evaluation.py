@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from workbench.batching import batches
+from workbench.batching import batches, choose_batch_size
 from workbench.data import DataLike
 from workbench.modules import eval_mode, model_device
 from workbench.validation import (
@@ -45,20 +45,24 @@ def evaluate(
     model: nn.Module,
     *,
     eval_data: DataLike,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
 ) -> Metrics:
     """Cross-entropy loss and accuracy of ``model`` in eval mode over ``eval_data``.
 
     Runs on the model's device; the model is left as it was (same mode, same device).
-    Labels must be class indices the model scores (:func:`~workbench.validation.check_labels`:
+    ``batch_size`` ``None`` fits the batches to a memory budget
+    (:func:`~workbench.batching.choose_batch_size`: 500 for small images, fewer for large
+    ones); the numbers do not depend on it. Labels must be class indices the model scores (:func:`~workbench.validation.check_labels`:
     an ignore index such as -100, one-hot rows or a class out of range are refused).
     """
     check_models(model)
-    check_int("batch_size", batch_size, minimum=1)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, minimum=1)
     if max_batches is not None:
         check_int("max_batches", max_batches, minimum=1)
     check_fits(model, eval_data)
+    batch_size = choose_batch_size([model], eval_data, batch_size=batch_size)
     device = model_device(model)
     loss_sum, correct, count = 0.0, 0, 0
     with eval_mode(model), torch.inference_mode():
@@ -180,7 +184,11 @@ def part_class_weights(parts: Sequence[Any]) -> list[dict[int, float | None]]:
 
 @keyword_only(("eval_data", "parts", "batch_size"), moved=MEASURED)
 def per_part_accuracy(
-    model: nn.Module, *, eval_data: DataLike, parts: Sequence[Any], batch_size: int = 500
+    model: nn.Module,
+    *,
+    eval_data: DataLike,
+    parts: Sequence[Any],
+    batch_size: int | None = None,
 ) -> list[float]:
     """The accuracy of ``model`` on ``eval_data`` as each part of a split sees it, one number
     per part: the per-class accuracies on ``eval_data`` averaged with the part's weight of
@@ -196,8 +204,10 @@ def per_part_accuracy(
     error. One pass over ``eval_data``; the model is left as it was.
     """
     check_models(model)
-    check_int("batch_size", batch_size, minimum=1)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, minimum=1)
     check_data(eval_data)
+    batch_size = choose_batch_size([model], eval_data, batch_size=batch_size)
     weights = part_class_weights(parts)
     device = model_device(model)
     correct: torch.Tensor | None = None

@@ -51,7 +51,7 @@ def validation_search(
     points: Sequence[Mapping[str, Any]],
     val_data: DataLike | None,
     *,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     progress: bool = True,
     desc: str = "validation search",
 ) -> SearchResult:

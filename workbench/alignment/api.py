@@ -185,7 +185,7 @@ def map_model(
     maps: Mapping[str, torch.Tensor | GroupMap],
     model_a: nn.Module,
     data: DataLike | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
 ) -> nn.Module:
     """A copy of ``model_a`` holding ``model_b``'s weights with each group's channels

@@ -132,7 +132,7 @@ def matched_correlations(
     data: DataLike,
     method: str = "activation",
     spec: PermutationSpec | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     progress: bool = True,
     cache: ResultCache | bool = True,
 ) -> MatchedCorrelations:
@@ -269,7 +269,7 @@ def partial_alignment(
     alphas: int | Sequence[float] = 5,
     spec: PermutationSpec | None = None,
     progress: bool = True,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     cache: ResultCache | bool = True,
 ) -> PartialAlignment:
     """Curves on ``eval_data`` (a dataset or named splits) when only the first k groups of

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.batching import on_device
+from workbench.batching import choose_batch_size, on_device
 from workbench.cache import ResultCache, default_cache
 from workbench.data import DataLike
 from workbench.evaluation import check_fits, evaluate
@@ -74,7 +74,7 @@ def evaluate_points(
     data: Mapping[str, DataLike],
     *,
     correct: Correction | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     progress: bool = True,
     desc: str = "points",
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -87,6 +87,7 @@ def evaluate_points(
     """
     device = model_device(model)
     splits = {split: on_device(d, device) for split, d in data.items()}
+    sizes = {s: choose_batch_size([model], d, batch_size=batch_size) for s, d in splits.items()}
     work = copy.deepcopy(model)
     losses = {split: [] for split in splits}
     accuracies = {split: [] for split in splits}
@@ -98,7 +99,7 @@ def evaluate_points(
         if correct is not None:
             correct(work, weights)
         for split, split_data in splits.items():
-            metrics = evaluate(work, eval_data=split_data, batch_size=batch_size)
+            metrics = evaluate(work, eval_data=split_data, batch_size=sizes[split])
             losses[split].append(metrics.loss)
             accuracies[split].append(metrics.accuracy)
     return {split: (np.array(losses[split]), np.array(accuracies[split])) for split in splits}

@@ -190,7 +190,7 @@ def sweep(
     bn: str | None = "reset",
     alphas: int | Sequence[float] = 5,
     splits: Sequence[str] = ("test",),
-    batch_size: int = 500,
+    batch_size: int | None = None,
     progress: bool = True,
     cache: ResultCache | bool = True,
     executor: Executor | None = None,

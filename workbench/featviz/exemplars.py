@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
-from workbench.batching import batches
+from workbench.batching import batches, choose_batch_size
 from workbench.cache import ResultCache, default_cache
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
@@ -105,17 +105,20 @@ class _RecordingSampler:
         return len(self.batch_sampler)
 
 
-def _indexed_batches(data: DataLike) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _indexed_batches(
+    data: DataLike, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(inputs, dataset indices)`` of one pass over ``data`` in the order it is served:
     positions for a Dataset, the batch sampler's indices for a DataLoader (rebuilt on a
-    recording copy of its sampler, same workers and collation), -1 for an iterable one."""
+    recording copy of its sampler, same workers and collation), -1 for an iterable one;
+    ``batch_size`` batches a Dataset."""
     if isinstance(data.dataset if isinstance(data, DataLoader) else data, IterableDataset):
-        for inputs, _ in batches(data, 500):
+        for inputs, _ in batches(data, batch_size):
             yield inputs, torch.full((len(inputs),), -1)
         return
     if not isinstance(data, DataLoader):
         seen = 0
-        for inputs, _ in batches(data, 500):
+        for inputs, _ in batches(data, batch_size):
             yield inputs, torch.arange(seen, seen + len(inputs))
             seen += len(inputs)
         return
@@ -182,7 +185,10 @@ def _scan(
     device = model_device(model)
     with eval_mode(model), torch.inference_mode(), observing(model, where, captured.append):
         for inputs, ids in tqdm(
-            _indexed_batches(data), desc=f"exemplars {layer}", disable=not progress, leave=False
+            _indexed_batches(data, choose_batch_size([model], data)),
+            desc=f"exemplars {layer}",
+            disable=not progress,
+            leave=False,
         ):
             captured.clear()
             forward_checked(model, inputs.to(device))

@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 from torch import nn
 
-from workbench.batching import batches
+from workbench.batching import batches, choose_batch_size
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.featviz.display import show_image
@@ -76,7 +76,7 @@ def _data_reference(
     module = resolve_layer(model, layer=layer)
     total, count, best = torch.zeros(len(channels)), 0, None
     with eval_mode(model), torch.inference_mode():
-        for inputs, _ in batches(data, 500):
+        for inputs, _ in batches(data, choose_batch_size([model], data)):
             out = _layer_output(model, module, inputs)[:, channels].float().cpu()
             means = out.reshape(*out.shape[:2], -1).mean(2)  # (B, channels)
             total += means.sum(0)

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from workbench.alignment.registry import get_method
-from workbench.batching import batches
+from workbench.batching import batches, choose_batch_size
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import check_fits, evaluate
 from workbench.graph import PermutationSpec, resolve_spec
@@ -254,7 +254,7 @@ def learn_merge(
     val_data: DataLike | None = None,
     val_fraction: float = 0.1,
     spec: PermutationSpec | None = None,
-    eval_batch_size: int = 500,
+    eval_batch_size: int | None = None,
     max_batches: int | None = None,
     seed: int = 0,
     progress: bool = True,
@@ -277,7 +277,8 @@ def learn_merge(
     ``data``, held out of everything else (alignment, learning, RESET). With ``steps=0``
     nothing is learned and no split is made: the result is ``merge_many(models, data,
     align, bn=bn)`` exactly. ``eval_batch_size``, ``max_batches``: the passes that learn
-    nothing (statistics, validation, RESET). Inputs are not modified.
+    nothing (statistics, validation, RESET; ``None``: fitted to a memory budget). Inputs
+    are not modified.
     """
     started = time.perf_counter()
     models = list(models)
@@ -286,13 +287,15 @@ def learn_merge(
     found = get_method(align)
     bn = check_inputs(models, bn, options, found.name)
     check_choice("scheme", scheme, SCHEMES)
+    if eval_batch_size is not None:
+        check_int("eval_batch_size", eval_batch_size, minimum=1)
     s = _Settings(
         steps=check_int("steps", steps, minimum=0),
         lr=check_number("lr", lr, low=0.0),
         batch_size=check_int("batch_size", batch_size, minimum=1),
         eval_every=check_int("eval_every", eval_every, minimum=1),
         patience=None if patience is None else check_int("patience", patience, minimum=1),
-        eval_batch_size=check_int("eval_batch_size", eval_batch_size, minimum=1),
+        eval_batch_size=choose_batch_size(models, data, batch_size=eval_batch_size),
         batch_statistics=handling.batch_statistics,
         seed=check_int("seed", seed),
         progress=bool(progress),

@@ -69,7 +69,7 @@ def np_merge_models(
     val_data: DataLike | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     progress: bool = True,
 ) -> Merged:
@@ -97,7 +97,7 @@ def np_merge(
     data: DataLike,
     align: str = "weight",
     batch_size: int = 64,
-    eval_batch_size: int = 500,
+    eval_batch_size: int | None = None,
     **options: Any,
 ) -> MergeResult:
     """NP Merge of ``models`` (N >= 2), ``merge_many(models, data, "np_merge", ...)``

@@ -68,7 +68,7 @@ def merge_many(
     val_fraction: float = 0.1,
     spec: PermutationSpec | None = None,
     seed: int = 0,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     progress: bool = True,
     merge: str = "average",
@@ -124,7 +124,8 @@ def merge_many(
     if reference != "best":
         reference = check_int("reference", reference, 0, len(models) - 1)
     check_int("seed", seed)
-    check_int("batch_size", batch_size, minimum=1)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, minimum=1)
     check_data_arguments(models[0], data, val_data, val_fraction, max_batches)
     points = grid_points(found.search_space(options))
     needs_val = reference == "best" or len(points) > 1

@@ -256,7 +256,7 @@ def zipit_merge(
     within_budget: float = DEFAULT_WITHIN_BUDGET,
     stop: str | None = None,
     statistics: dict[str, GroupStatistics] | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     max_batches: int | None = None,
     progress: bool = True,
     seed: int = 0,

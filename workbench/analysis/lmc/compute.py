@@ -129,7 +129,7 @@ def lmc_curves(
     label: str = "naive",
     spec: PermutationSpec | None = None,
     original_b: nn.Module | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     progress: bool = True,
     cache: ResultCache | bool = True,
 ) -> dict[str, LMCCurve]:
@@ -156,7 +156,8 @@ def lmc_curves(
     if not eval_data:
         raise ValueError("eval_data must name at least one split, e.g. {'test': test_set}.")
     check_models([model_a, model_b])
-    check_int("batch_size", batch_size, minimum=1)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, minimum=1)
     handling = get_bn(check_bn(bn, model_a))
     bn = handling.name
     points = alpha_grid(alphas)
@@ -253,7 +254,7 @@ def lmc_curve(
     label: str = "naive",
     spec: PermutationSpec | None = None,
     original_b: nn.Module | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     progress: bool = True,
     cache: ResultCache | bool = True,
 ) -> LMCCurve:
@@ -295,7 +296,7 @@ def pairwise_curves(
     alphas: int | Sequence[float] = 11,
     bn: str | None = None,
     method: str = "none",
-    batch_size: int = 500,
+    batch_size: int | None = None,
     progress: bool = True,
     cache: ResultCache | bool = True,
     executor: Executor | None = None,

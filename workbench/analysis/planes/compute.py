@@ -103,7 +103,7 @@ def loss_planes(
     margin: float = 0.2,
     labels: Sequence[str] = ("model 1", "model 2", "model 3"),
     spec: PermutationSpec | None = None,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     progress: bool = True,
     cache: ResultCache | bool = True,
 ) -> dict[str, LossPlane]:
