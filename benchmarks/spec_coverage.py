@@ -55,19 +55,24 @@ def measure_model(name: str, model: torch.nn.Module, size: int) -> dict:
     """One row: the spec of ``model`` on a ``2 x 3 x size x size`` input (traced and
     verified, timed), its coverage, and the relative error of the logits after a random
     permutation of every group on a randomized copy (what an unverified spec would get
-    wrong). Shared with ``spec_coverage_timm.py``."""
+    wrong), in the precision the spec was verified in. Shared with
+    ``spec_coverage_timm.py``."""
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
     started = time.perf_counter()
     spec = wb.permutation_spec(model, example_input=x)
     seconds = time.perf_counter() - started
-    work = randomized_copy(model, seed=5, dtype=torch.float32)
+    v = spec.verification
+    # in the precision the spec was verified in: float64 where float32's own rounding
+    # moves this model's outputs by more than a tenth of the tolerance
+    dtype = getattr(torch, v["dtype"])
+    work = randomized_copy(model, seed=5, dtype=dtype)
     permuted = apply_permutation(work, spec=spec, perm=random_permutation(spec, seed=1))
     with torch.no_grad():
-        expected, got = work(x), permuted(x)
-    v = spec.verification
+        expected, got = work(x.to(dtype)), permuted(x.to(dtype))
     return {
         "model": name,
         "input": [2, 3, size, size],
+        "dtype": v["dtype"],
         "groups": len(spec.groups),
         "blocked_groups": sum(g.blocks > 1 for g in spec.groups.values()),
         "coverage": spec.coverage(),

@@ -143,6 +143,7 @@ def measure(name: str) -> dict:
         input=found["input"],
         coverage=found["coverage"],
         relative_error=found["relative_error"],
+        dtype=found["dtype"],
         groups=found["groups"],
         blocked_groups=found["blocked_groups"],
         spec_seconds=found["spec_seconds"],
