@@ -163,3 +163,34 @@ def test_timm_blur_and_global_context_models_are_fully_covered(name: str) -> Non
     spec = wb.permutation_spec(model, example_input=torch.randn(2, 3, 64, 64))
     assert spec.coverage() == 1.0, spec.summary()
     assert spec.verification["failed_groups"] == []
+
+
+class Widening(nn.Module):
+    """FastViT's downsampling: a depthwise conv with two filters per channel (groups =
+    input channels < output channels) added to a 1x1 conv of its own, a block on top."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.widen = nn.Conv2d(8, 16, 3, padding=1, groups=8)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.mix, self.bn2 = nn.Conv2d(16, 16, 1), nn.BatchNorm2d(16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn1(self.widen(torch.relu(self.bn0(self.stem(x))))))
+        y = y + self.bn2(self.mix(y))  # the widened channels and a layer's own, added
+        return self.head(torch.relu(y).mean((2, 3)))
+
+
+def test_a_conv_with_k_filters_per_channel_moves_them_with_it_as_a_block() -> None:
+    model = Widening().eval()
+    spec = _check(model, X, coverage=1.0)
+    # one group: the stem's 8 channels, the widened 16 (and mix's, added to them) in 8
+    # blocks of two that move with them
+    assert list(spec.groups) == ["stem"] and spec.groups["stem"].size == 8, spec.summary()
+    blocks = {(ax.key, ax.axis): ax.block for ax in spec.groups["stem"].axes}
+    assert blocks["widen.weight", 0] == 2 and blocks["mix.weight", 0] == 2
+    assert blocks["mix.weight", 1] == 2 and blocks["head.weight", 1] == 2
+    assert blocks["stem.weight", 0] == 1
+    _recovers_a_planted_permutation(model, spec)

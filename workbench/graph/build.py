@@ -111,11 +111,12 @@ class Builder(GraphLabels):
         self.tie_shared_axes()
         roots: dict[int, list[int]] = {}
         for g in self.sizes:
-            if self.uf.find(g) not in dissolved:
+            if self.uf.find(g) not in dissolved and self.uf.find(g) not in self.expanded:
                 roots.setdefault(self.uf.find(g), []).append(g)
         node_groups: dict[int, dict[str, int]] = {}
         activation_groups: dict[int, dict[str, int]] = {}
         for node, label in self.labels.items():
+            label = self.resolve(label)
             if label is not None and len(label.segments) == 1 and label.segments[0].block == 1:
                 root = self.uf.find(label.segments[0].group)
                 if root in dissolved:

@@ -124,6 +124,9 @@ class GraphLabels:
         self.pieces: dict[fx.Node, list[Label]] = {}  # a split's node -> its pieces' labels
         # a parameter, or a reshape of all of one -> (its key, the parameter's shape)
         self.parameter_views: dict[fx.Node, tuple[str, tuple[int, ...]]] = {}
+        # a root whose channels are another group's, each of those k channels wide
+        # (a depthwise conv with k filters per channel): root -> (that group, k)
+        self.expanded: dict[int, tuple[int, int]] = {}
 
     # -- what rules call -----------------------------------------------------------------
     def new_group(self, size: int, producer: str) -> int:
@@ -177,7 +180,17 @@ class GraphLabels:
         """Unite two labels segment by segment. Labels of equal width whose segments end
         at different places (a ``cat`` of two groups added to one group) are first cut at
         every end of either, each cut segment becoming a slice of its group; False if a
-        cut falls inside a block or the cut pieces still differ in their blocks."""
+        cut falls inside a block or the cut pieces still differ in their blocks. A group
+        of single channels joined to one whose channels are ``k`` entries wide is
+        expanded into it (:meth:`expand`)."""
+        a, b = self.resolve(a), self.resolve(b)
+        if len(a.segments) == len(b.segments) == 1 and a.width == b.width:
+            (sa,), (sb,) = a.segments, b.segments
+            for wide, narrow in ((sa, sb), (sb, sa)):
+                if wide.block > narrow.block and wide.block % narrow.block == 0:
+                    k = wide.block // narrow.block
+                    if FIXED not in (wide.group, narrow.group):
+                        return self.expand(narrow.group, wide.group, k, reason)
         if a.slicing() != b.slicing():
             if a.width != b.width:
                 return False
@@ -194,6 +207,49 @@ class GraphLabels:
         for sa, sb in zip(a.segments, b.segments, strict=True):
             self.uf.union(sa.group, sb.group, reason)
         return True
+
+    def expand(self, group: int, onto: int, k: int, reason: str) -> bool:
+        """Make ``group``'s channels ``onto``'s, each ``k`` consecutive ones of ``group``
+        being one of ``onto``'s (a depthwise conv's ``k`` outputs per input channel, added
+        to channels of a layer of their own): ``onto``'s permutation moves them as blocks
+        of ``k``. Every axis of ``group`` and of what it was united with becomes an axis
+        of ``onto`` with ``k`` times its block, and labels that name ``group`` are read as
+        ``onto`` (:meth:`resolve`). Frozen channels freeze ``onto``. False (nothing
+        changed) where ``group`` is sliced, feeds a grouped convolution, or moves in blocks
+        that are not whole channels of ``onto``."""
+        root = self.uf.find(group)
+        if root == FIXED or root in self.uf.frozen:
+            self.uf.freeze(onto, self.uf.frozen.get(root, reason))
+            return True
+        members = [g for g in self.sizes if self.uf.find(g) == root]
+        sliced = any(root in (self.uf.find(s.parent), self.uf.find(s.piece)) for s in self.slices)
+        axes = [ax for g in members for ax in self.axes[g]]
+        blocks = math.lcm(*(self.blocks.get(g, 1) for g in members))
+        if sliced or any(ax.grouped != 1 for ax in axes) or (self.sizes[root] // blocks) % k:
+            return False
+        if blocks > 1:
+            self.require_blocks(onto, blocks)
+        self.axes[onto] += [
+            Axis(ax.key, ax.axis, ax.offset, ax.block * k, ax.role, ax.grouped) for ax in axes
+        ]
+        self.producers[onto] += [p for g in members for p in self.producers[g]]
+        for g in members:
+            self.axes[g] = []
+        self.expanded[root] = (onto, k)
+        return True
+
+    def resolve(self, label: Label | None) -> Label | None:
+        """``label`` with the segments of expanded groups written as the groups they
+        expand into (see :meth:`expand`)."""
+        if label is None or not self.expanded:
+            return label
+        segments = []
+        for seg in label.segments:
+            while seg.group != FIXED and self.uf.find(seg.group) in self.expanded:
+                onto, k = self.expanded[self.uf.find(seg.group)]
+                seg = Segment(onto, seg.size // k, seg.block * k)
+            segments.append(seg)
+        return Label(label.dim, tuple(segments))
 
     def cut(self, label: Label, start: int, stop: int) -> list[tuple[Segment, int, int]] | None:
         """Which channels ``[lo, hi)`` of which segments entries ``start`` to ``stop`` of
@@ -236,7 +292,7 @@ class GraphLabels:
         return tuple(segments)
 
     def label_of(self, arg: Any) -> Label | None:
-        return self.labels.get(arg) if isinstance(arg, fx.Node) else None
+        return self.resolve(self.labels.get(arg)) if isinstance(arg, fx.Node) else None
 
     def input_label(self, node: fx.Node) -> Label | None:
         return self.label_of(node.args[0]) if node.args else None
@@ -252,7 +308,7 @@ class GraphLabels:
         return [
             label
             for arg in self.tensor_inputs(node)
-            for label in self.pieces.get(arg, [self.labels.get(arg)])
+            for label in map(self.resolve, self.pieces.get(arg, [self.labels.get(arg)]))
         ]
 
     def opaque(self, node: fx.Node, why: str) -> Label | None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torchvision.ops import stochastic_depth
 
-from workbench.graph.labels import GraphLabels, Label, Segment
+from workbench.graph.labels import FIXED, GraphLabels, Label, Segment
 from workbench.graph.norm_rules import (
     batchnorm,
     group_norm_call,
@@ -88,7 +88,10 @@ def softmax(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
 def layer(b: GraphLabels, node: fx.Node, module: nn.Module) -> Label | None:
     """Conv or linear layer: its input axis (weight axis 1) follows the input's groups; its
     output channels (weight axis 0, bias) start a new group. A depthwise conv ties output
-    channel ``c`` to input channel ``c`` (its filters follow the input's group). Any other
+    channel ``c`` to input channel ``c`` (its filters follow the input's group); one with
+    ``k`` filters per input channel ties outputs ``k c ... k c + k - 1`` to it, a block of
+    ``k`` that moves with it (:meth:`~workbench.graph.labels.GraphLabels.expand` lets the
+    channels that are added to them follow). Any other
     grouped conv with ``k`` groups mixes channels within blocks only: output block ``j``
     reads input block ``j``, so its input and output groups may move channels only within
     their ``k`` blocks (weight axis 1 is then permuted block by block). Channels on
@@ -117,6 +120,15 @@ def layer(b: GraphLabels, node: fx.Node, module: nn.Module) -> Label | None:
             if getattr(module, param) is not None:
                 b.add_axes(inp, key + param, 0, name)
         return Label(out_dim, inp.segments)
+    fixed = inp is None or any(s.group == FIXED for s in inp.segments)
+    if not fixed and module.in_channels == groups:
+        # k filters per input channel: its k outputs move with it, as one block
+        k = module.out_channels // groups
+        out = Label(out_dim, tuple(Segment(s.group, s.size, s.block * k) for s in inp.segments))
+        for param in ("weight", "bias", *_channel_parameters(module, module.out_channels)):
+            if getattr(module, param) is not None:
+                b.add_axes(out, key + param, 0, name)
+        return out
     if inp is not None and len(inp.segments) == 1 and inp.segments[0].block == 1:
         # output block j reads input block j only: both move within their blocks
         b.add_axes(inp, key + "weight", 1, name, role="in", grouped=groups)

@@ -321,7 +321,8 @@ def norm(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
 
 def reduce_over(b: GraphLabels, node: fx.Node, dims: Any) -> Label | None:
     """A reduction over ``dims``: reducing over other axes keeps the channels (their axis
-    index shifts when dims are dropped); reducing over the channel axis or everything
+    index shifts when dims are dropped; each entry of the channel axis, a block of a
+    channel's included, stays where it was); reducing over the channel axis or everything
     gives a value without channels, invariant to any permutation of them (no label)."""
     inp = b.input_label(node)
     in_shape, out_shape = shape_of(node.args[0]), shape_of(node)
@@ -330,8 +331,6 @@ def reduce_over(b: GraphLabels, node: fx.Node, dims: Any) -> Label | None:
     dims = {d % len(in_shape) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
     if inp.dim in dims:
         return None
-    if any(s.block != 1 for s in inp.segments):
-        return b.opaque(node, "reduction over a flattened channel block")
     kept = len(out_shape) == len(in_shape)
     new_dim = inp.dim if kept else inp.dim - sum(d < inp.dim for d in dims)
     return Label(new_dim, inp.segments)

@@ -205,7 +205,9 @@ class PermutationSpec:
 
     def coverage(self) -> float:
         """The fraction of hidden conv/linear output channels that some group permutes:
-        1.0 when every layer but the logits can be aligned, 0.0 when all are frozen."""
+        1.0 when every layer but the logits can be aligned, 0.0 when all are frozen. A
+        channel that moves only with its block (one of a depthwise conv's ``k`` outputs
+        per input channel) counts as moved."""
         hidden = [p.layer for p in self.layers if not p.final]
         total = sum(self.state_shapes[f"{name}.weight"][0] for name in hidden)
         if total == 0:
@@ -214,7 +216,8 @@ class PermutationSpec:
         for group in self.groups.values():
             for ax in group.axes:  # output rows of a layer, or a depthwise conv's channels
                 if ax.axis == 0 and ax.key.endswith(".weight"):
-                    covered_by_key[ax.key] = covered_by_key.get(ax.key, 0) + group.size
+                    moved = group.size * ax.block  # a block of rows moves with each channel
+                    covered_by_key[ax.key] = covered_by_key.get(ax.key, 0) + moved
         covered = sum(covered_by_key.get(f"{name}.weight", 0) for name in hidden)
         return covered / total
 
