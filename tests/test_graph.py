@@ -156,14 +156,21 @@ def test_grouped_conv_moves_channels_within_its_blocks() -> None:
         assert torch.allclose(model(x), permuted(x), atol=1e-6)
 
 
-def test_a_grouped_conv_with_one_channel_per_block_is_reported() -> None:
+def test_a_grouped_conv_with_one_input_channel_per_group_moves_its_outputs_with_it() -> None:
     model = nn.Sequential(
         nn.Conv2d(3, 4, 1), nn.ReLU(), nn.Conv2d(4, 8, 3, groups=4), nn.ReLU(), nn.Conv2d(8, 2, 1)
     )
-    spec = permutation_spec(model, example_input=torch.randn(2, 3, 8, 8))
-    assert "0" not in spec.groups and spec.groups["2"].blocks == 4
-    assert "0: grouped convolution leaves one channel per block (4 channels)" in spec.report
-    assert spec.coverage() == 8 / 12  # the first layer's 4 channels cannot move
+    x = torch.randn(2, 3, 8, 8)
+    spec = permutation_spec(model, example_input=x)
+    # each input channel's two outputs move with it, a block of two: one group of 4
+    assert list(spec.groups) == ["0"] and spec.groups["0"].size == 4
+    blocks = {(ax.key, ax.axis): ax.block for ax in spec.groups["0"].axes}
+    assert blocks["0.weight", 0] == 1 and blocks["2.weight", 0] == 2
+    assert blocks["4.weight", 1] == 2
+    assert spec.coverage() == 1.0  # was 8 / 12: the first layer's channels could not move
+    permuted = apply_permutation(model, spec=spec, perm=random_permutation(spec, seed=3))
+    with torch.no_grad():
+        assert torch.allclose(model(x), permuted(x), atol=1e-6)
 
 
 def test_channel_slicing_with_a_step_is_left_unpermuted() -> None:
