@@ -63,6 +63,8 @@ def conv_call(b: GraphLabels, node: fx.Node, _target: Any) -> Label | None:
     if inp is None:
         return None  # the input has no channels that move
     key, tensor, direct = held
+    if tensor.dim() != len(shape) or tensor.shape[0] not in (1, shape[0]):
+        return b.opaque(node, "depthwise convolution by a filter the model reshapes")
     saved = b.gm.state_dict()
     # one filter for every channel: broadcast from one, or a fixed buffer with equal rows
     # (a parameter or a saved buffer may hold other values after training or loading)
