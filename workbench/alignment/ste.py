@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from workbench.alignment.registry import register_method
 from workbench.alignment.weight import weight_matching
-from workbench.batching import batches
+from workbench.batching import batches, choose_batch_size
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import check_fits
 from workbench.figures import PALETTE
@@ -220,7 +220,7 @@ def ste_matching(
     spec: PermutationSpec | None = None,
     steps: int = STEPS,
     lr: float = LR,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = BATCH_SIZE,
     val_fraction: float = 0.1,
     seed: int = 0,
     progress: bool = True,
@@ -230,9 +230,11 @@ def ste_matching(
 
     ``steps`` Adam steps (learning rate ``lr``) on seeded random batches of
     ``batch_size`` labelled examples of ``data`` (training data: a Dataset, or a
-    DataLoader whose dataset is used); a stratified ``val_fraction`` of it is held out
-    and picks, among the permutations visited, the one whose midpoint loss is lowest
-    there (weight matching's, the first, included). ``spec`` defaults to
+    DataLoader whose dataset is used; ``batch_size=None``: the paper's 500, fewer where
+    :func:`~workbench.batching.choose_batch_size`'s memory budget needs it); a
+    stratified ``val_fraction`` of it is held out and picks, among the permutations
+    visited, the one whose midpoint loss is lowest there (weight matching's, the first,
+    included). ``spec`` defaults to
     ``permutation_spec(model_a, <a batch of data>)``. Deterministic for a given ``seed``;
     neither model is modified.
     """
@@ -245,6 +247,8 @@ def ste_matching(
     check_fits(model_a, data, "data")  # labels: all of them, before the first step
     steps = check_int("steps", steps, minimum=1)
     lr = check_number("lr", lr, low=0.0, low_inclusive=False)
+    if batch_size is None:  # merge_many's "a pass's own choice": the paper's, if it fits
+        batch_size = min(BATCH_SIZE, choose_batch_size([model_a, model_b], data))
     batch_size = check_int("batch_size", batch_size, minimum=1)
     val_fraction = check_number("val_fraction", val_fraction, low=0.0, low_inclusive=False)
     if val_fraction >= 1.0:
