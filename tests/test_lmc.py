@@ -80,7 +80,7 @@ def test_curve_metadata(naive_test, shipped_pair):
     assert naive_test.bn == "none"  # bn=None is the one spelling "none"
     assert naive_test.label == "naive"
     assert naive_test.settings == {
-        "batch_size": 500,
+        "batch_size": None,  # chosen for the pass (a memory budget): 500 here
         "data": "first split",
         "models": [wb.fingerprint(m) for m in shipped_pair],
     }

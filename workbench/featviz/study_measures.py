@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.alignment.statistics import GroupStatistics, JointMoments
+from workbench.batching import choose_batch_size
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.featviz.exemplars import _indexed_batches, unit_maps, unit_scores
@@ -98,6 +99,7 @@ def observe_layers(
     sizes = {layer: _channels(models[0], layer) for layer in layers}
     state = {layer: _Layer(len(models), sizes[layer], k) for layer in layers}
     device = model_device(models[0])
+    batch_size = choose_batch_size(models, data)  # before any hook observes a forward
     with contextlib.ExitStack() as stack:
         for m, model in enumerate(models):
             stack.enter_context(eval_mode(model))
@@ -106,7 +108,7 @@ def observe_layers(
                 record = lambda out, keep=keep, m=m: keep(m, out)  # noqa: E731
                 stack.enter_context(observing(model, where[layer][m], record))
         stack.enter_context(torch.inference_mode())
-        batches = _indexed_batches(data)
+        batches = _indexed_batches(data, batch_size)
         for inputs, ids in tqdm(batches, desc="unit study", disable=not progress, leave=False):
             inputs = inputs.to(device)
             for model in models:
