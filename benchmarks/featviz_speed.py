@@ -10,6 +10,13 @@ decorrelated color for three), Adam at the same learning rate, the same transfor
 preprocessing. lucent runs its own hooks and channel objective, one ``render_vis`` per
 channel. Ours is also run twice, to check that it is reproducible (the same images).
 
+Each row also counts the floating-point operations of one step per channel on both sides
+(``torch.utils.flop_counter``, forward and backward): lucent runs the whole network
+forward and takes the gradients of every parameter up to the layer; ours stops at the
+layer and takes the image's gradient only. Their ratio is the speedup at equal throughput:
+where it is below the measured speedup, ours also saves per-call overhead; where the
+measured speedup reaches it, the remaining cost is the convolutions both sides must run.
+
     python benchmarks/featviz_speed.py [--steps 64] [--channels 16] [--quick]
 """
 
@@ -23,6 +30,7 @@ from pathlib import Path
 import torch
 import torchvision
 from lucent.optvis import objectives, param, render
+from torch.utils.flop_counter import FlopCounterMode
 
 import workbench as wb
 from workbench.featviz.render import small_image_transforms
@@ -67,6 +75,17 @@ def lucent_per_channel(
     return time.perf_counter() - started
 
 
+def flops_per_channel(model, layer: str, channels, lr: float, size: int, gray: bool) -> dict:
+    """Operations of one step per channel: ours (all ``channels`` in one batch) and
+    lucent's (one channel)."""
+    with FlopCounterMode(display=False) as counter:
+        ours(model, layer, channels, 1, lr, size)
+    mine = counter.get_total_flops() / len(channels)
+    with FlopCounterMode(display=False) as counter:
+        lucent_per_channel(model, layer, channels[:1], 1, lr, size, gray)
+    return {"ours": mine, "lucent": counter.get_total_flops()}
+
+
 def ours(
     model, layer: str, channels, steps: int, lr: float, size: int
 ) -> tuple[float, torch.Tensor]:
@@ -92,6 +111,7 @@ def measure(name: str, steps: int, channels: int, lr: float) -> dict:
     batched, images = ours(model, layer, chosen, steps, lr, size)
     _, again = ours(model, layer, chosen, steps, lr, size)
     lucent = lucent_per_channel(model, layer, chosen, steps, lr, size, in_channels == 1)
+    flops = flops_per_channel(model, layer, chosen, lr, size, in_channels == 1)
     return {
         "model": name,
         "layer": layer,
@@ -102,6 +122,8 @@ def measure(name: str, steps: int, channels: int, lr: float) -> dict:
         "ours_ms_per_channel": 1000 * batched / len(chosen),
         "lucent_ms_per_channel": 1000 * lucent / len(chosen),
         "speedup_per_channel": lucent / batched,
+        "flops_per_channel_step": flops,
+        "flops_ratio": flops["lucent"] / flops["ours"],
         "reproducible": bool(torch.equal(images, again)),
     }
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -182,19 +183,21 @@ def main() -> None:
     steps = 2 if args.quick else args.steps
     result: dict = {"benchmark": "scaling", "threads": args.threads, "render_steps": steps}
     result["memory"] = "max resident set size of a fresh subprocess, above its baseline"
+    result["quick"] = args.quick  # a smoke run: few widths, images and steps
+    series = []
     if args.series in ("width", "both"):
         widths = WIDTHS[:3] if args.quick else WIDTHS
-        result["width"] = [
-            run_pair(f"resnet20x{w}", 32 if args.quick else 256, steps, args.threads)
-            for w in widths
-        ]
-        result["width_exponents"] = exponents(result["width"])
+        series += [("width", f"resnet20x{w}", 32 if args.quick else 256) for w in widths]
     if args.series in ("model", "both"):
         names = MODELS[:1] if args.quick else MODELS
-        result["model"] = [run_pair(n, 8 if args.quick else 64, steps, args.threads) for n in names]
-    result["quick"] = args.quick  # a smoke run: few widths, images and steps
+        series += [("model", name, 8 if args.quick else 64) for name in names]
+    for kind, name, images in series:  # saved after each pair: a long run cut short keeps it
+        result.setdefault(kind, []).append(run_pair(name, images, steps, args.threads))
+        if kind == "width":
+            result["width_exponents"] = exponents(result["width"])
+        print(json.dumps(result[kind][-1]), file=sys.stderr, flush=True)
+        (HERE / "results" / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
-    (HERE / "results" / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
     figure(result, HERE.parent / "docs" / "figures" / "scaling")
 
 

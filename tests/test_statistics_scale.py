@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import workbench as wb
 from workbench.alignment import collect_statistics
+from workbench.alignment import moments as moments_module
 from workbench.alignment import statistics as statistics_module
 from workbench.alignment.cca import cca_maps
 from workbench.alignment.lockstep import lockstep
@@ -43,11 +44,15 @@ def _direct(models, data, spec, name: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_statistics_match_a_float64_computation_whatever_the_chunk(pair, monkeypatch) -> None:
+    """Whole batches in one product; then a few images at a time, each model's symmetric
+    block formed in uneven panels (3, 3 and 2 rows of 8) of its upper triangle."""
     models, data, spec = pair
     name = "features.conv1"
     mean, covariance = _direct(models, data, spec, name)
-    for chunk in (statistics_module._CHUNK, 500):  # whole batches; a few images at a time
-        monkeypatch.setattr(statistics_module, "_CHUNK", chunk)
+    assert spec.groups[name].size == 8
+    for chunk, panel in ((moments_module._CHUNK, moments_module._PANEL), (500, 3)):
+        monkeypatch.setattr(moments_module, "_CHUNK", chunk)
+        monkeypatch.setattr(moments_module, "_PANEL", panel)
         stats = collect_statistics(
             models, data=data, spec=spec, groups=[name], batch_size=40, progress=False
         )[name]

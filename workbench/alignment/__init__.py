@@ -9,6 +9,7 @@ from workbench.alignment.activation import activation_matching, permutation_from
 from workbench.alignment.api import AlignmentResult, align, apply_alignment, map_model, match
 from workbench.alignment.cca import CCAAlignment, canonical_correlation, cca_align, cca_maps
 from workbench.alignment.folding import fold_batchnorm
+from workbench.alignment.group_statistics import GroupStatistics
 from workbench.alignment.ot import ot_fusion, ot_maps
 from workbench.alignment.registry import (
     AlignmentMethod,
@@ -21,7 +22,7 @@ from workbench.alignment.registry import (
     register_method,
     unregister_method,
 )
-from workbench.alignment.statistics import GroupStatistics, collect_statistics, observation_points
+from workbench.alignment.statistics import collect_statistics, observation_points
 from workbench.alignment.ste import ste_matching
 from workbench.alignment.weight import weight_matching
 from workbench.graph.transforms import (

@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from workbench.alignment.group_statistics import GroupStatistics
 from workbench.alignment.registry import register_method
-from workbench.alignment.statistics import GroupStatistics, collect_statistics
+from workbench.alignment.statistics import collect_statistics
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.figures import PALETTE

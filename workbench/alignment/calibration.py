@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
-from workbench.alignment.statistics import ChannelMoments
+from workbench.alignment.moments import ChannelMoments
 from workbench.batching import batches, choose_batch_size
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked

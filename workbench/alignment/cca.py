@@ -43,8 +43,9 @@ from torch import nn
 
 from workbench.alignment.api import map_model
 from workbench.alignment.dead import TIE_BREAK
+from workbench.alignment.group_statistics import GroupStatistics
 from workbench.alignment.registry import register_method
-from workbench.alignment.statistics import GroupStatistics, collect_statistics
+from workbench.alignment.statistics import collect_statistics
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.figures import PALETTE

@@ -3,7 +3,7 @@
 cross-activation of the rendered images.
 
 The pass keeps, per layer, the joint mean and covariance of all the models' channels
-(:class:`~workbench.alignment.statistics.JointMoments`, every position of every image one
+(:class:`~workbench.alignment.moments.JointMoments`, every position of every image one
 observation, as alignment measures its correlations), each channel's largest per-image
 objective (the render objective: the mean over positions) and each channel's running
 top-``k`` images by exemplar score (:func:`~workbench.featviz.exemplars.unit_scores`).
@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from workbench.alignment.statistics import GroupStatistics, JointMoments
+from workbench.alignment.group_statistics import GroupStatistics
+from workbench.alignment.moments import JointMoments
 from workbench.batching import choose_batch_size
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked

@@ -28,10 +28,11 @@ from typing import Any
 from torch import nn
 
 from workbench.alignment.cca import GAMMA_GRID
+from workbench.alignment.group_statistics import GroupStatistics
 from workbench.alignment.keywords import accepted_options
 from workbench.alignment.options import renamed_options, split_options
 from workbench.alignment.registry import AlignmentMethod, get_method, pairwise_methods
-from workbench.alignment.statistics import GroupStatistics, collect_statistics
+from workbench.alignment.statistics import collect_statistics
 from workbench.data import DataLike
 from workbench.evaluation import evaluate
 from workbench.graph import PermutationSpec, resolve_spec

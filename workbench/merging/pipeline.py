@@ -15,10 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from workbench.alignment.api import align, other_width_spec
+from workbench.alignment.group_statistics import GroupStatistics
 from workbench.alignment.keywords import accepted_options
 from workbench.alignment.options import check_options
 from workbench.alignment.registry import AlignmentMethod
-from workbench.alignment.statistics import GroupStatistics, collect_statistics
+from workbench.alignment.statistics import collect_statistics
 from workbench.data import DataLike, train_val_split
 from workbench.evaluation import check_fits
 from workbench.graph import PermutationSpec

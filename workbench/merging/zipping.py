@@ -63,9 +63,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from workbench.alignment.group_statistics import GroupStatistics
 from workbench.alignment.registry import register_method
 from workbench.alignment.returned import Merged
-from workbench.alignment.statistics import GroupStatistics, collect_statistics
+from workbench.alignment.statistics import collect_statistics
 from workbench.alignment.weight import assignment
 from workbench.data import DataLike
 from workbench.graph import PermutationSpec, resolve_spec

@@ -8,7 +8,7 @@ import math
 import torch
 
 from workbench.alignment.dead import TIE_BREAK
-from workbench.alignment.statistics import GroupStatistics
+from workbench.alignment.group_statistics import GroupStatistics
 
 __all__ = ["correlation_of", "merge_matrices", "zip_features"]
 

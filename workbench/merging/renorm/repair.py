@@ -30,7 +30,8 @@ import torch
 from torch import nn
 
 from workbench.alignment.calibration import calibrate_in_order
-from workbench.alignment.statistics import ChannelMoments, Moments, channel_moments
+from workbench.alignment.moments import ChannelMoments, Moments
+from workbench.alignment.statistics import channel_moments
 from workbench.batching import on_device
 from workbench.data import DataLike
 from workbench.graph import LayerPoint, PermutationSpec, resolve_spec
