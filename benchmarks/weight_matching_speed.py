@@ -14,6 +14,10 @@ the spec), wall and CPU seconds of the spec and of the matching, the number of g
 and the wall seconds issue 30 measured before the matching solved each group again only
 when a permutation it depends on had changed (idle 2-core machine). Writes
 ``benchmarks/results/weight_matching_speed_timm.json``.
+
+With ``--timm-all``: the matching's wall seconds on every timm CNN of
+``spec_coverage_timm.py`` up to its 60M parameters (spec at the model's smallest input
+size there), and the slowest. Writes ``weight_matching_speed_timm_all.json``.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ TIMM_BEFORE = {
     "res2net50_26w_4s": 300.0,  # "over 300 s"
 }
 TIMM_RESULTS = RESULTS.parent / "weight_matching_speed_timm.json"
+TIMM_ALL_RESULTS = RESULTS.parent / "weight_matching_speed_timm_all.json"
 
 
 def timm_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -134,13 +139,46 @@ def timm_rows() -> dict:
     return result
 
 
+def timm_all_rows() -> dict:
+    """Every model of the coverage benchmark's list, the results file written after each."""
+    from spec_coverage_timm import FAMILY, MAX_PARAMETERS, input_sizes
+
+    rows: list[dict] = []
+    for name in FAMILY:
+        a, b = timm_pair(name)
+        parameters = sum(p.numel() for p in a.parameters())
+        if parameters > MAX_PARAMETERS:
+            continue
+        size = input_sizes(a)[0]
+        spec = permutation_spec(a, example_input=torch.randn(2, 3, size, size))
+        started = time.perf_counter()
+        weight_matching(a, b, spec=spec)
+        row = {"model": name, "parameters": parameters, "groups": len(spec.groups)}
+        row["match_seconds"] = time.perf_counter() - started
+        row["load_average"] = os.getloadavg()[0]
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        slowest = max(rows, key=lambda r: r["match_seconds"])
+        result = {
+            "benchmark": "weight_matching_speed timm all",
+            "device": "cpu",
+            "threads": torch.get_num_threads(),
+            "models": len(rows),
+            "slowest": {"model": slowest["model"], "match_seconds": slowest["match_seconds"]},
+            "rows": rows,
+        }
+        TIMM_ALL_RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--widths", type=float, nargs="+", default=[1, 4, 16])
     parser.add_argument("--timm", action="store_true", help="the timm section (see above)")
+    parser.add_argument("--timm-all", action="store_true", help="every timm CNN (see above)")
     args = parser.parse_args()
-    if args.timm:
-        print(json.dumps(timm_rows(), indent=2))
+    if args.timm or args.timm_all:
+        print(json.dumps(timm_all_rows() if args.timm_all else timm_rows(), indent=2))
         return
     torch.manual_seed(0)
     x = torch.randn(8, 3, 32, 32)

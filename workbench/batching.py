@@ -32,6 +32,7 @@ __all__ = [
     "batches",
     "check_inputs",
     "choose_batch_size",
+    "memory_budget",
     "on_device",
 ]
 
@@ -237,6 +238,17 @@ def _largest_activation(model: nn.Module, example: torch.Tensor) -> int:
     return largest
 
 
+def memory_budget(device: torch.device, budget: int | None = None) -> int:
+    """Bytes a pass on ``device`` may hold: ``budget``, else the environment variable
+    ``WORKBENCH_BATCH_MEMORY`` (bytes, or "8GB", "512MB"), else :data:`DEFAULT_BUDGET`;
+    never more than half the memory free on the device now."""
+    if budget is None:
+        override = os.environ.get(BUDGET_VARIABLE)
+        budget = _parse_bytes(override) if override else DEFAULT_BUDGET
+    free = _available(device)
+    return budget if free is None else min(budget, free // 2)
+
+
 def choose_batch_size(
     models: Sequence[nn.Module],
     data: DataLike,
@@ -266,14 +278,9 @@ def choose_batch_size(
         example = _first_example(data)
     except (IndexError, KeyError, NotImplementedError):  # empty, or iterable-style data
         return MAX_BATCH
-    if budget is None:
-        override = os.environ.get(BUDGET_VARIABLE)
-        budget = _parse_bytes(override) if override else DEFAULT_BUDGET
     if len(example) == 0:
         return MAX_BATCH  # empty data: the pass itself says so, clearly
-    free = _available(model_device(models[0]))
-    if free is not None:
-        budget = min(budget, free // 2)
+    budget = memory_budget(model_device(models[0]), budget)
     try:
         per_example = LIVE_FACTOR * sum(_largest_activation(m, example) for m in models)
     except (RuntimeError, ValueError, TypeError):

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
+from workbench.alignment.layer_major import calibrate_layer_major
 from workbench.alignment.moments import ChannelMoments
 from workbench.batching import batches, choose_batch_size
 from workbench.data import DataLike
@@ -123,6 +124,9 @@ def calibrate_in_order(
         )
     with eval_mode(model):
         order = _known_order(model, {n: modules[n] for n in layers}, of, first[0].to(device))
+        inputs = (x.to(device) for x, _ in batches(data, batch_size, max_batches=max_batches))
+        if calibrate_layer_major(model, layers, order, inputs, calibrate, of=of):
+            return
         for step, name in enumerate(tqdm(order, desc=desc, disable=not progress, leave=False)):
             moments = ChannelMoments(layers[name])
 
