@@ -17,7 +17,7 @@ statistics passes (activation matching, CCA); one model 11 times over them for t
 The width series fits each step's cost exponent (time ~ width^k): the statistics grow with
 channels squared, the assignment solver with channels cubed.
 
-    python benchmarks/scaling.py [--quick] [--series width|model|both]
+    python benchmarks/scaling.py [--quick] [--series width|model|both] [--again STEP... [--rows MODEL...]]
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def child(name: str, step: str, images: int, steps: int, spec_path: Path) -> dic
         wb.lmc_curve(a, b, eval_data=data, data=data, alphas=11, bn="reset", spec=spec,
                      batch_size=BATCH, progress=False, cache=False)  # fmt: skip
     elif step == "render":
-        wb.render_channels(a, layer=_middle_conv(a), channels=16, steps=steps, size=size,
+        wb.render_channels(a, layer=_middle_conv(a), channels=range(16), steps=steps, size=size,
                            cache=False, progress=False)  # fmt: skip
     return {
         "seconds": time.perf_counter() - started,
@@ -108,15 +108,20 @@ def child(name: str, step: str, images: int, steps: int, spec_path: Path) -> dic
     }
 
 
-def run_pair(name: str, images: int, steps: int, threads: int) -> dict:
-    """Every step on one model pair, each in its own subprocess."""
-    found: dict[str, dict] = {}
+def run_pair(name: str, images: int, steps: int, threads: int, again: dict | None = None) -> dict:
+    """Every step on one model pair, each in its own subprocess; with ``again`` (a row of
+    an earlier run), only the steps it lacks (the spec is derived anew)."""
+    found: dict[str, dict] = dict(again["steps"]) if again else {}
     with tempfile.TemporaryDirectory() as folder:
         spec_path = Path(folder) / "spec.json"
         for step in ("spec", "plain", *STEPS[1:]):
-            found[step] = run_child(__file__, "--child", name, step, "--images", str(images),
-                                    "--steps", str(steps), "--threads", str(threads),
-                                    "--spec", str(spec_path))  # fmt: skip
+            if step != "spec" and step in found:
+                continue
+            measured = run_child(__file__, "--child", name, step, "--images", str(images),
+                                 "--steps", str(steps), "--threads", str(threads),
+                                 "--spec", str(spec_path))  # fmt: skip
+            if step not in found:
+                found[step] = measured
     plain = found["plain"].get("seconds")
     for step, share in DATA_STEPS.items():
         if plain and "seconds" in found[step]:
@@ -158,6 +163,8 @@ def figure(result: dict, stem: Path) -> None:
                 left.loglog(*zip(*points, strict=True), marker="o", label=label,
                             color=list(figures.PALETTE.values())[index])  # fmt: skip
         left.set(xlabel="ResNet-20 width multiplier", ylabel="seconds (32 px)")
+        left.set_xticks(WIDTHS, [str(w) for w in WIDTHS])
+        left.minorticks_off()
         left.legend(fontsize="x-small")
         rows = result.get("model", [])
         for index, step in enumerate(STEPS):
@@ -176,9 +183,31 @@ def main() -> None:
     parser.add_argument("--series", choices=("width", "model", "both"), default="both")
     parser.add_argument("--images", type=int, default=0)
     parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--again", nargs="+", choices=STEPS, help="re-measure these steps")
+    parser.add_argument("--rows", nargs="+", help="with --again: only these models' rows")
     add_child_arguments(parser, "MODEL", "STEP")
     args = parse_or_run_child(parser, lambda a: child(*a.child, a.images, a.steps, a.spec))
     if args is None:
+        return
+    if args.again:  # measure these steps again in the committed result, every row
+        result = json.loads((HERE / "results" / "scaling.json").read_text())
+        steps = result["render_steps"]
+        series = [
+            (kind, row)
+            for kind in ("width", "model")
+            for row in result.get(kind, [])
+            if not args.rows or row["model"] in args.rows
+        ]
+        for kind, row in series:
+            kept = {s: v for s, v in row["steps"].items() if s not in args.again}
+            index = result[kind].index(row)
+            result[kind][index] = run_pair(
+                row["model"], row["images"], steps, args.threads, {"steps": kept}
+            )
+            print(json.dumps(result[kind][index]), file=sys.stderr, flush=True)
+        result["width_exponents"] = exponents(result.get("width", []))
+        (HERE / "results" / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")
+        figure(result, HERE.parent / "docs" / "figures" / "scaling")
         return
     steps = 2 if args.quick else args.steps
     result: dict = {"benchmark": "scaling", "threads": args.threads, "render_steps": steps}
