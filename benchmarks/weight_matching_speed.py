@@ -160,7 +160,7 @@ def timm_all_rows() -> dict:
         print(json.dumps(row), file=sys.stderr, flush=True)
         slowest = max(rows, key=lambda r: r["match_seconds"])
         result = {
-            "benchmark": "weight_matching_speed timm all",
+            "benchmark": "weight_matching_speed timm_all",
             "device": "cpu",
             "threads": torch.get_num_threads(),
             "models": len(rows),
