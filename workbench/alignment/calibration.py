@@ -3,9 +3,10 @@ order the forward pass reaches them (:func:`calibrate_in_order`), and RESET on i
 (:func:`reset_bn`: every BatchNorm layer's running statistics become the exact statistics
 of its inputs). REPAIR (:mod:`workbench.merging.renorm`) corrects on the same engine.
 
-An eval-mode pass, stopped at the layer, measures the exact moments of its inputs (RESET)
-or outputs (REPAIR) over all of the data with every earlier layer already corrected, and
-the layer is corrected before the next one is measured. The result is the fixed point the
+An eval-mode pass measures the exact moments of a layer's inputs (RESET) or outputs
+(REPAIR) over all of the data with every earlier layer already corrected, and the layer is
+corrected before the next one is measured: all layers in one layer-major pass
+(:mod:`workbench.alignment.layer_major`) where it fits, else a pass per layer, stopped at it. The result is the fixed point the
 corrections aim at (in eval mode, every corrected layer sees exactly the statistics it was
 given), and it does not depend on the batch size: a batch of one example (even on a 1x1
 map, which train-mode BatchNorm refuses) gives the result of the whole dataset at once,
@@ -105,10 +106,12 @@ def calibrate_in_order(
     progress: bool = False,
 ) -> None:
     """Measure and correct ``layers`` (name -> channel axis) one at a time, in the order
-    the forward pass reaches them: one eval-mode pass over ``data`` per layer, stopped
-    there, gives the exact moments of the layer's input (``of="input"``) or output, with
-    every earlier layer already corrected; ``calibrate(name, moments)`` corrects it in
-    place before the next layer is measured. One batch first finds the order, once per
+    the forward pass reaches them: the exact moments of the layer's input (``of="input"``)
+    or output over all of ``data``, with every earlier layer already corrected;
+    ``calibrate(name, moments)`` corrects it in place before the next layer is measured.
+    All layers in one layer-major pass where the model traces and the data's activations
+    fit the memory budget (:mod:`workbench.alignment.layer_major`), else one eval-mode
+    pass over ``data`` per layer, stopped there: the same numbers either way. One batch first finds the order, once per
     model (a working model corrected at every point of a path finds it once). Layers that
     the eval-mode forward pass never runs (an auxiliary head used only in training) are
     left as they are.
@@ -172,7 +175,8 @@ def reset_bn_(
 ) -> nn.Module:
     """RESET in place: every BatchNorm layer's running mean and (unbiased) variance become
     the exact statistics of its inputs over all of ``data`` when the network runs in eval
-    mode with every earlier BatchNorm layer already reset (one partial pass per layer).
+    mode with every earlier BatchNorm layer already reset (one pass over the data in all,
+    or one partial pass per layer: :func:`calibrate_in_order`).
 
     Independent of the batch size (a batch of one example works); ``num_batches_tracked``
     counts the batches measured. Every pass reads ``data`` again: with ``max_batches`` on a
