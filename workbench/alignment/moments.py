@@ -24,14 +24,11 @@ __all__ = ["ChannelMoments", "JointMoments", "Moments", "StreamingMoments", "Wor
 class StreamingMoments:
     """Count, mean and sum of squared deviations (``m2``) of a stream of observations of
     C channels, combined batch by batch in float64 with the pairwise update of Chan et al.
-    (1979), so a large mean never cancels a small variance across a long pass.
-
-    ``m2`` is per channel, shape (C,), or the full co-moment matrix, (C, C), with
-    ``full=True``.
+    (1979), so a large mean never cancels a small variance across a long pass. ``m2`` is
+    per channel, shape (C,); :class:`JointMoments` folds co-moment blocks the same way.
     """
 
-    def __init__(self, full: bool = False) -> None:
-        self.full = full
+    def __init__(self) -> None:
         self.count = 0
         self.mean: torch.Tensor | float = 0.0
         self.m2: torch.Tensor | float = 0.0
@@ -47,15 +44,12 @@ class StreamingMoments:
         total = self.count + n
         delta = mean.double() - self.mean
         self.m2 += m2
-        if self.full:
-            self.m2.addr_(delta, delta, alpha=self.count * n / total)
-        else:
-            self.m2.add_(delta.square(), alpha=self.count * n / total)
+        self.m2.add_(delta.square(), alpha=self.count * n / total)
         self.mean += delta * (n / total)
         self.count = total
 
     def variance(self, unbiased: bool = False) -> torch.Tensor:
-        """Per-channel variance (or the covariance matrix), biased unless ``unbiased``."""
+        """Per-channel variance, biased unless ``unbiased``."""
         if self.count == 0:
             raise ValueError("Cannot measure statistics on an empty dataset.")
         return self.m2 / max(self.count - 1, 1) if unbiased else self.m2 / self.count
