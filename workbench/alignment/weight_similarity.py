@@ -9,16 +9,24 @@ term and recomputes it only when a permutation it depends on changed since; it p
 along all other axes of a tensor with one gather per tensor axis rather than one per
 group. Every term is computed and summed exactly as before (same operands, same order),
 so the matching finds the same permutations, only faster.
+
+A group that permutes two axes of one tensor (a convolution from a residual stream back
+into it, as in RepVGG; slices of one concatenation, as in selective-kernel attention)
+enters its own similarity: there the objective is quadratic in the group's permutation,
+and the terms of those tensors are kept apart (:class:`GroupSimilarity`), with
+:meth:`Similarities.loop_value` giving their exact contribution for a trial permutation.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from workbench.graph import Axis, PermutationSpec
 from workbench.graph.transforms import Permutation, axis_index, channel_block, permute_axis
 
-__all__ = ["Similarities"]
+__all__ = ["GroupSimilarity", "Similarities"]
 
 CACHE_BYTES = 2 * 1024**3  # the most memory the cached terms may take
 
@@ -55,6 +63,21 @@ def _permuted(w_b: torch.Tensor, others: list[tuple[str, Axis]], perm: Permutati
     for name, ax in grouped:
         w_b = permute_axis(w_b, ax, perm[name])
     return w_b
+
+
+class GroupSimilarity(NamedTuple):
+    """A group's similarity under the current permutations, in two parts.
+
+    ``linear``: the terms of tensors the group permutes along one axis; ``<linear, P>``
+    is their exact inner product for the group's permutation ``P``. ``loops``: the terms
+    of tensors it permutes along two axes (``None`` where there are none), each taken
+    with the group's current permutation on the other axis: the gradient of their
+    (quadratic) inner product at the current permutation. Algorithm 1 of Git Re-Basin
+    solves ``linear + loops``.
+    """
+
+    linear: torch.Tensor
+    loops: torch.Tensor | None
 
 
 class Similarities:
@@ -95,6 +118,15 @@ class Similarities:
             ]
             for name, group in spec.groups.items()
         }
+        # per group: the tensors it permutes along two axes, each with all its axes
+        self.loop_tensors = {
+            name: {
+                ax.key: axes_of_key[ax.key]
+                for ax, others in terms
+                if any(o == name for o, _ in others)
+            }
+            for name, terms in self.terms.items()
+        }
         self.cache: dict[tuple[str, int], tuple[torch.Tensor, int]] = {}
         self.room = cache_bytes
 
@@ -114,14 +146,25 @@ class Similarities:
         itself, where it permutes two axes of one tensor)."""
         return {o for _, others in self.terms[name] for o, _ in others}
 
+    def loop_value(self, name: str, perm: Permutation) -> float:
+        """The inner product (float64) of A and B over the tensors group ``name`` permutes
+        along two axes, B permuted along all axes by ``perm``: with ``<linear, P>``, the
+        group's exact share of the objective for ``perm[name] = P``."""
+        total = 0.0
+        for key, axes in self.loop_tensors[name].items():
+            w_b = _permuted(self.state_b[key], axes, perm)
+            total += torch.dot(self.state_a[key].double().flatten(), w_b.double().flatten()).item()
+        return total
+
     def of(
         self, name: str, perm: Permutation, changed_at: dict[str, int], visit: int
-    ) -> torch.Tensor:
+    ) -> GroupSimilarity:
         """Group ``name``'s similarity under ``perm``; new terms are cached while the
         cache has room."""
         size = self.spec.groups[name].size
         device = next(iter(self.state_a.values())).device
-        similarity = torch.zeros(size, size, device=device)
+        linear = torch.zeros(size, size, device=device)
+        loops = torch.zeros(size, size, device=device) if self.loop_tensors[name] else None
         for k, (ax, others) in enumerate(self.terms[name]):
             term = self._fresh(name, k, changed_at)
             if term is None:
@@ -132,5 +175,8 @@ class Similarities:
                 if term.numel() * term.element_size() <= self.room:
                     self.cache[name, k] = (term, visit)
                     self.room -= term.numel() * term.element_size()
-            similarity += term
-        return similarity
+            if ax.key in self.loop_tensors[name]:
+                loops += term
+            else:
+                linear += term
+        return GroupSimilarity(linear, loops)
