@@ -17,7 +17,8 @@ when a permutation it depends on had changed (idle 2-core machine). Writes
 
 With ``--timm-all``: the matching's wall seconds on every timm CNN of
 ``spec_coverage_timm.py`` up to its 60M parameters (spec at the model's smallest input
-size there), and the slowest. Writes ``weight_matching_speed_timm_all.json``.
+size there), and the slowest. Writes ``weight_matching_speed_timm_all.json``;
+``--again MODEL ...`` measures those models again and replaces their rows.
 """
 
 from __future__ import annotations
@@ -139,12 +140,13 @@ def timm_rows() -> dict:
     return result
 
 
-def timm_all_rows() -> dict:
-    """Every model of the coverage benchmark's list, the results file written after each."""
+def timm_all_rows(again: list[str] | None = None) -> dict:
+    """Every model of the coverage benchmark's list, the results file written after each;
+    with ``again``, only those models, measured again in place of their rows."""
     from spec_coverage_timm import FAMILY, MAX_PARAMETERS, input_sizes
 
-    rows: list[dict] = []
-    for name in FAMILY:
+    rows: list[dict] = json.loads(TIMM_ALL_RESULTS.read_text())["rows"] if again else []
+    for name in again or FAMILY:
         a, b = timm_pair(name)
         parameters = sum(p.numel() for p in a.parameters())
         if parameters > MAX_PARAMETERS:
@@ -156,7 +158,8 @@ def timm_all_rows() -> dict:
         row = {"model": name, "parameters": parameters, "groups": len(spec.groups)}
         row["match_seconds"] = time.perf_counter() - started
         row["load_average"] = os.getloadavg()[0]
-        rows.append(row)
+        place = next((i for i, r in enumerate(rows) if r["model"] == name), len(rows))
+        rows[place : place + 1] = [row]
         print(json.dumps(row), file=sys.stderr, flush=True)
         slowest = max(rows, key=lambda r: r["match_seconds"])
         result = {
@@ -176,9 +179,10 @@ def main() -> None:
     parser.add_argument("--widths", type=float, nargs="+", default=[1, 4, 16])
     parser.add_argument("--timm", action="store_true", help="the timm section (see above)")
     parser.add_argument("--timm-all", action="store_true", help="every timm CNN (see above)")
+    parser.add_argument("--again", nargs="+", help="with --timm-all: measure these models again")
     args = parser.parse_args()
     if args.timm or args.timm_all:
-        print(json.dumps(timm_all_rows() if args.timm_all else timm_rows(), indent=2))
+        print(json.dumps(timm_all_rows(args.again) if args.timm_all else timm_rows(), indent=2))
         return
     torch.manual_seed(0)
     x = torch.randn(8, 3, 32, 32)

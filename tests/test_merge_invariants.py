@@ -8,8 +8,9 @@ registered later gets them for free.
   permutation method recovers the permutation;
 - interpolation at alpha 0 and 1 gives the endpoints, and RESET equals a direct
   recomputation of the statistics written plainly here;
-- on an independently trained pair, every method beats plain averaging and comes within
-  a stated margin of weight matching.
+- on an independently trained pair, every method beats plain averaging, and every one
+  but CCA Merge (held to the paper's procedure instead; see ``MARGIN``) comes within a
+  stated margin of weight matching.
 
 The independent references for the linear methods (CCA Merge, OT fusion), written from
 the papers' formulas, are in ``tests/test_linear_references.py``.
@@ -174,7 +175,16 @@ def test_reset_equals_a_direct_recomputation(pairs, fit_data, arch):
 # plain_cnn   10.0%  88.1%  85.5%      89.6%  87.3%  88.2%  92.4%    85.8%
 # (the ResNet pair is trained for 3 epochs only, so its merges are far from its
 # endpoints, 93.8% and 89.4%; the test compares methods, not the merge's quality)
-MARGIN = 0.03  # how far below weight matching a method may fall (accuracy, 0-1)
+# On an AMD EPYC machine (2026-12-07) training rounds differently and gives other pairs:
+# bn_resnet  17.3%  54.2%  79.1%      43.8%  79.1%  66.3%  90.6%    65.5%
+# plain_cnn  10.2%  84.6%  88.1%      67.6%  87.8%  84.6%  91.3%    84.6%
+# CCA's maps are not permutations, and on these pairs many units never fire on the 600
+# statistics images (plain_cnn: 24 and 29 of fc1's 128); there the paper's procedure of
+# tests/test_linear_references.py, run on the plain pair with numpy completing the SVD,
+# gives 67.9% (gamma 1), 72.9% (gamma 0.1) against ours 67.6% and 76.0%. CCA is held to
+# beating averaging here and to the paper's procedure there, not to weight matching.
+MARGIN = 0.03  # how far below weight matching a permutation method may fall (accuracy, 0-1)
+NOT_HELD_TO_WEIGHT_MATCHING = ("none", "weight", "cca")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -187,7 +197,8 @@ def test_every_method_beats_averaging_and_nears_weight_matching(
         for m in wb.methods()
     }
     for method, value in accuracy.items():
-        if method in ("none", "weight"):
+        if method == "none":
             continue
         assert value > accuracy["none"] + 0.05, (method, accuracy)
-        assert value >= accuracy["weight"] - MARGIN, (method, accuracy)
+        if method not in NOT_HELD_TO_WEIGHT_MATCHING:
+            assert value >= accuracy["weight"] - MARGIN, (method, accuracy)
