@@ -18,7 +18,9 @@ when a permutation it depends on had changed (idle 2-core machine). Writes
 With ``--timm-all``: the matching's wall seconds on every timm CNN of
 ``spec_coverage_timm.py`` up to its 60M parameters (spec at the model's smallest input
 size there), and the slowest. Writes ``weight_matching_speed_timm_all.json``;
-``--again MODEL ...`` measures those models again and replaces their rows.
+``--again MODEL ...`` measures those models again and replaces their rows; ``--repeats K``
+takes the median of K matchings of each pair (wall times here vary by a third from run
+to run).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import argparse
 import copy
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -140,9 +143,10 @@ def timm_rows() -> dict:
     return result
 
 
-def timm_all_rows(again: list[str] | None = None) -> dict:
+def timm_all_rows(again: list[str] | None = None, repeats: int = 1) -> dict:
     """Every model of the coverage benchmark's list, the results file written after each;
-    with ``again``, only those models, measured again in place of their rows."""
+    with ``again``, only those models, measured again in place of their rows; the median
+    of ``repeats`` matchings of the same pair."""
     from spec_coverage_timm import FAMILY, MAX_PARAMETERS, input_sizes
 
     rows: list[dict] = json.loads(TIMM_ALL_RESULTS.read_text())["rows"] if again else []
@@ -153,10 +157,15 @@ def timm_all_rows(again: list[str] | None = None) -> dict:
             continue
         size = input_sizes(a)[0]
         spec = permutation_spec(a, example_input=torch.randn(2, 3, size, size))
-        started = time.perf_counter()
-        weight_matching(a, b, spec=spec)
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            weight_matching(a, b, spec=spec)
+            runs.append(time.perf_counter() - started)
         row = {"model": name, "parameters": parameters, "groups": len(spec.groups)}
-        row["match_seconds"] = time.perf_counter() - started
+        row["match_seconds"] = statistics.median(runs)
+        if repeats > 1:
+            row["match_seconds_runs"] = runs
         row["load_average"] = os.getloadavg()[0]
         place = next((i for i, r in enumerate(rows) if r["model"] == name), len(rows))
         rows[place : place + 1] = [row]
@@ -180,9 +189,14 @@ def main() -> None:
     parser.add_argument("--timm", action="store_true", help="the timm section (see above)")
     parser.add_argument("--timm-all", action="store_true", help="every timm CNN (see above)")
     parser.add_argument("--again", nargs="+", help="with --timm-all: measure these models again")
+    parser.add_argument("--repeats", type=int, default=1, help="with --timm-all: the median of")
     args = parser.parse_args()
     if args.timm or args.timm_all:
-        print(json.dumps(timm_all_rows(args.again) if args.timm_all else timm_rows(), indent=2))
+        print(
+            json.dumps(
+                timm_all_rows(args.again, args.repeats) if args.timm_all else timm_rows(), indent=2
+            )
+        )
         return
     torch.manual_seed(0)
     x = torch.randn(8, 3, 32, 32)

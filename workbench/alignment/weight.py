@@ -12,10 +12,11 @@ The paper's step, the assignment that is best for the similarity linearized at t
 current permutation, then need not improve the objective: on RepVGG-A2 the descent
 moved between states pass after pass until ``max_iter``, its answer depending on
 ``max_iter`` (``benchmarks/weight_matching_loops.py``: objective 517 after 100 passes, 413
-after 101). For such a group the paper's step is tried with its own terms scaled by each
-of :data:`LOOP_SCALES` (1: the paper's), and the step that most improves the exact
-objective is taken, or none: every step improves the objective, so the descent ends
-(RepVGG-A2: objective 874). Where no group does, every step is exactly the paper's.
+after 101). For such a group the paper's step is taken when it improves the exact
+objective; otherwise the step with the group's own terms scaled by 1/2, then 1/4, 1/8 and
+0 (:data:`LOOP_SCALES`), the first that improves it, or none. Every step improves the
+objective, so the descent ends (RepVGG-A2: objective 841). Where no group permutes two
+axes of one tensor, every step is exactly the paper's.
 
 For N models, MergeMany (Algorithm 3 of the same paper) weight-matches each model in turn
 to the average of the others; it is registered as the method's N-model merger.
@@ -48,19 +49,29 @@ from workbench.vocabulary import keyword_only
 
 __all__ = ["merge_weight_matching", "weight_matching"]
 
-LOOP_SCALES = (1.0, 0.5, 0.25, 0.125, 0.0)  # the damped steps tried for a group in a loop
+LOOP_SCALES = (1.0, 0.5, 0.25, 0.125, 0.0)  # the steps tried, in order, for a group in a loop
 
 
 def assignment(similarity: torch.Tensor, blocks: int = 1) -> torch.Tensor:
     """The permutation ``p`` maximizing ``sum_i similarity[i, p[i]]`` (scipy's solver);
     with ``blocks``, the best one that keeps every channel in its block (one assignment
-    per diagonal block of ``similarity``)."""
+    per diagonal block of ``similarity``).
+
+    Each row's maximum and then each column's is subtracted first (where all entries are
+    finite): that changes every permutation's sum by the same constant, so not the
+    answer, and gives the solver a zero in every row and column to start from (on
+    Res2Net's 2048-channel similarities 0.13-0.17 s per solve instead of 0.26 s).
+    """
     matrix = similarity.detach().double().cpu().numpy()
     size = len(matrix) // blocks
     parts = []
     for b in range(blocks):
         span = slice(b * size, (b + 1) * size)
-        rows, cols = linear_sum_assignment(matrix[span, span], maximize=True)
+        block = matrix[span, span]
+        if np.isfinite(block).all():  # (scipy's own errors for the rest)
+            block = block - block.max(1, keepdims=True)
+            block -= block.max(0, keepdims=True)
+        rows, cols = linear_sum_assignment(block, maximize=True)
         if not np.array_equal(rows, np.arange(size)):
             raise RuntimeError("linear_sum_assignment returned an incomplete assignment.")
         parts.append(torch.from_numpy(cols).long())
@@ -77,8 +88,9 @@ def _step(
     """Group ``name``'s new permutation, or ``None`` where no step improves the objective.
 
     Without loops the objective is ``<linear, P>``: the paper's step. With them, the
-    assignment for ``linear + s * loops`` for each ``s`` in :data:`LOOP_SCALES`, whichever
-    most improves the exact objective (``<linear, P>`` plus the loops' inner product).
+    assignment for ``linear + s * loops`` for the first ``s`` in :data:`LOOP_SCALES` (1:
+    the paper's step) whose assignment improves the exact objective (``<linear, P>`` plus
+    the loops' inner product): a backtracking line search on the loops' weight.
     """
     current = perm[name]
     rows = torch.arange(len(current), device=current.device)
@@ -93,15 +105,11 @@ def _step(
         return linear[rows, p].sum().item() + similarities.loop_value(name, {**perm, name: p})
 
     old = value(current)
-    best, new = None, old + 1e-12 * max(1.0, abs(old))
     for scale in LOOP_SCALES:
         trial = assignment(parts.linear + scale * parts.loops, blocks).to(current.device)
-        if torch.equal(trial, current) or (best is not None and torch.equal(trial, best)):
-            continue
-        gained = value(trial)
-        if gained > new:
-            best, new = trial, gained
-    return best
+        if not torch.equal(trial, current) and value(trial) > old + 1e-12 * max(1.0, abs(old)):
+            return trial
+    return None
 
 
 def merge_weight_matching(

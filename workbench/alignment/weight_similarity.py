@@ -44,22 +44,48 @@ def _similarity(w_a: torch.Tensor, w_b: torch.Tensor, ax: Axis, size: int) -> to
     return torch.block_diag(*(parts_a @ parts_b.transpose(1, 2)))
 
 
-def _permuted(w_b: torch.Tensor, others: list[tuple[str, Axis]], perm: Permutation) -> torch.Tensor:
+def _gather(w: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
+    """``w.index_select(dim, index)``; on a tensor whose trailing axes after ``dim`` are all
+    1 (a 1x1 convolution's input axis) as a column gather of a matrix, about 2.5x faster
+    than torch's gather along an inner axis and the same entries."""
+    if dim == 1 and w.dim() > 2 and w.is_contiguous() and w.shape[2:].numel() == 1:
+        return w.view(w.shape[0], w.shape[1]).index_select(1, index).view(w.shape)
+    return w.index_select(dim, index)
+
+
+IndexCache = dict[tuple, tuple[torch.Tensor, torch.Tensor]]
+
+
+def _permuted(
+    w_b: torch.Tensor,
+    others: list[tuple[str, Axis]],
+    perm: Permutation,
+    cache: IndexCache | None = None,
+) -> torch.Tensor:
     """``w_b`` permuted along every axis in ``others`` by its group's permutation: the
     index maps of one tensor axis composed first (slices of a concatenation touch
-    disjoint entries), then one ``index_select`` per tensor axis; a grouped axis (its
-    parts reordered one by one) on its own. Pure data movement, so the result is
-    exactly that of permuting one axis after the other."""
+    disjoint entries), then one gather per tensor axis; a grouped axis (its parts
+    reordered one by one) on its own. Pure data movement, so the result is exactly that
+    of permuting one axis after the other. ``cache`` keeps each axis's index map while
+    its group's permutation (a tensor replaced, never changed, when the group moves) is
+    the same."""
     index: dict[int, torch.Tensor] = {}
     grouped = []
     for name, ax in others:
         if ax.grouped != 1:
             grouped.append((name, ax))
             continue
-        step = axis_index(ax, perm[name].to(w_b.device), w_b.shape[ax.axis])
+        key = (name, ax.identity(), w_b.shape[ax.axis])
+        found = None if cache is None else cache.get(key)
+        if found is not None and found[0] is perm[name]:
+            step = found[1]
+        else:
+            step = axis_index(ax, perm[name].to(w_b.device), w_b.shape[ax.axis])
+            if cache is not None:
+                cache[key] = (perm[name], step)
         index[ax.axis] = step if ax.axis not in index else index[ax.axis][step]
     for dim, idx in index.items():
-        w_b = w_b.index_select(dim, idx)
+        w_b = _gather(w_b, dim, idx)
     for name, ax in grouped:
         w_b = permute_axis(w_b, ax, perm[name])
     return w_b
@@ -128,6 +154,8 @@ class Similarities:
             for name, terms in self.terms.items()
         }
         self.cache: dict[tuple[str, int], tuple[torch.Tensor, int]] = {}
+        self.indices: IndexCache = {}
+        self.loop_a: dict[str, torch.Tensor] = {}  # A's loop tensors in float64, flattened
         self.room = cache_bytes
 
     def _fresh(self, name: str, k: int, changed_at: dict[str, int]) -> torch.Tensor | None:
@@ -152,8 +180,10 @@ class Similarities:
         group's exact share of the objective for ``perm[name] = P``."""
         total = 0.0
         for key, axes in self.loop_tensors[name].items():
-            w_b = _permuted(self.state_b[key], axes, perm)
-            total += torch.dot(self.state_a[key].double().flatten(), w_b.double().flatten()).item()
+            if key not in self.loop_a:
+                self.loop_a[key] = self.state_a[key].double().flatten()
+            w_b = _permuted(self.state_b[key], axes, perm, self.indices)
+            total += torch.dot(self.loop_a[key], w_b.double().flatten()).item()
         return total
 
     def of(
@@ -168,7 +198,7 @@ class Similarities:
         for k, (ax, others) in enumerate(self.terms[name]):
             term = self._fresh(name, k, changed_at)
             if term is None:
-                w_b = _permuted(self.state_b[ax.key], others, perm)
+                w_b = _permuted(self.state_b[ax.key], others, perm, self.indices)
                 term = _similarity(self.state_a[ax.key], w_b, ax, size)
                 old = self.cache.pop((name, k), None)
                 self.room += 0 if old is None else old[0].numel() * old[0].element_size()
