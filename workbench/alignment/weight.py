@@ -176,7 +176,7 @@ def weight_matching(
     graphs with hundreds of groups converge in seconds; ``progress`` shows a bar over
     the groups visited, pass after pass. Every change improves the objective
     ``sum <A, permuted B>`` (see the module docstring for groups that permute two axes
-    of one tensor), so the descent ends before ``max_iter`` on any graph of moderate size.
+    of one tensor), so the descent ends by itself; ``max_iter`` only bounds its passes.
     """
     check_models([model_a, model_b])
     check_int("max_iter", max_iter, minimum=1)
