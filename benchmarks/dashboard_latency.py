@@ -53,7 +53,7 @@ import contextlib, io, json, os, time
 import matplotlib.pyplot as plt
 import torch
 import workbench as wb
-from workbench.featviz import compare_layer, layer_exemplars, plot_unit_comparison, render_layer
+from workbench.featviz import compare_layer, layer_exemplars, plot_unit_comparison, unit_study
 
 train = wb.load_dataset("mnist-5k", "train").subset(torch.arange(0, 4000, 8), "train")
 test = wb.load_dataset("mnist-5k", "test").subset(torch.arange(0, 1000, 2), "test")
@@ -89,9 +89,14 @@ def lmc_direct(pair, method, bn):
 
 
 def neurons_direct(layer, method, unit=None):
-    c = compare_layer(models[0], models[1], layer, train, method)
+    # what NeuronExplorer's Render computes: the comparison, the unit study, the exemplars
+    c = compare_layer(models[0], models[1], layer=layer, data=train, method=method)
+    study = unit_study(models[0], models[1], layer=layer, data=train, method=method,
+                       bn="reset", point="relu", steps=16, k=6)
+    names = dict(zip(c.models, (*study.parents, *study.variants)))
+    images = {shown: study.images[name] for shown, name in names.items()}
     units = list(range(len(c.match.matched)))
-    images, ex = render_layer(c, units, 16), layer_exemplars(c, train, units, 6)
+    ex = layer_exemplars(c, train, units, 6, point="relu")
     png(plot_unit_comparison(c, c.match.order()[unit or 0], images, ex, units))
 
 
@@ -188,8 +193,9 @@ class Kernel:
         out: list[str] = []
 
         def hook(message: dict) -> None:
-            if message["header"]["msg_type"] == "stream":
-                out.append(message["content"]["text"])
+            content = message["content"]
+            if message["header"]["msg_type"] == "stream" and content["name"] == "stdout":
+                out.append(content["text"])  # not stderr: progress bars
             if message["header"]["msg_type"] == "error":
                 raise RuntimeError("\n".join(message["content"]["traceback"]))
 
@@ -313,7 +319,7 @@ def neuron_explorer(bench: Bench, repeats: int) -> None:
         steps.append(bench.latency(3, key(0, "ArrowLeft"), shows("rank 1 of 32")))
     bench.kernel.run(
         "def unit_figure(rank):\n"
-        "    comparison, images, exemplars = neurons.runner.current\n"
+        "    comparison, images, exemplars, _ = neurons.runner.current\n"
         "    units = list(range(len(comparison.match.matched)))\n"
         "    unit = comparison.match.order()[rank]\n"
         "    png(plot_unit_comparison(comparison, unit, images, exemplars, units))\n"
