@@ -50,11 +50,7 @@ MODELS = [
 
 def objective(spec: PermutationSpec, state_a: dict, state_b: dict, perm: Permutation) -> float:
     """``sum <A, B permuted by perm>`` in float64 over every parameter a group permutes."""
-    axes: dict[str, list] = {}
-    for name, group in spec.groups.items():
-        for ax in group.axes:
-            if ax.key in state_a:
-                axes.setdefault(ax.key, []).append((name, ax))
+    axes = Similarities(spec, state_a, state_b).axes_of_key
     return sum(
         torch.dot(
             state_a[k].double().flatten(), _permuted(state_b[k], v, perm).double().flatten()

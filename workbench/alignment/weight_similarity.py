@@ -123,11 +123,12 @@ class Similarities:
         cache_bytes: int = CACHE_BYTES,
     ) -> None:
         self.spec, self.state_a, self.state_b = spec, state_a, state_b
-        axes_of_key: dict[str, list[tuple[str, Axis]]] = {}
+        # per parameter: every (group, axis) that permutes it
+        self.axes_of_key: dict[str, list[tuple[str, Axis]]] = {}
         for name, group in spec.groups.items():
             for ax in group.axes:
                 if ax.key in state_a:
-                    axes_of_key.setdefault(ax.key, []).append((name, ax))
+                    self.axes_of_key.setdefault(ax.key, []).append((name, ax))
         # per group: its axes, each with the (group, axis) pairs that permute the others
         self.terms = {
             name: [
@@ -135,7 +136,7 @@ class Similarities:
                     ax,
                     [
                         (o, other)
-                        for o, other in axes_of_key[ax.key]
+                        for o, other in self.axes_of_key[ax.key]
                         if other.identity() != ax.identity()
                     ],
                 )
@@ -147,7 +148,7 @@ class Similarities:
         # per group: the tensors it permutes along two axes, each with all its axes
         self.loop_tensors = {
             name: {
-                ax.key: axes_of_key[ax.key]
+                ax.key: self.axes_of_key[ax.key]
                 for ax, others in terms
                 if any(o == name for o, _ in others)
             }
