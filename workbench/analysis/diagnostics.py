@@ -151,7 +151,11 @@ def matched_correlations(
     check_data(model_a, {getattr(data, "split", "data"): data})
     store = resolve_cache(cache)
     key = store.key(
-        models=[model_a, model_b], method=get_method(method), data=data, batch_size=batch_size
+        models=[model_a, model_b],
+        method=get_method(method),
+        data=data,
+        spec=spec,
+        batch_size=batch_size,
     )
 
     def compute() -> tuple[dict[str, torch.Tensor], dict]:
@@ -291,6 +295,7 @@ def partial_alignment(
         eval_data=splits,
         bn=get_bn(bn),
         alphas=alphas,
+        spec=spec,
         batch_size=batch_size,
     )
     spec = resolve_spec(model_a, spec, data=data)

@@ -11,20 +11,25 @@ in :mod:`~workbench.featviz.study_results`; how a merged unit's parent units are
 
 Each study reads every measure at one observation point (``point``). ``data`` is what
 the alignment and the BatchNorm handling fit on (training data), ``eval_data`` what the
-units are measured on (default ``data``). Renders are cached on disk (``cache``); the
-rest is one pass over ``eval_data`` (seconds on the shipped models).
+units are measured on (default ``data``). Renders are cached on disk per channel, and
+each study as a whole, keyed by the models' and data's content and every setting
+(``cache``; ``False`` bypasses both): a study asked for again is read back without
+aligning, merging or a pass. Computed, it is one pass over ``eval_data`` besides the
+renders (seconds on the shipped models).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 from torch import nn
 
 from workbench import validation
+from workbench.alignment.registry import get_method
+from workbench.analysis.engine import resolve_cache
 from workbench.cache import ResultCache
 from workbench.data import DataLike
 from workbench.evaluation import check_fits
@@ -32,8 +37,16 @@ from workbench.featviz.points import check_point, observable_layers, observation
 from workbench.featviz.render import check_channels, render_channels
 from workbench.featviz.study_measures import cross_activation, observe_layers
 from workbench.featviz.study_merge import Aligned, MergedModels, align_parents, merged_at
-from workbench.featviz.study_results import LayerStudy, PathStudy, UnitStudy, label_units
+from workbench.featviz.study_results import (
+    LayerStudy,
+    PathStudy,
+    UnitStudy,
+    label_units,
+    pack_studies,
+    unpack_studies,
+)
 from workbench.graph import PermutationSpec
+from workbench.merging import get_bn
 from workbench.merging.renorm import check_bn
 
 __all__ = ["layer_study", "path_study", "study_many", "unit_study"]
@@ -214,6 +227,21 @@ def _study(
     for alpha in alphas:
         if alpha is not None:
             validation.check_number("alpha", alpha)
+    store = resolve_cache(s.cache)
+    measured = {
+        f.name: getattr(s, f.name) for f in fields(s) if f.name not in ("cache", "progress")
+    }
+    key = store.key(
+        models=list(models), data=data, eval_data=eval_data, layers=layers,
+        method=get_method(method), bn=get_bn(bn), alphas=list(alphas), spec=spec,
+        options=options, settings=measured, version=1,
+    )  # fmt: skip
+    hit = store.load("unit-study", key, valid=lambda t, meta: bool(unpack_studies(t, meta)))
+    if hit is not None:
+        found = unpack_studies(*hit)
+        return list(found[0]), found
+    if key is not None:
+        store.check_writable()  # before the work, not when storing its result
     aligned = align_parents(
         models, data=data, method=method, spec=spec, options=options, progress=s.progress
     )
@@ -224,6 +252,7 @@ def _study(
     for alpha in alphas:
         merged = merged_at(aligned, alpha=alpha, bn=bn, data=data, progress=s.progress)
         found.append(_measure(aligned, merged, names, eval_data, s))
+    store.store("unit-study", key, *pack_studies(found))
     return names, found
 
 
@@ -261,7 +290,9 @@ def layer_study(
     images; labels from correlation alone). ``steps``, ``seed`` go to
     :func:`~workbench.featviz.render_channels`; ``k`` images per unit for the exemplar
     overlap; the thresholds define the labels (module docstring of
-    :mod:`~workbench.featviz.study_results`). Nothing is modified.
+    :mod:`~workbench.featviz.study_results`). The study and its renders are cached on
+    disk (``cache``: ``True``, a :class:`~workbench.ResultCache`, or ``False``). Nothing
+    is modified.
     """
     settings = {name: given for name, given in locals().items() if name in _SETTINGS_DEFAULTS}
     _, (found,) = _study(

@@ -39,7 +39,9 @@ the grid also shows the merged model before it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,7 +49,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-__all__ = ["LABELS", "UnitStudy", "label_units", "summarize"]
+__all__ = ["LABELS", "UnitStudy", "label_units", "pack_studies", "summarize", "unpack_studies"]
 
 LABELS = ("both", "A", "B", "neither")
 """The labels of a pair study, in the order figures stack them."""
@@ -136,6 +138,62 @@ class UnitStudy:
         from workbench.featviz.study_plots import plot_inheritance
 
         return plot_inheritance(self, ax=ax)
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The study as tensors and JSON-ready settings (the result cache's format):
+        :meth:`from_state` gives it back, equal field for field."""
+        tensors = {name: getattr(self, name) for name in _TENSORS}
+        tensors |= {f"images/{name}": image for name, image in self.images.items()}
+        meta = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _TENSORS}
+        meta["images"] = list(self.images)
+        return tensors, meta
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> UnitStudy:
+        """The study that :meth:`state` wrote (``KeyError`` for a part that is missing)."""
+        given = {name: tensors[name] for name in _TENSORS}
+        given["images"] = {name: tensors[f"images/{name}"] for name in meta["images"]}
+        for name in ("parents", "variants", "exact", "labels"):
+            given[name] = tuple(meta[name])
+        for name in ("layer", "point", "method", "bn", "alpha", "thresholds", "k"):
+            given[name] = meta[name]
+        return cls(**given, converged_quality=meta["converged_quality"])
+
+
+_TENSORS = (
+    "units", "matched", "corr_parents", "correlation", "std_ratio", "overlap", "cross",
+    "cross_parents", "quality",
+)  # fmt: skip
+
+
+def pack_studies(
+    found: Sequence[Mapping[str, UnitStudy]],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Studies by point of the path (alpha), then by layer, as one cache entry's tensors
+    (``"<point>/<layer>/<name>"``) and settings; :func:`unpack_studies` reads them."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta: list[list[tuple[str, dict[str, Any]]]] = []  # lists: the layers' order is kept
+    for i, studies in enumerate(found):
+        meta.append([])
+        for layer, study in studies.items():
+            parts, settings = study.state()
+            meta[i].append((layer, settings))
+            tensors |= {f"{i}/{layer}/{name}": t for name, t in parts.items()}
+    return tensors, {"studies": meta}
+
+
+def unpack_studies(
+    tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+) -> list[dict[str, UnitStudy]]:
+    """The studies that :func:`pack_studies` wrote, in their order."""
+    found = []
+    for i, studies in enumerate(meta["studies"]):
+        found.append({})
+        for layer, settings in studies:
+            prefix = f"{i}/{layer}/"
+            parts = {k[len(prefix) :]: t for k, t in tensors.items() if k.startswith(prefix)}
+            found[i][layer] = UnitStudy.from_state(parts, settings)
+    return found
 
 
 def _column(name: str) -> str:

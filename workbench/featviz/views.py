@@ -158,7 +158,7 @@ def compare_layer(
         data=data,
         method=get_method(method),
         layer=layer,
-        spec="traced" if spec is None else _spec_key(spec),
+        spec="traced" if spec is None else spec,
     )
 
     def compute() -> tuple[dict[str, torch.Tensor], dict]:

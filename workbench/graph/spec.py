@@ -11,6 +11,7 @@ with :meth:`PermutationSpec.save` and shared.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +241,15 @@ class PermutationSpec:
             lines.append("Left unpermuted (what forced it, and the channels it costs):")
             lines += [f"  {line}" for line in self.report]
         return "\n".join(lines)
+
+    @property
+    def cache_key(self) -> str:
+        """What a cached result computed with this spec depends on: a hash of all of it
+        but its verification report (which records, among others, how long the
+        verification took), so that the same spec verified twice keys the same results
+        and a spec with other groups keys others."""
+        data = {k: v for k, v in self.to_dict().items() if k != "verification"}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:32]
 
     # -- saving ------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -189,6 +189,7 @@ def lmc_curves(
         data=reset_data if handling.needs_data else "-",
         alphas=points,
         bn=handling,
+        spec=spec,
         batch_size=batch_size,
     )
 

@@ -139,6 +139,7 @@ def loss_planes(
         data=reset_data if handling.needs_data else "-",
         resolution=resolution,
         margin=margin,
+        spec=spec,
         batch_size=batch_size,
     )
     shapes = {"x": (resolution,), "y": (resolution,), "points": (3, 2)}

@@ -1,0 +1,164 @@
+"""A cached result is keyed by every input that changes it: a permutation spec given to an
+analysis, and a unit study read back from the cache equal to the one computed.
+
+Before the spec entered the keys, ``matched_correlations`` with a spec of one group
+returned the cached result of the traced spec (four groups), and ``partial_alignment``
+returned the four-group curves under the one-group spec's names: silently wrong.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import pkgutil
+
+import numpy as np
+import pytest
+import torch
+
+import workbench
+import workbench as wb
+from workbench import featviz as fv
+from workbench.analysis.diagnostics import matched_correlations, partial_alignment
+from workbench.featviz import study_merge
+
+
+def _cached_with_spec() -> set[str]:
+    """Every public function of the package that takes both a ``spec`` and a ``cache``."""
+    found = set()
+    for info in pkgutil.walk_packages(workbench.__path__, "workbench."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if not inspect.isfunction(obj):
+                continue
+            if {"spec", "cache"} <= set(inspect.signature(obj).parameters):
+                found.add(f"{obj.__module__}.{obj.__qualname__}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def specs(shipped_pair, tiny_train):
+    """The traced spec of the shipped CNN and one that permutes its first group only
+    (and names its first layer only, which is what REPAIR corrects)."""
+    spec = wb.permutation_spec(shipped_pair[0], example_input=tiny_train.images[:2])
+    first = next(iter(spec.groups))
+    one = dataclasses.replace(
+        spec, groups={first: spec.groups[first]}, layers=spec.layers[:1], verification={}
+    )
+    return spec, one
+
+
+def _eval(mnist_test):
+    return {"test": mnist_test.subset(torch.arange(0, 1000, 8), "test")}
+
+
+def _correlations(a, b, data, test, **kw):
+    return sorted(
+        matched_correlations(a, b, data=data, method="weight", progress=False, **kw).groups
+    )
+
+
+def _partial(a, b, data, test, **kw):
+    found = partial_alignment(a, b, data=data, eval_data=test, alphas=3, progress=False, **kw)
+    return [c.accuracy.tolist() for c in found.curves]
+
+
+def _curves(a, b, data, test, **kw):
+    found = wb.lmc_curves(
+        a, b, eval_data=test, data=data, alphas=3, bn="repair", progress=False, **kw
+    )
+    return found["test"].loss.tolist()
+
+
+def _curve(a, b, data, test, **kw):
+    found = wb.lmc_curve(
+        a, b, eval_data=test["test"], data=data, alphas=3, bn="repair", progress=False, **kw
+    )
+    return found.loss.tolist()
+
+
+def _planes(a, b, data, test, **kw):
+    models = [a, b, wb.average([a, b])]
+    found = wb.analysis.planes.loss_planes(
+        models, eval_data=test, data=data, resolution=2, method="weight", progress=False, **kw
+    )
+    return found["test"].loss.tolist()
+
+
+def _compare(a, b, data, test, **kw):
+    found = fv.compare_layer(a, b, layer="features.conv1", data=data, method="weight", **kw)
+    return found.match.matched.tolist()
+
+
+def _study(a, b, data, test, **kw):
+    layers = ["features.conv1"]
+    found = fv.layer_study(
+        a, b, layers=layers, data=data, render=False, units=8, progress=False, **kw
+    )
+    return found.first.matched.tolist()
+
+
+# name -> the call, returning what of its result tells two specs apart
+CALLS = {
+    "workbench.analysis.diagnostics.matched_correlations": _correlations,
+    "workbench.analysis.diagnostics.partial_alignment": _partial,
+    "workbench.analysis.lmc.compute.lmc_curves": _curves,
+    "workbench.analysis.lmc.compute.lmc_curve": _curve,
+    "workbench.analysis.planes.compute.loss_planes": _planes,
+    "workbench.featviz.views.compare_layer": _compare,
+    "workbench.featviz.study.layer_study": _study,
+}
+
+
+def test_every_cached_analysis_with_a_spec_is_checked() -> None:
+    assert _cached_with_spec() == set(CALLS)
+
+
+@pytest.mark.parametrize("name", sorted(CALLS))
+def test_a_given_spec_is_part_of_the_key(name, shipped_pair, tiny_train, mnist_test, specs):
+    a, b = shipped_pair
+    call, test = CALLS[name], _eval(mnist_test)
+    spec, one = specs
+    traced = call(a, b, tiny_train, test, spec=spec)
+    cached = call(a, b, tiny_train, test, spec=one)
+    fresh = call(a, b, tiny_train, test, spec=one, cache=False)
+    assert cached == fresh
+    assert fresh != traced  # else this check could not fail
+    # the same spec verified again (another report) keys the same result
+    again = dataclasses.replace(one, verification={"seconds": 1.0})
+    assert again.cache_key == one.cache_key != spec.cache_key
+
+
+def test_a_study_read_back_equals_the_computed_one(shipped_pair, tiny_train, monkeypatch):
+    a, b = shipped_pair
+    kw = {"layers": ["features.conv2", "features.conv1"], "data": tiny_train, "units": 3}
+    computed = fv.layer_study(a, b, steps=4, progress=False, **kw)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the study was computed again")
+
+    monkeypatch.setattr(study_merge, "align_parents", refuse)
+    monkeypatch.setattr(fv.study, "align_parents", refuse)
+    read = fv.layer_study(a, b, steps=4, progress=False, **kw)
+    assert read.layers == computed.layers == ["features.conv2", "features.conv1"]
+    for layer, study in computed.studies.items():
+        other = read.studies[layer]
+        for field in dataclasses.fields(study):
+            mine, theirs = getattr(study, field.name), getattr(other, field.name)
+            if isinstance(mine, torch.Tensor):
+                assert torch.equal(mine, theirs) or (
+                    mine.shape == theirs.shape and np.array_equal(mine, theirs, equal_nan=True)
+                ), field.name
+            elif isinstance(mine, dict) and field.name == "images":
+                assert list(mine) == list(theirs)
+                assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+            else:
+                assert mine == theirs, field.name
+    # another setting is another study: computed, not read
+    with pytest.raises(AssertionError, match="computed again"):
+        fv.layer_study(a, b, steps=5, progress=False, **kw)
