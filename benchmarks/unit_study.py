@@ -4,9 +4,10 @@ the rendering it needs: do the measures add little on top of the pictures?
 In a fresh cache folder: (1) render every unit of every studied layer of model A once
 (uncached: the unit of cost, "one render of all those units"); (2) run the study, which
 renders B's matched units and the merged model before and after RESET and caches them;
-(3) run it again with every render cached, timing the study itself (alignment, merge,
-RESET, the streaming pass, the cross-activation), and its parts. The result is (3) in
-units of (1). CPU, wall-clock and process CPU seconds (the machine may be shared).
+(3) run it again with every render cached but not the study, timing the study itself
+(alignment, merge, RESET, the streaming pass, the cross-activation), and its parts. The
+result is (3) in units of (1). CPU, wall-clock and process CPU seconds (the machine may be
+shared). (4) the study asked for once more, read back from the cache as a whole.
 
     python benchmarks/unit_study.py [--method weight] [--steps 32] [--units 16]
     python benchmarks/unit_study.py --pairs   # writes results/unit_study_pairs.json
@@ -127,8 +128,10 @@ def main() -> None:
         )  # fmt: skip
         render_wall, render_cpu = render_wall + wall, render_cpu + cpu
     _, first_wall, first_cpu = _timed(wb.featviz.layer_study, model_a, model_b, **settings)
+    wb.default_cache().clear("unit-study")  # the renders stay cached, the study does not
     parts = _parts()
     study, wall, cpu = _timed(wb.featviz.layer_study, model_a, model_b, **settings)
+    _, read_wall, _ = _timed(wb.featviz.layer_study, model_a, model_b, **settings)
     summary = study.summary().set_index("layer")
     result = {
         "benchmark": "unit_study",
@@ -148,6 +151,7 @@ def main() -> None:
         "study_uncached_cpu_seconds": first_cpu,
         "study_cached_renders_seconds": wall,
         "study_cached_renders_cpu_seconds": cpu,
+        "study_read_from_cache_seconds": read_wall,
         "study_parts_seconds": parts,
         "ratio_study_to_one_render": wall / render_wall,
         "ratio_study_to_one_render_cpu": cpu / render_cpu,
