@@ -6,8 +6,10 @@ In a fresh cache folder: (1) render every unit of every studied layer of model A
 renders B's matched units and the merged model before and after RESET and caches them;
 (3) run it again with every render cached but not the study, timing the study itself
 (alignment, merge, RESET, the streaming pass, the cross-activation), and its parts. The
-result is (3) in units of (1). CPU, wall-clock and process CPU seconds (the machine may be
-shared). (4) the study asked for once more, read back from the cache as a whole.
+result is (3) in units of (1), and in units of the plain forward passes over the data
+that the study needs (RESET's pass over the training images, the four models' over the
+test images). CPU, wall-clock and process CPU seconds (the machine may be shared). (4) the
+study asked for once more, read back from the cache as a whole.
 
     python benchmarks/unit_study.py [--method weight] [--steps 32] [--units 16]
     python benchmarks/unit_study.py --pairs   # writes results/unit_study_pairs.json
@@ -45,6 +47,24 @@ def _timed(function, *args, **kwargs):
     wall, cpu = time.perf_counter(), time.process_time()
     found = function(*args, **kwargs)
     return found, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _plain_passes(model, train, test, batch_size: int = 500) -> float:
+    """Wall seconds of the plain forward passes the study needs, all with one model of
+    the pair's architecture: once over ``train`` (RESET's statistics) and four times over
+    ``test`` (A, B, the merged model before and after RESET); the fastest of 3 runs."""
+
+    def passes() -> None:
+        for data, times in ((train, 1), (test, 4)):
+            for _ in range(times):
+                for start in range(0, len(data), batch_size):
+                    model(data.images[start : start + batch_size])
+
+    runs = []
+    with torch.inference_mode():
+        for _ in range(3):
+            runs.append(_timed(passes)[1])
+    return min(runs)
 
 
 def _parts() -> dict[str, float]:
@@ -123,8 +143,8 @@ def main() -> None:
     render_wall = render_cpu = 0.0
     for layer, count in zip(layers, counts, strict=True):
         _, wall, cpu = _timed(
-            wb.render_channels, model_a, layer, range(count), args.steps, point="relu",
-            progress=False,
+            wb.render_channels, model_a, layer=layer, channels=range(count), steps=args.steps,
+            point="relu", progress=False,
         )  # fmt: skip
         render_wall, render_cpu = render_wall + wall, render_cpu + cpu
     _, first_wall, first_cpu = _timed(wb.featviz.layer_study, model_a, model_b, **settings)
@@ -132,6 +152,7 @@ def main() -> None:
     parts = _parts()
     study, wall, cpu = _timed(wb.featviz.layer_study, model_a, model_b, **settings)
     _, read_wall, _ = _timed(wb.featviz.layer_study, model_a, model_b, **settings)
+    plain = _plain_passes(model_a.eval(), train, test)
     summary = study.summary().set_index("layer")
     result = {
         "benchmark": "unit_study",
@@ -155,6 +176,8 @@ def main() -> None:
         "study_parts_seconds": parts,
         "ratio_study_to_one_render": wall / render_wall,
         "ratio_study_to_one_render_cpu": cpu / render_cpu,
+        "plain_passes_seconds": plain,
+        "ratio_study_to_plain_passes": wall / plain,
         "study": summary[STUDY_COLUMNS].round(4).to_dict("index"),
         "correlations_by_method": correlations,
     }
