@@ -155,11 +155,22 @@ def _optimize(
             for t in transforms:
                 image = t(image)
             image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-            out = run_to(model, target, (image - shift) / scale)
+            out = run_to(model, target, _layout((image - shift) / scale))
             objective(lambda name, out=out: out).backward()
             optimizer.step()
         with torch.no_grad():
             return image_f().detach().permute(0, 2, 3, 1).cpu()
+
+
+def _layout(images: torch.Tensor) -> torch.Tensor:
+    """``images`` in the memory layout the model's convolutions run fastest in: channels
+    last on the CPU (oneDNN's convolutions and their backward pass: 1.2-1.35x faster per
+    render step on a 3-channel ResNet-20 at 32 px and ResNet-18 at 224 px, the same on a
+    one-channel 28 px CNN; benchmarks/featviz_speed.py), as given elsewhere. The values
+    are the same; only the order of the sums inside a convolution may differ."""
+    if images.device.type != "cpu":
+        return images
+    return images.contiguous(memory_format=torch.channels_last)
 
 
 class _RedirectedReLU(torch.autograd.Function):
