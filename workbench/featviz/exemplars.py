@@ -45,7 +45,7 @@ from workbench.modules import eval_mode, model_device
 from workbench.results import Result
 from workbench.vocabulary import keyword_only
 
-__all__ = ["Exemplars", "top_exemplars", "unit_maps", "unit_scores"]
+__all__ = ["Exemplars", "indexed_batches", "top_exemplars", "unit_maps", "unit_scores"]
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,7 @@ class _RecordingSampler:
         return len(self.batch_sampler)
 
 
-def _indexed_batches(
-    data: DataLike, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def indexed_batches(data: DataLike, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``(inputs, dataset indices)`` of one pass over ``data`` in the order it is served:
     positions for a Dataset, the batch sampler's indices for a DataLoader (rebuilt on a
     recording copy of its sampler, same workers and collation), -1 for an iterable one;
@@ -185,7 +183,7 @@ def _scan(
     device = model_device(model)
     with eval_mode(model), torch.inference_mode(), observing(model, where, captured.append):
         for inputs, ids in tqdm(
-            _indexed_batches(data, choose_batch_size([model], data)),
+            indexed_batches(data, choose_batch_size([model], data)),
             desc=f"exemplars {layer}",
             disable=not progress,
             leave=False,

@@ -26,7 +26,7 @@ from workbench.alignment.moments import JointMoments
 from workbench.batching import choose_batch_size
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
-from workbench.featviz.exemplars import _indexed_batches, unit_maps, unit_scores
+from workbench.featviz.exemplars import indexed_batches, unit_maps, unit_scores
 from workbench.featviz.points import observation_point, observing
 from workbench.featviz.render import unit_objective
 from workbench.modules import eval_mode, model_device
@@ -109,7 +109,7 @@ def observe_layers(
                 record = lambda out, keep=keep, m=m: keep(m, out)  # noqa: E731
                 stack.enter_context(observing(model, where[layer][m], record))
         stack.enter_context(torch.inference_mode())
-        batches = _indexed_batches(data, batch_size)
+        batches = indexed_batches(data, batch_size)
         for inputs, ids in tqdm(batches, desc="unit study", disable=not progress, leave=False):
             inputs = inputs.to(device)
             for model in models:

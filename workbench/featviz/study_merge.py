@@ -30,7 +30,7 @@ from torch import nn
 from workbench.alignment import apply_alignment, match
 from workbench.alignment.registry import get_method
 from workbench.data import DataLike
-from workbench.featviz.views import _group_of
+from workbench.featviz.views import group_of
 from workbench.figures import bn_label, model_label
 from workbench.graph import PermutationSpec, resolve_spec
 from workbench.merging import get_bn, interpolate, merge_many
@@ -72,7 +72,7 @@ class Aligned:
         if self.pairwise:
             found[0] = torch.arange(_width(self.parents[0], layer))
             if self.permutation is not None:
-                found[1] = self.permutation[_group_of(self.spec, layer)].long()
+                found[1] = self.permutation[group_of(self.spec, layer)].long()
         return found
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "LayerComparison",
     "UnitMatch",
     "compare_layer",
+    "group_of",
     "layer_exemplars",
     "matched_units",
     "plot_gallery",
@@ -77,7 +78,9 @@ class UnitMatch(Result):
         return plot_layer_matches(self, ax=ax)
 
 
-def _group_of(spec: PermutationSpec, layer: str) -> str:
+def group_of(spec: PermutationSpec, layer: str) -> str:
+    """The permutation group of ``spec`` whose channels ``layer`` produces, or a
+    ``ValueError`` that says why there is none and names layers that have one."""
     for name, group in spec.groups.items():
         if layer in group.producers:
             return name
@@ -92,7 +95,7 @@ def _match_layer(model_a, model_b, layer, data, method, spec):
     resolve_layer(model_a, layer=layer)
     result = match(model_a, model_b, method=method, data=data, spec=spec)
     perm, spec = result.permutation, result.spec
-    group = _group_of(spec, layer)
+    group = group_of(spec, layer)
     stats = collect_statistics(
         [model_a, model_b], data=data, spec=spec, groups=[group], progress=False
     )
