@@ -1,5 +1,7 @@
-"""A cached result is keyed by every input that changes it: a permutation spec given to an
-analysis, and a unit study read back from the cache equal to the one computed.
+"""A cached result is keyed by every input that changes it: every function that builds a
+cache key reaches each of its parameters from that key (read from its code), a permutation
+spec given to an analysis changes the result it is served, and a unit study read back from
+the cache equals the one computed.
 
 Before the spec entered the keys, ``matched_correlations`` with a spec of one group
 returned the cached result of the traced spec (four groups), and ``partial_alignment``
@@ -8,10 +10,12 @@ returned the four-group curves under the one-group spec's names: silently wrong.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import inspect
 import pkgutil
+import textwrap
 
 import numpy as np
 import pytest
@@ -21,6 +25,7 @@ import workbench
 import workbench as wb
 from workbench import featviz as fv
 from workbench.analysis.diagnostics import matched_correlations, partial_alignment
+from workbench.cache import ResultCache
 from workbench.featviz import study_merge
 
 
@@ -39,6 +44,84 @@ def _cached_with_spec() -> set[str]:
             if {"spec", "cache"} <= set(inspect.signature(obj).parameters):
                 found.add(f"{obj.__module__}.{obj.__qualname__}")
     return found
+
+
+# parameters that do not change what is cached: how it runs, and display names that are
+# set on the result after it is read (lmc_curves' label, loss_planes' labels) or a file it
+# is also written to (compare_methods' csv)
+NEUTRAL = {"progress", "cache", "executor"}
+AFTER_THE_CACHE = {
+    "workbench.analysis.comparison.compare_methods": {"csv"},
+    "workbench.analysis.lmc.compute.lmc_curves": {"label"},
+    "workbench.analysis.planes.compute.loss_planes": {"labels"},
+}
+
+
+def _names(node: ast.AST) -> set[str]:
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+
+
+def _unkeyed(function) -> tuple[bool, list[str]]:
+    """Whether ``function``'s code builds a cache key (``<cache>.key(...)``), and which of
+    its parameters that key does not reach: the names in the key's arguments, followed
+    back through the assignments (and loop variables) that made them."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function))).body[0]
+    keyed: set[str] = set()
+    made_from: dict[str, set[str]] = {}
+    for node in ast.walk(tree):
+        call = isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+        if call and node.func.attr == "key":
+            keyed |= _names(node)
+        if isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)) and node.value:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for name in set().union(*map(_names, targets)):
+                made_from.setdefault(name, set()).update(_names(node.value))
+        if isinstance(node, (ast.For, ast.comprehension)):
+            for name in _names(node.target):
+                made_from.setdefault(name, set()).update(_names(node.iter))
+    reached, todo = set(), list(keyed)
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo += made_from.get(name, ())
+    parameters = inspect.signature(function).parameters
+    return bool(keyed), [p for p in parameters if p not in NEUTRAL and p not in reached]
+
+
+def _key_builders() -> dict[str, object]:
+    """Every function of the package whose code builds a cache key."""
+    found = {}
+    for info in pkgutil.walk_packages(workbench.__path__, "workbench."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if inspect.isfunction(obj) and obj.__module__ == module.__name__:
+                function = inspect.unwrap(obj)
+                if ".key(" in inspect.getsource(function):
+                    found[f"{obj.__module__}.{obj.__qualname__}"] = function
+    return found
+
+
+def test_every_cache_key_reaches_every_parameter() -> None:
+    builders = _key_builders()
+    assert "workbench.analysis.diagnostics.matched_correlations" in builders  # the scan works
+    assert len(builders) >= 12
+    for name, function in builders.items():
+        keyed, missing = _unkeyed(function)
+        if keyed:
+            assert set(missing) == AFTER_THE_CACHE.get(name, set()), name
+
+
+def test_the_key_scan_finds_a_missing_parameter() -> None:
+    def cached(model, data, spec=None, progress=True, cache=True):
+        store = ResultCache(enabled=False)
+        used = [model, data]
+        key = store.key(inputs=used)
+        return key, spec
+
+    assert _unkeyed(cached) == (True, ["spec"])
 
 
 @pytest.fixture(scope="module")
