@@ -2,7 +2,7 @@
 (parents and merged variants) observed at every studied layer at once, and the
 cross-activation of the rendered images.
 
-The pass keeps, per layer, the joint mean and covariance of all the models' channels
+The pass keeps, per layer, the joint mean and the covariances between the models' channels
 (:class:`~workbench.alignment.moments.JointMoments`, every position of every image one
 observation, as alignment measures its correlations), each channel's largest per-image
 objective (the render objective: the mean over positions) and each channel's running
@@ -54,7 +54,9 @@ class _Layer:
     """The running state of one layer (see the module docstring)."""
 
     def __init__(self, count: int, size: int, k: int) -> None:
-        self.moments = JointMoments([size] * count)
+        # the measures correlate one model's units with another's and need only each
+        # unit's own variance: no covariance among one model's units (the same numbers)
+        self.moments = JointMoments([size] * count, within=False)
         self.k = k
         self.outputs: list[torch.Tensor | None] = [None] * count
         self.best: list[torch.Tensor | None] = [None] * count
