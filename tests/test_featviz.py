@@ -184,3 +184,37 @@ def test_feature_visualization_and_alignment_agree_on_what_a_nonlinearity_is() -
     spec = wb.permutation_spec(model, example_input=torch.zeros(2, 1, 8, 8))
     (group,) = spec.groups.values()
     assert observation_points(group) == {"_1": 1}  # the SELU's output node, channels on dim 1
+
+
+class _Viewed(torch.nn.Module):
+    """A CNN that flattens with ``.view``, which needs the default (NCHW) strides."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8 * 32 * 32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        return self.fc(x.view(x.size(0), -1))
+
+
+def test_renders_take_the_fast_layout_where_the_model_can() -> None:
+    """On the CPU the images are channels last (the same values, faster convolutions),
+    except for a model whose code needs NCHW strides, which renders as it always did."""
+    from workbench.featviz.points import observation_point, run_to
+    from workbench.featviz.render import _channels_last, _layout, _same
+
+    torch.manual_seed(0)
+    resnet = wb.create_model("resnet20").eval()
+    probe = torch.randn(2, 3, 32, 32)
+    where = observation_point(resnet, layer="layer2.1.conv2", point="output")
+    assert _layout(resnet, where, probe) is _channels_last
+    with torch.no_grad():
+        fast, plain = run_to(resnet, where, _channels_last(probe)), run_to(resnet, where, probe)
+    assert fast.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
+    viewed = _Viewed().eval()
+    assert _layout(viewed, observation_point(viewed, layer="fc", point="output"), probe) is _same
+    images = wb.render_channels(viewed, layer="fc", channels=[0, 1], steps=2, cache=False)
+    assert images.shape == (2, 32, 32, 3) and images.isfinite().all()

@@ -149,28 +149,47 @@ def _optimize(
         # lucent objectives read a layer's output through a function of its name; the
         # forward pass stops at the observation point, where the objective is read
         desc, target = f"render {where.layer}", _gradient_point(where)
+        probe = torch.zeros(len(channels), in_channels, size, size, device=device)
+        layout = _layout(model, target, probe)
         for _ in tqdm(range(steps), desc=desc, disable=not progress, leave=False):
             optimizer.zero_grad()
             image = image_f()
             for t in transforms:
                 image = t(image)
             image = F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False)
-            out = run_to(model, target, _layout((image - shift) / scale))
+            out = run_to(model, target, layout((image - shift) / scale))
             objective(lambda name, out=out: out).backward()
             optimizer.step()
         with torch.no_grad():
             return image_f().detach().permute(0, 2, 3, 1).cpu()
 
 
-def _layout(images: torch.Tensor) -> torch.Tensor:
-    """``images`` in the memory layout the model's convolutions run fastest in: channels
-    last on the CPU (oneDNN's convolutions and their backward pass: 1.2-1.35x faster per
-    render step on a 3-channel ResNet-20 at 32 px and ResNet-18 at 224 px, the same on a
-    one-channel 28 px CNN; benchmarks/featviz_speed.py), as given elsewhere. The values
-    are the same; only the order of the sums inside a convolution may differ."""
-    if images.device.type != "cpu":
-        return images
+def _same(images: torch.Tensor) -> torch.Tensor:
+    return images
+
+
+def _channels_last(images: torch.Tensor) -> torch.Tensor:
     return images.contiguous(memory_format=torch.channels_last)
+
+
+def _layout(
+    model: nn.Module, target: ObservationPoint, probe: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How to lay out the images a render feeds ``model``: channels last on the CPU,
+    where oneDNN's convolutions and their backward pass run fastest in it (1.2-1.35x
+    faster per render step on a 3-channel ResNet-20 at 32 px and ResNet-18 at 224 px, the
+    same on a one-channel 28 px CNN; benchmarks/featviz_speed.py), as given elsewhere. The
+    values are the same; only the order of the sums inside a convolution may differ. A
+    model whose forward pass (to ``target``, tried once on ``probe``) cannot take it, one
+    that reshapes an activation with ``.view``, gets the images as they are."""
+    if probe.device.type != "cpu":
+        return _same
+    try:
+        with torch.no_grad():
+            run_to(model, target, _channels_last(probe))
+    except RuntimeError:  # strides the model's code relies on: it runs as it always did
+        return _same
+    return _channels_last
 
 
 class _RedirectedReLU(torch.autograd.Function):
