@@ -217,9 +217,10 @@ def test_a_given_spec_is_part_of_the_key(name, shipped_pair, tiny_train, mnist_t
     assert again.cache_key == one.cache_key != spec.cache_key
 
 
-def test_a_study_read_back_equals_the_computed_one(shipped_pair, tiny_train, monkeypatch):
+def test_a_study_read_back_equals_the_computed_one(shipped_pair, tiny_train, monkeypatch, tmp_path):
     a, b = shipped_pair
     kw = {"layers": ["features.conv2", "features.conv1"], "data": tiny_train, "units": 3}
+    kw["cache"] = ResultCache(tmp_path)  # empty: the first call computes
     computed = fv.layer_study(a, b, steps=4, progress=False, **kw)
 
     def refuse(*args, **kwargs):
