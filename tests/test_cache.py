@@ -142,3 +142,20 @@ def test_the_key_counts_each_input_by_what_determines_it(tmp_path, tiny_train):
     assert cache.key(bn=wb.get_bn("reset")) != cache.key(bn=wb.get_bn("repair"))
     assert cache.key(alphas=np.linspace(0, 1, 3)) == cache.key(alphas=(0.0, 0.5, 1.0))
     assert cache.key(splits={"test": tiny_train}) != cache.key(splits={"train": tiny_train})
+
+
+def test_a_cache_argument_that_is_no_cache_is_refused(shipped_pair, tiny_train):
+    """Every cached call resolves ``cache`` one way; before, a render or an exemplar scan
+    given cache="off" failed deep inside with an AttributeError."""
+    model = shipped_pair[0]
+    for call in (
+        lambda: wb.render_channels(
+            model, layer="features.conv1", channels=[0], steps=1, cache="off"
+        ),
+        lambda: wb.top_exemplars(model, layer="features.conv1", data=tiny_train, cache="off"),
+        lambda: wb.lmc_curve(model, shipped_pair[1], eval_data=tiny_train, alphas=2, cache=1),
+    ):
+        with pytest.raises(
+            TypeError, match=r"cache must be True, False or a .*got 'off' \(str\)|got 1 \(int\)"
+        ):
+            call()

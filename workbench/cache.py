@@ -35,7 +35,15 @@ from torch.utils.data import DataLoader, Dataset
 from workbench.files import CACHE_SECTIONS, cache_dir, check_writable_dir, write_safetensors
 from workbench.fingerprints import code_fingerprint, data_fingerprint, fingerprint
 
-__all__ = ["CACHE_SECTIONS", "ResultCache", "cache_dir", "default_cache", "describe", "input_key"]
+__all__ = [
+    "CACHE_SECTIONS",
+    "ResultCache",
+    "cache_dir",
+    "default_cache",
+    "describe",
+    "input_key",
+    "resolve_cache",
+]
 
 _META_KEY = "workbench-result"
 _UNHASHABLE = "<cannot be fingerprinted>"
@@ -257,3 +265,19 @@ def default_cache() -> ResultCache:
     ``off``/``0``/``false``/``no``."""
     enabled = os.environ.get("WORKBENCH_CACHE", "on").strip().lower() not in _DISABLED
     return ResultCache(cache_dir("results"), enabled=enabled)
+
+
+def resolve_cache(cache: ResultCache | bool) -> ResultCache:
+    """The cache a cached computation uses: ``True`` the default one (``$WORKBENCH_CACHE_DIR``),
+    ``False`` none (every lookup misses, nothing is written), or the given cache."""
+    if cache is True:
+        return default_cache()
+    if cache is False or cache is None:
+        return ResultCache(enabled=False)
+    if not isinstance(cache, ResultCache):
+        raise TypeError(
+            f"cache must be True, False or a workbench.ResultCache, got {cache!r} "
+            f"({type(cache).__name__}): pass cache=False to compute without the cache (or "
+            "set $WORKBENCH_CACHE=off), or ResultCache(folder) for a cache of your own."
+        )
+    return cache

@@ -26,8 +26,7 @@ from torch import nn
 
 from workbench.alignment import registry
 from workbench.alignment.options import check_options, renamed_options
-from workbench.analysis.engine import resolve_cache
-from workbench.cache import ResultCache
+from workbench.cache import ResultCache, resolve_cache
 from workbench.data import DataLike
 from workbench.evaluation import evaluate, part_class_weights, per_part_accuracy
 from workbench.figures import (

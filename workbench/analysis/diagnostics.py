@@ -32,9 +32,9 @@ from workbench.alignment import (
     match,
     matching_methods,
 )
-from workbench.analysis.engine import check_data, resolve_cache
+from workbench.analysis.engine import check_data
 from workbench.analysis.lmc import LMCCurve, barrier_table, cached_curves, lmc_curves
-from workbench.cache import ResultCache
+from workbench.cache import ResultCache, resolve_cache
 from workbench.data import DataLike
 from workbench.figures import color_for, figure_for, paper_style
 from workbench.fingerprints import fingerprints

@@ -22,7 +22,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.batching import choose_batch_size, on_device
-from workbench.cache import ResultCache, default_cache
 from workbench.data import DataLike
 from workbench.evaluation import check_fits, evaluate
 from workbench.merging.renorm import Correction
@@ -32,22 +31,7 @@ from workbench.validation import check_models
 __all__ = [
     "check_data",
     "evaluate_points",
-    "resolve_cache",
 ]
-
-
-def resolve_cache(cache: ResultCache | bool) -> ResultCache:
-    """The cache an analysis uses: ``True`` the default one (``$WORKBENCH_CACHE_DIR``),
-    ``False`` none (every lookup misses, nothing is written), or the given cache."""
-    if cache is True:
-        return default_cache()
-    if cache is False or cache is None:
-        return ResultCache(enabled=False)
-    if not isinstance(cache, ResultCache):
-        raise TypeError(
-            f"cache must be True, False or a workbench.ResultCache, got {type(cache).__name__}."
-        )
-    return cache
 
 
 def check_data(

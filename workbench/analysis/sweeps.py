@@ -28,7 +28,6 @@ from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
 from workbench.alignment import get_method
-from workbench.analysis.engine import resolve_cache
 from workbench.analysis.lmc import (
     LMCCurve,
     barrier_table,
@@ -37,7 +36,7 @@ from workbench.analysis.lmc import (
     pairwise_curves,
 )
 from workbench.analysis.lmc.compute import _complete_curves, curves_entry, entry_curves
-from workbench.cache import ResultCache
+from workbench.cache import ResultCache, resolve_cache
 from workbench.data import DataLike
 from workbench.figures import (
     bn_label,

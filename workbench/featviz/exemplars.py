@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from tqdm.auto import tqdm
 
 from workbench.batching import batches, choose_batch_size
-from workbench.cache import ResultCache, default_cache
+from workbench.cache import ResultCache, resolve_cache
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
 from workbench.featviz.display import montage, show_image
@@ -259,7 +259,7 @@ def top_exemplars(
     channels = check_channels(model, layer, list(range(count)) if channels is None else channels)
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}.")
-    store = default_cache() if cache is True else (cache or ResultCache(enabled=False))
+    store = resolve_cache(cache)
     key = store.key(
         model=model,
         data=data,

@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench import validation
-from workbench.cache import ResultCache, default_cache
+from workbench.cache import ResultCache, resolve_cache
 from workbench.checkpoints import recorded_dataset_info
 from workbench.featviz.points import (
     ObservationPoint,
@@ -267,7 +267,7 @@ def render_channels(
     validation.check_number("lr", lr, low=0.0, low_inclusive=False)
     if size is not None:
         validation.check_int("size", size, minimum=1)
-    store = default_cache() if cache is True else (cache or ResultCache(enabled=False))
+    store = resolve_cache(cache)
     _, size, mean, std = input_format(model, size)
     # the input normalization (from the checkpoint's dataset) shapes the images too
     settings = {"layer": layer, "steps": steps, "seed": seed, "size": size, "lr": lr}

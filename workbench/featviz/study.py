@@ -29,8 +29,7 @@ from torch import nn
 
 from workbench import validation
 from workbench.alignment.registry import get_method
-from workbench.analysis.engine import resolve_cache
-from workbench.cache import ResultCache
+from workbench.cache import ResultCache, resolve_cache
 from workbench.data import DataLike
 from workbench.evaluation import check_fits
 from workbench.featviz.points import check_point, observable_layers, observation_point

@@ -20,8 +20,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from workbench.alignment import apply_permutation, collect_statistics, get_method, match
-from workbench.analysis.engine import resolve_cache
-from workbench.cache import ResultCache
+from workbench.cache import ResultCache, resolve_cache
 from workbench.data import DataLike
 from workbench.featviz.display import montage, pixels, show_image
 from workbench.featviz.exemplars import Exemplars, top_exemplars

@@ -19,9 +19,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.alignment import align, get_method
-from workbench.analysis.engine import check_data, evaluate_points, resolve_cache
+from workbench.analysis.engine import check_data, evaluate_points
 from workbench.analysis.lmc.result import LMCCurve, alpha_grid
-from workbench.cache import ResultCache
+from workbench.cache import ResultCache, resolve_cache
 from workbench.data import DataLike
 from workbench.evaluation import same_function
 from workbench.figures import method_label, series_label

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from workbench.alignment import align, get_method
-from workbench.analysis.engine import check_data, evaluate_points, resolve_cache
+from workbench.analysis.engine import check_data, evaluate_points
 from workbench.analysis.planes.result import LossPlane, plane_weights
-from workbench.cache import ResultCache
+from workbench.cache import ResultCache, resolve_cache
 from workbench.data import DataLike
 from workbench.fingerprints import fingerprints
 from workbench.graph import PermutationSpec, resolve_spec
