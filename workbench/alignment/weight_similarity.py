@@ -53,6 +53,24 @@ def _gather(w: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     return w.index_select(dim, index)
 
 
+def _moves(other: Axis, other_name: str, ax: Axis, name: str, spec: PermutationSpec) -> bool:
+    """Whether permuting ``other`` (group ``other_name``'s axis) can move an entry of
+    ``ax``'s slice of the tensor (group ``name``'s axis): not where both are plain
+    slices of the same tensor axis that do not overlap (slices of one concatenation),
+    which leave each other's entries in place."""
+    if other.axis != ax.axis or other.grouped != 1 or ax.grouped != 1:
+        return True
+    stop = ax.offset + spec.groups[name].size * ax.block
+    other_stop = other.offset + spec.groups[other_name].size * other.block
+    return other.offset < stop and ax.offset < other_stop
+
+
+def _narrow(w: torch.Tensor, ax: Axis, size: int) -> tuple[torch.Tensor, Axis]:
+    """``w`` narrowed to ``ax``'s slice, and the axis as it indexes that slice."""
+    local = Axis(ax.key, ax.axis, 0, ax.block, ax.role, ax.grouped)
+    return w.narrow(ax.axis, ax.offset, size * ax.block), local
+
+
 IndexCache = dict[tuple, tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -129,7 +147,8 @@ class Similarities:
             for ax in group.axes:
                 if ax.key in state_a:
                     self.axes_of_key.setdefault(ax.key, []).append((name, ax))
-        # per group: its axes, each with the (group, axis) pairs that permute the others
+        # per group: its axes, each with the (group, axis) pairs that move entries of its
+        # slice of the tensor along other axes
         self.terms = {
             name: [
                 (
@@ -137,7 +156,7 @@ class Similarities:
                     [
                         (o, other)
                         for o, other in self.axes_of_key[ax.key]
-                        if other.identity() != ax.identity()
+                        if other.identity() != ax.identity() and _moves(other, o, ax, name, spec)
                     ],
                 )
                 for ax in group.axes
@@ -199,8 +218,12 @@ class Similarities:
         for k, (ax, others) in enumerate(self.terms[name]):
             term = self._fresh(name, k, changed_at)
             if term is None:
-                w_b = _permuted(self.state_b[ax.key], others, perm, self.indices)
-                term = _similarity(self.state_a[ax.key], w_b, ax, size)
+                w_a, w_b, local = self.state_a[ax.key], self.state_b[ax.key], ax
+                if ax.grouped == 1 and all(o.grouped == 1 and o.axis != ax.axis for _, o in others):
+                    # B permuted along the other axes only where A's slice meets it
+                    (w_a, local), (w_b, _) = _narrow(w_a, ax, size), _narrow(w_b, ax, size)
+                w_b = _permuted(w_b, others, perm, self.indices)
+                term = _similarity(w_a, w_b, local, size)
                 old = self.cache.pop((name, k), None)
                 self.room += 0 if old is None else old[0].numel() * old[0].element_size()
                 if term.numel() * term.element_size() <= self.room:
