@@ -12,7 +12,9 @@ With ``--timm``: weight matching between two random initializations of timm CNNs
 large graphs (hundreds of groups, concatenations, grouped convolutions; 64 px input for
 the spec), wall and CPU seconds of the spec and of the matching, the number of groups,
 and the wall seconds issue 30 measured before the matching solved each group again only
-when a permutation it depends on had changed (idle 2-core machine). Writes
+when a permutation it depends on had changed (idle 2-core machine); and the matching
+again with every similarity term computed whole rather than updated by the channels that
+moved: its seconds, whether it finds the same permutations, and both objectives. Writes
 ``benchmarks/results/weight_matching_speed_timm.json``.
 
 With ``--timm-all``: the matching's wall seconds on every timm CNN of
@@ -26,18 +28,20 @@ to run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 import workbench as wb
-from workbench.alignment import apply_permutation, weight_matching
+from workbench.alignment import apply_permutation, weight_matching, weight_similarity
 from workbench.graph import permutation_spec
 
 RESULTS = Path(__file__).resolve().parent / "results" / "weight_matching_speed.json"
@@ -107,9 +111,23 @@ def timm_pair(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     return models[0], models[1]
 
 
+@contextlib.contextmanager
+def whole_terms() -> Iterator[None]:
+    """Weight matching with every similarity term computed whole, never updated by the
+    channels that moved (the code before that update, for comparison)."""
+    saved = weight_similarity.UPDATE_SHARE
+    weight_similarity.UPDATE_SHARE = -1.0
+    try:
+        yield
+    finally:
+        weight_similarity.UPDATE_SHARE = saved
+
+
 def timm_rows() -> dict:
     """Each model's row, the results file written again after each (a long run cut short
     keeps what it measured)."""
+    from weight_matching_loops import objective
+
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     rows: list[dict] = []
     for name, before in TIMM_BEFORE.items():
@@ -118,7 +136,13 @@ def timm_rows() -> dict:
         spec = permutation_spec(a, example_input=x)
         spec_wall, spec_cpu = time.perf_counter() - wall, time.process_time() - cpu
         wall, cpu = time.perf_counter(), time.process_time()
-        weight_matching(a, b, spec=spec)
+        perm = weight_matching(a, b, spec=spec)
+        match_wall, match_cpu = time.perf_counter() - wall, time.process_time() - cpu
+        with whole_terms():
+            wall = time.perf_counter()
+            whole = weight_matching(a, b, spec=spec)
+            whole_wall = time.perf_counter() - wall
+        state_a, state_b = ({k: v.detach() for k, v in m.named_parameters()} for m in (a, b))
         row = {
             "model": name,
             "parameters": sum(p.numel() for p in a.parameters()),
@@ -126,9 +150,13 @@ def timm_rows() -> dict:
             "coverage": spec.coverage(),
             "spec_seconds": spec_wall,
             "spec_cpu_seconds": spec_cpu,
-            "match_seconds": time.perf_counter() - wall,
-            "match_cpu_seconds": time.process_time() - cpu,
+            "match_seconds": match_wall,
+            "match_cpu_seconds": match_cpu,
             "before_match_seconds_idle": before,
+            "whole_terms_match_seconds": whole_wall,
+            "same_permutations_as_whole_terms": all(torch.equal(perm[g], whole[g]) for g in perm),
+            "objective": objective(spec, state_a, state_b, perm),
+            "whole_terms_objective": objective(spec, state_a, state_b, whole),
         }
         row["load_average"] = os.getloadavg()[0]
         rows.append(row)

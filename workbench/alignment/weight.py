@@ -5,9 +5,9 @@ two models' weights, one group at a time: with every other group's permutation f
 the best permutation of one group is a linear assignment problem. Groups are visited in
 a random (seeded) order until a whole pass improves nothing.
 
-One departure from the paper: a group that permutes two axes of one tensor (RepVGG's
-convolutions from a residual stream back into it, selective-kernel and split attention's
-slices of one concatenation) makes the objective quadratic in that group's permutation.
+One departure from the paper: a group that permutes two different axes of one tensor
+(RepVGG's convolutions from a residual stream back into it) makes the objective quadratic
+in that group's permutation.
 The paper's step, the assignment that is best for the similarity linearized at the
 current permutation, then need not improve the objective: on RepVGG-A2 the descent
 moved between states pass after pass until ``max_iter``, its answer depending on

@@ -5,16 +5,21 @@ similarity is a sum over every tensor axis the group permutes of A's entries alo
 axis times B's, B's other axes permuted by the other groups' current permutations. On a
 large graph (hundreds of groups, tensors read by many slices of a concatenation) most of
 that work repeats what an earlier visit computed. :class:`Similarities` keeps each axis's
-term and recomputes it only when a permutation it depends on changed since; it permutes B
-along all other axes of a tensor with one gather per tensor axis rather than one per
-group. Every term is computed and summed exactly as before (same operands, same order),
-so the matching finds the same permutations, only faster.
+term and computes it again only when a permutation that moves entries of the group's
+slice changed since (the other slices of the same axis, other groups' channels of one
+concatenation, move none); it permutes B with one gather per tensor axis, only where the
+group's slice meets it. A term whose B is permuted along one other tensor axis is
+brought up to date by the channels that moved on that axis alone, which are few in
+later passes (:meth:`Similarities._term`): the same sums in another order, within
+float32 rounding of a whole computation.
 
-A group that permutes two axes of one tensor (a convolution from a residual stream back
-into it, as in RepVGG; slices of one concatenation, as in selective-kernel attention)
-enters its own similarity: there the objective is quadratic in the group's permutation,
-and the terms of those tensors are kept apart (:class:`GroupSimilarity`), with
-:meth:`Similarities.loop_value` giving their exact contribution for a trial permutation.
+A group that permutes two different axes of one tensor (a convolution from a residual
+stream back into it, as in RepVGG) enters its own similarity: there the objective is
+quadratic in the group's permutation, and the terms of those tensors are kept apart
+(:class:`GroupSimilarity`), with :meth:`Similarities.loop_value` giving their exact
+contribution for a trial permutation. Two slices of one axis that one group permutes (as
+selective-kernel and split attention read them) keep it linear: each slice's term does
+not depend on the group's own permutation.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from workbench.graph.transforms import Permutation, axis_index, channel_block, p
 __all__ = ["GroupSimilarity", "Similarities"]
 
 CACHE_BYTES = 2 * 1024**3  # the most memory the cached terms may take
+UPDATE_SHARE = 0.5  # the largest share of an axis that may move for a term to be updated
 
 
 def _similarity(w_a: torch.Tensor, w_b: torch.Tensor, ax: Axis, size: int) -> torch.Tensor:
@@ -49,7 +55,8 @@ def _gather(w: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     1 (a 1x1 convolution's input axis) as a column gather of a matrix, about 2.5x faster
     than torch's gather along an inner axis and the same entries."""
     if dim == 1 and w.dim() > 2 and w.is_contiguous() and w.shape[2:].numel() == 1:
-        return w.view(w.shape[0], w.shape[1]).index_select(1, index).view(w.shape)
+        columns = w.view(w.shape[0], w.shape[1]).index_select(1, index)
+        return columns.view(w.shape[0], len(index), *w.shape[2:])
     return w.index_select(dim, index)
 
 
@@ -74,19 +81,17 @@ def _narrow(w: torch.Tensor, ax: Axis, size: int) -> tuple[torch.Tensor, Axis]:
 IndexCache = dict[tuple, tuple[torch.Tensor, torch.Tensor]]
 
 
-def _permuted(
+def _index_maps(
     w_b: torch.Tensor,
     others: list[tuple[str, Axis]],
     perm: Permutation,
     cache: IndexCache | None = None,
-) -> torch.Tensor:
-    """``w_b`` permuted along every axis in ``others`` by its group's permutation: the
-    index maps of one tensor axis composed first (slices of a concatenation touch
-    disjoint entries), then one gather per tensor axis; a grouped axis (its parts
-    reordered one by one) on its own. Pure data movement, so the result is exactly that
-    of permuting one axis after the other. ``cache`` keeps each axis's index map while
-    its group's permutation (a tensor replaced, never changed, when the group moves) is
-    the same."""
+) -> tuple[dict[int, torch.Tensor], list[tuple[str, Axis]]]:
+    """The index map of each tensor axis of ``w_b`` that the plain axes in ``others``
+    permute, the maps of one tensor axis composed (slices of a concatenation touch
+    disjoint entries); and the grouped axes among ``others`` (their parts reordered one
+    by one). ``cache`` keeps each axis's map while its group's permutation (a tensor
+    replaced, never changed, when the group moves) is the same."""
     index: dict[int, torch.Tensor] = {}
     grouped = []
     for name, ax in others:
@@ -102,11 +107,35 @@ def _permuted(
             if cache is not None:
                 cache[key] = (perm[name], step)
         index[ax.axis] = step if ax.axis not in index else index[ax.axis][step]
+    return index, grouped
+
+
+def _permuted(
+    w_b: torch.Tensor,
+    others: list[tuple[str, Axis]],
+    perm: Permutation,
+    cache: IndexCache | None = None,
+) -> torch.Tensor:
+    """``w_b`` permuted along every axis in ``others`` by its group's permutation: one
+    gather per tensor axis (:func:`_index_maps`), then each grouped axis on its own. Pure
+    data movement, so the result is exactly that of permuting one axis after the other."""
+    index, grouped = _index_maps(w_b, others, perm, cache)
     for dim, idx in index.items():
         w_b = _gather(w_b, dim, idx)
     for name, ax in grouped:
         w_b = permute_axis(w_b, ax, perm[name])
     return w_b
+
+
+class _Term(NamedTuple):
+    """A cached term: its value, the visit that computed it, the index map B was gathered
+    by where its permutation is along one other tensor axis only (``None`` elsewhere),
+    and how many entries of that map have moved since the term was last computed whole."""
+
+    value: torch.Tensor
+    computed_at: int
+    index: torch.Tensor | None
+    drift: int
 
 
 class GroupSimilarity(NamedTuple):
@@ -173,7 +202,7 @@ class Similarities:
             }
             for name, terms in self.terms.items()
         }
-        self.cache: dict[tuple[str, int], tuple[torch.Tensor, int]] = {}
+        self.cache: dict[tuple[str, int], _Term] = {}
         self.indices: IndexCache = {}
         self.loop_a: dict[str, torch.Tensor] = {}  # A's loop tensors in float64, flattened
         self.room = cache_bytes
@@ -184,10 +213,9 @@ class Similarities:
         found = self.cache.get((name, k))
         if found is None:
             return None
-        term, computed_at = found
-        if any(changed_at.get(o, 0) >= computed_at for o, _ in self.terms[name][k][1]):
+        if any(changed_at.get(o, 0) >= found.computed_at for o, _ in self.terms[name][k][1]):
             return None
-        return term
+        return found.value
 
     def depends(self, name: str) -> set[str]:
         """The groups whose permutations enter group ``name``'s similarity (the group
@@ -215,22 +243,56 @@ class Similarities:
         device = next(iter(self.state_a.values())).device
         linear = torch.zeros(size, size, device=device)
         loops = torch.zeros(size, size, device=device) if self.loop_tensors[name] else None
-        for k, (ax, others) in enumerate(self.terms[name]):
+        for k, (ax, _) in enumerate(self.terms[name]):
             term = self._fresh(name, k, changed_at)
             if term is None:
-                w_a, w_b, local = self.state_a[ax.key], self.state_b[ax.key], ax
-                if ax.grouped == 1 and all(o.grouped == 1 and o.axis != ax.axis for _, o in others):
-                    # B permuted along the other axes only where A's slice meets it
-                    (w_a, local), (w_b, _) = _narrow(w_a, ax, size), _narrow(w_b, ax, size)
-                w_b = _permuted(w_b, others, perm, self.indices)
-                term = _similarity(w_a, w_b, local, size)
-                old = self.cache.pop((name, k), None)
-                self.room += 0 if old is None else old[0].numel() * old[0].element_size()
-                if term.numel() * term.element_size() <= self.room:
-                    self.cache[name, k] = (term, visit)
-                    self.room -= term.numel() * term.element_size()
+                term = self._term(name, k, perm, visit)
             if ax.key in self.loop_tensors[name]:
                 loops += term
             else:
                 linear += term
         return GroupSimilarity(linear, loops)
+
+    def _term(self, name: str, k: int, perm: Permutation, visit: int) -> torch.Tensor:
+        """Term ``k`` of group ``name`` under ``perm``, computed and cached while the cache
+        has room.
+
+        Where B is permuted along one other tensor axis only, the term is ``sum_j A[.., j]
+        B[.., index[j]]^T`` over that axis; when few entries of ``index`` moved since the
+        cached term, only theirs are added: ``A[.., moved] (B[.., new index] - B[.., old
+        index])^T`` (later passes move a few percent of the channels). The update is
+        exact but rounds differently from a whole computation; it is taken while it
+        moves at most :data:`UPDATE_SHARE` of the axis and, since the term was last
+        computed whole, at most the axis's length in all (the rounding it adds stays within that of a
+        whole computation's float32 sums; ``tests/test_weight_matching_cache.py``).
+        """
+        ax, others = self.terms[name][k]
+        size = self.spec.groups[name].size
+        w_a, w_b, local = self.state_a[ax.key], self.state_b[ax.key], ax
+        index = None
+        if ax.grouped == 1 and all(o.grouped == 1 and o.axis != ax.axis for _, o in others):
+            # B permuted along the other axes only where A's slice meets it
+            (w_a, local), (w_b, _) = _narrow(w_a, ax, size), _narrow(w_b, ax, size)
+            maps, _ = _index_maps(w_b, others, perm, self.indices)
+            if len(maps) == 1:
+                ((dim, index),) = maps.items()
+        old = self.cache.pop((name, k), None)
+        if old is not None:
+            self.room += old.value.numel() * old.value.element_size()
+        if index is not None and old is not None and old.index is not None:
+            moved = (index != old.index).nonzero().squeeze(1)
+            drift = old.drift + len(moved)
+            if len(moved) <= UPDATE_SHARE * len(index) and drift <= len(index):
+                change = _gather(w_b, dim, index[moved]) - _gather(w_b, dim, old.index[moved])
+                value = old.value.add_(_similarity(_gather(w_a, dim, moved), change, local, size))
+                return self._keep(name, k, _Term(value, visit, index, drift))
+        value = _similarity(w_a, _permuted(w_b, others, perm, self.indices), local, size)
+        return self._keep(name, k, _Term(value, visit, index, 0))
+
+    def _keep(self, name: str, k: int, term: _Term) -> torch.Tensor:
+        """Cache ``term`` as group ``name``'s term ``k`` if it fits; its value."""
+        size = term.value.numel() * term.value.element_size()
+        if size <= self.room:
+            self.cache[name, k] = term
+            self.room -= size
+        return term.value
