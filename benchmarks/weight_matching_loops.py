@@ -1,9 +1,10 @@
 """Weight matching where a group permutes two axes of one tensor: the paper's step vs ours.
 
 A convolution from a residual stream back into it (RepVGG, MobileOne, the stems of
-EfficientNetV2 and MobileNetV3, GhostNet, DLA, VoVNet) or attention over slices of one
-concatenation (selective kernels, split attention) makes weight matching's objective,
-``sum <A, permuted B>`` over all parameters, quadratic in that group's permutation.
+EfficientNetV2 and MobileNetV3, VoVNet) makes weight matching's objective, ``sum <A,
+permuted B>`` over all parameters, quadratic in that group's permutation. Selective
+kernels, split attention, GhostNet and DLA read two slices of one axis that one group
+permutes, which keeps it linear (``groups_with_loops`` 0): they are measured as controls.
 Algorithm 1 of Git Re-Basin (Ainsworth et al., 2023) takes the assignment that is best
 for the similarity linearized at the current permutation and accepts it when the
 linearized objective improves; written out here, on the same cached similarities as
