@@ -19,7 +19,8 @@ from torch import nn
 
 import workbench as wb
 from workbench.alignment.weight import LOOP_SCALES, assignment
-from workbench.graph.transforms import channel_block, permute_axis
+from workbench.alignment.weight_similarity import Similarities
+from workbench.graph.transforms import channel_block, identity_permutation, permute_axis
 
 
 def _objective(state_a: dict, state_b: dict, spec: wb.PermutationSpec, perm: dict) -> float:
@@ -133,6 +134,17 @@ def test_the_reduced_assignment_is_scipys_answer() -> None:
         assignment(broken)
 
 
+def _seeded_pair(build) -> tuple[wb.PermutationSpec, dict, dict]:
+    """The spec of ``build()`` and the parameters of two of them (seeds 0 and 1)."""
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(build().eval())
+    spec = wb.permutation_spec(models[0], example_input=X)
+    state_a, state_b = ({k: v.detach() for k, v in m.named_parameters()} for m in models)
+    return spec, state_a, state_b
+
+
 @pytest.mark.parametrize(
     "build", [lambda: wb.create_model("resnet20", width=1), MixedKernels, DualPath]
 )
@@ -140,15 +152,7 @@ def test_updated_terms_equal_whole_computations(build) -> None:
     """A cached term updated by the channels that moved (few at a time, as in later
     passes) equals the term computed whole, within float32 rounding, through long runs of
     small moves, whole reshuffles and moves back; the updates do happen."""
-    from workbench.alignment.weight_similarity import Similarities
-    from workbench.graph.transforms import identity_permutation
-
-    models = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        models.append(build().eval())
-    spec = wb.permutation_spec(models[0], example_input=X)
-    state_a, state_b = ({k: v.detach() for k, v in m.named_parameters()} for m in models)
+    spec, state_a, state_b = _seeded_pair(build)
     updated = Similarities(spec, state_a, state_b)
     perm, changed_at = identity_permutation(spec), {}
     names, generator, updates, worst = list(spec.groups), torch.Generator().manual_seed(0), 0, 0.0
@@ -194,15 +198,7 @@ def _prediction_error(build, group: str) -> tuple[float, bool]:
     """How far ``<similarity, P>`` is from predicting the exact objective's differences
     between permutations ``P`` of ``group`` (the others fixed, not the identity), relative
     to their spread; and whether the similarity has loop terms."""
-    from workbench.alignment.weight_similarity import Similarities
-    from workbench.graph.transforms import identity_permutation
-
-    models = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        models.append(build().eval())
-    spec = wb.permutation_spec(models[0], example_input=X)
-    state_a, state_b = ({k: v.detach() for k, v in m.named_parameters()} for m in models)
+    spec, state_a, state_b = _seeded_pair(build)
     generator = torch.Generator().manual_seed(0)
     perm = {
         k: torch.randperm(len(v), generator=generator)
