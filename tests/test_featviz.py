@@ -218,3 +218,34 @@ def test_renders_take_the_fast_layout_where_the_model_can() -> None:
     assert _layout(viewed, observation_point(viewed, layer="fc", point="output"), probe) is _same
     images = wb.render_channels(viewed, layer="fc", channels=[0, 1], steps=2, cache=False)
     assert images.shape == (2, 32, 32, 3) and images.isfinite().all()
+
+
+class _ReadsMemory(torch.nn.Module):
+    """A CNN whose code reads an activation's memory as NCHW whatever its strides (as a
+    custom kernel may): in channels last it runs, and computes something else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv(x))
+        n, c, h, w = x.shape
+        return self.conv2(torch.as_strided(x, (n, c, h, w), (c * h * w, h * w, w, 1)))
+
+
+def test_renders_keep_the_images_as_they_are_where_channels_last_changes_the_values() -> None:
+    """A model that runs in channels last but computes other values there renders from
+    NCHW images, as it always did: the probe compares both layouts' values."""
+    from workbench.featviz.points import observation_point, run_to
+    from workbench.featviz.render import _channels_last, _layout, _same
+
+    torch.manual_seed(0)
+    model = _ReadsMemory().eval()
+    where = observation_point(model, layer="conv2", point="output")
+    probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fast, plain = run_to(model, where, _channels_last(probe)), run_to(model, where, probe)
+    assert (fast - plain).abs().max() > 0.1  # silently other values in channels last
+    assert _layout(model, where, probe) is _same
