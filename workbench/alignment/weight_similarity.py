@@ -261,10 +261,11 @@ class Similarities:
         B[.., index[j]]^T`` over that axis; when few entries of ``index`` moved since the
         cached term, only theirs are added: ``A[.., moved] (B[.., new index] - B[.., old
         index])^T`` (later passes move a few percent of the channels). The update is
-        exact but rounds differently from a whole computation; it is taken while it
+        exact but rounds differently from a whole computation. It is taken while it
         moves at most :data:`UPDATE_SHARE` of the axis and, since the term was last
-        computed whole, at most the axis's length in all (the rounding it adds stays within that of a
-        whole computation's float32 sums; ``tests/test_weight_matching_cache.py``).
+        computed whole, at most the axis's length in all, so that the rounding it adds
+        stays within that of a whole computation's float32 sums
+        (``tests/test_weight_matching_cache.py``).
         """
         ax, others = self.terms[name][k]
         size = self.spec.groups[name].size
