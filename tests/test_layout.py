@@ -35,6 +35,7 @@ FLOORS = {
     "results": 2.75,
     "cache": 3,
     "jobs": 3.25,
+    "training_health": 3.4,
     "training": 3.5,
     "populations": 3.75,
     "graph": 4,

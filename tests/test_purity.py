@@ -1203,6 +1203,7 @@ EXCLUDED: dict[str, str] = {
             "CheckpointError",
             "DatasetInfo",
             "DatasetUnavailableError",
+            "DidNotLearnWarning",
             "Ensemble",
             "Exemplars",
             "GraphTraceError",

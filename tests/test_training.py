@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from conftest import assert_state_equal, state_copy, states_equal
@@ -9,6 +12,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 import workbench as wb
+from workbench.training_health import DidNotLearnWarning, LastEpoch
 
 TINY = {"width": 0.25, "in_channels": 1}
 # 256 images at batch 64 for 2 epochs: 8 optimizer steps.
@@ -231,3 +235,74 @@ def test_retraining_reproduces_shipped_checkpoint(mnist_train, mnist_test, two_t
     else:
         accuracy = wb.evaluate(model, eval_data=mnist_test).accuracy
         assert abs(accuracy - metadata["metrics"]["test_accuracy"]) < 0.01, accuracy
+
+
+def _dead_cnn() -> torch.nn.Module:
+    """A CNN without normalization whose convolutions' outputs are all far below zero: every
+    ReLU is dead, so its output does not depend on the image (what a too high learning
+    rate leaves behind)."""
+    torch.manual_seed(0)
+    model = wb.create_model("cnn", width=0.25, in_channels=1, batch_norm=False)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.bias.fill_(-100.0)
+    return model
+
+
+def test_a_run_that_learns_nothing_says_so(tiny_train):
+    with pytest.warns(DidNotLearnWarning, match=r"seed=0\) did not learn.*lower lr \(was 0.05\)"):
+        trained = _train(_dead_cnn(), tiny_train, seed=0, epochs=3)
+    logits = trained(tiny_train.images[:64])
+    assert torch.allclose(logits, logits[:1].expand_as(logits))  # the same for every image
+
+
+def test_a_run_that_learns_warns_nothing(tiny_train):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DidNotLearnWarning)
+        _train(wb.create_model("cnn", width=0.5, in_channels=1), tiny_train, 0, epochs=3, lr=0.1)
+
+
+def test_the_label_entropy_is_the_chance_loss():
+    last = LastEpoch()
+    labels = torch.tensor([0, 0, 0, 1, 2, 2, 5])
+    for part in labels.split(3):
+        last.add(1.0, part)
+    counts = torch.bincount(labels).double()
+    p = counts[counts > 0] / len(labels)
+    assert last.count == 7 and last.total == pytest.approx(7.0)
+    expected = float(-(p * p.log()).sum())
+    with pytest.warns(DidNotLearnWarning, match=f"label frequencies \\({expected:.3f}\\)"):
+        _with_loss(labels, expected).check("a run", 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DidNotLearnWarning)
+        _with_loss(labels, expected - 0.05).check("a run", 0.1)
+
+
+def _with_loss(labels: torch.Tensor, loss: float) -> LastEpoch:
+    last = LastEpoch()
+    last.add(loss, labels)
+    return last
+
+
+def test_a_diverging_run_stops_with_a_clear_error(tiny_train):
+    torch.manual_seed(0)
+    model = wb.create_model("cnn", width=0.25, in_channels=1, batch_norm=False)
+    with pytest.raises(FloatingPointError, match=r"loss became (nan|inf) at step \d+.*Lower lr"):
+        _train(model, tiny_train, seed=0, epochs=2, lr=1e12)
+
+
+def test_a_job_that_learns_nothing_says_so_in_the_caller(tiny_train, monkeypatch, tmp_path):
+    """Jobs run where the caller's warnings filters and display are not: the message
+    comes back with the result (and again from the cache)."""
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
+    order = torch.randperm(256, generator=torch.Generator().manual_seed(0))
+    shuffled = TensorDataset(tiny_train.images, tiny_train.targets[order])  # nothing to learn
+    kwargs = {"model_kwargs": TINY, "batch_size": 64, "progress": False}
+    for _ in range(2):  # trained, then read from the cache
+        with ThreadPoolExecutor(2) as pool, pytest.warns(DidNotLearnWarning) as caught:
+            wb.train_models("cnn", [0, 1], shuffled, 2, executor=pool, **kwargs)
+        assert sorted(str(w.message)[:24] for w in caught) == [
+            "train_model(seed=0) did ",
+            "train_model(seed=1) did ",
+        ]

@@ -114,6 +114,7 @@ from workbench.training import (
     training_run,
     training_runs,
 )
+from workbench.training_health import DidNotLearnWarning
 from workbench.zoo import (
     architectures,
     create_model,
@@ -151,6 +152,7 @@ __all__ = [
     "CheckpointError",
     "DatasetInfo",
     "DatasetUnavailableError",
+    "DidNotLearnWarning",
     "Ensemble",
     "LMCCurve",
     "LossPlane",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from workbench.evaluation import check_fits, evaluate
 from workbench.jobs import Entry, Job, check_executor, run_jobs
 from workbench.modules import default_device
 from workbench.splits import SPLITS, partition
+from workbench.training_health import DidNotLearnWarning, LastEpoch, check_loss, collected
 from workbench.validation import (
     check_choice,
     check_int,
@@ -111,7 +113,9 @@ def train_model(
     same inputs give bit-identical weights on the same CPU with the same thread count;
     torch's global RNG is left as it was.
     ``model`` itself is not modified. Runs on ``device`` (default: GPU if present).
-    :func:`training_run` also returns the final metrics.
+    :func:`training_run` also returns the final metrics. A loss that stops being finite
+    raises ``FloatingPointError``; a run whose last epoch predicts no better than the label
+    frequencies warns (:mod:`workbench.training_health`).
     """
     check_models(model)
     check_int("epochs", epochs, minimum=1)
@@ -132,11 +136,14 @@ def train_model(
         model.train()
         bar = tqdm(total=total_steps, desc=f"train seed={seed}", disable=not progress, leave=False)
         for epoch in range(epochs):
+            last = LastEpoch()
             for inputs, labels in batches(data, batch_size, shuffle=True, generator=generator):
                 loss = train_step(model, optimizer, scheduler, inputs, labels, augment, generator)
+                last.add(loss, labels)
                 bar.update()
                 bar.set_postfix(epoch=epoch + 1, loss=f"{loss:.3f}")
         bar.close()
+    last.check(f"train_model(seed={seed})", lr)
     return model.eval()
 
 
@@ -175,11 +182,13 @@ def train_step(
     labels = check_labels(labels, logits.shape[1], count=len(logits))
     loss = F.cross_entropy(logits, labels.to(device))
     optimizer.zero_grad(set_to_none=True)
+    value = loss.item()
+    check_loss(value, scheduler.last_epoch, optimizer.param_groups[0]["lr"])
     loss.backward()
     optimizer.step()
     if scheduler.last_epoch < scheduler.total_steps:
         scheduler.step()
-    return loss.item()
+    return value
 
 
 @keyword_only(("data", "epochs", "seed"), renamed={"test_data": "eval_data"})
@@ -327,11 +336,13 @@ def seeded_model(name: str, seed: int, model_kwargs: dict | None = None) -> nn.M
 def _train_job(
     name: str, seed: int, model_kwargs: dict | None, data: DataLike, epochs: int, kwargs: dict
 ) -> Entry:
-    """One model of :func:`train_models` as a job: its trained state."""
-    model = train_model(
-        seeded_model(name, seed, model_kwargs), data=data, epochs=epochs, seed=seed, **kwargs
-    )
-    return dict(model.state_dict()), {"seed": seed}
+    """One model of :func:`train_models` as a job: its trained state, and the messages
+    of a run that did not learn (a worker's warnings would not reach the caller)."""
+    with collected() as unlearned:
+        model = train_model(
+            seeded_model(name, seed, model_kwargs), data=data, epochs=epochs, seed=seed, **kwargs
+        )
+    return dict(model.state_dict()), {"seed": seed, "did_not_learn": unlearned}
 
 
 def _train_as_jobs(
@@ -373,7 +384,9 @@ def _train_as_jobs(
     progress = train_kwargs.get("progress", True)
     entries = run_jobs(jobs, executor=executor, cache=store, progress=progress, desc=name)
     models = []
-    for seed, part, (state, _) in zip(seeds, parts, entries, strict=True):
+    for seed, part, (state, meta) in zip(seeds, parts, entries, strict=True):
+        for message in meta.get("did_not_learn", []):
+            warnings.warn(message, DidNotLearnWarning, stacklevel=3)
         model = seeded_model(name, seed, model_kwargs)
         model.load_state_dict(state)
         _record_split(model, part)
