@@ -26,6 +26,7 @@ FLOORS = {
     "files": -1,
     "vocabulary": -1,
     "batching": 0.25,
+    "layout": 0.3,
     "validation": 0.5,
     "splits": 0.75,
     "evaluation": 1,
