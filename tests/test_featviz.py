@@ -3,8 +3,6 @@ caching and errors. Small settings (few steps, few channels) keep it fast."""
 
 from __future__ import annotations
 
-from functools import partial
-
 import pytest
 import torch
 
@@ -13,7 +11,6 @@ from tests.conftest import assert_state_equal, state_copy
 from workbench import featviz as fv
 from workbench.alignment.statistics import observation_points
 from workbench.cache import ResultCache
-from workbench.layout import channels_last, input_layout
 
 
 @pytest.fixture
@@ -206,19 +203,19 @@ def test_renders_take_the_fast_layout_where_the_model_can() -> None:
     """On the CPU the images are channels last (the same values, faster convolutions),
     except for a model whose code needs NCHW strides, which renders as it always did."""
     from workbench.featviz.points import observation_point, run_to
+    from workbench.featviz.render import _channels_last, _layout, _same
 
     torch.manual_seed(0)
     resnet = wb.create_model("resnet20").eval()
     probe = torch.randn(2, 3, 32, 32)
     where = observation_point(resnet, layer="layer2.1.conv2", point="output")
-    assert input_layout(partial(run_to, resnet, where), probe) is channels_last
+    assert _layout(resnet, where, probe) is _channels_last
     with torch.no_grad():
-        fast, plain = run_to(resnet, where, channels_last(probe)), run_to(resnet, where, probe)
+        fast, plain = run_to(resnet, where, _channels_last(probe)), run_to(resnet, where, probe)
     assert fast.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-5)
     viewed = _Viewed().eval()
-    to_fc = partial(run_to, viewed, observation_point(viewed, layer="fc", point="output"))
-    assert input_layout(to_fc, probe) is not channels_last
+    assert _layout(viewed, observation_point(viewed, layer="fc", point="output"), probe) is _same
     images = wb.render_channels(viewed, layer="fc", channels=[0, 1], steps=2, cache=False)
     assert images.shape == (2, 32, 32, 3) and images.isfinite().all()
 
@@ -242,12 +239,13 @@ def test_renders_keep_the_images_as_they_are_where_channels_last_changes_the_val
     """A model that runs in channels last but computes other values there renders from
     NCHW images, as it always did: the probe compares both layouts' values."""
     from workbench.featviz.points import observation_point, run_to
+    from workbench.featviz.render import _channels_last, _layout, _same
 
     torch.manual_seed(0)
     model = _ReadsMemory().eval()
     where = observation_point(model, layer="conv2", point="output")
     probe = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        fast, plain = run_to(model, where, channels_last(probe)), run_to(model, where, probe)
+        fast, plain = run_to(model, where, _channels_last(probe)), run_to(model, where, probe)
     assert (fast - plain).abs().max() > 0.1  # silently other values in channels last
-    assert input_layout(partial(run_to, model, where), probe) is not channels_last
+    assert _layout(model, where, probe) is _same

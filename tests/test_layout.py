@@ -26,7 +26,6 @@ FLOORS = {
     "files": -1,
     "vocabulary": -1,
     "batching": 0.25,
-    "layout": 0.3,
     "validation": 0.5,
     "splits": 0.75,
     "evaluation": 1,

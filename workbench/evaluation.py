@@ -14,7 +14,6 @@ from torch.utils.data import Dataset
 
 from workbench.batching import batches, choose_batch_size
 from workbench.data import DataLike
-from workbench.layout import laid_out
 from workbench.modules import eval_mode, model_device
 from workbench.validation import (
     check_data,
@@ -54,8 +53,7 @@ def evaluate(
     Runs on the model's device; the model is left as it was (same mode, same device).
     ``batch_size`` ``None`` fits the batches to a memory budget
     (:func:`~workbench.batching.choose_batch_size`: 500 for small images, fewer for large
-    ones); the numbers do not depend on it. Images go in channels last on the CPU where
-    the model gives the same values from them (:mod:`workbench.layout`). Labels must be class indices the model scores (:func:`~workbench.validation.check_labels`:
+    ones); the numbers do not depend on it. Labels must be class indices the model scores (:func:`~workbench.validation.check_labels`:
     an ignore index such as -100, one-hot rows or a class out of range are refused).
     """
     check_models(model)
@@ -68,9 +66,8 @@ def evaluate(
     device = model_device(model)
     loss_sum, correct, count = 0.0, 0, 0
     with eval_mode(model), torch.inference_mode():
-        found = batches(eval_data, batch_size, max_batches=max_batches)
-        for inputs, labels in laid_out(found, model, device):
-            logits = forward_checked(model, inputs)
+        for inputs, labels in batches(eval_data, batch_size, max_batches=max_batches):
+            logits = forward_checked(model, inputs.to(device))
             labels = check_labels(labels, logits.shape[1], count=len(logits)).to(device)
             loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
             correct += (logits.argmax(1) == labels).sum().item()
@@ -216,8 +213,8 @@ def per_part_accuracy(
     correct: torch.Tensor | None = None
     count: torch.Tensor | None = None
     with eval_mode(model), torch.inference_mode():
-        for inputs, labels in laid_out(batches(eval_data, batch_size), model, device):
-            logits = forward_checked(model, inputs)
+        for inputs, labels in batches(eval_data, batch_size):
+            logits = forward_checked(model, inputs.to(device))
             labels = check_labels(labels, logits.shape[1], count=len(logits)).to(device)
             hits = torch.bincount(labels[logits.argmax(1) == labels], minlength=logits.shape[1])
             seen = torch.bincount(labels, minlength=logits.shape[1])

@@ -31,7 +31,6 @@ from workbench.alignment.moments import ChannelMoments
 from workbench.batching import batches, choose_batch_size
 from workbench.data import DataLike
 from workbench.evaluation import forward_checked
-from workbench.layout import PROBE_IMAGES, input_layout
 from workbench.modules import clone, eval_mode, model_device
 from workbench.vocabulary import keyword_only
 
@@ -127,12 +126,8 @@ def calibrate_in_order(
             "at least one example."
         )
     with eval_mode(model):
-        with torch.inference_mode():  # chosen before any hook is set
-            layout = input_layout(model, first[0][:PROBE_IMAGES].to(device))
-        known = layout(first[0].to(device))
-        order = _known_order(model, {n: modules[n] for n in layers}, of, known)
-        found = batches(data, batch_size, max_batches=max_batches)
-        inputs = (layout(x.to(device)) for x, _ in found)
+        order = _known_order(model, {n: modules[n] for n in layers}, of, first[0].to(device))
+        inputs = (x.to(device) for x, _ in batches(data, batch_size, max_batches=max_batches))
         if calibrate_layer_major(model, layers, order, inputs, calibrate, of=of):
             return
         for step, name in enumerate(tqdm(order, desc=desc, disable=not progress, leave=False)):
@@ -155,7 +150,7 @@ def calibrate_in_order(
                 with torch.inference_mode():
                     for inputs, _ in batches(data, batch_size, max_batches=max_batches):
                         try:
-                            forward_checked(model, layout(inputs.to(device)))
+                            forward_checked(model, inputs.to(device))
                         except _Reached:
                             continue
                         raise ValueError(
