@@ -4,6 +4,8 @@ that record the recipe, and the LMC tools on the members."""
 from __future__ import annotations
 
 import itertools
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -201,3 +203,32 @@ def test_spawn_sweep_draws_the_barrier_against_the_spawn_step(tiny_train, small_
     assert figure.axes[0].get_xlabel().startswith("Spawn step")
     with pytest.raises(ValueError, match="at least one spawn step"):
         wb.spawn_sweep("cnn", [], data=tiny_train, eval_data=small_test, epochs=1)
+
+
+def _shuffled(data: wb.TensorImageDataset) -> wb.TensorImageDataset:
+    """``data`` with its labels shuffled: nothing to learn."""
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    return wb.TensorImageDataset(data.images, data.targets[order], data.info, "train")
+
+
+def test_members_that_learn_nothing_say_so(tiny_train, monkeypatch, tmp_path):
+    shuffled = _shuffled(tiny_train)
+    with pytest.warns(wb.DidNotLearnWarning) as caught:
+        wb.train_population("cnn", 2, data=shuffled, epochs=2, seed=3, method="papa", **FAST)
+    found = sorted(str(w.message)[:32] for w in caught if w.category is wb.DidNotLearnWarning)
+    assert found == ["papa member seed=3 did not learn", "papa member seed=4 did not learn"]
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
+    for _ in range(2):  # trained in jobs, whose warnings stay there; then from the cache
+        with ThreadPoolExecutor(2) as pool, pytest.warns(wb.DidNotLearnWarning) as caught:
+            wb.train_populations(
+                "cnn", 2, seeds=[0, 3], data=shuffled, epochs=2, executor=pool, **FAST
+            )
+        assert len([w for w in caught if w.category is wb.DidNotLearnWarning]) == 4
+
+
+def test_members_that_learn_warn_nothing(tiny_train):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", wb.DidNotLearnWarning)
+        wb.train_population(
+            "cnn", 2, data=tiny_train, epochs=3, lr=0.1, **{**FAST, "model_kwargs": {"width": 0.5}}
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from workbench.evaluation import check_fits, evaluate
 from workbench.jobs import Entry, Job, check_executor, run_jobs
 from workbench.modules import default_device
 from workbench.splits import SPLITS, partition
-from workbench.training_health import DidNotLearnWarning, LastEpoch, check_loss, collected
+from workbench.training_health import LastEpoch, check_loss, collected, report
 from workbench.validation import (
     check_choice,
     check_int,
@@ -385,8 +384,7 @@ def _train_as_jobs(
     entries = run_jobs(jobs, executor=executor, cache=store, progress=progress, desc=name)
     models = []
     for seed, part, (state, meta) in zip(seeds, parts, entries, strict=True):
-        for message in meta.get("did_not_learn", []):
-            warnings.warn(message, DidNotLearnWarning, stacklevel=3)
+        report(meta.get("did_not_learn", []))
         model = seeded_model(name, seed, model_kwargs)
         model.load_state_dict(state)
         _record_split(model, part)

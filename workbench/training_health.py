@@ -14,11 +14,11 @@ import contextlib
 import math
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 
-__all__ = ["DidNotLearnWarning", "LastEpoch", "check_loss", "collected"]
+__all__ = ["DidNotLearnWarning", "LastEpoch", "check_loss", "collected", "report"]
 
 # nats: a last epoch within this of the label entropy learned nothing beyond the frequencies
 CHANCE_MARGIN = 0.02
@@ -52,6 +52,13 @@ def check_loss(loss: float, step: int, lr: float) -> None:
             "step): the weights diverged. Lower lr (the peak of the one-cycle schedule) or "
             "add normalization; check the data for non-finite values."
         )
+
+
+def report(messages: Sequence[str]) -> None:
+    """Warn again, in the caller, each message a job collected (:func:`collected`) where
+    a run did not learn; also when the job's result comes from the cache."""
+    for message in messages:
+        warnings.warn(message, DidNotLearnWarning, stacklevel=3)
 
 
 class LastEpoch:

@@ -36,6 +36,7 @@ from workbench.populations.registry import (
 )
 from workbench.populations.result import Population
 from workbench.training import Augment, _steps_per_epoch, seeded_model
+from workbench.training_health import collected, report
 from workbench.validation import check_int, check_number
 
 __all__ = [
@@ -140,7 +141,8 @@ def train_population(
 def _population_job(architecture: str, n: int, seed: int, arguments: dict) -> Entry:
     """One population of :func:`train_populations` as a job: every member's state, and
     the rest of the result as settings."""
-    found = train_population(architecture, n, seed=seed, progress=False, **arguments)
+    with collected() as unlearned:
+        found = train_population(architecture, n, seed=seed, progress=False, **arguments)
     tensors = {
         f"{i}/{name}": tensor
         for i, m in enumerate(found.members)
@@ -151,6 +153,7 @@ def _population_job(architecture: str, n: int, seed: int, arguments: dict) -> En
         "recipe": found.recipe,
         "spread": found.spread,
         "seconds": found.seconds,
+        "did_not_learn": unlearned,
     }
     return tensors, meta
 
@@ -158,6 +161,7 @@ def _population_job(architecture: str, n: int, seed: int, arguments: dict) -> En
 def _population(method: str, n: int, entry: Entry) -> Population:
     """A :class:`Population` back from its cached entry."""
     tensors, meta = entry
+    report(meta.get("did_not_learn", []))
     recipe = meta["recipe"]
     members: list[nn.Module] = []
     for i in range(n):

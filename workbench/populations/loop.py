@@ -26,6 +26,7 @@ from workbench.batching import batches
 from workbench.data import DataLike
 from workbench.populations.registry import PopulationMethod
 from workbench.training import Augment, seeded_model, sgd_one_cycle, train_step
+from workbench.training_health import LastEpoch
 
 
 @dataclass
@@ -112,20 +113,27 @@ def train_members(
         bar = tqdm(
             total=total, desc=f"{method.name} x{len(seeds)}", disable=not progress, leave=False
         )
+        owners, lasts = starts, []  # the members' seeds, and their epochs' losses
         for step in range(total + 1):
             if step == trunk_steps:
                 members = [_fork(members[0], seed, data, settings) for seed in seeds]
+                owners, lasts = seeds, [LastEpoch() for _ in seeds]
             if step == total:
                 break
-            for member in members:
+            if step % settings["steps_per_epoch"] == 0 or not lasts:
+                lasts = [LastEpoch() for _ in members]
+            for member, last in zip(members, lasts, strict=True):
+                inputs, labels = next(member.batches)
                 loss = train_step(
                     member.model,
                     member.optimizer,
                     member.scheduler,
-                    *next(member.batches),
+                    inputs,
+                    labels,
                     augment,
                     member.generator,
                 )
+                last.add(loss, labels)
             if len(members) > 1:
                 method.mix([m.model for m in members], step, population, **options)
             if (step + 1) % settings["steps_per_epoch"] == 0:
@@ -133,4 +141,6 @@ def train_members(
             bar.update()
             bar.set_postfix(loss=f"{loss:.3f}")
         bar.close()
+    for seed, last in zip(owners, lasts, strict=True):
+        last.check(f"{method.name} member seed={seed}", settings["lr"])
     return [m.model.eval() for m in members], spreads, time.perf_counter() - started
