@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import torch
@@ -147,3 +149,24 @@ def test_epoch_sweep_with_three_seeds_has_bands(tiny_train, small_test):
 def test_bad_arguments(tiny_train, small_test, args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sweeps.sweep(*args, data=tiny_train, eval_data=small_test, **kwargs)
+
+
+def test_a_value_whose_models_did_not_learn_says_so(tiny_train, small_test, tmp_path):
+    """In the caller, whether the value ran here, in a job or comes from the cache."""
+    order = torch.randperm(len(tiny_train), generator=torch.Generator().manual_seed(0))
+    shuffled = wb.TensorImageDataset(
+        tiny_train.images, tiny_train.targets[order], tiny_train.info, "train"
+    )
+    kwargs = {"eval_data": small_test, "epochs": 2, "alphas": 2, "methods": ("none",)}
+    cache = wb.ResultCache(tmp_path)
+    with ThreadPoolExecutor(2) as pool:  # in a job, then from the cache, then here uncached
+        for executor, store in ((pool, cache), (None, cache), (None, False)):
+            with pytest.warns(wb.DidNotLearnWarning) as caught:
+                found = sweeps.sweep(
+                    "width", [0.25], data=shuffled, executor=executor, cache=store,
+                    progress=False, **kwargs,
+                )  # fmt: skip
+            messages = [str(w.message) for w in caught if w.category is wb.DidNotLearnWarning]
+            assert [m[:32] for m in messages] == ["train_model(seed=0) did not lear",
+                                                  "train_model(seed=1) did not lear"]  # fmt: skip
+            assert found.curves[0].settings["did_not_learn"] == messages

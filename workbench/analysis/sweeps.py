@@ -51,6 +51,7 @@ from workbench.jobs import Entry, Job, check_executor, run_jobs
 from workbench.merging import check_bn, get_bn
 from workbench.results import Result
 from workbench.training import train_models
+from workbench.training_health import collected, report
 from workbench.vocabulary import keyword_only
 from workbench.zoo import create_model
 
@@ -208,6 +209,9 @@ def sweep(
     ``executor``: any ``concurrent.futures.Executor`` (a process pool, a submitit
     executor) trains and measures one value per job there (:mod:`workbench.jobs`); a
     rerun of a sweep that stopped half-way computes only the values not cached yet.
+    A value whose models did not learn (:class:`~workbench.DidNotLearnWarning`) warns,
+    also when it ran in a job or comes from the cache; its curves' settings list the
+    messages (``"did_not_learn"``).
     """
     check_executor(executor)
     values = _check_values(parameter, values)
@@ -265,7 +269,9 @@ def sweep(
     entries = iter(run_jobs(jobs, executor=executor, cache=store, progress=progress, desc="sweep"))
     curves = []
     for value, point in found:
-        for curve in point if point is not None else entry_curves(*next(entries)):
+        point = point if point is not None else entry_curves(*next(entries))
+        report(dict.fromkeys(m for c in point[:1] for m in c.settings.get("did_not_learn", [])))
+        for curve in point:
             curves.append(dataclasses.replace(curve, settings={**curve.settings, parameter: value}))
     return Sweep(parameter, curves, settings)
 
@@ -285,18 +291,21 @@ def _point_curves(
     progress: bool = False,
 ) -> list[LMCCurve]:
     """One value of a sweep: its models trained, every pair's curves by every method."""
-    models = train_models(
-        architecture, seeds, data, epochs, model_kwargs=model_kwargs, progress=progress,
-        **train_kwargs,
-    )  # fmt: skip
+    with collected() as unlearned:  # reported by sweep(), from here, a job or the cache
+        models = train_models(
+            architecture, seeds, data, epochs, model_kwargs=model_kwargs, progress=progress,
+            **train_kwargs,
+        )  # fmt: skip
     found = []
     for method in methods:
         found += pairwise_curves(
             models, eval_data=eval_data, data=data, alphas=alphas, bn=bn, method=method,
             batch_size=batch_size, progress=False, cache=False,
         )  # fmt: skip
-    trained = [fingerprint(m) for m in models]
-    return [dataclasses.replace(c, settings={**c.settings, "trained": trained}) for c in found]
+    trained = {"trained": [fingerprint(m) for m in models]}
+    if unlearned:
+        trained["did_not_learn"] = unlearned
+    return [dataclasses.replace(c, settings={**c.settings, **trained}) for c in found]
 
 
 def _point_job(**arguments: Any) -> Entry:
