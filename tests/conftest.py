@@ -61,6 +61,16 @@ def tiny_train(mnist_train) -> wb.TensorImageDataset:
     return mnist_train.subset(torch.arange(0, step * 256, step), "train")
 
 
+@pytest.fixture(scope="session")
+def shuffled_tiny_train(tiny_train) -> wb.TensorImageDataset:
+    """``tiny_train`` with its labels shuffled (seeded): nothing to learn, a training run
+    on it ends at chance."""
+    order = torch.randperm(len(tiny_train), generator=torch.Generator().manual_seed(0))
+    return wb.TensorImageDataset(
+        tiny_train.images, tiny_train.targets[order], tiny_train.info, "train"
+    )
+
+
 @pytest.fixture
 def tiny_model() -> torch.nn.Module:
     """A freshly initialized quarter-width CNN for 1-channel images (seeded)."""

@@ -205,14 +205,8 @@ def test_spawn_sweep_draws_the_barrier_against_the_spawn_step(tiny_train, small_
         wb.spawn_sweep("cnn", [], data=tiny_train, eval_data=small_test, epochs=1)
 
 
-def _shuffled(data: wb.TensorImageDataset) -> wb.TensorImageDataset:
-    """``data`` with its labels shuffled: nothing to learn."""
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-    return wb.TensorImageDataset(data.images, data.targets[order], data.info, "train")
-
-
-def test_members_that_learn_nothing_say_so(tiny_train, monkeypatch, tmp_path):
-    shuffled = _shuffled(tiny_train)
+def test_members_that_learn_nothing_say_so(shuffled_tiny_train, monkeypatch, tmp_path):
+    shuffled = shuffled_tiny_train
     with pytest.warns(wb.DidNotLearnWarning) as caught:
         wb.train_population("cnn", 2, data=shuffled, epochs=2, seed=3, method="papa", **FAST)
     found = sorted(str(w.message)[:32] for w in caught if w.category is wb.DidNotLearnWarning)

@@ -151,12 +151,9 @@ def test_bad_arguments(tiny_train, small_test, args, kwargs, match):
         sweeps.sweep(*args, data=tiny_train, eval_data=small_test, **kwargs)
 
 
-def test_a_value_whose_models_did_not_learn_says_so(tiny_train, small_test, tmp_path):
+def test_a_value_whose_models_did_not_learn_says_so(shuffled_tiny_train, small_test, tmp_path):
     """In the caller, whether the value ran here, in a job or comes from the cache."""
-    order = torch.randperm(len(tiny_train), generator=torch.Generator().manual_seed(0))
-    shuffled = wb.TensorImageDataset(
-        tiny_train.images, tiny_train.targets[order], tiny_train.info, "train"
-    )
+    shuffled = shuffled_tiny_train
     kwargs = {"eval_data": small_test, "epochs": 2, "alphas": 2, "methods": ("none",)}
     cache = wb.ResultCache(tmp_path)
     with ThreadPoolExecutor(2) as pool:  # in a job, then from the cache, then here uncached

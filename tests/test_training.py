@@ -294,12 +294,13 @@ def test_a_diverging_run_stops_with_a_clear_error(tiny_train):
         _train(model, tiny_train, seed=0, epochs=2, lr=1e12)
 
 
-def test_a_job_that_learns_nothing_says_so_in_the_caller(tiny_train, monkeypatch, tmp_path):
+def test_a_job_that_learns_nothing_says_so_in_the_caller(
+    shuffled_tiny_train, monkeypatch, tmp_path
+):
     """Jobs run where the caller's warnings filters and display are not: the message
     comes back with the result (and again from the cache)."""
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path))
-    order = torch.randperm(256, generator=torch.Generator().manual_seed(0))
-    shuffled = TensorDataset(tiny_train.images, tiny_train.targets[order])  # nothing to learn
+    shuffled = shuffled_tiny_train
     kwargs = {"model_kwargs": TINY, "batch_size": 64, "progress": False}
     for _ in range(2):  # trained, then read from the cache
         with ThreadPoolExecutor(2) as pool, pytest.warns(DidNotLearnWarning) as caught:
