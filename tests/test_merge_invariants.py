@@ -26,6 +26,7 @@ from torch import nn
 
 import workbench as wb
 from workbench.alignment import get_method
+from workbench.alignment.weight import weight_objective
 from workbench.evaluation import evaluate
 
 ARCHITECTURES = ("bn_cnn", "bn_resnet", "plain_cnn")
@@ -183,8 +184,25 @@ def test_reset_equals_a_direct_recomputation(pairs, fit_data, arch):
 # tests/test_linear_references.py, run on the plain pair with numpy completing the SVD,
 # gives 67.9% (gamma 1), 72.9% (gamma 0.1) against ours 67.6% and 76.0%. CCA is held to
 # beating averaging here and to the paper's procedure there, not to weight matching.
+# C2M3 maximizes weight matching's own objective (the pairwise inner product of the
+# weights), by another optimizer, and is held to that objective instead (below): on the
+# bn_resnet pair it reaches 422.7 where weight matching's descent seeds 0..3 reach
+# 419.7 to 421.5, yet those seeds' merges score 54.2%, 54.1%, 41.0% and 17.9% (C2M3's
+# 33.9%). Accuracy among such near-equal optima of a 3-epoch ResNet is a draw
+# (benchmarks/weight_matching_seeds.py, benchmarks/c2m3.py).
 MARGIN = 0.03  # how far below weight matching a permutation method may fall (accuracy, 0-1)
-NOT_HELD_TO_WEIGHT_MATCHING = ("none", "weight", "cca")
+NOT_HELD_TO_WEIGHT_MATCHING = ("none", "weight", "cca", "c2m3")
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_c2m3_reaches_weight_matchings_objective(pairs, arch):
+    """C2M3 and weight matching maximize the same objective: on every trained pair
+    C2M3's optimum is at least as high as that of weight matching's descent."""
+    a, b = pairs[arch]
+    spec = wb.permutation_spec(a, example_input=torch.zeros(2, 1, 28, 28))
+    by_weight = wb.apply_permutation(b, spec=spec, perm=wb.weight_matching(a, b, spec=spec))
+    by_c2m3 = wb.apply_permutation(b, spec=spec, perm=wb.c2m3_matching(a, b, spec=spec))
+    assert weight_objective([a, by_c2m3]) >= weight_objective([a, by_weight])
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

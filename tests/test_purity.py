@@ -423,6 +423,12 @@ def weight_matching(inp: Inputs) -> None:
         wb.weight_matching(inp.a, inp.b, spec=inp.spec, init=init)
 
 
+@case("c2m3_matching", "match_to_universe")
+def c2m3(inp: Inputs) -> None:
+    wb.c2m3_matching(inp.a, inp.b, max_iter=3)
+    wb.match_to_universe([inp.a, inp.b], spec=inp.spec, max_iter=3, progress=False)
+
+
 @case("activation_matching")
 def activation_matching(inp: Inputs) -> None:
     wb.activation_matching(inp.a, inp.b, data=inp.train, progress=False)

@@ -1,12 +1,14 @@
 """Neuron alignment: the registry of methods (weight matching, activation matching, CCA,
-and any registered later), one entry point for them, and the transforms they apply.
+OT fusion, C2M3, STE, and any registered later), one entry point for them, and the
+transforms they apply.
 
 The built-in methods register themselves when their modules are imported, in this order:
-"none" (with the registry), "weight", "activation", "cca", "ot", "ste".
+"none" (with the registry), "weight", "activation", "c2m3", "cca", "ot", "ste".
 """
 
 from workbench.alignment.activation import activation_matching, permutation_from_statistics
 from workbench.alignment.api import AlignmentResult, align, apply_alignment, map_model, match
+from workbench.alignment.c2m3 import c2m3_matching, match_to_universe
 from workbench.alignment.cca import CCAAlignment, canonical_correlation, cca_align, cca_maps
 from workbench.alignment.folding import fold_batchnorm
 from workbench.alignment.group_statistics import GroupStatistics
@@ -53,6 +55,7 @@ __all__ = [
     "apply_alignment",
     "apply_linear_maps",
     "apply_permutation",
+    "c2m3_matching",
     "canonical_correlation",
     "canonical_method",
     "cca_align",
@@ -66,6 +69,7 @@ __all__ = [
     "inverse",
     "map_model",
     "match",
+    "match_to_universe",
     "matching_methods",
     "methods",
     "observation_points",
