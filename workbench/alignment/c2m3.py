@@ -353,16 +353,8 @@ def merge_c2m3(
     """``models`` permuted into C2M3's universe order (:func:`match_to_universe`): the
     N-model merger of the ``"c2m3"`` method (``merge_many`` averages them and handles
     BatchNorm)."""
-    found = match_to_universe(
-        models,
-        spec=spec,
-        max_iter=max_iter,
-        tol=tol,
-        init=init,
-        anchor=anchor,
-        seed=seed,
-        progress=progress,
-    )
+    options = dict(max_iter=max_iter, tol=tol, init=init, anchor=anchor, seed=seed)
+    found = match_to_universe(models, spec=spec, progress=progress, **options)
     return [
         apply_permutation(model, spec=spec, perm=perm)
         for model, perm in zip(models, found.permutations, strict=True)
@@ -397,14 +389,6 @@ def c2m3_matching(
     free). Apply it with ``apply_permutation(model_b, spec, perm)``."""
     check_models([model_a, model_b])
     spec = resolve_spec(model_a, spec, example_input, data)
-    found = match_to_universe(
-        [model_a, model_b],
-        spec=spec,
-        max_iter=max_iter,
-        tol=tol,
-        init=init,
-        anchor=anchor,
-        seed=seed,
-        progress=progress,
-    )
+    options = dict(max_iter=max_iter, tol=tol, init=init, anchor=anchor, seed=seed)
+    found = match_to_universe([model_a, model_b], spec=spec, progress=progress, **options)
     return found.pairwise(0, 1)
