@@ -295,7 +295,7 @@ def test_every_registered_method_has_a_colour_and_marker_of_its_own(register) ->
         register(f"extra{k}", lambda model_a, model_b, spec, data=None: {}, needs_data=False,
                  preserves_function=True)  # fmt: skip
     register("mine", lambda model_a, model_b, spec, data=None: {}, needs_data=False,
-             preserves_function=True, label="My method", color="#123456", marker="x")  # fmt: skip
+             preserves_function=True, label="My method", color="#123456", marker="*")  # fmt: skip
     names = wb.methods()
     styles = [wb.figures.method_style(m) for m in names]
     colors = [s.color for s in styles] + [wb.figures.color_for("ensemble")]

@@ -70,7 +70,9 @@ METHOD_PALETTE = [
     *("#882255", "#44AA99", "#999933", "#332288", "#CC6677", "#DDCC77", "#117733"),
     PALETTE["yellow"],
 ]
-METHOD_MARKERS = ["s", "o", "^", "D", "v", "P", "X", "h", "<", ">", "p", "d", "H", "8"]
+# The markers they take the same way: matplotlib's filled markers but the ensembles' "*",
+# then a line marker (six methods beyond the built-in ones get one of their own).
+METHOD_MARKERS = ["s", "o", "^", "D", "v", "P", "X", "h", "<", ">", "p", "d", "H", "8", "1"]
 
 COLUMN_WIDTH = 3.25  # inches: one column of a two-column paper (ICML, NeurIPS single is 5.5)
 TEXT_WIDTH = 6.75  # inches: full text width of a two-column paper

@@ -367,7 +367,7 @@ def merge_c2m3(
     preserves_function=True,
     merger=merge_c2m3,
     color="#AA4499",  # Paul Tol's muted purple: outside the colours others get by default
-    marker="*",  # the one filled marker outside the default sequence
+    marker="p",
 )
 @keyword_only(("spec", "data"))
 def c2m3_matching(
