@@ -162,6 +162,40 @@ def test_legend_above_keeps_the_data_clear():
     assert legend.y1 <= fig_box.y1 + 1  # and inside the figure
 
 
+def test_legend_above_columns_do_not_overlap_in_the_method_comparison():
+    """``plot_comparison`` of five methods and the references (eight entries in two
+    columns above a one-column figure): the first column's texts end before the second
+    column's handles begin (over the axes' width alone, "activation + RESET" ran into
+    them), and the legend stays within the figure."""
+    import pandas as pd
+
+    import workbench as wb
+
+    rows = [
+        {"method": m, "n_models": n, "bn": "reset", "accuracy": 0.9, "loss": 0.1, "seconds": 1.0}
+        for m in ("none", "weight", "c2m3", "activation", "cca")
+        for n in (2, 3)
+    ]
+    rows += [
+        {"method": m, "n_models": n, "bn": "-", "accuracy": 0.98, "loss": 0.1, "seconds": 0.0}
+        for m in ("endpoints", "ensemble (logits)", "ensemble (probabilities)")
+        for n in (2, 3)
+    ]
+    fig = wb.plot_comparison(pd.DataFrame(rows))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.axes[0].get_legend()
+    texts = [t.get_window_extent(renderer) for t in legend.get_texts()]
+    handles = [h.get_window_extent(renderer) for h in legend.legend_handles]
+    assert len(texts) == 8
+    rows_per_column = -(-len(texts) // 2)
+    first_ends = max(box.x1 for box in texts[:rows_per_column])
+    second_starts = min(box.x0 for box in handles[rows_per_column:])
+    assert first_ends < second_starts, (first_ends, second_starts)
+    box, page = legend.get_window_extent(renderer), fig.get_window_extent(renderer)
+    assert page.x0 <= box.x0 and box.x1 <= page.x1  # within the figure's width
+
+
 def test_save_table_writes_short_decimals(tmp_path):
     import numpy as np
     import pandas as pd

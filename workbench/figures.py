@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
 
 from workbench.files import atomic_write, check_writable_dir
 
@@ -295,16 +296,22 @@ def shared_legend(fig: Figure, ax: Axes, ncols: int = 4) -> None:
 
 def legend_above(ax: Axes, ncols: int = 2) -> None:
     """The legend of ``ax`` above its plotting area, where it can never hide a curve
-    (``loc="best"`` still puts legends on data when the curves fill the axes)."""
+    (``loc="best"`` still puts legends on data when the curves fill the axes). Its
+    columns span the axes, or the whole figure where ``ax`` is its only panel: a
+    one-column figure's axes leave too little width beside the tick labels for two
+    columns of labels such as "ensemble (probabilities)", which then ran into each other."""
     handles, labels = ax.get_legend_handles_labels()
     if not handles:
         return
+    alone = len(ax.figure.axes) == 1
+    span = blended_transform_factory(ax.figure.transFigure if alone else ax.transAxes, ax.transAxes)
     with paper_style():
         ax.legend(
             handles,
             labels,
             loc="lower left",
-            bbox_to_anchor=(0.0, 1.02, 1.0, 0.1),
+            bbox_to_anchor=(0.02, 1.02, 0.96, 0.1) if alone else (0.0, 1.02, 1.0, 0.1),
+            bbox_transform=span,
             mode="expand",
             ncols=min(ncols, len(handles)),
             borderaxespad=0.0,
