@@ -35,18 +35,13 @@ import time
 from pathlib import Path
 
 import torch
-from weight_matching_seeds import resnets
+from weight_matching_seeds import merged_accuracy, resnets
 
 import workbench as wb
 from workbench.alignment.c2m3 import match_to_universe
 from workbench.alignment.weight import merge_weight_matching, weight_matching, weight_objective
 from workbench.graph import permutation_spec
 from workbench.graph.transforms import compose
-
-
-def merged_accuracy(models, train, test, bn: str) -> float:
-    merged = wb.merge_many(models, method="none", bn=bn, data=train, progress=False).model
-    return wb.evaluate(merged, eval_data=test).accuracy
 
 
 def run(models, train, test, merge) -> dict:

@@ -42,8 +42,8 @@ from workbench.training import random_translate
 RESTARTS = (1, 2, 4, 8)
 
 
-def merged_accuracy(models, train, test) -> float:
-    merged = wb.merge_many(models, method="none", bn="reset", data=train, progress=False).model
+def merged_accuracy(models, train, test, bn: str = "reset") -> float:
+    merged = wb.merge_many(models, method="none", bn=bn, data=train, progress=False).model
     return wb.evaluate(merged, eval_data=test).accuracy
 
 
